@@ -1,0 +1,31 @@
+# cass-deploy: the two commands.  `make demo` runs the whole path on CPU; `make test` runs the tests.
+# Each target creates its own virtual environment (.venv) on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# A CPU build of torch keeps the venv small; override on a GPU machine, e.g. TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: demo test venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required, found " + sys.version'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/cass-deploy demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from cass_deploy.cli import main
+
+raise SystemExit(main())

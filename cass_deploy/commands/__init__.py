@@ -1,0 +1,1 @@
+"""Subcommands of ``cass-deploy``; see ``cass_deploy.cli``."""

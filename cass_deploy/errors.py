@@ -1,0 +1,44 @@
+"""One error hierarchy; the CLI maps each class to a message and an exit code.
+
+Exit codes: 0 success, 1 a failed gate or failed operation, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+
+class CassDeployError(Exception):
+    """Base class. ``exit_code`` is what the CLI returns when this escapes a command."""
+
+    exit_code = 2
+
+
+class ConfigError(CassDeployError, ValueError):
+    """A configuration value or override is unknown or out of range."""
+
+
+class InputError(CassDeployError, ValueError):
+    """User-supplied data (boxes, files, tensors, paths) is invalid."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, truncated, corrupt or incompatible."""
+
+
+class BackendUnavailable(CassDeployError):
+    """An optional backend (TensorRT, pycuda, CUDA, jetson-stats) is not installed or usable."""
+
+
+class LimitError(InputError):
+    """A request exceeds a documented backend limit (e.g. TensorRT TopK k > 3840)."""
+
+
+class ExportError(CassDeployError):
+    """Export or engine build failed for a reason other than bad input."""
+
+    exit_code = 1
+
+
+class GateFailed(CassDeployError):
+    """A verification or validation gate failed; the message names the failing numbers."""
+
+    exit_code = 1
