@@ -1,0 +1,210 @@
+"""Bias diagnostics (SPEC §5): where the CASS loss and its gradient go, by band, size and object.
+
+``analyse`` evaluates one normalisation on a batch and attributes each patch's loss
+contribution and gradient magnitude ``|dL/dlogit|`` to (a) the horizontal band of its row
+(far / mid / near), (b) the object that owns it (background otherwise), and so to the object's
+field (by its box bottom edge) and size bin. ``save_heatmaps`` draws target, probability,
+per-patch loss, gradient magnitude and keep mask with the boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from cass_deploy.config import CassConfig
+from cass_deploy.losses import cass_loss
+from cass_deploy.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
+from cass_deploy.targets import BoxList, check_geometry, expected_k, patch_owner
+
+
+def toy_roadside_scene(image_size: Sequence[int] = (256, 448), seed: int = 0) -> Tensor:
+    """Boxes [M, 4] of a roadside-like scene: a dense cluster of small far-field cars near the
+    top-left horizon, a few mid-field cars, two large near-field trucks at the bottom."""
+    H, W = (int(v) for v in image_size)
+    g = torch.Generator().manual_seed(seed)
+    n_far = 24
+    w = 6 + 8 * torch.rand(n_far, generator=g)
+    x = 0.45 * W * torch.rand(n_far, generator=g)
+    y2 = 0.32 * H + 0.13 * H * torch.rand(n_far, generator=g)
+    far = torch.stack([x, y2 - 0.7 * w, x + w, y2], 1)
+    mid = torch.tensor([[0.30, 0.56, 0.38, 0.66], [0.55, 0.55, 0.64, 0.67], [0.70, 0.58, 0.80, 0.70]])
+    near = torch.tensor([[0.05, 0.72, 0.42, 0.99], [0.55, 0.76, 0.95, 0.99]])
+    rel = torch.cat([mid, near]) * torch.tensor([W, H, W, H], dtype=torch.float32)
+    return torch.cat([far, rel]).clamp(min=0)
+
+
+def row_bands(grid: Sequence[int], image_size: Sequence[int], fields: FieldConfig) -> Tensor:
+    """Band of each patch -> [P] int64 into ``FIELDS``, by the row's centre y (same split as objects)."""
+    (Hp, Wp), (H, W) = check_geometry(grid, image_size)
+    cy = (torch.arange(Hp, dtype=torch.float64) + 0.5) * H / Hp
+    band = torch.ones(Hp, dtype=torch.int64)
+    band[cy < fields.far_max * H] = 0
+    band[cy >= fields.near_min * H] = 2
+    return band.repeat_interleave(Wp)
+
+
+@dataclass
+class Breakdown:
+    """Shares (fractions of the batch total) of CASS loss and |gradient| for one normalisation."""
+
+    normalization: str
+    area_gamma: float
+    loss_total: float
+    by_band: dict[str, dict[str, float]]
+    by_field: dict[str, dict[str, float]]
+    by_size: dict[str, dict[str, float]]
+    background: dict[str, float]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _share(values: Tensor, index: Tensor, n: int, total: float) -> list[float]:
+    sums = torch.zeros(n, dtype=torch.float64).index_add(0, index, values.double())
+    return (sums / total if total > 0 else sums * 0).tolist()
+
+
+def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Sequence[int],
+            cfg: CassConfig, fields: FieldConfig | None = None, patch_size: int = 16) -> tuple[Breakdown, dict[str, Tensor]]:
+    """Attribute CASS loss and gradient of ``logits [B, P]`` for ``cfg``.
+
+    Returns the breakdown and the per-patch maps (``target``, ``prob``, ``loss``, ``grad``,
+    ``contribution``, each [B, P]) for heat maps.
+    """
+    fields = fields or FieldConfig()
+    (Hp, Wp), (H, W) = check_geometry(grid, image_size)
+    x = logits.detach().double().clone().requires_grad_(True)
+    boxes = [torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) for b in boxes]
+    out = cass_loss(x, boxes, grid, image_size, cfg, contributions=True)
+    out.total.backward()
+    grad = x.grad.abs().reshape(-1)
+    contrib = out.contribution.reshape(-1)
+    owner = patch_owner(boxes, grid, image_size, expansion_ratio=cfg.expansion_ratio,
+                        context_peak=cfg.context_peak, decay=cfg.decay,
+                        ensure_center_patch=cfg.ensure_center_patch).reshape(-1)
+    loss_total, grad_total = float(contrib.sum()), float(grad.sum())
+    bands = row_bands(grid, image_size, fields).repeat(x.shape[0])
+    by_band = {name: {"loss_share": l, "grad_share": g} for name, l, g in
+               zip(FIELDS, _share(contrib, bands, 3, loss_total), _share(grad, bands, 3, grad_total))}
+
+    flat_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.float64)
+    N = flat_boxes.shape[0]
+    owned = owner >= 0
+    slot = torch.where(owned, owner, torch.full_like(owner, N))  # slot N = background
+    obj_loss = _share(contrib, slot, N + 1, loss_total)
+    obj_grad = _share(grad, slot, N + 1, grad_total)
+    n_owned = torch.bincount(slot, minlength=N + 1).tolist()
+    f = field_of(flat_boxes, H, fields) if N else torch.zeros(0, dtype=torch.int64)
+    s = size_bin_of(flat_boxes, patch_size) if N else torch.zeros(0, dtype=torch.int64)
+    image = torch.cat([torch.full((len(b),), i, dtype=torch.int64) for i, b in enumerate(boxes)]) if N else f
+    prob = torch.sigmoid(x.detach()).reshape(-1)
+    mean_prob = _share(prob * owned, slot, N + 1, 1.0)
+    objects = []
+    for n in range(N):  # building the report rows, not tensor maths
+        objects.append({"image": int(image[n]), "box": [round(v, 1) for v in flat_boxes[n].tolist()],
+                        "field": FIELDS[int(f[n])], "size": SIZE_BINS[int(s[n])], "owned_patches": n_owned[n],
+                        "loss_share": obj_loss[n], "grad_share": obj_grad[n],
+                        "mean_prob": mean_prob[n] / n_owned[n] if n_owned[n] else None})
+
+    def group(idx: Tensor, names: Sequence[str]) -> dict[str, dict[str, float]]:
+        res = {}
+        for k, name in enumerate(names):
+            sel = (idx == k).nonzero().flatten().tolist()
+            n = len(sel)
+            gl = sum(obj_loss[i] for i in sel)
+            gg = sum(obj_grad[i] for i in sel)
+            res[name] = {"objects": n, "loss_share": gl, "grad_share": gg,
+                         "grad_share_per_object": gg / n if n else None}
+        return res
+
+    bd = Breakdown(normalization=cfg.normalization, area_gamma=cfg.area_gamma, loss_total=loss_total,
+                   by_band=by_band, by_field=group(f, FIELDS), by_size=group(s, SIZE_BINS),
+                   background={"loss_share": obj_loss[N], "grad_share": obj_grad[N], "patches": n_owned[N]},
+                   objects=objects,
+                   counts={"objects": out.n_objects, "supervised": out.n_supervised,
+                           "unsupervised": out.n_unsupervised})
+    maps = {"target": out.target.float(), "prob": torch.sigmoid(x.detach()).float(),
+            "loss": out.per_patch.detach().float(), "grad": x.grad.abs().float(),
+            "contribution": out.contribution.float()}
+    return bd, maps
+
+
+def keep_mask_topk(logits: Tensor, keep_ratio: float) -> Tensor:
+    """Global top-k keep mask [B, P] with k = ceil(keep_ratio * P)."""
+    k = expected_k(keep_ratio, logits.shape[1])
+    idx = torch.topk(logits, k, dim=1).indices
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes: Tensor,
+                  grid: Sequence[int], image_size: Sequence[int], title: str,
+                  image: Tensor | None = None) -> Path:
+    """One PNG: (image), target, probability, per-patch loss, |gradient|, keep mask, boxes drawn.
+
+    maps: each [P] for one image; keep: [P] bool; boxes: [M, 4]; image: [3, H, W] in [0, 1].
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    Hp, Wp = grid
+    H, W = image_size
+    panels = [("target", maps["target"], "viridis"), ("probability", maps["prob"], "viridis"),
+              ("per-patch loss", maps["loss"], "magma"), ("|gradient|", maps["grad"], "magma"),
+              ("keep mask", keep.float(), "gray")]
+    if image is not None:
+        panels.insert(0, ("image", None, None))
+    cols = 3
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows * H / W + 0.6), squeeze=False)
+    for ax, (name, data, cmap) in zip(axes.flat, panels):
+        if data is None:
+            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, W, H, 0))
+        else:
+            im = ax.imshow(data.reshape(Hp, Wp).numpy(), cmap=cmap, extent=(0, W, H, 0), interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+        for x1, y1, x2, y2 in boxes.tolist():
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan", linewidth=0.8))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def breakdown_table(breakdowns: Sequence[Breakdown]):
+    """rich Table: loss / gradient share per band and per object field, one row per normalisation."""
+    from rich.table import Table
+
+    t = Table(title="CASS loss and |gradient| share (% of batch total)")
+    t.add_column("normalisation")
+    for name in FIELDS:
+        t.add_column(f"{name} band loss / grad", justify="right")
+    for name in FIELDS:
+        t.add_column(f"{name} objects grad / obj", justify="right")
+    t.add_column("background grad", justify="right")
+    for bd in breakdowns:
+        label = bd.normalization + (f" g={bd.area_gamma:g}" if bd.normalization == "object" else "")
+        cells = [f"{100 * bd.by_band[n]['loss_share']:.1f} / {100 * bd.by_band[n]['grad_share']:.1f}" for n in FIELDS]
+        for n in FIELDS:
+            v = bd.by_field[n]["grad_share_per_object"]
+            cells.append("-" if v is None else f"{100 * v:.2f}")
+        cells.append(f"{100 * bd.background['grad_share']:.1f}")
+        t.add_row(label, *cells)
+    return t
