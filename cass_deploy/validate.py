@@ -1,0 +1,469 @@
+"""Validation of a deployed model on a labelled set (SPEC §7 ``validate``): the pure part.
+
+:func:`evaluate` runs a ``predict`` callable over batches and accumulates recall of vehicles at
+IoU 0.5 by field (near / mid / far) and object size, the pruner's per-object retention by field
+(when the model returns a keep mask) and mAP@0.5 (pycocotools). :func:`check_gates` turns a
+result (and optionally a reference result, e.g. the dense model) into pass/fail checks, and
+:func:`format_comparison_table` renders both side by side. The CLI command wires these up.
+
+Gate semantics. Every threshold is a fraction in [0, 1] (recall and retention points as
+fractions: ``max_recall_drop=0.02`` allows two recall points). Comparisons allow a 1e-9 float
+tolerance. A gate on a field without ground-truth objects cannot be evaluated: it is reported as
+``skipped`` with the reason in its message and does not fail (the result table shows n_gt = 0, so
+nothing passes silently). A gate that can never be evaluated for this run — a drop without a
+reference, retention of a model that does not prune, mAP that was not computed — is a
+ConfigError, not a skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from cass_deploy.errors import ConfigError, GateFailed, InputError
+from cass_deploy.metrics import (FIELDS, SIZE_BINS, FieldConfig, SizeBins, field_of, map50, match_detections,
+                                 prepare_image, recall_summary, retention_per_object, retention_summary,
+                                 size_bin_of)
+
+GROUPS = FIELDS + ("all",)
+TOLERANCE = 1e-9
+
+Predict = Callable[[Any], Mapping[str, Any]]
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class FieldReport:
+    """Recall and retention of one group of objects (a field, "all", or a size bin).
+
+    recall / retention values are None when undefined (no objects, or a model that does not prune).
+    """
+
+    name: str
+    n_gt: int
+    n_matched: int
+    recall: float | None
+    retention_mean: float | None = None
+    retention_share_ge_50: float | None = None
+    n_retention: int = 0
+    n_retention_unmeasured: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ValidationResult:
+    """Everything ``validate`` measures on one model; ``to_dict()`` is JSON-ready.
+
+    by_field: far / mid / near / all; by_size: small / medium / large. ``pruned`` is False for a
+    dense model (no keep mask), whose retention entries are then None.
+    """
+
+    by_field: dict[str, FieldReport]
+    by_size: dict[str, FieldReport]
+    map50: float | None
+    map50_per_class: dict[str, float | None] | None
+    pruned: bool
+    keep_ratio: float | None
+    n_images: int
+    n_objects: int
+    n_detections: int
+    iou_thr: float
+    score_thr: float
+    fields: FieldConfig = field(default_factory=FieldConfig)
+    size_bins: SizeBins = field(default_factory=SizeBins)
+    classes: list[int] | None = None
+    name: str = "model"
+
+    def recall(self, group: str) -> float | None:
+        return self.by_field[group].recall if group in self.by_field else self.by_size[group].recall
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["by_field"] = {k: v.to_dict() for k, v in self.by_field.items()}
+        out["by_size"] = {k: v.to_dict() for k, v in self.by_size.items()}
+        out["fields"] = dataclasses.asdict(self.fields)
+        out["size_bins"] = dataclasses.asdict(self.size_bins)
+        out["classes"] = None if self.classes is None else list(self.classes)
+        out["map50_per_class"] = None if self.map50_per_class is None else dict(self.map50_per_class)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ValidationResult":
+        """Inverse of :meth:`to_dict` (e.g. a reference result saved as JSON)."""
+        try:
+            kw = dict(data)
+            kw["by_field"] = {k: FieldReport(**v) for k, v in data["by_field"].items()}
+            kw["by_size"] = {k: FieldReport(**v) for k, v in data["by_size"].items()}
+            kw["fields"] = FieldConfig(**data.get("fields", {}))
+            kw["size_bins"] = SizeBins(**data.get("size_bins", {}))
+            result = cls(**kw)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"not a validation result: {exc}") from None
+        missing = [g for g in GROUPS if g not in result.by_field] + [s for s in SIZE_BINS if s not in result.by_size]
+        if missing:
+            raise InputError(f"validation result lacks group(s) {missing}")
+        return result
+
+
+def build_result(recall: Mapping[str, Any], retention: Mapping[str, Any] | None, **meta: Any) -> ValidationResult:
+    """Assemble a result from :func:`metrics.recall_summary` and :func:`metrics.retention_summary` dicts."""
+
+    def reports(section: str, names: Sequence[str]) -> dict[str, FieldReport]:
+        out = {}
+        for name in names:
+            r = recall[section][name]
+            t = retention[section][name] if retention is not None else None
+            out[name] = FieldReport(
+                name=name, n_gt=int(r["n_gt"]), n_matched=int(r["n_matched"]), recall=r["recall"],
+                retention_mean=t["mean"] if t else None, retention_share_ge_50=t["share_ge_50"] if t else None,
+                n_retention=int(t["n"]) if t else 0, n_retention_unmeasured=int(t["n_unmeasured"]) if t else 0)
+        return out
+
+    return ValidationResult(by_field=reports("by_field", GROUPS), by_size=reports("by_size", SIZE_BINS),
+                            pruned=retention is not None, **meta)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _per_image(value: Any, B: int, what: str, batch_index: int) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        t = torch.as_tensor(value)
+        if t.dim() == 0:
+            raise InputError(f"batch {batch_index}: predict() {what!r} must hold one entry per image")
+        items = list(t)
+    if len(items) != B:
+        raise InputError(f"batch {batch_index}: predict() returned {what!r} for {len(items)} images, expected {B}")
+    return items
+
+
+def _split_output(out: Any, B: int, P: int, batch_index: int) -> tuple[list[dict[str, Any]], Tensor | None]:
+    """predict() output -> per-image prediction dicts and an optional keep mask [B, P] bool."""
+    if not isinstance(out, Mapping):
+        raise InputError(f"batch {batch_index}: predict() must return a mapping with 'boxes', 'scores' "
+                         f"(and 'labels', 'keep_mask'), got {type(out).__name__}")
+    for key in ("boxes", "scores"):
+        if key not in out:
+            raise InputError(f"batch {batch_index}: predict() output lacks {key!r}; it has {sorted(out)}")
+    boxes = _per_image(out["boxes"], B, "boxes", batch_index)
+    scores = _per_image(out["scores"], B, "scores", batch_index)
+    labels = _per_image(out["labels"], B, "labels", batch_index) if out.get("labels") is not None else [None] * B
+    preds = [{"boxes": torch.as_tensor(b).detach().cpu(), "scores": torch.as_tensor(s).detach().cpu(),
+              **({"labels": torch.as_tensor(lab).detach().cpu()} if lab is not None else {})}
+             for b, s, lab in zip(boxes, scores, labels)]
+    keep = out.get("keep_mask")
+    if keep is None:
+        return preds, None
+    keep = torch.as_tensor(keep).detach().cpu()
+    if keep.dim() != 2 or tuple(keep.shape) != (B, P):
+        raise InputError(f"batch {batch_index}: keep_mask must have shape [{B}, {P}], got {list(keep.shape)}")
+    return preds, keep
+
+
+def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size: Sequence[int],
+             grid: Sequence[int], *, fields: FieldConfig | None = None, size_bins: SizeBins | None = None,
+             iou_thr: float = 0.5, score_thr: float = 0.3, classes: Sequence[int] | None = None,
+             class_aware: bool = False, compute_map: bool = True, num_classes: int | None = None,
+             class_names: Sequence[str] | None = None, ensure_center: bool = True,
+             name: str = "model") -> ValidationResult:
+    """Run ``predict`` over ``batches`` and measure recall, retention and mAP@0.5.
+
+    predict(images [B, 3, H, W]) -> ``{"boxes": B x [D_b, 4], "scores": B x [D_b],
+    "labels": B x [D_b] (optional), "keep_mask": [B, P] bool (optional; pruned models)}``; lists
+    or batched arrays, numpy or torch. batches: mappings with ``images`` [B, 3, H, W] at the
+    network input size ``image_size = (H, W)``, ``boxes`` (B tensors [M_b, 4], pixel xyxy of that
+    input) and ``labels`` (B tensors [M_b]). ``classes``: vehicle class ids for recall and
+    retention (None = all); mAP covers all ``num_classes`` (inferred from the labels when None,
+    or ``len(class_names)``). ``grid = (Hp, Wp)`` is the patch grid of the keep mask; patch size
+    for the size bins is ``(H / Hp, W / Wp)``.
+    """
+    from cass_deploy.targets import check_geometry
+
+    (Hp, Wp), (H, W) = check_geometry(grid, image_size)
+    fields = fields or FieldConfig()
+    size_bins = size_bins or SizeBins()
+    patch_size = (H / Hp, W / Wp)
+    P = Hp * Wp
+    matched, fld, size, retention = [], [], [], []
+    raw_preds, raw_gts = [], []
+    n_images = n_det = 0
+    pruned: bool | None = None
+    kept_sum = 0.0
+    for bi, batch in enumerate(batches):
+        if not isinstance(batch, Mapping) or "images" not in batch or "boxes" not in batch:
+            raise InputError(f"batch {bi} must be a mapping with 'images' and 'boxes' (and 'labels')")
+        images = batch["images"]
+        shape = tuple(getattr(images, "shape", ()))
+        if len(shape) != 4 or shape[2:] != (H, W):
+            raise InputError(f"batch {bi}: images must have shape [B, C, {H}, {W}] (the network input), "
+                             f"got {list(shape)}")
+        B = shape[0]
+        gt_boxes = list(batch["boxes"])
+        gt_labels = list(batch["labels"]) if batch.get("labels") is not None else [None] * B
+        if len(gt_boxes) != B or len(gt_labels) != B:
+            raise InputError(f"batch {bi}: {B} images but {len(gt_boxes)} box lists and {len(gt_labels)} label lists")
+        preds, keep = _split_output(predict(images), B, P, bi)
+        if pruned is None:
+            pruned = keep is not None
+        elif pruned != (keep is not None):
+            raise InputError(f"batch {bi}: predict() returned a keep_mask for some batches but not others")
+        kept_boxes = []
+        for b in range(B):
+            gt = {"boxes": gt_boxes[b], **({"labels": gt_labels[b]} if gt_labels[b] is not None else {})}
+            index = n_images + b
+            pr, g = prepare_image(preds[b], gt, index, (H, W), classes)
+            matched.append(match_detections(pr["boxes"], pr["scores"], g["boxes"], iou_thr, score_thr,
+                                            pred_labels=pr["labels"], gt_labels=g["labels"],
+                                            class_aware=class_aware))
+            fld.append(field_of(g["boxes"], H, fields))
+            size.append(size_bin_of(g["boxes"], patch_size, size_bins))
+            n_det += int((pr["scores"] >= score_thr).sum())
+            kept_boxes.append(g["boxes"])
+            if compute_map:
+                if "labels" not in preds[b] or gt_labels[b] is None:
+                    raise InputError(f"image {index}: mAP needs labels on predictions and ground truth; "
+                                     f"pass compute_map=False for a class-agnostic model")
+                raw_preds.append(preds[b])
+                raw_gts.append({"boxes": torch.as_tensor(gt_boxes[b]), "labels": torch.as_tensor(gt_labels[b])})
+        if keep is not None:
+            retention.append(retention_per_object(keep, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center))
+            kept_sum += float(torch.as_tensor(keep).to(torch.float64).sum())
+        n_images += B
+    if n_images == 0:
+        raise InputError("the validation set is empty (no batches)")
+    matched_t = torch.cat(matched)
+    fld_t, size_t = torch.cat(fld), torch.cat(size)
+    if matched_t.numel() == 0:
+        which = f" of classes {list(classes)}" if classes is not None else ""
+        raise InputError(f"no ground-truth objects{which} in {n_images} validation images; nothing to measure")
+    rec = recall_summary(matched_t, fld_t, size_t)
+    ret = retention_summary(torch.cat(retention), fld_t, size_t) if pruned else None
+    m50 = per_class = None
+    if compute_map:
+        if num_classes is None:
+            num_classes = len(class_names) if class_names is not None else 1 + max(
+                [int(torch.as_tensor(d["labels"]).max()) for d in raw_preds + raw_gts
+                 if torch.as_tensor(d["labels"]).numel()])
+        res = map50(raw_preds, raw_gts, num_classes, class_names)
+        m50, per_class = res["map50"], res["per_class"]
+    return build_result(rec, ret, map50=m50, map50_per_class=per_class,
+                        keep_ratio=(kept_sum / (n_images * P)) if pruned else None, n_images=n_images,
+                        n_objects=int(matched_t.numel()), n_detections=n_det, iou_thr=float(iou_thr),
+                        score_thr=float(score_thr), fields=fields, size_bins=size_bins,
+                        classes=None if classes is None else [int(c) for c in classes], name=name)
+
+
+# --------------------------------------------------------------------------- gates
+
+@dataclass
+class Gates:
+    """Pass/fail thresholds for ``validate``, each a fraction in [0, 1] or None (off).
+
+    min_near_recall: near-field recall must reach it. max_recall_drop: for every field (far, mid,
+    near) and "all", reference recall minus candidate recall must not exceed it (needs a
+    reference). min_near_retention: the near field's mean retention must reach it (pruned models
+    only). min_map50: mAP@0.5 must reach it.
+    """
+
+    min_near_recall: float | None = None
+    max_recall_drop: float | None = None
+    min_near_retention: float | None = None
+    min_map50: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+                raise ConfigError(f"gate {f.name} must be a fraction in [0, 1], got {v!r}")
+
+    def active(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+
+@dataclass
+class GateCheck:
+    """The outcome of one gate on one field. ``skipped`` checks pass and say why in ``message``."""
+
+    name: str
+    field: str | None
+    value: float | None
+    threshold: float
+    passed: bool
+    message: str
+    skipped: bool = False
+    reference: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def all_passed(checks: Sequence[GateCheck]) -> bool:
+    """True when no check failed (skipped checks do not fail)."""
+    return all(c.passed for c in checks)
+
+
+def raise_if_failed(checks: Sequence[GateCheck]) -> None:
+    """GateFailed (exit 1) naming every failing check's numbers; nothing when all passed."""
+    failed = [c.message for c in checks if not c.passed]
+    if failed:
+        raise GateFailed("validation gate(s) failed: " + "; ".join(failed))
+
+
+def _counts(r: FieldReport) -> str:
+    return f"{r.n_matched}/{r.n_gt}"
+
+
+def check_compatible(result: ValidationResult, reference: ValidationResult) -> None:
+    """InputError unless both results measured the same objects with the same rules."""
+    for attr in ("fields", "iou_thr", "classes"):
+        a, b = getattr(result, attr), getattr(reference, attr)
+        if a != b:
+            raise InputError(f"the reference was evaluated with {attr}={b!r} but the candidate with {attr}={a!r}; "
+                             f"re-run both with the same settings")
+    for g in GROUPS:
+        a, b = result.by_field[g].n_gt, reference.by_field[g].n_gt
+        if a != b:
+            raise InputError(f"the reference counted {b} ground-truth objects in field {g!r}, the candidate {a}; "
+                             f"they were not evaluated on the same data")
+
+
+def check_gates(result: ValidationResult, reference: ValidationResult | None, gates: Gates) -> list[GateCheck]:
+    """Evaluate every active gate -> one GateCheck per gate and field (see module docstring)."""
+    checks: list[GateCheck] = []
+
+    def minimum(name: str, fld: str | None, what: str, value: float | None, thr: float, detail: str,
+                empty_reason: str) -> None:
+        if value is None:
+            checks.append(GateCheck(name, fld, None, thr, True, f"{name} skipped: {empty_reason}", skipped=True))
+            return
+        ok = value >= thr - TOLERANCE
+        verdict = "meets" if ok else "is below"
+        checks.append(GateCheck(name, fld, value, thr, ok,
+                                f"{what} {value:.4f}{detail} {verdict} the minimum {thr:.4f}"))
+
+    if gates.min_near_recall is not None:
+        r = result.by_field["near"]
+        minimum("min_near_recall", "near", "near-field recall", r.recall, gates.min_near_recall,
+                f" ({_counts(r)} found)", "no ground-truth objects in field 'near'")
+    if gates.max_recall_drop is not None:
+        if reference is None:
+            raise ConfigError("max_recall_drop compares recall with a reference model; give a reference "
+                              "(the dense model or a saved reference result)")
+        check_compatible(result, reference)
+        thr = gates.max_recall_drop
+        for g in GROUPS:
+            cand, ref = result.by_field[g], reference.by_field[g]
+            if cand.recall is None or ref.recall is None:
+                checks.append(GateCheck("max_recall_drop", g, None, thr, True,
+                                        f"max_recall_drop skipped: no ground-truth objects in field {g!r}",
+                                        skipped=True, reference=ref.recall))
+                continue
+            drop = ref.recall - cand.recall
+            ok = drop <= thr + TOLERANCE
+            verdict = "within" if ok else "more than"
+            checks.append(GateCheck("max_recall_drop", g, drop, thr, ok,
+                                    f"{g} recall dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
+                                    f"{_counts(ref)} -> {_counts(cand)}), {verdict} the allowed {thr:.4f}",
+                                    reference=ref.recall))
+    if gates.min_near_retention is not None:
+        if not result.pruned:
+            raise ConfigError(f"min_near_retention needs a pruned model, but {result.name!r} returned no keep "
+                              f"mask (a dense model keeps every patch)")
+        r = result.by_field["near"]
+        minimum("min_near_retention", "near", "near-field mean retention", r.retention_mean,
+                gates.min_near_retention, f" ({r.n_retention} objects)",
+                "no ground-truth objects with patches in field 'near'")
+    if gates.min_map50 is not None:
+        if result.map50 is None:
+            raise ConfigError("min_map50 needs mAP@0.5, which was not computed for this run")
+        minimum("min_map50", None, "mAP@0.5", result.map50, gates.min_map50, "", "")
+    return checks
+
+
+# --------------------------------------------------------------------------- table
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a - b:+.3f}"
+
+
+def format_comparison_table(result: ValidationResult, reference: ValidationResult | None = None, *,
+                            title: str | None = None):
+    """Side-by-side recall and retention per field and size bin -> rich ``Table``.
+
+    Columns: group, n_gt, recall (matched/n_gt) of the result, and, with a reference, its recall
+    and the difference; then mean retention and the share of objects keeping >= 50% of their
+    patches for each model that prunes. mAP@0.5 and keep ratio go in the caption.
+    """
+    from rich.table import Table
+
+    models = [result] + ([reference] if reference is not None else [])
+    table = Table(title=title or "recall and retention by field", show_lines=False)
+    table.add_column("group")
+    table.add_column("n_gt", justify="right")
+    table.add_column(f"recall {result.name}", justify="right")
+    if reference is not None:
+        table.add_column(f"recall {reference.name}", justify="right")
+        table.add_column("Δ recall", justify="right")
+    for m in models:
+        if m.pruned:
+            table.add_column(f"retention {m.name}", justify="right")
+            table.add_column(f">=50% kept {m.name}", justify="right")
+
+    def row(group: str, get: Callable[[ValidationResult], FieldReport], end_section: bool = False) -> None:
+        r = get(result)
+        cells = [group, str(r.n_gt), f"{_fmt(r.recall)} ({_counts(r)})"]
+        if reference is not None:
+            q = get(reference)
+            cells += [f"{_fmt(q.recall)} ({_counts(q)})", _delta(r.recall, q.recall)]
+        for m in models:
+            if m.pruned:
+                f = get(m)
+                cells += [_fmt(f.retention_mean), _fmt(f.retention_share_ge_50)]
+        table.add_row(*cells, end_section=end_section)
+
+    for g in GROUPS:
+        row(g, lambda m, g=g: m.by_field[g], end_section=(g == "all"))
+    for s in SIZE_BINS:
+        row(s, lambda m, s=s: m.by_size[s])
+    caption = []
+    for m in models:
+        part = f"{m.name}: mAP@0.5 {_fmt(m.map50)}"
+        if m.pruned:
+            part += f", keep ratio {_fmt(m.keep_ratio)}"
+        caption.append(part)
+    table.caption = "; ".join(caption) + f" (IoU {result.iou_thr:g}, score >= {result.score_thr:g})"
+    return table
+
+
+def render_table(table: Any, width: int = 120) -> str:
+    """A rich renderable -> plain text (no colour codes), e.g. for logs and tests."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
+    return buf.getvalue()
+
+
+__all__ = ["GROUPS", "FieldReport", "ValidationResult", "build_result", "evaluate", "Gates", "GateCheck",
+           "all_passed", "raise_if_failed", "check_compatible", "check_gates", "format_comparison_table",
+           "render_table"]
