@@ -1,0 +1,180 @@
+"""Export target profiles: one YAML per device (Jetson Orin Nano / NX / AGX, x86 GPU, CPU).
+
+A profile fixes what an engine build needs to know in advance: input size, batch (or a dynamic
+batch range), precision, workspace, DLA, keep ratio and pruner mode, opset. Load one by name
+(``load_profile("jetson-orin-nx")``) or from a YAML path. Profiles are validated on load: the
+input must tile into whole patches, and a TensorRT profile with a ``global`` pruner must keep
+``k = ceil(keep_ratio * P) <= 3840`` (TensorRT's TopK limit).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cass_deploy.config import check_choice, from_dict, load_mapping, to_dict
+from cass_deploy.errors import ConfigError, InputError, LimitError
+from cass_deploy.export.limits import PRECISIONS, PRUNER_MODES, TENSORRT_MAX_TOPK
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+TARGETS = ("tensorrt", "onnxruntime")
+DEVICES = ("jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "x86-gpu", "cpu")
+# DLA cores per device (Orin Nano has none; Orin NX 8GB has one, 16GB two; AGX Orin two).
+DLA_CORES = {"jetson-orin-nano": 0, "jetson-orin-nx": 2, "jetson-agx-orin": 2, "x86-gpu": 0, "cpu": 0}
+TRT_TOPK_MAX = TENSORRT_MAX_TOPK   # export/limits.py is the one source of backend limits
+OPSET_RANGE = (17, 23)
+
+
+@dataclass(frozen=True)
+class ExportProfile:
+    """One deployment target. ``image_size`` is ``(H, W)`` in pixels of the network input."""
+
+    name: str
+    description: str
+    target: str
+    device: str
+    image_size: tuple[int, int]
+    batch: int = 1
+    dynamic_batch: tuple[int, int, int] | None = None   # (min, opt, max)
+    precision: str = "fp16"
+    workspace_mib: int | None = None                    # TensorRT builder memory pool
+    dla_core: int | None = None
+    gpu_fallback: bool = True                           # DLA layers fall back to the GPU
+    keep_ratio: float = 0.5
+    pruner_mode: str = "global"
+    opset: int = 18
+    simplify: bool = True
+    timing_cache: bool = True
+    memory_bandwidth_gbs: float | None = None           # informational (PLATFORM-NOTES.md)
+    patch_size: int = 16
+
+    def __post_init__(self) -> None:
+        where = f"export profile {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"export profile name must be a non-empty string, got {self.name!r}")
+        check_choice(f"{where}: target", self.target, TARGETS)
+        check_choice(f"{where}: device", self.device, DEVICES)
+        check_choice(f"{where}: precision", self.precision, PRECISIONS)
+        check_choice(f"{where}: pruner_mode", self.pruner_mode, PRUNER_MODES)
+        _positive_int(where, "patch_size", self.patch_size)
+        if len(self.image_size) != 2:
+            raise ConfigError(f"{where}: image_size must be [H, W], got {list(self.image_size)!r}")
+        for axis, v in zip("HW", self.image_size):
+            _positive_int(where, f"image_size {axis}", v)
+            if v % self.patch_size:
+                raise ConfigError(f"{where}: image_size {axis}={v} is not a multiple of the patch "
+                                  f"size {self.patch_size}; pad or resize to "
+                                  f"{math.ceil(v / self.patch_size) * self.patch_size}")
+        _positive_int(where, "batch", self.batch)
+        if self.dynamic_batch is not None:
+            lo, opt, hi = self.dynamic_batch
+            for label, v in (("min", lo), ("opt", opt), ("max", hi)):
+                _positive_int(where, f"dynamic_batch {label}", v)
+            if not lo <= opt <= hi:
+                raise ConfigError(f"{where}: dynamic_batch must be [min, opt, max] with "
+                                  f"min <= opt <= max, got {list(self.dynamic_batch)!r}")
+            if not lo <= self.batch <= hi:
+                raise ConfigError(f"{where}: batch {self.batch} is outside dynamic_batch "
+                                  f"{list(self.dynamic_batch)!r}")
+        if self.workspace_mib is not None:
+            _positive_int(where, "workspace_mib", self.workspace_mib)
+        if isinstance(self.keep_ratio, bool) or not isinstance(self.keep_ratio, (int, float)) \
+                or not 0 < self.keep_ratio <= 1:
+            raise ConfigError(f"{where}: keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) \
+                or not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+            raise ConfigError(f"{where}: opset must be an integer in {list(OPSET_RANGE)}, got {self.opset!r}")
+        if self.dla_core is not None:
+            if self.target != "tensorrt":
+                raise ConfigError(f"{where}: dla_core needs target tensorrt, got {self.target!r}")
+            cores = DLA_CORES[self.device]
+            if isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int) \
+                    or not 0 <= self.dla_core < max(cores, 1) or cores == 0:
+                raise ConfigError(f"{where}: device {self.device} has {cores} DLA core(s); "
+                                  f"dla_core {self.dla_core!r} is not one of them")
+            if self.precision == "fp32":
+                raise ConfigError(f"{where}: DLA computes in fp16 or int8 only; set precision "
+                                  f"fp16 or int8, or dla_core null to build for the GPU")
+            if self.dynamic_batch is not None:
+                raise ConfigError(f"{where}: DLA engines have no dynamic dimensions; set "
+                                  f"dynamic_batch null with dla_core {self.dla_core}")
+        if self.memory_bandwidth_gbs is not None and (
+                isinstance(self.memory_bandwidth_gbs, bool)
+                or not isinstance(self.memory_bandwidth_gbs, (int, float))
+                or self.memory_bandwidth_gbs <= 0):
+            raise ConfigError(f"{where}: memory_bandwidth_gbs must be > 0 or null, "
+                              f"got {self.memory_bandwidth_gbs!r}")
+        if self.target == "tensorrt" and self.pruner_mode == "global" and self.topk_k() > TRT_TOPK_MAX:
+            raise LimitError(f"{where}: global top-k keeps k = ceil({self.keep_ratio} * "
+                             f"{self.num_patches()}) = {self.topk_k()} patches, above TensorRT's "
+                             f"TopK limit {TRT_TOPK_MAX}; lower keep_ratio or image_size, or use "
+                             f"pruner_mode band")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(Hp, Wp)``."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    def num_patches(self) -> int:
+        """``P = Hp * Wp``."""
+        hp, wp = self.grid
+        return hp * wp
+
+    def topk_k(self) -> int:
+        """``k = ceil(keep_ratio * P)`` as the pruner computes it (SPEC §6)."""
+        return math.ceil(self.keep_ratio * self.num_patches())
+
+    def max_batch(self) -> int:
+        return self.dynamic_batch[2] if self.dynamic_batch is not None else self.batch
+
+    def to_dict(self) -> dict[str, Any]:
+        out = to_dict(self)
+        out["grid"] = list(self.grid)
+        out["num_patches"] = self.num_patches()
+        out["k"] = self.topk_k()
+        return out
+
+
+def _positive_int(where: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def profile_from_mapping(data: dict[str, Any], default_name: str | None = None) -> ExportProfile:
+    """Build a profile from a mapping (unknown keys are a ConfigError)."""
+    data = dict(data)
+    if default_name is not None:
+        data.setdefault("name", default_name)
+    missing = [k for k in ("name", "description", "target", "device", "image_size") if k not in data]
+    if missing:
+        raise ConfigError(f"export profile {data.get('name', default_name)!r} is missing "
+                          f"{', '.join(missing)}")
+    return from_dict(ExportProfile, data)
+
+
+def load_profile(name_or_path: str | Path) -> ExportProfile:
+    """A shipped profile by name (``"jetson-orin-nx"``) or a YAML/JSON file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    looks_like_path = path.suffix.lower() in (".yaml", ".yml", ".json") or path.parent != Path(".")
+    if looks_like_path or path.is_file():
+        if not path.is_file():
+            raise InputError(f"export profile file not found: {path}")
+        return profile_from_mapping(load_mapping(path), default_name=path.stem)
+    shipped = PROFILE_DIR / f"{text}.yaml"
+    if not shipped.is_file():
+        raise InputError(f"unknown export profile {text!r}; available: {', '.join(list_profiles())} "
+                         f"(or pass the path of a YAML file)")
+    return profile_from_mapping(load_mapping(shipped), default_name=text)
+
+
+__all__ = ["ExportProfile", "load_profile", "list_profiles", "profile_from_mapping", "TARGETS",
+           "DEVICES", "PRECISIONS", "PRUNER_MODES", "DLA_CORES", "TRT_TOPK_MAX", "PROFILE_DIR"]
