@@ -1,0 +1,421 @@
+"""Artefacts describe themselves: ``manifest.json``, ONNX ``metadata_props``, trtexec command.
+
+The manifest sits beside the exported files and records shapes, k, grid, precision, versions,
+the SHA-256 of every file and of the source checkpoint, and an equivalent ``trtexec`` command.
+The same keys (minus the artefact hashes, which would be circular) go into the ONNX file's
+``metadata_props``. Engine files stay plain engine files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cass_deploy import __version__
+from cass_deploy.errors import InputError
+from cass_deploy.io_utils import atomic_path, sha256_file, write_json
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARTS = ("predictor", "full")
+PRECISIONS = ("fp32", "fp16", "int8")
+PRUNER_MODES = ("global", "band", "threshold")
+REQUIRED_KEYS = ("schema_version", "artefacts", "inputs", "outputs", "precision")
+#: ONNX metadata key listing the keys whose values are JSON-encoded (the rest are plain strings)
+JSON_KEYS_PROP = "cass_deploy.json_keys"
+
+#: distribution names whose versions the manifest records (first found wins per label)
+_VERSION_DISTS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+    "numpy": ("numpy",),
+    "onnxscript": ("onnxscript",),
+}
+
+
+def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """Versions of the tool, Python and every installed backend (via package metadata only)."""
+    from cass_deploy.backends import package_version
+
+    versions = {"cass_deploy": __version__, "python": platform.python_version()}
+    for label, dists in _VERSION_DISTS.items():
+        version = package_version(*dists)
+        if version is not None:
+            versions[label] = version
+    if "tensorrt" not in versions:   # JetPack's apt-installed TensorRT may carry no metadata
+        from cass_deploy.backends import trt_version
+        from cass_deploy.errors import BackendUnavailable
+
+        try:
+            found = trt_version()
+        except BackendUnavailable:   # installed but broken: the manifest just omits it
+            found = None
+        if found is not None:
+            versions["tensorrt"] = found
+    for label, version in (extra or {}).items():
+        if version is not None:
+            versions[label] = str(version)
+    return versions
+
+
+def _tensor_entry(spec: Any) -> dict[str, Any]:
+    """A TensorSpec, ``(name, shape, dtype)`` tuple or dict -> ``{"name", "shape", "dtype"}``."""
+    import numpy as np
+
+    if hasattr(spec, "to_dict"):
+        return spec.to_dict()
+    if isinstance(spec, Mapping):
+        name, shape, dtype = spec["name"], spec["shape"], spec["dtype"]
+    else:
+        try:
+            name, shape, dtype = spec
+        except (TypeError, ValueError):
+            raise InputError(f"a tensor must be (name, shape, dtype), got {spec!r}") from None
+    dims = [d if (d is None or isinstance(d, str)) else int(d) for d in shape]
+    return {"name": str(name), "shape": dims, "dtype": np.dtype(dtype).name}
+
+
+def _pair(value: Sequence[int] | None, what: str) -> list[int] | None:
+    if value is None:
+        return None
+    vals = list(value)
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in vals):
+        raise InputError(f"{what} must be two positive integers, got {value!r}")
+    return vals
+
+
+def _batch_entry(batch: int | None, dynamic_batch: Sequence[int] | None) -> dict[str, Any]:
+    if dynamic_batch is not None:
+        if batch is not None:
+            raise InputError("give either a fixed batch or a dynamic batch (min, opt, max), "
+                             "not both")
+        try:
+            lo, opt, hi = (int(v) for v in dynamic_batch)
+        except (TypeError, ValueError):
+            raise InputError(f"dynamic batch must be (min, opt, max), got {dynamic_batch!r}") \
+                from None
+        if not 1 <= lo <= opt <= hi:
+            raise InputError(f"dynamic batch needs 1 <= min <= opt <= max, got "
+                             f"({lo}, {opt}, {hi})")
+        return {"dynamic": True, "min": lo, "opt": opt, "max": hi}
+    size = 1 if batch is None else batch
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise InputError(f"batch must be a positive integer, got {batch!r}")
+    return {"dynamic": False, "size": size}
+
+
+def artefact_entry(path: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """``{"file", "sha256", "bytes"}`` for one file; ``file`` is relative to ``base_dir``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"artefact {path} does not exist")
+    rel = path.name if base_dir is None else path.resolve().relative_to(
+        Path(base_dir).resolve()).as_posix()
+    return {"file": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def build_manifest(
+    *,
+    artefacts: Mapping[str, str | Path],
+    inputs: Sequence[Any],
+    outputs: Sequence[Any],
+    precision: str,
+    source_checkpoint: str | Path | None = None,
+    checkpoint_sha256: str | None = None,
+    grid: Sequence[int] | None = None,
+    k: int | None = None,
+    topk_sizes: Sequence[int] | None = None,
+    keep_ratio: float | None = None,
+    pruner_mode: str | None = None,
+    image_size: Sequence[int] | None = None,
+    batch: int | None = None,
+    dynamic_batch: Sequence[int] | None = None,
+    opset: int | None = None,
+    parts: str | None = None,
+    versions: Mapping[str, str] | None = None,
+    trtexec: str | None = None,
+    base_dir: str | Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """Describe an export. ``artefacts`` maps a role (``"onnx"``, ``"engine"``) to a file.
+
+    ``image_size`` and ``grid`` are ``(H, W)`` and ``(Hp, Wp)``; ``dynamic_batch`` is
+    ``(min, opt, max)``; files are hashed now, so embed ONNX metadata before building this.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if parts is not None and parts not in PARTS:
+        raise InputError(f"parts must be one of {', '.join(PARTS)}, got {parts!r}")
+    if pruner_mode is not None and pruner_mode not in PRUNER_MODES:
+        raise InputError(f"pruner_mode must be one of {', '.join(PRUNER_MODES)}, "
+                         f"got {pruner_mode!r}")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if keep_ratio is not None and not 0.0 < float(keep_ratio) <= 1.0:
+        raise InputError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    if opset is not None and (not isinstance(opset, int) or opset < 1):
+        raise InputError(f"opset must be a positive integer, got {opset!r}")
+    if not artefacts:
+        raise InputError("a manifest needs at least one artefact")
+
+    if source_checkpoint is not None and checkpoint_sha256 is None:
+        ckpt = Path(source_checkpoint)
+        if not ckpt.is_file():
+            raise InputError(f"source checkpoint {ckpt} does not exist")
+        checkpoint_sha256 = sha256_file(ckpt)
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "cass-deploy", "version": __version__},
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_checkpoint": None if source_checkpoint is None and checkpoint_sha256 is None
+        else {"path": None if source_checkpoint is None else str(source_checkpoint),
+              "sha256": checkpoint_sha256},
+        "artefacts": {role: artefact_entry(p, base_dir) for role, p in artefacts.items()},
+        "parts": parts,
+        "inputs": [_tensor_entry(s) for s in inputs],
+        "outputs": [_tensor_entry(s) for s in outputs],
+        "image_size": _pair(image_size, "image_size"),
+        "grid": _pair(grid, "grid"),
+        "k": k,
+        "topk_sizes": None if topk_sizes is None else [int(v) for v in topk_sizes],
+        "keep_ratio": None if keep_ratio is None else float(keep_ratio),
+        "pruner_mode": pruner_mode,
+        "precision": precision,
+        "batch": _batch_entry(batch, dynamic_batch),
+        "opset": opset,
+        "versions": dict(versions) if versions is not None else collect_versions(),
+        "trtexec": trtexec,
+        "extra": dict(extra or {}),
+    }
+
+
+def write_manifest(directory: str | Path, manifest: Mapping[str, Any],
+                   force: bool = False) -> Path:
+    """Write ``directory/manifest.json`` atomically; refuses to overwrite without ``force``."""
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"refusing to write a manifest with schema_version "
+                         f"{manifest.get('schema_version')!r}; expected {SCHEMA_VERSION}")
+    path = Path(directory) / MANIFEST_NAME
+    return write_json(path, dict(manifest), force=force)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Load a manifest from a directory (``manifest.json`` inside) or a file path."""
+    path = Path(path)
+    file = path / MANIFEST_NAME if path.is_dir() else path
+    if not file.is_file():
+        where = f"no {MANIFEST_NAME} in {path}" if path.is_dir() else f"{file} does not exist"
+        raise InputError(f"{where}; export artefacts with `cass-deploy export` to get one")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg}); re-export or restore it") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file} is not a text file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{file} has schema_version {version!r}; this cass-deploy "
+                         f"({__version__}) reads schema_version {SCHEMA_VERSION}. Re-export "
+                         "with this version or use the cass-deploy that wrote it")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
+    return data
+
+
+@dataclass
+class ArtefactCheck:
+    """Result of :func:`verify_artefacts`; truthy when every listed file matches its hash."""
+
+    checked: list[str] = field(default_factory=list)
+    mismatches: list[dict[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return not self.mismatches and not self.missing
+
+    @property
+    def ok(self) -> bool:
+        return bool(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": list(self.checked), "mismatches": list(self.mismatches),
+                "missing": list(self.missing)}
+
+    def summary(self) -> str:
+        if self:
+            return f"all {len(self.checked)} artefact(s) match their SHA-256"
+        parts = [f"{m['file']} ({m['role']}): expected {m['expected'][:12]}..., "
+                 f"found {m['actual'][:12]}..." for m in self.mismatches]
+        parts += [f"{f}: missing" for f in self.missing]
+        return "artefact check failed: " + "; ".join(parts)
+
+
+def verify_artefacts(manifest: Mapping[str, Any], directory: str | Path) -> ArtefactCheck:
+    """Recompute the SHA-256 of every file the manifest lists (paths relative to ``directory``)."""
+    result = ArtefactCheck()
+    base = Path(directory)
+    for role, entry in manifest.get("artefacts", {}).items():
+        file = base / entry["file"]
+        if not file.is_file():
+            result.missing.append(entry["file"])
+            continue
+        actual = sha256_file(file)
+        result.checked.append(entry["file"])
+        if actual != entry["sha256"]:
+            result.mismatches.append({"role": role, "file": entry["file"],
+                                      "expected": entry["sha256"], "actual": actual})
+    return result
+
+
+# -- ONNX metadata ----------------------------------------------------------------------------
+def onnx_metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest keys that go into ONNX ``metadata_props`` (all but the artefact hashes)."""
+    return {key: value for key, value in manifest.items() if key != "artefacts"}
+
+
+def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
+    """Write ``mapping`` into ONNX ``metadata_props`` (non-strings JSON-encoded).
+
+    ``model`` is an ``onnx.ModelProto`` (changed in place and returned) or a path to an ONNX
+    file (rewritten atomically; external data files are left where they are).
+    """
+    import onnx
+
+    path = None
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"ONNX model {path} does not exist")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
+    json_keys = sorted(k for k, v in mapping.items() if not isinstance(v, str))
+    props = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+             for k, v in mapping.items()}
+    props[JSON_KEYS_PROP] = json.dumps(json_keys)
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for entry in keep:
+        model.metadata_props.add(key=entry.key, value=entry.value)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    if path is not None:
+        with atomic_path(path, force=True) as tmp:
+            onnx.save(model, str(tmp))
+    return model
+
+
+def read_onnx_metadata(model: Any) -> dict[str, Any]:
+    """``metadata_props`` of an ONNX model or file as a dict, JSON values decoded."""
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"ONNX model {path} does not exist")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    json_keys = set(json.loads(props.pop(JSON_KEYS_PROP, "[]")))
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        out[key] = json.loads(value) if key in json_keys else value
+    return out
+
+
+# -- trtexec ----------------------------------------------------------------------------------
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def _shape_spec(shapes: Mapping[str, Sequence[int]]) -> str:
+    # trtexec: names containing ':' or ',' are wrapped in single quotes ('Input:0')
+    return ",".join((f"'{n}'" if (":" in n or "," in n) else n) + ":" + _dims(s)
+                    for n, s in shapes.items())
+
+
+def trtexec_command(
+    onnx: str | Path,
+    engine: str | Path,
+    *,
+    precision: str = "fp32",
+    strongly_typed: bool = False,
+    trt_major: int = 10,
+    also_fp16: bool = False,
+    workspace_mib: int | None = None,
+    timing_cache: str | Path | None = None,
+    input_name: str | None = None,
+    min_shape: Sequence[int] | None = None,
+    opt_shape: Sequence[int] | None = None,
+    max_shape: Sequence[int] | None = None,
+    shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
+    builder_optimization_level: int | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
+) -> str:
+    """The ``trtexec`` command line equivalent to a build (shell-quoted).
+
+    TensorRT 10: ``--stronglyTyped`` or precision flags (``--fp16``; ``--int8`` for explicit
+    QDQ models, plus ``--fp16`` when ``also_fp16``). TensorRT >= 11 has no precision flags and is
+    always strongly typed, so neither appears. Dynamic shapes come either from ``input_name`` +
+    ``min/opt/max_shape`` or from ``shapes = {name: (min, opt, max)}``.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
+    if trt_major < 11:
+        if strongly_typed:
+            args.append("--stronglyTyped")
+        elif precision == "fp16":
+            args.append("--fp16")
+        elif precision == "int8":
+            args.append("--int8")
+            if also_fp16:
+                args.append("--fp16")
+    if workspace_mib is not None:
+        if workspace_mib < 1:
+            raise InputError(f"workspace_mib must be >= 1, got {workspace_mib}")
+        args.append(f"--memPoolSize=workspace:{int(workspace_mib)}M")
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
+
+    profile: dict[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] = dict(shapes or {})
+    given = [s is not None for s in (min_shape, opt_shape, max_shape)]
+    if any(given):
+        if not all(given) or input_name is None:
+            raise InputError("a dynamic shape needs input_name and all of min_shape, opt_shape "
+                             "and max_shape")
+        profile[input_name] = (min_shape, opt_shape, max_shape)  # type: ignore[assignment]
+    if profile:
+        for flag, idx in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+            args.append(f"{flag}=" + _shape_spec({n: s[idx] for n, s in profile.items()}))
+    if dla_core is not None:
+        args.append(f"--useDLACore={int(dla_core)}")
+        if gpu_fallback:
+            args.append("--allowGPUFallback")
+    if builder_optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={int(builder_optimization_level)}")
+    if version_compatible:
+        args.append("--versionCompatible")
+    if hardware_compatible:
+        args.append("--hardwareCompatibilityLevel=ampere+")
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,360 @@
+"""Numpy stand-ins for ``tensorrt`` and ``pycuda.driver`` that record the calls made.
+
+They mirror the subset of the TensorRT 10 Python API and pycuda that
+``cass_deploy.export.tensorrt`` and ``cass_deploy.runtime.trt_runner`` use (names and
+signatures checked against the TensorRT Python docs and Polygraphy), so those code paths run on
+machines without a GPU. They do not prove the real libraries behave the same: the ``trt``-marked
+tests do that on a GPU.
+
+The "engine" computes the tiny TopK pruner of ``runner_fixtures`` with numpy.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+from runner_fixtures import expected_topk
+
+PLAN_MAGIC = b"FAKEPLAN"
+
+
+class _Enum(enum.IntEnum):
+    pass
+
+
+def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = []                                          # (what, args) in call order
+    major = int(version.split(".")[0])
+
+    class ILogger:
+        def __init__(self) -> None:
+            pass
+
+    class Logger(ILogger):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    trt.ILogger, trt.Logger = ILogger, Logger
+    trt.NetworkDefinitionCreationFlag = _Enum(
+        "NetworkDefinitionCreationFlag",
+        {"STRONGLY_TYPED": 0} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    flags = ["GPU_FALLBACK", "VERSION_COMPATIBLE", "TF32"]
+    if major < 11:
+        flags = ["FP16", "INT8"] + flags
+    trt.BuilderFlag = _Enum("BuilderFlag", {n: i for i, n in enumerate(flags)})
+    trt.MemoryPoolType = _Enum("MemoryPoolType", {"WORKSPACE": 0})
+    trt.DeviceType = _Enum("DeviceType", {"GPU": 0, "DLA": 1})
+    trt.HardwareCompatibilityLevel = _Enum("HardwareCompatibilityLevel",
+                                           {"NONE": 0, "AMPERE_PLUS": 1})
+    trt.TensorIOMode = _Enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    trt.DataType = _Enum("DataType", {"FLOAT": 0, "INT64": 1, "BOOL": 2})
+    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32, trt.DataType.INT64: np.int64,
+                             trt.DataType.BOOL: np.bool_}[dt]
+
+    def record(what: str, *args: Any) -> None:
+        trt.calls.append((what, args))
+
+    class Tensor:
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            self.name, self.shape = name, shape
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            self.flags, self.inputs = flags, []
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, i: int) -> Tensor:
+            return self.inputs[i]
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: ILogger) -> None:
+            self.network, self.logger, self.errors = network, logger, []
+
+        def parse_from_file(self, path: str) -> bool:
+            import onnx
+
+            record("parse_from_file", path)
+            model = onnx.load(path)
+            inits = {t.name for t in model.graph.initializer}
+            for v in model.graph.input:
+                if v.name in inits:
+                    continue
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1
+                             for d in v.type.tensor_type.shape.dim)
+                self.network.inputs.append(Tensor(v.name, dims))
+            if any(n.op_type == "NonZero" for n in model.graph.node):
+                self.errors.append("In node 3 (NonZero): unsupported")
+            return not self.errors
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> str:
+            return self.errors[i]
+
+    class TimingCache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return b"CACHE" + self.data[5:] + b"+"
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, list] = {}
+
+        def set_shape(self, name: str, lo, opt, hi) -> None:
+            record("set_shape", name, tuple(lo), tuple(opt), tuple(hi))
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags: list = []
+            self.profiles: list[Profile] = []
+            self.cache = None
+            self.default_device_type = trt.DeviceType.GPU
+            self.DLA_core = -1
+
+        def set_memory_pool_limit(self, pool, size: int) -> None:
+            record("set_memory_pool_limit", pool, size)
+
+        def set_flag(self, flag) -> None:
+            record("set_flag", flag)
+            self.flags.append(flag)
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            record("create_timing_cache", bytes(data))
+            return TimingCache(bytes(data))
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            return self.cache
+
+    class Builder:
+        num_DLA_cores = 0
+
+        def __init__(self, logger: ILogger) -> None:
+            self.logger = logger
+
+        def create_network(self, flags: int = 0) -> Network:
+            record("create_network", flags)
+            return Network(flags)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config):
+            record("build_serialized_network", network.flags)
+            if trt.fail_build:
+                self.logger.log(Logger.ERROR, "Error Code 4: internal error (fake)")
+                return None
+            shapes = config.profiles[0].shapes if config.profiles else {}
+            return PLAN_MAGIC + json.dumps({"profiles": shapes}).encode()
+
+    trt.fail_build = False
+    trt.OnnxParser, trt.Builder = OnnxParser, Builder
+
+    class Runtime:
+        def __init__(self, logger: ILogger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data: bytes):
+            if not data.startswith(PLAN_MAGIC):
+                self.logger.log(Logger.ERROR, "The engine plan file is not compatible with this "
+                                "version of TensorRT (magic tag does not match)")
+                return None
+            return Engine(json.loads(data[len(PLAN_MAGIC):]))
+
+    trt.Runtime = Runtime
+
+    p, k = 16, 4
+    io = [("scores", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
+          ("feats", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
+          ("values", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
+          ("indices", (-1, k), trt.DataType.INT64, trt.TensorIOMode.OUTPUT),
+          ("kept", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
+          ("keep_mask", (-1, p), trt.DataType.BOOL, trt.TensorIOMode.OUTPUT)]
+
+    class Engine:
+        def __init__(self, plan: dict) -> None:
+            self.plan = plan
+            self.num_io_tensors = len(io)
+
+        def get_tensor_name(self, i: int) -> str:
+            return io[i][0]
+
+        def _row(self, name: str):
+            return next(r for r in io if r[0] == name)
+
+        def get_tensor_shape(self, name: str):
+            return self._row(name)[1]
+
+        def get_tensor_dtype(self, name: str):
+            return self._row(name)[2]
+
+        def get_tensor_mode(self, name: str):
+            return self._row(name)[3]
+
+        def get_tensor_profile_shape(self, name: str, index: int):
+            return self.plan["profiles"][name]
+
+        def create_execution_context(self) -> "Context":
+            return Context(self)
+
+    class Context:
+        def __init__(self, engine: Engine) -> None:
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            lo, _, hi = self.engine.plan["profiles"][name]
+            if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                return False
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name: str):
+            if name in self.shapes:
+                return self.shapes[name]
+            batch = self.shapes["scores"][0]
+            return (batch,) + tuple(self.engine._row(name)[1][1:])
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            record("execute_async_v3", stream_handle)
+            read = {n: FAKE_MEMORY.read(self.addresses[n], self.shapes[n], np.float32)
+                    for n in ("scores", "feats")}
+            for name, value in expected_topk(read["scores"], read["feats"], k).items():
+                FAKE_MEMORY.write(self.addresses[name], value)
+            return True
+
+    return trt
+
+
+class _Memory:
+    """Fake device memory: address -> bytearray."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytearray] = {}
+        self.next = itertools.count(0x1000, 0x1000)
+
+    def alloc(self, nbytes: int) -> int:
+        address = next(self.next)
+        self.blocks[address] = bytearray(nbytes)
+        return address
+
+    def read(self, address: int, shape, dtype) -> np.ndarray:
+        count = int(np.prod(shape))
+        return np.frombuffer(bytes(self.blocks[address]), dtype=dtype, count=count).reshape(shape)
+
+    def write(self, address: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value).tobytes()
+        self.blocks[address][: len(data)] = data
+
+
+FAKE_MEMORY = _Memory()
+
+
+def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
+    pycuda = types.ModuleType("pycuda")
+    driver = types.ModuleType("pycuda.driver")
+    pycuda.driver = driver
+    driver.freed = []
+    driver.context_stack = []
+
+    class DeviceAllocation:
+        def __init__(self, nbytes: int) -> None:
+            self.address = FAKE_MEMORY.alloc(nbytes)
+
+        def __int__(self) -> int:
+            return self.address
+
+        def free(self) -> None:
+            driver.freed.append(self.address)
+
+    class Context:
+        def push(self) -> None:
+            driver.context_stack.append(self)
+
+        def pop(self) -> None:
+            driver.context_stack.remove(self)
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def retain_primary_context(self) -> Context:
+            return Context()
+
+        def name(self) -> str:
+            return "Fake GPU"
+
+    class Stream:
+        handle = 42
+
+        def synchronize(self) -> None:
+            pass
+
+    class Event:
+        _clock = itertools.count(1)
+
+        def record(self, stream: Stream | None = None) -> None:
+            self.t = next(Event._clock) * 0.25
+
+        def synchronize(self) -> None:
+            pass
+
+        def time_since(self, other: "Event") -> float:
+            return self.t - other.t
+
+    def memcpy_htod_async(dest: DeviceAllocation, src: np.ndarray, stream: Stream) -> None:
+        assert src.flags.c_contiguous
+        FAKE_MEMORY.write(int(dest), src)
+
+    def memcpy_dtoh_async(dest: np.ndarray, src: DeviceAllocation, stream: Stream) -> None:
+        dest[...] = FAKE_MEMORY.read(int(src), dest.shape, dest.dtype)
+
+    driver.init = lambda: None
+    driver.Device, driver.Stream, driver.Event = Device, Stream, Event
+    driver.mem_alloc = DeviceAllocation
+    driver.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+    driver.memcpy_htod_async, driver.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
+    return pycuda, driver
+
+
+def install(monkeypatch, version: str = "10.3.0") -> types.ModuleType:
+    """Put the fakes in ``sys.modules`` and make the availability probes see them."""
+    from cass_deploy import backends
+
+    trt = make_fake_tensorrt(version)
+    pycuda, driver = make_fake_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setattr(backends, "_has_module", lambda module: True)
+    monkeypatch.setattr(backends, "package_version", lambda *dists: None)
+    return trt

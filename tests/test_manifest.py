@@ -1,0 +1,223 @@
+"""Manifest build/write/read/verify, ONNX metadata round trip, trtexec command lines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from cass_deploy.errors import InputError
+from cass_deploy.export import manifest as mf
+from cass_deploy.runtime.base import TensorSpec
+
+
+def _tiny_onnx(path: Path) -> Path:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="producer_note", value="keep me")
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "export"
+    d.mkdir()
+    _tiny_onnx(d / "model.onnx")
+    (d / "model.engine").write_bytes(b"\x00engine-bytes\x01" * 10)
+    (tmp_path / "ckpt.pt").write_bytes(b"checkpoint")
+    return d
+
+
+def _manifest(d: Path, **kw):
+    args = dict(
+        artefacts={"onnx": d / "model.onnx", "engine": d / "model.engine"},
+        source_checkpoint=d.parent / "ckpt.pt",
+        inputs=[TensorSpec("images", ("batch", 3, 720, 1280), np.float32)],
+        outputs=[("scores", ["batch", 3600], "float32"),
+                 {"name": "keep_idx", "shape": ["batch", 1800], "dtype": "int64"}],
+        grid=(45, 80), k=1800, keep_ratio=0.5, pruner_mode="global", precision="fp16",
+        image_size=(720, 1280), dynamic_batch=(1, 2, 4), opset=17, parts="predictor",
+        trtexec="trtexec --onnx=model.onnx", versions={"torch": "2.13.0"})
+    args.update(kw)
+    return mf.build_manifest(**args)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_build_manifest_records_everything(export_dir):
+    m = _manifest(export_dir)
+    assert m["schema_version"] == mf.SCHEMA_VERSION == 1
+    assert m["artefacts"]["onnx"] == {"file": "model.onnx",
+                                      "sha256": _sha(export_dir / "model.onnx"),
+                                      "bytes": (export_dir / "model.onnx").stat().st_size}
+    assert m["artefacts"]["engine"]["sha256"] == _sha(export_dir / "model.engine")
+    assert m["source_checkpoint"]["sha256"] == hashlib.sha256(b"checkpoint").hexdigest()
+    assert m["inputs"] == [{"name": "images", "shape": ["batch", 3, 720, 1280],
+                            "dtype": "float32"}]
+    assert [o["dtype"] for o in m["outputs"]] == ["float32", "int64"]
+    assert m["batch"] == {"dynamic": True, "min": 1, "opt": 2, "max": 4}
+    assert (m["grid"], m["k"], m["precision"], m["opset"]) == ([45, 80], 1800, "fp16", 17)
+    assert m["versions"] == {"torch": "2.13.0"}
+    json.dumps(m)   # serialisable as is
+
+
+def test_collect_versions_reads_metadata_without_importing():
+    versions = mf.collect_versions()
+    assert versions["cass_deploy"] and versions["python"]
+    import onnx as _onnx
+    assert versions["onnx"] == _onnx.__version__
+    assert "onnxruntime" in versions
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    ({"precision": "fp8"}, "precision must be one of"),
+    ({"parts": "backbone"}, "parts must be one of"),
+    ({"pruner_mode": "random"}, "pruner_mode must be one of"),
+    ({"k": 0}, "k must be a positive integer"),
+    ({"keep_ratio": 1.5}, "keep_ratio must be in"),
+    ({"dynamic_batch": (4, 2, 8)}, "1 <= min <= opt <= max"),
+    ({"batch": 2}, "either a fixed batch or a dynamic batch"),
+    ({"grid": (45,)}, "grid must be two positive integers"),
+    ({"artefacts": {}}, "at least one artefact"),
+])
+def test_build_manifest_rejects_bad_values(export_dir, kw, pattern):
+    with pytest.raises(InputError, match=pattern):
+        _manifest(export_dir, **kw)
+
+
+def test_write_read_round_trip_and_no_overwrite(export_dir):
+    m = _manifest(export_dir)
+    path = mf.write_manifest(export_dir, m)
+    assert path == export_dir / "manifest.json"
+    assert mf.read_manifest(export_dir) == m
+    assert mf.read_manifest(path) == m
+    with pytest.raises(InputError, match="already exists; pass --force"):
+        mf.write_manifest(export_dir, _manifest(export_dir, k=900))
+    assert mf.read_manifest(export_dir)["k"] == 1800
+    mf.write_manifest(export_dir, _manifest(export_dir, k=900), force=True)
+    assert mf.read_manifest(export_dir)["k"] == 900
+    assert not list(export_dir.glob(".manifest.json.*"))   # no temp files left behind
+
+
+def test_verify_detects_tampering_and_missing_files(export_dir):
+    m = _manifest(export_dir)
+    check = mf.verify_artefacts(m, export_dir)
+    assert check and check.ok and sorted(check.checked) == ["model.engine", "model.onnx"]
+    engine = export_dir / "model.engine"
+    data = bytearray(engine.read_bytes())
+    data[3] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    check = mf.verify_artefacts(m, export_dir)
+    assert not check
+    assert check.mismatches[0]["role"] == "engine"
+    assert check.mismatches[0]["actual"] == _sha(engine)
+    assert "model.engine (engine)" in check.summary()
+    (export_dir / "model.onnx").unlink()
+    check = mf.verify_artefacts(m, export_dir)
+    assert check.missing == ["model.onnx"] and check.to_dict()["ok"] is False
+
+
+def test_read_manifest_errors(tmp_path, export_dir):
+    with pytest.raises(InputError, match="no manifest.json in"):
+        mf.read_manifest(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        mf.read_manifest(tmp_path / "gone.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1,\n "k": }')
+    with pytest.raises(InputError, match="not valid JSON \\(line 2"):
+        mf.read_manifest(bad)
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    with pytest.raises(InputError, match="must hold a JSON object"):
+        mf.read_manifest(listing)
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({**_manifest(export_dir), "schema_version": 7}))
+    with pytest.raises(InputError, match="schema_version 7; .*reads schema_version 1"):
+        mf.read_manifest(future)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"schema_version": 1, "precision": "fp32"}))
+    with pytest.raises(InputError, match="lacks required key\\(s\\) artefacts, inputs, outputs"):
+        mf.read_manifest(partial)
+    with pytest.raises(InputError, match="schema_version"):
+        mf.write_manifest(tmp_path, {"schema_version": 0})
+
+
+def test_onnx_metadata_round_trip(export_dir):
+    onnx_path = export_dir / "model.onnx"
+    m = _manifest(export_dir)
+    meta = mf.onnx_metadata(m)
+    assert "artefacts" not in meta and meta["k"] == 1800
+    meta["numeric_string"] = "123"
+    mf.embed_onnx_metadata(onnx_path, meta)
+    back = mf.read_onnx_metadata(onnx_path)
+    assert back.pop("producer_note") == "keep me"   # existing props survive
+    assert back == json.loads(json.dumps(meta))     # tuples become lists, nothing else changes
+    assert back["numeric_string"] == "123" and back["grid"] == [45, 80]
+    raw = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert raw["precision"] == "fp16" and raw["k"] == "1800"
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    # embedding again replaces keys instead of duplicating them
+    mf.embed_onnx_metadata(onnx_path, {"k": 900})
+    keys = [p.key for p in onnx.load(str(onnx_path)).metadata_props]
+    assert keys.count("k") == 1 and mf.read_onnx_metadata(onnx_path)["k"] == 900
+
+
+def test_embed_into_model_proto_in_place():
+    model = helper.make_model(helper.make_graph([], "empty", [], []))
+    out = mf.embed_onnx_metadata(model, {"pruner_mode": "band", "topk_sizes": [10, 20]})
+    assert out is model
+    assert mf.read_onnx_metadata(model) == {"pruner_mode": "band", "topk_sizes": [10, 20]}
+    with pytest.raises(InputError, match="missing.onnx does not exist"):
+        mf.read_onnx_metadata(Path("missing.onnx"))
+
+
+# -- trtexec --------------------------------------------------------------------------------
+def test_trtexec_tensorrt10_fp16_dynamic():
+    cmd = mf.trtexec_command(
+        "out/model.onnx", "out/model.engine", precision="fp16", workspace_mib=2048,
+        timing_cache="cache/timing.cache", input_name="images", min_shape=(1, 3, 720, 1280),
+        opt_shape=(2, 3, 720, 1280), max_shape=(4, 3, 720, 1280))
+    assert cmd == ("trtexec --onnx=out/model.onnx --saveEngine=out/model.engine --fp16 "
+                   "--memPoolSize=workspace:2048M --timingCacheFile=cache/timing.cache "
+                   "--minShapes=images:1x3x720x1280 --optShapes=images:2x3x720x1280 "
+                   "--maxShapes=images:4x3x720x1280")
+
+
+def test_trtexec_precision_flags_by_version():
+    base = ("m.onnx", "m.engine")
+    assert mf.trtexec_command(*base) == "trtexec --onnx=m.onnx --saveEngine=m.engine"
+    assert mf.trtexec_command(*base, precision="int8").endswith(" --int8")
+    assert mf.trtexec_command(*base, precision="int8", also_fp16=True).endswith(
+        " --int8 --fp16")
+    strong = mf.trtexec_command(*base, precision="fp16", strongly_typed=True)
+    assert strong.endswith(" --stronglyTyped") and "--fp16" not in strong
+    for precision in ("fp16", "int8"):   # TensorRT 11: no precision flags, always strongly typed
+        assert mf.trtexec_command(*base, precision=precision, trt_major=11) == \
+            "trtexec --onnx=m.onnx --saveEngine=m.engine"
+
+
+def test_trtexec_dla_quoting_and_extras():
+    cmd = mf.trtexec_command(
+        "my models/m.onnx", "m.engine", precision="fp16", dla_core=0, gpu_fallback=True,
+        shapes={"input:0": ((1, 4), (1, 4), (1, 4)), "mask": ((1, 2), (1, 2), (1, 2))},
+        builder_optimization_level=5, version_compatible=True, hardware_compatible=True)
+    args = shlex.split(cmd)
+    assert args[1] == "--onnx=my models/m.onnx"
+    assert "--minShapes='input:0':1x4,mask:1x2" in args
+    assert args[-5:] == ["--useDLACore=0", "--allowGPUFallback", "--builderOptimizationLevel=5",
+                         "--versionCompatible", "--hardwareCompatibilityLevel=ampere+"]
+    with pytest.raises(InputError, match="needs input_name and all of"):
+        mf.trtexec_command("m.onnx", "m.engine", input_name="x", min_shape=(1, 4))
