@@ -377,3 +377,14 @@ def test_summarise_retention_per_field_and_size():
     assert empty["by_field"]["near"] == {"mean": None, "share_ge_50": None, "n": 0, "n_unmeasured": 0}
     with pytest.raises(InputError, match="4 entries for 5 boxes"):
         summarise_retention(retention[:4], boxes, (100, 100))
+
+
+def test_numpy_field_split_of_the_data_package_agrees_at_the_edges():
+    import numpy as np
+
+    from cass_deploy.data import field_of_boxes
+
+    H = 480
+    y2 = np.array([239.999, 240.0, 240.001, 359.999, 360.0, 360.001, 480.0])
+    boxes = np.stack([np.zeros_like(y2), y2 - 10, np.full_like(y2, 10), y2], 1)
+    assert field_of_boxes(boxes, H).tolist() == field_of(torch.tensor(boxes), H).tolist() == [0, 1, 1, 1, 2, 2, 2]

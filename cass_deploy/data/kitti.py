@@ -1,0 +1,145 @@
+"""KITTI ``label_2`` datasets — the label format of roadside sets such as DAIR-V2X-I and Rope3D.
+
+One text file per image (``<stem>.txt`` beside ``<stem>.png|.jpg``), one object per line::
+
+    type truncated occluded alpha x1 y1 x2 y2 h w l x y z ry [score]
+
+Only the 2-D box (x1 y1 x2 y2, pixels) and the type are used. Types are mapped with the class
+map (default :data:`~cass_deploy.data.classes.DEFAULT_KITTI_CLASS_MAP`: Car/Van -> car,
+Truck -> truck, Bus -> bus, any letter case); ``DontCare`` and unmapped types are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cass_deploy.data.classes import DEFAULT_KITTI_CLASS_MAP, classes_of, resolve_class_map
+from cass_deploy.data.common import (IMAGE_SUFFIXES, DatasetBase, check_box_bounds, check_index,
+                                     image_header_size, load_rgb, resolve_size, to_item)
+from cass_deploy.errors import InputError
+
+KITTI_FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",
+                "h", "w", "l", "x", "y", "z", "ry", "score")
+
+
+class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
+    """Map-style dataset over ``image_dir`` + ``label_dir`` (KITTI label_2 text files).
+
+    Item ``{"image": float32 [3, H, W] in [0, 1], "boxes": float32 [M, 4] xyxy pixels,
+    "labels": int64 [M], "image_id": int}``; ``image_id`` is the file stem as an integer when
+    every stem is numeric (``000123`` -> 123), else the position in sorted order.
+
+    Every label file needs its image (same stem); images without a label file are ignored.
+    A malformed line (wrong field count, a non-number, ``x2 <= x1`` or ``y2 <= y1``) is an
+    InputError naming the file and line. ``image_size=(H, W)``: images of another size are
+    **resized** to it (bilinear) and their boxes scaled; without it every image must have the
+    size of the first one (InputError naming the file otherwise). Boxes may stick out of the
+    image by at most 1 px (clipped). ``max_images`` keeps the first N label files (sorted).
+    """
+
+    def __init__(self, image_dir: str | Path, label_dir: str | Path,
+                 class_map: Mapping[str, str | None] | None = None,
+                 image_size: Sequence[int] | None = None, max_images: int | None = None) -> None:
+        self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
+        for what, d in (("image", self.image_dir), ("label", self.label_dir)):
+            if not d.is_dir():
+                raise InputError(f"KITTI {what} directory not found: {d}")
+        label_map = resolve_class_map(class_map, DEFAULT_KITTI_CLASS_MAP)
+        self.classes = classes_of(label_map)
+        self.image_size = resolve_size(image_size)
+        label_files = sorted(p for p in self.label_dir.iterdir() if p.suffix == ".txt" and p.is_file())
+        if max_images is not None:
+            if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+                raise InputError(f"max_images must be an integer >= 1, got {max_images!r}")
+            label_files = label_files[:max_images]
+        if not label_files:
+            raise InputError(f"no KITTI label files (*.txt) in {self.label_dir}")
+        images = {}
+        for p in sorted(self.image_dir.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                images.setdefault(p.stem, p)
+        stems = [p.stem for p in label_files]
+        numeric = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
+        self.records: list[dict[str, Any]] = []
+        for k, lp in enumerate(label_files):
+            image = images.get(lp.stem)
+            if image is None:
+                raise InputError(f"{lp} has no image {lp.stem}.png/.jpg in {self.image_dir}")
+            boxes, labels, lines = parse_label_file(lp, label_map)
+            self.records.append({"image": image, "label": lp, "boxes": boxes, "labels": labels,
+                                 "lines": lines, "id": int(lp.stem) if numeric else k})
+        # without image_size every image must match the first one (checked again on load)
+        self._expected = None if self.image_size is not None else image_header_size(self.records[0]["image"])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
+        r = self.records[check_index(i, len(self.records))]
+        h, w = image_header_size(r["image"])
+        if self._expected is not None and (h, w) != self._expected:
+            first = self.records[0]["image"]
+            raise InputError(f"{r['image']} is {h}x{w} but {first} is {self._expected[0]}x"
+                             f"{self._expected[1]}; pass image_size=(H, W) to resize every image "
+                             f"(boxes are scaled with it)")
+        boxes = np.asarray([check_box_bounds(b, h, w, where=f"{r['label']}:{line}")
+                            for b, line in zip(r["boxes"].tolist(), r["lines"].tolist())],
+                           np.float32).reshape(-1, 4)
+        image, boxes = load_rgb(r["image"], boxes, expected=None, image_size=self.image_size)
+        return image, boxes, r["labels"], r["id"]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return to_item(*self.get_numpy(i))
+
+
+def parse_label_file(path: Path, label_map: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kept objects of one label file: boxes float32 [M, 4] xyxy, labels int64 [M], line numbers [M].
+
+    ``label_map``: lower-cased type -> label (see :func:`resolve_class_map`). Every line except
+    blank ones and ``DontCare`` is validated; errors name ``path:line``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read KITTI label file {path}: {exc}") from None
+    boxes, labels, lines = [], [], []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) not in (15, 16):
+            raise InputError(f"{path}:{n}: expected 15 fields (16 with a score) "
+                             f"'type truncated occluded alpha x1 y1 x2 y2 h w l x y z ry [score]', "
+                             f"got {len(fields)}: {raw.strip()!r}")
+        values = []
+        for name, v in zip(KITTI_FIELDS[1:], fields[1:]):
+            try:
+                f = float(v)
+            except ValueError:
+                f = math.nan
+            if not math.isfinite(f):
+                raise InputError(f"{path}:{n}: field '{name}' must be a finite number, got {v!r}")
+            values.append(f)
+        kind = fields[0]
+        if kind.lower() == "dontcare":
+            continue
+        x1, y1, x2, y2 = values[3:7]
+        if not (x2 > x1 and y2 > y1):
+            raise InputError(f"{path}:{n}: box x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g} needs "
+                             f"x2 > x1 and y2 > y1")
+        label = label_map.get(kind.lower())
+        if label is None:
+            continue
+        boxes.append([x1, y1, x2, y2])
+        labels.append(label)
+        lines.append(n)
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
+            np.asarray(lines, np.int64))
+
+
+__all__ = ["KittiDataset", "parse_label_file", "KITTI_FIELDS"]
