@@ -1,0 +1,284 @@
+"""Dense detection head (CenterNet style): module, training targets, loss and decoding.
+
+Outputs on a grid of stride ``s`` (``Hh = H / s``, ``Wh = W / s``):
+
+- ``heatmap [B, C, Hh, Wh]``: centre heat-map **logits** per class (``sigmoid`` → score).
+- ``box [B, 4, Hh, Wh]``: ``(l, t, r, b)`` distances **in input pixels** from the cell centre
+  ``((j + 0.5) * s, (i + 0.5) * s)`` to the box edges, positive (``s * exp(clamp(raw))``).
+
+A detection is a 3×3 local maximum of the heat map; its box is read at the same cell.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cass_deploy.errors import InputError
+
+BOX_LOG_RANGE = (-6.0, 6.0)   # clamp of the raw box logit before exp (Clip in ONNX)
+MIN_TARGET_DISTANCE = 0.5     # px; see detection_targets (boxes smaller than a cell)
+HEATMAP_PRIOR = 0.01          # initial foreground probability of the heat map
+
+
+# --------------------------------------------------------------------------- module
+
+class DenseHead(nn.Module):
+    """token grid ``[B, D, Hp, Wp]`` → (heatmap ``[B, C, Hh, Wh]`` logits, box ``[B, 4, Hh, Wh]`` px).
+
+    ``upsample = patch_size // head_stride``: a stride-``upsample`` transposed convolution
+    brings the token grid to the head stride (each token learns its sub-patch layout, so two
+    far-field cars in one 16-px patch get separate peaks at stride 8), then one 3×3 conv.
+    """
+
+    def __init__(self, dim: int, num_classes: int, upsample: int, head_stride: int,
+                 channels: int = 64) -> None:
+        super().__init__()
+        self.head_stride = head_stride
+        if upsample > 1:
+            self.up = nn.ConvTranspose2d(dim, channels, kernel_size=upsample, stride=upsample)
+        else:
+            self.up = nn.Conv2d(dim, channels, kernel_size=1)
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.cls = nn.Conv2d(channels, num_classes, kernel_size=1)
+        self.reg = nn.Conv2d(channels, 4, kernel_size=1)
+        nn.init.constant_(self.cls.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+        nn.init.normal_(self.reg.weight, std=0.01)
+        nn.init.constant_(self.reg.bias, 0.0)
+
+    def forward(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.act(self.up(grid))
+        x = self.act(self.conv(x))
+        raw = self.reg(x).clamp(min=BOX_LOG_RANGE[0], max=BOX_LOG_RANGE[1])
+        return self.cls(x), torch.exp(raw) * float(self.head_stride)
+
+
+# --------------------------------------------------------------------------- targets
+
+def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> Tensor:
+    """CenterNet's radius (in cells) such that a corner shift keeps IoU ≥ ``min_overlap``."""
+    a1, b1 = 1.0, height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt((b1 ** 2 - 4 * a1 * c1).clamp(min=0))) / 2
+    a2, b2 = 4.0, 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + torch.sqrt((b2 ** 2 - 4 * a2 * c2).clamp(min=0))) / 2
+    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + torch.sqrt((b3 ** 2 - 4 * a3 * c3).clamp(min=0))) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+def _pad_boxes(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tuple[int, int],
+               num_classes: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate and pad to ``[B, M, 4]`` float, ``[B, M]`` long, valid ``[B, M]`` bool.
+
+    Boxes are clipped to the image; a box left with zero area (entirely outside) is not valid
+    and contributes nothing.
+    """
+    if len(boxes) != len(labels):
+        raise InputError(f"got boxes for {len(boxes)} images but labels for {len(labels)}")
+    h, w = image_size
+    bsz = len(boxes)
+    boxes = [torch.as_tensor(b, dtype=torch.float32, device=device) for b in boxes]
+    labels = [torch.as_tensor(lb, device=device) for lb in labels]
+    m = max([int(b.shape[0]) if b.dim() == 2 else 0 for b in boxes] + [1])
+    out = torch.zeros(bsz, m, 4, dtype=torch.float32, device=device)
+    lab = torch.zeros(bsz, m, dtype=torch.long, device=device)
+    valid = torch.zeros(bsz, m, dtype=torch.bool, device=device)
+    for i, (bx, lb) in enumerate(zip(boxes, labels)):
+        if bx.numel() == 0 and lb.numel() == 0:
+            continue
+        if bx.dim() != 2 or bx.shape[1] != 4:
+            raise InputError(f"image {i}: boxes must be [M, 4] x1,y1,x2,y2, got {list(bx.shape)}")
+        if lb.dim() != 1 or lb.shape[0] != bx.shape[0]:
+            raise InputError(f"image {i}: labels must be [{bx.shape[0]}], got {list(lb.shape)}")
+        if lb.dtype.is_floating_point and not torch.equal(lb, lb.round()):
+            raise InputError(f"image {i}: labels must be integers, got {lb.tolist()}")
+        bad = ~torch.isfinite(bx).all(1) | (bx[:, 2] <= bx[:, 0]) | (bx[:, 3] <= bx[:, 1])
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise InputError(f"image {i} box {j}: invalid box {bx[j].tolist()} "
+                             f"(need finite x1 < x2, y1 < y2)")
+        lb = lb.long()
+        badl = (lb < 0) | (lb >= num_classes)
+        if bool(badl.any()):
+            j = int(badl.nonzero()[0, 0])
+            raise InputError(f"image {i} box {j}: label {int(lb[j])} outside [0, {num_classes})")
+        clipped = torch.stack([bx[:, 0].clamp(0, w), bx[:, 1].clamp(0, h),
+                               bx[:, 2].clamp(0, w), bx[:, 3].clamp(0, h)], dim=1)
+        n = bx.shape[0]
+        out[i, :n] = clipped
+        lab[i, :n] = lb
+        valid[i, :n] = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return out, lab, valid
+
+
+def detection_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tuple[int, int],
+                      out_size: tuple[int, int], num_classes: int,
+                      device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """CenterNet targets for a batch, vectorised over all boxes of all images.
+
+    boxes: per image ``[M_b, 4]`` x1,y1,x2,y2 in input pixels; labels: per image ``[M_b]`` ints.
+    Returns
+      ``heatmap [B, C, Hh, Wh]``: per class, max over boxes of a Gaussian centred on the cell
+        holding the box centre (peak exactly 1), radius from the box size in cells
+        (``gaussian_radius``, min overlap 0.7), cut to the ``(2r+1)²`` window.
+      ``box [B, 4, Hh, Wh]``: ``(l, t, r, b)`` px from each cell centre to its assigned box
+        (at least ``MIN_TARGET_DISTANCE`` px: a box smaller than a cell may not contain its
+        centre cell's centre).
+      ``box_weight [B, Hh, Wh]``: regression weight = that box's Gaussian value; cells regress
+        where they are in a box's window and either inside the box or its centre cell; a cell
+        claimed by several boxes takes the one with the higher Gaussian (smaller box on ties).
+      ``num_objects``: scalar tensor, valid boxes in the batch.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    hh, wh = int(out_size[0]), int(out_size[1])
+    dev = torch.device(device) if device is not None else (
+        boxes[0].device if len(boxes) and isinstance(boxes[0], Tensor) else torch.device("cpu"))
+    bx, lab, valid = _pad_boxes(boxes, labels, (h, w), num_classes, dev)
+    sy, sx = h / hh, w / wh
+    x1, y1, x2, y2 = bx.unbind(-1)                                          # [B, M]
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    ci = (cy / sy).floor().clamp(0, hh - 1)
+    cj = (cx / sx).floor().clamp(0, wh - 1)
+    radius = gaussian_radius((y2 - y1) / sy, (x2 - x1) / sx).floor().clamp(min=0)
+    sigma = (2 * radius + 1) / 6
+    ii = torch.arange(hh, dtype=torch.float32, device=dev).view(1, 1, hh, 1)
+    jj = torch.arange(wh, dtype=torch.float32, device=dev).view(1, 1, 1, wh)
+    dy = ii - ci[..., None, None]
+    dx = jj - cj[..., None, None]
+    r4 = radius[..., None, None]
+    window = (dy.abs() <= r4) & (dx.abs() <= r4) & valid[..., None, None]   # [B, M, Hh, Wh]
+    g = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma[..., None, None] ** 2)) * window
+
+    bsz, m = lab.shape
+    row = (torch.arange(bsz, device=dev)[:, None] * num_classes + lab).reshape(-1, 1)  # [B*M, 1]
+    heat = torch.zeros(bsz * num_classes, hh * wh, device=dev).scatter_reduce(
+        0, row.expand(-1, hh * wh), g.reshape(bsz * m, hh * wh), reduce="amax")
+    heat = heat.view(bsz, num_classes, hh, wh)                              # max-merge per class
+
+    px = (jj + 0.5) * sx                                                    # [1, 1, 1, Wh]
+    py = (ii + 0.5) * sy                                                    # [1, 1, Hh, 1]
+    inside = ((px >= x1[..., None, None]) & (px <= x2[..., None, None])
+              & (py >= y1[..., None, None]) & (py <= y2[..., None, None]))
+    centre = (dy == 0) & (dx == 0)
+    area = ((x2 - x1) * (y2 - y1) / float(h * w))[..., None, None]
+    key = torch.where(window & (inside | centre), g * (1 - 1e-4 * area), torch.zeros_like(g))
+    best, owner = key.max(dim=1)                                            # [B, Hh, Wh]
+    own = bx.gather(1, owner.flatten(1)[..., None].expand(-1, -1, 4))       # [B, Hh*Wh, 4]
+    own = own.view(bsz, hh, wh, 4)
+    pxg, pyg = px[0, 0], py[0, 0]                                           # [1, Wh], [Hh, 1]
+    ltrb = torch.stack([pxg - own[..., 0], pyg - own[..., 1],
+                        own[..., 2] - pxg, own[..., 3] - pyg], dim=1)       # [B, 4, Hh, Wh]
+    ltrb = ltrb.clamp(min=MIN_TARGET_DISTANCE)
+    weight = torch.where(best > 0, g.gather(1, owner[:, None]).squeeze(1), torch.zeros_like(best))
+    return {"heatmap": heat, "box": ltrb, "box_weight": weight,
+            "num_objects": valid.sum()}
+
+
+# --------------------------------------------------------------------------- loss
+
+def focal_heatmap_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
+    """CenterNet penalty-reduced focal loss, **summed** (divide by the object count).
+
+    logits, target: ``[B, C, Hh, Wh]``; positives are cells with ``target == 1``.
+    """
+    p = torch.sigmoid(logits)
+    pos = target >= 1.0
+    pos_term = -((1 - p) ** alpha) * F.logsigmoid(logits)
+    neg_term = -((1 - target) ** beta) * (p ** alpha) * F.logsigmoid(-logits)
+    return torch.where(pos, pos_term, neg_term).sum()
+
+
+def ltrb_giou(pred: Tensor, target: Tensor) -> Tensor:
+    """GIoU of boxes given as ``(l, t, r, b)`` distances from the same point; ``[..., 4]`` → ``[...]``."""
+    pl, pt, pr, pb = pred.unbind(-1)
+    tl, tt, tr, tb = target.unbind(-1)
+    area_p = (pl + pr) * (pt + pb)
+    area_t = (tl + tr) * (tt + tb)
+    inter = (torch.minimum(pl, tl) + torch.minimum(pr, tr)) * (torch.minimum(pt, tt) + torch.minimum(pb, tb))
+    union = area_p + area_t - inter
+    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (torch.maximum(pt, tt) + torch.maximum(pb, tb))
+    iou = inter / union.clamp(min=1e-6)
+    return iou - (enclose - union) / enclose.clamp(min=1e-6)
+
+
+def detection_loss(outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor],
+                   image_size: tuple[int, int] | None = None, *, head_stride: int = 8,
+                   box_weight: float = 1.0, l1_weight: float = 0.5) -> dict[str, Tensor]:
+    """Detection loss → ``{"total", "heatmap", "box"}`` (scalars; ``total`` is differentiable).
+
+    outputs: ``heatmap [B, C, Hh, Wh]`` logits and ``box [B, 4, Hh, Wh]`` px (the detector's
+    forward). ``image_size``: input ``(H, W)``; default ``(Hh, Wh) * head_stride``.
+    heatmap = focal loss / max(1, number of objects); box = weighted mean over regression cells
+    of ``(1 - GIoU) + l1_weight * |log(pred / target)|`` (scale-free L1); total = heatmap +
+    box_weight * box. Images without boxes contribute background only; a batch without any box
+    gives a finite loss with box = 0.
+    """
+    heat_logits, box = outputs["heatmap"], outputs["box"]
+    bsz, c, hh, wh = heat_logits.shape
+    if box.shape != (bsz, 4, hh, wh):
+        raise InputError(f"box output must be [{bsz}, 4, {hh}, {wh}], got {list(box.shape)}")
+    if len(boxes) != bsz:
+        raise InputError(f"outputs hold {bsz} images but boxes were given for {len(boxes)}")
+    if image_size is None:
+        image_size = (hh * head_stride, wh * head_stride)
+    t = detection_targets(boxes, labels, image_size, (hh, wh), c, device=heat_logits.device)
+    n_obj = t["num_objects"].clamp(min=1).to(heat_logits.dtype)
+    hm = focal_heatmap_loss(heat_logits.float(), t["heatmap"]) / n_obj
+
+    wgt = t["box_weight"]                                                    # [B, Hh, Wh]
+    pos = wgt > 0
+    pred = box.float().permute(0, 2, 3, 1)[pos]                              # [N, 4]
+    tgt = t["box"].permute(0, 2, 3, 1)[pos]
+    wp = wgt[pos]
+    if pred.shape[0] == 0:
+        box_loss = box.sum() * 0.0
+    else:
+        giou = 1 - ltrb_giou(pred, tgt)
+        l1 = (pred.clamp(min=1e-6).log() - tgt.log()).abs().mean(-1)
+        box_loss = ((giou + l1_weight * l1) * wp).sum() / wp.sum()
+    total = hm + box_weight * box_loss
+    return {"total": total, "heatmap": hm.detach(), "box": box_loss.detach()}
+
+
+# --------------------------------------------------------------------------- decode
+
+def decode(outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thresh: float = 0.05,
+           max_dets: int = 100) -> list[dict[str, Tensor]]:
+    """Heat-map peaks → detections per image.
+
+    3×3 max-pool peak suppression, then the ``max_dets`` best (class, cell) pairs per image,
+    kept when ``score >= score_thresh``. Returns per image ``boxes [D, 4]`` float xyxy pixels
+    (clipped to the image), ``scores [D]``, ``labels [D]`` int64, sorted by score.
+    """
+    heat_logits, box = outputs["heatmap"], outputs["box"]
+    bsz, c, hh, wh = heat_logits.shape
+    h, w = int(image_size[0]), int(image_size[1])
+    if max_dets < 1:
+        raise InputError(f"max_dets must be >= 1, got {max_dets!r}")
+    sy, sx = h / hh, w / wh
+    with torch.no_grad():
+        heat = torch.sigmoid(heat_logits.float())
+        peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
+        flat = (heat * peak).flatten(1)                                      # [B, C*Hh*Wh]
+        k = min(max_dets, flat.shape[1])
+        scores, idx = flat.topk(k, dim=1)
+        cls = idx // (hh * wh)
+        cell = idx % (hh * wh)
+        ltrb = box.float().flatten(2).gather(2, cell[:, None].expand(-1, 4, -1))  # [B, 4, k]
+        px = ((cell % wh).float() + 0.5) * sx
+        py = ((cell // wh).float() + 0.5) * sy
+        xyxy = torch.stack([(px - ltrb[:, 0]).clamp(0, w), (py - ltrb[:, 1]).clamp(0, h),
+                            (px + ltrb[:, 2]).clamp(0, w), (py + ltrb[:, 3]).clamp(0, h)], dim=-1)
+    results = []
+    for b in range(bsz):
+        keep = scores[b] >= score_thresh
+        results.append({"boxes": xyxy[b][keep], "scores": scores[b][keep], "labels": cls[b][keep]})
+    return results

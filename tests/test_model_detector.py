@@ -1,0 +1,235 @@
+"""PrunedDetector: shapes per pruner mode, keep-set contract, dense equivalence, untouched
+non-kept tokens, predictor gradient isolation, shared-weight pruner swaps, the interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from cass_deploy.config import from_dict, to_dict
+from cass_deploy.errors import ConfigError, InputError
+from cass_deploy.model import ModelConfig, PrunableModel, PrunedDetector, PrunerConfig
+
+MODES = ("global", "band", "threshold", "none")
+
+
+def tiny(image_size=(64, 96), **pruner) -> ModelConfig:
+    """A small, fast configuration of the reference architecture."""
+    pruner.setdefault("keep_ratio", 0.4)
+    return ModelConfig(image_size=image_size, embed_dim=32, num_heads=2, early_depth=1, late_depth=2,
+                       head_channels=16, predictor_hidden=16, pruner=PrunerConfig(**pruner))
+
+
+def images(b: int, size=(64, 96), seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("size", [(64, 96), (96, 48)])
+@pytest.mark.parametrize("mode", MODES)
+def test_output_shapes_and_keep_set(mode, size, batch):
+    model = PrunedDetector(tiny(size, mode=mode, bands=2)).eval()
+    hp, wp = size[0] // 16, size[1] // 16
+    p = hp * wp
+    with torch.no_grad():
+        out = model(images(batch, size))
+    expected_keys = ["scores", "keep_mask", "heatmap", "box"] + ([] if mode == "threshold" else ["keep_idx"])
+    assert sorted(out) == sorted(expected_keys)
+    assert out["scores"].shape == (batch, p) and out["scores"].dtype == torch.float32
+    assert out["keep_mask"].shape == (batch, p) and out["keep_mask"].dtype == torch.bool
+    assert out["heatmap"].shape == (batch, 3, size[0] // 8, size[1] // 8)
+    assert out["box"].shape == (batch, 4, size[0] // 8, size[1] // 8)
+    assert bool((out["box"] > 0).all())
+    assert model.grid == (hp, wp)
+    if mode == "threshold":
+        assert model.k is None
+        return
+    k = {"none": p}.get(mode, math.ceil(0.4 * p))
+    assert model.k == k and isinstance(model.k, int)
+    idx = out["keep_idx"]
+    assert idx.shape == (batch, k) and idx.dtype == torch.int64
+    assert bool((idx[:, 1:] > idx[:, :-1]).all())                          # sorted and unique
+    for b in range(batch):
+        assert idx[b].tolist() == torch.nonzero(out["keep_mask"][b]).flatten().tolist()
+
+
+class _FixedScores(torch.nn.Module):
+    """Stands in for the predictor: returns hand-made scores whatever the tokens."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(tokens.shape[0], -1)
+
+
+def test_band_model_keeps_near_rows_when_the_horizon_scores_highest():
+    # grid 6 x 6 (96 x 96 input), 3 bands of 2 rows; every high score in the top band
+    model = PrunedDetector(tiny((96, 96), mode="band", keep_ratio=0.5, bands=3)).eval()
+    scores = torch.cat([torch.linspace(10, 20, 12), torch.linspace(-1, -2, 24)])[None]
+    model.predictor = _FixedScores(scores)
+    with torch.no_grad():
+        out = model(images(2, (96, 96)))
+        glob = model.with_pruner("global")(images(2, (96, 96)))
+    assert model.pruner.quotas == (6, 6, 6)
+    assert out["keep_mask"].view(2, 3, 12).sum(-1).tolist() == [[6, 6, 6]] * 2
+    assert glob["keep_mask"].view(2, 3, 12).sum(-1).tolist() == [[12, 6, 0]] * 2
+    ref = torch.topk(scores[0], 18).indices                              # global = torch.topk set
+    assert set(glob["keep_idx"][0].tolist()) == set(ref.tolist())
+
+
+@pytest.mark.parametrize("mode", ["global", "band"])
+def test_keep_ratio_one_equals_dense(mode):
+    model = PrunedDetector(tiny(mode=mode, keep_ratio=1.0, bands=2)).eval()
+    dense = model.with_pruner("none")
+    x = images(2)
+    with torch.no_grad():
+        a, b = model(x), dense(x)
+    assert torch.equal(a["keep_idx"], b["keep_idx"])
+    for name in ("scores", "heatmap", "box"):
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["global", "band", "threshold"])
+def test_late_blocks_do_not_change_non_kept_tokens(mode):
+    model = PrunedDetector(tiny(mode=mode, bands=2, threshold=0.5)).eval()
+    with torch.no_grad():  # centre the scores so the threshold keeps about half the patches
+        model.predictor.fc2.bias.sub_(model.forward_features(images(2))["scores"].median())
+        f = model.forward_features(images(2))
+    mask = f["keep_mask"]
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.equal(f["tokens"][~mask], f["early"][~mask])
+    changed = (f["tokens"] - f["early"]).abs().amax(-1)
+    assert bool((changed[mask] > 1e-4).all())
+
+
+def test_threshold_mode_matches_global_on_the_same_kept_set():
+    """Mask-based late blocks (threshold) compute exactly what gather → blocks → scatter does."""
+    model = PrunedDetector(tiny(mode="global", keep_ratio=0.4)).eval()
+    x = images(1)
+    with torch.no_grad():
+        ref = model(x)
+        s = ref["scores"][0].sort(descending=True).values
+        k = model.k
+        tau = float(torch.sigmoid((s[k - 1] + s[k]) / 2))             # splits the top-k from the rest
+        out = model.with_pruner("threshold", threshold=tau)(x)
+    assert torch.equal(out["keep_mask"], ref["keep_mask"])
+    torch.testing.assert_close(out["heatmap"], ref["heatmap"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["box"], ref["box"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_detection_loss_never_reaches_the_predictor(mode):
+    model = PrunedDetector(tiny(mode=mode, bands=2))
+    out = model(images(2))
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 30.0]]), torch.tensor([[50.0, 20.0, 90.0, 60.0]])]
+    labels = [torch.tensor([0]), torch.tensor([2])]
+    model.loss(out, boxes, labels)["total"].backward()
+    for name, p in model.predictor.named_parameters():
+        assert p.grad is None or float(p.grad.abs().max()) == 0.0, name
+    assert model.patch_embed.proj.weight.grad is not None
+    assert float(model.patch_embed.proj.weight.grad.abs().max()) > 0
+    # a loss on the scores (what CASS does) does train the predictor
+    model.zero_grad(set_to_none=True)
+    out = model(images(2))
+    torch.nn.functional.binary_cross_entropy_with_logits(out["scores"], torch.ones_like(out["scores"])).backward()
+    assert all(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.predictor.parameters())
+    assert model.head.cls.weight.grad is None
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_predictor_input(detach):
+    cfg = dataclasses.replace(tiny(), detach_predictor_input=detach)
+    model = PrunedDetector(cfg)
+    model(images(1))["scores"].sum().backward()
+    reached = model.patch_embed.proj.weight.grad is not None
+    assert reached is (not detach)
+
+
+def test_with_pruner_shares_weights():
+    model = PrunedDetector(tiny(mode="global", keep_ratio=0.5))
+    other = model.with_pruner("band", keep_ratio=0.25)
+    assert other.k == math.ceil(0.25 * 24) and model.k == 12 and other.pruner_mode == "band"
+    assert model.pruner_mode == "global"
+    assert set(model.state_dict()) == set(other.state_dict())
+    for (n1, p1), (n2, p2) in zip(sorted(model.named_parameters()), sorted(other.named_parameters())):
+        assert n1 == n2 and p1 is p2
+    with torch.no_grad():
+        model.head.cls.bias.add_(1.0)
+    assert torch.equal(other.head.cls.bias, model.head.cls.bias)
+    with pytest.raises(ConfigError):
+        model.with_pruner("sparse")
+
+
+def test_interface_contract():
+    for mode in MODES:
+        model = PrunedDetector(tiny(mode=mode, bands=2)).eval()
+        assert isinstance(model, PrunableModel)
+        assert model.image_size == (64, 96) and model.patch_size == 16 and model.pruner_mode == mode
+        x = images(2)
+        with torch.no_grad():
+            ref = model(x)
+            full = model.full_module()(x)
+            pred = model.predictor_module()(x)
+        names = model.output_names("full")
+        assert names[-2:] == ["heatmap", "box"] and ("keep_idx" in names) is (mode != "threshold")
+        assert model.output_names("predictor") == names[:-2]
+        assert len(full) == len(names) and len(pred) == len(names) - 2
+        for name, value in zip(names, full):
+            assert torch.equal(value, ref[name]), name
+        for name, value in zip(names, pred):
+            assert torch.equal(value, ref[name]), name
+    with pytest.raises(ConfigError):
+        model.output_names("head")
+    assert not isinstance(object(), PrunableModel)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(image_size=(100, 96)), dict(embed_dim=30, num_heads=4), dict(head_stride=6),
+    dict(early_depth=-1), dict(mlp_ratio=0.0), dict(num_classes=0), dict(image_size=(64,)),
+    dict(pruner=PrunerConfig(mode="band", bands=5)),                  # 4 grid rows < 5 bands
+    dict(pruner=PrunerConfig(mode="band", bands=2, band_rows=(6,))),  # row 6 outside a 4-row grid
+])
+def test_model_config_rejects_bad_values(kwargs):
+    base = dict(image_size=(64, 96), embed_dim=32, num_heads=2)
+    with pytest.raises(ConfigError):
+        ModelConfig(**{**base, **kwargs})
+
+
+def test_model_config_round_trips_through_dicts():
+    cfg = ModelConfig(image_size=(128, 224), pruner=PrunerConfig(mode="band", bands=2, band_rows=(3,),
+                                                                 band_quotas=(0.4, 0.6)))
+    data = to_dict(cfg)
+    back = from_dict(ModelConfig, data)
+    assert back == cfg
+    assert back.pruner.band_quotas == (0.4, 0.6) and back.image_size == (128, 224)
+    nested = ModelConfig(pruner={"mode": "threshold", "threshold": 0.3})
+    assert nested.pruner.mode == "threshold" and nested.pruner.threshold == 0.3
+
+
+def test_wrong_image_shape_is_an_input_error():
+    model = PrunedDetector(tiny())
+    with pytest.raises(InputError, match="64, 96"):
+        model(torch.rand(1, 3, 64, 80))
+
+
+@pytest.mark.parametrize("stem", ["conv", "patch"])
+def test_each_token_sees_only_its_own_patch(stem):
+    model = PrunedDetector(dataclasses.replace(tiny(), stem=stem)).eval()
+    x = images(1)
+    y = x.clone()
+    y[:, :, 16:32, 32:48] = 1.0 - y[:, :, 16:32, 32:48]        # patch (row 1, column 2) of a 4 x 6 grid
+    with torch.no_grad():
+        diff = (model.patch_embed(y) - model.patch_embed(x)).abs().amax(-1)[0]
+    assert torch.nonzero(diff > 0).flatten().tolist() == [1 * 6 + 2]
+
+
+def test_unknown_stem_is_a_config_error():
+    with pytest.raises(ConfigError, match="stem"):
+        ModelConfig(stem="vit")
+    with pytest.raises(ConfigError, match="stem"):
+        ModelConfig(image_size=(60, 90), patch_size=6, head_stride=6, stem="conv")

@@ -1,0 +1,76 @@
+"""The detector exports with the dynamo ONNX exporter (opset 17, free batch) and ONNX Runtime
+reproduces torch's keep set and scores."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cass_deploy.model import INPUT_NAME, ModelConfig, PrunedDetector, PrunerConfig
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def _export(module: torch.nn.Module, names: list[str], path, batch: int = 2) -> None:
+    x = torch.rand(batch, 3, 64, 96)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=17,
+                          input_names=[INPUT_NAME], output_names=names,
+                          dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=64)}},
+                          verbose=False)
+
+
+@pytest.mark.parametrize("mode", ["global", "band", "none", "threshold"])
+def test_onnx_round_trip(mode, tmp_path):
+    cfg = ModelConfig(image_size=(64, 96), embed_dim=32, num_heads=2, early_depth=1, late_depth=1,
+                      head_channels=16, predictor_hidden=16,
+                      pruner=PrunerConfig(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5))
+    model = PrunedDetector(cfg).eval()
+    names = model.output_names("full")
+    path = tmp_path / f"{mode}.onnx"
+    _export(model.full_module(), names, path)
+
+    proto = onnx.load(str(path))
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert [o.name for o in proto.graph.output] == names
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 64, 96, generator=torch.Generator().manual_seed(5))   # another batch size
+    got = dict(zip(names, sess.run(None, {INPUT_NAME: x.numpy()})))
+    with torch.no_grad():
+        ref = model(x)
+    np.testing.assert_allclose(got["scores"], ref["scores"].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["keep_mask"], ref["keep_mask"].numpy())
+    if mode != "threshold":
+        assert got["keep_idx"].dtype == np.int64 and got["keep_idx"].shape == (3, model.k)
+        np.testing.assert_array_equal(got["keep_idx"], ref["keep_idx"].numpy())
+    else:
+        assert "keep_idx" not in got
+    np.testing.assert_allclose(got["heatmap"], ref["heatmap"].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["box"], ref["box"].numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_onnx_predictor_part(tmp_path):
+    cfg = ModelConfig(image_size=(64, 96), embed_dim=32, num_heads=2, early_depth=1, late_depth=1,
+                      head_channels=16, predictor_hidden=16, pruner=PrunerConfig(mode="global", keep_ratio=0.5))
+    model = PrunedDetector(cfg).eval()
+    names = model.output_names("predictor")
+    path = tmp_path / "predictor.onnx"
+    _export(model.predictor_module(), names, path)
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "ConvTranspose" not in ops                       # the head is not in this part
+    assert [n for n in proto.graph.node if n.op_type == "TopK"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 64, 96)
+    got = dict(zip(names, sess.run(None, {INPUT_NAME: x.numpy()})))
+    with torch.no_grad():
+        scores, keep_idx, keep_mask = model.predictor_module()(x)
+    np.testing.assert_array_equal(got["keep_idx"], keep_idx.numpy())
+    np.testing.assert_array_equal(got["keep_mask"], keep_mask.numpy())
+    np.testing.assert_allclose(got["scores"], scores.numpy(), rtol=1e-5, atol=1e-5)
