@@ -55,3 +55,22 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+TINY_OVERRIDES = [
+    "epochs=1", "batch_size=4", "threads=1", "lr_warmup_steps=2",
+    "data.train_images=8", "data.val_images=4",
+    "model.image_size=[96,160]", "model.embed_dim=32", "model.num_heads=2", "model.early_depth=1",
+    "model.late_depth=1", "model.head_channels=16", "model.predictor_hidden=16",
+    "cass.warmup_epochs=0",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A briefly trained tiny detector (96x160 input, 6x10 grid, keep 0.5) -> best.pt path."""
+    from cass_deploy.train import load_train_config, train
+
+    out = tmp_path_factory.mktemp("tiny") / "train"
+    res = train(load_train_config(None, TINY_OVERRIDES), out, progress=False, log=lambda s: None)
+    return res.best_path

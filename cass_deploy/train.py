@@ -1,0 +1,327 @@
+"""Training loop: detection loss + CASS with warm-up, AdamW + cosine schedule, checkpoints,
+resume, deterministic seeds, and multi-process training through ``torchrun`` (DDP).
+
+``TrainConfig`` is the whole run: ``model``, ``cass``, ``data``, ``fields`` sections plus the
+optimisation settings; load one from YAML with :func:`load_train_config` and dotted overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from cass_deploy.config import CassConfig, apply_overrides, from_dict, load_mapping, to_dict
+from cass_deploy.errors import ConfigError, InputError
+from cass_deploy.metrics import FieldConfig
+from cass_deploy.model import ModelConfig, PrunedDetector
+
+
+@dataclass
+class DataConfig:
+    """Where images come from: ``synthetic`` roadside scenes or a COCO / KITTI directory."""
+
+    source: str = "synthetic"
+    val_source: str | None = None
+    train_images: int = 512
+    val_images: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "val_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``epochs`` counts passes over ``data.train_images`` images."""
+
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    lr_warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int | None = None
+    eval_score_thr: float = 0.3
+    max_minutes: float | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cass: CassConfig = field(default_factory=CassConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fields: FieldConfig = field(default_factory=FieldConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
+
+
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """TrainConfig from a YAML/JSON file (optional) plus ``key.path=value`` overrides."""
+    data = load_mapping(path) if path else {}
+    return from_dict(TrainConfig, apply_overrides(data, overrides))
+
+
+# --------------------------------------------------------------------------- data
+
+def build_datasets(cfg: TrainConfig):
+    """(train, val) datasets for ``cfg.data`` at the model's input size."""
+    from cass_deploy.data.factory import load_dataset
+
+    d = cfg.data
+    size = tuple(cfg.model.image_size)
+    train = load_dataset(d.source, split="train", num_images=d.train_images, image_size=size, seed=d.seed)
+    val = load_dataset(d.val_source or d.source, split="val", num_images=d.val_images, image_size=size, seed=d.seed)
+    return train, val
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
+    from torch.utils.data import DataLoader
+
+    from cass_deploy.data.collate import collate
+
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      collate_fn=collate, generator=g, num_workers=0, drop_last=False)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3,
+                   name: str = "model"):
+    """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
+    from cass_deploy.data.classes import class_names
+    from cass_deploy.validate import evaluate
+
+    was_training = model.training
+    model.eval()
+
+    def predict(images):
+        out = model(images)
+        dets = model.decode(out, score_thresh=0.01)
+        res = {key: [d[key] for d in dets] for key in ("boxes", "scores", "labels")}
+        if model.pruner_mode != "none":
+            res["keep_mask"] = out["keep_mask"]
+        return res
+
+    num_classes = model.cfg.num_classes
+    result = evaluate(predict, loader, model.image_size, model.grid, fields=fields, score_thr=score_thr,
+                      num_classes=num_classes, class_names=class_names(num_classes > 3)[:num_classes], name=name)
+    model.train(was_training)
+    return result
+
+
+# --------------------------------------------------------------------------- loop
+
+@dataclass
+class TrainResult:
+    best_path: Path
+    last_path: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None, force: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
+    from cass_deploy.checkpoint import read_checkpoint, save_checkpoint
+    from cass_deploy.io_utils import write_json
+    from cass_deploy.losses import CassLoss, total_loss
+    from cass_deploy.model import band_positive_share
+    from cass_deploy.targets import soft_target_mask
+
+    rank, world, local_rank = _dist_info()
+    out_dir = Path(out_dir)
+    if rank == 0:
+        if out_dir.exists() and any(out_dir.iterdir()) and not (force or resume):
+            raise InputError(f"{out_dir} already holds files; pass --force to overwrite or --resume to continue")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+
+    train_ds, val_ds = build_datasets(cfg)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise InputError(f"empty dataset: {len(train_ds)} training and {len(val_ds)} validation images")
+    mcfg = cfg.model
+    if mcfg.pruner.mode == "band" and mcfg.pruner.band_quotas == "proportional" \
+            and mcfg.pruner.band_positive_share is None:
+        # quotas proportional to each band's share of positive target patches in the training set
+        sample = [train_ds[i]["boxes"] for i in range(min(len(train_ds), 256))]
+        grid = (mcfg.image_size[0] // mcfg.patch_size, mcfg.image_size[1] // mcfg.patch_size)
+        tgt = soft_target_mask(sample, grid, mcfg.image_size, expansion_ratio=cfg.cass.expansion_ratio,
+                               context_peak=cfg.cass.context_peak, ensure_center_patch=cfg.cass.ensure_center_patch)
+        share = band_positive_share(tgt, grid, mcfg.pruner.band_rows or mcfg.pruner.bands)
+        mcfg = dataclasses.replace(mcfg, pruner=dataclasses.replace(mcfg.pruner, band_positive_share=tuple(share)))
+        cfg = dataclasses.replace(cfg, model=mcfg)
+    model = PrunedDetector(mcfg).to(device)
+    cass = CassLoss(cfg.cass)
+
+    sampler = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, sampler=sampler)
+    val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps)))
+    start_epoch, best_map, history = 0, -1.0, []
+    if resume:
+        raw = read_checkpoint(resume)
+        model.load_state_dict(raw["state_dict"])
+        if "optimizer" in raw:
+            opt.load_state_dict(raw["optimizer"])
+        if "scheduler" in raw:
+            sched.load_state_dict(raw["scheduler"])
+        start_epoch = int(raw.get("epoch", -1)) + 1
+        best_map = float(raw.get("metrics", {}).get("best_map50", -1.0))
+        history = list(raw.get("train_config", {}).get("history", []))
+        log(f"resumed from {resume} at epoch {start_epoch}")
+    ddp_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    grid, image_size = model.grid, model.image_size
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    prog = _progress(progress and rank == 0)
+    stopped_early = False
+    with prog:
+        task = prog.add_task("train", total=(cfg.epochs - start_epoch) * len(loader))
+        for epoch in range(start_epoch, cfg.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            model.train()
+            sums = {"loss": 0.0, "det": 0.0, "cass": 0.0}
+            n = 0
+            for batch in loader:
+                images = batch["images"].to(device)
+                boxes = [b.to(device) for b in batch["boxes"]]
+                labels = [lb.to(device) for lb in batch["labels"]]
+                out = ddp_model(images)
+                det = model.loss(out, boxes, labels)["total"]
+                c = cass(out["scores"], boxes, grid, image_size)
+                loss = total_loss(det, c, cfg.cass, epoch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                if not torch.isfinite(loss):
+                    raise InputError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
+                                     f"(now {cfg.lr}) or check the data")
+                sums["loss"] += float(loss.detach())
+                sums["det"] += float(det.detach())
+                sums["cass"] += float(c.total.detach())
+                n += 1
+                prog.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / n:.3f}")
+                if deadline and time.perf_counter() > deadline:
+                    stopped_early = True
+                    break
+            record = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()},
+                      "cass_weight": cfg.cass.cass_weight_at(epoch), "lr": sched.get_last_lr()[0],
+                      "seconds": time.perf_counter() - t0}
+            if rank == 0:
+                result = evaluate_model(model, val_loader, cfg.fields, cfg.eval_score_thr)
+                record["val"] = result.to_dict()
+                record["map50"] = result.map50
+                history.append(record)
+                improved = (result.map50 or 0.0) > best_map
+                best_map = max(best_map, result.map50 or 0.0)
+                metrics = {"map50": result.map50, "best_map50": best_map, "val": record["val"],
+                           "train_seconds": record["seconds"]}
+                tcfg = {**to_dict(cfg), "history": history}
+                save_checkpoint(last_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg,
+                                optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict())
+                if improved or not best_path.exists():
+                    save_checkpoint(best_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg)
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (det {record['det']:.4f}, "
+                    f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
+                    f"[{record['seconds']:.0f}s]")
+            if stopped_early:
+                log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
+                break
+    seconds = time.perf_counter() - t0
+    if rank == 0:
+        write_json(out_dir / "history.json", history, force=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    final = history[-1] if history else {}
+    return TrainResult(best_path=best_path, last_path=last_path,
+                       metrics={"map50": final.get("map50"), "best_map50": best_map}, history=history,
+                       seconds=seconds)
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
