@@ -1,0 +1,118 @@
+"""torch → ONNX for any :class:`~cass_deploy.model.interface.PrunableModel` part.
+
+Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript):
+k is a Python int fixed at build time, so the graph has no data-dependent shapes (except the
+``threshold`` pruner, which exports a mask and no gather). The batch can be fixed or dynamic
+within ``(min, max)``. The result is checked with ``onnx.checker`` and optionally simplified
+with onnxslim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from typing import Sequence
+
+from cass_deploy.errors import ExportError, InputError
+from cass_deploy.model.interface import INPUT_NAME, PrunableModel
+
+DEFAULT_OPSET = 17
+
+
+def export_part(model: PrunableModel, part: str, *, batch: int = 1,
+                dynamic_batch: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
+                simplify: bool = True):
+    """Export ``model``'s ``part`` (``predictor`` or ``full``) -> onnx.ModelProto (not saved).
+
+    dynamic_batch: ``(min, opt, max)`` makes dim 0 of the input and outputs symbolic.
+    """
+    import onnx
+    import torch
+
+    if not isinstance(model, PrunableModel):
+        raise InputError(f"{type(model).__name__} does not implement the PrunableModel interface "
+                         "(image_size, patch_size, grid, k, pruner_mode, predictor_module, full_module, output_names)")
+    module = model.predictor_module() if part == "predictor" else model.full_module() if part == "full" else None
+    if module is None:
+        raise InputError(f"--parts must be 'predictor' or 'full', got {part!r}")
+    if not 7 <= int(opset) <= 23:
+        raise InputError(f"opset {opset} is outside what this exporter supports (7..23; 17 recommended)")
+    names = model.output_names(part)
+    H, W = model.image_size
+    module.eval()
+    example = torch.rand(batch, 3, H, W)
+    kwargs = {}
+    if dynamic_batch is not None:
+        lo, _, hi = (int(v) for v in dynamic_batch)
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=max(lo, 1), max=hi)},)
+        example = torch.rand(max(2, min(batch, hi)), 3, H, W)
+    sink = io.StringIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=int(opset),
+                                        input_names=[INPUT_NAME], output_names=names, verbose=False,
+                                        external_data=False, **kwargs)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx export of the {part} part failed: {str(exc).strip().splitlines()[0]}"
+                          f"\n{sink.getvalue()[-2000:]}") from exc
+    proto = program.model_proto
+    if dynamic_batch is not None:
+        _name_batch_dim(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX fails onnx.checker: {exc}") from None
+    if simplify:
+        proto = simplify_model(proto)
+    return proto
+
+
+def simplify_model(proto):
+    """Constant folding and graph clean-up with onnxslim; the model must still pass the checker."""
+    import onnx
+    import onnxslim
+
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+        slim = onnxslim.slim(proto)
+    onnx.checker.check_model(slim)
+    return slim
+
+
+def _name_batch_dim(proto) -> None:
+    """Give the symbolic batch dim the same name ``batch`` on the input and every output."""
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    names = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def io_specs(proto) -> tuple[list[dict], list[dict]]:
+    """Input and output name / shape / dtype of an ONNX model (symbolic dims as strings)."""
+    import onnx
+
+    def entry(v):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return [entry(v) for v in proto.graph.input], [entry(v) for v in proto.graph.output]
+
+
+def op_types(proto) -> set[str]:
+    return {n.op_type for n in proto.graph.node}

@@ -1,0 +1,233 @@
+"""``cass-deploy export``: checkpoint → ONNX (→ TensorRT engine) + manifest, all or nothing.
+
+Order: load the checkpoint (optionally at another input size or pruner), check the backend
+limits *before* building anything, export ONNX, convert precision, embed metadata, build the
+engine, hash every artefact into ``manifest.json``. Everything is written into a temporary
+directory beside ``out`` and renamed into place at the end, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cass_deploy.errors import InputError
+
+ONNX_NAME = "model.onnx"
+ENGINE_NAME = "model.engine"
+
+
+@dataclass
+class ExportRequest:
+    """What to export. ``target`` names a row of ``export.limits`` (checked before building)."""
+
+    checkpoint: Path
+    out: Path
+    parts: str = "full"
+    precision: str = "fp32"
+    batch: int = 1
+    dynamic_batch: tuple[int, int, int] | None = None
+    opset: int = 17
+    simplify: bool = True
+    image_size: tuple[int, int] | None = None
+    pruner_mode: str | None = None
+    keep_ratio: float | None = None
+    keep_predictor_fp32: bool = True
+    calib_data: str = "synthetic"
+    calib_images: int = 32
+    calib_method: str = "minmax"
+    target: str | None = None
+    engine: bool = False
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = True
+    strongly_typed: bool | None = None
+    profile: str | None = None
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from cass_deploy.export.limits import PRECISIONS
+
+        if self.parts not in ("predictor", "full"):
+            raise InputError(f"--parts must be 'predictor' or 'full', got {self.parts!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise InputError(f"--batch must be an integer >= 1, got {self.batch!r}")
+        if self.dynamic_batch is not None:
+            lo, opt, hi = self.dynamic_batch
+            if not (1 <= lo <= opt <= hi):
+                raise InputError(f"--dynamic-batch needs 1 <= min <= opt <= max, got {list(self.dynamic_batch)}")
+        if self.precision == "int8" and self.calib_images < 1:
+            raise InputError(f"--calib-images must be >= 1 for int8, got {self.calib_images}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
+            raise InputError(f"--image-size must be two positive integers H W, got {self.image_size!r}")
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    notes: list[str]
+
+
+def _calibration(req: ExportRequest, image_size, n: int) -> list:
+    import numpy as np
+
+    from cass_deploy.data.factory import load_dataset
+
+    ds = load_dataset(req.calib_data, split="val", num_images=n, image_size=tuple(image_size), seed=1)
+    if len(ds) == 0:
+        raise InputError(f"calibration set {req.calib_data!r} is empty")
+    return [ds[i]["image"].numpy()[None].astype(np.float32) for i in range(min(n, len(ds)))]
+
+
+def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
+    """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
+    import onnx
+
+    from cass_deploy.backends import trt_major_version
+    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.export import limits, manifest as mf, precision as prec
+    from cass_deploy.export.onnx_export import export_part, io_specs, op_types
+    from cass_deploy.io_utils import atomic_dir, check_writable
+
+    out = check_writable(req.out, req.force)
+    ckpt = load_checkpoint(req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio,
+                           image_size=req.image_size)
+    model = ckpt.model
+    if model.pruner_mode == "none":
+        raise InputError("this checkpoint's pruner is 'none' (dense); export a pruned model with "
+                         "--pruner global|band|threshold, or use --parts full for the dense detector "
+                         "with --pruner global --keep-ratio 1.0")
+    trt_major = trt_major_version() if req.engine else None
+    if req.engine and trt_major is None:
+        from cass_deploy.backends import require
+
+        require("tensorrt", "building an engine (--engine)")
+    target = req.target or (limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core)
+                            if req.engine else "onnxruntime-cpu")
+    checks = dict(k=model.k, precision=req.precision, dla_core=req.dla_core, gpu_fallback=req.gpu_fallback,
+                  image_size=model.image_size, patch_size=model.patch_size, pruner_mode=model.pruner_mode,
+                  topk_sizes=list(getattr(model, "topk_sizes", ()) or []), keep_ratio=model.cfg.pruner.keep_ratio,
+                  dynamic_batch=req.dynamic_batch)
+    notes = list(limits.check_request(target, **checks))
+    if not target.startswith("tensorrt"):  # say early whether the same graph would fit TensorRT
+        try:
+            limits.check_request("tensorrt10", **{**checks, "dla_core": None})
+        except InputError as exc:
+            notes.append(f"note: a TensorRT build of this export would be refused: {exc}")
+
+    log(f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
+        f"{req.precision}) from {req.checkpoint}")
+    proto = export_part(model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch,
+                        opset=req.opset, simplify=req.simplify)
+    params = [p.detach().cpu().numpy() for p in model.predictor_parameters()] \
+        if hasattr(model, "predictor_parameters") else None
+    if req.precision == "fp16":
+        proto = prec.to_fp16(proto, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params)
+    elif req.precision == "int8":
+        calib = _calibration(req, model.image_size, req.calib_images)
+        proto = prec.to_int8(proto, calib, keep_predictor_fp32=req.keep_predictor_fp32,
+                             predictor_params=params, method=req.calib_method)
+    limits.check_request(target, **{**checks, "ops": op_types(proto)})
+
+    inputs, outputs = io_specs(proto)
+    base = dict(inputs=inputs, outputs=outputs, precision=req.precision, source_checkpoint=str(req.checkpoint),
+                checkpoint_sha256=ckpt.sha256, grid=list(model.grid), k=model.k,
+                topk_sizes=list(getattr(model, "topk_sizes", ()) or []) or None,
+                keep_ratio=model.cfg.pruner.keep_ratio, pruner_mode=model.pruner_mode,
+                image_size=list(model.image_size), batch=None if req.dynamic_batch else req.batch,
+                dynamic_batch=req.dynamic_batch,
+                opset=req.opset, parts=req.parts)
+    extra = {"target": target, "keep_predictor_fp32": req.keep_predictor_fp32, "notes": notes,
+             "profile": req.profile, "patch_size": model.patch_size,
+             "num_classes": getattr(model.cfg, "num_classes", None),
+             "head_stride": getattr(model.cfg, "head_stride", None), **req.extra}
+    trt_opts = _build_options(req, model)
+    trtexec = _trtexec(trt_opts, trt_major or 10, prec.has_qdq(proto), prec.is_fp16(proto), notes)
+    with atomic_dir(out, force=req.force) as tmp:
+        onnx_path = tmp / ONNX_NAME
+        onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        draft = mf.build_manifest(artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra,
+                                  created=created, **base)
+        onnx.save(mf.embed_onnx_metadata(proto, mf.onnx_metadata(draft)), onnx_path)
+        artefacts = {"onnx": onnx_path}
+        if req.engine:
+            from cass_deploy.export.tensorrt import build_engine
+
+            result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
+            artefacts["engine"] = tmp / ENGINE_NAME
+            from cass_deploy.runtime.trt_runner import device_name
+
+            extra["tensorrt"] = {**result.to_dict(), "device": device_name()}
+            trtexec = result.trtexec or trtexec
+        man = mf.build_manifest(artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created,
+                                **base)
+        mf.write_manifest(tmp, man, force=True)
+    log(f"wrote {out}/{ONNX_NAME}" + (f", {out}/{ENGINE_NAME}" if req.engine else "") + f", {out}/manifest.json")
+    for n in notes:
+        log(n)
+    return ExportResult(out=out, manifest=man, notes=notes)
+
+
+def _build_options(req: ExportRequest, model):
+    from cass_deploy.export.tensorrt import BuildOptions
+    from cass_deploy.model.interface import INPUT_NAME
+
+    H, W = model.image_size
+    profiles = {}
+    if req.dynamic_batch is not None:
+        lo, opt, hi = req.dynamic_batch
+        profiles = {INPUT_NAME: ((lo, 3, H, W), (opt, 3, H, W), (hi, 3, H, W))}
+    return BuildOptions(precision=req.precision, strongly_typed=req.strongly_typed, workspace_mib=req.workspace_mib,
+                        timing_cache=req.timing_cache, profiles=profiles, dla_core=req.dla_core,
+                        gpu_fallback=req.gpu_fallback)
+
+
+def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:
+    """The equivalent trtexec line for building on the target (TensorRT 10 unless known)."""
+    from cass_deploy.errors import CassDeployError
+    from cass_deploy.export.tensorrt import plan_build, trtexec_for
+
+    try:
+        plan = plan_build(trt_major, opts, has_qdq=has_qdq, onnx_is_fp16=is_fp16)
+    except CassDeployError as exc:
+        notes.append(f"note: no trtexec line for TensorRT {trt_major}: {exc}")
+        return None
+    return trtexec_for(ONNX_NAME, ENGINE_NAME, opts, plan)
+
+
+def apply_profile(req_kwargs: dict[str, Any], profile_name: str | None) -> dict[str, Any]:
+    """Fill unset request fields from an export profile (explicit flags win)."""
+    if not profile_name:
+        return req_kwargs
+    from cass_deploy.export.profiles import load_profile
+
+    prof = load_profile(profile_name)
+    defaults = {"image_size": tuple(prof.image_size), "batch": prof.batch,
+                "dynamic_batch": tuple(prof.dynamic_batch) if prof.dynamic_batch else None,
+                "precision": prof.precision, "workspace_mib": prof.workspace_mib, "dla_core": prof.dla_core,
+                "gpu_fallback": prof.gpu_fallback, "keep_ratio": prof.keep_ratio, "pruner_mode": prof.pruner_mode,
+                "opset": prof.opset, "simplify": prof.simplify,
+                "target": None if prof.target == "tensorrt" else "onnxruntime-cpu"}
+    merged = dict(req_kwargs)
+    for k, v in defaults.items():
+        if merged.get(k) is None:
+            merged[k] = v
+    if prof.target == "tensorrt" and merged.get("engine") is None:
+        merged["engine"] = True
+    merged["profile"] = prof.name
+    return merged
+
+
+def request_from(**kwargs: Any) -> ExportRequest:
+    """ExportRequest from keyword args, dropping ``None`` so dataclass defaults apply."""
+    names = {f.name for f in dataclasses.fields(ExportRequest)}
+    return ExportRequest(**{k: v for k, v in kwargs.items() if k in names and v is not None})

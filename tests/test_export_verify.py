@@ -1,0 +1,179 @@
+"""Export to ONNX (parts, sizes, batches, precisions) and tie-aware verification against torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from cass_deploy.cli import main
+from cass_deploy.errors import ExportError, InputError, LimitError
+from cass_deploy.export.pipeline import ExportRequest, run_export
+from cass_deploy.verify import run_verify, thresholds_for, tie_aware_iou
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    made = {}
+    specs = {
+        "full_fp32": dict(parts="full"),
+        "pred_fp32_big": dict(parts="predictor", image_size=(128, 224), batch=2),
+        "full_dyn": dict(parts="full", dynamic_batch=(1, 2, 4)),
+        "full_fp16": dict(parts="full", precision="fp16"),
+        "full_int8": dict(parts="full", precision="int8", calib_images=4),
+    }
+    for name, kw in specs.items():
+        run_export(ExportRequest(checkpoint=tiny_checkpoint, out=root / name, **kw), log=quiet)
+        made[name] = root / name
+    return made
+
+
+def test_manifest_and_metadata(exports, tiny_checkpoint):
+    man = json.loads((exports["full_fp32"] / "manifest.json").read_text())
+    assert man["k"] == 30 and man["grid"] == [6, 10] and man["pruner_mode"] == "global"
+    assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask", "heatmap", "box"]
+    assert man["outputs"][1]["dtype"] == "int64" and man["outputs"][2]["dtype"] == "bool"
+    assert man["trtexec"].startswith("trtexec --onnx=model.onnx")
+    import hashlib
+
+    assert man["artefacts"]["onnx"]["sha256"] == hashlib.sha256((exports["full_fp32"] / "model.onnx").read_bytes()).hexdigest()
+    assert man["source_checkpoint"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    props = {p.key: p.value for p in onnx.load(exports["full_fp32"] / "model.onnx").metadata_props}
+    assert props["pruner_mode"] == "global" and json.loads(props["k"]) == 30
+
+
+def test_other_size_and_batch(exports):
+    man = json.loads((exports["pred_fp32_big"] / "manifest.json").read_text())
+    assert man["image_size"] == [128, 224] and man["grid"] == [8, 14] and man["k"] == 56
+    assert man["inputs"][0]["shape"] == [2, 3, 128, 224]
+    assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask"]
+
+
+def test_dynamic_batch_runs_at_several_sizes(exports):
+    from cass_deploy.runtime.ort_runner import OrtRunner
+
+    with OrtRunner(exports["full_dyn"] / "model.onnx") as r:
+        for b in (1, 3):
+            out = r.infer({"images": np.random.rand(b, 3, 96, 160).astype(np.float32)})
+            assert out["keep_idx"].shape == (b, 30)
+            assert (np.diff(out["keep_idx"], axis=1) > 0).all()  # sorted by patch index
+
+
+@pytest.mark.parametrize("name", ["full_fp32", "pred_fp32_big", "full_dyn", "full_fp16", "full_int8"])
+def test_verify_passes_precision_thresholds(exports, tiny_checkpoint, name):
+    report, _ = run_verify(str(tiny_checkpoint), [str(exports[name])], images=4)
+    c = report.candidates[0]
+    assert c, c.failures
+    if name in ("full_fp32", "pred_fp32_big", "full_dyn"):
+        assert c.keep_iou_min == 1.0 and c.score_max_abs <= 1e-4
+        assert c.detection_max_abs.get("heatmap", 0) < 1e-3
+    else:
+        assert c.keep_iou_mean >= thresholds_for(c.precision)["min_keep_iou"]
+
+
+def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
+    from cass_deploy.export.precision import has_qdq, is_fp16
+
+    q = onnx.load(exports["full_int8"] / "model.onnx")
+    h = onnx.load(exports["full_fp16"] / "model.onnx")
+    assert has_qdq(q) and not has_qdq(h) and is_fp16(h)
+    topk = [n for n in h.graph.node if n.op_type == "TopK"]
+    assert topk  # the pruner is in the graph, fed by fp32 scores
+    assert h.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
+    """A candidate exported from other weights must fail fp32 verification with exit code 1."""
+    import torch
+
+    from cass_deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():
+        for p in ck.model.predictor_parameters():
+            p.add_(torch.randn_like(p))
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, ck.model, ck.cass_config)
+    run_export(ExportRequest(checkpoint=other, out=tmp_path / "exp"), log=quiet)
+    rc = main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(tmp_path / "exp"), "--images", "4",
+               "--json", str(tmp_path / "v.json")])
+    assert rc == 1
+    rep = json.loads((tmp_path / "v.json").read_text())
+    assert rep["passed"] is False and rep["candidates"][0]["keep_iou_mean"] < 1.0
+    assert any("different checkpoint" in n for n in rep["notes"])
+
+
+def test_tie_aware_iou_counts_ties_as_interchangeable():
+    scores = np.array([[5.0, 3.0, 3.0, 1.0]])
+    ref = np.array([[True, True, False, False]])
+    swapped = np.array([[True, False, True, False]])  # picks the other member of the tie
+    wrong = np.array([[False, True, True, False]])  # drops the clear winner
+    iou, plain = tie_aware_iou(scores, ref, swapped, tie_tol=1e-6)
+    assert iou[0] == 1.0 and plain[0] == pytest.approx(1 / 3)
+    iou, _ = tie_aware_iou(scores, ref, wrong, tie_tol=1e-6)
+    # matched = |A∩B \ T| (0) + min(|A∩T|, |B∩T|) (1) = 1; union = 2 + 2 - 1 = 3
+    assert iou[0] == pytest.approx(1 / 3)
+
+
+def test_band_groups_tie_boundaries():
+    from cass_deploy.verify import band_groups, boundary_scores
+
+    groups = band_groups("band", (3, 2), bands=3)
+    assert groups.tolist() == [0, 0, 1, 1, 2, 2]
+    scores = np.array([[9.0, 1.0, 4.0, 2.0, 0.5, 0.7]])
+    ref = np.array([[True, False, True, False, False, True]])
+    assert boundary_scores(scores, ref, groups).tolist() == [[9.0, 9.0, 4.0, 4.0, 0.7, 0.7]]
+
+
+def test_tensorrt_topk_limit_refused_before_export(tiny_checkpoint, tmp_path):
+    with pytest.raises(LimitError, match="band"):
+        run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "big", image_size=(1088, 1920),
+                                 target="tensorrt10"), log=quiet)
+    assert not (tmp_path / "big").exists()
+
+
+def test_no_overwrite_without_force_and_failed_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exp"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out)]) == 0
+    before = (out / "model.onnx").read_bytes()
+    assert main(["export", str(tiny_checkpoint), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "model.onnx").read_bytes() == before
+
+    from cass_deploy.export import precision
+
+    def boom(*a, **k):
+        raise ExportError("simulated failure in int8 quantisation")
+
+    monkeypatch.setattr(precision, "to_int8", boom)
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "q"), "--precision", "int8"]) == 1
+    assert not (tmp_path / "q").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no temp directory left behind
+
+
+def test_export_bad_input(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "a")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    assert main(["export", str(bad), "--out", str(tmp_path / "a")]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--dynamic-batch", "4", "2", "1"]) == 2
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--image-size", "100", "160"]) == 2
+    assert "multiple" in capsys.readouterr().err
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "a"), "--profile", "nope"]) == 2
+    assert not (tmp_path / "a").exists()
+
+
+def test_corrupt_onnx_candidate(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    assert main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(bad)]) == 2
+    assert "model.onnx" in capsys.readouterr().err
