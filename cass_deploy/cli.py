@@ -15,7 +15,7 @@ from typing import Sequence
 from cass_deploy import __version__
 from cass_deploy.errors import CassDeployError
 
-COMMANDS = ("train", "diagnose", "ablate", "export", "verify", "profile", "validate", "report", "env")
+COMMANDS = ("demo", "train", "diagnose", "ablate", "export", "verify", "profile", "validate", "report", "env")
 
 
 def _command_modules():

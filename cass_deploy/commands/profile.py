@@ -1,0 +1,74 @@
+"""``cass-deploy profile``: latency (and on Jetson, power) of a checkpoint or an exported model."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
+                   help="for a checkpoint: torch (default) or onnxruntime (exported on the fly); "
+                        "an export is run by its own backend")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch / ONNX Runtime)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1, or the export's)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--sweep", default=None, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense baseline (checkpoints only)")
+    p.add_argument("--pruner", choices=("global", "band", "threshold"), default=None,
+                   help="pruner for the sweep (default: the checkpoint's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
+    p.add_argument("--providers", default="cpu", help="ONNX Runtime providers for an exported model")
+    p.add_argument("--out", default=None, help="directory for profile.json and the sweep plot")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cass_deploy import profile as pf
+    from cass_deploy.errors import InputError
+    from cass_deploy.io_utils import atomic_dir, check_writable, write_json
+
+    if args.warmup < 0 or args.iters < 1:
+        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {args.warmup} and {args.iters}")
+    if args.batch is not None and args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    if args.out:
+        check_writable(args.out, args.force)
+    path = Path(args.model)
+    if not path.exists():
+        raise InputError(f"model {path} does not exist")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ratios = [float(x) for x in args.sweep.split(",")] if args.sweep else []
+    if path.suffix in (".pt", ".pth"):
+        results = pf.profile_checkpoint(str(path), backend=args.backend or "torch", device=args.device,
+                                        batch=args.batch or 1, warmup=args.warmup, iters=args.iters,
+                                        keep_ratios=ratios, dense=not args.no_dense, pruner_mode=args.pruner,
+                                        threads=args.threads)
+    else:
+        if ratios:
+            raise InputError("--sweep needs a checkpoint (an export has its keep ratio fixed)")
+        results = [pf.profile_artefact(str(path), batch=args.batch, warmup=args.warmup, iters=args.iters,
+                                       providers=[s for s in args.providers.split(",") if s],
+                                       threads=args.threads)]
+    env = pf.environment(args.device)
+    console = Console(width=max(140, Console().width))
+    console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
+    for w in env.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+    if args.out:
+        with atomic_dir(args.out, force=args.force) as tmp:
+            write_json(tmp / "profile.json", {"model": str(path), "environment": env,
+                                              "results": [r.to_dict() for r in results]})
+            plot = pf.sweep_plot(results, tmp / "sweep.png")
+        console.print(f"wrote {args.out}/profile.json" + (f" and {args.out}/sweep.png" if plot else ""))
+    return 0

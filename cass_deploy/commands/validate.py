@@ -1,0 +1,67 @@
+"""``cass-deploy validate``: near-field vehicle recall and retention of the deployed model, gated."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export)")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
+    p.add_argument("--images", type=int, default=64, help="images to evaluate (default 64)")
+    p.add_argument("--reference", default=None,
+                   help="dense (default when the source checkpoint is known), source, none, or a model path")
+    p.add_argument("--fields", type=float, nargs=2, metavar=("FAR_MAX", "NEAR_MIN"), default=(0.5, 0.75),
+                   help="field split by box bottom edge as fractions of image height (default 0.5 0.75)")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold for recall")
+    p.add_argument("--min-near-recall", type=float, default=None)
+    p.add_argument("--max-recall-drop", type=float, default=None, help="max recall drop vs the reference, per field")
+    p.add_argument("--min-near-retention", type=float, default=None)
+    p.add_argument("--min-map50", type=float, default=None)
+    p.add_argument("--providers", default="cpu", help="ONNX Runtime providers (cpu,cuda,tensorrt)")
+    p.add_argument("--device", default="cpu", help="torch device for checkpoints")
+    p.add_argument("--resize", action="store_true",
+                   help="resize dataset images to the model input (boxes scaled); without it a size mismatch is an error")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite the --json file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cass_deploy import validation_run as vr
+    from cass_deploy.errors import InputError
+    from cass_deploy.io_utils import check_writable, write_json
+    from cass_deploy.metrics import FieldConfig
+    from cass_deploy.validate import Gates, check_gates, format_comparison_table, raise_if_failed
+
+    if args.json_out:
+        check_writable(args.json_out, args.force)
+    if args.images < 1:
+        raise InputError(f"--images must be >= 1, got {args.images}")
+    gates = Gates(min_near_recall=args.min_near_recall, max_recall_drop=args.max_recall_drop,
+                  min_near_retention=args.min_near_retention, min_map50=args.min_map50)
+    fields = FieldConfig(*args.fields)
+    providers = [s for s in args.providers.split(",") if s]
+    model = vr.open_model(args.model, providers, args.device)
+    ref = vr.reference_model(args.reference, model, args.device)
+    batches = vr.load_batches(args.data, model.image_size, args.images, seed=args.seed, resize=args.resize)
+    kw = dict(fields=fields, iou_thr=args.iou, score_thr=args.score_thr)
+    result = vr.evaluate_deployed(model, batches, **kw)
+    reference = vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None
+    checks = check_gates(result, reference, gates)
+    console = Console(width=max(120, Console().width))
+    console.print(format_comparison_table(result, reference))
+    for c in checks:
+        console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
+    if args.json_out:
+        write_json(args.json_out, {"model": args.model, "result": result.to_dict(),
+                                   "reference": reference.to_dict() if reference else None,
+                                   "gates": [c.to_dict() if hasattr(c, "to_dict") else vars(c) for c in checks]},
+                   force=args.force)
+    raise_if_failed(checks)
+    return 0

@@ -1,0 +1,169 @@
+"""The end-to-end demo on CPU: train → diagnose → export (fp32, int8) → verify → profile →
+validate (gated) → report, on built-in synthetic roadside scenes. ``make demo`` runs it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class DemoOptions:
+    config: str | None = "configs/demo.yaml"
+    out: str | None = None
+    force: bool = False
+    overrides: list[str] = field(default_factory=list)
+    verify_images: int = 16
+    validate_images: int = 64
+    profile_iters: int = 30
+    calib_images: int = 16
+    min_near_recall: float | None = None
+    max_recall_drop: float | None = 0.10
+    min_near_retention: float | None = None
+    progress: bool = True
+
+
+def default_out() -> Path:
+    return Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every step into one run directory; return the summary (raises GateFailed at the end
+    if a validation gate failed, after the report is written)."""
+    from cass_deploy import validation_run as vr
+    from cass_deploy.errors import GateFailed, InputError
+    from cass_deploy.export.pipeline import ExportRequest, run_export
+    from cass_deploy.io_utils import check_writable, write_json
+    from cass_deploy.metrics import FieldConfig
+    from cass_deploy.profile import profile_artefact, profile_checkpoint, sweep_plot
+    from cass_deploy.report import build_report
+    from cass_deploy.train import load_train_config, train
+    from cass_deploy.validate import Gates, check_gates
+    from cass_deploy.verify import run_verify
+
+    out = Path(opts.out) if opts.out else default_out()
+    check_writable(out, opts.force)
+    if opts.config and not Path(opts.config).is_file():
+        raise InputError(f"demo config {opts.config} not found (run from the repository root or pass --config)")
+    cfg = load_train_config(opts.config, opts.overrides)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def step(name: str):
+        log(f"\n== {name}")
+        timings[name] = time.perf_counter()
+
+    def done(name: str):
+        timings[name] = time.perf_counter() - timings[name]
+
+    step("train")
+    res = train(cfg, out / "train", force=opts.force, progress=opts.progress, log=log)
+    ckpt = res.best_path
+    done("train")
+
+    step("diagnose")
+    from cass_deploy.cli import main as cli_main
+
+    rc = cli_main(["diagnose", "--checkpoint", str(ckpt), "--data", "synthetic", "--num-images", "2",
+                   "--normalizations", "patch,object,object:1", "--out", str(out / "diagnose"), "--force"])
+    if rc != 0:
+        raise InputError(f"diagnose step failed with exit code {rc}")
+    done("diagnose")
+
+    step("export")
+    exports = {}
+    for prec in ("fp32", "int8"):
+        d = out / f"export-{prec}"
+        run_export(ExportRequest(checkpoint=ckpt, out=d, parts="full", precision=prec, calib_images=opts.calib_images,
+                                 force=opts.force), log=log)
+        exports[prec] = d
+    done("export")
+
+    step("verify")
+    report, notes = run_verify(str(ckpt), [str(p) for p in exports.values()], images=opts.verify_images)
+    write_json(out / "verify.json", {**report.to_dict(), "notes": notes}, force=True)
+    for c in report.candidates:
+        log(f"{c.name}: keep IoU {c.keep_iou_mean:.4f} (min {c.keep_iou_min:.4f}), score err {c.score_max_abs:.2e}"
+            f" -> {'pass' if c else 'FAIL: ' + '; '.join(c.failures)}")
+    done("verify")
+
+    step("profile")
+    sweep = profile_checkpoint(str(ckpt), backend="onnxruntime", keep_ratios=(0.25, 0.5, 0.75), dense=True,
+                               warmup=5, iters=opts.profile_iters, log=log)
+    deployed = [profile_artefact(str(exports[p]), warmup=5, iters=opts.profile_iters) for p in exports]
+    (out / "profile").mkdir(parents=True, exist_ok=True)
+    sweep_plot(sweep, out / "profile" / "sweep.png")
+    write_json(out / "profile" / "profile.json", {"model": str(ckpt), "environment": {"device": "cpu"},
+                                                  "results": [r.to_dict() for r in sweep + deployed]}, force=True)
+    done("profile")
+
+    step("validate")
+    fields = FieldConfig(*(cfg.fields.far_max, cfg.fields.near_min))
+    gates = Gates(min_near_recall=opts.min_near_recall, max_recall_drop=opts.max_recall_drop,
+                  min_near_retention=opts.min_near_retention)
+    first = vr.open_model(str(exports["fp32"]))
+    batches = vr.load_batches("synthetic", first.image_size, opts.validate_images, seed=7)
+    reference = vr.evaluate_deployed(vr.reference_model("dense", first), batches, fields=fields)
+    all_checks, results = [], {}
+    for prec, d in exports.items():
+        model = vr.open_model(str(d))
+        result = vr.evaluate_deployed(model, batches, fields=fields)
+        checks = check_gates(result, reference, gates)
+        all_checks += [(prec, c) for c in checks]
+        results[prec] = result
+        write_json(out / f"validate-{prec}.json", {"model": str(d), "result": result.to_dict(),
+                                                   "reference": reference.to_dict(),
+                                                   "gates": [c.to_dict() for c in checks]}, force=True)
+    done("validate")
+
+    step("report")
+    html_path, _ = build_report(out, force=True)
+    done("report")
+    total = time.perf_counter() - t_all
+    summary = {"run_dir": str(out), "report": str(html_path), "seconds": {**timings, "total": total},
+               "train": {"best_map50": res.metrics.get("best_map50"), "seconds": res.seconds},
+               "verify": {c.name: {"keep_iou_mean": c.keep_iou_mean, "passed": bool(c)} for c in report.candidates},
+               "latency_ms_p50": {r.label: r.latency.p50 for r in sweep + deployed},
+               "recall": {p: {f: r.by_field[f].recall for f in ("far", "mid", "near", "all")}
+                          for p, r in {**results, "dense": reference}.items()},
+               "retention": {p: {f: r.by_field[f].retention_mean for f in ("far", "mid", "near")}
+                             for p, r in results.items()},
+               "map50": {p: r.map50 for p, r in {**results, "dense": reference}.items()},
+               "gates": [{"export": p, **c.to_dict()} for p, c in all_checks]}
+    write_json(out / "summary.json", summary, force=True)
+    failed = [f"{p}: {c.message}" for p, c in all_checks if not c.passed]
+    summary["failed_gates"] = failed
+    if not report:
+        failed.append("verify: " + "; ".join(f for c in report.candidates for f in c.failures))
+    summary["ok"] = not failed
+    return summary
+
+
+def summary_table(summary: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"cass-deploy demo: {summary['run_dir']}")
+    t.add_column("")
+    for col in ("far", "mid", "near", "all / note"):
+        t.add_column(col, justify="right")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, rec in summary["recall"].items():
+        t.add_row(f"recall ({name})", *[fmt(rec[f]) for f in ("far", "mid", "near", "all")])
+    for name, ret in summary["retention"].items():
+        t.add_row(f"retention ({name})", *[fmt(ret[f]) for f in ("far", "mid", "near")], "")
+    for name, v in summary["map50"].items():
+        t.add_row(f"mAP@0.5 ({name})", "", "", "", fmt(v))
+    for name, v in summary["verify"].items():
+        t.add_row(f"verify {Path(name.split(':', 1)[1]).parent.name}", "", "", "",
+                  f"keep IoU {v['keep_iou_mean']:.4f} {'pass' if v['passed'] else 'FAIL'}")
+    for label, v in summary["latency_ms_p50"].items():
+        t.add_row(f"p50 latency: {label}", "", "", "", f"{v:.2f} ms")
+    sec = summary["seconds"]
+    t.add_row("time", "", "", "", f"train {sec['train']:.0f} s, total {sec['total']:.0f} s")
+    return t

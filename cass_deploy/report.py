@@ -1,0 +1,230 @@
+"""One self-contained HTML report (images embedded) plus JSON, from a run directory.
+
+It collects what the other commands wrote under ``RUN_DIR`` (any depth):
+``history.json`` (train), ``diagnostics.json`` + ``heatmaps/*.png`` (diagnose), ``verify*.json``,
+``profile.json`` + ``sweep.png``, ``validate*.json``; missing sections are listed, not invented.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from cass_deploy.errors import InputError
+
+FIELDS = ("far", "mid", "near")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#0a7a28;font-weight:600}
+.fail{color:#b00020;font-weight:600}.muted{color:#777}img{max-width:100%;border:1px solid #eee;margin:.3rem 0}
+code{background:#f6f6f6;padding:0 .2rem}.grid{display:grid;grid-template-columns:1fr 1fr;gap:.6rem}
+"""
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def collect(run_dir: str | Path) -> dict[str, Any]:
+    """Find every known artefact under ``run_dir`` -> {section: [(relative path, data)]}."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise InputError(f"run directory {root} does not exist")
+    found: dict[str, list] = {"train": [], "diagnose": [], "verify": [], "profile": [], "validate": []}
+    patterns = {"train": "history.json", "diagnose": "diagnostics.json", "verify": "verify*.json",
+                "profile": "profile.json", "validate": "validate*.json"}
+    for section, pattern in patterns.items():
+        for p in sorted(root.rglob(pattern)):
+            if any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            found[section].append((str(p.relative_to(root)), _load(p)))
+    if not any(found.values()):
+        raise InputError(f"{root} holds none of history.json, diagnostics.json, verify*.json, profile.json, "
+                         "validate*.json: run train / diagnose / verify / profile / validate with --out/--json there")
+    return found
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _fig_img(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else html.escape(str(c))}</td>" for c in r)
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
+
+
+def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    width = 0.8 / max(1, len(results))
+    for n, (label, res) in enumerate(results):
+        vals = [((res.get("by_field") or {}).get(f) or {}).get(key) for f in FIELDS]
+        ax.bar(np.arange(3) + n * width, [v if v is not None else 0 for v in vals], width, label=label)
+    ax.set_xticks(np.arange(3) + width * (len(results) - 1) / 2, FIELDS)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _fig_img(fig)
+
+
+def _section_train(items) -> str:
+    out = []
+    for rel, hist in items:
+        rows = [[h.get("epoch", i) + 1, _f(h.get("loss")), _f(h.get("det")), _f(h.get("cass")),
+                 _f(h.get("cass_weight"), 2), _f(h.get("map50")), _f(h.get("seconds"), 0)] for i, h in enumerate(hist)]
+        out.append(f"<p class=muted>{html.escape(rel)}</p>" +
+                   _table(["epoch", "loss", "detection", "CASS", "CASS weight", "val mAP@0.5", "s"], rows))
+    return "".join(out)
+
+
+def _section_verify(items) -> str:
+    out = []
+    for rel, rep in items:
+        rows = []
+        for c in rep.get("candidates", []):
+            ok = c.get("passed")
+            rows.append([c["name"], c["precision"], _f(c["keep_iou_mean"], 4), _f(c["keep_iou_min"], 4),
+                         _f(c["plain_iou_mean"], 4), _f(c["mask_agreement"], 4), f"{c['score_max_abs']:.2e}",
+                         _Raw('<span class="pass">pass</span>' if ok else
+                              f'<span class="fail">FAIL</span> {html.escape("; ".join(c.get("failures", [])))}')])
+        out.append(f"<p class=muted>{html.escape(rel)}: reference {html.escape(str(rep.get('reference')))}, "
+                   f"{rep.get('images')} images</p>" +
+                   _table(["candidate", "precision", "keep IoU mean (tie-aware)", "min", "plain IoU",
+                           "mask agreement", "score max abs err", "result"], rows))
+    return "".join(out)
+
+
+def _section_profile(items, root: Path) -> str:
+    out = []
+    for rel, prof in items:
+        rows = []
+        res = prof.get("results", [])
+        base = res[0]["latency_ms"]["mean"] if res else None
+        for r in res:
+            s = r["latency_ms"]
+            rows.append([r["label"], f"{r['backend']}/{r['device']}", r["batch"], _f(s["mean"], 2), _f(s["p50"], 2),
+                         _f(s["p90"], 2), _f(s["p95"], 2), _f(s["p99"], 2), _f(s["max"], 2),
+                         _f(s["throughput_fps"], 1), f"{base / s['mean']:.2f}x" if base else "-"])
+        env = prof.get("environment", {})
+        out.append(f"<p class=muted>{html.escape(rel)}: {html.escape(json.dumps(env))}</p>" +
+                   _table(["config", "backend", "batch", "mean ms", "p50", "p90", "p95", "p99", "max", "fps",
+                           "speed-up vs first"], rows))
+        sweep = (root / rel).parent / "sweep.png"
+        if sweep.is_file():
+            out.append(_img(sweep))
+    return "".join(out)
+
+
+def _section_validate(items) -> str:
+    out, recall_series, retention_series = [], [], []
+    for rel, v in items:
+        res, ref = v.get("result") or {}, v.get("reference")
+        label = Path(rel).stem
+        recall_series.append((label, res))
+        if res.get("pruned"):
+            retention_series.append((label, res))
+        rows = []
+        for f in FIELDS + ("all",):
+            r = (res.get("by_field") or {}).get(f) or {}
+            rr = ((ref or {}).get("by_field") or {}).get(f) or {}
+            rows.append([f, r.get("n_gt", "-"), _f(r.get("recall")), _f(rr.get("recall")),
+                         _f(r.get("retention_mean")), _f(r.get("retention_share_ge_50"))])
+        gates = v.get("gates") or []
+        gate_html = "".join(f"<li class={'pass' if g.get('passed') else 'fail'}>"
+                            f"{'PASS' if g.get('passed') else 'FAIL'}: {html.escape(str(g.get('message')))}</li>"
+                            for g in gates)
+        out.append(f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(v.get('model')))}; mAP@0.5 "
+                   f"{_f(res.get('map50'))} (reference {_f((ref or {}).get('map50'))})</p>" +
+                   _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"],
+                          rows) + (f"<ul>{gate_html}</ul>" if gate_html else ""))
+        if ref and not any(label2 == "reference" for label2, _ in recall_series):
+            recall_series.append(("reference", ref))
+    charts = ""
+    if recall_series:
+        charts += _field_chart(recall_series, "recall", "vehicle recall @ IoU 0.5 by field")
+    if retention_series:
+        charts += _field_chart(retention_series, "retention_mean", "pruner retention by field")
+    return f"<div class=grid>{charts}</div>" + "".join(out)
+
+
+def _section_diagnose(items, root: Path) -> str:
+    out = []
+    for rel, d in items:
+        rows = []
+        for b in d.get("breakdowns", []):
+            label = b["normalization"] + (f" γ={b['area_gamma']:g}" if b["normalization"] == "object" else "")
+            cells = [f"{100 * b['by_band'][f]['loss_share']:.1f} / {100 * b['by_band'][f]['grad_share']:.1f}"
+                     for f in FIELDS]
+            per_obj = [b["by_field"][f]["grad_share_per_object"] for f in FIELDS]
+            rows.append([label, *cells, *[("-" if v is None else f"{100 * v:.2f}") for v in per_obj]])
+        out.append(f"<p class=muted>{html.escape(rel)} (logits: {html.escape(str(d.get('logits')))})</p>" +
+                   _table(["normalisation", "far band loss/grad %", "mid band", "near band",
+                           "far: grad % per object", "mid", "near"], rows))
+        maps = sorted(((root / rel).parent / "heatmaps").glob("*.png"))[:6]
+        out.append("".join(_img(p) for p in maps))
+    return "".join(out)
+
+
+def build_report(run_dir: str | Path, out_html: str | Path | None = None, force: bool = False) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` into ``run_dir`` (or beside ``out_html``)."""
+    from cass_deploy.io_utils import atomic_path, check_writable, write_json
+
+    root = Path(run_dir)
+    found = collect(root)
+    out_html = Path(out_html) if out_html else root / "report.html"
+    out_json = out_html.with_suffix(".json")
+    check_writable(out_html, force)
+    check_writable(out_json, force)
+    sections = [("Training", _section_train(found["train"])),
+                ("Recall and retention by field", _section_validate(found["validate"])),
+                ("Keep-mask fidelity", _section_verify(found["verify"])),
+                ("Latency", _section_profile(found["profile"], root)),
+                ("CASS bias diagnostics", _section_diagnose(found["diagnose"], root))]
+    missing = [name for name, body in sections if not body]
+    body = "".join(f"<h2>{name}</h2>{content}" for name, content in sections if content)
+    if missing:
+        body += f"<p class=muted>Not in this run: {', '.join(missing)}.</p>"
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>cass-deploy report: {html.escape(root.name)}"
+           f"</title><style>{CSS}</style></head><body><h1>cass-deploy report: {html.escape(root.name)}</h1>"
+           f"{body}</body></html>")
+    with atomic_path(out_html, force=force) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    write_json(out_json, {"run_dir": str(root), **{k: dict(v) for k, v in found.items()}}, force=force)
+    return out_html, out_json

@@ -1,0 +1,158 @@
+"""Run a deployed model (checkpoint, ONNX or engine) over a labelled set for ``validate``.
+
+Builds the ``predict`` callable of :func:`cass_deploy.validate.evaluate` around a Runner, so the
+same metric code scores torch, ONNX Runtime and TensorRT, and picks the reference (the dense
+model with the same weights by default) for the side-by-side comparison and the gates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cass_deploy.errors import InputError
+
+
+@dataclass
+class Deployed:
+    """A model to validate: its runner, geometry and where its weights came from."""
+
+    name: str
+    runner: Any
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    batch: int | None            # fixed batch of an export, None when free
+    pruned: bool
+    checkpoint: Path | None
+    meta: dict[str, Any]
+
+
+def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cpu") -> Deployed:
+    """A checkpoint (.pt), export directory, .onnx or .engine -> Deployed (runner not yet active)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"model {p} does not exist")
+    if p.suffix in (".pt", ".pth"):
+        from cass_deploy.checkpoint import load_checkpoint
+        from cass_deploy.runtime.torch_runner import TorchRunner
+
+        ck = load_checkpoint(p)
+        m = ck.model
+        return Deployed(f"torch:{p.name}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
+                        None, m.pruner_mode != "none", p, {"pruner_mode": m.pruner_mode,
+                                                           "keep_ratio": m.cfg.pruner.keep_ratio})
+    from cass_deploy.verify import make_runner, resolve_candidates
+
+    cands = resolve_candidates([str(p)], providers)
+    c = cands[-1]
+    meta = c.meta
+    if meta.get("parts") != "full":
+        raise InputError(f"{c.path} holds the '{meta.get('parts')}' part; validate needs a --parts full export "
+                         "(detections come from the head)")
+    b = meta.get("batch") or {}
+    src = (meta.get("source_checkpoint") or {}).get("path")
+    grid = tuple(meta.get("grid") or ())
+    return Deployed(f"{c.kind}:{c.path}", make_runner(c, providers), tuple(meta["image_size"]), grid,
+                    None if b.get("dynamic") else b.get("size"), meta.get("pruner_mode") != "none",
+                    Path(src) if src else None, meta)
+
+
+def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
+    """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
+    import torch
+
+    from cass_deploy.model.head import decode
+    from cass_deploy.model.interface import INPUT_NAME
+
+    def predict(images):
+        x = images.detach().cpu().numpy().astype(np.float32)
+        step = d.batch or len(x)
+        outs: dict[str, list] = {}
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step]
+            if len(chunk) < step:  # fixed-batch export: pad the last chunk, drop the padding after
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), 0)])
+            res = d.runner.infer({INPUT_NAME: chunk})
+            for k, v in res.items():
+                outs.setdefault(k, []).append(v)
+        out = {k: torch.from_numpy(np.concatenate(v)[:len(x)]) for k, v in outs.items()}
+        if "heatmap" not in out or "box" not in out:
+            raise InputError(f"{d.name} has no detection outputs (heatmap, box); export --parts full")
+        dets = decode({"heatmap": out["heatmap"].float(), "box": out["box"].float()}, d.image_size,
+                      score_thresh=score_floor)
+        res = {key: [det[key] for det in dets] for key in ("boxes", "scores", "labels")}
+        if d.pruned and "keep_mask" in out:
+            res["keep_mask"] = out["keep_mask"].bool()
+        return res
+
+    return predict
+
+
+def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_size: int = 8, seed: int = 0,
+                 split: str = "val", resize: bool = False):
+    """Collated batches of a dataset at the model's ``image_size``.
+
+    Synthetic scenes are generated at that size. Images of a dataset directory must already
+    have it: a different size is an InputError unless ``resize`` (then images are resized and
+    boxes scaled, and the caller has said so).
+    """
+    from cass_deploy.data.collate import collate
+    from cass_deploy.data.factory import load_dataset
+
+    synthetic = str(data) == "synthetic"
+    ds = load_dataset(data, split=split, num_images=num_images,
+                      image_size=tuple(image_size) if synthetic or resize else None, seed=seed)
+    n = min(len(ds), num_images)
+    if n == 0:
+        raise InputError(f"dataset {data!r} is empty")
+    got = tuple(ds[0]["image"].shape[1:])
+    if got != tuple(image_size):
+        raise InputError(f"dataset {data} has {got[0]}x{got[1]} images but the model takes "
+                         f"{image_size[0]}x{image_size[1]}; export at that size (--image-size) or pass --resize "
+                         "to resize the images (boxes are scaled)")
+    return [collate([ds[j] for j in range(i, min(i + batch_size, n))]) for i in range(0, n, batch_size)]
+
+
+def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, score_thr: float = 0.3,
+                      num_classes: int = 3):
+    """ValidationResult of a Deployed model on collated ``batches``."""
+    from cass_deploy.data.classes import class_names
+    from cass_deploy.validate import evaluate
+
+    if not d.grid:
+        raise InputError(f"{d.name}: its metadata lacks the patch grid")
+    with d.runner:
+        return evaluate(make_predict(d), batches, d.image_size, d.grid, fields=fields, iou_thr=iou_thr,
+                        score_thr=score_thr, num_classes=num_classes,
+                        class_names=class_names(num_classes > 3)[:num_classes], name=d.name)
+
+
+def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:
+    """The reference for the comparison: ``dense`` (same weights, no pruning; default),
+    ``source`` (the checkpoint as exported, in torch), a checkpoint / export path, or ``none``."""
+    if spec == "none":
+        return None
+    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.runtime.torch_runner import TorchRunner
+
+    if spec in (None, "dense", "source"):
+        if d.checkpoint is None or not d.checkpoint.is_file():
+            if spec is None:
+                return None
+            raise InputError(f"--reference {spec} needs the source checkpoint of {d.name}, "
+                             f"which is not found ({d.checkpoint}); pass --reference CHECKPOINT")
+        mode = "none" if spec in (None, "dense") else d.meta.get("pruner_mode")
+        ck = load_checkpoint(d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.meta.get("keep_ratio"),
+                             image_size=d.image_size)
+        m = ck.model
+        label = "dense" if mode == "none" else "source"
+        return Deployed(f"torch:{label}", TorchRunner(m, "full"), tuple(m.image_size), tuple(m.grid), None,
+                        mode != "none", d.checkpoint, {"pruner_mode": m.pruner_mode})
+    ref = open_model(spec, device=device)
+    if tuple(ref.image_size) != tuple(d.image_size):
+        raise InputError(f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "
+                         f"takes {d.image_size[0]}x{d.image_size[1]}")
+    return ref

@@ -1,0 +1,113 @@
+"""profile / validate / report / demo commands end to end on the tiny model, and their bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cass_deploy.cli import main
+from cass_deploy.export.pipeline import ExportRequest, run_export
+
+from conftest import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dep") / "export"
+    run_export(ExportRequest(checkpoint=tiny_checkpoint, out=out), log=lambda s: None)
+    return out
+
+
+def test_profile_checkpoint_sweep_and_export(tiny_checkpoint, fp32_export, tmp_path, capsys):
+    out = tmp_path / "prof"
+    assert main(["profile", str(tiny_checkpoint), "--sweep", "0.25,0.5", "--warmup", "1", "--iters", "3",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "profile.json").read_text())
+    labels = [r["label"] for r in data["results"]]
+    assert labels == ["dense", "global keep 0.25", "global keep 0.5"]
+    assert all(r["latency_ms"]["n"] == 3 and r["latency_ms"]["p50"] > 0 for r in data["results"])
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert main(["profile", str(fp32_export), "--warmup", "1", "--iters", "3"]) == 0
+    assert "onnxruntime/cpu" in capsys.readouterr().out
+
+
+def test_profile_bad_input(tiny_checkpoint, fp32_export, tmp_path, capsys):
+    assert main(["profile", str(tmp_path / "missing.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["profile", str(tiny_checkpoint), "--iters", "0"]) == 2
+    assert main(["profile", str(tiny_checkpoint), "--sweep", "0.5,1.5", "--iters", "1"]) == 2
+    assert "1.5" in capsys.readouterr().err
+    assert main(["profile", str(fp32_export), "--batch", "4", "--iters", "1"]) == 2
+    assert "batch" in capsys.readouterr().err
+
+
+def test_validate_gates_pass_and_fail(fp32_export, tmp_path, capsys):
+    out = tmp_path / "val.json"
+    rc = main(["validate", str(fp32_export), "--images", "8", "--json", str(out), "--max-recall-drop", "1.0"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["reference"]["pruned"] is False and data["result"]["pruned"] is True
+    assert set(data["result"]["by_field"]) >= {"far", "mid", "near", "all"}
+    near = data["result"]["by_field"]["near"]
+    assert near["n_gt"] > 0 and 0 <= near["retention_mean"] <= 1
+    # an impossible gate fails with exit 1 and names the failing number
+    rc = main(["validate", str(fp32_export), "--images", "8", "--min-near-retention", "1.0",
+               "--min-near-recall", "1.0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "near" in err
+
+
+def test_validate_bad_input(tiny_checkpoint, tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["validate", str(tiny_checkpoint), "--images", "0"]) == 2
+    assert main(["validate", str(tiny_checkpoint), "--min-near-recall", "1.5"]) == 2
+    assert "1.5" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["validate", str(tiny_checkpoint), "--data", str(empty), "--images", "2"]) == 2
+    # model/data size mismatch: a COCO set of another image size, no resize asked
+    from cass_deploy.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "coco", 2, image_size=(128, 224))
+    assert main(["validate", str(tiny_checkpoint), "--data", str(tmp_path / "coco"), "--images", "2"]) == 2
+    assert "128x224 images but the model takes 96x160" in capsys.readouterr().err
+    assert main(["validate", str(tiny_checkpoint), "--data", str(tmp_path / "coco"), "--images", "2", "--resize"]) == 0
+    pred_only = tmp_path / "pred"
+    run_export(ExportRequest(checkpoint=tiny_checkpoint, out=pred_only, parts="predictor"), log=lambda s: None)
+    assert main(["validate", str(pred_only), "--images", "2"]) == 2
+    assert "--parts full" in capsys.readouterr().err
+
+
+def test_report_renders_sections(tiny_checkpoint, fp32_export, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["validate", str(fp32_export), "--images", "8", "--json", str(run / "validate-fp32.json")]) == 0
+    assert main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(fp32_export), "--images", "2",
+                 "--json", str(run / "verify.json")]) == 0
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "Recall and retention by field" in html and "Keep-mask fidelity" in html
+    assert html.count("data:image/png;base64,") >= 2  # recall and retention charts embedded
+    assert "src=\"http" not in html  # self-contained
+    assert json.loads((run / "report.json").read_text())["validate"]
+    assert main(["report", str(run)]) == 2  # no overwrite without --force
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_demo_smoke(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--config", "", "--out", str(out), "--validate-images", "8", "--verify-images", "2",
+            "--profile-iters", "2", "--max-recall-drop", "1.0", "--no-progress"]
+    for o in TINY_OVERRIDES:
+        args += ["--set", o]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "report:" in text
+    for rel in ("train/best.pt", "export-fp32/model.onnx", "export-int8/model.onnx", "verify.json",
+                "profile/profile.json", "validate-fp32.json", "validate-int8.json", "report.html", "summary.json"):
+        assert (out / rel).is_file(), rel
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["recall"]) == {"fp32", "int8", "dense"}
+    assert main(args) == 2  # a second run does not clobber the first
