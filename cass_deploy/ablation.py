@@ -1,0 +1,226 @@
+"""The bias ablation: which CASS setting keeps near-field vehicles after pruning?
+
+Every variant trains on the same synthetic split with the same seeds; each trained model is
+evaluated at keep 0.5 and 0.25 (same weights, pruner swapped) for recall and retention per field
+and per size bin and mAP@0.5, against the dense model of the same seed. ``select`` applies the
+rule that sets the ``corrected`` preset (issue 4):
+
+1. near-field recall within ``near_tol`` (1 point) of dense;
+2. far-field recall at most ``far_tol`` (2 points) below dense;
+3. mAP@0.5 within ``map_tol`` (1 point) of dense;
+4. among those, the highest minimum over fields of mean retention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cass_deploy.errors import InputError
+
+FIELDS = ("far", "mid", "near")
+
+# name -> overrides on top of the base training config
+LOSS_VARIANTS: dict[str, list[str]] = {
+    "cass_off": ["cass.cass_weight=0.0"],
+    "patch (seed)": ["cass.normalization=patch", "cass.ensure_center_patch=false"],
+    "object g=0": ["cass.normalization=object", "cass.area_gamma=0.0"],
+    "object g=0.5": ["cass.normalization=object", "cass.area_gamma=0.5"],
+    "object g=1": ["cass.normalization=object", "cass.area_gamma=1.0"],
+    "area": ["cass.normalization=area"],
+    "seed_object": ["cass.normalization=seed_object", "cass.ensure_center_patch=false"],
+    "object g=0 + TV": ["cass.normalization=object", "cass.area_gamma=0.0", "cass.tv_weight=0.1"],
+}
+DENSE = ["model.pruner.mode=none", "cass.cass_weight=0.0"]
+BAND = ["model.pruner.mode=band", "model.pruner.band_quotas=proportional"]
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    keep_ratio: float | None
+    train_seconds: float
+    map50: float | None
+    recall: dict[str, float | None]
+    retention: dict[str, float | None]
+    retention_ge_50: dict[str, float | None]
+    recall_by_size: dict[str, float | None] = field(default_factory=dict)
+    retention_by_size: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _summarise(variant: str, seed: int, keep: float | None, seconds: float, res) -> RunResult:
+    bf, bs = res.by_field, res.by_size
+    return RunResult(variant=variant, seed=seed, keep_ratio=keep, train_seconds=seconds, map50=res.map50,
+                     recall={f: bf[f].recall for f in FIELDS + ("all",)},
+                     retention={f: bf[f].retention_mean for f in FIELDS},
+                     retention_ge_50={f: bf[f].retention_share_ge_50 for f in FIELDS},
+                     recall_by_size={s: bs[s].recall for s in bs},
+                     retention_by_size={s: bs[s].retention_mean for s in bs})
+
+
+def train_and_evaluate(base: list[str], config: str | None, variant: str, overrides: list[str], seed: int,
+                       out: Path, keep_ratios: Sequence[float], val_images: int,
+                       log: Callable[[str], None]) -> list[RunResult]:
+    """Train one variant and evaluate it at each keep ratio (or dense once)."""
+    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.train import build_datasets, evaluate_model, load_train_config, make_loader, train
+
+    cfg = load_train_config(config, base + overrides + [f"seed={seed}", f"data.val_images={val_images}"])
+    run_dir = out / f"{_slug(variant)}-s{seed}"
+    t0 = time.perf_counter()
+    res = train(cfg, run_dir, force=True, progress=False, log=lambda s: None)
+    seconds = time.perf_counter() - t0
+    model = load_checkpoint(res.last_path).model
+    _, val = build_datasets(cfg)
+    loader = make_loader(val, cfg.batch_size, shuffle=False, seed=seed)
+    rows = []
+    if model.pruner_mode == "none":
+        rows.append(_summarise(variant, seed, None, seconds, evaluate_model(model, loader, cfg.fields,
+                                                                            cfg.eval_score_thr)))
+    else:
+        for r in keep_ratios:
+            m = model.with_pruner(keep_ratio=r)
+            rows.append(_summarise(variant, seed, r, seconds, evaluate_model(m, loader, cfg.fields,
+                                                                             cfg.eval_score_thr)))
+    log(f"{variant} seed {seed}: " + ", ".join(
+        f"keep {r.keep_ratio}: recall near {_p(r.recall['near'])} far {_p(r.recall['far'])}, retention near "
+        f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)}" for r in rows) + f" [{seconds:.0f}s]")
+    return rows
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[str, Any]]:
+    """Mean and spread (std over seeds) of every metric per (variant, keep ratio)."""
+    groups: dict[tuple[str, float | None], list[RunResult]] = {}
+    for r in rows:
+        groups.setdefault((r.variant, r.keep_ratio), []).append(r)
+
+    def stat(values):
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return {"mean": None, "std": None, "n": 0}
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "n": len(vals)}
+
+    out = {}
+    for key, rs in groups.items():
+        out[key] = {
+            "map50": stat(r.map50 for r in rs),
+            "train_seconds": stat(r.train_seconds for r in rs),
+            **{f"recall_{f}": stat(r.recall[f] for r in rs) for f in FIELDS + ("all",)},
+            **{f"retention_{f}": stat(r.retention[f] for r in rs) for f in FIELDS},
+            **{f"retention_ge50_{f}": stat(r.retention_ge_50[f] for r in rs) for f in FIELDS},
+            **{f"recall_size_{s}": stat(r.recall_by_size.get(s) for r in rs) for s in ("small", "medium", "large")},
+            **{f"retention_size_{s}": stat(r.retention_by_size.get(s) for r in rs)
+               for s in ("small", "medium", "large")},
+        }
+    return out
+
+
+def select(agg: dict, keep_ratio: float = 0.5, near_tol: float = 0.01, far_tol: float = 0.02,
+           map_tol: float = 0.01, exclude: Sequence[str] = ("cass_off",)) -> tuple[str | None, list[dict]]:
+    """Apply the selection rule at ``keep_ratio`` -> (winner or None, per-variant verdicts)."""
+    dense = agg.get(("dense", None))
+    if dense is None:
+        raise InputError("the ablation needs the dense model to select against")
+
+    def m(entry, key):
+        return entry[key]["mean"]
+
+    verdicts = []
+    for (variant, keep), entry in agg.items():
+        if keep != keep_ratio or variant in exclude:
+            continue
+        checks = {
+            "near recall within tol": m(entry, "recall_near") is not None and
+            m(entry, "recall_near") >= m(dense, "recall_near") - near_tol,
+            "far recall within tol": m(entry, "recall_far") is not None and
+            m(entry, "recall_far") >= m(dense, "recall_far") - far_tol,
+            "mAP within tol": m(entry, "map50") is not None and m(entry, "map50") >= m(dense, "map50") - map_tol,
+        }
+        min_ret = min((m(entry, f"retention_{f}") for f in FIELDS if m(entry, f"retention_{f}") is not None),
+                      default=None)
+        verdicts.append({"variant": variant, "checks": checks, "passes": all(checks.values()),
+                         "min_field_retention": min_ret})
+    ok = [v for v in verdicts if v["passes"]]
+    winner = max(ok, key=lambda v: v["min_field_retention"] or 0)["variant"] if ok else None
+    return winner, verdicts
+
+
+def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
+    """The README table: recall and retention per field, mAP and training time, mean ± std."""
+    def cell(entry, key, scale=100.0, digits=1):
+        s = entry[key]
+        if s["mean"] is None:
+            return "-"
+        txt = f"{scale * s['mean']:.{digits}f}"
+        return txt + (f" ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else "")
+
+    head = ("| variant | keep | recall far | recall mid | recall near | retention far | retention mid | "
+            "retention near | mAP@0.5 | train s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    order = sorted(agg, key=lambda k: (k[1] is not None, -(k[1] or 0), k[0] != "dense"))
+    for key in order:
+        variant, keep = key
+        if keep is not None and keep not in keep_ratios:
+            continue
+        e = agg[key]
+        rows.append(f"| {variant} | {'dense' if keep is None else keep:} | {cell(e, 'recall_far')} | "
+                    f"{cell(e, 'recall_mid')} | {cell(e, 'recall_near')} | {cell(e, 'retention_far')} | "
+                    f"{cell(e, 'retention_mid')} | {cell(e, 'retention_near')} | {cell(e, 'map50')} | "
+                    f"{cell(e, 'train_seconds', 1.0, 0)} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], out: Path,
+                 variants: Sequence[str] | None = None, keep_ratios: Sequence[float] = (0.5, 0.25),
+                 val_images: int = 128, band: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Dense + every loss variant (+ the band pruner with the winning loss) over ``seeds``."""
+    from cass_deploy.io_utils import write_json
+
+    names = list(variants) if variants else list(LOSS_VARIANTS)
+    unknown = [n for n in names if n not in LOSS_VARIANTS]
+    if unknown:
+        raise InputError(f"unknown ablation variant(s) {unknown}; known: {list(LOSS_VARIANTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[RunResult] = []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        rows += train_and_evaluate(base, config, "dense", DENSE, seed, out, keep_ratios, val_images, log)
+        for name in names:
+            rows += train_and_evaluate(base, config, name, LOSS_VARIANTS[name], seed, out, keep_ratios,
+                                       val_images, log)
+        write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
+    agg = aggregate(rows)
+    winner, verdicts = select(agg)
+    best_loss = winner or max((v for v in verdicts), key=lambda v: v["min_field_retention"] or 0)["variant"]
+    if band:
+        name = f"band + {best_loss}"
+        for seed in seeds:
+            rows += train_and_evaluate(base, config, name, LOSS_VARIANTS[best_loss] + BAND, seed, out, keep_ratios,
+                                       val_images, log)
+        agg = aggregate(rows)
+        winner, verdicts = select(agg)
+    result = {"seeds": list(seeds), "keep_ratios": list(keep_ratios), "val_images": val_images,
+              "base_overrides": base, "config": config, "winner": winner, "verdicts": verdicts,
+              "aggregate": {f"{k[0]} @ {k[1]}": v for k, v in agg.items()},
+              "runs": [r.to_dict() for r in rows], "seconds": time.perf_counter() - t0,
+              "markdown": markdown_table(agg, keep_ratios)}
+    write_json(out / "ablation.json", result, force=True)
+    (out / "ablation.md").write_text(result["markdown"])
+    return result

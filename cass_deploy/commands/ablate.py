@@ -1,0 +1,41 @@
+"""``cass-deploy ablate``: the CASS bias ablation (also benchmarks/bias_ablation.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "bias ablation: dense vs CASS variants (patch, object g, area, seed_object, TV, band) by field"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/ablation.yaml", help="base training config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")
+    p.add_argument("--variants", default=None, help="comma list (default: all loss variants)")
+    p.add_argument("--keep-ratios", default="0.5,0.25")
+    p.add_argument("--val-images", type=int, default=128)
+    p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--force", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cass_deploy.ablation import run_ablation
+    from cass_deploy.errors import InputError
+    from cass_deploy.io_utils import check_writable
+
+    check_writable(args.out, args.force)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        ratios = [float(s) for s in args.keep_ratios.split(",") if s.strip()]
+    except ValueError as exc:
+        raise InputError(f"bad --seeds or --keep-ratios: {exc}") from None
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    res = run_ablation(config=args.config or None, base=args.overrides, seeds=seeds, out=Path(args.out),
+                       variants=variants, keep_ratios=ratios, val_images=args.val_images, band=not args.no_band)
+    print(res["markdown"])
+    print(f"selected by the rule: {res['winner'] or 'none meets it'}; {res['seconds'] / 60:.1f} min; "
+          f"wrote {args.out}/ablation.json and ablation.md")
+    return 0
