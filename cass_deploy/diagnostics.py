@@ -20,7 +20,8 @@ from torch import Tensor
 from cass_deploy.config import CassConfig
 from cass_deploy.losses import cass_loss
 from cass_deploy.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
-from cass_deploy.targets import BoxList, check_geometry, expected_k, patch_owner
+from cass_deploy.model.pruner import compute_k
+from cass_deploy.targets import BoxList, check_geometry, patch_owner
 
 
 def toy_roadside_scene(image_size: Sequence[int] = (256, 448), seed: int = 0) -> Tensor:
@@ -139,7 +140,7 @@ def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Seq
 
 def keep_mask_topk(logits: Tensor, keep_ratio: float) -> Tensor:
     """Global top-k keep mask [B, P] with k = ceil(keep_ratio * P)."""
-    k = expected_k(keep_ratio, logits.shape[1])
+    k = compute_k(keep_ratio, logits.shape[1])
     idx = torch.topk(logits, k, dim=1).indices
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
 

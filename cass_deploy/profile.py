@@ -163,11 +163,13 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
         if backend == "torch":
             results.append(profile_torch(m, label, batch=batch, warmup=warmup, iters=iters, device=device, part=part))
         else:
-            results.append(_profile_onnx_of(m, label, batch, warmup, iters, device, threads, part))
+            results.append(profile_onnx_of(m, label, batch, warmup, iters, device, threads, part))
     return results
 
 
-def _profile_onnx_of(model, label, batch, warmup, iters, device, threads, part) -> Measurement:
+def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, device: str = "cpu",
+                    threads: int | None = None, part: str = "full") -> Measurement:
+    """Export ``model``'s part to a temporary ONNX and time it in ONNX Runtime."""
     import onnx
 
     from cass_deploy.export.onnx_export import export_part

@@ -13,7 +13,6 @@ boxes), ownership, and the object, area and seed-object normalisations in ``loss
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -316,7 +315,3 @@ def grid_for(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
         raise InputError(f"image size {H}x{W} is not a multiple of the patch size {patch_size}")
     return H // patch_size, W // patch_size
 
-
-def expected_k(keep_ratio: float, num_patches: int) -> int:
-    """k = ceil(keep_ratio * P), as a Python int."""
-    return int(math.ceil(keep_ratio * num_patches - 1e-9))

@@ -79,11 +79,11 @@ def test_verify_passes_precision_thresholds(exports, tiny_checkpoint, name):
 
 
 def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
-    from cass_deploy.export.precision import has_qdq, is_fp16
+    from cass_deploy.export.tensorrt import inspect_onnx
 
-    q = onnx.load(exports["full_int8"] / "model.onnx")
+    qf, hf = inspect_onnx(exports["full_int8"] / "model.onnx"), inspect_onnx(exports["full_fp16"] / "model.onnx")
+    assert qf.has_qdq and not hf.has_qdq and hf.is_fp16 and not qf.is_fp16
     h = onnx.load(exports["full_fp16"] / "model.onnx")
-    assert has_qdq(q) and not has_qdq(h) and is_fp16(h)
     topk = [n for n in h.graph.node if n.op_type == "TopK"]
     assert topk  # the pruner is in the graph, fed by fp32 scores
     assert h.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

@@ -18,13 +18,12 @@ from typing import Any, Mapping, Sequence
 
 from cass_deploy import __version__
 from cass_deploy.errors import InputError
+from cass_deploy.export.limits import PRECISIONS, PRUNER_MODES
 from cass_deploy.io_utils import atomic_path, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARTS = ("predictor", "full")
-PRECISIONS = ("fp32", "fp16", "int8")
-PRUNER_MODES = ("global", "band", "threshold")
 REQUIRED_KEYS = ("schema_version", "artefacts", "inputs", "outputs", "precision")
 #: ONNX metadata key listing the keys whose values are JSON-encoded (the rest are plain strings)
 JSON_KEYS_PROP = "cass_deploy.json_keys"
@@ -287,6 +286,19 @@ def onnx_metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in manifest.items() if key != "artefacts"}
 
 
+def load_onnx(path: str | Path) -> Any:
+    """``onnx.load`` without external data; a missing or unreadable file is an InputError."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX model {path} does not exist")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
+
+
 def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     """Write ``mapping`` into ONNX ``metadata_props`` (non-strings JSON-encoded).
 
@@ -295,15 +307,9 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     """
     import onnx
 
-    path = None
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.is_file():
-            raise InputError(f"ONNX model {path} does not exist")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
+    path = Path(model) if isinstance(model, (str, Path)) else None
+    if path is not None:
+        model = load_onnx(path)
     json_keys = sorted(k for k, v in mapping.items() if not isinstance(v, str))
     props = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
              for k, v in mapping.items()}
@@ -325,13 +331,7 @@ def read_onnx_metadata(model: Any) -> dict[str, Any]:
     import onnx
 
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.is_file():
-            raise InputError(f"ONNX model {path} does not exist")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
+        model = load_onnx(model)
     props = {p.key: p.value for p in model.metadata_props}
     json_keys = set(json.loads(props.pop(JSON_KEYS_PROP, "[]")))
     out: dict[str, Any] = {}

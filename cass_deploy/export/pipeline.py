@@ -95,6 +95,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     from cass_deploy.checkpoint import load_checkpoint
     from cass_deploy.export import limits, manifest as mf, precision as prec
     from cass_deploy.export.onnx_export import export_part, io_specs, op_types
+    from cass_deploy.export.tensorrt import onnx_facts
     from cass_deploy.io_utils import atomic_dir, check_writable
 
     out = check_writable(req.out, req.force)
@@ -150,7 +151,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
              "num_classes": getattr(model.cfg, "num_classes", None),
              "head_stride": getattr(model.cfg, "head_stride", None), **req.extra}
     trt_opts = _build_options(req, model)
-    trtexec = _trtexec(trt_opts, trt_major or 10, prec.has_qdq(proto), prec.is_fp16(proto), notes)
+    facts = onnx_facts(proto)
+    trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
     with atomic_dir(out, force=req.force) as tmp:
         onnx_path = tmp / ONNX_NAME
         onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes

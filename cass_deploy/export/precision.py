@@ -25,17 +25,21 @@ def _producers(graph) -> dict[str, object]:
     return {out: n for n in graph.node for out in n.output}
 
 
-def _ancestors(graph, tensors: Iterable[str]) -> set[str]:
-    prod = _producers(graph)
+def _walk(start: list, neighbours) -> set[str]:
+    """Names of the nodes reachable from ``start`` through ``neighbours(node)``."""
     seen: set[str] = set()
-    stack = [prod[t] for t in tensors if t in prod]
+    stack = list(start)
     while stack:
         n = stack.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        stack.extend(prod[i] for i in n.input if i in prod)
+        if n.name not in seen:
+            seen.add(n.name)
+            stack.extend(neighbours(n))
     return seen
+
+
+def _ancestors(graph, tensors: Iterable[str]) -> set[str]:
+    prod = _producers(graph)
+    return _walk([prod[t] for t in tensors if t in prod], lambda n: [prod[i] for i in n.input if i in prod])
 
 
 def _descendants(graph, names: set[str]) -> set[str]:
@@ -43,17 +47,8 @@ def _descendants(graph, names: set[str]) -> set[str]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    by_name = {n.name: n for n in graph.node}
-    seen: set[str] = set()
-    stack = [by_name[x] for x in names if x in by_name]
-    while stack:
-        n = stack.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        for o in n.output:
-            stack.extend(consumers.get(o, []))
-    return seen
+    return _walk([n for n in graph.node if n.name in names],
+                 lambda n: [c for o in n.output for c in consumers.get(o, [])])
 
 
 def predictor_initializers(proto, params: Iterable[np.ndarray]) -> set[str]:
@@ -200,16 +195,6 @@ def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {exc}") from exc
         return onnx.load(dst)
-
-
-def has_qdq(proto) -> bool:
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-
-
-def is_fp16(proto) -> bool:
-    import onnx
-
-    return any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cass_deploy.errors import ExportError, InputError, LimitError
+from cass_deploy.export.limits import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 Shape = tuple[int, ...]
 LogFn = Callable[[str], None]
 
@@ -215,15 +215,15 @@ class OnnxFacts:
 
 def inspect_onnx(path: str | Path) -> OnnxFacts:
     """Q/DQ presence, fp16 tensors, op types and input shapes of an ONNX file (no torch)."""
+    from cass_deploy.export.manifest import load_onnx
+
+    return onnx_facts(load_onnx(path))
+
+
+def onnx_facts(model: Any) -> OnnxFacts:
+    """:class:`OnnxFacts` of an in-memory ``onnx.ModelProto``."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX model {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise InputError(f"cannot read ONNX model {path}: {exc}") from exc
     fp16 = onnx.TensorProto.FLOAT16
     graph = model.graph
     ops = frozenset(node.op_type for node in graph.node)

@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from cass_deploy.errors import ConfigError, InputError, LimitError
+from cass_deploy.export.limits import TENSORRT_MAX_TOPK
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
 BAND_QUOTA_MODES = ("equal", "proportional")
-TOPK_LIMIT = 3840  # TensorRT's largest TopK k (PLATFORM-NOTES); band quotas must respect it
+TOPK_LIMIT = TENSORRT_MAX_TOPK  # band quotas must respect TensorRT's largest TopK k (export/limits.py)
 _SUM_TOL = 1e-3  # tolerance on "sums to 1" for hand-written quota fractions
 
 
