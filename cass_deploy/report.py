@@ -174,8 +174,9 @@ def _section_validate(items) -> str:
                    f"{_f(res.get('map50'))} (reference {_f((ref or {}).get('map50'))})</p>" +
                    _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"],
                           rows) + (f"<ul>{gate_html}</ul>" if gate_html else ""))
-        if ref and not any(label2 == "reference" for label2, _ in recall_series):
-            recall_series.append(("reference", ref))
+        ref_label = f"reference ({ref.get('name', '?')})" if ref else None
+        if ref and not any(label2 == ref_label for label2, _ in recall_series):
+            recall_series.append((ref_label, ref))
     charts = ""
     if recall_series:
         charts += _field_chart(recall_series, "recall", "vehicle recall @ IoU 0.5 by field")
