@@ -259,9 +259,9 @@ def owner_from_pairs(pairs: BoxPatchPairs, flat: FlatBoxes, target: Tensor) -> T
     owner = torch.full((B * P,), -1, dtype=torch.int64, device=dev)
     if N == 0:
         return owner.view(B, P)
-    # rank of each box in (image, area, index) order; lower rank wins ties
+    # rank of each box in (area, index) order; lower rank wins ties. All pairs at one flat
+    # patch come from one image, so ranks only ever compete within an image.
     order = torch.argsort(flat.area_pixels(), stable=True)
-    order = order[torch.argsort(flat.batch[order], stable=True)]
     rank = torch.empty_like(order)
     rank[order] = torch.arange(N, device=dev)
     winner = (pairs.value > 0) & (pairs.value == target.reshape(-1).index_select(0, pairs.flat))
