@@ -130,9 +130,27 @@ def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, sco
                         class_names=class_names(num_classes > 3)[:num_classes], name=d.name)
 
 
+def saved_reference(path: str):
+    """The reference result stored by an earlier ``validate --json`` run (its ``reference``
+    section, else its ``result``): how a Jetson compares with the workstation's dense model."""
+    import json
+
+    from cass_deploy.validate import ValidationResult
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read reference {path}: {exc}") from None
+    section = data.get("reference") or data.get("result") if isinstance(data, dict) else None
+    if not section:
+        raise InputError(f"{path} is not a validate --json output (no 'reference' or 'result')")
+    return ValidationResult.from_dict(section)
+
+
 def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:
     """The reference for the comparison: ``dense`` (same weights, no pruning; default),
-    ``source`` (the checkpoint as exported, in torch), a checkpoint / export path, or ``none``."""
+    ``source`` (the checkpoint as exported, in torch), a checkpoint / export path, or ``none``.
+    (A saved ``.json`` result is handled by :func:`saved_reference`.)"""
     if spec == "none":
         return None
     from cass_deploy.checkpoint import load_checkpoint

@@ -111,3 +111,55 @@ def test_demo_smoke(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["recall"]) == {"fp32", "int8", "dense"}
     assert main(args) == 2  # a second run does not clobber the first
+
+
+def test_engine_from_export_without_tensorrt_is_a_clear_error(fp32_export, tmp_path, capsys):
+    from cass_deploy.backends import is_available
+
+    if is_available("tensorrt"):
+        pytest.skip("TensorRT is installed here; the missing-backend message cannot be shown")
+    assert main(["export", str(fp32_export), "--engine", "--out", str(tmp_path / "eng")]) == 2
+    assert "TensorRT" in capsys.readouterr().err
+    assert not (tmp_path / "eng").exists()
+    assert main(["export", str(fp32_export), "--out", str(tmp_path / "eng")]) == 2
+    assert "add --engine" in capsys.readouterr().err
+
+
+def test_engine_from_export_with_recording_tensorrt(fp32_export, tmp_path, monkeypatch):
+    """The on-device build path (export dir -> engine + manifest) against the TensorRT stand-in."""
+    import fake_tensorrt
+
+    from cass_deploy.export.pipeline import engine_from_export
+
+    fake_tensorrt.install(monkeypatch, "10.3.0")
+    man = engine_from_export(fp32_export, tmp_path / "eng", workspace_mib=512, log=lambda s: None)
+    assert set(man["artefacts"]) == {"onnx", "engine"}
+    assert man["extra"]["tensorrt"]["tensorrt"] == "10.3.0"
+    assert (tmp_path / "eng" / "model.engine").read_bytes().startswith(fake_tensorrt.PLAN_MAGIC)
+    assert man["k"] == 30 and man["source_checkpoint"]["sha256"]
+
+
+def test_engine_from_tampered_export_is_refused(fp32_export, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fp32_export, bad)
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"x")
+    assert main(["export", str(bad), "--engine", "--out", str(tmp_path / "eng")]) == 2
+    assert "hash" in capsys.readouterr().err
+
+
+def test_validate_against_a_saved_reference(fp32_export, tmp_path, capsys):
+    ref = tmp_path / "ref.json"
+    assert main(["validate", str(fp32_export), "--images", "8", "--json", str(ref)]) == 0
+    dense_near = json.loads(ref.read_text())["reference"]["by_field"]["near"]["recall"]
+    capsys.readouterr()
+    assert main(["validate", str(fp32_export), "--images", "8", "--reference", str(ref),
+                 "--max-recall-drop", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "near recall dropped by" in out and f"({dense_near:.4f} ->" in out  # compared with the saved dense run
+    # on other data the object counts differ and the comparison is refused
+    assert main(["validate", str(fp32_export), "--images", "4", "--reference", str(ref),
+                 "--max-recall-drop", "0.5"]) == 2
+    assert "not evaluated on the same data" in capsys.readouterr().err

@@ -8,7 +8,8 @@ HELP = "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT e
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="trained checkpoint (.pt)")
+    p.add_argument("checkpoint", help="trained checkpoint (.pt), or an export directory to build its engine "
+                                      "on this device (with --engine; no torch or checkpoint needed)")
     p.add_argument("--out", required=True, help="output directory (model.onnx, model.engine, manifest.json)")
     p.add_argument("--profile", help="deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, "
                                      "jetson-agx-orin, x86-gpu, cpu); explicit flags override it")
@@ -44,8 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cass_deploy.export.pipeline import apply_profile, request_from, run_export
+    from cass_deploy.errors import InputError
+    from cass_deploy.export.pipeline import apply_profile, engine_from_export, request_from, run_export
 
+    src = Path(args.checkpoint)
+    if src.is_dir():
+        if not args.engine:
+            raise InputError(f"{src} is an export directory: add --engine to build its TensorRT engine here")
+        engine_from_export(src, Path(args.out), workspace_mib=args.workspace_mib,
+                           timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+                           dla_core=args.dla_core, gpu_fallback=not args.no_gpu_fallback,
+                           strongly_typed=args.strongly_typed, force=args.force)
+        return 0
     kwargs = dict(checkpoint=Path(args.checkpoint), out=Path(args.out), parts=args.parts, precision=args.precision,
                   batch=args.batch, dynamic_batch=tuple(args.dynamic_batch) if args.dynamic_batch else None,
                   opset=args.opset, simplify=False if args.no_simplify else None,

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
     p.add_argument("--images", type=int, default=64, help="images to evaluate (default 64)")
     p.add_argument("--reference", default=None,
-                   help="dense (default when the source checkpoint is known), source, none, or a model path")
+                   help="dense (default when the source checkpoint is known), source, none, a model path, or the "
+                        "JSON of an earlier validate --json run (its reference), e.g. made on the workstation")
     p.add_argument("--fields", type=float, nargs=2, metavar=("FAR_MAX", "NEAR_MIN"), default=(0.5, 0.75),
                    help="field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=float, default=0.5)
@@ -48,11 +49,15 @@ def run(args: argparse.Namespace) -> int:
     fields = FieldConfig(*args.fields)
     providers = [s for s in args.providers.split(",") if s]
     model = vr.open_model(args.model, providers, args.device)
-    ref = vr.reference_model(args.reference, model, args.device)
+    saved = args.reference is not None and args.reference.endswith(".json")
+    ref = None if saved else vr.reference_model(args.reference, model, args.device)
     batches = vr.load_batches(args.data, model.image_size, args.images, seed=args.seed, resize=args.resize)
     kw = dict(fields=fields, iou_thr=args.iou, score_thr=args.score_thr)
     result = vr.evaluate_deployed(model, batches, **kw)
-    reference = vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None
+    if saved:
+        reference = vr.saved_reference(args.reference)
+    else:
+        reference = vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None
     checks = check_gates(result, reference, gates)
     console = Console(width=max(120, Console().width))
     console.print(format_comparison_table(result, reference))
