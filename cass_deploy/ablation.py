@@ -184,7 +184,18 @@ def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
                     f"{cell(e, 'recall_mid')} | {cell(e, 'recall_near')} | {cell(e, 'retention_far')} | "
                     f"{cell(e, 'retention_mid')} | {cell(e, 'retention_near')} | {cell(e, 'map50')} | "
                     f"{cell(e, 'train_seconds', 1.0, 0)} |")
-    return head + "\n".join(rows) + "\n"
+    size_head = ("\n| variant | keep | recall small | recall medium | recall large | retention small | "
+                 "retention medium | retention large |\n|---|---|---|---|---|---|---|---|\n")
+    size_rows = []
+    for key in order:
+        variant, keep = key
+        if keep is not None and keep not in keep_ratios:
+            continue
+        e = agg[key]
+        size_rows.append(f"| {variant} | {'dense' if keep is None else keep} | "
+                         + " | ".join(cell(e, f"recall_size_{s}") for s in ("small", "medium", "large")) + " | "
+                         + " | ".join(cell(e, f"retention_size_{s}") for s in ("small", "medium", "large")) + " |")
+    return head + "\n".join(rows) + "\n" + size_head + "\n".join(size_rows) + "\n"
 
 
 def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], out: Path,
