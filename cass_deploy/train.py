@@ -250,15 +250,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
                 det = model.loss(out, boxes, labels)["total"]
                 c = cass(out["scores"], boxes, grid, image_size)
                 loss = total_loss(det, c, cfg.cass, epoch)
+                if not torch.isfinite(loss):  # before the step, so no weight is touched by a NaN
+                    raise InputError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
+                                     f"(now {cfg.lr}) or check the data")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
-                if not torch.isfinite(loss):
-                    raise InputError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
-                                     f"(now {cfg.lr}) or check the data")
                 sums["loss"] += float(loss.detach())
                 sums["det"] += float(det.detach())
                 sums["cass"] += float(c.total.detach())
