@@ -171,31 +171,23 @@ def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
         txt = f"{scale * s['mean']:.{digits}f}"
         return txt + (f" ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else "")
 
-    head = ("| variant | keep | recall far | recall mid | recall near | retention far | retention mid | "
-            "retention near | mAP@0.5 | train s |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
     order = sorted(agg, key=lambda k: (k[1] is not None, -(k[1] or 0), k[0] != "dense"))
-    for key in order:
-        variant, keep = key
-        if keep is not None and keep not in keep_ratios:
-            continue
-        e = agg[key]
-        rows.append(f"| {variant} | {'dense' if keep is None else keep:} | {cell(e, 'recall_far')} | "
-                    f"{cell(e, 'recall_mid')} | {cell(e, 'recall_near')} | {cell(e, 'retention_far')} | "
-                    f"{cell(e, 'retention_mid')} | {cell(e, 'retention_near')} | {cell(e, 'map50')} | "
-                    f"{cell(e, 'train_seconds', 1.0, 0)} |")
-    size_head = ("\n| variant | keep | recall small | recall medium | recall large | retention small | "
-                 "retention medium | retention large |\n|---|---|---|---|---|---|---|---|\n")
-    size_rows = []
-    for key in order:
-        variant, keep = key
-        if keep is not None and keep not in keep_ratios:
-            continue
-        e = agg[key]
-        size_rows.append(f"| {variant} | {'dense' if keep is None else keep} | "
-                         + " | ".join(cell(e, f"recall_size_{s}") for s in ("small", "medium", "large")) + " | "
-                         + " | ".join(cell(e, f"retention_size_{s}") for s in ("small", "medium", "large")) + " |")
-    return head + "\n".join(rows) + "\n" + size_head + "\n".join(size_rows) + "\n"
+    keys = [k for k in order if k[1] is None or k[1] in keep_ratios]
+
+    def table(columns: list[tuple[str, str, float, int]]) -> str:
+        head = "| variant | keep | " + " | ".join(c[0] for c in columns) + " |\n"
+        rule = "|---|---|" + "---|" * len(columns) + "\n"
+        rows = [f"| {v} | {'dense' if keep is None else keep} | "
+                + " | ".join(cell(agg[(v, keep)], key, scale, digits) for _, key, scale, digits in columns) + " |"
+                for v, keep in keys]
+        return head + rule + "\n".join(rows) + "\n"
+
+    by_field = ([(f"recall {f}", f"recall_{f}", 100.0, 1) for f in FIELDS]
+                + [(f"retention {f}", f"retention_{f}", 100.0, 1) for f in FIELDS]
+                + [("mAP@0.5", "map50", 100.0, 1), ("train s", "train_seconds", 1.0, 0)])
+    by_size = ([(f"recall {s}", f"recall_size_{s}", 100.0, 1) for s in ("small", "medium", "large")]
+               + [(f"retention {s}", f"retention_size_{s}", 100.0, 1) for s in ("small", "medium", "large")])
+    return table(by_field) + "\n" + table(by_size)
 
 
 def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], out: Path,
