@@ -46,6 +46,12 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 
     out = Path(opts.out) if opts.out else default_out()
     check_writable(out, opts.force)
+    if out.exists():  # --force: start from an empty run directory, so no stale result is reported
+        if not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a directory")
+        import shutil
+
+        shutil.rmtree(out)
     if opts.config and not Path(opts.config).is_file():
         raise InputError(f"demo config {opts.config} not found (run from the repository root or pass --config)")
     cfg = load_train_config(opts.config, opts.overrides)
@@ -70,7 +76,11 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     rc = cli_main(["diagnose", "--checkpoint", str(ckpt), "--data", "synthetic", "--num-images", "2",
                    "--normalizations", "patch,object,object:1", "--out", str(out / "diagnose"), "--force"])
     if rc != 0:
-        raise InputError(f"diagnose step failed with exit code {rc}")
+        from cass_deploy.errors import CassDeployError
+
+        err = CassDeployError(f"diagnose step failed with exit code {rc}")
+        err.exit_code = rc
+        raise err
     done("diagnose")
 
     step("export")
@@ -133,12 +143,12 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
                              for p, r in results.items()},
                "map50": {p: r.map50 for p, r in {**results, "dense": reference}.items()},
                "gates": [{"export": p, **c.to_dict()} for p, c in all_checks]}
-    write_json(out / "summary.json", summary, force=True)
     failed = [f"{p}: {c.message}" for p, c in all_checks if not c.passed]
-    summary["failed_gates"] = failed
     if not report:
         failed.append("verify: " + "; ".join(f for c in report.candidates for f in c.failures))
+    summary["failed_gates"] = failed
     summary["ok"] = not failed
+    write_json(out / "summary.json", summary, force=True)
     return summary
 
 

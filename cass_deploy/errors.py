@@ -38,6 +38,12 @@ class ExportError(CassDeployError):
     exit_code = 1
 
 
+class TrainingError(CassDeployError):
+    """Training failed (diverged); the message says how to recover."""
+
+    exit_code = 1
+
+
 class GateFailed(CassDeployError):
     """A verification or validation gate failed; the message names the failing numbers."""
 

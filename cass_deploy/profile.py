@@ -155,8 +155,13 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
     if backend not in ("torch", "onnxruntime"):
         raise InputError(f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
                          f"TensorRT and profile it), got {backend!r}")
+    from cass_deploy.runtime.torch_runner import resolve_device
+
+    device = resolve_device(device)
     model = load_checkpoint(ckpt_path).model
     ratios = list(keep_ratios) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
+    if not ratios and not dense:
+        raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
     results = []
     for label, m in variants(model, ratios, dense, pruner_mode):
         log(f"profiling {label} ({backend}, {device}, batch {batch})")

@@ -208,8 +208,10 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
     from cass_deploy.io_utils import atomic_path, check_writable, write_json
 
     root = Path(run_dir)
-    found = collect(root)
     out_html = Path(out_html) if out_html else root / "report.html"
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--out {out_html} must be an .html path (the JSON is written beside it)")
+    found = collect(root)
     out_json = out_html.with_suffix(".json")
     check_writable(out_html, force)
     check_writable(out_json, force)

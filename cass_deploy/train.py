@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from cass_deploy.config import CassConfig, apply_overrides, from_dict, load_mapping, to_dict
-from cass_deploy.errors import ConfigError, InputError
+from cass_deploy.errors import CheckpointError, ConfigError, InputError, TrainingError
 from cass_deploy.metrics import FieldConfig
 from cass_deploy.model import ModelConfig, PrunedDetector
 
@@ -67,6 +67,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
@@ -112,13 +114,15 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
     was_training = model.training
     model.eval()
 
+    device = next(model.parameters()).device
+
     def predict(images):
-        out = model(images)
+        out = model(images.to(device))
         dets = model.decode(out, score_thresh=0.01)
         res = {key: [d[key] for d in dets] for key in ("boxes", "scores", "labels")}
         if model.pruner_mode != "none":
-            res["keep_mask"] = out["keep_mask"]
-        return res
+            res["keep_mask"] = out["keep_mask"].cpu()
+        return {k: ([t.cpu() for t in v] if isinstance(v, list) else v) for k, v in res.items()}
 
     num_classes = model.cfg.num_classes
     result = evaluate(predict, loader, model.image_size, model.grid, fields=fields, score_thr=score_thr,
@@ -164,6 +168,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
     rank, world, local_rank = _dist_info()
     out_dir = Path(out_dir)
     if rank == 0:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"--out {out_dir} is a file, not a directory")
         if out_dir.exists() and any(out_dir.iterdir()) and not (force or resume):
             raise InputError(f"{out_dir} already holds files; pass --force to overwrite or --resume to continue")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +219,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
     start_epoch, best_map, history = 0, -1.0, []
     if resume:
         raw = read_checkpoint(resume)
-        model.load_state_dict(raw["state_dict"])
+        try:
+            model.load_state_dict(raw["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"--resume {resume} was trained with another model config than this run's: "
+                                  f"{str(exc).splitlines()[0]}") from None
         if "optimizer" in raw:
             opt.load_state_dict(raw["optimizer"])
         if "scheduler" in raw:
@@ -251,7 +261,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
                 c = cass(out["scores"], boxes, grid, image_size)
                 loss = total_loss(det, c, cfg.cass, epoch)
                 if not torch.isfinite(loss):  # before the step, so no weight is touched by a NaN
-                    raise InputError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
+                    raise TrainingError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
                                      f"(now {cfg.lr}) or check the data")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -98,6 +98,8 @@ class ValidationResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ValidationResult":
         """Inverse of :meth:`to_dict` (e.g. a reference result saved as JSON)."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"not a validation result: expected a mapping, got {type(data).__name__}")
         try:
             kw = dict(data)
             kw["by_field"] = {k: FieldReport(**v) for k, v in data["by_field"].items()}
@@ -105,7 +107,7 @@ class ValidationResult:
             kw["fields"] = FieldConfig(**data.get("fields", {}))
             kw["size_bins"] = SizeBins(**data.get("size_bins", {}))
             result = cls(**kw)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise InputError(f"not a validation result: {exc}") from None
         missing = [g for g in GROUPS if g not in result.by_field] + [s for s in SIZE_BINS if s not in result.by_size]
         if missing:

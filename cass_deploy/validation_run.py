@@ -43,7 +43,8 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
         m = ck.model
         return Deployed(f"torch:{p.name}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
                         None, m.pruner_mode != "none", p, {"pruner_mode": m.pruner_mode,
-                                                           "keep_ratio": m.cfg.pruner.keep_ratio})
+                                                           "keep_ratio": m.cfg.pruner.keep_ratio,
+                                                           "num_classes": m.cfg.num_classes})
     from cass_deploy.verify import make_runner, resolve_candidates
 
     cands = resolve_candidates([str(p)], providers)
@@ -54,7 +55,10 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
                          "(detections come from the head)")
     b = meta.get("batch") or {}
     src = (meta.get("source_checkpoint") or {}).get("path")
+    if src and not Path(src).is_file() and (Path(c.path).parent / src).is_file():
+        src = str(Path(c.path).parent / src)  # a relative path recorded by an older export
     grid = tuple(meta.get("grid") or ())
+    meta = {**meta, "num_classes": (meta.get("extra") or {}).get("num_classes") or meta.get("num_classes")}
     return Deployed(f"{c.kind}:{c.path}", make_runner(c, providers), tuple(meta["image_size"]), grid,
                     None if b.get("dynamic") else b.get("size"), meta.get("pruner_mode") != "none",
                     Path(src) if src else None, meta)
@@ -117,11 +121,12 @@ def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_si
 
 
 def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, score_thr: float = 0.3,
-                      num_classes: int = 3):
-    """ValidationResult of a Deployed model on collated ``batches``."""
+                      num_classes: int | None = None):
+    """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
     from cass_deploy.data.classes import class_names
     from cass_deploy.validate import evaluate
 
+    num_classes = int(num_classes or d.meta.get("num_classes") or 3)
     if not d.grid:
         raise InputError(f"{d.name}: its metadata lacks the patch grid")
     with d.runner:
@@ -141,8 +146,8 @@ def saved_reference(path: str):
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read reference {path}: {exc}") from None
-    section = data.get("reference") or data.get("result") if isinstance(data, dict) else None
-    if not section:
+    section = (data.get("reference") or data.get("result")) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
         raise InputError(f"{path} is not a validate --json output (no 'reference' or 'result')")
     return ValidationResult.from_dict(section)
 
@@ -167,8 +172,9 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
                              image_size=d.image_size)
         m = ck.model
         label = "dense" if mode == "none" else "source"
-        return Deployed(f"torch:{label}", TorchRunner(m, "full"), tuple(m.image_size), tuple(m.grid), None,
-                        mode != "none", d.checkpoint, {"pruner_mode": m.pruner_mode})
+        return Deployed(f"torch:{label}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
+                        None, mode != "none", d.checkpoint, {"pruner_mode": m.pruner_mode,
+                                                             "num_classes": m.cfg.num_classes})
     ref = open_model(spec, device=device)
     if tuple(ref.image_size) != tuple(d.image_size):
         raise InputError(f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "

@@ -143,6 +143,10 @@ def compare_outputs(name: str, precision: str, ref: Mapping[str, np.ndarray], ca
                           tied_patches_mean=float(tied.mean()), detection_max_abs=det_abs, detection_max_rel=det_rel,
                           thresholds=dict(thresholds))
     t = thresholds
+    bad = [k for k, v in cand.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+           and not np.isfinite(v).all()]
+    if bad:
+        rep.failures.append(f"non-finite values (NaN/inf) in the candidate's {', '.join(sorted(bad))}")
     if rep.keep_iou_mean < t["min_keep_iou"] - 1e-12:
         rep.failures.append(f"mean tie-aware keep-set IoU {rep.keep_iou_mean:.4f} < {t['min_keep_iou']}")
     if rep.keep_iou_min < t["min_image_keep_iou"] - 1e-12:
@@ -274,6 +278,7 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
     notes: list[str] = []
     cands = resolve_candidates(candidates, providers, notes)
     reports = []
+    compared = 0
     cache: dict[tuple, dict[str, np.ndarray]] = {}
     for c in cands:
         m = c.meta
@@ -308,7 +313,8 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
             logit = math.log(pr.threshold / (1 - pr.threshold))
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m["precision"], ref, cand, thr, groups, logit))
-    return VerifyReport(reference=str(reference), images=images, candidates=reports), notes
+        compared = max(compared, n)
+    return VerifyReport(reference=str(reference), images=compared, candidates=reports), notes
 
 
 def report_table(report: VerifyReport):

@@ -163,3 +163,64 @@ def test_validate_against_a_saved_reference(fp32_export, tmp_path, capsys):
     assert main(["validate", str(fp32_export), "--images", "4", "--reference", str(ref),
                  "--max-recall-drop", "0.5"]) == 2
     assert "not evaluated on the same data" in capsys.readouterr().err
+
+
+def test_more_bad_input_is_one_line_and_exit_2(tiny_checkpoint, fp32_export, tmp_path, capsys):
+    cases = [
+        (["profile", str(tiny_checkpoint), "--sweep", "0.5,abc", "--iters", "1"], "--sweep"),
+        (["profile", str(tiny_checkpoint), "--device", "foo", "--iters", "1"], "'foo'"),
+        (["profile", str(tiny_checkpoint), "--threads", "-1", "--iters", "1"], "--threads"),
+        (["validate", str(tiny_checkpoint), "--device", "foo", "--images", "2"], "'foo'"),
+        (["export", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--dynamic-batch", "1", "1", "1"],
+         "--batch 1"),
+        (["report", str(tmp_path), "--out", str(tmp_path / "x.json")], ".html"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["profile", str(tiny_checkpoint), "--device", "cuda", "--iters", "1"], "CUDA"))
+    for args, fragment in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err, (args, err)
+    bad_ref = tmp_path / "ref.json"
+    bad_ref.write_text('{"reference": "x"}')
+    assert main(["validate", str(fp32_export), "--reference", str(bad_ref), "--images", "2"]) == 2
+    assert "validate --json" in capsys.readouterr().err
+
+
+def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, capsys):
+    from cass_deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint, pruner_mode="none")
+    dense = tmp_path / "dense.pt"
+    save_checkpoint(dense, ck.model, ck.cass_config)
+    assert main(["profile", str(dense), "--no-dense", "--iters", "1"]) == 2
+    assert "nothing to profile" in capsys.readouterr().err
+
+
+def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
+    from cass_deploy.verify import run_verify
+
+    run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "q", precision="int8", batch=2,
+                             calib_images=4), log=lambda s: None)
+    report, _ = run_verify(str(tiny_checkpoint), [str(tmp_path / "q")], images=4)
+    assert report.images == 4 and report.candidates[0].precision == "int8"
+
+
+def test_engine_rebuild_in_place_needs_force(fp32_export, tmp_path, monkeypatch):
+    import shutil
+
+    import fake_tensorrt
+
+    from cass_deploy.errors import InputError
+    from cass_deploy.export.pipeline import engine_from_export
+
+    fake_tensorrt.install(monkeypatch, "10.3.0")
+    d = tmp_path / "exp"
+    shutil.copytree(fp32_export, d)
+    engine_from_export(d, d, log=lambda s: None)
+    assert (d / "model.engine").is_file()
+    with pytest.raises(InputError, match="--force"):
+        engine_from_export(d, d, log=lambda s: None)
+    engine_from_export(d, d, force=True, log=lambda s: None)

@@ -177,3 +177,14 @@ def test_corrupt_onnx_candidate(tiny_checkpoint, tmp_path, capsys):
     bad.write_bytes(b"not an onnx file")
     assert main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(bad)]) == 2
     assert "model.onnx" in capsys.readouterr().err
+
+
+def test_non_finite_candidate_outputs_fail():
+    from cass_deploy.verify import compare_outputs
+
+    scores = np.array([[3.0, 1.0, 2.0, 0.0]])
+    mask = np.array([[True, False, True, False]])
+    ref = {"scores": scores, "keep_mask": mask, "heatmap": np.zeros((1, 1, 2, 2))}
+    cand = {"scores": scores.copy(), "keep_mask": mask.copy(), "heatmap": np.full((1, 1, 2, 2), np.nan)}
+    rep = compare_outputs("c", "fp16", ref, cand, thresholds_for("fp16"))
+    assert not rep and "heatmap" in rep.failures[0]

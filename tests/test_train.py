@@ -132,3 +132,19 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ck.epoch == 0 and ck.model.k == 30
+
+
+def test_train_out_is_a_file_and_resume_mismatch(tiny_checkpoint, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    args = ["train", "--out", str(f)]
+    for o in TINY_OVERRIDES:
+        args += ["--set", o]
+    assert main(args) == 2
+    assert "is a file" in capsys.readouterr().err
+    args = ["train", "--out", str(tmp_path / "r"), "--resume", str(tiny_checkpoint)]
+    for o in TINY_OVERRIDES + ["model.embed_dim=48"]:
+        args += ["--set", o]
+    assert main(args) == 2
+    assert "another model config" in capsys.readouterr().err
+    assert main(["train", "--set", "threads=0", "--out", str(tmp_path / "t")]) == 2

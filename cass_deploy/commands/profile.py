@@ -44,11 +44,16 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.exists():
         raise InputError(f"model {path} does not exist")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
-    ratios = [float(x) for x in args.sweep.split(",")] if args.sweep else []
+    try:
+        ratios = [float(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
+    except ValueError:
+        raise InputError(f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}") from None
     if path.suffix in (".pt", ".pth"):
         results = pf.profile_checkpoint(str(path), backend=args.backend or "torch", device=args.device,
                                         batch=args.batch or 1, warmup=args.warmup, iters=args.iters,

@@ -49,15 +49,15 @@ def run(args: argparse.Namespace) -> int:
     fields = FieldConfig(*args.fields)
     providers = [s for s in args.providers.split(",") if s]
     model = vr.open_model(args.model, providers, args.device)
-    saved = args.reference is not None and args.reference.endswith(".json")
-    ref = None if saved else vr.reference_model(args.reference, model, args.device)
+    saved = vr.saved_reference(args.reference) if args.reference and args.reference.endswith(".json") else None
+    ref = None if saved is not None else vr.reference_model(args.reference, model, args.device)
+    if gates.max_recall_drop is not None and saved is None and ref is None:
+        raise InputError("--max-recall-drop needs a reference, but the source checkpoint of this model is not "
+                         "found: pass --reference CHECKPOINT or the JSON of a validate run made where it is")
     batches = vr.load_batches(args.data, model.image_size, args.images, seed=args.seed, resize=args.resize)
     kw = dict(fields=fields, iou_thr=args.iou, score_thr=args.score_thr)
     result = vr.evaluate_deployed(model, batches, **kw)
-    if saved:
-        reference = vr.saved_reference(args.reference)
-    else:
-        reference = vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None
+    reference = saved if saved is not None else (vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None)
     checks = check_gates(result, reference, gates)
     console = Console(width=max(120, Console().width))
     console.print(format_comparison_table(result, reference))

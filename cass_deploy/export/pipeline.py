@@ -63,6 +63,8 @@ class ExportRequest:
             lo, opt, hi = self.dynamic_batch
             if not (1 <= lo <= opt <= hi):
                 raise InputError(f"--dynamic-batch needs 1 <= min <= opt <= max, got {list(self.dynamic_batch)}")
+            if hi < 2:
+                raise InputError(f"--dynamic-batch {list(self.dynamic_batch)} allows only batch 1; use --batch 1")
         if self.precision == "int8" and self.calib_images < 1:
             raise InputError(f"--calib-images must be >= 1 for int8, got {self.calib_images}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
@@ -77,14 +79,17 @@ class ExportResult:
 
 
 def _calibration(req: ExportRequest, image_size, n: int) -> list:
+    """Calibration batches shaped like the graph input: [batch, 3, H, W] (the opt batch when dynamic)."""
     import numpy as np
 
     from cass_deploy.data.factory import load_dataset
 
-    ds = load_dataset(req.calib_data, split="val", num_images=n, image_size=tuple(image_size), seed=1)
-    if len(ds) == 0:
-        raise InputError(f"calibration set {req.calib_data!r} is empty")
-    return [ds[i]["image"].numpy()[None].astype(np.float32) for i in range(min(n, len(ds)))]
+    step = req.dynamic_batch[1] if req.dynamic_batch else req.batch
+    ds = load_dataset(req.calib_data, split="val", num_images=max(n, step), image_size=tuple(image_size), seed=1)
+    if len(ds) < step:
+        raise InputError(f"calibration set {req.calib_data!r} has {len(ds)} images, fewer than one batch of {step}")
+    imgs = np.stack([ds[i]["image"].numpy() for i in range(min(max(n, step), len(ds)))]).astype(np.float32)
+    return [imgs[i:i + step] for i in range(0, len(imgs) - step + 1, step)]
 
 
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
@@ -124,6 +129,11 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         except InputError as exc:
             notes.append(f"note: a TensorRT build of this export would be refused: {exc}")
 
+    trained_size = tuple(ckpt.raw["model_config"]["image_size"])
+    if tuple(model.image_size) != trained_size:
+        notes.append(f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
+                     f"{trained_size[0]}x{trained_size[1]}: the position embedding was resampled (bicubic); "
+                     "validate at this size before deploying")
     log(f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
         f"{req.precision}) from {req.checkpoint}")
     proto = export_part(model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch,
@@ -139,7 +149,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     limits.check_request(target, **{**checks, "ops": op_types(proto)})
 
     inputs, outputs = io_specs(proto)
-    base = dict(inputs=inputs, outputs=outputs, precision=req.precision, source_checkpoint=str(req.checkpoint),
+    base = dict(inputs=inputs, outputs=outputs, precision=req.precision,
+                source_checkpoint=str(Path(req.checkpoint).resolve()),
                 checkpoint_sha256=ckpt.sha256, grid=list(model.grid), k=model.k,
                 topk_sizes=list(getattr(model, "topk_sizes", ()) or []) or None,
                 keep_ratio=model.cfg.pruner.keep_ratio, pruner_mode=model.pruner_mode,
@@ -149,7 +160,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     extra = {"target": target, "keep_predictor_fp32": req.keep_predictor_fp32, "notes": notes,
              "profile": req.profile, "patch_size": model.patch_size,
              "num_classes": getattr(model.cfg, "num_classes", None),
-             "head_stride": getattr(model.cfg, "head_stride", None), **req.extra}
+             "head_stride": getattr(model.cfg, "head_stride", None), "trained_image_size": list(trained_size),
+             **req.extra}
     trt_opts = _build_options(req, model)
     facts = onnx_facts(proto)
     trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
@@ -255,7 +267,12 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     if not check:
         raise InputError(f"{src}: the files do not match their manifest hashes ({check.summary()}); re-export")
     onnx_src = src / man["artefacts"]["onnx"]["file"]
-    out = check_writable(out, force) if Path(out).resolve() != src.resolve() else Path(out)
+    out = Path(out)
+    in_place = out.resolve() == src.resolve()
+    if in_place and "engine" in man["artefacts"] and not force:
+        raise InputError(f"{src} already holds an engine; pass --force to rebuild it in place")
+    if not in_place:
+        check_writable(out, force)
     require("tensorrt", "building an engine")
     require("pycuda", "building an engine")
     trt_major = trt_major_version()
@@ -275,7 +292,7 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
         profiles = {INPUT_NAME: ((dyn[0], 3, H, W), (dyn[1], 3, H, W), (dyn[2], 3, H, W))}
     opts = BuildOptions(precision=man["precision"], strongly_typed=strongly_typed, workspace_mib=workspace_mib,
                         timing_cache=timing_cache, profiles=profiles, dla_core=dla_core, gpu_fallback=gpu_fallback)
-    with atomic_dir(out, force=True if out == src else force) as tmp:
+    with atomic_dir(out, force=in_place or force) as tmp:
         shutil.copy2(onnx_src, tmp / ONNX_NAME)
         result = build_engine(tmp / ONNX_NAME, tmp / ENGINE_NAME, opts, force=True, log=log)
         from cass_deploy.runtime.trt_runner import device_name

@@ -11,6 +11,26 @@ from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime.base import Runner, TensorSpec
 
 
+def resolve_device(device: str) -> str:
+    """Check a torch device string (``cpu``, ``cuda``, ``cuda:1``) is valid and present here."""
+    import torch
+
+    from cass_deploy.errors import BackendUnavailable
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {device}: torch has no CUDA device here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device!r}: only cpu and cuda are supported")
+    return str(dev)
+
+
 class TorchRunner(Runner):
     """Run ``model.predictor_module()`` or ``model.full_module()`` in torch eager mode.
 
@@ -30,12 +50,7 @@ class TorchRunner(Runner):
         self._names = list(model.output_names(part))
 
     def _activate(self) -> None:
-        import torch
-
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            from cass_deploy.errors import BackendUnavailable
-
-            raise BackendUnavailable("torch has no CUDA device here; use --device cpu")
+        self.device = resolve_device(self.device)
         self.model.to(self.device).eval()
         self._module = self.model.predictor_module() if self.part == "predictor" else self.model.full_module()
 
