@@ -203,19 +203,26 @@ def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
 
 
 def band_runs(base: list[str], config: str | None, loss: str, seeds: Sequence[int], out: Path,
-              keep_ratios: Sequence[float], val_images: int, log: Callable[[str], None]) -> list[RunResult]:
+              keep_ratios: Sequence[float], val_images: int, log: Callable[[str], None],
+              done: set[tuple[str, int]] = frozenset()) -> list[RunResult]:
     """The band pruner (quotas proportional to the training set's positive patches) with ``loss``."""
     rows: list[RunResult] = []
     for seed in seeds:
-        rows += train_and_evaluate(base, config, f"band + {loss}", LOSS_VARIANTS[loss] + BAND, seed, out,
-                                   keep_ratios, val_images, log)
+        if (f"band + {loss}", seed) not in done:
+            rows += train_and_evaluate(base, config, f"band + {loss}", LOSS_VARIANTS[loss] + BAND, seed, out,
+                                       keep_ratios, val_images, log)
     return rows
 
 
 def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], out: Path,
                  variants: Sequence[str] | None = None, keep_ratios: Sequence[float] = (0.5, 0.25),
-                 val_images: int = 128, band: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Dense + every loss variant (+ the band pruner with the winning loss) over ``seeds``."""
+                 val_images: int = 128, band: bool = True, resume: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Dense + every loss variant (+ the band pruner with the winning loss) over ``seeds``.
+
+    ``resume``: keep the runs already in ``out/runs.json`` (same variant and seed) and train
+    only the missing ones, so an interrupted ablation continues where it stopped.
+    """
     from cass_deploy.io_utils import write_json
 
     names = list(variants) if variants else list(LOSS_VARIANTS)
@@ -224,20 +231,27 @@ def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], o
         raise InputError(f"unknown ablation variant(s) {unknown}; known: {list(LOSS_VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
+    if resume and (out / "runs.json").is_file():
+        import json
+
+        rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+        log(f"resuming: {len({(r.variant, r.seed) for r in rows})} runs already in {out / 'runs.json'}")
+    done = {(r.variant, r.seed) for r in rows}
     t0 = time.perf_counter()
     for seed in seeds:
-        rows += train_and_evaluate(base, config, "dense", DENSE, seed, out, keep_ratios, val_images, log)
-        for name in names:
-            rows += train_and_evaluate(base, config, name, LOSS_VARIANTS[name], seed, out, keep_ratios,
-                                       val_images, log)
-        write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
+        for name, overrides in [("dense", DENSE)] + [(n, LOSS_VARIANTS[n]) for n in names]:
+            if (name, seed) not in done:
+                rows += train_and_evaluate(base, config, name, overrides, seed, out, keep_ratios, val_images, log)
+                write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
     agg = aggregate(rows)
-    winner, verdicts = select(agg, eligible=preset_candidate)
+    loss_winner, verdicts = select(agg, eligible=lambda v: v.startswith("object"))
     objects = [v for v in verdicts if v["variant"].startswith("object")]
-    best_loss = winner or (max(objects, key=lambda v: v["min_field_retention"] or 0)["variant"] if objects
-                           else "object g=0")
+    best_loss = loss_winner or (max(objects, key=lambda v: v["min_field_retention"] or 0)["variant"] if objects
+                                else "object g=0")
+    winner, verdicts = select(agg, eligible=preset_candidate)
     if band:
-        rows += band_runs(base, config, best_loss, seeds, out, keep_ratios, val_images, log)
+        rows += band_runs(base, config, best_loss, seeds, out, keep_ratios, val_images, log, done)
+        write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
         agg = aggregate(rows)
         winner, verdicts = select(agg, eligible=preset_candidate)
     result = {"seeds": list(seeds), "keep_ratios": list(keep_ratios), "val_images": val_images,

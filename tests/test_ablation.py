@@ -61,3 +61,23 @@ def test_preset_is_chosen_among_object_variants_only():
             run("band + object g=1", 0, 0.5, near=0.8, far=0.4, ret=(0.95, 0.93, 0.92))]
     assert select(aggregate(rows))[0] == "area"
     assert select(aggregate(rows), eligible=preset_candidate)[0] == "band + object g=1"
+
+
+def test_tiny_ablation_end_to_end_and_resume(tmp_path):
+    """Dense + one variant + its band run on the tiny config; a resumed run trains nothing again."""
+    from conftest import TINY_OVERRIDES
+
+    from cass_deploy.ablation import run_ablation
+
+    logs = []
+    first = run_ablation(config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, variants=["object g=0"],
+                         val_images=4, log=logs.append)
+    assert {(r["variant"], r["keep_ratio"]) for r in first["runs"]} == {
+        ("dense", None), ("object g=0", 0.5), ("object g=0", 0.25),
+        ("band + object g=0", 0.5), ("band + object g=0", 0.25)}
+    assert (tmp_path / "ablation.md").read_text().startswith("| variant | keep |")
+    logs.clear()
+    again = run_ablation(config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, variants=["object g=0"],
+                         val_images=4, resume=True, log=logs.append)
+    assert logs == ["resuming: 3 runs already in " + str(tmp_path / "runs.json")]
+    assert again["runs"] == first["runs"]

@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-ratios", default="0.5,0.25")
     p.add_argument("--val-images", type=int, default=128)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
+    p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--force", action="store_true")
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from cass_deploy.errors import InputError
     from cass_deploy.io_utils import check_writable
 
-    check_writable(args.out, args.force)
+    if not args.resume:
+        check_writable(args.out, args.force)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         ratios = [float(s) for s in args.keep_ratios.split(",") if s.strip()]
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"bad --seeds or --keep-ratios: {exc}") from None
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     res = run_ablation(config=args.config or None, base=args.overrides, seeds=seeds, out=Path(args.out),
-                       variants=variants, keep_ratios=ratios, val_images=args.val_images, band=not args.no_band)
+                       variants=variants, keep_ratios=ratios, val_images=args.val_images, band=not args.no_band,
+                       resume=args.resume)
     print(res["markdown"])
     print(f"selected by the rule: {res['winner'] or 'none meets it'}; {res['seconds'] / 60:.1f} min; "
           f"wrote {args.out}/ablation.json and ablation.md")
