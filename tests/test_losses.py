@@ -213,6 +213,7 @@ def test_presets_and_config_validation():
     assert seed.normalization == "patch" and not seed.ensure_center_patch
     corrected = CassConfig.preset("corrected")
     assert corrected.normalization == "object" and corrected.ensure_center_patch
+    assert corrected.area_gamma == 1.0  # set from the bias ablation (README)
     with pytest.raises(ConfigError, match="bogus"):
         CassConfig.preset("bogus")
     with pytest.raises(ConfigError, match="normalization"):

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set cass.normalization=patch (repeatable)")
     p.add_argument("--preset", choices=("seed", "corrected"),
-                   help="CASS preset applied before --set overrides (seed: patch mean; corrected: object)")
+                   help="CASS preset and pruner applied before --set overrides (seed: patch mean, global top-k; "
+                        "corrected: object normalisation, area_gamma 1, band pruner)")
     p.add_argument("--out", default="runs/train", help="output directory for last.pt, best.pt, history.json")
     p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
     p.add_argument("--force", action="store_true", help="overwrite an output directory that holds files")
@@ -20,14 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.config import CassConfig, to_dict
+    from cass_deploy.config import PRESET_PRUNER, PRESETS
     from cass_deploy.train import load_train_config, train
 
     overrides = list(args.overrides)
     if args.preset:
-        preset = to_dict(CassConfig.preset(args.preset))
-        overrides = [f"cass.{k}={v}" for k, v in preset.items()
-                     if k in ("normalization", "ensure_center_patch")] + overrides
+        overrides = ([f"cass.{k}={v}" for k, v in PRESETS[args.preset].items()]
+                     + [f"model.pruner.{k}={v}" for k, v in PRESET_PRUNER[args.preset].items()] + overrides)
     cfg = load_train_config(args.config, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
     best = result.metrics.get("best_map50")
