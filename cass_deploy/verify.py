@@ -280,6 +280,7 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
     reports = []
     compared = 0
     cache: dict[tuple, dict[str, np.ndarray]] = {}
+    models: dict[tuple, Any] = {}  # one load per geometry / pruner, shared by candidates
     for c in cands:
         m = c.meta
         size = tuple(m["image_size"])
@@ -289,8 +290,11 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
         if n == 0:
             raise InputError(f"--images {images} is smaller than the candidate's fixed batch {step}")
         key = (size, m.get("pruner_mode"), m.get("keep_ratio"), m.get("parts"), n, step)
-        ckpt = load_checkpoint(reference, pruner_mode=m["pruner_mode"], keep_ratio=m.get("keep_ratio"),
-                               image_size=size)
+        mkey = (size, m["pruner_mode"], m.get("keep_ratio"))
+        if mkey not in models:
+            models[mkey] = load_checkpoint(reference, pruner_mode=m["pruner_mode"], keep_ratio=m.get("keep_ratio"),
+                                           image_size=size)
+        ckpt = models[mkey]
         src = (m.get("source_checkpoint") or {}).get("sha256")
         if src and src != ckpt.sha256:
             notes.append(f"{c.path}: exported from a different checkpoint (sha256 {src[:12]}…) than the "
