@@ -38,7 +38,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     from cass_deploy.export.pipeline import ExportRequest, run_export
     from cass_deploy.io_utils import check_writable, write_json
     from cass_deploy.metrics import FieldConfig
-    from cass_deploy.profile import environment, profile_artefact, profile_checkpoint, sweep_plot
+    from cass_deploy.profile import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
     from cass_deploy.report import build_report
     from cass_deploy.train import load_train_config, train
     from cass_deploy.validate import Gates, check_gates
@@ -106,8 +106,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     deployed = [profile_artefact(str(exports[p]), warmup=5, iters=opts.profile_iters) for p in exports]
     (out / "profile").mkdir(parents=True, exist_ok=True)
     sweep_plot(sweep, out / "profile" / "sweep.png")
-    write_json(out / "profile" / "profile.json", {"model": str(ckpt), "environment": environment("cpu"),
-                                                  "results": [r.to_dict() for r in sweep + deployed]}, force=True)
+    write_json(out / "profile" / "profile.json", profile_record(ckpt, environment("cpu"), sweep + deployed),
+               force=True)
     done("profile")
 
     step("validate")
@@ -124,9 +124,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         checks = check_gates(result, reference, gates)
         all_checks += [(prec, c) for c in checks]
         results[prec] = result
-        write_json(out / f"validate-{prec}.json", {"model": str(d), "result": result.to_dict(),
-                                                   "reference": reference.to_dict(),
-                                                   "gates": [c.to_dict() for c in checks]}, force=True)
+        write_json(out / f"validate-{prec}.json", vr.validation_record(d, result, reference, checks), force=True)
     done("validate")
 
     step("report")

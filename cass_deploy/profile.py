@@ -245,6 +245,11 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
+def profile_record(model: str, env: dict[str, Any], results: Sequence[Measurement]) -> dict[str, Any]:
+    """The ``profile.json`` document (read by ``report``)."""
+    return {"model": str(model), "environment": env, "results": [r.to_dict() for r in results]}
+
+
 def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
     """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first row."""
     from rich.table import Table

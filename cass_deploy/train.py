@@ -110,6 +110,7 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
     """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
     from cass_deploy.data.classes import class_names
     from cass_deploy.validate import evaluate
+    from cass_deploy.validation_run import as_predictions
 
     was_training = model.training
     model.eval()
@@ -117,12 +118,7 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
     device = next(model.parameters()).device
 
     def predict(images):
-        out = model(images.to(device))
-        dets = model.decode(out, score_thresh=0.01)
-        res = {key: [d[key] for d in dets] for key in ("boxes", "scores", "labels")}
-        if model.pruner_mode != "none":
-            res["keep_mask"] = out["keep_mask"].cpu()
-        return {k: ([t.cpu() for t in v] if isinstance(v, list) else v) for k, v in res.items()}
+        return as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
 
     num_classes = model.cfg.num_classes
     result = evaluate(predict, loader, model.image_size, model.grid, fields=fields, score_thr=score_thr,

@@ -64,11 +64,24 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
                     Path(src) if src else None, meta)
 
 
+def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01) -> dict:
+    """Detector outputs (``heatmap``, ``box`` and ``keep_mask`` tensors) -> what
+    :func:`cass_deploy.validate.evaluate` takes: per-image ``boxes`` / ``scores`` / ``labels`` on
+    the CPU, plus ``keep_mask`` [B, P] for a pruned model."""
+    from cass_deploy.model.head import decode
+
+    dets = decode({"heatmap": out["heatmap"].float(), "box": out["box"].float()}, tuple(image_size),
+                  score_thresh=score_floor)
+    res = {key: [det[key].cpu() for det in dets] for key in ("boxes", "scores", "labels")}
+    if pruned and "keep_mask" in out:
+        res["keep_mask"] = out["keep_mask"].bool().cpu()
+    return res
+
+
 def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
     import torch
 
-    from cass_deploy.model.head import decode
     from cass_deploy.model.interface import INPUT_NAME
 
     def predict(images):
@@ -85,12 +98,7 @@ def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
         out = {k: torch.from_numpy(np.concatenate(v)[:len(x)]) for k, v in outs.items()}
         if "heatmap" not in out or "box" not in out:
             raise InputError(f"{d.name} has no detection outputs (heatmap, box); export --parts full")
-        dets = decode({"heatmap": out["heatmap"].float(), "box": out["box"].float()}, d.image_size,
-                      score_thresh=score_floor)
-        res = {key: [det[key] for det in dets] for key in ("boxes", "scores", "labels")}
-        if d.pruned and "keep_mask" in out:
-            res["keep_mask"] = out["keep_mask"].bool()
-        return res
+        return as_predictions(out, d.image_size, d.pruned, score_floor)
 
     return predict
 
@@ -150,6 +158,13 @@ def saved_reference(path: str):
     if not isinstance(section, dict):
         raise InputError(f"{path} is not a validate --json output (no 'reference' or 'result')")
     return ValidationResult.from_dict(section)
+
+
+def validation_record(model: str, result, reference, checks) -> dict[str, Any]:
+    """The ``validate*.json`` document (read by ``report`` and by ``--reference FILE.json``)."""
+    return {"model": str(model), "result": result.to_dict(),
+            "reference": reference.to_dict() if reference is not None else None,
+            "gates": [c.to_dict() for c in checks]}
 
 
 def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:

@@ -172,7 +172,7 @@ class VerifyReport:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
-def run_batches(runner, images: np.ndarray, batch: int | None, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def run_batches(runner, images: np.ndarray, batch: int | None) -> dict[str, np.ndarray]:
     """Feed ``images`` [N, 3, H, W] through ``runner`` in batches; concatenate the outputs."""
     from cass_deploy.model.interface import INPUT_NAME
 
@@ -183,8 +183,7 @@ def run_batches(runner, images: np.ndarray, batch: int | None, names: Sequence[s
     for i in range(0, len(images), step):
         res = runner.infer({INPUT_NAME: np.ascontiguousarray(images[i:i + step], dtype=np.float32)})
         for k, v in res.items():
-            if names is None or k in names:
-                outs.setdefault(k, []).append(v)
+            outs.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 

@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]warning:[/] {w}")
     if args.out:
         with atomic_dir(args.out, force=args.force) as tmp:
-            write_json(tmp / "profile.json", {"model": str(path), "environment": env,
-                                              "results": [r.to_dict() for r in results]})
+            write_json(tmp / "profile.json", pf.profile_record(path, env, results))
             plot = pf.sweep_plot(results, tmp / "sweep.png")
         console.print(f"wrote {args.out}/profile.json" + (f" and {args.out}/sweep.png" if plot else ""))
     return 0

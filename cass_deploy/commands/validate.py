@@ -64,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
     for c in checks:
         console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
     if args.json_out:
-        write_json(args.json_out, {"model": args.model, "result": result.to_dict(),
-                                   "reference": reference.to_dict() if reference else None,
-                                   "gates": [c.to_dict() if hasattr(c, "to_dict") else vars(c) for c in checks]},
-                   force=args.force)
+        write_json(args.json_out, vr.validation_record(args.model, result, reference, checks), force=args.force)
     raise_if_failed(checks)
     return 0

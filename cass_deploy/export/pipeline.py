@@ -118,9 +118,10 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         require("tensorrt", "building an engine (--engine)")
     target = req.target or (limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core)
                             if req.engine else "onnxruntime-cpu")
+    topk_sizes = list(getattr(model, "topk_sizes", ()) or [])
     checks = dict(k=model.k, precision=req.precision, dla_core=req.dla_core, gpu_fallback=req.gpu_fallback,
                   image_size=model.image_size, patch_size=model.patch_size, pruner_mode=model.pruner_mode,
-                  topk_sizes=list(getattr(model, "topk_sizes", ()) or []), keep_ratio=model.cfg.pruner.keep_ratio,
+                  topk_sizes=topk_sizes, keep_ratio=model.cfg.pruner.keep_ratio,
                   dynamic_batch=req.dynamic_batch)
     notes = list(limits.check_request(target, **checks))
     if not target.startswith("tensorrt"):  # say early whether the same graph would fit TensorRT
@@ -152,7 +153,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     base = dict(inputs=inputs, outputs=outputs, precision=req.precision,
                 source_checkpoint=str(Path(req.checkpoint).resolve()),
                 checkpoint_sha256=ckpt.sha256, grid=list(model.grid), k=model.k,
-                topk_sizes=list(getattr(model, "topk_sizes", ()) or []) or None,
+                topk_sizes=topk_sizes or None,
                 keep_ratio=model.cfg.pruner.keep_ratio, pruner_mode=model.pruner_mode,
                 image_size=list(model.image_size), batch=None if req.dynamic_batch else req.batch,
                 dynamic_batch=req.dynamic_batch,
