@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cass_deploy.config import CassConfig  # noqa: E402
-from cass_deploy.losses import cass_loss  # noqa: E402
-from cass_deploy.reference import seed_plan1_loop, target_mask_loop  # noqa: E402
-from cass_deploy.targets import soft_target_mask  # noqa: E402
+from cass_deploy.cass.losses import cass_loss
+from cass_deploy.cass.loops import seed_plan1_loop, target_mask_loop
+from cass_deploy.cass.targets import soft_target_mask
 
 
 def roadside_boxes(num_images: int, per_image: int, image_size: tuple[int, int], seed: int = 0):

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cass_deploy.model import ModelConfig, PrunedDetector, PrunerConfig  # noqa: E402
-from cass_deploy.profile import profile_onnx_of, profile_torch  # noqa: E402
-from cass_deploy.timing import LatencyStats, time_callable  # noqa: E402
+from cass_deploy.profiling.latency import profile_onnx_of, profile_torch
+from cass_deploy.profiling.timing import LatencyStats, time_callable
 
 
 def bench_model(image_size=(384, 672)) -> PrunedDetector:

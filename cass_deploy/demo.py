@@ -33,16 +33,16 @@ def default_out() -> Path:
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step into one run directory; return the summary (raises GateFailed at the end
     if a validation gate failed, after the report is written)."""
-    from cass_deploy import validation_run as vr
+    from cass_deploy.evaluation import validate as vr
     from cass_deploy.errors import GateFailed, InputError
     from cass_deploy.export.pipeline import ExportRequest, run_export
     from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.metrics import FieldConfig
-    from cass_deploy.profile import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
-    from cass_deploy.report import build_report
-    from cass_deploy.train import load_train_config, train
-    from cass_deploy.validate import Gates, check_gates
-    from cass_deploy.verify import run_verify
+    from cass_deploy.evaluation.metrics import FieldConfig
+    from cass_deploy.profiling.latency import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
+    from cass_deploy.reporting.report import build_report
+    from cass_deploy.training.train import load_train_config, train
+    from cass_deploy.evaluation.gates import Gates, check_gates
+    from cass_deploy.evaluation.verify import run_verify
 
     out = Path(opts.out) if opts.out else default_out()
     check_writable(out, opts.force)

@@ -114,7 +114,7 @@ def test_demo_smoke(tmp_path, capsys):
 
 
 def test_engine_from_export_without_tensorrt_is_a_clear_error(fp32_export, tmp_path, capsys):
-    from cass_deploy.backends import is_available
+    from cass_deploy.backends.probe import is_available
 
     if is_available("tensorrt"):
         pytest.skip("TensorRT is installed here; the missing-backend message cannot be shown")
@@ -190,7 +190,7 @@ def test_more_bad_input_is_one_line_and_exit_2(tiny_checkpoint, fp32_export, tmp
 
 
 def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, capsys):
-    from cass_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint, pruner_mode="none")
     dense = tmp_path / "dense.pt"
@@ -200,7 +200,7 @@ def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, cap
 
 
 def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
-    from cass_deploy.verify import run_verify
+    from cass_deploy.evaluation.verify import run_verify
 
     run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "q", precision="int8", batch=2,
                              calib_images=4), log=lambda s: None)

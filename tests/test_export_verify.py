@@ -11,7 +11,7 @@ import pytest
 from cass_deploy.cli import main
 from cass_deploy.errors import ExportError, InputError, LimitError
 from cass_deploy.export.pipeline import ExportRequest, run_export
-from cass_deploy.verify import run_verify, thresholds_for, tie_aware_iou
+from cass_deploy.evaluation.verify import run_verify, thresholds_for, tie_aware_iou
 
 
 def quiet(*_):
@@ -79,7 +79,7 @@ def test_verify_passes_precision_thresholds(exports, tiny_checkpoint, name):
 
 
 def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
-    from cass_deploy.export.tensorrt import inspect_onnx
+    from cass_deploy.export.tensorrt_build import inspect_onnx
 
     qf, hf = inspect_onnx(exports["full_int8"] / "model.onnx"), inspect_onnx(exports["full_fp16"] / "model.onnx")
     assert qf.has_qdq and not hf.has_qdq and hf.is_fp16 and not qf.is_fp16
@@ -93,7 +93,7 @@ def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
     """A candidate exported from other weights must fail fp32 verification with exit code 1."""
     import torch
 
-    from cass_deploy.checkpoint import load_checkpoint, save_checkpoint
+    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_tie_aware_iou_counts_ties_as_interchangeable():
 
 
 def test_band_groups_tie_boundaries():
-    from cass_deploy.verify import band_groups, boundary_scores
+    from cass_deploy.evaluation.verify import band_groups, boundary_scores
 
     groups = band_groups("band", (3, 2), bands=3)
     assert groups.tolist() == [0, 0, 1, 1, 2, 2]
@@ -180,7 +180,7 @@ def test_corrupt_onnx_candidate(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_non_finite_candidate_outputs_fail():
-    from cass_deploy.verify import compare_outputs
+    from cass_deploy.evaluation.verify import compare_outputs
 
     scores = np.array([[3.0, 1.0, 2.0, 0.0]])
     mask = np.array([[True, False, True, False]])

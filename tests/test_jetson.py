@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cass_deploy import jetson
+from cass_deploy.backends import jetson
+from cass_deploy.profiling import power
 from cass_deploy.errors import BackendUnavailable, InputError
-from cass_deploy.jetson import (Rail, TegrastatsSample, TegrastatsSampler, jetpack_from_l4t,
-                                jetpack_major_from_l4t, parse_jetson_clocks_show, parse_l4t_release,
-                                parse_nvpmodel_query, parse_tegrastats_line, parse_tegrastats_lines,
-                                read_board_info, sample_from_jtop, summarise_power, total_power_mw)
+from cass_deploy.profiling.power import Rail, TegrastatsSample, TegrastatsSampler, parse_tegrastats_line, parse_tegrastats_lines, sample_from_jtop, summarise_power, total_power_mw
+from cass_deploy.backends.jetson import jetpack_from_l4t, jetpack_major_from_l4t, parse_jetson_clocks_show, parse_l4t_release, parse_nvpmodel_query, read_board_info
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tegrastats"
 
@@ -423,21 +422,21 @@ def test_tegrastats_sampler_missing_executable(tmp_path):
 
 @needs_sh
 def test_make_sampler_choice(tmp_path, monkeypatch):
-    monkeypatch.setattr(jetson, "jtop_service_ok", lambda: False)
+    monkeypatch.setattr(power, "jtop_service_ok", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert jetson.make_sampler() is None
+    assert power.make_sampler() is None
     _write_tool(tmp_path, "tegrastats", "exit 0\n")
-    assert isinstance(jetson.make_sampler(interval_ms=50), TegrastatsSampler)
-    monkeypatch.setattr(jetson, "jtop_service_ok", lambda: True)
-    assert isinstance(jetson.make_sampler(), jetson.JtopSampler)
+    assert isinstance(power.make_sampler(interval_ms=50), TegrastatsSampler)
+    monkeypatch.setattr(power, "jtop_service_ok", lambda: True)
+    assert isinstance(power.make_sampler(), power.JtopSampler)
 
 
 def test_jtop_service_absent_is_false():
-    if jetson.jtop_available():
+    if power.jtop_available():
         pytest.skip("jetson-stats installed here")
-    assert jetson.jtop_service_ok() is False
+    assert power.jtop_service_ok() is False
     with pytest.raises(BackendUnavailable):
-        jetson.JtopSampler().start()
+        power.JtopSampler().start()
 
 
 def test_sample_from_jtop_structure():
@@ -462,7 +461,7 @@ def test_sample_from_jtop_structure():
 def test_real_board():
     info = read_board_info("/")
     assert info.is_jetson and info.l4t is not None
-    sampler = jetson.make_sampler(interval_ms=100)
+    sampler = power.make_sampler(interval_ms=100)
     assert sampler is not None
     with sampler:
         time.sleep(1.0)

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from cass_deploy.errors import ConfigError, InputError
-from cass_deploy.metrics import (FieldConfig, SizeBins, box_iou, field_of, greedy_match, map50, match_detections,
-                                 recall_by_field, retention_from_pairs, retention_per_object, retention_summary,
-                                 size_bin_of, summarise_retention)
+from cass_deploy.evaluation.metrics import FieldConfig, SizeBins, box_iou, field_of, greedy_match, map50, match_detections, recall_by_field, retention_from_pairs, retention_per_object, retention_summary, size_bin_of, summarise_retention
 
 
 def T(x, dtype=torch.float32):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cass_deploy import backends
+from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, ConfigError, InputError
 from cass_deploy.runtime.base import Runner, TensorSpec, validate_feed
 from cass_deploy.runtime.ort_runner import OrtRunner
@@ -188,8 +188,8 @@ def test_ort_and_trt_runners_import_no_torch(tiny_onnx):
         import sys
         import numpy as np
         import cass_deploy.runtime.ort_runner as o, cass_deploy.runtime.trt_runner as t
-        import cass_deploy.export.tensorrt, cass_deploy.export.manifest
-        import cass_deploy.export.limits, cass_deploy.backends
+        import cass_deploy.runtime.artefacts, cass_deploy.runtime.manifest, cass_deploy.runtime.trt_engine
+        import cass_deploy.export.tensorrt_build, cass_deploy.backends.limits, cass_deploy.backends.probe
         r = o.OrtRunner({str(tiny_onnx)!r})
         out = r.infer({{"scores": np.ones((1, {P}), np.float32),
                        "feats": np.ones((1, {P}), np.float32)}})
@@ -223,7 +223,7 @@ def test_trt_runner_without_tensorrt_is_backend_unavailable(tmp_path, monkeypatc
 # -- TensorRT (skipped without TensorRT + pycuda + GPU) ---------------------------------------
 @pytest.fixture
 def tiny_engine(tmp_path, tiny_onnx):
-    from cass_deploy.export.tensorrt import BuildOptions, build_engine
+    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
 
     engine = tmp_path / "tiny.engine"
     options = BuildOptions(precision="fp32", workspace_mib=256,
@@ -271,7 +271,7 @@ def test_trt_runner_split_timing(tiny_engine):
 
 @pytest.mark.trt
 def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
-    from cass_deploy.export.manifest import build_manifest, write_manifest
+    from cass_deploy.runtime.manifest import build_manifest, write_manifest
     from cass_deploy.runtime.trt_runner import TrtRunner
 
     engine = tmp_path / "foreign.engine"
@@ -293,7 +293,7 @@ def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
 def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import BuildOptions, build_engine
+    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
     from cass_deploy.runtime.trt_runner import TrtRunner, device_name
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
@@ -331,7 +331,7 @@ def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
 def test_trt_runner_device_calls_need_an_upload(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import BuildOptions, build_engine
+    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
     from cass_deploy.runtime.base import InferenceError
     from cass_deploy.runtime.trt_runner import TrtRunner
 

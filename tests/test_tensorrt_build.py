@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from cass_deploy import backends
+from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, InputError, LimitError
-from cass_deploy.export.manifest import build_manifest, write_manifest
-from cass_deploy.export.tensorrt import (BuildOptions, engine_mismatch_message, inspect_onnx,
-                                         plan_build, trtexec_for)
+from cass_deploy.runtime.manifest import build_manifest, write_manifest
+from cass_deploy.export.tensorrt_build import BuildOptions, inspect_onnx, plan_build, trtexec_for
+from cass_deploy.runtime.trt_engine import engine_mismatch_message
 from runner_fixtures import P, fp16_model, qdq_model, topk_model
 
 DYN = {"scores": ((1, P), (2, P), (4, P)), "feats": ((1, P), (2, P), (4, P))}
@@ -171,7 +171,8 @@ def test_engine_mismatch_message_names_both_versions(tmp_path):
 
 
 def test_build_engine_refuses_before_touching_tensorrt(tmp_path, monkeypatch):
-    from cass_deploy.export.tensorrt import build_engine, load_engine
+    from cass_deploy.export.tensorrt_build import build_engine
+    from cass_deploy.runtime.trt_engine import load_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     existing = tmp_path / "old.engine"
@@ -192,7 +193,8 @@ def test_build_engine_refuses_before_touching_tensorrt(tmp_path, monkeypatch):
 def test_build_engine_writes_plain_engine_and_timing_cache(tmp_path):
     import tensorrt as trt
 
-    from cass_deploy.export.tensorrt import build_engine, load_engine
+    from cass_deploy.export.tensorrt_build import build_engine
+    from cass_deploy.runtime.trt_engine import load_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     engine_path, cache = tmp_path / "t.engine", tmp_path / "timing.cache"
@@ -212,7 +214,7 @@ def test_build_engine_writes_plain_engine_and_timing_cache(tmp_path):
 
 @pytest.mark.trt
 def test_build_engine_requires_profiles_for_dynamic_inputs(tmp_path):
-    from cass_deploy.export.tensorrt import build_engine
+    from cass_deploy.export.tensorrt_build import build_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     with pytest.raises(InputError, match="dynamic input\\(s\\) need min/opt/max shapes"):
@@ -225,7 +227,7 @@ def test_build_engine_requires_profiles_for_dynamic_inputs(tmp_path):
 
 @pytest.mark.trt
 def test_load_engine_rejects_foreign_bytes(tmp_path):
-    from cass_deploy.export.tensorrt import load_engine
+    from cass_deploy.runtime.trt_engine import load_engine
 
     bad = tmp_path / "foreign.engine"
     bad.write_bytes(bytes(range(256)) * 4)
@@ -241,7 +243,8 @@ def _calls(trt, what):
 def test_build_engine_trt10_fp16_calls_the_api_as_planned(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import build_engine, load_engine
+    from cass_deploy.export.tensorrt_build import build_engine
+    from cass_deploy.runtime.trt_engine import load_engine
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     onnx_path = topk_model(tmp_path / "t.onnx")
@@ -269,7 +272,7 @@ def test_build_engine_trt10_fp16_calls_the_api_as_planned(tmp_path, monkeypatch)
 def test_build_engine_network_flags_by_version(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import build_engine
+    from cass_deploy.export.tensorrt_build import build_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     trt = fake_tensorrt.install(monkeypatch, "10.8.0")
@@ -294,7 +297,7 @@ def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
     from runner_fixtures import topk_graph_model
 
     from cass_deploy.errors import ExportError
-    from cass_deploy.export.tensorrt import build_engine
+    from cass_deploy.export.tensorrt_build import build_engine
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     model = topk_graph_model()
@@ -312,7 +315,7 @@ def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
 def test_build_engine_checks_dla_cores_and_profiles(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import build_engine
+    from cass_deploy.export.tensorrt_build import build_engine
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     onnx_path = topk_model(tmp_path / "t.onnx")
@@ -331,7 +334,7 @@ def test_build_engine_checks_dla_cores_and_profiles(tmp_path, monkeypatch):
 def test_load_engine_mismatch_with_fake_runtime(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt import load_engine
+    from cass_deploy.runtime.trt_engine import load_engine
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     bad = tmp_path / "old.engine"

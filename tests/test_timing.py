@@ -11,8 +11,7 @@ import time
 import pytest
 
 from cass_deploy.errors import BackendUnavailable, InputError
-from cass_deploy.timing import (CudaEventTimer, LatencyStats, cpu_peak_rss_mib, cuda_peak_memory_mib,
-                                peak_memory, time_callable)
+from cass_deploy.profiling.timing import CudaEventTimer, LatencyStats, cpu_peak_rss_mib, cuda_peak_memory_mib, peak_memory, time_callable
 
 
 def _linear_percentile(values, p):
@@ -141,7 +140,8 @@ def test_peak_memory_helpers():
 
 
 def test_lightweight_modules_do_not_import_torch():
-    code = ("import sys; import cass_deploy.timing, cass_deploy.jetson, cass_deploy.export.profiles, "
+    code = ("import sys; import cass_deploy.profiling.timing, cass_deploy.profiling.power, cass_deploy.backends.jetson, "
+            "cass_deploy.backends.envinfo, cass_deploy.export.profiles, "
             "cass_deploy.commands.env; bad = [m for m in ('torch', 'onnxruntime', 'tensorrt') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cass_deploy.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cass_deploy.cli import main
 from cass_deploy.errors import CheckpointError, ConfigError, InputError
-from cass_deploy.train import load_train_config, train
+from cass_deploy.training.train import load_train_config, train
 
 from conftest import TINY_OVERRIDES
 
@@ -22,7 +22,7 @@ def test_two_steps_lower_the_loss():
     """Two optimiser steps on one fixed batch lower detection + CASS loss."""
     from cass_deploy.data.collate import collate
     from cass_deploy.data.factory import load_dataset
-    from cass_deploy.losses import CassLoss, total_loss
+    from cass_deploy.cass.losses import CassLoss, total_loss
     from cass_deploy.model import PrunedDetector
 
     cfg = load_train_config(None, TINY_OVERRIDES)

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cass_deploy.ablation import run_ablation
+    from cass_deploy.training.ablation import run_ablation
     from cass_deploy.errors import InputError
     from cass_deploy.io_utils import check_writable
 

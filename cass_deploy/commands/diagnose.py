@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from cass_deploy import diagnostics as dg
+    from cass_deploy.evaluation import diagnostics as dg
     from cass_deploy.errors import InputError
     from cass_deploy.io_utils import atomic_dir, check_writable
-    from cass_deploy.metrics import FieldConfig
-    from cass_deploy.targets import grid_for
+    from cass_deploy.evaluation.metrics import FieldConfig
+    from cass_deploy.cass.targets import grid_for
 
     check_writable(args.out, args.force)
     if args.num_images < 1:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     image_size = tuple(args.image_size) if args.image_size else None
     patch_size = 16
     if args.checkpoint:
-        from cass_deploy.checkpoint import load_checkpoint
+        from cass_deploy.model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         model = ckpt.model.eval()

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.envinfo import collect
+    from cass_deploy.backends.envinfo import collect
 
     info = collect()
     if args.json:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from cass_deploy import profile as pf
+    from cass_deploy.profiling import latency as pf
     from cass_deploy.errors import InputError
     from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 

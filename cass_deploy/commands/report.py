@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.report import build_report
+    from cass_deploy.reporting.report import build_report
 
     html_path, json_path = build_report(args.run_dir, args.out, force=args.force)
     print(f"wrote {html_path} and {json_path}")

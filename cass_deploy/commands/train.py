@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cass_deploy.config import PRESET_PRUNER, PRESETS
-    from cass_deploy.train import load_train_config, train
+    from cass_deploy.training.train import load_train_config, train
 
     overrides = list(args.overrides)
     if args.preset:

@@ -34,11 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cass_deploy import validation_run as vr
+    from cass_deploy.evaluation import validate as vr
     from cass_deploy.errors import InputError
     from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.metrics import FieldConfig
-    from cass_deploy.validate import Gates, check_gates, format_comparison_table, raise_if_failed
+    from cass_deploy.evaluation.metrics import FieldConfig
+    from cass_deploy.evaluation.gates import Gates, check_gates, raise_if_failed
+    from cass_deploy.evaluation.scoring import format_comparison_table
 
     if args.json_out:
         check_writable(args.json_out, args.force)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.verify import report_table, run_verify
+    from cass_deploy.evaluation.verify import report_table, run_verify
 
     if args.json_out:
         check_writable(args.json_out, args.force)

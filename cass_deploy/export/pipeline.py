@@ -51,7 +51,7 @@ class ExportRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from cass_deploy.export.limits import PRECISIONS
+        from cass_deploy.backends.limits import PRECISIONS
 
         if self.parts not in ("predictor", "full"):
             raise InputError(f"--parts must be 'predictor' or 'full', got {self.parts!r}")
@@ -96,11 +96,13 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
     import onnx
 
-    from cass_deploy.backends import trt_major_version
-    from cass_deploy.checkpoint import load_checkpoint
-    from cass_deploy.export import limits, manifest as mf, precision as prec
+    from cass_deploy.backends.probe import trt_major_version
+    from cass_deploy.model.checkpoint import load_checkpoint
+    from cass_deploy.backends import limits
+    from cass_deploy.runtime import manifest as mf
+    from cass_deploy.export import precision as prec
     from cass_deploy.export.onnx_export import export_part, io_specs, op_types
-    from cass_deploy.export.tensorrt import onnx_facts
+    from cass_deploy.export.tensorrt_build import onnx_facts
     from cass_deploy.io_utils import atomic_dir, check_writable
 
     out = check_writable(req.out, req.force)
@@ -113,7 +115,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
                          "with --pruner global --keep-ratio 1.0")
     trt_major = trt_major_version() if req.engine else None
     if req.engine and trt_major is None:
-        from cass_deploy.backends import require
+        from cass_deploy.backends.probe import require
 
         require("tensorrt", "building an engine (--engine)")
     target = req.target or (limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core)
@@ -175,7 +177,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         onnx.save(mf.embed_onnx_metadata(proto, mf.onnx_metadata(draft)), onnx_path)
         artefacts = {"onnx": onnx_path}
         if req.engine:
-            from cass_deploy.export.tensorrt import build_engine
+            from cass_deploy.export.tensorrt_build import build_engine
 
             result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
             artefacts["engine"] = tmp / ENGINE_NAME
@@ -193,7 +195,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
 
 
 def _build_options(req: ExportRequest, model):
-    from cass_deploy.export.tensorrt import BuildOptions
+    from cass_deploy.export.tensorrt_build import BuildOptions
     from cass_deploy.model.interface import INPUT_NAME
 
     H, W = model.image_size
@@ -209,7 +211,7 @@ def _build_options(req: ExportRequest, model):
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:
     """The equivalent trtexec line for building on the target (TensorRT 10 unless known)."""
     from cass_deploy.errors import CassDeployError
-    from cass_deploy.export.tensorrt import plan_build, trtexec_for
+    from cass_deploy.export.tensorrt_build import plan_build, trtexec_for
 
     try:
         plan = plan_build(trt_major, opts, has_qdq=has_qdq, onnx_is_fp16=is_fp16)
@@ -257,9 +259,10 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     """
     import shutil
 
-    from cass_deploy.backends import require, trt_major_version
-    from cass_deploy.export import limits, manifest as mf
-    from cass_deploy.export.tensorrt import BuildOptions, build_engine, inspect_onnx
+    from cass_deploy.backends.probe import require, trt_major_version
+    from cass_deploy.backends import limits
+    from cass_deploy.runtime import manifest as mf
+    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx
     from cass_deploy.io_utils import atomic_dir, check_writable
 
     src = Path(src)

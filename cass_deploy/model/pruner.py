@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from cass_deploy.errors import ConfigError, InputError, LimitError
-from cass_deploy.export.limits import TENSORRT_MAX_TOPK
+from cass_deploy.backends.limits import TENSORRT_MAX_TOPK
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
 BAND_QUOTA_MODES = ("equal", "proportional")

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cass_deploy.backends import import_backend
+from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cass_deploy.backends import import_backend
+from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec
 
@@ -91,7 +91,7 @@ class TrtRunner(Runner):
 
     # -- lifecycle -----------------------------------------------------------------------
     def _activate(self) -> None:
-        from cass_deploy.export.tensorrt import load_engine
+        from cass_deploy.runtime.trt_engine import load_engine
 
         self._trt = trt = import_backend("tensorrt", "the TensorRT runner")
         import_backend("pycuda", "the TensorRT runner")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from cass_deploy import __version__
 from cass_deploy.errors import InputError
-from cass_deploy.export.limits import PRECISIONS, PRUNER_MODES
+from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES
 from cass_deploy.io_utils import atomic_path, sha256_file, write_json
 
 SCHEMA_VERSION = 1
@@ -41,7 +41,7 @@ _VERSION_DISTS: dict[str, tuple[str, ...]] = {
 
 def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Versions of the tool, Python and every installed backend (via package metadata only)."""
-    from cass_deploy.backends import package_version
+    from cass_deploy.backends.probe import package_version
 
     versions = {"cass_deploy": __version__, "python": platform.python_version()}
     for label, dists in _VERSION_DISTS.items():
@@ -49,7 +49,7 @@ def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str,
         if version is not None:
             versions[label] = version
     if "tensorrt" not in versions:   # JetPack's apt-installed TensorRT may carry no metadata
-        from cass_deploy.backends import trt_version
+        from cass_deploy.backends.probe import trt_version
         from cass_deploy.errors import BackendUnavailable
 
         try:
@@ -340,82 +340,3 @@ def read_onnx_metadata(model: Any) -> dict[str, Any]:
     return out
 
 
-# -- trtexec ----------------------------------------------------------------------------------
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join(str(int(d)) for d in shape)
-
-
-def _shape_spec(shapes: Mapping[str, Sequence[int]]) -> str:
-    # trtexec: names containing ':' or ',' are wrapped in single quotes ('Input:0')
-    return ",".join((f"'{n}'" if (":" in n or "," in n) else n) + ":" + _dims(s)
-                    for n, s in shapes.items())
-
-
-def trtexec_command(
-    onnx: str | Path,
-    engine: str | Path,
-    *,
-    precision: str = "fp32",
-    strongly_typed: bool = False,
-    trt_major: int = 10,
-    also_fp16: bool = False,
-    workspace_mib: int | None = None,
-    timing_cache: str | Path | None = None,
-    input_name: str | None = None,
-    min_shape: Sequence[int] | None = None,
-    opt_shape: Sequence[int] | None = None,
-    max_shape: Sequence[int] | None = None,
-    shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
-    dla_core: int | None = None,
-    gpu_fallback: bool = False,
-    builder_optimization_level: int | None = None,
-    version_compatible: bool = False,
-    hardware_compatible: bool = False,
-) -> str:
-    """The ``trtexec`` command line equivalent to a build (shell-quoted).
-
-    TensorRT 10: ``--stronglyTyped`` or precision flags (``--fp16``; ``--int8`` for explicit
-    QDQ models, plus ``--fp16`` when ``also_fp16``). TensorRT >= 11 has no precision flags and is
-    always strongly typed, so neither appears. Dynamic shapes come either from ``input_name`` +
-    ``min/opt/max_shape`` or from ``shapes = {name: (min, opt, max)}``.
-    """
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
-    if trt_major < 11:
-        if strongly_typed:
-            args.append("--stronglyTyped")
-        elif precision == "fp16":
-            args.append("--fp16")
-        elif precision == "int8":
-            args.append("--int8")
-            if also_fp16:
-                args.append("--fp16")
-    if workspace_mib is not None:
-        if workspace_mib < 1:
-            raise InputError(f"workspace_mib must be >= 1, got {workspace_mib}")
-        args.append(f"--memPoolSize=workspace:{int(workspace_mib)}M")
-    if timing_cache is not None:
-        args.append(f"--timingCacheFile={timing_cache}")
-
-    profile: dict[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] = dict(shapes or {})
-    given = [s is not None for s in (min_shape, opt_shape, max_shape)]
-    if any(given):
-        if not all(given) or input_name is None:
-            raise InputError("a dynamic shape needs input_name and all of min_shape, opt_shape "
-                             "and max_shape")
-        profile[input_name] = (min_shape, opt_shape, max_shape)  # type: ignore[assignment]
-    if profile:
-        for flag, idx in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
-            args.append(f"{flag}=" + _shape_spec({n: s[idx] for n, s in profile.items()}))
-    if dla_core is not None:
-        args.append(f"--useDLACore={int(dla_core)}")
-        if gpu_fallback:
-            args.append("--allowGPUFallback")
-    if builder_optimization_level is not None:
-        args.append(f"--builderOptimizationLevel={int(builder_optimization_level)}")
-    if version_compatible:
-        args.append("--versionCompatible")
-    if hardware_compatible:
-        args.append("--hardwareCompatibilityLevel=ampere+")
-    return " ".join(shlex.quote(a) for a in args)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cass_deploy.errors import InputError
-from cass_deploy.timing import LatencyStats, peak_memory, time_callable
+from cass_deploy.profiling.timing import LatencyStats, peak_memory, time_callable
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -49,7 +49,8 @@ class Measurement:
 def _sampler(enabled: bool):
     if not enabled:
         return None
-    from cass_deploy.jetson import make_sampler, read_board_info
+    from cass_deploy.profiling.power import make_sampler
+    from cass_deploy.backends.jetson import read_board_info
 
     return make_sampler() if read_board_info().is_jetson else None
 
@@ -74,7 +75,7 @@ def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, dev
     """Time ``model.full_module()`` (or the predictor part) in torch eager mode."""
     import torch
 
-    from cass_deploy.timing import CudaEventTimer, reset_cuda_peak_memory
+    from cass_deploy.profiling.timing import CudaEventTimer, reset_cuda_peak_memory
 
     H, W = model.image_size
     module = (model.full_module() if part == "full" else model.predictor_module()).to(device).eval()
@@ -150,7 +151,7 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
                        pruner_mode: str | None = None, threads: int | None = None, part: str = "full",
                        log: Callable[[str], None] = print) -> list[Measurement]:
     """Dense vs pruned (and a keep-ratio sweep) of one checkpoint on ``backend``; same weights."""
-    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.model.checkpoint import load_checkpoint
 
     if backend not in ("torch", "onnxruntime"):
         raise InputError(f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
@@ -194,7 +195,7 @@ def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, devi
 def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, iters: int = 50,
                      providers: Sequence[str] = ("cpu",), threads: int | None = None) -> Measurement:
     """Time an exported ONNX / engine (or an export directory) as it is."""
-    from cass_deploy.verify import make_runner, resolve_candidates
+    from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 
     cands = resolve_candidates([path], providers)
     c = cands[-1] if len(cands) > 1 else cands[0]  # an export dir with an engine: profile the engine
@@ -220,7 +221,7 @@ def environment(device: str) -> dict[str, Any]:
     """What the numbers depend on: backend versions, device, Jetson power mode and clocks."""
     import platform
 
-    from cass_deploy.jetson import clocks_locked, nvpmodel_mode, read_board_info
+    from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
 
     info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or None,
                             "device": device}

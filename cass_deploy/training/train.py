@@ -19,7 +19,7 @@ import torch
 
 from cass_deploy.config import CassConfig, apply_overrides, from_dict, load_mapping, to_dict
 from cass_deploy.errors import CheckpointError, ConfigError, InputError, TrainingError
-from cass_deploy.metrics import FieldConfig
+from cass_deploy.evaluation.metrics import FieldConfig
 from cass_deploy.model import ModelConfig, PrunedDetector
 
 
@@ -109,8 +109,8 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
                    name: str = "model"):
     """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
     from cass_deploy.data.classes import class_names
-    from cass_deploy.validate import evaluate
-    from cass_deploy.validation_run import as_predictions
+    from cass_deploy.evaluation.scoring import evaluate
+    from cass_deploy.evaluation.validate import as_predictions
 
     was_training = model.training
     model.eval()
@@ -155,11 +155,11 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None, force: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
     """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
-    from cass_deploy.checkpoint import read_checkpoint, save_checkpoint
+    from cass_deploy.model.checkpoint import read_checkpoint, save_checkpoint
     from cass_deploy.io_utils import write_json
-    from cass_deploy.losses import CassLoss, total_loss
+    from cass_deploy.cass.losses import CassLoss, total_loss
     from cass_deploy.model import band_positive_share
-    from cass_deploy.targets import soft_target_mask
+    from cass_deploy.cass.targets import soft_target_mask
 
     rank, world, local_rank = _dist_info()
     out_dir = Path(out_dir)

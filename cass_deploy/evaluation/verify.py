@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cass_deploy.errors import InputError
+from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
 
 # fp32: identical keep sets outside ties and score error <= 1e-4; fp16 / int8: mean keep-set IoU.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
@@ -172,21 +173,6 @@ class VerifyReport:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
-def run_batches(runner, images: np.ndarray, batch: int | None) -> dict[str, np.ndarray]:
-    """Feed ``images`` [N, 3, H, W] through ``runner`` in batches; concatenate the outputs."""
-    from cass_deploy.model.interface import INPUT_NAME
-
-    outs: dict[str, list[np.ndarray]] = {}
-    step = batch or len(images)
-    if len(images) % step:
-        raise InputError(f"{len(images)} images do not split into batches of {step}; use a multiple of {step}")
-    for i in range(0, len(images), step):
-        res = runner.infer({INPUT_NAME: np.ascontiguousarray(images[i:i + step], dtype=np.float32)})
-        for k, v in res.items():
-            outs.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in outs.items()}
-
-
 def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
                 band_rows: Sequence[int] | None = None) -> np.ndarray | None:
     """Band index per patch [P] for the band pruner (None for other modes)."""
@@ -202,73 +188,11 @@ def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
 
 # --------------------------------------------------------------------------- end to end
 
-@dataclass
-class Candidate:
-    """A deployed artefact to check: ``kind`` is ``onnx`` or ``engine``; ``meta`` its manifest keys."""
-
-    path: Any
-    kind: str
-    meta: dict[str, Any]
-
-
-def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
-                       ) -> list[Candidate]:
-    """Export dirs, ``.onnx`` files and ``.engine``/``.plan`` files -> candidates with their metadata."""
-    from pathlib import Path
-
-    from cass_deploy.backends import is_available
-    from cass_deploy.export.manifest import MANIFEST_NAME, read_manifest, read_onnx_metadata
-
-    out: list[Candidate] = []
-    notes = notes if notes is not None else []
-    for text in paths:
-        p = Path(text)
-        if p.is_dir():
-            man = read_manifest(p / MANIFEST_NAME)
-            arts = man.get("artefacts", {})
-            if "onnx" in arts:
-                out.append(Candidate(p / arts["onnx"]["file"], "onnx", man))
-            if "engine" in arts:
-                if is_available("tensorrt") and is_available("pycuda"):
-                    out.append(Candidate(p / arts["engine"]["file"], "engine", man))
-                else:
-                    notes.append(f"{p / arts['engine']['file']}: not run, TensorRT/pycuda are not installed here")
-        elif p.suffix == ".onnx":
-            if not p.is_file():
-                raise InputError(f"candidate {p} does not exist")
-            out.append(Candidate(p, "onnx", read_onnx_metadata(p)))
-        elif p.suffix in (".engine", ".plan", ".trt"):
-            if not p.is_file():
-                raise InputError(f"candidate {p} does not exist")
-            beside = p.parent / MANIFEST_NAME
-            if not beside.is_file():
-                raise InputError(f"engine {p} has no {MANIFEST_NAME} beside it; verify needs the export's manifest")
-            out.append(Candidate(p, "engine", read_manifest(beside)))
-        else:
-            raise InputError(f"candidate {p}: expected an export directory, a .onnx file or a .engine file")
-    if not out:
-        raise InputError("no runnable candidate among " + ", ".join(paths))
-    for c in out:
-        for key in ("image_size", "precision", "parts", "pruner_mode"):
-            if c.meta.get(key) is None:
-                raise InputError(f"candidate {c.path}: its metadata lacks {key!r}; was it exported by cass-deploy?")
-    return out
-
-
-def make_runner(c: Candidate, providers: Sequence[str] = ("cpu",)):
-    if c.kind == "onnx":
-        from cass_deploy.runtime.ort_runner import OrtRunner
-
-        return OrtRunner(c.path, providers=providers)
-    from cass_deploy.runtime.trt_runner import TrtRunner
-
-    return TrtRunner(c.path)
-
 
 def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, data: str = "synthetic",
                providers: Sequence[str] = ("cpu",), seed: int = 0, **threshold_overrides: float | None) -> tuple[VerifyReport, list[str]]:
     """Reference checkpoint vs each candidate on ``images`` images -> (report, notes)."""
-    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.model.checkpoint import load_checkpoint
     from cass_deploy.data.factory import load_dataset
     from cass_deploy.runtime.torch_runner import TorchRunner
 

@@ -75,8 +75,8 @@ def train_and_evaluate(base: list[str], config: str | None, variant: str, overri
                        out: Path, keep_ratios: Sequence[float], val_images: int,
                        log: Callable[[str], None]) -> list[RunResult]:
     """Train one variant and evaluate it at each keep ratio (or dense once)."""
-    from cass_deploy.checkpoint import load_checkpoint
-    from cass_deploy.train import build_datasets, evaluate_model, load_train_config, make_loader, train
+    from cass_deploy.model.checkpoint import load_checkpoint
+    from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
 
     cfg = load_train_config(config, base + overrides + [f"seed={seed}", f"data.val_images={val_images}"])
     run_dir = out / f"{_slug(variant)}-s{seed}"

@@ -15,13 +15,15 @@ Engines are written as the plain bytes TensorRT serialises, atomically.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cass_deploy.errors import ExportError, InputError, LimitError
-from cass_deploy.export.limits import PRECISIONS
+from cass_deploy.runtime.trt_engine import _import_trt, _make_logger
+from cass_deploy.backends.limits import PRECISIONS
 
 Shape = tuple[int, ...]
 LogFn = Callable[[str], None]
@@ -215,7 +217,7 @@ class OnnxFacts:
 
 def inspect_onnx(path: str | Path) -> OnnxFacts:
     """Q/DQ presence, fp16 tensors, op types and input shapes of an ONNX file (no torch)."""
-    from cass_deploy.export.manifest import load_onnx
+    from cass_deploy.runtime.manifest import load_onnx
 
     return onnx_facts(load_onnx(path))
 
@@ -246,7 +248,7 @@ def onnx_facts(model: Any) -> OnnxFacts:
 def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
                 plan: BuildPlan) -> str:
     """The ``trtexec`` command equivalent to building ``plan`` (for the manifest)."""
-    from cass_deploy.export.manifest import trtexec_command
+    from cass_deploy.export.tensorrt_build import trtexec_command
 
     return trtexec_command(
         onnx, engine, precision=options.precision,
@@ -260,40 +262,8 @@ def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
         hardware_compatible=plan.hardware_compatibility_level is not None)
 
 
-# -- TensorRT --------------------------------------------------------------------------------
-def _import_trt() -> Any:
-    from cass_deploy.backends import import_backend
-
-    return import_backend("tensorrt", "building or loading a TensorRT engine")
-
-
 def _trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
-
-
-def _make_logger(trt: Any, log: LogFn | None) -> Any:
-    """A ``trt.ILogger`` that keeps warnings/errors (for error messages) and forwards to ``log``."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:  # called by TensorRT; must not raise
-            try:
-                label = {trt.Logger.INTERNAL_ERROR: "internal error", trt.Logger.ERROR: "error",
-                         trt.Logger.WARNING: "warning"}.get(severity)
-                if label is not None:
-                    self.messages.append(f"[{label}] {msg}")
-                if log is not None and (label is not None or severity == trt.Logger.INFO):
-                    log(f"TensorRT {label or 'info'}: {msg}")
-            except Exception:  # noqa: BLE001 - an exception here would abort inside C++
-                pass
-
-        def errors(self) -> list[str]:
-            return [m for m in self.messages if not m.startswith("[warning]")]
-
-    return _Logger()
 
 
 def _resolve(enum: Any, names: Sequence[str], what: str, trt: Any) -> list[Any]:
@@ -440,60 +410,82 @@ def _load_timing_cache(config: Any, path: Path | None, log: LogFn | None) -> Any
     return cache
 
 
-@dataclass
-class LoadedEngine:
-    """A deserialized ``ICudaEngine`` with the runtime and logger it must not outlive."""
-
-    engine: Any
-    runtime: Any
-    logger: Any
-    path: Path
-    trt_version: str
+# -- trtexec ----------------------------------------------------------------------------------
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
 
 
-def load_engine(path: str | Path, log: LogFn | None = None) -> LoadedEngine:
-    """Deserialize an engine file; a version or device mismatch is a clear :class:`InputError`.
+def _shape_spec(shapes: Mapping[str, Sequence[int]]) -> str:
+    # trtexec: names containing ':' or ',' are wrapped in single quotes ('Input:0')
+    return ",".join((f"'{n}'" if (":" in n or "," in n) else n) + ":" + _dims(s)
+                    for n, s in shapes.items())
 
-    ``IRuntime.deserialize_cuda_engine`` returns ``None`` (no exception) for an engine built by
-    another TensorRT version or for another GPU; the message names the TensorRT we run and, when
-    a ``manifest.json`` sits beside the engine, the version and device it was built with.
+
+def trtexec_command(
+    onnx: str | Path,
+    engine: str | Path,
+    *,
+    precision: str = "fp32",
+    strongly_typed: bool = False,
+    trt_major: int = 10,
+    also_fp16: bool = False,
+    workspace_mib: int | None = None,
+    timing_cache: str | Path | None = None,
+    input_name: str | None = None,
+    min_shape: Sequence[int] | None = None,
+    opt_shape: Sequence[int] | None = None,
+    max_shape: Sequence[int] | None = None,
+    shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
+    dla_core: int | None = None,
+    gpu_fallback: bool = False,
+    builder_optimization_level: int | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
+) -> str:
+    """The ``trtexec`` command line equivalent to a build (shell-quoted).
+
+    TensorRT 10: ``--stronglyTyped`` or precision flags (``--fp16``; ``--int8`` for explicit
+    QDQ models, plus ``--fp16`` when ``also_fp16``). TensorRT >= 11 has no precision flags and is
+    always strongly typed, so neither appears. Dynamic shapes come either from ``input_name`` +
+    ``min/opt/max_shape`` or from ``shapes = {name: (min, opt, max)}``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"TensorRT engine {path} does not exist")
-    trt = _import_trt()
-    logger = _make_logger(trt, log)
-    runtime = trt.Runtime(logger)
-    try:
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    except Exception as exc:  # some builds raise instead of returning None
-        logger.messages.append(f"[error] {type(exc).__name__}: {exc}")
-        engine = None
-    if engine is None:
-        raise InputError(engine_mismatch_message(path, str(trt.__version__), logger.errors()))
-    return LoadedEngine(engine=engine, runtime=runtime, logger=logger, path=path,
-                        trt_version=str(trt.__version__))
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
+    if trt_major < 11:
+        if strongly_typed:
+            args.append("--stronglyTyped")
+        elif precision == "fp16":
+            args.append("--fp16")
+        elif precision == "int8":
+            args.append("--int8")
+            if also_fp16:
+                args.append("--fp16")
+    if workspace_mib is not None:
+        if workspace_mib < 1:
+            raise InputError(f"workspace_mib must be >= 1, got {workspace_mib}")
+        args.append(f"--memPoolSize=workspace:{int(workspace_mib)}M")
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
 
-
-def engine_mismatch_message(path: Path, trt_version: str, errors: Sequence[str] = ()) -> str:
-    """Explain why an engine could not be deserialized (pure; used by :func:`load_engine`)."""
-    built_with = ""
-    manifest_file = path.parent / "manifest.json"
-    if manifest_file.is_file():
-        try:
-            from cass_deploy.export.manifest import read_manifest
-
-            manifest = read_manifest(manifest_file)
-            version = manifest.get("versions", {}).get("tensorrt")
-            device = (manifest.get("extra") or {}).get("tensorrt", {}).get("device")
-            if version or device:
-                built_with = (" It was built with TensorRT " + (version or "(unknown version)")
-                              + (f" on {device}" if device else "")
-                              + f" (per {manifest_file}).")
-        except InputError as exc:
-            built_with = f" (The manifest beside it could not be read: {exc})"
-    detail = ("\n  TensorRT said: " + "\n  ".join(errors)) if errors else ""
-    return (f"TensorRT {trt_version} could not deserialize the engine {path}: it was built by "
-            f"another TensorRT version or for another GPU, or the file is not an engine."
-            f"{built_with} Engines are not portable across TensorRT versions or devices: rebuild "
-            f"it on this machine from the ONNX (cass-deploy export ... --engine).{detail}")
+    profile: dict[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] = dict(shapes or {})
+    given = [s is not None for s in (min_shape, opt_shape, max_shape)]
+    if any(given):
+        if not all(given) or input_name is None:
+            raise InputError("a dynamic shape needs input_name and all of min_shape, opt_shape "
+                             "and max_shape")
+        profile[input_name] = (min_shape, opt_shape, max_shape)  # type: ignore[assignment]
+    if profile:
+        for flag, idx in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+            args.append(f"{flag}=" + _shape_spec({n: s[idx] for n, s in profile.items()}))
+    if dla_core is not None:
+        args.append(f"--useDLACore={int(dla_core)}")
+        if gpu_fallback:
+            args.append("--allowGPUFallback")
+    if builder_optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={int(builder_optimization_level)}")
+    if version_compatible:
+        args.append("--versionCompatible")
+    if hardware_compatible:
+        args.append("--hardwareCompatibilityLevel=ampere+")
+    return " ".join(shlex.quote(a) for a in args)

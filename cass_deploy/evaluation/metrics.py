@@ -279,7 +279,7 @@ def prepare_image(pred: Mapping[str, Any] | None, gt: Mapping[str, Any], index: 
     ``y2 > y1``, not entirely outside). Returns ``(pred, gt)`` dicts of tensors with ``boxes``,
     ``labels`` (and ``scores`` for pred); labels are -1 where none were given.
     """
-    from cass_deploy.targets import flatten_boxes
+    from cass_deploy.cass.targets import flatten_boxes
 
     try:
         gt_boxes = flatten_boxes([_field(gt, "boxes", f"ground truth of image {index}")], image_size).boxes
@@ -489,7 +489,7 @@ def retention_per_object(keep_mask: Tensor, boxes: Sequence[Tensor], grid: Seque
     object are those whose centre lies inside the box, plus, when ``ensure_center``, the patch
     holding the centre of a box that contains no patch centre (``targets.object_patches``).
     """
-    from cass_deploy.targets import check_geometry, object_patches
+    from cass_deploy.cass.targets import check_geometry, object_patches
 
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     keep = torch.as_tensor(keep_mask)
@@ -531,7 +531,7 @@ def summarise_retention(retention: Tensor, boxes: Sequence[Tensor], image_size: 
 
     retention: [N] from :func:`retention_per_object` on the same ``boxes`` (B tensors [M_b, 4]).
     """
-    from cass_deploy.targets import flatten_boxes
+    from cass_deploy.cass.targets import flatten_boxes
 
     H, W = _check_image_size(image_size)
     flat = flatten_boxes(list(boxes), (H, W)).boxes

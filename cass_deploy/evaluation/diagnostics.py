@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from cass_deploy.config import CassConfig
-from cass_deploy.losses import cass_loss
-from cass_deploy.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
+from cass_deploy.cass.losses import cass_loss
+from cass_deploy.evaluation.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
 from cass_deploy.model.pruner import compute_k
-from cass_deploy.targets import BoxList, check_geometry, patch_owner
+from cass_deploy.cass.targets import BoxList, check_geometry, patch_owner
 
 
 def toy_roadside_scene(image_size: Sequence[int] = (256, 448), seed: int = 0) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from cass_deploy.config import CassConfig
-from cass_deploy.losses import per_patch_loss
+from cass_deploy.cass.losses import per_patch_loss
 
 
 def single_box_mask(box: Tensor, grid: Sequence[int], image_size: Sequence[int], *,

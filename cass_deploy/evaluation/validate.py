@@ -36,7 +36,7 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
     if not p.exists():
         raise InputError(f"model {p} does not exist")
     if p.suffix in (".pt", ".pth"):
-        from cass_deploy.checkpoint import load_checkpoint
+        from cass_deploy.model.checkpoint import load_checkpoint
         from cass_deploy.runtime.torch_runner import TorchRunner
 
         ck = load_checkpoint(p)
@@ -45,7 +45,7 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
                         None, m.pruner_mode != "none", p, {"pruner_mode": m.pruner_mode,
                                                            "keep_ratio": m.cfg.pruner.keep_ratio,
                                                            "num_classes": m.cfg.num_classes})
-    from cass_deploy.verify import make_runner, resolve_candidates
+    from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 
     cands = resolve_candidates([str(p)], providers)
     c = cands[-1]
@@ -132,7 +132,7 @@ def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, sco
                       num_classes: int | None = None):
     """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
     from cass_deploy.data.classes import class_names
-    from cass_deploy.validate import evaluate
+    from cass_deploy.evaluation.scoring import evaluate
 
     num_classes = int(num_classes or d.meta.get("num_classes") or 3)
     if not d.grid:
@@ -148,7 +148,7 @@ def saved_reference(path: str):
     section, else its ``result``): how a Jetson compares with the workstation's dense model."""
     import json
 
-    from cass_deploy.validate import ValidationResult
+    from cass_deploy.evaluation.scoring import ValidationResult
 
     try:
         data = json.loads(Path(path).read_text())
@@ -173,7 +173,7 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
     (A saved ``.json`` result is handled by :func:`saved_reference`.)"""
     if spec == "none":
         return None
-    from cass_deploy.checkpoint import load_checkpoint
+    from cass_deploy.model.checkpoint import load_checkpoint
     from cass_deploy.runtime.torch_runner import TorchRunner
 
     if spec in (None, "dense", "source"):
