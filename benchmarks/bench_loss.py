@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cass_deploy.config import CassConfig  # noqa: E402
-from cass_deploy.cass.losses import cass_loss
 from cass_deploy.cass.loops import seed_plan1_loop, target_mask_loop
+from cass_deploy.cass.losses import cass_loss
 from cass_deploy.cass.targets import soft_target_mask
+from cass_deploy.config import CassConfig  # noqa: E402
 
 
 def roadside_boxes(num_images: int, per_image: int, image_size: tuple[int, int], seed: int = 0):

@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cass_deploy.model import ModelConfig, PrunedDetector, PrunerConfig  # noqa: E402
+from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.pruner import PrunerConfig  # noqa: E402
 from cass_deploy.profiling.latency import profile_onnx_of, profile_torch
 from cass_deploy.profiling.timing import LatencyStats, time_callable
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+import yaml
+
 from cass_deploy.errors import ConfigError
 
 T = TypeVar("T")
@@ -129,7 +131,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
-    import yaml
 
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

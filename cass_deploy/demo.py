@@ -3,11 +3,26 @@ validate (gated) → report, on built-in synthetic roadside scenes. ``make demo`
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
+
+from rich.table import Table
+
+from cass_deploy.cli import main as cli_main
+from cass_deploy.errors import CassDeployError, InputError
+from cass_deploy.evaluation import validate as vr
+from cass_deploy.evaluation.gates import Gates, check_gates
+from cass_deploy.evaluation.metrics import FieldConfig
+from cass_deploy.evaluation.verify import run_verify
+from cass_deploy.export.pipeline import ExportRequest, run_export
+from cass_deploy.io_utils import check_writable, write_json
+from cass_deploy.profiling.latency import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
+from cass_deploy.reporting.report import build_report
+from cass_deploy.training.train import load_train_config, train
 
 
 @dataclass
@@ -33,23 +48,12 @@ def default_out() -> Path:
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step into one run directory; return the summary (raises GateFailed at the end
     if a validation gate failed, after the report is written)."""
-    from cass_deploy.evaluation import validate as vr
-    from cass_deploy.errors import GateFailed, InputError
-    from cass_deploy.export.pipeline import ExportRequest, run_export
-    from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.evaluation.metrics import FieldConfig
-    from cass_deploy.profiling.latency import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
-    from cass_deploy.reporting.report import build_report
-    from cass_deploy.training.train import load_train_config, train
-    from cass_deploy.evaluation.gates import Gates, check_gates
-    from cass_deploy.evaluation.verify import run_verify
 
     out = Path(opts.out) if opts.out else default_out()
     check_writable(out, opts.force)
     if out.exists():  # --force: start from an empty run directory, so no stale result is reported
         if not out.is_dir():
             raise InputError(f"--out {out} is a file, not a directory")
-        import shutil
 
         shutil.rmtree(out)
     if opts.config and not Path(opts.config).is_file():
@@ -71,12 +75,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     done("train")
 
     step("diagnose")
-    from cass_deploy.cli import main as cli_main
 
     rc = cli_main(["diagnose", "--checkpoint", str(ckpt), "--data", "synthetic", "--num-images", "2",
                    "--normalizations", "patch,object,object:1", "--out", str(out / "diagnose"), "--force"])
     if rc != 0:
-        from cass_deploy.errors import CassDeployError
 
         err = CassDeployError(f"diagnose step failed with exit code {rc}")
         err.exit_code = rc
@@ -151,7 +153,6 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 
 
 def summary_table(summary: dict[str, Any]):
-    from rich.table import Table
 
     t = Table(title=f"cass-deploy demo: {summary['run_dir']}")
     t.add_column("")

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from cass_deploy.training.train import load_train_config, train
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -69,7 +71,6 @@ TINY_OVERRIDES = [
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A briefly trained tiny detector (96x160 input, 6x10 grid, keep 0.5) -> best.pt path."""
-    from cass_deploy.training.train import load_train_config, train
 
     out = tmp_path_factory.mktemp("tiny") / "train"
     res = train(load_train_config(None, TINY_OVERRIDES), out, progress=False, log=lambda s: None)

@@ -19,8 +19,9 @@ import types
 from typing import Any
 
 import numpy as np
-
 from runner_fixtures import expected_topk
+
+from cass_deploy.backends import probe as backends
 
 PLAN_MAGIC = b"FAKEPLAN"
 
@@ -348,7 +349,6 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
 
 def install(monkeypatch, version: str = "10.3.0") -> types.ModuleType:
     """Put the fakes in ``sys.modules`` and make the availability probes see them."""
-    from cass_deploy.backends import probe as backends
 
     trt = make_fake_tensorrt(version)
     pycuda, driver = make_fake_pycuda()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, select
+from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, preset_candidate, run_ablation, select
 
 
 def run(variant, seed, keep, near, far, mid=0.5, map50=0.5, ret=(0.5, 0.5, 0.5)):
@@ -53,7 +53,6 @@ def test_select_none_and_table():
 
 
 def test_preset_is_chosen_among_object_variants_only():
-    from cass_deploy.training.ablation import preset_candidate
 
     rows = [run("dense", 0, None, near=0.8, far=0.4),
             run("area", 0, 0.5, near=0.8, far=0.4, ret=(0.99, 0.99, 0.99)),
@@ -67,7 +66,6 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
     """Dense + one variant + its band run on the tiny config; a resumed run trains nothing again."""
     from conftest import TINY_OVERRIDES
 
-    from cass_deploy.training.ablation import run_ablation
 
     logs = []
     first = run_ablation(config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, variants=["object g=0"],

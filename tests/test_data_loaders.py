@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cass_deploy.data import (CocoDataset, KittiDataset, SyntheticRoadside, collate, detect_format,
-                              load_dataset)
+from cass_deploy.data import CocoDataset, KittiDataset, SyntheticRoadside, collate, detect_format, load_dataset
 from cass_deploy.errors import ConfigError, InputError
 
 

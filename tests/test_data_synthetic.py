@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from cass_deploy.config import from_dict
-from cass_deploy.data import (CocoDataset, SceneConfig, SyntheticRoadside, field_of_boxes,
-                              generate_scene, split_seed, write_synthetic_dataset)
+from cass_deploy.data import (
+    CocoDataset,
+    SceneConfig,
+    SyntheticRoadside,
+    field_of_boxes,
+    generate_scene,
+    split_seed,
+    write_synthetic_dataset,
+)
 from cass_deploy.errors import ConfigError, InputError
 
 H, W = 256, 448
@@ -225,8 +234,6 @@ def test_write_refuses_to_overwrite_without_force(tmp_path):
 
 def test_numpy_paths_work_without_torch(tmp_path):
     """generate_scene, get_numpy and the writer import no torch (ONNX Runtime / TensorRT hosts)."""
-    import subprocess
-    import sys
 
     code = (
         "import sys; sys.modules['torch'] = None\n"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-
-from cass_deploy.cli import main
-from cass_deploy.export.pipeline import ExportRequest, run_export
-
 from conftest import TINY_OVERRIDES
+
+from cass_deploy.backends.probe import is_available
+from cass_deploy.cli import main
+from cass_deploy.data.synthetic import write_synthetic_dataset
+from cass_deploy.errors import InputError
+from cass_deploy.evaluation.verify import run_verify
+from cass_deploy.export.pipeline import ExportRequest, engine_from_export, run_export
+from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,6 @@ def test_validate_bad_input(tiny_checkpoint, tmp_path, capsys):
     empty.mkdir()
     assert main(["validate", str(tiny_checkpoint), "--data", str(empty), "--images", "2"]) == 2
     # model/data size mismatch: a COCO set of another image size, no resize asked
-    from cass_deploy.data.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset(tmp_path / "coco", 2, image_size=(128, 224))
     assert main(["validate", str(tiny_checkpoint), "--data", str(tmp_path / "coco"), "--images", "2"]) == 2
@@ -114,7 +118,6 @@ def test_demo_smoke(tmp_path, capsys):
 
 
 def test_engine_from_export_without_tensorrt_is_a_clear_error(fp32_export, tmp_path, capsys):
-    from cass_deploy.backends.probe import is_available
 
     if is_available("tensorrt"):
         pytest.skip("TensorRT is installed here; the missing-backend message cannot be shown")
@@ -129,7 +132,6 @@ def test_engine_from_export_with_recording_tensorrt(fp32_export, tmp_path, monke
     """The on-device build path (export dir -> engine + manifest) against the TensorRT stand-in."""
     import fake_tensorrt
 
-    from cass_deploy.export.pipeline import engine_from_export
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     man = engine_from_export(fp32_export, tmp_path / "eng", workspace_mib=512, log=lambda s: None)
@@ -140,7 +142,6 @@ def test_engine_from_export_with_recording_tensorrt(fp32_export, tmp_path, monke
 
 
 def test_engine_from_tampered_export_is_refused(fp32_export, tmp_path, capsys):
-    import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(fp32_export, bad)
@@ -190,7 +191,6 @@ def test_more_bad_input_is_one_line_and_exit_2(tiny_checkpoint, fp32_export, tmp
 
 
 def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, capsys):
-    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint, pruner_mode="none")
     dense = tmp_path / "dense.pt"
@@ -200,7 +200,6 @@ def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, cap
 
 
 def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
-    from cass_deploy.evaluation.verify import run_verify
 
     run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "q", precision="int8", batch=2,
                              calib_images=4), log=lambda s: None)
@@ -209,12 +208,9 @@ def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
 
 
 def test_engine_rebuild_in_place_needs_force(fp32_export, tmp_path, monkeypatch):
-    import shutil
 
     import fake_tensorrt
 
-    from cass_deploy.errors import InputError
-    from cass_deploy.export.pipeline import engine_from_export
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     d = tmp_path / "exp"

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from cass_deploy import __version__
-from cass_deploy.cli import main
 from cass_deploy.backends.envinfo import BACKENDS, PACKAGES, backend_table, collect, package_version
+from cass_deploy.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from cass_deploy.errors import ConfigError, InputError, LimitError
 from cass_deploy.backends import limits
 from cass_deploy.backends.limits import check_request, max_k_for, patch_grid, target_for
+from cass_deploy.errors import ConfigError, InputError, LimitError
 
 
 def test_table_encodes_the_documented_limits():

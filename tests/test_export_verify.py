@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,9 +10,20 @@ import onnx
 import pytest
 
 from cass_deploy.cli import main
-from cass_deploy.errors import ExportError, InputError, LimitError
+from cass_deploy.errors import ExportError, LimitError
+from cass_deploy.evaluation.verify import (
+    band_groups,
+    boundary_scores,
+    compare_outputs,
+    run_verify,
+    thresholds_for,
+    tie_aware_iou,
+)
+from cass_deploy.export import precision
 from cass_deploy.export.pipeline import ExportRequest, run_export
-from cass_deploy.evaluation.verify import run_verify, thresholds_for, tie_aware_iou
+from cass_deploy.export.tensorrt_build import inspect_onnx
+from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+from cass_deploy.runtime.ort_runner import OrtRunner
 
 
 def quiet(*_):
@@ -41,7 +53,6 @@ def test_manifest_and_metadata(exports, tiny_checkpoint):
     assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask", "heatmap", "box"]
     assert man["outputs"][1]["dtype"] == "int64" and man["outputs"][2]["dtype"] == "bool"
     assert man["trtexec"].startswith("trtexec --onnx=model.onnx")
-    import hashlib
 
     assert man["artefacts"]["onnx"]["sha256"] == hashlib.sha256((exports["full_fp32"] / "model.onnx").read_bytes()).hexdigest()
     assert man["source_checkpoint"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
@@ -57,7 +68,6 @@ def test_other_size_and_batch(exports):
 
 
 def test_dynamic_batch_runs_at_several_sizes(exports):
-    from cass_deploy.runtime.ort_runner import OrtRunner
 
     with OrtRunner(exports["full_dyn"] / "model.onnx") as r:
         for b in (1, 3):
@@ -79,7 +89,6 @@ def test_verify_passes_precision_thresholds(exports, tiny_checkpoint, name):
 
 
 def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
-    from cass_deploy.export.tensorrt_build import inspect_onnx
 
     qf, hf = inspect_onnx(exports["full_int8"] / "model.onnx"), inspect_onnx(exports["full_fp16"] / "model.onnx")
     assert qf.has_qdq and not hf.has_qdq and hf.is_fp16 and not qf.is_fp16
@@ -93,7 +102,6 @@ def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
     """A candidate exported from other weights must fail fp32 verification with exit code 1."""
     import torch
 
-    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint)
     with torch.no_grad():
@@ -123,7 +131,6 @@ def test_tie_aware_iou_counts_ties_as_interchangeable():
 
 
 def test_band_groups_tie_boundaries():
-    from cass_deploy.evaluation.verify import band_groups, boundary_scores
 
     groups = band_groups("band", (3, 2), bands=3)
     assert groups.tolist() == [0, 0, 1, 1, 2, 2]
@@ -147,7 +154,6 @@ def test_no_overwrite_without_force_and_failed_export_leaves_nothing(tiny_checkp
     assert "--force" in capsys.readouterr().err
     assert (out / "model.onnx").read_bytes() == before
 
-    from cass_deploy.export import precision
 
     def boom(*a, **k):
         raise ExportError("simulated failure in int8 quantisation")
@@ -180,7 +186,6 @@ def test_corrupt_onnx_candidate(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_non_finite_candidate_outputs_fail():
-    from cass_deploy.evaluation.verify import compare_outputs
 
     scores = np.array([[3.0, 1.0, 2.0, 0.0]])
     mask = np.array([[True, False, True, False]])

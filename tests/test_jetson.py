@@ -11,10 +11,26 @@ from pathlib import Path
 import pytest
 
 from cass_deploy.backends import jetson
-from cass_deploy.profiling import power
+from cass_deploy.backends.jetson import (
+    jetpack_from_l4t,
+    jetpack_major_from_l4t,
+    parse_jetson_clocks_show,
+    parse_l4t_release,
+    parse_nvpmodel_query,
+    read_board_info,
+)
 from cass_deploy.errors import BackendUnavailable, InputError
-from cass_deploy.profiling.power import Rail, TegrastatsSample, TegrastatsSampler, parse_tegrastats_line, parse_tegrastats_lines, sample_from_jtop, summarise_power, total_power_mw
-from cass_deploy.backends.jetson import jetpack_from_l4t, jetpack_major_from_l4t, parse_jetson_clocks_show, parse_l4t_release, parse_nvpmodel_query, read_board_info
+from cass_deploy.profiling import power
+from cass_deploy.profiling.power import (
+    Rail,
+    TegrastatsSample,
+    TegrastatsSampler,
+    parse_tegrastats_line,
+    parse_tegrastats_lines,
+    sample_from_jtop,
+    summarise_power,
+    total_power_mw,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tegrastats"
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from cass_deploy.config import CassConfig
-from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.cass.losses import CassLoss, cass_loss, focal_loss, mse_loss, total_loss, tv_term
 from cass_deploy.cass.targets import patch_owner, soft_target_mask
+from cass_deploy.config import CassConfig
+from cass_deploy.errors import ConfigError, InputError
 
 IMG, GRID = (64, 64), (4, 4)
 

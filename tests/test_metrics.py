@@ -6,11 +6,27 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
+from cass_deploy.data import field_of_boxes
 from cass_deploy.errors import ConfigError, InputError
-from cass_deploy.evaluation.metrics import FieldConfig, SizeBins, box_iou, field_of, greedy_match, map50, match_detections, recall_by_field, retention_from_pairs, retention_per_object, retention_summary, size_bin_of, summarise_retention
+from cass_deploy.evaluation.metrics import (
+    FieldConfig,
+    SizeBins,
+    box_iou,
+    field_of,
+    greedy_match,
+    map50,
+    match_detections,
+    recall_by_field,
+    retention_from_pairs,
+    retention_per_object,
+    retention_summary,
+    size_bin_of,
+    summarise_retention,
+)
 
 
 def T(x, dtype=torch.float32):
@@ -378,9 +394,7 @@ def test_summarise_retention_per_field_and_size():
 
 
 def test_numpy_field_split_of_the_data_package_agrees_at_the_edges():
-    import numpy as np
 
-    from cass_deploy.data import field_of_boxes
 
     H = 480
     y2 = np.array([239.999, 240.0, 240.001, 359.999, 360.0, 360.001, 480.0])

@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from cass_deploy.errors import InputError
-from cass_deploy.model import ModelConfig, PrunedDetector, PrunerConfig
-from cass_deploy.model.head import (MIN_TARGET_DISTANCE, decode, detection_loss, detection_targets,
-                                    gaussian_radius, ltrb_giou)
+from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.pruner import PrunerConfig
+from cass_deploy.model.head import (
+    MIN_TARGET_DISTANCE,
+    decode,
+    detection_loss,
+    detection_targets,
+    gaussian_radius,
+    ltrb_giou,
+)
 
 IMAGE = (64, 96)
 OUT = (8, 12)   # stride 8

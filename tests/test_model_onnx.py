@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cass_deploy.model import INPUT_NAME, ModelConfig, PrunedDetector, PrunerConfig
+from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.pruner import PrunerConfig
+from cass_deploy.model.interface import INPUT_NAME
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

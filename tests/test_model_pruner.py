@@ -12,8 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cass_deploy.errors import ConfigError, InputError, LimitError
-from cass_deploy.model.pruner import (TOPK_LIMIT, Pruner, PrunerConfig, allocate_quotas, band_boundaries,
-                                      band_positive_share, compute_k, mask_from_indices)
+from cass_deploy.model.pruner import (
+    TOPK_LIMIT,
+    Pruner,
+    PrunerConfig,
+    allocate_quotas,
+    band_boundaries,
+    band_positive_share,
+    compute_k,
+    mask_from_indices,
+)
 
 
 def _check_keep_set(keep_idx: torch.Tensor, keep_mask: torch.Tensor, k: int) -> None:

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model
 
 from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, ConfigError, InputError
-from cass_deploy.runtime.base import Runner, TensorSpec, validate_feed
+from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
+from cass_deploy.runtime import ort_runner
+from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec, validate_feed
+from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.ort_runner import OrtRunner
-from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model
+from cass_deploy.runtime.trt_runner import TrtRunner, device_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +177,6 @@ def test_ort_runner_missing_and_corrupt_files(tmp_path):
 
 
 def test_ort_runner_provider_selection(tiny_onnx, monkeypatch):
-    from cass_deploy.runtime import ort_runner
 
     with pytest.raises(InputError, match="unknown ONNX Runtime provider.*'gpu'"):
         OrtRunner(tiny_onnx, providers=("gpu",)).activate()
@@ -204,14 +207,12 @@ def test_ort_and_trt_runners_import_no_torch(tiny_onnx):
 
 
 def test_trt_runner_import_is_safe_and_missing_engine_is_clear(tmp_path):
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     with pytest.raises(InputError, match="engine .*none.engine does not exist"):
         TrtRunner(tmp_path / "none.engine")
 
 
 def test_trt_runner_without_tensorrt_is_backend_unavailable(tmp_path, monkeypatch):
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
@@ -223,7 +224,6 @@ def test_trt_runner_without_tensorrt_is_backend_unavailable(tmp_path, monkeypatc
 # -- TensorRT (skipped without TensorRT + pycuda + GPU) ---------------------------------------
 @pytest.fixture
 def tiny_engine(tmp_path, tiny_onnx):
-    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
 
     engine = tmp_path / "tiny.engine"
     options = BuildOptions(precision="fp32", workspace_mib=256,
@@ -235,7 +235,6 @@ def tiny_engine(tmp_path, tiny_onnx):
 
 @pytest.mark.trt
 def test_trt_runner_matches_onnxruntime(tiny_onnx, tiny_engine):
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     with TrtRunner(tiny_engine) as trt_runner, OrtRunner(tiny_onnx) as ort_runner:
         specs = {s.name: s for s in trt_runner.output_specs()}
@@ -255,7 +254,6 @@ def test_trt_runner_matches_onnxruntime(tiny_onnx, tiny_engine):
 
 @pytest.mark.trt
 def test_trt_runner_split_timing(tiny_engine):
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     feed = _feed(2)
     with TrtRunner(tiny_engine) as runner:
@@ -271,8 +269,6 @@ def test_trt_runner_split_timing(tiny_engine):
 
 @pytest.mark.trt
 def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
-    from cass_deploy.runtime.manifest import build_manifest, write_manifest
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     engine = tmp_path / "foreign.engine"
     engine.write_bytes(b"ftrt" + bytes(range(256)) * 8)   # not a plan for this TensorRT
@@ -293,8 +289,6 @@ def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
 def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
-    from cass_deploy.runtime.trt_runner import TrtRunner, device_name
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     driver = sys.modules["pycuda.driver"]
@@ -331,9 +325,6 @@ def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
 def test_trt_runner_device_calls_need_an_upload(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
-    from cass_deploy.runtime.base import InferenceError
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     fake_tensorrt.install(monkeypatch, "11.0.0")
     engine = tmp_path / "tiny.engine"

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from cass_deploy.errors import InputError
 from cass_deploy.cass.loops import target_mask_loop
 from cass_deploy.cass.targets import object_patches, patch_owner, soft_target_mask
+from cass_deploy.errors import InputError
 
 # 64x64 image, 4x4 grid: patch centres at 8, 24, 40, 56 on both axes.
 IMG, GRID = (64, 64), (4, 4)

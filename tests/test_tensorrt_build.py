@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from runner_fixtures import P, fp16_model, qdq_model, topk_model
 
 from cass_deploy.backends import probe as backends
-from cass_deploy.errors import BackendUnavailable, InputError, LimitError
+from cass_deploy.errors import BackendUnavailable, ExportError, InputError, LimitError
+from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx, plan_build, trtexec_for
 from cass_deploy.runtime.manifest import build_manifest, write_manifest
-from cass_deploy.export.tensorrt_build import BuildOptions, inspect_onnx, plan_build, trtexec_for
-from cass_deploy.runtime.trt_engine import engine_mismatch_message
-from runner_fixtures import P, fp16_model, qdq_model, topk_model
+from cass_deploy.runtime.trt_engine import engine_mismatch_message, load_engine
 
 DYN = {"scores": ((1, P), (2, P), (4, P)), "feats": ((1, P), (2, P), (4, P))}
 FIXED = {"scores": ((2, P), (2, P), (2, P))}
@@ -171,8 +171,6 @@ def test_engine_mismatch_message_names_both_versions(tmp_path):
 
 
 def test_build_engine_refuses_before_touching_tensorrt(tmp_path, monkeypatch):
-    from cass_deploy.export.tensorrt_build import build_engine
-    from cass_deploy.runtime.trt_engine import load_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     existing = tmp_path / "old.engine"
@@ -193,8 +191,6 @@ def test_build_engine_refuses_before_touching_tensorrt(tmp_path, monkeypatch):
 def test_build_engine_writes_plain_engine_and_timing_cache(tmp_path):
     import tensorrt as trt
 
-    from cass_deploy.export.tensorrt_build import build_engine
-    from cass_deploy.runtime.trt_engine import load_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     engine_path, cache = tmp_path / "t.engine", tmp_path / "timing.cache"
@@ -214,7 +210,6 @@ def test_build_engine_writes_plain_engine_and_timing_cache(tmp_path):
 
 @pytest.mark.trt
 def test_build_engine_requires_profiles_for_dynamic_inputs(tmp_path):
-    from cass_deploy.export.tensorrt_build import build_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     with pytest.raises(InputError, match="dynamic input\\(s\\) need min/opt/max shapes"):
@@ -227,7 +222,6 @@ def test_build_engine_requires_profiles_for_dynamic_inputs(tmp_path):
 
 @pytest.mark.trt
 def test_load_engine_rejects_foreign_bytes(tmp_path):
-    from cass_deploy.runtime.trt_engine import load_engine
 
     bad = tmp_path / "foreign.engine"
     bad.write_bytes(bytes(range(256)) * 4)
@@ -243,8 +237,6 @@ def _calls(trt, what):
 def test_build_engine_trt10_fp16_calls_the_api_as_planned(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt_build import build_engine
-    from cass_deploy.runtime.trt_engine import load_engine
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     onnx_path = topk_model(tmp_path / "t.onnx")
@@ -272,7 +264,6 @@ def test_build_engine_trt10_fp16_calls_the_api_as_planned(tmp_path, monkeypatch)
 def test_build_engine_network_flags_by_version(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt_build import build_engine
 
     onnx_path = topk_model(tmp_path / "t.onnx")
     trt = fake_tensorrt.install(monkeypatch, "10.8.0")
@@ -290,14 +281,11 @@ def test_build_engine_network_flags_by_version(tmp_path, monkeypatch):
 
 
 def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
+    import fake_tensorrt
     import onnx
     from onnx import helper
-
-    import fake_tensorrt
     from runner_fixtures import topk_graph_model
 
-    from cass_deploy.errors import ExportError
-    from cass_deploy.export.tensorrt_build import build_engine
 
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     model = topk_graph_model()
@@ -315,7 +303,6 @@ def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
 def test_build_engine_checks_dla_cores_and_profiles(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.export.tensorrt_build import build_engine
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     onnx_path = topk_model(tmp_path / "t.onnx")
@@ -334,7 +321,6 @@ def test_build_engine_checks_dla_cores_and_profiles(tmp_path, monkeypatch):
 def test_load_engine_mismatch_with_fake_runtime(tmp_path, monkeypatch):
     import fake_tensorrt
 
-    from cass_deploy.runtime.trt_engine import load_engine
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     bad = tmp_path / "old.engine"

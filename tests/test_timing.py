@@ -11,7 +11,14 @@ import time
 import pytest
 
 from cass_deploy.errors import BackendUnavailable, InputError
-from cass_deploy.profiling.timing import CudaEventTimer, LatencyStats, cpu_peak_rss_mib, cuda_peak_memory_mib, peak_memory, time_callable
+from cass_deploy.profiling.timing import (
+    CudaEventTimer,
+    LatencyStats,
+    cpu_peak_rss_mib,
+    cuda_peak_memory_mib,
+    peak_memory,
+    time_callable,
+)
 
 
 def _linear_percentile(values, p):

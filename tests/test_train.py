@@ -9,21 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from cass_deploy.cli import main
-from cass_deploy.errors import CheckpointError, ConfigError, InputError
-from cass_deploy.training.train import load_train_config, train
-
 from conftest import TINY_OVERRIDES
+
+from cass_deploy.cass.losses import CassLoss, total_loss
+from cass_deploy.cli import main
+from cass_deploy.data.collate import collate
+from cass_deploy.data.factory import load_dataset
+from cass_deploy.errors import CheckpointError, ConfigError, InputError
+from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
+from cass_deploy.model.detector import PrunedDetector
+from cass_deploy.training.train import load_train_config, train
 
 
 def test_two_steps_lower_the_loss():
     """Two optimiser steps on one fixed batch lower detection + CASS loss."""
-    from cass_deploy.data.collate import collate
-    from cass_deploy.data.factory import load_dataset
-    from cass_deploy.cass.losses import CassLoss, total_loss
-    from cass_deploy.model import PrunedDetector
 
     cfg = load_train_config(None, TINY_OVERRIDES)
     model = PrunedDetector(cfg.model)

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from cass_deploy.errors import ConfigError, GateFailed, InputError
-from cass_deploy.evaluation.metrics import SIZE_BINS
-from cass_deploy.evaluation.scoring import GROUPS, FieldReport, ValidationResult, evaluate, format_comparison_table, render_table
 from cass_deploy.evaluation.gates import Gates, all_passed, check_gates, raise_if_failed
+from cass_deploy.evaluation.metrics import SIZE_BINS
+from cass_deploy.evaluation.scoring import (
+    GROUPS,
+    FieldReport,
+    ValidationResult,
+    evaluate,
+    format_comparison_table,
+    render_table,
+)
 
 SIZE, GRID = (64, 64), (4, 4)  # 16 px patches with centres at 8, 24, 40, 56; far y2 < 32, near y2 >= 48
 

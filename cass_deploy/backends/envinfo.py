@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cass_deploy import __version__
+from cass_deploy.backends.jetson import nvpmodel_mode, read_board_info, run_tool
 
 # distribution name(s) to report -> first installed one wins
 PACKAGES: dict[str, tuple[str, ...]] = {
@@ -110,7 +111,6 @@ def _pycuda_info() -> dict[str, Any] | None:
 
 def nvidia_smi(timeout: float = 10.0) -> list[dict[str, str]] | None:
     """GPUs from ``nvidia-smi --query-gpu`` (None when absent or failing; Jetson has none)."""
-    from cass_deploy.backends.jetson import run_tool
 
     fields = ("name", "driver_version", "memory.total", "compute_cap")
     out = run_tool(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
@@ -184,7 +184,6 @@ def backend_table(torch_info: dict | None, ort_info: dict | None, trt_info: dict
 
 def collect(jetson_root: str | Path = "/") -> dict[str, Any]:
     """Versions, devices and backend usability as one JSON-able dict."""
-    from cass_deploy.backends.jetson import nvpmodel_mode, read_board_info
 
     torch_info = _torch_info()
     ort_info = _onnxruntime_info()

@@ -9,18 +9,12 @@ timeout or unexpected output never raises from the query functions. File readers
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import re
 import shutil
 import subprocess
-import threading
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-from cass_deploy.errors import BackendUnavailable, InputError
+from typing import Any, Sequence
 
 DEFAULT_TIMEOUT_S = 5.0
 

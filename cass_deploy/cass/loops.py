@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from cass_deploy.config import CassConfig
 from cass_deploy.cass.losses import per_patch_loss
+from cass_deploy.config import CassConfig
 
 
 def single_box_mask(box: Tensor, grid: Sequence[int], image_size: Sequence[int], *,

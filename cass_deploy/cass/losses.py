@@ -19,10 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cass_deploy.cass.targets import (
+    BoxList,
+    BoxPatchPairs,
+    FlatBoxes,
+    box_patch_pairs,
+    check_geometry,
+    flatten_boxes,
+    merge_max,
+    owner_from_pairs,
+)
 from cass_deploy.config import CassConfig
 from cass_deploy.errors import InputError
-from cass_deploy.cass.targets import BoxList, BoxPatchPairs, FlatBoxes, box_patch_pairs, check_geometry, flatten_boxes, merge_max, owner_from_pairs
-
 
 # --------------------------------------------------------------------------- per-patch losses
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from cass_deploy.errors import InputError
+from cass_deploy.io_utils import check_writable
+from cass_deploy.training.ablation import run_ablation
 
 HELP = "bias ablation: dense vs CASS variants (patch, object g, area, seed_object, TV, band) by field"
 
@@ -21,11 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from cass_deploy.training.ablation import run_ablation
-    from cass_deploy.errors import InputError
-    from cass_deploy.io_utils import check_writable
 
     if not args.resume:
         check_writable(args.out, args.force)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
+from cass_deploy.demo import DemoOptions, run_demo, summary_table
+from cass_deploy.errors import GateFailed
+
 HELP = "end-to-end demo on CPU: train, diagnose, export fp32+int8, verify, profile, validate, report"
 
 
@@ -24,10 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    from cass_deploy.demo import DemoOptions, run_demo, summary_table
-    from cass_deploy.errors import GateFailed
 
     opts = DemoOptions(config=args.config, out=args.out, force=args.force, overrides=args.overrides,
                        verify_images=args.verify_images, validate_images=args.validate_images,

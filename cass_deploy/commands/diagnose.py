@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+
+from cass_deploy.cass.targets import grid_for
+from cass_deploy.config import CassConfig, apply_overrides, from_dict
+from cass_deploy.data.factory import load_dataset
+from cass_deploy.errors import ConfigError, InputError
+from cass_deploy.evaluation import diagnostics as dg
+from cass_deploy.evaluation.metrics import FieldConfig
+from cass_deploy.io_utils import atomic_dir, check_writable
+from cass_deploy.model.checkpoint import load_checkpoint
+
 HELP = "CASS bias diagnostics: heat maps and loss/gradient share per band, field, size and object"
 
 NORMS = ("patch", "area", "seed_object", "object")
@@ -32,8 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _configs(text: str, overrides: list[str]):
-    from cass_deploy.config import CassConfig, apply_overrides, from_dict
-    from cass_deploy.errors import ConfigError
 
     base = apply_overrides({}, overrides)
     out = []
@@ -55,13 +64,7 @@ def _configs(text: str, overrides: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
 
-    from cass_deploy.evaluation import diagnostics as dg
-    from cass_deploy.errors import InputError
-    from cass_deploy.io_utils import atomic_dir, check_writable
-    from cass_deploy.evaluation.metrics import FieldConfig
-    from cass_deploy.cass.targets import grid_for
 
     check_writable(args.out, args.force)
     if args.num_images < 1:
@@ -75,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     image_size = tuple(args.image_size) if args.image_size else None
     patch_size = 16
     if args.checkpoint:
-        from cass_deploy.model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         model = ckpt.model.eval()
@@ -90,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if args.data == "toy":
         boxes = [dg.toy_roadside_scene(image_size, seed=args.seed + i) for i in range(args.num_images)]
     else:
-        from cass_deploy.data.factory import load_dataset
 
         ds = load_dataset(args.data, split="val", num_images=args.num_images, image_size=image_size, seed=args.seed)
         items = [ds[i] for i in range(min(args.num_images, len(ds)))]

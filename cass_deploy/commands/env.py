@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cass_deploy.backends.envinfo import collect
+
 HELP = "show versions of torch / ONNX / ONNX Runtime / TensorRT / CUDA, GPUs, Jetson board and usable backends"
 
 
@@ -13,7 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.backends.envinfo import collect
 
     info = collect()
     if args.json:
@@ -32,9 +37,6 @@ def _fmt(value) -> str:
 
 
 def _print_tables(info: dict) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     console = Console()
     system = Table(title="cass-deploy environment", show_header=False)

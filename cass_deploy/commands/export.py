@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from cass_deploy.errors import InputError
+from cass_deploy.export.pipeline import apply_profile, engine_from_export, request_from, run_export
 
 HELP = "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest"
 
@@ -43,10 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from cass_deploy.errors import InputError
-    from cass_deploy.export.pipeline import apply_profile, engine_from_export, request_from, run_export
 
     src = Path(args.checkpoint)
     if src.is_dir():

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from cass_deploy.errors import InputError
+from cass_deploy.io_utils import atomic_dir, check_writable, write_json
+from cass_deploy.profiling import latency as pf
 
 HELP = "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power"
 
@@ -27,13 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from rich.console import Console
 
-    from cass_deploy.profiling import latency as pf
-    from cass_deploy.errors import InputError
-    from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 
     if args.warmup < 0 or args.iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {args.warmup} and {args.iters}")

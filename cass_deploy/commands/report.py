@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cass_deploy.reporting.report import build_report
+
 HELP = "collect heat maps, fidelity, latency and recall-by-field into one self-contained HTML + JSON"
 
 
@@ -14,7 +16,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.reporting.report import build_report
 
     html_path, json_path = build_report(args.run_dir, args.out, force=args.force)
     print(f"wrote {html_path} and {json_path}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cass_deploy.config import PRESET_PRUNER, PRESETS
+from cass_deploy.training.train import load_train_config, train
+
 HELP = "train the pruning-aware detector with CASS (config file + --set overrides; torchrun for DDP)"
 
 
@@ -21,8 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cass_deploy.config import PRESET_PRUNER, PRESETS
-    from cass_deploy.training.train import load_train_config, train
 
     overrides = list(args.overrides)
     if args.preset:

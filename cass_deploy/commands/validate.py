@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
+from cass_deploy.errors import InputError
+from cass_deploy.evaluation import validate as vr
+from cass_deploy.evaluation.gates import Gates, check_gates, raise_if_failed
+from cass_deploy.evaluation.metrics import FieldConfig
+from cass_deploy.evaluation.scoring import format_comparison_table
+from cass_deploy.io_utils import check_writable, write_json
+
 HELP = "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates"
 
 
@@ -32,14 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    from cass_deploy.evaluation import validate as vr
-    from cass_deploy.errors import InputError
-    from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.evaluation.metrics import FieldConfig
-    from cass_deploy.evaluation.gates import Gates, check_gates, raise_if_failed
-    from cass_deploy.evaluation.scoring import format_comparison_table
 
     if args.json_out:
         check_writable(args.json_out, args.force)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
+from cass_deploy.errors import GateFailed
+from cass_deploy.evaluation.verify import report_table, run_verify
+from cass_deploy.io_utils import check_writable, write_json
+
 HELP = "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)"
 
 
@@ -22,10 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
-    from cass_deploy.io_utils import check_writable, write_json
-    from cass_deploy.evaluation.verify import report_table, run_verify
 
     if args.json_out:
         check_writable(args.json_out, args.force)
@@ -40,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_out, {**report.to_dict(), "notes": notes}, force=args.force)
     if not report:
         failed = [f"{c.name}: {'; '.join(c.failures)}" for c in report.candidates if not c]
-        from cass_deploy.errors import GateFailed
 
         raise GateFailed("verification failed: " + " | ".join(failed))
     return 0

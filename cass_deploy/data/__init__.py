@@ -11,9 +11,16 @@ from cass_deploy.data.coco import CocoDataset
 from cass_deploy.data.collate import collate
 from cass_deploy.data.factory import detect_format, load_dataset
 from cass_deploy.data.kitti import KittiDataset
-from cass_deploy.data.synthetic import (DEFAULT_IMAGE_SIZE, FIELD_NAMES, SceneConfig, SyntheticRoadside,
-                                        field_of_boxes, generate_scene, split_seed,
-                                        write_synthetic_dataset)
+from cass_deploy.data.synthetic import (
+                                        DEFAULT_IMAGE_SIZE,
+                                        FIELD_NAMES,
+                                        SceneConfig,
+                                        SyntheticRoadside,
+                                        field_of_boxes,
+                                        generate_scene,
+                                        split_seed,
+                                        write_synthetic_dataset,
+)
 
 __all__ = ["CLASSES", "ALL_CLASSES", "class_names", "SceneConfig", "generate_scene", "SyntheticRoadside",
            "write_synthetic_dataset", "split_seed", "field_of_boxes", "FIELD_NAMES", "DEFAULT_IMAGE_SIZE",

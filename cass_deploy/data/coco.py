@@ -16,8 +16,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cass_deploy.data.classes import DEFAULT_COCO_CLASS_MAP, classes_of, resolve_class_map
-from cass_deploy.data.common import (BOX_TOLERANCE_PX, DatasetBase, check_box_bounds, check_index,
-                                     load_rgb, resolve_size, to_item)
+from cass_deploy.data.common import (
+    BOX_TOLERANCE_PX,
+    DatasetBase,
+    check_box_bounds,
+    check_index,
+    load_rgb,
+    resolve_size,
+    to_item,
+)
 from cass_deploy.errors import InputError
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from cass_deploy.data.coco import CocoDataset
+from cass_deploy.data.kitti import KittiDataset
 from cass_deploy.data.synthetic import DEFAULT_IMAGE_SIZE, SPLITS, SceneConfig, SyntheticRoadside
 from cass_deploy.errors import ConfigError, InputError
 
@@ -53,11 +55,9 @@ def load_dataset(spec: str | Path, split: str = "val", num_images: int | None = 
     kind, kwargs = detect_format(path, split)
     kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images)
     if kind == "coco":
-        from cass_deploy.data.coco import CocoDataset
 
         ds = CocoDataset(**kwargs)
     else:
-        from cass_deploy.data.kitti import KittiDataset
 
         ds = KittiDataset(**kwargs)
     if len(ds) == 0:  # the dataset classes refuse this already; kept as the contract

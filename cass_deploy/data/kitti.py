@@ -18,8 +18,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cass_deploy.data.classes import DEFAULT_KITTI_CLASS_MAP, classes_of, resolve_class_map
-from cass_deploy.data.common import (IMAGE_SUFFIXES, DatasetBase, check_box_bounds, check_index,
-                                     image_header_size, load_rgb, resolve_size, to_item)
+from cass_deploy.data.common import (
+    IMAGE_SUFFIXES,
+    DatasetBase,
+    check_box_bounds,
+    check_index,
+    image_header_size,
+    load_rgb,
+    resolve_size,
+    to_item,
+)
 from cass_deploy.errors import InputError
 
 KITTI_FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",

@@ -38,7 +38,7 @@ import numpy as np
 from cass_deploy.data.classes import ALL_CLASSES, CLASSES, class_names
 from cass_deploy.data.common import DatasetBase, check_index, to_item
 from cass_deploy.errors import ConfigError, InputError
-
+from cass_deploy.io_utils import atomic_dir
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 448)
 FIELD_NAMES: tuple[str, ...] = ("far", "mid", "near")
@@ -340,7 +340,6 @@ def write_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0,
     """
     from PIL import Image
 
-    from cass_deploy.io_utils import atomic_dir
 
     ds = SyntheticRoadside(num_images, split=split, seed=seed, image_size=image_size, cfg=cfg)
     H, W = ds.image_size

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from rich.table import Table
 from torch import Tensor
 
-from cass_deploy.config import CassConfig
 from cass_deploy.cass.losses import cass_loss
+from cass_deploy.cass.targets import BoxList, check_geometry, patch_owner
+from cass_deploy.config import CassConfig
 from cass_deploy.evaluation.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
 from cass_deploy.model.pruner import compute_k
-from cass_deploy.cass.targets import BoxList, check_geometry, patch_owner
 
 
 def toy_roadside_scene(image_size: Sequence[int] = (256, 448), seed: int = 0) -> Tensor:
@@ -191,7 +192,6 @@ def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes
 
 def breakdown_table(breakdowns: Sequence[Breakdown]):
     """rich Table: loss / gradient share per band and per object field, one row per normalisation."""
-    from rich.table import Table
 
     t = Table(title="CASS loss and |gradient| share (% of batch total)")
     t.add_column("normalisation")

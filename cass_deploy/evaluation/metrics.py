@@ -25,9 +25,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from cass_deploy.cass.targets import check_geometry, flatten_boxes, object_patches
 from cass_deploy.errors import ConfigError, InputError
 
 FIELDS = ("far", "mid", "near")
@@ -279,7 +281,6 @@ def prepare_image(pred: Mapping[str, Any] | None, gt: Mapping[str, Any], index: 
     ``y2 > y1``, not entirely outside). Returns ``(pred, gt)`` dicts of tensors with ``boxes``,
     ``labels`` (and ``scores`` for pred); labels are -1 where none were given.
     """
-    from cass_deploy.cass.targets import flatten_boxes
 
     try:
         gt_boxes = flatten_boxes([_field(gt, "boxes", f"ground truth of image {index}")], image_size).boxes
@@ -387,7 +388,6 @@ def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], 
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    import numpy as np
 
     _check_pairs(preds, gts)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -489,7 +489,6 @@ def retention_per_object(keep_mask: Tensor, boxes: Sequence[Tensor], grid: Seque
     object are those whose centre lies inside the box, plus, when ``ensure_center``, the patch
     holding the centre of a box that contains no patch centre (``targets.object_patches``).
     """
-    from cass_deploy.cass.targets import check_geometry, object_patches
 
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     keep = torch.as_tensor(keep_mask)
@@ -531,7 +530,6 @@ def summarise_retention(retention: Tensor, boxes: Sequence[Tensor], image_size: 
 
     retention: [N] from :func:`retention_per_object` on the same ``boxes`` (B tensors [M_b, 4]).
     """
-    from cass_deploy.cass.targets import flatten_boxes
 
     H, W = _check_image_size(image_size)
     flat = flatten_boxes(list(boxes), (H, W)).boxes

@@ -10,15 +10,31 @@ result (and optionally a reference result, e.g. the dense model) into pass/fail 
 from __future__ import annotations
 
 import dataclasses
-import math
+import io
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import Tensor
 
-from cass_deploy.errors import ConfigError, GateFailed, InputError
-from cass_deploy.evaluation.metrics import FIELDS, SIZE_BINS, FieldConfig, SizeBins, field_of, map50, match_detections, prepare_image, recall_summary, retention_per_object, retention_summary, size_bin_of
+from cass_deploy.cass.targets import check_geometry
+from cass_deploy.errors import InputError
+from cass_deploy.evaluation.metrics import (
+    FIELDS,
+    SIZE_BINS,
+    FieldConfig,
+    SizeBins,
+    field_of,
+    map50,
+    match_detections,
+    prepare_image,
+    recall_summary,
+    retention_per_object,
+    retention_summary,
+    size_bin_of,
+)
 
 GROUPS = FIELDS + ("all",)
 
@@ -177,7 +193,6 @@ def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size:
     or ``len(class_names)``). ``grid = (Hp, Wp)`` is the patch grid of the keep mask; patch size
     for the size bins is ``(H / Hp, W / Wp)``.
     """
-    from cass_deploy.cass.targets import check_geometry
 
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     fields = fields or FieldConfig()
@@ -272,7 +287,6 @@ def format_comparison_table(result: ValidationResult, reference: ValidationResul
     and the difference; then mean retention and the share of objects keeping >= 50% of their
     patches for each model that prunes. mAP@0.5 and keep ratio go in the caption.
     """
-    from rich.table import Table
 
     models = [result] + ([reference] if reference is not None else [])
     table = Table(title=title or "recall and retention by field", show_lines=False)
@@ -315,18 +329,15 @@ def format_comparison_table(result: ValidationResult, reference: ValidationResul
 
 def render_table(table: Any, width: int = 120) -> str:
     """A rich renderable -> plain text (no colour codes), e.g. for logs and tests."""
-    import io
 
-    from rich.console import Console
 
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
     return buf.getvalue()
 
 
-__all__ = ["GROUPS", "FieldReport", "ValidationResult", "build_result", "evaluate", "Gates", "GateCheck",
-           "all_passed", "raise_if_failed", "check_compatible", "check_gates", "format_comparison_table",
-           "render_table"]
+__all__ = ["GROUPS", "FieldReport", "ValidationResult", "build_result", "evaluate", "counts",
+           "format_comparison_table", "render_table"]
 
 
 def counts(r: FieldReport) -> str:

@@ -7,13 +7,23 @@ model with the same weights by default) for the side-by-side comparison and the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from cass_deploy.data.classes import class_names
+from cass_deploy.data.collate import collate
+from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.evaluation.scoring import ValidationResult, evaluate
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.head import decode
+from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
+from cass_deploy.runtime.torch_runner import TorchRunner
 
 
 @dataclass
@@ -36,8 +46,6 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
     if not p.exists():
         raise InputError(f"model {p} does not exist")
     if p.suffix in (".pt", ".pth"):
-        from cass_deploy.model.checkpoint import load_checkpoint
-        from cass_deploy.runtime.torch_runner import TorchRunner
 
         ck = load_checkpoint(p)
         m = ck.model
@@ -45,7 +53,6 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
                         None, m.pruner_mode != "none", p, {"pruner_mode": m.pruner_mode,
                                                            "keep_ratio": m.cfg.pruner.keep_ratio,
                                                            "num_classes": m.cfg.num_classes})
-    from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 
     cands = resolve_candidates([str(p)], providers)
     c = cands[-1]
@@ -68,7 +75,6 @@ def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_flo
     """Detector outputs (``heatmap``, ``box`` and ``keep_mask`` tensors) -> what
     :func:`cass_deploy.validate.evaluate` takes: per-image ``boxes`` / ``scores`` / ``labels`` on
     the CPU, plus ``keep_mask`` [B, P] for a pruned model."""
-    from cass_deploy.model.head import decode
 
     dets = decode({"heatmap": out["heatmap"].float(), "box": out["box"].float()}, tuple(image_size),
                   score_thresh=score_floor)
@@ -82,7 +88,6 @@ def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
     import torch
 
-    from cass_deploy.model.interface import INPUT_NAME
 
     def predict(images):
         x = images.detach().cpu().numpy().astype(np.float32)
@@ -111,8 +116,6 @@ def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_si
     have it: a different size is an InputError unless ``resize`` (then images are resized and
     boxes scaled, and the caller has said so).
     """
-    from cass_deploy.data.collate import collate
-    from cass_deploy.data.factory import load_dataset
 
     synthetic = str(data) == "synthetic"
     ds = load_dataset(data, split=split, num_images=num_images,
@@ -131,8 +134,6 @@ def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_si
 def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, score_thr: float = 0.3,
                       num_classes: int | None = None):
     """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
-    from cass_deploy.data.classes import class_names
-    from cass_deploy.evaluation.scoring import evaluate
 
     num_classes = int(num_classes or d.meta.get("num_classes") or 3)
     if not d.grid:
@@ -146,9 +147,7 @@ def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, sco
 def saved_reference(path: str):
     """The reference result stored by an earlier ``validate --json`` run (its ``reference``
     section, else its ``result``): how a Jetson compares with the workstation's dense model."""
-    import json
 
-    from cass_deploy.evaluation.scoring import ValidationResult
 
     try:
         data = json.loads(Path(path).read_text())
@@ -173,8 +172,6 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
     (A saved ``.json`` result is handled by :func:`saved_reference`.)"""
     if spec == "none":
         return None
-    from cass_deploy.model.checkpoint import load_checkpoint
-    from cass_deploy.runtime.torch_runner import TorchRunner
 
     if spec in (None, "dense", "source"):
         if d.checkpoint is None or not d.checkpoint.is_file():

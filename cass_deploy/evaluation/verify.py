@@ -18,9 +18,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from rich.table import Table
 
+from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.pruner import band_boundaries
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
+from cass_deploy.runtime.torch_runner import TorchRunner
 
 # fp32: identical keep sets outside ties and score error <= 1e-4; fp16 / int8: mean keep-set IoU.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
@@ -178,7 +183,6 @@ def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
     """Band index per patch [P] for the band pruner (None for other modes)."""
     if pruner_mode != "band":
         return None
-    from cass_deploy.model.pruner import band_boundaries
 
     Hp, Wp = (int(v) for v in grid)
     bounds = band_boundaries(Hp, bands, band_rows)
@@ -192,9 +196,6 @@ def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
 def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, data: str = "synthetic",
                providers: Sequence[str] = ("cpu",), seed: int = 0, **threshold_overrides: float | None) -> tuple[VerifyReport, list[str]]:
     """Reference checkpoint vs each candidate on ``images`` images -> (report, notes)."""
-    from cass_deploy.model.checkpoint import load_checkpoint
-    from cass_deploy.data.factory import load_dataset
-    from cass_deploy.runtime.torch_runner import TorchRunner
 
     if images < 1:
         raise InputError(f"--images must be >= 1, got {images}")
@@ -246,7 +247,6 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
 
 def report_table(report: VerifyReport):
     """rich Table of a VerifyReport."""
-    from rich.table import Table
 
     t = Table(title=f"keep-mask fidelity vs {report.reference} ({report.images} images)")
     for col in ("candidate", "prec", "keep IoU mean / min (tie-aware)", "plain IoU", "mask agree",

@@ -9,12 +9,35 @@ directory beside ``out`` and renamed into place at the end, so a failed export l
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+import shutil
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from cass_deploy.errors import InputError
+import numpy as np
+
+from cass_deploy.backends import limits
+from cass_deploy.backends.limits import PRECISIONS
+from cass_deploy.backends.probe import require, trt_major_version
+from cass_deploy.data.factory import load_dataset
+from cass_deploy.errors import CassDeployError, InputError
+from cass_deploy.export import precision as prec
+from cass_deploy.export.onnx_export import export_part, io_specs, op_types
+from cass_deploy.export.profiles import load_profile
+from cass_deploy.export.tensorrt_build import (
+    BuildOptions,
+    build_engine,
+    inspect_onnx,
+    onnx_facts,
+    plan_build,
+    trtexec_for,
+)
+from cass_deploy.io_utils import atomic_dir, check_writable
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.runtime import manifest as mf
+from cass_deploy.runtime.trt_runner import device_name
 
 ONNX_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
@@ -51,7 +74,6 @@ class ExportRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from cass_deploy.backends.limits import PRECISIONS
 
         if self.parts not in ("predictor", "full"):
             raise InputError(f"--parts must be 'predictor' or 'full', got {self.parts!r}")
@@ -80,9 +102,7 @@ class ExportResult:
 
 def _calibration(req: ExportRequest, image_size, n: int) -> list:
     """Calibration batches shaped like the graph input: [batch, 3, H, W] (the opt batch when dynamic)."""
-    import numpy as np
 
-    from cass_deploy.data.factory import load_dataset
 
     step = req.dynamic_batch[1] if req.dynamic_batch else req.batch
     ds = load_dataset(req.calib_data, split="val", num_images=max(n, step), image_size=tuple(image_size), seed=1)
@@ -96,14 +116,6 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
     import onnx
 
-    from cass_deploy.backends.probe import trt_major_version
-    from cass_deploy.model.checkpoint import load_checkpoint
-    from cass_deploy.backends import limits
-    from cass_deploy.runtime import manifest as mf
-    from cass_deploy.export import precision as prec
-    from cass_deploy.export.onnx_export import export_part, io_specs, op_types
-    from cass_deploy.export.tensorrt_build import onnx_facts
-    from cass_deploy.io_utils import atomic_dir, check_writable
 
     out = check_writable(req.out, req.force)
     ckpt = load_checkpoint(req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio,
@@ -115,7 +127,6 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
                          "with --pruner global --keep-ratio 1.0")
     trt_major = trt_major_version() if req.engine else None
     if req.engine and trt_major is None:
-        from cass_deploy.backends.probe import require
 
         require("tensorrt", "building an engine (--engine)")
     target = req.target or (limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core)
@@ -177,11 +188,9 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         onnx.save(mf.embed_onnx_metadata(proto, mf.onnx_metadata(draft)), onnx_path)
         artefacts = {"onnx": onnx_path}
         if req.engine:
-            from cass_deploy.export.tensorrt_build import build_engine
 
             result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
             artefacts["engine"] = tmp / ENGINE_NAME
-            from cass_deploy.runtime.trt_runner import device_name
 
             extra["tensorrt"] = {**result.to_dict(), "device": device_name()}
             trtexec = result.trtexec or trtexec
@@ -195,8 +204,6 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
 
 
 def _build_options(req: ExportRequest, model):
-    from cass_deploy.export.tensorrt_build import BuildOptions
-    from cass_deploy.model.interface import INPUT_NAME
 
     H, W = model.image_size
     profiles = {}
@@ -210,8 +217,6 @@ def _build_options(req: ExportRequest, model):
 
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:
     """The equivalent trtexec line for building on the target (TensorRT 10 unless known)."""
-    from cass_deploy.errors import CassDeployError
-    from cass_deploy.export.tensorrt_build import plan_build, trtexec_for
 
     try:
         plan = plan_build(trt_major, opts, has_qdq=has_qdq, onnx_is_fp16=is_fp16)
@@ -225,7 +230,6 @@ def apply_profile(req_kwargs: dict[str, Any], profile_name: str | None) -> dict[
     """Fill unset request fields from an export profile (explicit flags win)."""
     if not profile_name:
         return req_kwargs
-    from cass_deploy.export.profiles import load_profile
 
     prof = load_profile(profile_name)
     defaults = {"image_size": tuple(prof.image_size), "batch": prof.batch,
@@ -257,13 +261,7 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     checkpoint needed: the Jetson workflow). Copies ``model.onnx``, adds ``model.engine`` and
     writes a manifest with the engine's hash and the TensorRT version and device it was built on.
     """
-    import shutil
 
-    from cass_deploy.backends.probe import require, trt_major_version
-    from cass_deploy.backends import limits
-    from cass_deploy.runtime import manifest as mf
-    from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx
-    from cass_deploy.io_utils import atomic_dir, check_writable
 
     src = Path(src)
     man = mf.read_manifest(src / mf.MANIFEST_NAME)
@@ -291,7 +289,6 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     H, W = man["image_size"]
     profiles = {}
     if dyn:
-        from cass_deploy.model.interface import INPUT_NAME
 
         profiles = {INPUT_NAME: ((dyn[0], 3, H, W), (dyn[1], 3, H, W), (dyn[2], 3, H, W))}
     opts = BuildOptions(precision=man["precision"], strongly_typed=strongly_typed, workspace_mib=workspace_mib,
@@ -299,7 +296,6 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     with atomic_dir(out, force=in_place or force) as tmp:
         shutil.copy2(onnx_src, tmp / ONNX_NAME)
         result = build_engine(tmp / ONNX_NAME, tmp / ENGINE_NAME, opts, force=True, log=log)
-        from cass_deploy.runtime.trt_runner import device_name
 
         extra = {**(man.get("extra") or {}), "tensorrt": {**result.to_dict(), "device": device_name()}}
         keep = {k: man.get(k) for k in ("inputs", "outputs", "precision", "grid", "k", "topk_sizes", "keep_ratio",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -169,8 +171,6 @@ def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
     Symmetric int8 activations and per-channel weights (what TensorRT expects from Q/DQ),
     Conv / MatMul / Gemm quantised; the predictor and pruner excluded by default.
     """
-    import tempfile
-    from pathlib import Path
 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

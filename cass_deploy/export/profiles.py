@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TENSORRT_MAX_TOPK
 from cass_deploy.config import check_choice, from_dict, load_mapping, to_dict
 from cass_deploy.errors import ConfigError, InputError, LimitError
-from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TENSORRT_MAX_TOPK
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 

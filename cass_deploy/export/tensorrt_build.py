@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cass_deploy.errors import ExportError, InputError, LimitError
-from cass_deploy.runtime.trt_engine import _import_trt, _make_logger
 from cass_deploy.backends.limits import PRECISIONS
+from cass_deploy.errors import ExportError, InputError, LimitError
+from cass_deploy.io_utils import atomic_path, check_writable
+from cass_deploy.runtime.manifest import load_onnx
+from cass_deploy.runtime.trt_engine import _import_trt, _make_logger
 
 Shape = tuple[int, ...]
 LogFn = Callable[[str], None]
@@ -217,7 +219,6 @@ class OnnxFacts:
 
 def inspect_onnx(path: str | Path) -> OnnxFacts:
     """Q/DQ presence, fp16 tensors, op types and input shapes of an ONNX file (no torch)."""
-    from cass_deploy.runtime.manifest import load_onnx
 
     return onnx_facts(load_onnx(path))
 
@@ -248,7 +249,6 @@ def onnx_facts(model: Any) -> OnnxFacts:
 def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
                 plan: BuildPlan) -> str:
     """The ``trtexec`` command equivalent to building ``plan`` (for the manifest)."""
-    from cass_deploy.export.tensorrt_build import trtexec_command
 
     return trtexec_command(
         onnx, engine, precision=options.precision,
@@ -301,7 +301,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     builder runs; a failed build raises :class:`ExportError` with TensorRT's errors and leaves
     no file behind.
     """
-    from cass_deploy.io_utils import atomic_path, check_writable
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     check_writable(engine_path, force)

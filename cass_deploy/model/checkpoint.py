@@ -7,6 +7,7 @@ A missing, truncated, corrupt or incompatible file is a :class:`CheckpointError`
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from cass_deploy import __version__
 from cass_deploy.config import CassConfig, from_dict, to_dict
 from cass_deploy.errors import CassDeployError, CheckpointError
 from cass_deploy.io_utils import atomic_path, sha256_file
+from cass_deploy.model.detector import ModelConfig, PrunedDetector
 
 FORMAT = "cass-deploy-checkpoint"
 FORMAT_VERSION = 1
@@ -102,9 +104,7 @@ def load_checkpoint(path: str | Path, *, pruner_mode: str | None = None, keep_ra
     Optionally swap the pruner, or change the input size: the position embedding is resampled
     (bicubic, as timm does for ViTs) to the new patch grid; every other weight is size-free.
     """
-    import dataclasses
 
-    from cass_deploy.model import ModelConfig, PrunedDetector
 
     path = Path(path)
     raw = read_checkpoint(path)

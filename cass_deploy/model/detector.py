@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from cass_deploy.config import from_dict
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.blocks import Block, PatchEmbed, sincos_pos_embed
 from cass_deploy.model.head import DenseHead, decode, detection_loss
@@ -96,7 +97,6 @@ class ModelConfig:
             raise ConfigError(f"model.detach_predictor_input must be true or false, "
                               f"got {self.detach_predictor_input!r}")
         if isinstance(self.pruner, Mapping):
-            from cass_deploy.config import from_dict
 
             self.pruner = from_dict(PrunerConfig, self.pruner, prefix="model.pruner.")
         if not isinstance(self.pruner, PrunerConfig):

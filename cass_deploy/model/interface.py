@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cass_deploy.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
@@ -28,7 +30,6 @@ HEAD_OUTPUTS = ("heatmap", "box")
 def output_names_for(part: str, pruner_mode: str) -> list[str]:
     """Output names of ``part`` (``"predictor"`` or ``"full"``) for a pruner mode."""
     if part not in PARTS:
-        from cass_deploy.errors import ConfigError
 
         raise ConfigError(f"part must be one of {list(PARTS)}, got {part!r}")
     names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and pruner_mode == "threshold")]

@@ -23,8 +23,8 @@ from typing import Literal, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from cass_deploy.errors import ConfigError, InputError, LimitError
 from cass_deploy.backends.limits import TENSORRT_MAX_TOPK
+from cass_deploy.errors import ConfigError, InputError, LimitError
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
 BAND_QUOTA_MODES = ("equal", "proportional")

@@ -9,6 +9,7 @@ the power mode and clocks are recorded and power, GPU load and RAM are sampled d
 
 from __future__ import annotations
 
+import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,9 +17,24 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from rich.table import Table
 
+from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
 from cass_deploy.errors import InputError
-from cass_deploy.profiling.timing import LatencyStats, peak_memory, time_callable
+from cass_deploy.export.onnx_export import export_part
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.profiling.power import make_sampler
+from cass_deploy.profiling.timing import (
+    CudaEventTimer,
+    LatencyStats,
+    peak_memory,
+    reset_cuda_peak_memory,
+    time_callable,
+)
+from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
+from cass_deploy.runtime.ort_runner import OrtRunner
+from cass_deploy.runtime.torch_runner import resolve_device
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -49,8 +65,6 @@ class Measurement:
 def _sampler(enabled: bool):
     if not enabled:
         return None
-    from cass_deploy.profiling.power import make_sampler
-    from cass_deploy.backends.jetson import read_board_info
 
     return make_sampler() if read_board_info().is_jetson else None
 
@@ -75,7 +89,6 @@ def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, dev
     """Time ``model.full_module()`` (or the predictor part) in torch eager mode."""
     import torch
 
-    from cass_deploy.profiling.timing import CudaEventTimer, reset_cuda_peak_memory
 
     H, W = model.image_size
     module = (model.full_module() if part == "full" else model.predictor_module()).to(device).eval()
@@ -110,7 +123,6 @@ def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, dev
 def profile_runner(runner, label: str, *, batch: int, warmup: int, iters: int, pruner_mode: str,
                    keep_ratio: float | None, image_size: Sequence[int]) -> Measurement:
     """Time an activated Runner (ONNX Runtime or TensorRT) on one random batch."""
-    from cass_deploy.model.interface import INPUT_NAME
 
     H, W = image_size
     feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
@@ -151,12 +163,10 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
                        pruner_mode: str | None = None, threads: int | None = None, part: str = "full",
                        log: Callable[[str], None] = print) -> list[Measurement]:
     """Dense vs pruned (and a keep-ratio sweep) of one checkpoint on ``backend``; same weights."""
-    from cass_deploy.model.checkpoint import load_checkpoint
 
     if backend not in ("torch", "onnxruntime"):
         raise InputError(f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
                          f"TensorRT and profile it), got {backend!r}")
-    from cass_deploy.runtime.torch_runner import resolve_device
 
     device = resolve_device(device)
     model = load_checkpoint(ckpt_path).model
@@ -178,8 +188,6 @@ def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, devi
     """Export ``model``'s part to a temporary ONNX and time it in ONNX Runtime."""
     import onnx
 
-    from cass_deploy.export.onnx_export import export_part
-    from cass_deploy.runtime.ort_runner import OrtRunner
 
     proto = export_part(model, part, batch=batch, simplify=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +203,6 @@ def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, devi
 def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, iters: int = 50,
                      providers: Sequence[str] = ("cpu",), threads: int | None = None) -> Measurement:
     """Time an exported ONNX / engine (or an export directory) as it is."""
-    from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 
     cands = resolve_candidates([path], providers)
     c = cands[-1] if len(cands) > 1 else cands[0]  # an export dir with an engine: profile the engine
@@ -206,7 +213,6 @@ def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, i
         raise InputError(f"{c.path} was exported for batch {fixed}; --batch {batch} needs a dynamic-batch export")
     size = batch or fixed or b.get("opt") or 1
     if c.kind == "onnx":
-        from cass_deploy.runtime.ort_runner import OrtRunner
 
         runner = OrtRunner(c.path, providers=providers, intra_op_threads=threads)
     else:
@@ -219,9 +225,7 @@ def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, i
 
 def environment(device: str) -> dict[str, Any]:
     """What the numbers depend on: backend versions, device, Jetson power mode and clocks."""
-    import platform
 
-    from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
 
     info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or None,
                             "device": device}
@@ -253,7 +257,6 @@ def profile_record(model: str, env: dict[str, Any], results: Sequence[Measuremen
 
 def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
     """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first row."""
-    from rich.table import Table
 
     t = Table(title=title)
     for col in ("config", "backend", "batch", "mean", "p50", "p90", "p95", "p99", "max", "fps", "vs first",

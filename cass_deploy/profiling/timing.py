@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
+
 from cass_deploy.errors import BackendUnavailable, InputError
 
 PERCENTILE_METHOD = "linear"
@@ -47,7 +49,6 @@ class LatencyStats:
 
         Raises InputError for an empty series, a non-finite or negative sample, or ``batch < 1``.
         """
-        import numpy as np
 
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise InputError(f"batch must be an integer >= 1, got {batch!r}")

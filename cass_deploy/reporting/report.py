@@ -14,7 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cass_deploy.errors import InputError
+from cass_deploy.io_utils import atomic_path, check_writable, write_json
 
 FIELDS = ("far", "mid", "near")
 
@@ -88,7 +91,6 @@ def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     width = 0.8 / max(1, len(results))
@@ -205,7 +207,6 @@ def _section_diagnose(items, root: Path) -> str:
 
 def build_report(run_dir: str | Path, out_html: str | Path | None = None, force: bool = False) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` into ``run_dir`` (or beside ``out_html``)."""
-    from cass_deploy.io_utils import atomic_path, check_writable, write_json
 
     root = Path(run_dir)
     out_html = Path(out_html) if out_html else root / "report.html"

@@ -12,12 +12,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cass_deploy.backends.probe import is_available
 from cass_deploy.errors import InputError
+from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.runtime.manifest import MANIFEST_NAME, read_manifest, read_onnx_metadata
+from cass_deploy.runtime.ort_runner import OrtRunner
+from cass_deploy.runtime.trt_runner import TrtRunner
 
 
 def run_batches(runner, images: np.ndarray, batch: int | None) -> dict[str, np.ndarray]:
     """Feed ``images`` [N, 3, H, W] through ``runner`` in batches; concatenate the outputs."""
-    from cass_deploy.model.interface import INPUT_NAME
 
     outs: dict[str, list[np.ndarray]] = {}
     step = batch or len(images)
@@ -42,10 +46,7 @@ class Candidate:
 def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
                        ) -> list[Candidate]:
     """Export dirs, ``.onnx`` files and ``.engine``/``.plan`` files -> candidates with their metadata."""
-    from pathlib import Path
 
-    from cass_deploy.backends.probe import is_available
-    from cass_deploy.runtime.manifest import MANIFEST_NAME, read_manifest, read_onnx_metadata
 
     out: list[Candidate] = []
     notes = notes if notes is not None else []
@@ -85,9 +86,7 @@ def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",)
 
 def make_runner(c: Candidate, providers: Sequence[str] = ("cpu",)):
     if c.kind == "onnx":
-        from cass_deploy.runtime.ort_runner import OrtRunner
 
         return OrtRunner(c.path, providers=providers)
-    from cass_deploy.runtime.trt_runner import TrtRunner
 
     return TrtRunner(c.path)

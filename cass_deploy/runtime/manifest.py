@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from cass_deploy import __version__
-from cass_deploy.errors import InputError
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES
+from cass_deploy.backends.probe import package_version, trt_version
+from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.io_utils import atomic_path, sha256_file, write_json
 
 SCHEMA_VERSION = 1
@@ -41,7 +43,6 @@ _VERSION_DISTS: dict[str, tuple[str, ...]] = {
 
 def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Versions of the tool, Python and every installed backend (via package metadata only)."""
-    from cass_deploy.backends.probe import package_version
 
     versions = {"cass_deploy": __version__, "python": platform.python_version()}
     for label, dists in _VERSION_DISTS.items():
@@ -49,8 +50,6 @@ def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str,
         if version is not None:
             versions[label] = version
     if "tensorrt" not in versions:   # JetPack's apt-installed TensorRT may carry no metadata
-        from cass_deploy.backends.probe import trt_version
-        from cass_deploy.errors import BackendUnavailable
 
         try:
             found = trt_version()
@@ -66,7 +65,6 @@ def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str,
 
 def _tensor_entry(spec: Any) -> dict[str, Any]:
     """A TensorSpec, ``(name, shape, dtype)`` tuple or dict -> ``{"name", "shape", "dtype"}``."""
-    import numpy as np
 
     if hasattr(spec, "to_dict"):
         return spec.to_dict()
@@ -328,7 +326,6 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
 
 def read_onnx_metadata(model: Any) -> dict[str, Any]:
     """``metadata_props`` of an ONNX model or file as a dict, JSON values decoded."""
-    import onnx
 
     if isinstance(model, (str, Path)):
         model = load_onnx(model)

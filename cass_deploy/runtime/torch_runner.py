@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cass_deploy.errors import InputError
+from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime.base import Runner, TensorSpec
 
@@ -15,7 +15,6 @@ def resolve_device(device: str) -> str:
     """Check a torch device string (``cpu``, ``cuda``, ``cuda:1``) is valid and present here."""
     import torch
 
-    from cass_deploy.errors import BackendUnavailable
 
     try:
         dev = torch.device(device)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import InputError
 
 LogFn = Callable[[str], None]
@@ -17,7 +18,6 @@ LogFn = Callable[[str], None]
 
 # -- TensorRT --------------------------------------------------------------------------------
 def _import_trt() -> Any:
-    from cass_deploy.backends.probe import import_backend
 
     return import_backend("tensorrt", "building or loading a TensorRT engine")
 

@@ -20,6 +20,7 @@ import numpy as np
 from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec
+from cass_deploy.runtime.trt_engine import load_engine
 
 
 def device_name(index: int = 0) -> str:
@@ -91,7 +92,6 @@ class TrtRunner(Runner):
 
     # -- lifecycle -----------------------------------------------------------------------
     def _activate(self) -> None:
-        from cass_deploy.runtime.trt_engine import load_engine
 
         self._trt = trt = import_backend("tensorrt", "the TensorRT runner")
         import_backend("pycuda", "the TensorRT runner")

@@ -19,6 +19,7 @@ plan 1 as written).
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cass_deploy.errors import InputError
+from cass_deploy.io_utils import write_json
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
 
 FIELDS = ("far", "mid", "near")
 
@@ -75,8 +79,6 @@ def train_and_evaluate(base: list[str], config: str | None, variant: str, overri
                        out: Path, keep_ratios: Sequence[float], val_images: int,
                        log: Callable[[str], None]) -> list[RunResult]:
     """Train one variant and evaluate it at each keep ratio (or dense once)."""
-    from cass_deploy.model.checkpoint import load_checkpoint
-    from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
 
     cfg = load_train_config(config, base + overrides + [f"seed={seed}", f"data.val_images={val_images}"])
     run_dir = out / f"{_slug(variant)}-s{seed}"
@@ -223,7 +225,6 @@ def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], o
     ``resume``: keep the runs already in ``out/runs.json`` (same variant and seed) and train
     only the missing ones, so an interrupted ablation continues where it stopped.
     """
-    from cass_deploy.io_utils import write_json
 
     names = list(variants) if variants else list(LOSS_VARIANTS)
     unknown = [n for n in names if n not in LOSS_VARIANTS]
@@ -232,7 +233,6 @@ def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], o
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
     if resume and (out / "runs.json").is_file():
-        import json
 
         rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
         log(f"resuming: {len({(r.variant, r.seed) for r in rows})} runs already in {out / 'runs.json'}")

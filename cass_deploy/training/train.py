@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cass_deploy.cass.losses import CassLoss, total_loss
+from cass_deploy.cass.targets import soft_target_mask
 from cass_deploy.config import CassConfig, apply_overrides, from_dict, load_mapping, to_dict
+from cass_deploy.data.classes import class_names
+from cass_deploy.data.collate import collate
+from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CheckpointError, ConfigError, InputError, TrainingError
 from cass_deploy.evaluation.metrics import FieldConfig
-from cass_deploy.model import ModelConfig, PrunedDetector
+from cass_deploy.evaluation.scoring import evaluate
+from cass_deploy.evaluation.validate import as_predictions
+from cass_deploy.io_utils import write_json
+from cass_deploy.model.checkpoint import read_checkpoint, save_checkpoint
+from cass_deploy.model.pruner import band_positive_share
+from cass_deploy.model.detector import ModelConfig, PrunedDetector
 
 
 @dataclass
@@ -83,7 +94,6 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] =
 
 def build_datasets(cfg: TrainConfig):
     """(train, val) datasets for ``cfg.data`` at the model's input size."""
-    from cass_deploy.data.factory import load_dataset
 
     d = cfg.data
     size = tuple(cfg.model.image_size)
@@ -95,7 +105,6 @@ def build_datasets(cfg: TrainConfig):
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
     from torch.utils.data import DataLoader
 
-    from cass_deploy.data.collate import collate
 
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
@@ -108,9 +117,6 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=N
 def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3,
                    name: str = "model"):
     """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
-    from cass_deploy.data.classes import class_names
-    from cass_deploy.evaluation.scoring import evaluate
-    from cass_deploy.evaluation.validate import as_predictions
 
     was_training = model.training
     model.eval()
@@ -155,11 +161,6 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None, force: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
     """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
-    from cass_deploy.model.checkpoint import read_checkpoint, save_checkpoint
-    from cass_deploy.io_utils import write_json
-    from cass_deploy.cass.losses import CassLoss, total_loss
-    from cass_deploy.model import band_positive_share
-    from cass_deploy.cass.targets import soft_target_mask
 
     rank, world, local_rank = _dist_info()
     out_dir = Path(out_dir)
@@ -327,7 +328,6 @@ class _NullProgress:
 def _progress(enabled: bool):
     if not enabled:
         return _NullProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     transient=True)
