@@ -111,8 +111,6 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except Exception as exc:  # parser errors carry line numbers in their message
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None

@@ -19,9 +19,10 @@ import types
 from typing import Any
 
 import numpy as np
-from runner_fixtures import expected_topk
 
 from cass_deploy.backends import probe as backends
+
+from runner_fixtures import expected_topk
 
 PLAN_MAGIC = b"FAKEPLAN"
 

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_OVERRIDES
 
 from cass_deploy.backends.probe import is_available
 from cass_deploy.cli import main
@@ -15,6 +14,8 @@ from cass_deploy.errors import InputError
 from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.pipeline import ExportRequest, engine_from_export, run_export
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+
+from conftest import TINY_OVERRIDES
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from cass_deploy.config import from_dict, to_dict
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
-from cass_deploy.model.pruner import PrunerConfig
 from cass_deploy.model.interface import PrunableModel
+from cass_deploy.model.pruner import PrunerConfig
 
 MODES = ("global", "band", "threshold", "none")
 

@@ -9,7 +9,6 @@ import torch
 
 from cass_deploy.errors import InputError
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
-from cass_deploy.model.pruner import PrunerConfig
 from cass_deploy.model.head import (
     MIN_TARGET_DISTANCE,
     decode,
@@ -18,6 +17,7 @@ from cass_deploy.model.head import (
     gaussian_radius,
     ltrb_giou,
 )
+from cass_deploy.model.pruner import PrunerConfig
 
 IMAGE = (64, 96)
 OUT = (8, 12)   # stride 8

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
-from cass_deploy.model.pruner import PrunerConfig
 from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.model.pruner import PrunerConfig
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model
 
 from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, ConfigError, InputError
@@ -19,6 +18,8 @@ from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec, validat
 from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.ort_runner import OrtRunner
 from cass_deploy.runtime.trt_runner import TrtRunner, device_name
+
+from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model
 
 REPO = Path(__file__).resolve().parents[1]
 

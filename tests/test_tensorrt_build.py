@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runner_fixtures import P, fp16_model, qdq_model, topk_model
 
 from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, ExportError, InputError, LimitError
 from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx, plan_build, trtexec_for
 from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.trt_engine import engine_mismatch_message, load_engine
+
+from runner_fixtures import P, fp16_model, qdq_model, topk_model
 
 DYN = {"scores": ((1, P), (2, P), (4, P)), "feats": ((1, P), (2, P), (4, P))}
 FIXED = {"scores": ((2, P), (2, P), (2, P))}
@@ -281,9 +282,10 @@ def test_build_engine_network_flags_by_version(tmp_path, monkeypatch):
 
 
 def test_build_engine_reports_parser_and_builder_errors(tmp_path, monkeypatch):
-    import fake_tensorrt
     import onnx
     from onnx import helper
+
+    import fake_tensorrt
     from runner_fixtures import topk_graph_model
 
 

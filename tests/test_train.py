@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
 
 from cass_deploy.cass.losses import CassLoss, total_loss
 from cass_deploy.cli import main
@@ -19,6 +18,8 @@ from cass_deploy.errors import CheckpointError, ConfigError, InputError
 from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
 from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.training.train import load_train_config, train
+
+from conftest import TINY_OVERRIDES
 
 
 def test_two_steps_lower_the_loss():

@@ -2,13 +2,12 @@
 
 ``collect()`` never raises because an optional package is missing or broken: each probe turns
 its failure into ``None`` or a ``usable: False`` with the reason. torch, onnxruntime, tensorrt
-and pycuda are imported inside the probes only when installed.
+and pycuda are lazy modules, imported by the probes only when installed.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata as metadata
 import importlib.util
 import platform
 import sys
@@ -17,51 +16,33 @@ from typing import Any
 
 from cass_deploy import __version__
 from cass_deploy.backends.jetson import nvpmodel_mode, read_board_info, run_tool
+from cass_deploy.backends.probe import VERSIONS, installed_version, lazy_import
 
-# distribution name(s) to report -> first installed one wins
-PACKAGES: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "onnxscript": ("onnxscript",),
-    "onnxslim": ("onnxslim",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
-    "pycuda": ("pycuda",),
-    "jetson-stats": ("jetson-stats",),
-}
-# module to import as a last resort when no distribution metadata exists
-# (JetPack installs the TensorRT Python bindings with apt, not pip)
-_MODULE_FALLBACK = {"tensorrt": "tensorrt", "pycuda": "pycuda"}
+torch = lazy_import("torch")
+ort = lazy_import("onnxruntime")
+trt = lazy_import("tensorrt")
+cuda = lazy_import("pycuda.driver")
+
+#: what ``cass-deploy env`` reports: every label of the one version table
+PACKAGES = tuple(VERSIONS)
 
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda",
             "onnxruntime-tensorrt", "tensorrt")
 
 
 def package_version(key: str) -> str | None:
-    """Installed version of ``key`` (a PACKAGES key) or None."""
-    for dist in PACKAGES.get(key, (key,)):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    module = _MODULE_FALLBACK.get(key)
-    if module and importlib.util.find_spec(module) is not None:
-        try:
-            return str(getattr(importlib.import_module(module), "__version__", "unknown"))
-        except Exception:
-            return None
-    return None
+    """Installed version of ``key`` (a label of :data:`cass_deploy.backends.probe.VERSIONS`) or None."""
+    return installed_version(key)
 
 
 def _torch_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("torch") is None:
         return None
     try:
-        import torch
-    except Exception as exc:
+        info: dict[str, Any] = {"version": torch.__version__, "cuda_build": torch.version.cuda,
+                                "cuda_available": False, "gpus": []}
+    except Exception as exc:  # noqa: BLE001 - a broken install is reported, never raised
         return {"error": f"import failed: {exc}"}
-    info: dict[str, Any] = {"version": torch.__version__, "cuda_build": torch.version.cuda,
-                            "cuda_available": False, "gpus": []}
     try:
         info["cuda_available"] = bool(torch.cuda.is_available())
         if info["cuda_available"]:
@@ -76,8 +57,6 @@ def _onnxruntime_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     try:
-        import onnxruntime as ort
-
         return {"version": ort.__version__, "providers": list(ort.get_available_providers()),
                 "device": ort.get_device()}
     except Exception as exc:
@@ -88,8 +67,6 @@ def _tensorrt_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("tensorrt") is None:
         return None
     try:
-        import tensorrt as trt
-
         return {"version": trt.__version__}
     except Exception as exc:
         return {"error": f"import failed: {exc}"}
@@ -99,8 +76,6 @@ def _pycuda_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("pycuda") is None:
         return None
     try:
-        import pycuda.driver as cuda
-
         cuda.init()
         count = cuda.Device.count()
         return {"devices": [cuda.Device(i).name() for i in range(count)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
 from rich.console import Console
 
 from cass_deploy.cass.targets import grid_for
@@ -63,8 +64,6 @@ def _configs(text: str, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
 
     check_writable(args.out, args.force)
     if args.num_images < 1:

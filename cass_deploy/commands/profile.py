@@ -7,9 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 from cass_deploy.profiling import latency as pf
+
+torch = lazy_import('torch')
 
 HELP = "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power"
 
@@ -49,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
-        import torch
 
         torch.set_num_threads(args.threads)
     try:

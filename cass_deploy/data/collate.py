@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
+
+torch = lazy_import('torch')
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -14,7 +17,6 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "labels": list of int64 [M_b], "image_ids": int64 [B]}``. Images of different sizes are an
     InputError naming both image ids (resize with the dataset's ``image_size``).
     """
-    import torch
 
     if not samples:
         raise InputError("collate needs at least one sample")

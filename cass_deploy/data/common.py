@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
+
+torch = lazy_import('torch')
 
 try:  # the numpy paths (get_numpy, generate_scene) work without torch
     from torch.utils.data import Dataset as DatasetBase
@@ -27,7 +31,6 @@ def to_item(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, image_id: 
     image uint8 [H, W, 3] -> ``"image"`` float32 [3, H, W] in [0, 1]; ``"boxes"`` float32 [M, 4];
     ``"labels"`` int64 [M]; ``"image_id"`` int.
     """
-    import torch
 
     return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
@@ -78,7 +81,6 @@ def check_box_bounds(box: Sequence[float], height: int, width: int, where: str) 
 
 def image_header_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file from its header; InputError naming the file when unreadable."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -95,7 +97,6 @@ def load_rgb(path: Path, boxes: np.ndarray, expected: tuple[int, int] | None,
     """Read ``path`` as RGB uint8 [H, W, 3]; resize to ``image_size`` (scaling ``boxes`` [M, 4] xyxy)
     when given and different. ``expected`` (H, W): the size the labels were written for — a file of
     another size is an InputError naming it."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

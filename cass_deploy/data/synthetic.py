@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from cass_deploy.data.classes import ALL_CLASSES, CLASSES, class_names
 from cass_deploy.data.common import DatasetBase, check_index, to_item
@@ -338,7 +339,6 @@ def write_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0,
     image ids ``0..N-1``; category ids are ``label + 1``. Written into a temp directory that
     replaces ``out_dir`` only when complete; an existing ``out_dir`` needs ``force=True``.
     """
-    from PIL import Image
 
 
     ds = SyntheticRoadside(num_images, split=split, seed=seed, image_size=image_size, cfg=cfg)

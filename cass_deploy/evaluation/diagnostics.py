@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from rich.table import Table
 from torch import Tensor
 
@@ -153,12 +155,6 @@ def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes
 
     maps: each [P] for one image; keep: [P] bool; boxes: [M, 4]; image: [3, H, W] in [0, 1].
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
     Hp, Wp = grid
     H, W = image_size
     panels = [("target", maps["target"], "viridis"), ("probability", maps["prob"], "viridis"),
@@ -168,7 +164,8 @@ def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes
         panels.insert(0, ("image", None, None))
     cols = 3
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows * H / W + 0.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 4.2 * rows * H / W + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, data, cmap) in zip(axes.flat, panels):
         if data is None:
             ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, W, H, 0))
@@ -186,7 +183,6 @@ def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

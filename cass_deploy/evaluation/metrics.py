@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from cass_deploy.cass.targets import check_geometry, flatten_boxes, object_patches
@@ -386,8 +388,6 @@ def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], 
     Returns ``{"map50": float, "per_class": {name: float | None}, "n_gt": {name: int}}``: mAP is
     the mean over classes that have GT; a class without GT reports None. No GT at all -> InputError.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     _check_pairs(preds, gts)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

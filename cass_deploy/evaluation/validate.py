@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from cass_deploy.data.classes import class_names
 from cass_deploy.data.collate import collate
@@ -86,7 +87,6 @@ def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_flo
 
 def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
-    import torch
 
 
     def predict(images):

@@ -15,8 +15,14 @@ import logging
 import warnings
 from typing import Sequence
 
+import onnx
+import torch
+
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError
 from cass_deploy.model.interface import INPUT_NAME, PrunableModel
+
+onnxslim = lazy_import('onnxslim')
 
 DEFAULT_OPSET = 17
 
@@ -28,8 +34,6 @@ def export_part(model: PrunableModel, part: str, *, batch: int = 1,
 
     dynamic_batch: ``(min, opt, max)`` makes dim 0 of the input and outputs symbolic.
     """
-    import onnx
-    import torch
 
     if not isinstance(model, PrunableModel):
         raise InputError(f"{type(model).__name__} does not implement the PrunableModel interface "
@@ -72,8 +76,6 @@ def export_part(model: PrunableModel, part: str, *, batch: int = 1,
 
 def simplify_model(proto):
     """Constant folding and graph clean-up with onnxslim; the model must still pass the checker."""
-    import onnx
-    import onnxslim
 
     with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         slim = onnxslim.slim(proto)
@@ -104,7 +106,6 @@ def _quiet_loggers():
 
 def io_specs(proto) -> tuple[list[dict], list[dict]]:
     """Input and output name / shape / dtype of an ONNX model (symbolic dims as strings)."""
-    import onnx
 
     def entry(v):
         t = v.type.tensor_type

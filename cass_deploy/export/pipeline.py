@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from cass_deploy.backends import limits
 from cass_deploy.backends.limits import PRECISIONS
@@ -114,7 +115,6 @@ def _calibration(req: ExportRequest, image_size, n: int) -> list:
 
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
-    import onnx
 
 
     out = check_writable(req.out, req.force)

@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError
+
+ort_quant = lazy_import('onnxruntime.quantization', 'onnxruntime')
+
+float16 = lazy_import('onnxruntime.transformers.float16', 'onnxruntime')
 
 KEEP_OUTPUTS = ("keep_idx", "keep_mask")
 
@@ -59,7 +66,6 @@ def predictor_initializers(proto, params: Iterable[np.ndarray]) -> set[str]:
     The exporter folds and renames weights (a dynamic batch loses every parameter name), so
     the predictor's weights are found by value.
     """
-    from onnx import numpy_helper
 
     # constant tensors (fresh LayerNorm weights, zero biases) would match other layers too
     want = [w for w in (np.asarray(p, dtype=np.float32) for p in params) if w.size > 1 and np.ptp(w) > 0]
@@ -136,8 +142,6 @@ def to_fp16(proto, *, keep_predictor_fp32: bool = True, predictor_params: Iterab
     Uses ONNX Runtime's maintained float16 converter (``onnxruntime.transformers.float16``);
     ``proto`` itself is left unchanged.
     """
-    import onnx
-    from onnxruntime.transformers import float16
 
     block = sorted(predictor_region(proto, predictor_params)) if keep_predictor_fp32 else []
     try:
@@ -172,13 +176,11 @@ def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
     Conv / MatMul / Gemm quantised; the predictor and pruner excluded by default.
     """
 
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calibration:
         raise InputError("int8 export needs calibration images (--calib-images >= 1)")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {"minmax": ort_quant.CalibrationMethod.MinMax, "entropy": ort_quant.CalibrationMethod.Entropy,
+               "percentile": ort_quant.CalibrationMethod.Percentile}
     if method not in methods:
         raise InputError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
     exclude = sorted(predictor_region(proto, predictor_params)) if keep_predictor_fp32 else []
@@ -187,8 +189,8 @@ def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
         onnx.save(proto, src)
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet():
-                quantize_static(str(src), str(dst), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                ort_quant.quantize_static(str(src), str(dst), _Reader(input_name, calibration), quant_format=ort_quant.QuantFormat.QDQ,
+                                per_channel=True, activation_type=ort_quant.QuantType.QInt8, weight_type=ort_quant.QuantType.QInt8,
                                 op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=exclude,
                                 calibrate_method=methods[method],
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})

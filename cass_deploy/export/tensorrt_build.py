@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import onnx
+
 from cass_deploy.backends.limits import PRECISIONS
 from cass_deploy.errors import ExportError, InputError, LimitError
 from cass_deploy.io_utils import atomic_path, check_writable
@@ -225,7 +227,6 @@ def inspect_onnx(path: str | Path) -> OnnxFacts:
 
 def onnx_facts(model: Any) -> OnnxFacts:
     """:class:`OnnxFacts` of an in-memory ``onnx.ModelProto``."""
-    import onnx
 
     fp16 = onnx.TensorProto.FLOAT16
     graph = model.graph

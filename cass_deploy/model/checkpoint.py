@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from cass_deploy import __version__
 from cass_deploy.config import CassConfig, from_dict, to_dict
 from cass_deploy.errors import CassDeployError, CheckpointError
@@ -40,8 +43,6 @@ class Checkpoint:
 
 
 def versions() -> dict[str, str]:
-    import torch
-
     return {"cass_deploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
@@ -50,7 +51,6 @@ def save_checkpoint(path: str | Path, model, cass_cfg: CassConfig, *, epoch: int
                     optimizer_state: dict | None = None, scheduler_state: dict | None = None,
                     force: bool = True) -> Path:
     """Write ``model`` (a PrunedDetector, DDP-unwrapped) and its configs to ``path`` atomically."""
-    import torch
 
     model = getattr(model, "module", model)
     payload = {
@@ -75,7 +75,6 @@ def save_checkpoint(path: str | Path, model, cass_cfg: CassConfig, *, epoch: int
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load the raw checkpoint dict with ``weights_only=True`` and check its format."""
-    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -138,7 +137,6 @@ def load_checkpoint(path: str | Path, *, pruner_mode: str | None = None, keep_ra
 
 def resample_pos_embed(pos, old_grid: tuple[int, int], new_grid: tuple[int, int]):
     """[1, Ho*Wo, D] position embedding -> [1, Hn*Wn, D] by bicubic interpolation on the grid."""
-    import torch.nn.functional as F
 
     (ho, wo), (hn, wn) = old_grid, new_grid
     d = pos.shape[-1]

@@ -20,9 +20,8 @@ import numpy as np
 from rich.table import Table
 
 from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
-from cass_deploy.export.onnx_export import export_part
-from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.profiling.power import make_sampler
 from cass_deploy.profiling.timing import (
@@ -34,7 +33,15 @@ from cass_deploy.profiling.timing import (
 )
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 from cass_deploy.runtime.ort_runner import OrtRunner
-from cass_deploy.runtime.torch_runner import resolve_device
+
+# Profiling an exported model must not need torch (a Jetson with only TensorRT): the torch side
+# (checkpoints, eager timing, export on the fly) is imported when first used.
+torch = lazy_import("torch")
+onnx = lazy_import("onnx")
+onnx_export = lazy_import("cass_deploy.export.onnx_export")
+checkpoint = lazy_import("cass_deploy.model.checkpoint")
+torch_runner = lazy_import("cass_deploy.runtime.torch_runner")
+mpl_figure = lazy_import("matplotlib.figure")
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -87,8 +94,6 @@ def _timed(fn: Callable[[], Any], warmup: int, iters: int, batch: int, sync=None
 def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, device: str = "cpu",
                   part: str = "full") -> Measurement:
     """Time ``model.full_module()`` (or the predictor part) in torch eager mode."""
-    import torch
-
 
     H, W = model.image_size
     module = (model.full_module() if part == "full" else model.predictor_module()).to(device).eval()
@@ -168,8 +173,8 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
         raise InputError(f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
                          f"TensorRT and profile it), got {backend!r}")
 
-    device = resolve_device(device)
-    model = load_checkpoint(ckpt_path).model
+    device = torch_runner.resolve_device(device)
+    model = checkpoint.load_checkpoint(ckpt_path).model
     ratios = list(keep_ratios) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
     if not ratios and not dense:
         raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
@@ -186,10 +191,8 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
 def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, device: str = "cpu",
                     threads: int | None = None, part: str = "full") -> Measurement:
     """Export ``model``'s part to a temporary ONNX and time it in ONNX Runtime."""
-    import onnx
 
-
-    proto = export_part(model, part, batch=batch, simplify=True)
+    proto = onnx_export.export_part(model, part, batch=batch, simplify=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(proto, path)
@@ -230,8 +233,6 @@ def environment(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or None,
                             "device": device}
     try:
-        import torch
-
         info["torch"] = str(torch.__version__)
         info["threads"] = torch.get_num_threads()
         if device.startswith("cuda") and torch.cuda.is_available():
@@ -277,13 +278,9 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     pts = [(r.keep_ratio, r.latency.p50) for r in results if r.keep_ratio is not None]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts.sort()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig = mpl_figure.Figure(figsize=(5, 3.4))
+    ax = fig.subplots()
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="pruned (p50)")
     for r in results:
         if r.keep_ratio is None:
@@ -295,5 +292,4 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

@@ -31,7 +31,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
+
+jtop_module = lazy_import("jtop")
 
 # --------------------------------------------------------------------------- tegrastats parsing
 
@@ -357,9 +360,7 @@ def jtop_service_ok() -> bool:
     if not jtop_available():
         return False
     try:
-        from jtop import jtop
-
-        client = jtop()
+        client = jtop_module.jtop()
         client.start()  # raises JtopException when the service is down or not permitted
         client.close()
         return True
@@ -424,10 +425,9 @@ class JtopSampler(_SamplerBase):
 
     def start(self) -> None:
         try:
-            from jtop import jtop
+            client = jtop_module.jtop(interval=self.interval_ms / 1000.0)
         except ImportError:
             raise BackendUnavailable("jetson-stats is not installed; pip install cass-deploy[jetson]") from None
-        client = jtop(interval=self.interval_ms / 1000.0)
         try:
             client.start()
         except Exception as exc:

@@ -22,7 +22,15 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+torch = lazy_import("torch")
 
 PERCENTILE_METHOD = "linear"
 
@@ -112,10 +120,10 @@ class CudaEventTimer:
 
     def __init__(self, device: Any = None, stream: Any = None) -> None:
         try:
-            import torch
+            available = torch.cuda.is_available()
         except ImportError:
             raise BackendUnavailable("CudaEventTimer needs torch with CUDA; torch is not installed") from None
-        if not torch.cuda.is_available():
+        if not available:
             raise BackendUnavailable(
                 f"CudaEventTimer needs a CUDA device; torch {torch.__version__} sees none "
                 f"(CUDA build: {torch.version.cuda or 'no, CPU-only build'})")
@@ -183,9 +191,7 @@ def cpu_peak_rss_mib() -> float | None:
     ``ru_maxrss`` is in KiB on Linux and in bytes on macOS; it cannot be reset, so it is the
     lifetime peak, not the peak of one benchmark.
     """
-    try:
-        import resource
-    except ImportError:  # Windows
+    if resource is None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform == "darwin":

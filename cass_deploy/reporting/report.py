@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_path, check_writable, write_json
@@ -65,9 +66,6 @@ def _img(path: Path) -> str:
 def _fig_img(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
@@ -87,12 +85,8 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    fig = Figure(figsize=(5.2, 3.2))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(results))
     for n, (label, res) in enumerate(results):
         vals = [((res.get("by_field") or {}).get(f) or {}).get(key) for f in FIELDS]

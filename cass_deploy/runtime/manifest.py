@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import onnx
 
 from cass_deploy import __version__
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES
-from cass_deploy.backends.probe import package_version, trt_version
+from cass_deploy.backends.probe import VERSIONS, package_version, trt_version
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.io_utils import atomic_path, sha256_file, write_json
 
@@ -30,27 +31,19 @@ REQUIRED_KEYS = ("schema_version", "artefacts", "inputs", "outputs", "precision"
 #: ONNX metadata key listing the keys whose values are JSON-encoded (the rest are plain strings)
 JSON_KEYS_PROP = "cass_deploy.json_keys"
 
-#: distribution names whose versions the manifest records (first found wins per label)
-_VERSION_DISTS: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
-    "numpy": ("numpy",),
-    "onnxscript": ("onnxscript",),
-}
+#: labels of the version table (:data:`cass_deploy.backends.probe.VERSIONS`) a manifest records
+MANIFEST_VERSIONS = ("torch", "onnx", "onnxruntime", "tensorrt", "numpy", "onnxscript")
 
 
 def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Versions of the tool, Python and every installed backend (via package metadata only)."""
 
     versions = {"cass_deploy": __version__, "python": platform.python_version()}
-    for label, dists in _VERSION_DISTS.items():
-        version = package_version(*dists)
+    for label in MANIFEST_VERSIONS:
+        version = package_version(*VERSIONS[label])
         if version is not None:
             versions[label] = version
     if "tensorrt" not in versions:   # JetPack's apt-installed TensorRT may carry no metadata
-
         try:
             found = trt_version()
         except BackendUnavailable:   # installed but broken: the manifest just omits it
@@ -286,7 +279,6 @@ def onnx_metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_onnx(path: str | Path) -> Any:
     """``onnx.load`` without external data; a missing or unreadable file is an InputError."""
-    import onnx
 
     path = Path(path)
     if not path.is_file():
@@ -303,7 +295,6 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     ``model`` is an ``onnx.ModelProto`` (changed in place and returned) or a path to an ONNX
     file (rewritten atomically; external data files are left where they are).
     """
-    import onnx
 
     path = Path(model) if isinstance(model, (str, Path)) else None
     if path is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.model.interface import INPUT_NAME
@@ -13,7 +14,6 @@ from cass_deploy.runtime.base import Runner, TensorSpec
 
 def resolve_device(device: str) -> str:
     """Check a torch device string (``cpu``, ``cuda``, ``cuda:1``) is valid and present here."""
-    import torch
 
 
     try:
@@ -73,8 +73,6 @@ class TorchRunner(Runner):
                 for n in self._names]
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         x = torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME])).to(self.device)
         with torch.no_grad():
             outs = self._module(x)
@@ -82,7 +80,6 @@ class TorchRunner(Runner):
 
     def forward_torch(self, images):
         """Raw torch call (for CUDA-event timing without host copies)."""
-        import torch
 
         with torch.no_grad():
             return self._module(images)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import InputError
+from cass_deploy.runtime.manifest import read_manifest
 
 LogFn = Callable[[str], None]
 
@@ -88,8 +89,6 @@ def engine_mismatch_message(path: Path, trt_version: str, errors: Sequence[str] 
     manifest_file = path.parent / "manifest.json"
     if manifest_file.is_file():
         try:
-            from cass_deploy.runtime.manifest import read_manifest
-
             manifest = read_manifest(manifest_file)
             version = manifest.get("versions", {}).get("tensorrt")
             device = (manifest.get("extra") or {}).get("tensorrt", {}).get("device")

@@ -17,16 +17,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cass_deploy.backends.probe import import_backend
+from cass_deploy.backends.probe import import_backend, lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec
 from cass_deploy.runtime.trt_engine import load_engine
+
+cuda = lazy_import('pycuda.driver', 'pycuda')
 
 
 def device_name(index: int = 0) -> str:
     """Name of CUDA device ``index`` via pycuda (for manifests and reports)."""
     import_backend("pycuda", "querying the GPU")
-    import pycuda.driver as cuda
 
     cuda.init()
     return str(cuda.Device(index).name())
@@ -95,7 +96,6 @@ class TrtRunner(Runner):
 
         self._trt = trt = import_backend("tensorrt", "the TensorRT runner")
         import_backend("pycuda", "the TensorRT runner")
-        import pycuda.driver as cuda
 
         self._cuda = cuda
         cuda.init()

@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from cass_deploy.cass.losses import CassLoss, total_loss
 from cass_deploy.cass.targets import soft_target_mask
@@ -30,8 +34,8 @@ from cass_deploy.evaluation.scoring import evaluate
 from cass_deploy.evaluation.validate import as_predictions
 from cass_deploy.io_utils import write_json
 from cass_deploy.model.checkpoint import read_checkpoint, save_checkpoint
-from cass_deploy.model.pruner import band_positive_share
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.pruner import band_positive_share
 
 
 @dataclass
@@ -103,8 +107,6 @@ def build_datasets(cfg: TrainConfig):
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
-    from torch.utils.data import DataLoader
-
 
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
@@ -175,8 +177,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
     if world > 1:
-        import torch.distributed as dist
-
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend=backend)
@@ -205,8 +205,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
 
     sampler = None
     if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, sampler=sampler)
     val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed)
@@ -231,8 +229,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
         log(f"resumed from {resume} at epoch {start_epoch}")
     ddp_model = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     grid, image_size = model.grid, model.image_size
@@ -301,8 +297,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
     if rank == 0:
         write_json(out_dir / "history.json", history, force=True)
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
         dist.destroy_process_group()
     final = history[-1] if history else {}
