@@ -215,3 +215,33 @@ def to_dict(obj: Any) -> Any:
 
 __all__ = ["CassConfig", "ConfigError", "load_mapping", "apply_overrides", "parse_override",
            "from_dict", "to_dict", "check_choice", "field"]
+
+
+#: the one field split's names, far to near (by the box's bottom edge; see FieldConfig)
+#: the one field split, far to near by the box's bottom edge (thresholds in FieldConfig)
+FIELDS = ("far", "mid", "near")
+
+
+def check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class FieldConfig:
+    """Near / mid / far split by the box's bottom edge, as fractions of the image height.
+
+    far: ``y2 < far_max * H``; near: ``y2 >= near_min * H``; mid: otherwise.
+    Requires ``0 < far_max <= near_min <= 1`` (``far_max == near_min`` leaves mid empty).
+    """
+
+    far_max: float = 0.5
+    near_min: float = 0.75
+
+    def __post_init__(self) -> None:
+        far = check_number("fields.far_max", self.far_max)
+        near = check_number("fields.near_min", self.near_min)
+        if not (0 < far <= near <= 1):
+            raise ConfigError(f"fields need 0 < far_max <= near_min <= 1, got far_max={self.far_max!r}, "
+                              f"near_min={self.near_min!r}")

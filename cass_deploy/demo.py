@@ -13,10 +13,10 @@ from typing import Any, Callable
 from rich.table import Table
 
 from cass_deploy.cli import main as cli_main
+from cass_deploy.config import FieldConfig
 from cass_deploy.errors import CassDeployError, InputError
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import Gates, check_gates
-from cass_deploy.evaluation.metrics import FieldConfig
 from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.pipeline import ExportRequest, run_export
 from cass_deploy.io_utils import check_writable, write_json

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from cass_deploy.cli import main
-from cass_deploy.config import CassConfig
+from cass_deploy.config import CassConfig, FieldConfig
 from cass_deploy.evaluation.diagnostics import analyse, row_bands, toy_roadside_scene
-from cass_deploy.evaluation.metrics import FieldConfig
 
 GRID, IMG = (16, 28), (256, 448)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from cass_deploy.config import FieldConfig
 from cass_deploy.data import field_of_boxes
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import (
-    FieldConfig,
     SizeBins,
     box_iou,
     field_of,

@@ -9,11 +9,10 @@ import torch
 from rich.console import Console
 
 from cass_deploy.cass.targets import grid_for
-from cass_deploy.config import CassConfig, apply_overrides, from_dict
+from cass_deploy.config import CassConfig, FieldConfig, apply_overrides, from_dict
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation import diagnostics as dg
-from cass_deploy.evaluation.metrics import FieldConfig
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
 

@@ -6,10 +6,10 @@ import argparse
 
 from rich.console import Console
 
+from cass_deploy.config import FieldConfig
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import Gates, check_gates, raise_if_failed
-from cass_deploy.evaluation.metrics import FieldConfig
 from cass_deploy.evaluation.scoring import format_comparison_table
 from cass_deploy.io_utils import check_writable, write_json
 

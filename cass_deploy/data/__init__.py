@@ -13,7 +13,6 @@ from cass_deploy.data.factory import detect_format, load_dataset
 from cass_deploy.data.kitti import KittiDataset
 from cass_deploy.data.synthetic import (
                                         DEFAULT_IMAGE_SIZE,
-                                        FIELD_NAMES,
                                         SceneConfig,
                                         SyntheticRoadside,
                                         field_of_boxes,
@@ -23,5 +22,5 @@ from cass_deploy.data.synthetic import (
 )
 
 __all__ = ["CLASSES", "ALL_CLASSES", "class_names", "SceneConfig", "generate_scene", "SyntheticRoadside",
-           "write_synthetic_dataset", "split_seed", "field_of_boxes", "FIELD_NAMES", "DEFAULT_IMAGE_SIZE",
+           "write_synthetic_dataset", "split_seed", "field_of_boxes", "DEFAULT_IMAGE_SIZE",
            "CocoDataset", "KittiDataset", "collate", "load_dataset", "detect_format"]

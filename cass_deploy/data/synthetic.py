@@ -42,7 +42,6 @@ from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.io_utils import atomic_dir
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 448)
-FIELD_NAMES: tuple[str, ...] = ("far", "mid", "near")
 SPLITS: tuple[str, ...] = ("train", "val")
 
 # class -> (width, height, length) in metres and their jitter
@@ -1025,4 +1024,4 @@ def _paint_ped(C: np.ndarray, v: _Vehicle, vv: np.ndarray, r: np.ndarray) -> Non
 
 __all__ = ["SceneConfig", "generate_scene", "SyntheticRoadside", "write_synthetic_dataset",
            "split_seed", "field_of_boxes", "check_image_size", "CLASSES", "ALL_CLASSES",
-           "FIELD_NAMES", "DEFAULT_IMAGE_SIZE"]
+           "DEFAULT_IMAGE_SIZE"]

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from cass_deploy.cass.losses import cass_loss
 from cass_deploy.cass.targets import BoxList, check_geometry, patch_owner
-from cass_deploy.config import CassConfig
-from cass_deploy.evaluation.metrics import FIELDS, SIZE_BINS, FieldConfig, field_of, size_bin_of
+from cass_deploy.config import FIELDS, CassConfig, FieldConfig
+from cass_deploy.evaluation.metrics import SIZE_BINS, field_of, size_bin_of
 from cass_deploy.model.pruner import compute_k
 
 

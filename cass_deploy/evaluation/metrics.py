@@ -32,40 +32,15 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from cass_deploy.cass.targets import check_geometry, flatten_boxes, object_patches
+from cass_deploy.config import FIELDS, FieldConfig, check_number
 from cass_deploy.errors import ConfigError, InputError
 
-FIELDS = ("far", "mid", "near")
 SIZE_BINS = ("small", "medium", "large")
 
 PatchSize = float | int | Sequence[float]
 
 
 # --------------------------------------------------------------------------- configuration
-
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-@dataclass
-class FieldConfig:
-    """Near / mid / far split by the box's bottom edge, as fractions of the image height.
-
-    far: ``y2 < far_max * H``; near: ``y2 >= near_min * H``; mid: otherwise.
-    Requires ``0 < far_max <= near_min <= 1`` (``far_max == near_min`` leaves mid empty).
-    """
-
-    far_max: float = 0.5
-    near_min: float = 0.75
-
-    def __post_init__(self) -> None:
-        far = _check_number("fields.far_max", self.far_max)
-        near = _check_number("fields.near_min", self.near_min)
-        if not (0 < far <= near <= 1):
-            raise ConfigError(f"fields need 0 < far_max <= near_min <= 1, got far_max={self.far_max!r}, "
-                              f"near_min={self.near_min!r}")
-
 
 @dataclass
 class SizeBins:
@@ -79,8 +54,8 @@ class SizeBins:
     medium_max: float = 16.0
 
     def __post_init__(self) -> None:
-        small = _check_number("size_bins.small_max", self.small_max)
-        medium = _check_number("size_bins.medium_max", self.medium_max)
+        small = check_number("size_bins.small_max", self.small_max)
+        medium = check_number("size_bins.medium_max", self.medium_max)
         if not (0 < small <= medium):
             raise ConfigError(f"size bins need 0 < small_max <= medium_max, got small_max={self.small_max!r}, "
                               f"medium_max={self.medium_max!r}")
@@ -539,6 +514,6 @@ def summarise_retention(retention: Tensor, boxes: Sequence[Tensor], image_size: 
     return retention_summary(retention, field_of(flat, H, fields), size_bin_of(flat, patch_size, size_bins))
 
 
-__all__ = ["FIELDS", "SIZE_BINS", "FieldConfig", "SizeBins", "box_iou", "field_of", "size_bin_of",
+__all__ = ["SIZE_BINS", "SizeBins", "box_iou", "field_of", "size_bin_of",
            "greedy_match", "match_detections", "prepare_image", "recall_summary", "recall_by_field", "map50",
            "retention_from_pairs", "retention_per_object", "retention_summary", "summarise_retention"]

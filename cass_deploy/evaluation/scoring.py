@@ -20,11 +20,10 @@ from rich.table import Table
 from torch import Tensor
 
 from cass_deploy.cass.targets import check_geometry
+from cass_deploy.config import FIELDS, FieldConfig
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.metrics import (
-    FIELDS,
     SIZE_BINS,
-    FieldConfig,
     SizeBins,
     field_of,
     map50,

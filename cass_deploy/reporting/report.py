@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_path, check_writable, write_json
-
-FIELDS = ("far", "mid", "near")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import write_json
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
-
-FIELDS = ("far", "mid", "near")
 
 # name -> overrides on top of the base training config
 LOSS_VARIANTS: dict[str, list[str]] = {

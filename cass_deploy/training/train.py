@@ -24,12 +24,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cass_deploy.cass.losses import CassLoss, total_loss
 from cass_deploy.cass.targets import soft_target_mask
-from cass_deploy.config import CassConfig, apply_overrides, from_dict, load_mapping, to_dict
+from cass_deploy.config import CassConfig, FieldConfig, apply_overrides, from_dict, load_mapping, to_dict
 from cass_deploy.data.classes import class_names
 from cass_deploy.data.collate import collate
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CheckpointError, ConfigError, InputError, TrainingError
-from cass_deploy.evaluation.metrics import FieldConfig
 from cass_deploy.evaluation.scoring import evaluate
 from cass_deploy.evaluation.validate import as_predictions
 from cass_deploy.io_utils import write_json
