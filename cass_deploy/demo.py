@@ -18,7 +18,8 @@ from cass_deploy.errors import CassDeployError, InputError
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import Gates, check_gates
 from cass_deploy.evaluation.verify import run_verify
-from cass_deploy.export.pipeline import ExportRequest, run_export
+from cass_deploy.export.pipeline import run_export
+from cass_deploy.export.settings import ExportRequest
 from cass_deploy.io_utils import check_writable, write_json
 from cass_deploy.profiling.latency import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
 from cass_deploy.reporting.report import build_report

@@ -20,7 +20,8 @@ from cass_deploy.evaluation.verify import (
     tie_aware_iou,
 )
 from cass_deploy.export import precision
-from cass_deploy.export.pipeline import ExportRequest, run_export
+from cass_deploy.export.pipeline import run_export
+from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import inspect_onnx
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from cass_deploy.runtime.ort_runner import OrtRunner

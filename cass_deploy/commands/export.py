@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
-from cass_deploy.export.pipeline import apply_profile, engine_from_export, request_from, run_export
+from cass_deploy.export.settings import apply_profile, request_from
+from cass_deploy.export.tensorrt_build import engine_from_export
+
+# torch is imported only for a checkpoint: building an engine from an export directory on the device
+# (the Jetson workflow) needs neither torch nor the checkpoint.
+pipeline = lazy_import("cass_deploy.export.pipeline")
 
 HELP = "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest"
 
@@ -69,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
                   gpu_fallback=False if args.no_gpu_fallback else None, strongly_typed=args.strongly_typed,
                   force=args.force)
     kwargs = apply_profile(kwargs, args.profile)
-    run_export(request_from(**kwargs))
+    pipeline.run_export(request_from(**kwargs))
     return 0

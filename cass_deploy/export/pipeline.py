@@ -8,9 +8,7 @@ directory beside ``out`` and renamed into place at the end, so a failed export l
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -19,17 +17,15 @@ import numpy as np
 import onnx
 
 from cass_deploy.backends import limits
-from cass_deploy.backends.limits import PRECISIONS
 from cass_deploy.backends.probe import require, trt_major_version
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CassDeployError, InputError
 from cass_deploy.export import precision as prec
 from cass_deploy.export.onnx_export import export_part, io_specs, op_types
-from cass_deploy.export.profiles import load_profile
+from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import (
     BuildOptions,
     build_engine,
-    inspect_onnx,
     onnx_facts,
     plan_build,
     trtexec_for,
@@ -38,60 +34,8 @@ from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime import manifest as mf
+from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME
 from cass_deploy.runtime.trt_runner import device_name
-
-ONNX_NAME = "model.onnx"
-ENGINE_NAME = "model.engine"
-
-
-@dataclass
-class ExportRequest:
-    """What to export. ``target`` names a row of ``export.limits`` (checked before building)."""
-
-    checkpoint: Path
-    out: Path
-    parts: str = "full"
-    precision: str = "fp32"
-    batch: int = 1
-    dynamic_batch: tuple[int, int, int] | None = None
-    opset: int = 17
-    simplify: bool = True
-    image_size: tuple[int, int] | None = None
-    pruner_mode: str | None = None
-    keep_ratio: float | None = None
-    keep_predictor_fp32: bool = True
-    calib_data: str = "synthetic"
-    calib_images: int = 32
-    calib_method: str = "minmax"
-    target: str | None = None
-    engine: bool = False
-    workspace_mib: int | None = None
-    timing_cache: Path | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = True
-    strongly_typed: bool | None = None
-    profile: str | None = None
-    force: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-
-        if self.parts not in ("predictor", "full"):
-            raise InputError(f"--parts must be 'predictor' or 'full', got {self.parts!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if not isinstance(self.batch, int) or self.batch < 1:
-            raise InputError(f"--batch must be an integer >= 1, got {self.batch!r}")
-        if self.dynamic_batch is not None:
-            lo, opt, hi = self.dynamic_batch
-            if not (1 <= lo <= opt <= hi):
-                raise InputError(f"--dynamic-batch needs 1 <= min <= opt <= max, got {list(self.dynamic_batch)}")
-            if hi < 2:
-                raise InputError(f"--dynamic-batch {list(self.dynamic_batch)} allows only batch 1; use --batch 1")
-        if self.precision == "int8" and self.calib_images < 1:
-            raise InputError(f"--calib-images must be >= 1 for int8, got {self.calib_images}")
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
-            raise InputError(f"--image-size must be two positive integers H W, got {self.image_size!r}")
 
 
 @dataclass
@@ -226,85 +170,3 @@ def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str
     return trtexec_for(ONNX_NAME, ENGINE_NAME, opts, plan)
 
 
-def apply_profile(req_kwargs: dict[str, Any], profile_name: str | None) -> dict[str, Any]:
-    """Fill unset request fields from an export profile (explicit flags win)."""
-    if not profile_name:
-        return req_kwargs
-
-    prof = load_profile(profile_name)
-    defaults = {"image_size": tuple(prof.image_size), "batch": prof.batch,
-                "dynamic_batch": tuple(prof.dynamic_batch) if prof.dynamic_batch else None,
-                "precision": prof.precision, "workspace_mib": prof.workspace_mib, "dla_core": prof.dla_core,
-                "gpu_fallback": prof.gpu_fallback, "keep_ratio": prof.keep_ratio, "pruner_mode": prof.pruner_mode,
-                "opset": prof.opset, "simplify": prof.simplify,
-                "target": None if prof.target == "tensorrt" else "onnxruntime-cpu"}
-    merged = dict(req_kwargs)
-    for k, v in defaults.items():
-        if merged.get(k) is None:
-            merged[k] = v
-    if prof.target == "tensorrt" and merged.get("engine") is None:
-        merged["engine"] = True
-    merged["profile"] = prof.name
-    return merged
-
-
-def request_from(**kwargs: Any) -> ExportRequest:
-    """ExportRequest from keyword args, dropping ``None`` so dataclass defaults apply."""
-    names = {f.name for f in dataclasses.fields(ExportRequest)}
-    return ExportRequest(**{k: v for k, v in kwargs.items() if k in names and v is not None})
-
-
-def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None, timing_cache: Path | None = None,
-                       dla_core: int | None = None, gpu_fallback: bool = True, strongly_typed: bool | None = None,
-                       force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build a TensorRT engine on this device from an existing export directory (no torch or
-    checkpoint needed: the Jetson workflow). Copies ``model.onnx``, adds ``model.engine`` and
-    writes a manifest with the engine's hash and the TensorRT version and device it was built on.
-    """
-
-
-    src = Path(src)
-    man = mf.read_manifest(src / mf.MANIFEST_NAME)
-    check = mf.verify_artefacts(man, src)
-    if not check:
-        raise InputError(f"{src}: the files do not match their manifest hashes ({check.summary()}); re-export")
-    onnx_src = src / man["artefacts"]["onnx"]["file"]
-    out = Path(out)
-    in_place = out.resolve() == src.resolve()
-    if in_place and "engine" in man["artefacts"] and not force:
-        raise InputError(f"{src} already holds an engine; pass --force to rebuild it in place")
-    if not in_place:
-        check_writable(out, force)
-    require("tensorrt", "building an engine")
-    require("pycuda", "building an engine")
-    trt_major = trt_major_version()
-    target = limits.target_for("tensorrt", trt_major=trt_major, dla_core=dla_core)
-    facts = inspect_onnx(onnx_src)
-    b = man.get("batch") or {}
-    dyn = (b["min"], b["opt"], b["max"]) if b.get("dynamic") else None
-    limits.check_request(target, k=man.get("k"), precision=man["precision"], ops=facts.op_types, dla_core=dla_core,
-                         gpu_fallback=gpu_fallback, image_size=man.get("image_size"),
-                         patch_size=(man.get("extra") or {}).get("patch_size"), pruner_mode=man.get("pruner_mode"),
-                         topk_sizes=man.get("topk_sizes"), keep_ratio=man.get("keep_ratio"), dynamic_batch=dyn)
-    H, W = man["image_size"]
-    profiles = {}
-    if dyn:
-
-        profiles = {INPUT_NAME: ((dyn[0], 3, H, W), (dyn[1], 3, H, W), (dyn[2], 3, H, W))}
-    opts = BuildOptions(precision=man["precision"], strongly_typed=strongly_typed, workspace_mib=workspace_mib,
-                        timing_cache=timing_cache, profiles=profiles, dla_core=dla_core, gpu_fallback=gpu_fallback)
-    with atomic_dir(out, force=in_place or force) as tmp:
-        shutil.copy2(onnx_src, tmp / ONNX_NAME)
-        result = build_engine(tmp / ONNX_NAME, tmp / ENGINE_NAME, opts, force=True, log=log)
-
-        extra = {**(man.get("extra") or {}), "tensorrt": {**result.to_dict(), "device": device_name()}}
-        keep = {k: man.get(k) for k in ("inputs", "outputs", "precision", "grid", "k", "topk_sizes", "keep_ratio",
-                                        "pruner_mode", "image_size", "opset", "parts")}
-        src_ck = man.get("source_checkpoint") or {}
-        new = mf.build_manifest(artefacts={"onnx": tmp / ONNX_NAME, "engine": tmp / ENGINE_NAME}, base_dir=tmp,
-                                source_checkpoint=src_ck.get("path"), checkpoint_sha256=src_ck.get("sha256"),
-                                batch=None if dyn else b.get("size"), dynamic_batch=dyn, trtexec=result.trtexec,
-                                extra=extra, **keep)
-        mf.write_manifest(tmp, new, force=True)
-    log(f"built {out}/{ENGINE_NAME} with TensorRT {result.trt_version} in {result.seconds:.0f} s")
-    return new

@@ -26,6 +26,9 @@ from cass_deploy.io_utils import atomic_path, sha256_file, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: file names inside an export directory
+ONNX_NAME = "model.onnx"
+ENGINE_NAME = "model.engine"
 PARTS = ("predictor", "full")
 REQUIRED_KEYS = ("schema_version", "artefacts", "inputs", "outputs", "precision")
 #: ONNX metadata key listing the keys whose values are JSON-encoded (the rest are plain strings)
