@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from rich.table import Table
 
-from cass_deploy.cli import main as cli_main
 from cass_deploy.config import FieldConfig
-from cass_deploy.errors import CassDeployError, InputError
+from cass_deploy.errors import InputError
 from cass_deploy.evaluation import validate as vr
+from cass_deploy.evaluation.diagnostics import run_diagnose
 from cass_deploy.evaluation.gates import Gates, check_gates
 from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.pipeline import run_export
@@ -77,13 +77,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 
     step("diagnose")
 
-    rc = cli_main(["diagnose", "--checkpoint", str(ckpt), "--data", "synthetic", "--num-images", "2",
-                   "--normalizations", "patch,object,object:1", "--out", str(out / "diagnose"), "--force"])
-    if rc != 0:
-
-        err = CassDeployError(f"diagnose step failed with exit code {rc}")
-        err.exit_code = rc
-        raise err
+    run_diagnose(out / "diagnose", checkpoint=ckpt, data="synthetic", num_images=2,
+                 normalizations="patch,object,object:1", force=True)
     done("diagnose")
 
     step("export")

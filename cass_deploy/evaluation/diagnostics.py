@@ -9,6 +9,7 @@ per-patch loss, gradient magnitude and keep mask with the boxes.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,13 @@ from rich.table import Table
 from torch import Tensor
 
 from cass_deploy.cass.losses import cass_loss
-from cass_deploy.cass.targets import BoxList, check_geometry, patch_owner
-from cass_deploy.config import FIELDS, CassConfig, FieldConfig
+from cass_deploy.cass.targets import BoxList, check_geometry, grid_for, patch_owner
+from cass_deploy.config import FIELDS, CassConfig, FieldConfig, apply_overrides, from_dict
+from cass_deploy.data.factory import load_dataset
+from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import SIZE_BINS, field_of, size_bin_of
+from cass_deploy.io_utils import atomic_dir, check_writable
+from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.pruner import compute_k
 
 
@@ -205,3 +210,93 @@ def breakdown_table(breakdowns: Sequence[Breakdown]):
         cells.append(f"{100 * bd.background['grad_share']:.1f}")
         t.add_row(label, *cells)
     return t
+
+
+NORMS = ("patch", "area", "seed_object", "object")
+
+
+def parse_normalizations(text: str, overrides: Sequence[str] = ()) -> list[CassConfig]:
+    """``"patch,object,object:1"`` + CASS overrides -> one CassConfig per item (``object:GAMMA`` sets area_gamma)."""
+    base = apply_overrides({}, overrides)
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, gamma = item.partition(":")
+        if name not in NORMS:
+            raise ConfigError(f"unknown normalisation {name!r} in --normalizations; choose from {', '.join(NORMS)}")
+        data = {**base, "normalization": name}
+        if gamma:
+            try:
+                data["area_gamma"] = float(gamma)
+            except ValueError:
+                raise ConfigError(f"bad area gamma {gamma!r} in --normalizations item {item!r}") from None
+        out.append(from_dict(CassConfig, data, prefix="cass."))
+    if not out:
+        raise ConfigError("--normalizations is empty")
+    return out
+
+
+def run_diagnose(out: str | Path, *, checkpoint: str | Path | None = None, data: str = "toy", num_images: int = 2,
+                 image_size: Sequence[int] | None = None, normalizations: str = "patch,area,seed_object,object,object:1",
+                 overrides: Sequence[str] = (), fields: FieldConfig | Sequence[float] = (0.5, 0.75), keep_ratio: float = 0.5,
+                 seed: int = 0, force: bool = False) -> tuple[dict[str, Any], list[Breakdown]]:
+    """``cass-deploy diagnose``: heat maps (``out/heatmaps/*.png``) and ``out/diagnostics.json``.
+
+    ``data`` is ``"toy"`` (boxes only, uniform logits unless a checkpoint is given), ``"synthetic"``
+    or a dataset directory; with ``checkpoint`` its predictor's scores are analysed. Returns the
+    JSON summary and one Breakdown per normalisation.
+    """
+    check_writable(out, force)
+    if num_images < 1:
+        raise InputError(f"--num-images must be >= 1, got {num_images}")
+    if not 0 < keep_ratio <= 1:
+        raise InputError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
+    cfgs = parse_normalizations(normalizations, overrides)
+    fields = fields if isinstance(fields, FieldConfig) else FieldConfig(*fields)
+
+    model = None
+    image_size = tuple(image_size) if image_size else None
+    patch_size = 16
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint)
+        model = ckpt.model.eval()
+        if image_size and tuple(image_size) != tuple(model.image_size):
+            raise InputError(f"--image-size {image_size} differs from the checkpoint's {tuple(model.image_size)}")
+        image_size = tuple(model.image_size)
+        patch_size = model.patch_size
+    image_size = image_size or (256, 448)
+    grid = grid_for(image_size, patch_size)
+
+    images = None
+    if data == "toy":
+        boxes = [toy_roadside_scene(image_size, seed=seed + i) for i in range(num_images)]
+    else:
+        ds = load_dataset(data, split="val", num_images=num_images, image_size=image_size, seed=seed)
+        items = [ds[i] for i in range(min(num_images, len(ds)))]
+        images = torch.stack([it["image"] for it in items])
+        boxes = [it["boxes"] for it in items]
+    P = grid[0] * grid[1]
+    if model is not None:
+        if images is None:
+            raise InputError("--checkpoint needs images: use --data synthetic or a dataset directory")
+        with torch.no_grad():
+            logits = model(images)["scores"].double()
+    else:
+        logits = torch.zeros(len(boxes), P, dtype=torch.float64)
+
+    keep = keep_mask_topk(logits, keep_ratio)
+    breakdowns = []
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / "heatmaps").mkdir()
+        for cfg in cfgs:
+            bd, maps = analyse(logits, boxes, grid, image_size, cfg, fields, patch_size)
+            breakdowns.append(bd)
+            tag = cfg.normalization + (f"_g{cfg.area_gamma:g}" if cfg.normalization == "object" else "")
+            for i in range(len(boxes)):
+                save_heatmaps(tmp / "heatmaps" / f"{tag}_img{i}.png", {k: v[i] for k, v in maps.items()},
+                              keep[i], torch.as_tensor(boxes[i]).reshape(-1, 4), grid, image_size,
+                              f"CASS {tag}: image {i}", None if images is None else images[i])
+        summary = {"image_size": list(image_size), "grid": list(grid), "fields": vars(fields),
+                   "logits": "checkpoint" if model is not None else "uniform (0)",
+                   "data": data, "breakdowns": [bd.to_dict() for bd in breakdowns]}
+        (tmp / "diagnostics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, breakdowns
