@@ -12,9 +12,9 @@ from cass_deploy.cli import main
 from cass_deploy.data.synthetic import write_synthetic_dataset
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.verify import run_verify
+from cass_deploy.export.device_engine import engine_from_export
 from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.settings import ExportRequest
-from cass_deploy.export.tensorrt_build import engine_from_export
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import TINY_OVERRIDES

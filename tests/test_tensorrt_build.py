@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
 
 from cass_deploy.backends import probe as backends
 from cass_deploy.errors import BackendUnavailable, ExportError, InputError, LimitError
-from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx, plan_build, trtexec_for
+from cass_deploy.export.tensorrt_build import (
+    BuildOptions,
+    build_engine,
+    inspect_onnx,
+    plan_build,
+    trtexec_command,
+    trtexec_for,
+)
 from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.trt_engine import engine_mismatch_message, load_engine
 
@@ -331,3 +339,42 @@ def test_load_engine_mismatch_with_fake_runtime(tmp_path, monkeypatch):
         load_engine(bad)
     assert "TensorRT 10.3.0 could not deserialize" in str(err.value)
     assert "magic tag does not match" in str(err.value)
+
+
+# -- trtexec --------------------------------------------------------------------------------
+def test_trtexec_tensorrt10_fp16_dynamic():
+    cmd = trtexec_command(
+        "out/model.onnx", "out/model.engine", precision="fp16", workspace_mib=2048,
+        timing_cache="cache/timing.cache", input_name="images", min_shape=(1, 3, 720, 1280),
+        opt_shape=(2, 3, 720, 1280), max_shape=(4, 3, 720, 1280))
+    assert cmd == ("trtexec --onnx=out/model.onnx --saveEngine=out/model.engine --fp16 "
+                   "--memPoolSize=workspace:2048M --timingCacheFile=cache/timing.cache "
+                   "--minShapes=images:1x3x720x1280 --optShapes=images:2x3x720x1280 "
+                   "--maxShapes=images:4x3x720x1280")
+
+
+def test_trtexec_precision_flags_by_version():
+    base = ("m.onnx", "m.engine")
+    assert trtexec_command(*base) == "trtexec --onnx=m.onnx --saveEngine=m.engine"
+    assert trtexec_command(*base, precision="int8").endswith(" --int8")
+    assert trtexec_command(*base, precision="int8", also_fp16=True).endswith(
+        " --int8 --fp16")
+    strong = trtexec_command(*base, precision="fp16", strongly_typed=True)
+    assert strong.endswith(" --stronglyTyped") and "--fp16" not in strong
+    for precision in ("fp16", "int8"):   # TensorRT 11: no precision flags, always strongly typed
+        assert trtexec_command(*base, precision=precision, trt_major=11) == \
+            "trtexec --onnx=m.onnx --saveEngine=m.engine"
+
+
+def test_trtexec_dla_quoting_and_extras():
+    cmd = trtexec_command(
+        "my models/m.onnx", "m.engine", precision="fp16", dla_core=0, gpu_fallback=True,
+        shapes={"input:0": ((1, 4), (1, 4), (1, 4)), "mask": ((1, 2), (1, 2), (1, 2))},
+        builder_optimization_level=5, version_compatible=True, hardware_compatible=True)
+    args = shlex.split(cmd)
+    assert args[1] == "--onnx=my models/m.onnx"
+    assert "--minShapes='input:0':1x4,mask:1x2" in args
+    assert args[-5:] == ["--useDLACore=0", "--allowGPUFallback", "--builderOptimizationLevel=5",
+                         "--versionCompatible", "--hardwareCompatibilityLevel=ampere+"]
+    with pytest.raises(InputError, match="needs input_name and all of"):
+        trtexec_command("m.onnx", "m.engine", input_name="x", min_shape=(1, 4))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
+from cass_deploy.export.device_engine import engine_from_export
 from cass_deploy.export.settings import apply_profile, request_from
-from cass_deploy.export.tensorrt_build import engine_from_export
 
 # torch is imported only for a checkpoint: building an engine from an export directory on the device
 # (the Jetson workflow) needs neither torch nor the checkpoint.

@@ -7,12 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 from cass_deploy.profiling import latency as pf
-
-torch = lazy_import('torch')
 
 HELP = "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power"
 
@@ -37,39 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-
-
-    if args.warmup < 0 or args.iters < 1:
-        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {args.warmup} and {args.iters}")
-    if args.batch is not None and args.batch < 1:
-        raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.out:
         check_writable(args.out, args.force)
-    path = Path(args.model)
-    if not path.exists():
-        raise InputError(f"model {path} does not exist")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
-
-        torch.set_num_threads(args.threads)
     try:
         ratios = [float(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
     except ValueError:
         raise InputError(f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}") from None
-    if path.suffix in (".pt", ".pth"):
-        results = pf.profile_checkpoint(str(path), backend=args.backend or "torch", device=args.device,
-                                        batch=args.batch or 1, warmup=args.warmup, iters=args.iters,
-                                        keep_ratios=ratios, dense=not args.no_dense, pruner_mode=args.pruner,
-                                        threads=args.threads)
-    else:
-        if ratios:
-            raise InputError("--sweep needs a checkpoint (an export has its keep ratio fixed)")
-        results = [pf.profile_artefact(str(path), batch=args.batch, warmup=args.warmup, iters=args.iters,
-                                       providers=[s for s in args.providers.split(",") if s],
-                                       threads=args.threads)]
-    env = pf.environment(args.device)
+    path = Path(args.model)
+    results, env = pf.run_profile(path, backend=args.backend, device=args.device, batch=args.batch,
+                                  warmup=args.warmup, iters=args.iters, sweep=ratios, dense=not args.no_dense,
+                                  pruner_mode=args.pruner, threads=args.threads,
+                                  providers=[s for s in args.providers.split(",") if s])
     console = Console(width=max(140, Console().width))
     console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
     for w in env.get("warnings", []):

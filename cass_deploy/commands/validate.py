@@ -7,9 +7,8 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.config import FieldConfig
-from cass_deploy.errors import InputError
 from cass_deploy.evaluation import validate as vr
-from cass_deploy.evaluation.gates import Gates, check_gates, raise_if_failed
+from cass_deploy.evaluation.gates import Gates, raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
 from cass_deploy.io_utils import check_writable, write_json
 
@@ -41,32 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-
     if args.json_out:
         check_writable(args.json_out, args.force)
-    if args.images < 1:
-        raise InputError(f"--images must be >= 1, got {args.images}")
     gates = Gates(min_near_recall=args.min_near_recall, max_recall_drop=args.max_recall_drop,
                   min_near_retention=args.min_near_retention, min_map50=args.min_map50)
-    fields = FieldConfig(*args.fields)
-    providers = [s for s in args.providers.split(",") if s]
-    model = vr.open_model(args.model, providers, args.device)
-    saved = vr.saved_reference(args.reference) if args.reference and args.reference.endswith(".json") else None
-    ref = None if saved is not None else vr.reference_model(args.reference, model, args.device)
-    if gates.max_recall_drop is not None and saved is None and ref is None:
-        raise InputError("--max-recall-drop needs a reference, but the source checkpoint of this model is not "
-                         "found: pass --reference CHECKPOINT or the JSON of a validate run made where it is")
-    batches = vr.load_batches(args.data, model.image_size, args.images, seed=args.seed, resize=args.resize)
-    kw = dict(fields=fields, iou_thr=args.iou, score_thr=args.score_thr)
-    result = vr.evaluate_deployed(model, batches, **kw)
-    reference = saved if saved is not None else (vr.evaluate_deployed(ref, batches, **kw) if ref is not None else None)
-    checks = check_gates(result, reference, gates)
+    run = vr.run_validate(args.model, data=args.data, images=args.images, reference=args.reference,
+                          fields=FieldConfig(*args.fields), iou_thr=args.iou, score_thr=args.score_thr, gates=gates,
+                          providers=[s for s in args.providers.split(",") if s], device=args.device,
+                          resize=args.resize, seed=args.seed)
     console = Console(width=max(120, Console().width))
-    console.print(format_comparison_table(result, reference))
-    for c in checks:
+    console.print(format_comparison_table(run.result, run.reference))
+    for c in run.checks:
         console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
     if args.json_out:
-        write_json(args.json_out, vr.validation_record(args.model, result, reference, checks), force=args.force)
-    raise_if_failed(checks)
+        write_json(args.json_out, run.to_dict(), force=args.force)
+    raise_if_failed(run.checks)
     return 0

@@ -15,10 +15,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from cass_deploy.config import FieldConfig
 from cass_deploy.data.classes import class_names
 from cass_deploy.data.collate import collate
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.evaluation.gates import GateCheck, Gates, all_passed, check_gates
 from cass_deploy.evaluation.scoring import ValidationResult, evaluate
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.head import decode
@@ -192,3 +194,44 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
         raise InputError(f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "
                          f"takes {d.image_size[0]}x{d.image_size[1]}")
     return ref
+
+
+@dataclass
+class ValidateRun:
+    """What ``validate`` measured: the model's result, the reference's and the gate checks."""
+
+    model: str
+    result: ValidationResult
+    reference: ValidationResult | None
+    checks: list[GateCheck]
+
+    def __bool__(self) -> bool:
+        return all_passed(self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``validate*.json`` document."""
+        return validation_record(self.model, self.result, self.reference, self.checks)
+
+
+def run_validate(model: str, *, data: str = "synthetic", images: int = 64, reference: str | None = None,
+                 fields: FieldConfig | None = None, iou_thr: float = 0.5, score_thr: float = 0.3,
+                 gates: Gates | None = None, providers: Sequence[str] = ("cpu",), device: str = "cpu",
+                 resize: bool = False, seed: int = 0) -> ValidateRun:
+    """``cass-deploy validate``: ``model`` (checkpoint, export directory, ``.onnx`` or ``.engine``) on
+    ``images`` images of ``data``, against ``reference`` (see :func:`reference_model`; a ``.json``
+    path is a saved result), with the gates checked. Gate failures are in the result, not raised."""
+    if images < 1:
+        raise InputError(f"--images must be >= 1, got {images}")
+    gates = gates or Gates()
+    fields = fields or FieldConfig()
+    deployed = open_model(model, providers, device)
+    saved = saved_reference(reference) if reference and reference.endswith(".json") else None
+    ref = None if saved is not None else reference_model(reference, deployed, device)
+    if gates.max_recall_drop is not None and saved is None and ref is None:
+        raise InputError("--max-recall-drop needs a reference, but the source checkpoint of this model is not "
+                         "found: pass --reference CHECKPOINT or the JSON of a validate run made where it is")
+    batches = load_batches(data, deployed.image_size, images, seed=seed, resize=resize)
+    kw = dict(fields=fields, iou_thr=iou_thr, score_thr=score_thr)
+    result = evaluate_deployed(deployed, batches, **kw)
+    ref_result = saved if saved is not None else (evaluate_deployed(ref, batches, **kw) if ref is not None else None)
+    return ValidateRun(str(model), result, ref_result, check_gates(result, ref_result, gates))

@@ -293,3 +293,32 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def run_profile(model: str | Path, *, backend: str | None = None, device: str = "cpu", batch: int | None = None,
+                warmup: int = 10, iters: int = 50, sweep: Sequence[float] = (), dense: bool = True,
+                pruner_mode: str | None = None, threads: int | None = None,
+                providers: Sequence[str] = ("cpu",)) -> tuple[list[Measurement], dict[str, Any]]:
+    """``cass-deploy profile``: a checkpoint (dense vs pruned, keep-ratio ``sweep``; torch or ONNX
+    Runtime) or an exported model as it is -> (measurements, environment)."""
+    if warmup < 0 or iters < 1:
+        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
+    if batch is not None and batch < 1:
+        raise InputError(f"--batch must be >= 1, got {batch}")
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"model {path} does not exist")
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if path.suffix in (".pt", ".pth"):
+        results = profile_checkpoint(str(path), backend=backend or "torch", device=device, batch=batch or 1,
+                                     warmup=warmup, iters=iters, keep_ratios=sweep, dense=dense,
+                                     pruner_mode=pruner_mode, threads=threads)
+    else:
+        if sweep:
+            raise InputError("--sweep needs a checkpoint (an export has its keep ratio fixed)")
+        results = [profile_artefact(str(path), batch=batch, warmup=warmup, iters=iters, providers=providers,
+                                    threads=threads)]
+    return results, environment(device)
