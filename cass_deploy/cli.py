@@ -1,8 +1,9 @@
 """The ``cass-deploy`` command line: parse, call one function, map errors to exit codes.
 
-Each subcommand lives in ``cass_deploy/commands/<name>.py`` and exposes ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Command modules import nothing heavy at
-module level, so ``cass-deploy --help`` and ``cass-deploy env`` start fast.
+Each subcommand lives in ``cass_deploy/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is in :data:`COMMANDS`.
+Only the chosen command's module is imported (it imports the library it needs at its top), so
+``cass-deploy --help`` starts fast and ``cass-deploy env`` never pays for torch.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ from typing import Sequence
 from cass_deploy import __version__
 from cass_deploy.errors import CassDeployError
 
-COMMANDS = ("demo", "train", "diagnose", "ablate", "export", "verify", "profile", "validate", "report", "env")
+#: subcommand -> one-line help, in the order ``--help`` lists them
+COMMANDS: dict[str, str] = {
+    "demo": "end-to-end demo on CPU: train, diagnose, export fp32+int8, verify, profile, validate, report",
+    "train": "train the pruning-aware detector with CASS (config file + --set overrides; torchrun for DDP)",
+    "diagnose": "CASS bias diagnostics: heat maps and loss/gradient share per band, field, size and object",
+    "ablate": "bias ablation: dense vs CASS variants (patch, object g, area, seed_object, TV, band) by field",
+    "export": "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest",
+    "verify": "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)",
+    "profile": "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power",
+    "validate": "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates",
+    "report": "collect heat maps, fidelity, latency and recall-by-field into one self-contained HTML + JSON",
+    "env": "show versions of torch / ONNX / ONNX Runtime / TensorRT / CUDA, GPUs, Jetson board and usable backends",
+}
 
 
-def _command_modules():
-    for name in COMMANDS:
-        try:
-            yield name, importlib.import_module(f"cass_deploy.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cass_deploy.commands.{name}":
-                raise
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command``'s module is imported and its arguments added (the others stay unloaded)."""
     parser = argparse.ArgumentParser(
         prog="cass-deploy",
         description="Train, export, verify, profile and validate CASS token-pruning detectors.",
@@ -35,15 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cass-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in _command_modules():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(f"cass_deploy.commands.{name}")
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -9,8 +9,6 @@ from cass_deploy.errors import InputError
 from cass_deploy.io_utils import check_writable
 from cass_deploy.training.ablation import run_ablation
 
-HELP = "bias ablation: dense vs CASS variants (patch, object g, area, seed_object, TV, band) by field"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/ablation.yaml", help="base training config")

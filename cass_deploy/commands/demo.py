@@ -9,8 +9,6 @@ from rich.console import Console
 from cass_deploy.demo import DemoOptions, run_demo, summary_table
 from cass_deploy.errors import GateFailed
 
-HELP = "end-to-end demo on CPU: train, diagnose, export fp32+int8, verify, profile, validate, report"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")

@@ -9,9 +9,6 @@ from rich.console import Console
 
 from cass_deploy.evaluation import diagnostics as dg
 
-HELP = "CASS bias diagnostics: heat maps and loss/gradient share per band, field, size and object"
-
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="trained checkpoint: use its predictor's scores (default: uniform logits, "

@@ -11,8 +11,6 @@ from rich.table import Table
 
 from cass_deploy.backends.envinfo import collect
 
-HELP = "show versions of torch / ONNX / ONNX Runtime / TensorRT / CUDA, GPUs, Jetson board and usable backends"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

@@ -11,8 +11,6 @@ from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 from cass_deploy.profiling import latency as pf
 
-HELP = "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine")

@@ -6,8 +6,6 @@ import argparse
 
 from cass_deploy.reporting.report import build_report
 
-HELP = "collect heat maps, fidelity, latency and recall-by-field into one self-contained HTML + JSON"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="directory the other commands wrote into")

@@ -7,8 +7,6 @@ import argparse
 from cass_deploy.config import PRESET_PRUNER, PRESETS
 from cass_deploy.training.train import load_train_config, train
 
-HELP = "train the pruning-aware detector with CASS (config file + --set overrides; torchrun for DDP)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/JSON training config (e.g. configs/demo.yaml)")

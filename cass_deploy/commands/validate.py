@@ -12,8 +12,6 @@ from cass_deploy.evaluation.gates import Gates, raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
 from cass_deploy.io_utils import check_writable, write_json
 
-HELP = "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export)")

@@ -10,8 +10,6 @@ from cass_deploy.errors import GateFailed
 from cass_deploy.evaluation.verify import report_table, run_verify
 from cass_deploy.io_utils import check_writable, write_json
 
-HELP = "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", required=True, help="the trained checkpoint (.pt)")

@@ -1,0 +1,48 @@
+"""The CLI shell: every command is listed and loads; ``--help`` imports no command module."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from cass_deploy.cli import COMMANDS, build_parser, main
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_module_has_the_contract(name):
+    module = importlib.import_module(f"cass_deploy.commands.{name}")
+    assert callable(module.add_arguments) and callable(module.run)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_help_exits_zero(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert COMMANDS[name].split()[0] in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command_and_loads_none():
+    code = ("import sys; from cass_deploy.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('cass_deploy.commands.') or m == 'torch')\n"
+            "assert not loaded, loaded\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in COMMANDS:
+        assert name in out.stdout
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_parser_for_one_command_leaves_the_others_bare():
+    parser = build_parser("env")
+    assert parser.parse_args(["env", "--json"]).json is True
