@@ -12,17 +12,13 @@ per-box-loop target mask / vectorised target mask >= 20.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import bench_parser  # also puts the repository on sys.path
 
 from cass_deploy.cass.loops import seed_plan1_loop, target_mask_loop
 from cass_deploy.cass.losses import cass_loss
@@ -109,15 +105,12 @@ def _met(value: float, target: str) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap = bench_parser(__doc__, threads=None, json=None)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--loop-repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--grid", type=int, nargs=2, default=(48, 80))
     ap.add_argument("--boxes", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,15 +19,12 @@ report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import bench_parser  # also puts the repository on sys.path
 
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
 from cass_deploy.model.pruner import PrunerConfig  # noqa: E402
@@ -73,13 +70,10 @@ def predictor_flop_share(model: PrunedDetector) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap = bench_parser(__doc__, threads=2, json=Path("benchmarks/results/runtime.json"))
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image-size", type=int, nargs=2, default=(384, 672))
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/runtime.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = bench_model(args.image_size)

@@ -7,9 +7,8 @@ writes ablation.json (all runs, means, spreads, the selection verdicts).
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401 - puts the repository on sys.path
 
 from cass_deploy.cli import main  # noqa: E402
 

@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 from cass_deploy.training.train import load_train_config, train
 
@@ -57,6 +58,17 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+def random_boxes(g: torch.Generator, counts, corner_max, max_wh: float, image_wh) -> list[torch.Tensor]:
+    """One float32 [n, 4] xyxy tensor per count: top-left corner uniform in [0, corner_max), width and
+    height in [1, 1 + max_wh), bottom-right clipped to the image ``image_wh = (W, H)``."""
+    out = []
+    for n in counts:
+        xy = torch.rand(n, 2, generator=g) * torch.tensor(corner_max)
+        wh = 1 + torch.rand(n, 2, generator=g) * max_wh
+        out.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor(image_wh))], dim=1))
+    return out
 
 
 TINY_OVERRIDES = [

@@ -10,7 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cass_deploy.data import CocoDataset, KittiDataset, SyntheticRoadside, collate, detect_format, load_dataset
+from cass_deploy.data.coco import CocoDataset
+from cass_deploy.data.collate import collate
+from cass_deploy.data.factory import detect_format, load_dataset
+from cass_deploy.data.kitti import KittiDataset
+from cass_deploy.data.synthetic import SyntheticRoadside
 from cass_deploy.errors import ConfigError, InputError
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cass_deploy.config import from_dict
-from cass_deploy.data import (
-    CocoDataset,
+from cass_deploy.data.coco import CocoDataset
+from cass_deploy.data.synthetic import (
     SceneConfig,
     SyntheticRoadside,
     field_of_boxes,
@@ -237,7 +237,8 @@ def test_numpy_paths_work_without_torch(tmp_path):
 
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from cass_deploy.data import SyntheticRoadside, load_dataset, write_synthetic_dataset\n"
+        "from cass_deploy.data.synthetic import SyntheticRoadside, write_synthetic_dataset\n"
+        "from cass_deploy.data.factory import load_dataset\n"
         "img, boxes, labels, i = SyntheticRoadside(2, 'val').get_numpy(1)\n"
         "assert img.shape == (256, 448, 3) and len(boxes) == len(labels) and i == 1\n"
         f"write_synthetic_dataset({str(tmp_path / 'syn')!r}, 1)\n"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cass_deploy.config import FieldConfig
-from cass_deploy.data import field_of_boxes
+from cass_deploy.data.synthetic import field_of_boxes
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import (
     SizeBins,
@@ -27,6 +27,8 @@ from cass_deploy.evaluation.metrics import (
     size_bin_of,
     summarise_retention,
 )
+
+from conftest import random_boxes
 
 
 def T(x, dtype=torch.float32):
@@ -343,11 +345,7 @@ def test_retention_hand_built_mask():
 def test_retention_matches_brute_force_on_random_boxes():
     g = torch.Generator().manual_seed(1)
     grid, size = (5, 7), (80, 112)
-    boxes = []
-    for m in (6, 0, 9):
-        xy = torch.rand(m, 2, generator=g) * torch.tensor([100.0, 70.0])
-        wh = torch.rand(m, 2, generator=g) * 40 + 1
-        boxes.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor([112.0, 80.0]))], dim=1))
+    boxes = random_boxes(g, (6, 0, 9), (100.0, 70.0), 40, (112.0, 80.0))
     keep = torch.rand(3, 35, generator=g) < 0.5
     pairs, n = _brute_pairs(boxes, grid, size)
     expected = torch.zeros(n)

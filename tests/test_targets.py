@@ -11,6 +11,8 @@ from cass_deploy.cass.loops import target_mask_loop
 from cass_deploy.cass.targets import object_patches, patch_owner, soft_target_mask
 from cass_deploy.errors import InputError
 
+from conftest import random_boxes
+
 # 64x64 image, 4x4 grid: patch centres at 8, 24, 40, 56 on both axes.
 IMG, GRID = (64, 64), (4, 4)
 
@@ -94,11 +96,7 @@ def test_max_merge_and_batch_separation():
 def test_vectorised_equals_brute_force_on_random_boxes():
     g = torch.Generator().manual_seed(3)
     grid, img = (6, 10), (96, 160)
-    boxes = []
-    for n in (7, 0, 12):
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([150.0, 90.0])
-        wh = 1 + torch.rand(n, 2, generator=g) * 60
-        boxes.append(torch.cat([xy, xy + wh], 1).clamp(max=torch.tensor([160.0, 96.0, 160.0, 96.0])))
+    boxes = random_boxes(g, (7, 0, 12), (150.0, 90.0), 60, (160.0, 96.0))
     t = soft_target_mask(boxes, grid, img)
     for b, bx in enumerate(boxes):
         exp = torch.zeros(60)

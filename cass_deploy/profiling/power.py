@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
@@ -268,10 +268,45 @@ class _SamplerBase:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    #: how long ``stop`` waits for the reader thread
+    join_timeout_s = 5.0
+
+    def _start_reader(self, name: str) -> None:
+        """Mark the start and run ``self._read()`` on a daemon thread."""
+        self._stop.clear()
+        self.t_start = time.monotonic()
+        self._thread = threading.Thread(target=self._guarded_read, name=name, daemon=True)
+        self._thread.start()
+
+    def _guarded_read(self) -> None:
+        try:
+            self._read()
+        except self._read_errors as exc:  # surfaced through .error, not lost (unless we stopped it)
+            if not self._stop.is_set():
+                self.error = exc
+
+    def stop(self) -> None:
+        """Signal the reader, release the source (``_release``), join the reader thread."""
+        self._stop.set()
+        self.t_stop = time.monotonic()
+        after_join = self._release()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout_s)
+            self._thread = None
+        if after_join is not None:
+            after_join()
+
+    #: exceptions of ``_read`` that end sampling (kept in ``.error``)
+    _read_errors: tuple[type[BaseException], ...] = (Exception,)
+
     def start(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def stop(self) -> None:  # pragma: no cover - overridden
+    def _read(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _release(self) -> Callable[[], None] | None:  # pragma: no cover - overridden
+        """Stop the source; may return what to do once the reader thread has ended."""
         raise NotImplementedError
 
 
@@ -294,6 +329,7 @@ class TegrastatsSampler(_SamplerBase):
         self.interval_ms = interval_ms
         self.executable = executable
         self.stop_timeout_s = stop_timeout_s
+        self.join_timeout_s = stop_timeout_s
         self._proc: subprocess.Popen | None = None
         self.unparsed: list[str] = []
 
@@ -305,49 +341,39 @@ class TegrastatsSampler(_SamplerBase):
         stdbuf = shutil.which("stdbuf")
         if stdbuf:  # line-buffer the tool's stdout so samples arrive as they are printed
             cmd = [stdbuf, "-oL"] + cmd
-        self._stop.clear()
-        self.t_start = time.monotonic()
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       stdin=subprocess.DEVNULL, text=True, bufsize=1)
-        self._thread = threading.Thread(target=self._reader, name="tegrastats-reader", daemon=True)
-        self._thread.start()
+        self._start_reader("tegrastats-reader")
 
-    def _reader(self) -> None:
+    _read_errors = (OSError, ValueError)  # the pipe closed under us at stop
+
+    def _read(self) -> None:
         proc = self._proc
         if proc is None or proc.stdout is None:
             return
-        try:
-            for line in proc.stdout:
-                now = time.monotonic()
-                sample = parse_tegrastats_line(line)
-                if sample is None:
-                    if line.strip() and len(self.unparsed) < 20:
-                        self.unparsed.append(line.rstrip("\n"))
-                    continue
-                sample.t = now
-                self._add(sample)
-        except (OSError, ValueError) as exc:  # pipe closed under us at stop
-            if not self._stop.is_set():
-                self.error = exc
+        for line in proc.stdout:
+            now = time.monotonic()
+            sample = parse_tegrastats_line(line)
+            if sample is None:
+                if line.strip() and len(self.unparsed) < 20:
+                    self.unparsed.append(line.rstrip("\n"))
+                continue
+            sample.t = now
+            self._add(sample)
 
-    def stop(self) -> None:
-        """Terminate tegrastats (kill after ``stop_timeout_s``) and join the reader thread."""
-        self._stop.set()
-        self.t_stop = time.monotonic()
+    def _release(self) -> Callable[[], None] | None:
+        """Terminate tegrastats (kill after ``stop_timeout_s``); close its pipe after the join."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=self.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=self.stop_timeout_s)
-        if self._thread is not None:
-            self._thread.join(timeout=self.stop_timeout_s)
-            self._thread = None
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=self.stop_timeout_s)
+        return proc.stdout.close if proc.stdout is not None else None
 
 
 def jtop_available() -> bool:
@@ -433,32 +459,20 @@ class JtopSampler(_SamplerBase):
         except Exception as exc:
             raise BackendUnavailable(f"jtop service not reachable: {exc}") from None
         self._client = client
-        self._stop.clear()
-        self.t_start = time.monotonic()
-        self._thread = threading.Thread(target=self._reader, name="jtop-reader", daemon=True)
-        self._thread.start()
+        self._start_reader("jtop-reader")
 
-    def _reader(self) -> None:
+    def _read(self) -> None:
         client = self._client
-        try:
-            while not self._stop.is_set() and client.ok():
-                self._add(sample_from_jtop(client, t=time.monotonic()))
-        except Exception as exc:  # surfaced through .error, not lost
-            if not self._stop.is_set():
-                self.error = exc
+        while not self._stop.is_set() and client.ok():
+            self._add(sample_from_jtop(client, t=time.monotonic()))
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.t_stop = time.monotonic()
+    def _release(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing a dead service connection must not raise
                 pass
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
 
 
 def make_sampler(interval_ms: int = 100) -> JtopSampler | TegrastatsSampler | None:
