@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cass_deploy.backends.limits import TENSORRT_MAX_TOPK, check_request
 from cass_deploy.errors import ConfigError, InputError, LimitError
 from cass_deploy.model.pruner import (
-    TOPK_LIMIT,
     Pruner,
     PrunerConfig,
     allocate_quotas,
@@ -117,10 +117,16 @@ def test_proportional_quotas_use_positive_share():
         Pruner(PrunerConfig(mode="band", band_quotas="proportional"), (6, 4))
 
 
-def test_band_quota_over_topk_limit_is_refused():
-    with pytest.raises(LimitError, match=str(TOPK_LIMIT)):
-        Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=1), (100, 200))
-    Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=4), (100, 200))   # 2500 per band: fine
+def test_band_quota_over_topk_limit_is_refused_per_target():
+    # the pruner knows no target: it builds the plan; the limits table refuses it for TensorRT
+    one = Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=1), (100, 200))
+    assert one.topk_sizes == (10000,)
+    for target in ("tensorrt10", "tensorrt11"):
+        with pytest.raises(LimitError, match=f"k <= {TENSORRT_MAX_TOPK} per band .* band 0: k=10000"):
+            check_request(target, pruner_mode="band", topk_sizes=one.topk_sizes)
+    assert check_request("onnxruntime-cpu", pruner_mode="band", topk_sizes=one.topk_sizes) == []
+    four = Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=4), (100, 200))   # 2500 per band: fine
+    assert check_request("tensorrt10", pruner_mode="band", topk_sizes=four.topk_sizes) == []
 
 
 def test_band_positive_share():

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from pathlib import Path
 
 import pytest
 
 from cass_deploy.backends import probe as backends
+from cass_deploy.backends.limits import PRECISIONS
 from cass_deploy.errors import BackendUnavailable, ExportError, InputError, LimitError
 from cass_deploy.export.tensorrt_build import (
+    TRTEXEC_ARGS,
+    TRTEXEC_SECTIONS,
     BuildOptions,
+    BuildPlan,
     build_engine,
     inspect_onnx,
     plan_build,
-    trtexec_command,
+    plan_settings,
     trtexec_for,
 )
 from cass_deploy.runtime.manifest import build_manifest, write_manifest
@@ -342,11 +347,16 @@ def test_load_engine_mismatch_with_fake_runtime(tmp_path, monkeypatch):
 
 
 # -- trtexec --------------------------------------------------------------------------------
+def _trtexec(major=10, has_qdq=False, onnx_fp16=False, onnx="m.onnx", engine="m.engine", **kw):
+    opts = BuildOptions(**kw)
+    return trtexec_for(onnx, engine, opts, plan_build(major, opts, has_qdq, onnx_fp16))
+
+
 def test_trtexec_tensorrt10_fp16_dynamic():
-    cmd = trtexec_command(
-        "out/model.onnx", "out/model.engine", precision="fp16", workspace_mib=2048,
-        timing_cache="cache/timing.cache", input_name="images", min_shape=(1, 3, 720, 1280),
-        opt_shape=(2, 3, 720, 1280), max_shape=(4, 3, 720, 1280))
+    cmd = _trtexec(
+        onnx="out/model.onnx", engine="out/model.engine", precision="fp16", workspace_mib=2048,
+        timing_cache="cache/timing.cache",
+        profiles={"images": ((1, 3, 720, 1280), (2, 3, 720, 1280), (4, 3, 720, 1280))})
     assert cmd == ("trtexec --onnx=out/model.onnx --saveEngine=out/model.engine --fp16 "
                    "--memPoolSize=workspace:2048M --timingCacheFile=cache/timing.cache "
                    "--minShapes=images:1x3x720x1280 --optShapes=images:2x3x720x1280 "
@@ -354,27 +364,82 @@ def test_trtexec_tensorrt10_fp16_dynamic():
 
 
 def test_trtexec_precision_flags_by_version():
-    base = ("m.onnx", "m.engine")
-    assert trtexec_command(*base) == "trtexec --onnx=m.onnx --saveEngine=m.engine"
-    assert trtexec_command(*base, precision="int8").endswith(" --int8")
-    assert trtexec_command(*base, precision="int8", also_fp16=True).endswith(
-        " --int8 --fp16")
-    strong = trtexec_command(*base, precision="fp16", strongly_typed=True)
+    assert _trtexec() == "trtexec --onnx=m.onnx --saveEngine=m.engine"
+    assert _trtexec(has_qdq=True, precision="int8").endswith(" --int8")
+    assert _trtexec(has_qdq=True, onnx_fp16=True, precision="int8").endswith(" --int8 --fp16")
+    strong = _trtexec(onnx_fp16=True, precision="fp16", strongly_typed=True)
     assert strong.endswith(" --stronglyTyped") and "--fp16" not in strong
     for precision in ("fp16", "int8"):   # TensorRT 11: no precision flags, always strongly typed
-        assert trtexec_command(*base, precision=precision, trt_major=11) == \
+        assert _trtexec(11, has_qdq=precision == "int8", onnx_fp16=True, precision=precision) == \
             "trtexec --onnx=m.onnx --saveEngine=m.engine"
 
 
 def test_trtexec_dla_quoting_and_extras():
-    cmd = trtexec_command(
-        "my models/m.onnx", "m.engine", precision="fp16", dla_core=0, gpu_fallback=True,
-        shapes={"input:0": ((1, 4), (1, 4), (1, 4)), "mask": ((1, 2), (1, 2), (1, 2))},
-        builder_optimization_level=5, version_compatible=True, hardware_compatible=True)
-    args = shlex.split(cmd)
+    # plan_build refuses DLA + hardware compatibility, so this plan is written out by hand to put
+    # every device and compatibility argument on one line
+    opts = BuildOptions(
+        precision="fp16", dla_core=0,
+        profiles={"input:0": ((1, 4), (1, 4), (1, 4)), "mask": ((1, 2), (1, 2), (1, 2))},
+        builder_optimization_level=5, version_compatible=True)
+    plan = BuildPlan(trt_major=10, strongly_typed=False, network_flags=(),
+                     builder_flags=("FP16", "GPU_FALLBACK", "VERSION_COMPATIBLE"),
+                     default_device_type="DLA", dla_core=0,
+                     hardware_compatibility_level="AMPERE_PLUS")
+    args = shlex.split(trtexec_for("my models/m.onnx", "m.engine", opts, plan))
     assert args[1] == "--onnx=my models/m.onnx"
     assert "--minShapes='input:0':1x4,mask:1x2" in args
     assert args[-5:] == ["--useDLACore=0", "--allowGPUFallback", "--builderOptimizationLevel=5",
                          "--versionCompatible", "--hardwareCompatibilityLevel=ampere+"]
-    with pytest.raises(InputError, match="needs input_name and all of"):
-        trtexec_command("m.onnx", "m.engine", input_name="x", min_shape=(1, 4))
+    with pytest.raises(InputError, match="must be \\(min, opt, max\\) shapes"):
+        BuildOptions(profiles={"x": ((1, 4),)})   # shapes are validated with the options
+
+
+def _all_plans():
+    """Every plan plan_build makes: precision x ONNX x strongly typed x DLA x TRT 10/11 x compat."""
+    onnx_kinds = {"fp32": [(False, False)], "fp16": [(False, False), (False, True)],
+                  "int8": [(True, False), (True, True)]}
+    plans = []
+    for major, precision, strongly, dla, version, hardware in itertools.product(
+            (10, 11), PRECISIONS, (None, False, True), (None, 0, 1), (False, True), (False, True)):
+        for has_qdq, onnx_fp16 in onnx_kinds[precision]:
+            opts = BuildOptions(precision=precision, strongly_typed=strongly, dla_core=dla,
+                                version_compatible=version, hardware_compatible=hardware,
+                                profiles=FIXED)
+            try:
+                plans.append((opts, plan_build(major, opts, has_qdq, onnx_fp16)))
+            except LimitError:
+                pass
+    return plans
+
+
+def test_every_plan_setting_has_its_trtexec_argument():
+    import fake_tensorrt
+
+    plans = _all_plans()
+    seen = set()
+    for opts, plan in plans:
+        args = shlex.split(trtexec_for("m.onnx", "m.engine", opts, plan))
+        expected = []
+        for key in plan_settings(plan):
+            assert key in TRTEXEC_ARGS, f"{key} of {plan} has no trtexec argument"
+            expected.append(TRTEXEC_ARGS[key][1].format(dla_core=plan.dla_core))
+            seen.add(key)
+        # the plan's settings are on the line, and nothing else beyond what the options give
+        assert sorted(a for a in args[3:] if not a.startswith(("--minShapes", "--optShapes",
+                                                               "--maxShapes"))) == sorted(expected)
+        trt = fake_tensorrt.make_fake_tensorrt(f"{plan.trt_major}.3.0")   # the names exist there
+        for field_name, enum in (("network_flags", trt.NetworkDefinitionCreationFlag),
+                                 ("builder_flags", trt.BuilderFlag)):
+            for name in getattr(plan, field_name):
+                assert hasattr(enum, name), (plan.trt_major, name)
+    # the grid reaches every row of the table (no dead entries) and both versions
+    assert seen == set(TRTEXEC_ARGS)
+    assert {plan.trt_major for _, plan in plans} == {10, 11}
+    assert any(plan.dla_core == 1 for _, plan in plans)
+    assert {section for section, _ in TRTEXEC_ARGS.values()} == set(TRTEXEC_SECTIONS)
+
+
+def test_trtexec_refuses_a_plan_setting_it_cannot_spell():
+    plan = BuildPlan(trt_major=10, strongly_typed=False, network_flags=(), builder_flags=("TF32",))
+    with pytest.raises(ExportError, match="no trtexec argument for builder_flags TF32"):
+        trtexec_for("m.onnx", "m.engine", BuildOptions(), plan)

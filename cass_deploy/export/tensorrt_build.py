@@ -19,6 +19,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import onnx
@@ -91,7 +92,8 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """How to configure TensorRT: flag *names* (resolved against ``tensorrt`` at build time)."""
+    """How to configure TensorRT: flag *names* (resolved against ``tensorrt`` at build time; the
+    trtexec line spells them through :data:`TRTEXEC_ARGS`)."""
 
     trt_major: int
     strongly_typed: bool
@@ -247,22 +249,6 @@ def onnx_facts(model: Any) -> OnnxFacts:
                      is_fp16=is_fp16, op_types=ops, inputs=inputs)
 
 
-def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
-                plan: BuildPlan) -> str:
-    """The ``trtexec`` command equivalent to building ``plan`` (for the manifest)."""
-
-    return trtexec_command(
-        onnx, engine, precision=options.precision,
-        strongly_typed=plan.strongly_typed and plan.trt_major < 11, trt_major=plan.trt_major,
-        also_fp16="FP16" in plan.builder_flags and options.precision == "int8",
-        workspace_mib=options.workspace_mib, timing_cache=options.timing_cache,
-        shapes=options.profiles or None, dla_core=plan.dla_core,
-        gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
-        builder_optimization_level=options.builder_optimization_level,
-        version_compatible=options.version_compatible,
-        hardware_compatible=plan.hardware_compatibility_level is not None)
-
-
 def _trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
@@ -411,6 +397,52 @@ def _load_timing_cache(config: Any, path: Path | None, log: LogFn | None) -> Any
 
 
 # -- trtexec ----------------------------------------------------------------------------------
+#: The trtexec argument of every setting a :class:`BuildPlan` can hold, keyed by (plan field,
+#: TensorRT member name), in the order they appear on the line. The trtexec line takes every
+#: TensorRT setting from the plan through this table only, so a flag cannot be in the plan and
+#: missing from the line, or the reverse. ``section`` places the argument on the line:
+#: ``precision`` right after ``--saveEngine``, ``device`` after the shapes, ``compatibility`` last.
+TRTEXEC_ARGS: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType({
+    ("network_flags", "STRONGLY_TYPED"): ("precision", "--stronglyTyped"),
+    ("builder_flags", "INT8"): ("precision", "--int8"),
+    ("builder_flags", "FP16"): ("precision", "--fp16"),
+    ("default_device_type", "DLA"): ("device", "--useDLACore={dla_core}"),
+    ("builder_flags", "GPU_FALLBACK"): ("device", "--allowGPUFallback"),
+    ("builder_flags", "VERSION_COMPATIBLE"): ("compatibility", "--versionCompatible"),
+    ("hardware_compatibility_level", "AMPERE_PLUS"): ("compatibility",
+                                                      "--hardwareCompatibilityLevel=ampere+"),
+})
+TRTEXEC_SECTIONS = ("precision", "device", "compatibility")
+
+
+def plan_settings(plan: BuildPlan) -> tuple[tuple[str, str], ...]:
+    """The (plan field, TensorRT member name) of every non-default setting ``plan`` holds."""
+    held = [("network_flags", n) for n in plan.network_flags]
+    held += [("builder_flags", n) for n in plan.builder_flags]
+    if plan.default_device_type != "GPU":
+        held.append(("default_device_type", plan.default_device_type))
+    if plan.hardware_compatibility_level is not None:
+        held.append(("hardware_compatibility_level", plan.hardware_compatibility_level))
+    return tuple(held)
+
+
+def trtexec_plan_args(plan: BuildPlan) -> dict[str, list[str]]:
+    """``plan``'s trtexec arguments by section (see :data:`TRTEXEC_ARGS`), in table order.
+
+    A setting without a trtexec argument is an :class:`ExportError` (never dropped silently).
+    """
+    held = set(plan_settings(plan))
+    missing = sorted(held - set(TRTEXEC_ARGS))
+    if missing:
+        raise ExportError("no trtexec argument for " + ", ".join(f"{f} {n}" for f, n in missing)
+                          + " of the build plan; add it to TRTEXEC_ARGS")
+    sections: dict[str, list[str]] = {s: [] for s in TRTEXEC_SECTIONS}
+    for key, (section, arg) in TRTEXEC_ARGS.items():
+        if key in held:
+            sections[section].append(arg.format(dla_core=plan.dla_core))
+    return sections
+
+
 def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
@@ -421,73 +453,26 @@ def _shape_spec(shapes: Mapping[str, Sequence[int]]) -> str:
                     for n, s in shapes.items())
 
 
-def trtexec_command(
-    onnx: str | Path,
-    engine: str | Path,
-    *,
-    precision: str = "fp32",
-    strongly_typed: bool = False,
-    trt_major: int = 10,
-    also_fp16: bool = False,
-    workspace_mib: int | None = None,
-    timing_cache: str | Path | None = None,
-    input_name: str | None = None,
-    min_shape: Sequence[int] | None = None,
-    opt_shape: Sequence[int] | None = None,
-    max_shape: Sequence[int] | None = None,
-    shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
-    dla_core: int | None = None,
-    gpu_fallback: bool = False,
-    builder_optimization_level: int | None = None,
-    version_compatible: bool = False,
-    hardware_compatible: bool = False,
-) -> str:
-    """The ``trtexec`` command line equivalent to a build (shell-quoted).
+def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
+                plan: BuildPlan) -> str:
+    """The ``trtexec`` command line equivalent to building ``plan`` (shell-quoted, for the manifest).
 
-    TensorRT 10: ``--stronglyTyped`` or precision flags (``--fp16``; ``--int8`` for explicit
-    QDQ models, plus ``--fp16`` when ``also_fp16``). TensorRT >= 11 has no precision flags and is
-    always strongly typed, so neither appears. Dynamic shapes come either from ``input_name`` +
-    ``min/opt/max_shape`` or from ``shapes = {name: (min, opt, max)}``.
+    Every TensorRT setting comes from ``plan`` through :data:`TRTEXEC_ARGS` (TensorRT >= 11 plans
+    hold no precision flags, so none appear); ``options`` adds only what the plan does not hold:
+    workspace, timing cache, shapes (``--minShapes/--optShapes/--maxShapes``) and the builder
+    optimisation level.
     """
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
-    if trt_major < 11:
-        if strongly_typed:
-            args.append("--stronglyTyped")
-        elif precision == "fp16":
-            args.append("--fp16")
-        elif precision == "int8":
-            args.append("--int8")
-            if also_fp16:
-                args.append("--fp16")
-    if workspace_mib is not None:
-        if workspace_mib < 1:
-            raise InputError(f"workspace_mib must be >= 1, got {workspace_mib}")
-        args.append(f"--memPoolSize=workspace:{int(workspace_mib)}M")
-    if timing_cache is not None:
-        args.append(f"--timingCacheFile={timing_cache}")
-
-    profile: dict[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] = dict(shapes or {})
-    given = [s is not None for s in (min_shape, opt_shape, max_shape)]
-    if any(given):
-        if not all(given) or input_name is None:
-            raise InputError("a dynamic shape needs input_name and all of min_shape, opt_shape "
-                             "and max_shape")
-        profile[input_name] = (min_shape, opt_shape, max_shape)  # type: ignore[assignment]
-    if profile:
+    sections = trtexec_plan_args(plan)
+    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", *sections["precision"]]
+    if options.workspace_mib is not None:
+        args.append(f"--memPoolSize=workspace:{int(options.workspace_mib)}M")
+    if options.timing_cache is not None:
+        args.append(f"--timingCacheFile={options.timing_cache}")
+    if options.profiles:
         for flag, idx in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
-            args.append(f"{flag}=" + _shape_spec({n: s[idx] for n, s in profile.items()}))
-    if dla_core is not None:
-        args.append(f"--useDLACore={int(dla_core)}")
-        if gpu_fallback:
-            args.append("--allowGPUFallback")
-    if builder_optimization_level is not None:
-        args.append(f"--builderOptimizationLevel={int(builder_optimization_level)}")
-    if version_compatible:
-        args.append("--versionCompatible")
-    if hardware_compatible:
-        args.append("--hardwareCompatibilityLevel=ampere+")
+            args.append(f"{flag}=" + _shape_spec({n: s[idx] for n, s in options.profiles.items()}))
+    args += sections["device"]
+    if options.builder_optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={int(options.builder_optimization_level)}")
+    args += sections["compatibility"]
     return " ".join(shlex.quote(a) for a in args)
-
-

@@ -12,6 +12,8 @@ Modes
 ``k = ceil(keep_ratio * P)`` is a Python int fixed when the pruner is built (never derived from
 a tensor), so exported graphs have static shapes. Kept indices are sorted by patch index.
 Everything here is export-friendly: ``torch.topk`` + ``torch.sort`` + ``torch.scatter`` only.
+The pruner knows no deployment target: whether its TopK sizes (:attr:`Pruner.topk_sizes`) fit
+one is checked by ``backends.limits.check_request`` before export.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from typing import Literal, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from cass_deploy.backends.limits import TENSORRT_MAX_TOPK
-from cass_deploy.errors import ConfigError, InputError, LimitError
+from cass_deploy.errors import ConfigError, InputError
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
 BAND_QUOTA_MODES = ("equal", "proportional")
-TOPK_LIMIT = TENSORRT_MAX_TOPK  # band quotas must respect TensorRT's largest TopK k (export/limits.py)
 _SUM_TOL = 1e-3  # tolerance on "sums to 1" for hand-written quota fractions
 
 
@@ -251,10 +251,6 @@ class Pruner(nn.Module):
             self.band_bounds = band_boundaries(hp, cfg.bands, cfg.band_rows)
             sizes = [(b - a) * wp for a, b in zip(self.band_bounds, self.band_bounds[1:])]
             self.quotas = allocate_quotas(self.k, self._band_weights(cfg), sizes)
-            too_big = [q for q in self.quotas if q > TOPK_LIMIT]
-            if too_big:
-                raise LimitError(f"band quota(s) {too_big} exceed TensorRT's TopK limit {TOPK_LIMIT}; "
-                                 f"use more bands than {cfg.bands} or a lower keep_ratio")
         self._starts = tuple(r * wp for r in self.band_bounds)
 
     @staticmethod
