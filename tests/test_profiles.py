@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -110,6 +111,6 @@ def test_topk_limit_applies_to_tensorrt_global_only(tmp_path):
 
 def test_profile_is_a_frozen_dataclass():
     p = load_profile("cpu")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.batch = 2  # type: ignore[misc]
     assert isinstance(p, ExportProfile)

@@ -1,10 +1,13 @@
 """Export target profiles: one YAML per device (Jetson Orin Nano / NX / AGX, x86 GPU, CPU).
 
 A profile fixes what an engine build needs to know in advance: input size, batch (or a dynamic
-batch range), precision, workspace, DLA, keep ratio and pruner mode, opset. Load one by name
-(``load_profile("jetson-orin-nx")``) or from a YAML path. Profiles are validated on load: the
-input must tile into whole patches, and a TensorRT profile with a ``global`` pruner must keep
-``k = ceil(keep_ratio * P) <= 3840`` (TensorRT's TopK limit).
+batch range), precision, workspace, DLA, keep ratio and pruner mode, opset. Those fields are the
+export settings a profile shares with a request: they, their types and the profile defaults come
+from ``export.settings.SETTINGS`` (:class:`~cass_deploy.export.settings.ProfileSettings`); the
+profile adds its own (name, description, target, device, timing_cache, memory bandwidth, patch).
+Load one by name (``load_profile("jetson-orin-nx")``) or from a YAML path. Profiles are validated
+on load: the input must tile into whole patches, and a TensorRT profile with a ``global`` pruner
+must keep ``k = ceil(keep_ratio * P) <= 3840`` (TensorRT's TopK limit).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TENSORRT_MAX_TOPK
 from cass_deploy.config import check_choice, from_dict, load_mapping, to_dict
 from cass_deploy.errors import ConfigError, InputError, LimitError
+from cass_deploy.export.settings import ProfileSettings
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -28,26 +32,20 @@ TRT_TOPK_MAX = TENSORRT_MAX_TOPK   # export/limits.py is the one source of backe
 OPSET_RANGE = (17, 23)
 
 
-@dataclass(frozen=True)
-class ExportProfile:
-    """One deployment target. ``image_size`` is ``(H, W)`` in pixels of the network input."""
+@dataclass(frozen=True, kw_only=True)
+class ExportProfile(ProfileSettings):
+    """One deployment target. ``image_size`` is ``(H, W)`` in pixels of the network input.
+
+    The settings shared with a request (the ``SETTINGS`` rows with a ``profile`` default, e.g.
+    ``dynamic_batch`` as ``(min, opt, max)``) are inherited from :class:`ProfileSettings`; the
+    fields below are the profile's own.
+    """
 
     name: str
     description: str
     target: str
     device: str
-    image_size: tuple[int, int]
-    batch: int = 1
-    dynamic_batch: tuple[int, int, int] | None = None   # (min, opt, max)
-    precision: str = "fp16"
-    workspace_mib: int | None = None                    # TensorRT builder memory pool
-    dla_core: int | None = None
-    gpu_fallback: bool = True                           # DLA layers fall back to the GPU
-    keep_ratio: float = 0.5
-    pruner_mode: str = "global"
-    opset: int = 18
-    simplify: bool = True
-    timing_cache: bool = True
+    timing_cache: bool = True                           # keep a timing cache beside the engine
     memory_bandwidth_gbs: float | None = None           # informational (PLATFORM-NOTES.md)
     patch_size: int = 16
 
