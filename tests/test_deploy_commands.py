@@ -11,11 +11,14 @@ from cass_deploy.backends.probe import is_available
 from cass_deploy.cli import main
 from cass_deploy.data.synthetic import write_synthetic_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.evaluation.validate import open_model
 from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.device_engine import engine_from_export
 from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.settings import ExportRequest
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+from cass_deploy.profiling.latency import profile_artefact
+from cass_deploy.runtime.manifest import Manifest
 
 from conftest import TINY_OVERRIDES
 
@@ -138,10 +141,11 @@ def test_engine_from_export_with_recording_tensorrt(fp32_export, tmp_path, monke
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     man = engine_from_export(fp32_export, tmp_path / "eng", workspace_mib=512, log=lambda s: None)
-    assert set(man["artefacts"]) == {"onnx", "engine"}
-    assert man["extra"]["tensorrt"]["tensorrt"] == "10.3.0"
+    assert set(man.artefact_roles) == {"onnx", "engine"}
+    assert man.extra["tensorrt"]["tensorrt"] == "10.3.0"
     assert (tmp_path / "eng" / "model.engine").read_bytes().startswith(fake_tensorrt.PLAN_MAGIC)
-    assert man["k"] == 30 and man["source_checkpoint"]["sha256"]
+    assert man.k == 30 and man.source_checkpoint_sha256
+    assert Manifest.read(tmp_path / "eng") == man
 
 
 def test_engine_from_tampered_export_is_refused(fp32_export, tmp_path, capsys):
@@ -223,3 +227,23 @@ def test_engine_rebuild_in_place_needs_force(fp32_export, tmp_path, monkeypatch)
     with pytest.raises(InputError, match="--force"):
         engine_from_export(d, d, log=lambda s: None)
     engine_from_export(d, d, force=True, log=lambda s: None)
+
+
+@pytest.mark.parametrize("batching", [dict(batch=2), dict(dynamic_batch=(1, 2, 4))])
+def test_every_reader_takes_the_batch_from_the_manifest(tiny_checkpoint, tmp_path, monkeypatch, batching):
+    """verify, validate, profile and the on-device build read one batch: fixed 2, or opt 2 of (1, 2, 4)."""
+    import fake_tensorrt
+
+    out = tmp_path / "exp"
+    res = run_export(ExportRequest(checkpoint=tiny_checkpoint, out=out, **batching), log=lambda s: None)
+    man = Manifest.read(out)
+    assert man == res.manifest and man.batch_step == 2
+    assert man.fixed_batch == batching.get("batch") and man.dynamic_batch == batching.get("dynamic_batch")
+    report, _ = run_verify(str(tiny_checkpoint), [str(out)], images=5)
+    assert report.images == 4                                        # whole steps of batch_step
+    assert open_model(str(out)).batch == man.fixed_batch             # fixed: padded to it; dynamic: free
+    assert profile_artefact(str(out), warmup=0, iters=1).batch == man.batch_step
+    fake_tensorrt.install(monkeypatch, "10.3.0")
+    built = engine_from_export(out, tmp_path / "eng", log=lambda s: None)
+    assert (built.fixed_batch, built.dynamic_batch, built.batch_step) == (man.fixed_batch, man.dynamic_batch, 2)
+    assert ("--optShapes=images:2x3x96x160" in built.trtexec) == (man.dynamic_batch is not None)

@@ -24,6 +24,7 @@ from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import inspect_onnx
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+from cass_deploy.runtime.manifest import Manifest
 from cass_deploy.runtime.ort_runner import OrtRunner
 
 
@@ -62,10 +63,14 @@ def test_manifest_and_metadata(exports, tiny_checkpoint):
 
 
 def test_other_size_and_batch(exports):
-    man = json.loads((exports["pred_fp32_big"] / "manifest.json").read_text())
-    assert man["image_size"] == [128, 224] and man["grid"] == [8, 14] and man["k"] == 56
-    assert man["inputs"][0]["shape"] == [2, 3, 128, 224]
-    assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask"]
+    man = Manifest.read(exports["pred_fp32_big"])
+    assert man.image_size == (128, 224) and man.grid == (8, 14) and man.k == 56
+    assert man.fixed_batch == 2 and man.dynamic_batch is None and man.batch_step == 2
+    assert man.inputs[0]["shape"] == [2, 3, 128, 224]
+    assert [o["name"] for o in man.outputs] == ["scores", "keep_idx", "keep_mask"]
+    dyn = Manifest.read(exports["full_dyn"])
+    assert dyn.dynamic_batch == (1, 2, 4) and dyn.fixed_batch is None and dyn.batch_step == 2
+    assert Manifest.from_onnx(exports["full_dyn"] / "model.onnx").dynamic_batch == (1, 2, 4)
 
 
 def test_dynamic_batch_runs_at_several_sizes(exports):

@@ -26,12 +26,13 @@ from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.head import decode
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
+from cass_deploy.runtime.manifest import Manifest
 from cass_deploy.runtime.torch_runner import TorchRunner
 
 
 @dataclass
 class Deployed:
-    """A model to validate: its runner, geometry and where its weights came from."""
+    """A model to validate: its runner, geometry, pruner and where its weights came from."""
 
     name: str
     runner: Any
@@ -40,7 +41,10 @@ class Deployed:
     batch: int | None            # fixed batch of an export, None when free
     pruned: bool
     checkpoint: Path | None
-    meta: dict[str, Any]
+    pruner_mode: str | None
+    keep_ratio: float | None
+    num_classes: int | None
+    manifest: Manifest | None = None   # an export's; None for a checkpoint
 
 
 def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cpu") -> Deployed:
@@ -53,25 +57,20 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
         ck = load_checkpoint(p)
         m = ck.model
         return Deployed(f"torch:{p.name}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
-                        None, m.pruner_mode != "none", p, {"pruner_mode": m.pruner_mode,
-                                                           "keep_ratio": m.cfg.pruner.keep_ratio,
-                                                           "num_classes": m.cfg.num_classes})
+                        None, m.pruner_mode != "none", p, m.pruner_mode, m.cfg.pruner.keep_ratio, m.cfg.num_classes)
 
     cands = resolve_candidates([str(p)], providers)
     c = cands[-1]
-    meta = c.meta
-    if meta.get("parts") != "full":
-        raise InputError(f"{c.path} holds the '{meta.get('parts')}' part; validate needs a --parts full export "
+    man = c.meta
+    if man.parts != "full":
+        raise InputError(f"{c.path} holds the '{man.parts}' part; validate needs a --parts full export "
                          "(detections come from the head)")
-    b = meta.get("batch") or {}
-    src = (meta.get("source_checkpoint") or {}).get("path")
+    src = man.source_checkpoint_path
     if src and not Path(src).is_file() and (Path(c.path).parent / src).is_file():
         src = str(Path(c.path).parent / src)  # a relative path recorded by an older export
-    grid = tuple(meta.get("grid") or ())
-    meta = {**meta, "num_classes": (meta.get("extra") or {}).get("num_classes") or meta.get("num_classes")}
-    return Deployed(f"{c.kind}:{c.path}", make_runner(c, providers), tuple(meta["image_size"]), grid,
-                    None if b.get("dynamic") else b.get("size"), meta.get("pruner_mode") != "none",
-                    Path(src) if src else None, meta)
+    return Deployed(f"{c.kind}:{c.path}", make_runner(c, providers), man.image_size, man.grid or (),
+                    man.fixed_batch, man.pruner_mode != "none", Path(src) if src else None, man.pruner_mode,
+                    man.keep_ratio, man.num_classes, man)
 
 
 def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01) -> dict:
@@ -137,7 +136,7 @@ def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, sco
                       num_classes: int | None = None):
     """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
 
-    num_classes = int(num_classes or d.meta.get("num_classes") or 3)
+    num_classes = int(num_classes or d.num_classes or 3)
     if not d.grid:
         raise InputError(f"{d.name}: its metadata lacks the patch grid")
     with d.runner:
@@ -181,14 +180,13 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
                 return None
             raise InputError(f"--reference {spec} needs the source checkpoint of {d.name}, "
                              f"which is not found ({d.checkpoint}); pass --reference CHECKPOINT")
-        mode = "none" if spec in (None, "dense") else d.meta.get("pruner_mode")
-        ck = load_checkpoint(d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.meta.get("keep_ratio"),
+        mode = "none" if spec in (None, "dense") else d.pruner_mode
+        ck = load_checkpoint(d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.keep_ratio,
                              image_size=d.image_size)
         m = ck.model
         label = "dense" if mode == "none" else "source"
         return Deployed(f"torch:{label}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
-                        None, mode != "none", d.checkpoint, {"pruner_mode": m.pruner_mode,
-                                                             "num_classes": m.cfg.num_classes})
+                        None, mode != "none", d.checkpoint, m.pruner_mode, None, m.cfg.num_classes)
     ref = open_model(spec, device=device)
     if tuple(ref.image_size) != tuple(d.image_size):
         raise InputError(f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "

@@ -207,19 +207,18 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
     models: dict[tuple, Any] = {}  # one load per geometry / pruner, shared by candidates
     for c in cands:
         m = c.meta
-        size = tuple(m["image_size"])
-        batch = m.get("batch") or {}
-        step = batch.get("opt") if batch.get("dynamic") else batch.get("size", 1)
-        n = (images // step) * step if step else images
+        size = m.image_size
+        step = m.batch_step
+        n = (images // step) * step
         if n == 0:
             raise InputError(f"--images {images} is smaller than the candidate's fixed batch {step}")
-        key = (size, m.get("pruner_mode"), m.get("keep_ratio"), m.get("parts"), n, step)
-        mkey = (size, m["pruner_mode"], m.get("keep_ratio"))
+        key = (size, m.pruner_mode, m.keep_ratio, m.parts, n, step)
+        mkey = (size, m.pruner_mode, m.keep_ratio)
         if mkey not in models:
-            models[mkey] = load_checkpoint(reference, pruner_mode=m["pruner_mode"], keep_ratio=m.get("keep_ratio"),
+            models[mkey] = load_checkpoint(reference, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio,
                                            image_size=size)
         ckpt = models[mkey]
-        src = (m.get("source_checkpoint") or {}).get("sha256")
+        src = m.source_checkpoint_sha256
         if src and src != ckpt.sha256:
             notes.append(f"{c.path}: exported from a different checkpoint (sha256 {src[:12]}…) than the "
                          f"reference {reference} ({ckpt.sha256[:12]}…)")
@@ -228,19 +227,19 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
             if len(ds) < n:
                 raise InputError(f"dataset {data!r} has {len(ds)} images, fewer than the {n} asked for")
             imgs = np.stack([ds[i]["image"].numpy() for i in range(n)]).astype(np.float32)
-            with TorchRunner(ckpt.model, part=m["parts"]) as ref_runner:
+            with TorchRunner(ckpt.model, part=m.parts) as ref_runner:
                 cache[key] = {"images": imgs, **run_batches(ref_runner, imgs, step)}
         ref = cache[key]
         with make_runner(c, providers) as runner:
             cand = run_batches(runner, ref["images"], step)
-        thr = thresholds_for(m["precision"], **threshold_overrides)
+        thr = thresholds_for(m.precision, **threshold_overrides)
         pr = ckpt.model.cfg.pruner
         groups = band_groups(pr.mode, ckpt.model.grid, pr.bands, pr.band_rows)
         logit = None
         if pr.mode == "threshold":
             logit = math.log(pr.threshold / (1 - pr.threshold))
         name = f"{c.kind}:{c.path}"
-        reports.append(compare_outputs(name, m["precision"], ref, cand, thr, groups, logit))
+        reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
         compared = max(compared, n)
     return VerifyReport(reference=str(reference), images=compared, candidates=reports), notes
 

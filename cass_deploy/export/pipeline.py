@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -34,14 +34,14 @@ from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime import manifest as mf
-from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME
+from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_runner import device_name
 
 
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     notes: list[str]
 
 
@@ -129,7 +129,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         draft = mf.build_manifest(artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra,
                                   created=created, **base)
-        onnx.save(mf.embed_onnx_metadata(proto, mf.onnx_metadata(draft)), onnx_path)
+        onnx.save(mf.embed_onnx_metadata(proto, draft.onnx_metadata()), onnx_path)
         artefacts = {"onnx": onnx_path}
         if req.engine:
 
@@ -140,7 +140,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             trtexec = result.trtexec or trtexec
         man = mf.build_manifest(artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created,
                                 **base)
-        mf.write_manifest(tmp, man, force=True)
+        man.write(tmp, force=True)
     log(f"wrote {out}/{ONNX_NAME}" + (f", {out}/{ENGINE_NAME}" if req.engine else "") + f", {out}/manifest.json")
     for n in notes:
         log(n)

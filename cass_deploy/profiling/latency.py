@@ -210,20 +210,18 @@ def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, i
     cands = resolve_candidates([path], providers)
     c = cands[-1] if len(cands) > 1 else cands[0]  # an export dir with an engine: profile the engine
     m = c.meta
-    b = m.get("batch") or {}
-    fixed = b.get("size")
+    fixed = m.fixed_batch
     if batch is not None and fixed is not None and batch != fixed:
         raise InputError(f"{c.path} was exported for batch {fixed}; --batch {batch} needs a dynamic-batch export")
-    size = batch or fixed or b.get("opt") or 1
+    size = batch or m.batch_step
     if c.kind == "onnx":
 
         runner = OrtRunner(c.path, providers=providers, intra_op_threads=threads)
     else:
         runner = make_runner(c)
     with runner:
-        return profile_runner(runner, f"{c.kind} {m.get('precision')}", batch=size, warmup=warmup, iters=iters,
-                              pruner_mode=m.get("pruner_mode"), keep_ratio=m.get("keep_ratio"),
-                              image_size=m["image_size"])
+        return profile_runner(runner, f"{c.kind} {m.precision}", batch=size, warmup=warmup, iters=iters,
+                              pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=m.image_size)
 
 
 def environment(device: str) -> dict[str, Any]:

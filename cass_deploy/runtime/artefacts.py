@@ -15,7 +15,7 @@ import numpy as np
 from cass_deploy.backends.probe import is_available
 from cass_deploy.errors import InputError
 from cass_deploy.model.interface import INPUT_NAME
-from cass_deploy.runtime.manifest import MANIFEST_NAME, read_manifest, read_onnx_metadata
+from cass_deploy.runtime.manifest import MANIFEST_NAME, Manifest
 from cass_deploy.runtime.ort_runner import OrtRunner
 from cass_deploy.runtime.trt_runner import TrtRunner
 
@@ -36,11 +36,12 @@ def run_batches(runner, images: np.ndarray, batch: int | None) -> dict[str, np.n
 
 @dataclass
 class Candidate:
-    """A deployed artefact to check: ``kind`` is ``onnx`` or ``engine``; ``meta`` its manifest keys."""
+    """A deployed artefact to check: ``kind`` is ``onnx`` or ``engine``; ``meta`` its manifest
+    (for a bare ``.onnx``, the one embedded in its metadata)."""
 
     path: Any
     kind: str
-    meta: dict[str, Any]
+    meta: Manifest
 
 
 def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
@@ -53,33 +54,33 @@ def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",)
     for text in paths:
         p = Path(text)
         if p.is_dir():
-            man = read_manifest(p / MANIFEST_NAME)
-            arts = man.get("artefacts", {})
-            if "onnx" in arts:
-                out.append(Candidate(p / arts["onnx"]["file"], "onnx", man))
-            if "engine" in arts:
+            man = Manifest.read(p / MANIFEST_NAME)
+            roles = man.artefact_roles
+            if "onnx" in roles:
+                out.append(Candidate(man.artefact_path("onnx", p), "onnx", man))
+            if "engine" in roles:
                 if is_available("tensorrt") and is_available("pycuda"):
-                    out.append(Candidate(p / arts["engine"]["file"], "engine", man))
+                    out.append(Candidate(man.artefact_path("engine", p), "engine", man))
                 else:
-                    notes.append(f"{p / arts['engine']['file']}: not run, TensorRT/pycuda are not installed here")
+                    notes.append(f"{man.artefact_path('engine', p)}: not run, TensorRT/pycuda are not installed here")
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise InputError(f"candidate {p} does not exist")
-            out.append(Candidate(p, "onnx", read_onnx_metadata(p)))
+            out.append(Candidate(p, "onnx", Manifest.from_onnx(p)))
         elif p.suffix in (".engine", ".plan", ".trt"):
             if not p.is_file():
                 raise InputError(f"candidate {p} does not exist")
             beside = p.parent / MANIFEST_NAME
             if not beside.is_file():
                 raise InputError(f"engine {p} has no {MANIFEST_NAME} beside it; verify needs the export's manifest")
-            out.append(Candidate(p, "engine", read_manifest(beside)))
+            out.append(Candidate(p, "engine", Manifest.read(beside)))
         else:
             raise InputError(f"candidate {p}: expected an export directory, a .onnx file or a .engine file")
     if not out:
         raise InputError("no runnable candidate among " + ", ".join(paths))
     for c in out:
         for key in ("image_size", "precision", "parts", "pruner_mode"):
-            if c.meta.get(key) is None:
+            if getattr(c.meta, key) is None:
                 raise InputError(f"candidate {c.path}: its metadata lacks {key!r}; was it exported by cass-deploy?")
     return out
 

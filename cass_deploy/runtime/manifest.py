@@ -3,11 +3,13 @@
 The manifest sits beside the exported files and records shapes, k, grid, precision, versions,
 the SHA-256 of every file and of the source checkpoint, and an equivalent ``trtexec`` command.
 The same keys (minus the artefact hashes, which would be circular) go into the ONNX file's
-``metadata_props``. Engine files stay plain engine files.
+``metadata_props``. Engine files stay plain engine files. :class:`Manifest` is the one reader:
+everything that needs a fact of an export (its batch, geometry, files, versions) asks it.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import platform
@@ -138,7 +140,7 @@ def build_manifest(
     base_dir: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
     created: str | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Describe an export. ``artefacts`` maps a role (``"onnx"``, ``"engine"``) to a file.
 
     ``image_size`` and ``grid`` are ``(H, W)`` and ``(Hp, Wp)``; ``dynamic_batch`` is
@@ -166,7 +168,7 @@ def build_manifest(
             raise InputError(f"source checkpoint {ckpt} does not exist")
         checkpoint_sha256 = sha256_file(ckpt)
 
-    return {
+    return Manifest({
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "cass-deploy", "version": __version__},
         "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -189,49 +191,12 @@ def build_manifest(
         "versions": dict(versions) if versions is not None else collect_versions(),
         "trtexec": trtexec,
         "extra": dict(extra or {}),
-    }
-
-
-def write_manifest(directory: str | Path, manifest: Mapping[str, Any],
-                   force: bool = False) -> Path:
-    """Write ``directory/manifest.json`` atomically; refuses to overwrite without ``force``."""
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"refusing to write a manifest with schema_version "
-                         f"{manifest.get('schema_version')!r}; expected {SCHEMA_VERSION}")
-    path = Path(directory) / MANIFEST_NAME
-    return write_json(path, dict(manifest), force=force)
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Load a manifest from a directory (``manifest.json`` inside) or a file path."""
-    path = Path(path)
-    file = path / MANIFEST_NAME if path.is_dir() else path
-    if not file.is_file():
-        where = f"no {MANIFEST_NAME} in {path}" if path.is_dir() else f"{file} does not exist"
-        raise InputError(f"{where}; export artefacts with `cass-deploy export` to get one")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                         f"{exc.msg}); re-export or restore it") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{file} is not a text file: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{file} must hold a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InputError(f"{file} has schema_version {version!r}; this cass-deploy "
-                         f"({__version__}) reads schema_version {SCHEMA_VERSION}. Re-export "
-                         "with this version or use the cass-deploy that wrote it")
-    missing = [key for key in REQUIRED_KEYS if key not in data]
-    if missing:
-        raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
-    return data
+    })
 
 
 @dataclass
 class ArtefactCheck:
-    """Result of :func:`verify_artefacts`; truthy when every listed file matches its hash."""
+    """Result of :meth:`Manifest.verify`; truthy when every listed file matches its hash."""
 
     checked: list[str] = field(default_factory=list)
     mismatches: list[dict[str, str]] = field(default_factory=list)
@@ -257,29 +222,283 @@ class ArtefactCheck:
         return "artefact check failed: " + "; ".join(parts)
 
 
-def verify_artefacts(manifest: Mapping[str, Any], directory: str | Path) -> ArtefactCheck:
-    """Recompute the SHA-256 of every file the manifest lists (paths relative to ``directory``)."""
-    result = ArtefactCheck()
-    base = Path(directory)
-    for role, entry in manifest.get("artefacts", {}).items():
-        file = base / entry["file"]
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``data[key]`` when it is a JSON object, else ``{}`` (absent, null or foreign metadata)."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _pair_or_none(value: Any) -> tuple[int, int] | None:
+    return None if not value else tuple(int(v) for v in value)
+
+
+class Manifest:
+    """An export's description (``manifest.json``, or an ONNX file's metadata), read-only.
+
+    A thin class over the validated JSON object rather than a frozen dataclass of its fields:
+    the JSON is the record that other tools read too (``jq -r .trtexec``, ONNX
+    ``metadata_props``), so :meth:`to_dict` must give back exactly what was built or read, key
+    order, keys this version does not decode and the partial key set of bare ONNX metadata
+    included. The properties decode it; nothing outside this class indexes the dict.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        """Wrap ``data`` as is (a copy); :meth:`read` and :func:`build_manifest` validate."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"a manifest must be a JSON object, got {type(data).__name__}")
+        self._data: dict[str, Any] = copy.deepcopy(dict(data))
+
+    # -- reading and writing ------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """Load a manifest from a directory (``manifest.json`` inside) or a file path."""
+        path = Path(path)
+        file = path / MANIFEST_NAME if path.is_dir() else path
         if not file.is_file():
-            result.missing.append(entry["file"])
-            continue
-        actual = sha256_file(file)
-        result.checked.append(entry["file"])
-        if actual != entry["sha256"]:
-            result.mismatches.append({"role": role, "file": entry["file"],
-                                      "expected": entry["sha256"], "actual": actual})
-    return result
+            where = f"no {MANIFEST_NAME} in {path}" if path.is_dir() else f"{file} does not exist"
+            raise InputError(f"{where}; export artefacts with `cass-deploy export` to get one")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                             f"{exc.msg}); re-export or restore it") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{file} is not a text file: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{file} must hold a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputError(f"{file} has schema_version {version!r}; this cass-deploy "
+                             f"({__version__}) reads schema_version {SCHEMA_VERSION}. Re-export "
+                             "with this version or use the cass-deploy that wrote it")
+        missing = [key for key in REQUIRED_KEYS if key not in data]
+        if missing:
+            raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
+        return cls(data)
+
+    @classmethod
+    def from_onnx(cls, model: Any) -> Manifest:
+        """The manifest keys embedded in an ONNX file's (or ``ModelProto``'s) ``metadata_props``.
+
+        Not validated: a bare ``.onnx`` has no ``artefacts``, and one not exported by
+        cass-deploy may lack everything (its properties are then None).
+        """
+        return cls(read_onnx_metadata(model))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, as written to ``manifest.json`` (a copy)."""
+        return copy.deepcopy(self._data)
+
+    def onnx_metadata(self) -> dict[str, Any]:
+        """The keys that go into ONNX ``metadata_props`` (all but the artefact hashes)."""
+        return {key: value for key, value in self.to_dict().items() if key != "artefacts"}
+
+    def write(self, directory: str | Path, force: bool = False) -> Path:
+        """Write ``directory/manifest.json`` atomically; refuses to overwrite without ``force``."""
+        if self.schema_version != SCHEMA_VERSION:
+            raise InputError(f"refusing to write a manifest with schema_version "
+                             f"{self.schema_version!r}; expected {SCHEMA_VERSION}")
+        return write_json(Path(directory) / MANIFEST_NAME, self.to_dict(), force=force)
+
+    def verify(self, directory: str | Path) -> ArtefactCheck:
+        """Recompute the SHA-256 of every listed file (paths relative to ``directory``)."""
+        result = ArtefactCheck()
+        base = Path(directory)
+        for role, entry in _section(self._data, "artefacts").items():
+            file = base / entry["file"]
+            if not file.is_file():
+                result.missing.append(entry["file"])
+                continue
+            actual = sha256_file(file)
+            result.checked.append(entry["file"])
+            if actual != entry["sha256"]:
+                result.mismatches.append({"role": role, "file": entry["file"],
+                                          "expected": entry["sha256"], "actual": actual})
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]  # equal by content, and it holds dicts
+
+    def __repr__(self) -> str:
+        return (f"Manifest(precision={self.precision!r}, parts={self.parts!r}, "
+                f"pruner_mode={self.pruner_mode!r}, image_size={self.image_size!r}, "
+                f"artefacts={list(self.artefact_roles)!r})")
+
+    # -- what was exported --------------------------------------------------------------------
+    @property
+    def schema_version(self) -> Any:
+        return self._data.get("schema_version")
+
+    @property
+    def created(self) -> str | None:
+        return self._data.get("created")
+
+    @property
+    def precision(self) -> str | None:
+        """``fp32``, ``fp16`` or ``int8``."""
+        return self._data.get("precision")
+
+    @property
+    def parts(self) -> str | None:
+        """``predictor`` or ``full``."""
+        return self._data.get("parts")
+
+    @property
+    def pruner_mode(self) -> str | None:
+        return self._data.get("pruner_mode")
+
+    @property
+    def keep_ratio(self) -> float | None:
+        value = self._data.get("keep_ratio")
+        return None if value is None else float(value)
+
+    @property
+    def k(self) -> int | None:
+        """The global pruner's TopK."""
+        return _int_or_none(self._data.get("k"))
+
+    @property
+    def topk_sizes(self) -> tuple[int, ...] | None:
+        """The band pruner's per-band TopK sizes."""
+        value = self._data.get("topk_sizes")
+        return None if value is None else tuple(int(v) for v in value)
+
+    @property
+    def opset(self) -> int | None:
+        return _int_or_none(self._data.get("opset"))
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        """``[{"name", "shape", "dtype"}, ...]`` of the graph inputs (a copy)."""
+        return copy.deepcopy(list(self._data.get("inputs") or []))
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """``[{"name", "shape", "dtype"}, ...]`` of the graph outputs (a copy)."""
+        return copy.deepcopy(list(self._data.get("outputs") or []))
+
+    @property
+    def trtexec(self) -> str | None:
+        """The equivalent ``trtexec`` command line."""
+        return self._data.get("trtexec")
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Free-form export details (target, notes, patch size, TensorRT build; a copy)."""
+        return copy.deepcopy(dict(_section(self._data, "extra")))
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """Input ``(H, W)``."""
+        return _pair_or_none(self._data.get("image_size"))
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """Patch grid ``(Hp, Wp)``."""
+        return _pair_or_none(self._data.get("grid"))
+
+    @property
+    def patch_size(self) -> int | None:
+        return _int_or_none(_section(self._data, "extra").get("patch_size"))
+
+    @property
+    def num_classes(self) -> int | None:
+        """Detector classes (``extra.num_classes``; a top-level key of older metadata otherwise)."""
+        value = _section(self._data, "extra").get("num_classes") or self._data.get("num_classes")
+        return _int_or_none(value)
+
+    # -- batch --------------------------------------------------------------------------------
+    @property
+    def dynamic_batch(self) -> tuple[int, int, int] | None:
+        """``(min, opt, max)`` of a dynamic-batch export, None for a fixed batch."""
+        batch = _section(self._data, "batch")
+        if not batch.get("dynamic"):
+            return None
+        try:
+            return int(batch["min"]), int(batch["opt"]), int(batch["max"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"the manifest's dynamic batch must have integer min, opt and max, "
+                             f"got {dict(batch)!r}; re-export") from None
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch of a fixed-batch export, None when dynamic (or not recorded)."""
+        batch = _section(self._data, "batch")
+        return None if batch.get("dynamic") else _int_or_none(batch.get("size"))
+
+    @property
+    def batch_step(self) -> int:
+        """The batch a caller feeds: the fixed size, or ``opt`` when dynamic (1 if not recorded)."""
+        dynamic = self.dynamic_batch
+        if dynamic is not None:
+            return dynamic[1]
+        return self.fixed_batch or 1
+
+    # -- files and provenance -----------------------------------------------------------------
+    @property
+    def artefact_roles(self) -> tuple[str, ...]:
+        """Roles of the listed files (``onnx``, ``engine``), in manifest order."""
+        return tuple(_section(self._data, "artefacts"))
+
+    def artefact_file(self, role: str) -> str | None:
+        """File name of ``role`` relative to the export directory, None when not listed."""
+        entry = _section(self._data, "artefacts").get(role)
+        return None if entry is None else str(entry["file"])
+
+    def artefact_path(self, role: str, base_dir: str | Path) -> Path:
+        """``base_dir / file`` of ``role``; an InputError when the manifest lists no such file."""
+        file = self.artefact_file(role)
+        if file is None:
+            listed = ", ".join(self.artefact_roles) or "none"
+            raise InputError(f"the manifest in {base_dir} lists no {role} artefact (it has: {listed}); "
+                             "re-export")
+        return Path(base_dir) / file
+
+    @property
+    def source_checkpoint_path(self) -> str | None:
+        """The checkpoint path as recorded at export (may be relative or on another machine)."""
+        return _section(self._data, "source_checkpoint").get("path")
+
+    @property
+    def source_checkpoint_sha256(self) -> str | None:
+        return _section(self._data, "source_checkpoint").get("sha256")
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Tool, Python and backend versions at export (a copy)."""
+        return dict(_section(self._data, "versions"))
+
+    @property
+    def trt_version(self) -> str | None:
+        """The TensorRT version recorded at export or engine build."""
+        return _section(self._data, "versions").get("tensorrt")
+
+    @property
+    def built_on_device(self) -> str | None:
+        """The GPU the engine was built on (``extra.tensorrt.device``)."""
+        return _section(_section(self._data, "extra"), "tensorrt").get("device")
+
+
+def write_manifest(directory: str | Path, manifest: Manifest | Mapping[str, Any],
+                   force: bool = False) -> Path:
+    """``Manifest(manifest).write(directory, force)`` for a Manifest or its dict."""
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest(manifest)
+    return manifest.write(directory, force=force)
 
 
 # -- ONNX metadata ----------------------------------------------------------------------------
-def onnx_metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest keys that go into ONNX ``metadata_props`` (all but the artefact hashes)."""
-    return {key: value for key, value in manifest.items() if key != "artefacts"}
-
-
 def load_onnx(path: str | Path) -> Any:
     """``onnx.load`` without external data; a missing or unreadable file is an InputError."""
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import InputError
-from cass_deploy.runtime.manifest import read_manifest
+from cass_deploy.runtime.manifest import MANIFEST_NAME, Manifest
 
 LogFn = Callable[[str], None]
 
@@ -86,12 +86,12 @@ def load_engine(path: str | Path, log: LogFn | None = None) -> LoadedEngine:
 def engine_mismatch_message(path: Path, trt_version: str, errors: Sequence[str] = ()) -> str:
     """Explain why an engine could not be deserialized (pure; used by :func:`load_engine`)."""
     built_with = ""
-    manifest_file = path.parent / "manifest.json"
+    manifest_file = path.parent / MANIFEST_NAME
     if manifest_file.is_file():
         try:
-            manifest = read_manifest(manifest_file)
-            version = manifest.get("versions", {}).get("tensorrt")
-            device = (manifest.get("extra") or {}).get("tensorrt", {}).get("device")
+            manifest = Manifest.read(manifest_file)
+            version = manifest.trt_version
+            device = manifest.built_on_device
             if version or device:
                 built_with = (" It was built with TensorRT " + (version or "(unknown version)")
                               + (f" on {device}" if device else "")
