@@ -75,13 +75,15 @@ def run(device: str, repeats: int, B: int, grid: tuple[int, int], per_image: int
         def step():
             x = logits0.clone().requires_grad_(True)
             cass_loss(x, boxes, grid, image_size, cfg).total.backward()
+
         return step
 
     results = {}
     for name in ("patch", "area", "seed_object", "object"):
         results[f"{name} fwd+bwd"] = median_ms(fwd_bwd(CassConfig(normalization=name)), repeats, sync=sync)
-    results["object gamma=1 fwd+bwd"] = median_ms(fwd_bwd(CassConfig(normalization="object", area_gamma=1.0)),
-                                                  repeats, sync=sync)
+    results["object gamma=1 fwd+bwd"] = median_ms(
+        fwd_bwd(CassConfig(normalization="object", area_gamma=1.0)), repeats, sync=sync
+    )
 
     def seed_loop():
         x = logits0.detach().cpu().clone().requires_grad_(True)
@@ -89,14 +91,24 @@ def run(device: str, repeats: int, B: int, grid: tuple[int, int], per_image: int
 
     results["seed plan 1 per-box loop fwd+bwd (CPU)"] = median_ms(seed_loop, loop_repeats, warmup=1)
     results["target mask vectorised"] = median_ms(lambda: soft_target_mask(boxes, grid, image_size), repeats, sync=sync)
-    results["target mask per-box loop (CPU)"] = median_ms(lambda: target_mask_loop(boxes_cpu, grid, image_size),
-                                                          loop_repeats, warmup=1)
+    results["target mask per-box loop (CPU)"] = median_ms(
+        lambda: target_mask_loop(boxes_cpu, grid, image_size), loop_repeats, warmup=1
+    )
     ratios = {
         "object / patch": (results["object fwd+bwd"] / results["patch fwd+bwd"], "<= 1.5"),
-        "seed plan 1 loop / object": (results["seed plan 1 per-box loop fwd+bwd (CPU)"] / results["object fwd+bwd"], ">= 20"),
-        "per-box target loop / vectorised": (results["target mask per-box loop (CPU)"] / results["target mask vectorised"], ">= 20"),
+        "seed plan 1 loop / object": (
+            results["seed plan 1 per-box loop fwd+bwd (CPU)"] / results["object fwd+bwd"],
+            ">= 20",
+        ),
+        "per-box target loop / vectorised": (
+            results["target mask per-box loop (CPU)"] / results["target mask vectorised"],
+            ">= 20",
+        ),
     }
-    return {"times_ms": results, "ratios": {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in ratios.items()}}
+    return {
+        "times_ms": results,
+        "ratios": {k: {"value": v, "target": t, "met": _met(v, t)} for k, (v, t) in ratios.items()},
+    }
 
 
 def _met(value: float, target: str) -> bool:
@@ -115,12 +127,21 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args.device, args.repeats, args.batch, tuple(args.grid), args.boxes, args.loop_repeats)
-    res["setup"] = {"device": args.device, "batch": args.batch, "grid": list(args.grid),
-                    "boxes_per_image": args.boxes, "repeats": args.repeats, "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    print(f"CASS loss benchmark: B={args.batch} grid={args.grid[0]}x{args.grid[1]} "
-          f"boxes/image={args.boxes} device={args.device} threads={torch.get_num_threads()}")
+    res["setup"] = {
+        "device": args.device,
+        "batch": args.batch,
+        "grid": list(args.grid),
+        "boxes_per_image": args.boxes,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+    }
+    print(
+        f"CASS loss benchmark: B={args.batch} grid={args.grid[0]}x{args.grid[1]} "
+        f"boxes/image={args.boxes} device={args.device} threads={torch.get_num_threads()}"
+    )
     print(f"{'measurement':<44}{'median ms':>12}")
     for k, v in res["times_ms"].items():
         print(f"{k:<44}{v:>12.2f}")

@@ -34,8 +34,14 @@ from cass_deploy.profiling.timing import LatencyStats, time_callable
 
 def bench_model(image_size=(384, 672)) -> PrunedDetector:
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=tuple(image_size), embed_dim=192, num_heads=6, early_depth=2, late_depth=6,
-                      pruner=PrunerConfig(mode="global", keep_ratio=0.5))
+    cfg = ModelConfig(
+        image_size=tuple(image_size),
+        embed_dim=192,
+        num_heads=6,
+        early_depth=2,
+        late_depth=6,
+        pruner=PrunerConfig(mode="global", keep_ratio=0.5),
+    )
     return PrunedDetector(cfg).eval()
 
 
@@ -54,11 +60,15 @@ def predictor_flop_share(model: PrunedDetector) -> float:
             macs["total"] += n
             if name.startswith("predictor"):
                 macs["predictor"] += n
+
         return f
 
     dense = model.with_pruner(mode="none")
-    handles = [m.register_forward_hook(hook(n)) for n, m in dense.named_modules()
-               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in dense.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
     # attention matmuls (q @ k^T and attn @ v) are not modules: 2 * P^2 * D per block
     P, D = dense.num_patches, dense.cfg.embed_dim
     with torch.no_grad():
@@ -83,8 +93,9 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         rows["ORT dense"] = profile_onnx_of(dense, "dense", threads=args.threads, **it)
         for r in (0.25, 0.5, 0.75):
-            rows[f"ORT keep {r}"] = profile_onnx_of(model.with_pruner(keep_ratio=r), f"keep {r}",
-                                                    threads=args.threads, **it)
+            rows[f"ORT keep {r}"] = profile_onnx_of(
+                model.with_pruner(keep_ratio=r), f"keep {r}", threads=args.threads, **it
+            )
     rows["torch dense"] = profile_torch(dense, "torch dense", device=args.device, **it)
     rows["torch keep 0.5"] = profile_torch(model, "torch keep 0.5", device=args.device, **it)
 
@@ -93,8 +104,12 @@ def main(argv=None) -> int:
     model.to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     with torch.no_grad():
-        t_embed = LatencyStats.from_samples(time_callable(lambda: model.embed(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")}))
-        t_pred = LatencyStats.from_samples(time_callable(lambda: model.predict(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")}))
+        t_embed = LatencyStats.from_samples(
+            time_callable(lambda: model.embed(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")})
+        )
+        t_pred = LatencyStats.from_samples(
+            time_callable(lambda: model.predict(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")})
+        )
     # min over samples: the least-disturbed run of each, since the difference of two noisy medians is noisier
     share_time = max(0.0, t_pred.min - t_embed.min) / rows["torch dense"].latency.min
     share_flops = predictor_flop_share(model.cpu())
@@ -106,8 +121,10 @@ def main(argv=None) -> int:
         ratios["torch eager / ORT (keep 0.5)"] = rows["torch keep 0.5"].latency.p50 / rows["ORT keep 0.5"].latency.p50
     ratios["torch dense / keep 0.5"] = rows["torch dense"].latency.p50 / rows["torch keep 0.5"].latency.p50
     targets = {"ORT dense / keep 0.5": (">=", 1.5)}
-    print(f"runtime benchmark: {args.image_size[0]}x{args.image_size[1]} input, P={model.num_patches}, "
-          f"device={args.device}, threads={args.threads}, iters={args.iters}")
+    print(
+        f"runtime benchmark: {args.image_size[0]}x{args.image_size[1]} input, P={model.num_patches}, "
+        f"device={args.device}, threads={args.threads}, iters={args.iters}"
+    )
     print(f"{'configuration':<22}{'p50 ms':>10}{'mean ms':>10}{'p90 ms':>10}")
     for name, m in rows.items():
         s = m.latency
@@ -119,15 +136,28 @@ def main(argv=None) -> int:
         met = "" if not t else ("met" if (v >= t[1] if t[0] == ">=" else v <= t[1]) else "NOT met")
         print(f"{k:<34}{v:>8.2f}  {'' if not t else f'{t[0]} {t[1]} {met}'}")
     met_share = share_time <= 0.05
-    print(f"{'predictor+pruner / dense (time)':<34}{100 * share_time:>7.2f}%  <= 5% {'met' if met_share else 'NOT met'}")
+    print(
+        f"{'predictor+pruner / dense (time)':<34}{100 * share_time:>7.2f}%  <= 5% {'met' if met_share else 'NOT met'}"
+    )
     print(f"{'predictor MLP / dense (FLOPs)':<34}{100 * share_flops:>7.2f}%")
-    out = {"setup": {"device": args.device, "threads": args.threads, "iters": args.iters,
-                     "image_size": list(args.image_size), "patches": model.num_patches,
-                     "machine": platform.processor() or platform.machine(), "torch": str(torch.__version__),
-                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
-           "latency": {k: v.to_dict() for k, v in rows.items()},
-           "torch_embed_ms": t_embed.to_dict(), "torch_predict_ms": t_pred.to_dict(),
-           "ratios": ratios, "predictor_share_time": share_time, "predictor_share_flops": share_flops}
+    out = {
+        "setup": {
+            "device": args.device,
+            "threads": args.threads,
+            "iters": args.iters,
+            "image_size": list(args.image_size),
+            "patches": model.num_patches,
+            "machine": platform.processor() or platform.machine(),
+            "torch": str(torch.__version__),
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        },
+        "latency": {k: v.to_dict() for k, v in rows.items()},
+        "torch_embed_ms": t_embed.to_dict(),
+        "torch_predict_ms": t_pred.to_dict(),
+        "ratios": ratios,
+        "predictor_share_time": share_time,
+        "predictor_share_flops": share_flops,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.json}")

@@ -15,7 +15,11 @@ def bench_parser(doc: str | None, *, threads: int | None, json: Path | None) -> 
     """A parser with ``--device``, ``--threads`` and ``--json`` (the defaults each script chooses)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=threads,
-                    help="torch threads" + (" (default: torch's choice)" if threads is None else f" (default {threads})"))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help="torch threads" + (" (default: torch's choice)" if threads is None else f" (default {threads})"),
+    )
     ap.add_argument("--json", type=Path, default=json, help="write the figures as JSON here")
     return ap

@@ -70,8 +70,16 @@ class CassConfig:
         check_choice("cass.normalization", self.normalization, NORMALIZATIONS)
         check_choice("cass.loss_type", self.loss_type, LOSS_TYPES)
         check_choice("cass.decay", self.decay, DECAYS)
-        for name in ("expansion_ratio", "context_peak", "alpha", "beta", "bg_weight",
-                     "tv_weight", "cass_weight", "area_gamma"):
+        for name in (
+            "expansion_ratio",
+            "context_peak",
+            "alpha",
+            "beta",
+            "bg_weight",
+            "tv_weight",
+            "cass_weight",
+            "area_gamma",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"cass.{name} must be a finite number >= 0, got {value!r}")
@@ -81,7 +89,7 @@ class CassConfig:
             raise ConfigError(f"cass.warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "CassConfig":
+    def preset(cls, name: str, **overrides: Any) -> CassConfig:
         """``seed``: patch mean, no ensure_center_patch. ``corrected``: object normalisation,
         area_gamma 1 (its pruner, ``PRESET_PRUNER["corrected"]``, is a model setting)."""
         if name not in PRESETS:
@@ -100,6 +108,7 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
 
 
 # --------------------------------------------------------------------------- generic loading
+
 
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file into a dict; a clear ConfigError names the file on failure."""
@@ -159,8 +168,9 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, prefix: str =
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; known: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -213,8 +223,17 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["CassConfig", "ConfigError", "load_mapping", "apply_overrides", "parse_override",
-           "from_dict", "to_dict", "check_choice", "field"]
+__all__ = [
+    "CassConfig",
+    "ConfigError",
+    "load_mapping",
+    "apply_overrides",
+    "parse_override",
+    "from_dict",
+    "to_dict",
+    "check_choice",
+    "field",
+]
 
 
 #: the one field split's names, far to near (by the box's bottom edge; see FieldConfig)
@@ -243,5 +262,6 @@ class FieldConfig:
         far = check_number("fields.far_max", self.far_max)
         near = check_number("fields.near_min", self.near_min)
         if not (0 < far <= near <= 1):
-            raise ConfigError(f"fields need 0 < far_max <= near_min <= 1, got far_max={self.far_max!r}, "
-                              f"near_min={self.near_min!r}")
+            raise ConfigError(
+                f"fields need 0 < far_max <= near_min <= 1, got far_max={self.far_max!r}, near_min={self.near_min!r}"
+            )

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 
@@ -77,16 +78,26 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 
     step("diagnose")
 
-    run_diagnose(out / "diagnose", checkpoint=ckpt, data="synthetic", num_images=2,
-                 normalizations="patch,object,object:1", force=True)
+    run_diagnose(
+        out / "diagnose",
+        checkpoint=ckpt,
+        data="synthetic",
+        num_images=2,
+        normalizations="patch,object,object:1",
+        force=True,
+    )
     done("diagnose")
 
     step("export")
     exports = {}
     for prec in ("fp32", "int8"):
         d = out / f"export-{prec}"
-        run_export(ExportRequest(checkpoint=ckpt, out=d, parts="full", precision=prec, calib_images=opts.calib_images,
-                                 force=opts.force), log=log)
+        run_export(
+            ExportRequest(
+                checkpoint=ckpt, out=d, parts="full", precision=prec, calib_images=opts.calib_images, force=opts.force
+            ),
+            log=log,
+        )
         exports[prec] = d
     done("export")
 
@@ -94,24 +105,35 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     report, notes = run_verify(str(ckpt), [str(p) for p in exports.values()], images=opts.verify_images)
     write_json(out / "verify.json", {**report.to_dict(), "notes": notes}, force=True)
     for c in report.candidates:
-        log(f"{c.name}: keep IoU {c.keep_iou_mean:.4f} (min {c.keep_iou_min:.4f}), score err {c.score_max_abs:.2e}"
-            f" -> {'pass' if c else 'FAIL: ' + '; '.join(c.failures)}")
+        log(
+            f"{c.name}: keep IoU {c.keep_iou_mean:.4f} (min {c.keep_iou_min:.4f}), score err {c.score_max_abs:.2e}"
+            f" -> {'pass' if c else 'FAIL: ' + '; '.join(c.failures)}"
+        )
     done("verify")
 
     step("profile")
-    sweep = profile_checkpoint(str(ckpt), backend="onnxruntime", keep_ratios=(0.25, 0.5, 0.75), dense=True,
-                               warmup=5, iters=opts.profile_iters, log=log)
+    sweep = profile_checkpoint(
+        str(ckpt),
+        backend="onnxruntime",
+        keep_ratios=(0.25, 0.5, 0.75),
+        dense=True,
+        warmup=5,
+        iters=opts.profile_iters,
+        log=log,
+    )
     deployed = [profile_artefact(str(exports[p]), warmup=5, iters=opts.profile_iters) for p in exports]
     (out / "profile").mkdir(parents=True, exist_ok=True)
     sweep_plot(sweep, out / "profile" / "sweep.png")
-    write_json(out / "profile" / "profile.json", profile_record(ckpt, environment("cpu"), sweep + deployed),
-               force=True)
+    write_json(out / "profile" / "profile.json", profile_record(ckpt, environment("cpu"), sweep + deployed), force=True)
     done("profile")
 
     step("validate")
     fields = FieldConfig(*(cfg.fields.far_max, cfg.fields.near_min))
-    gates = Gates(min_near_recall=opts.min_near_recall, max_recall_drop=opts.max_recall_drop,
-                  min_near_retention=opts.min_near_retention)
+    gates = Gates(
+        min_near_recall=opts.min_near_recall,
+        max_recall_drop=opts.max_recall_drop,
+        min_near_retention=opts.min_near_retention,
+    )
     first = vr.open_model(str(exports["fp32"]))
     batches = vr.load_batches("synthetic", first.image_size, opts.validate_images, seed=7)
     reference = vr.evaluate_deployed(vr.reference_model("dense", first), batches, fields=fields)
@@ -129,16 +151,21 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     html_path, _ = build_report(out, force=True)
     done("report")
     total = time.perf_counter() - t_all
-    summary = {"run_dir": str(out), "report": str(html_path), "seconds": {**timings, "total": total},
-               "train": {"best_map50": res.metrics.get("best_map50"), "seconds": res.seconds},
-               "verify": {c.name: {"keep_iou_mean": c.keep_iou_mean, "passed": bool(c)} for c in report.candidates},
-               "latency_ms_p50": {r.label: r.latency.p50 for r in sweep + deployed},
-               "recall": {p: {f: r.by_field[f].recall for f in ("far", "mid", "near", "all")}
-                          for p, r in {**results, "dense": reference}.items()},
-               "retention": {p: {f: r.by_field[f].retention_mean for f in ("far", "mid", "near")}
-                             for p, r in results.items()},
-               "map50": {p: r.map50 for p, r in {**results, "dense": reference}.items()},
-               "gates": [{"export": p, **c.to_dict()} for p, c in all_checks]}
+    summary = {
+        "run_dir": str(out),
+        "report": str(html_path),
+        "seconds": {**timings, "total": total},
+        "train": {"best_map50": res.metrics.get("best_map50"), "seconds": res.seconds},
+        "verify": {c.name: {"keep_iou_mean": c.keep_iou_mean, "passed": bool(c)} for c in report.candidates},
+        "latency_ms_p50": {r.label: r.latency.p50 for r in sweep + deployed},
+        "recall": {
+            p: {f: r.by_field[f].recall for f in ("far", "mid", "near", "all")}
+            for p, r in {**results, "dense": reference}.items()
+        },
+        "retention": {p: {f: r.by_field[f].retention_mean for f in ("far", "mid", "near")} for p, r in results.items()},
+        "map50": {p: r.map50 for p, r in {**results, "dense": reference}.items()},
+        "gates": [{"export": p, **c.to_dict()} for p, c in all_checks],
+    }
     failed = [f"{p}: {c.message}" for p, c in all_checks if not c.passed]
     if not report:
         failed.append("verify: " + "; ".join(f for c in report.candidates for f in c.failures))
@@ -165,8 +192,13 @@ def summary_table(summary: dict[str, Any]):
     for name, v in summary["map50"].items():
         t.add_row(f"mAP@0.5 ({name})", "", "", "", fmt(v))
     for name, v in summary["verify"].items():
-        t.add_row(f"verify {Path(name.split(':', 1)[1]).parent.name}", "", "", "",
-                  f"keep IoU {v['keep_iou_mean']:.4f} {'pass' if v['passed'] else 'FAIL'}")
+        t.add_row(
+            f"verify {Path(name.split(':', 1)[1]).parent.name}",
+            "",
+            "",
+            "",
+            f"keep IoU {v['keep_iou_mean']:.4f} {'pass' if v['passed'] else 'FAIL'}",
+        )
     for label, v in summary["latency_ms_p50"].items():
         t.add_row(f"p50 latency: {label}", "", "", "", f"{v:.2f} ms")
     sec = summary["seconds"]

@@ -23,8 +23,11 @@ def _has_cuda() -> bool:
 
 
 def _has_trt() -> bool:
-    return (importlib.util.find_spec("tensorrt") is not None
-            and importlib.util.find_spec("pycuda") is not None and _has_cuda())
+    return (
+        importlib.util.find_spec("tensorrt") is not None
+        and importlib.util.find_spec("pycuda") is not None
+        and _has_cuda()
+    )
 
 
 def _is_jetson() -> bool:
@@ -34,8 +37,10 @@ def _is_jetson() -> bool:
 def pytest_collection_modifyitems(config, items):
     reasons = {
         "gpu": (_has_cuda, "no CUDA GPU visible to torch on this machine"),
-        "trt": (_has_trt, "TensorRT + pycuda + a CUDA GPU are not available here "
-                          "(install cass-deploy[trt] on a GPU or Jetson)"),
+        "trt": (
+            _has_trt,
+            "TensorRT + pycuda + a CUDA GPU are not available here (install cass-deploy[trt] on a GPU or Jetson)",
+        ),
         "jetson": (_is_jetson, "not an NVIDIA Jetson (no /etc/nv_tegra_release)"),
     }
     cache = {}
@@ -72,10 +77,19 @@ def random_boxes(g: torch.Generator, counts, corner_max, max_wh: float, image_wh
 
 
 TINY_OVERRIDES = [
-    "epochs=1", "batch_size=4", "threads=1", "lr_warmup_steps=2",
-    "data.train_images=8", "data.val_images=4",
-    "model.image_size=[96,160]", "model.embed_dim=32", "model.num_heads=2", "model.early_depth=1",
-    "model.late_depth=1", "model.head_channels=16", "model.predictor_hidden=16",
+    "epochs=1",
+    "batch_size=4",
+    "threads=1",
+    "lr_warmup_steps=2",
+    "data.train_images=8",
+    "data.val_images=4",
+    "model.image_size=[96,160]",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "model.early_depth=1",
+    "model.late_depth=1",
+    "model.head_channels=16",
+    "model.predictor_hidden=16",
     "cass.warmup_epochs=0",
 ]
 

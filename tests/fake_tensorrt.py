@@ -34,7 +34,7 @@ class _Enum(enum.IntEnum):
 def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.calls = []                                          # (what, args) in call order
+    trt.calls = []  # (what, args) in call order
     major = int(version.split(".")[0])
 
     class ILogger:
@@ -47,19 +47,20 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt.ILogger, trt.Logger = ILogger, Logger
     trt.NetworkDefinitionCreationFlag = _Enum(
         "NetworkDefinitionCreationFlag",
-        {"STRONGLY_TYPED": 0} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+        {"STRONGLY_TYPED": 0} if major >= 11 else {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
+    )
     flags = ["GPU_FALLBACK", "VERSION_COMPATIBLE", "TF32"]
     if major < 11:
         flags = ["FP16", "INT8"] + flags
     trt.BuilderFlag = _Enum("BuilderFlag", {n: i for i, n in enumerate(flags)})
     trt.MemoryPoolType = _Enum("MemoryPoolType", {"WORKSPACE": 0})
     trt.DeviceType = _Enum("DeviceType", {"GPU": 0, "DLA": 1})
-    trt.HardwareCompatibilityLevel = _Enum("HardwareCompatibilityLevel",
-                                           {"NONE": 0, "AMPERE_PLUS": 1})
+    trt.HardwareCompatibilityLevel = _Enum("HardwareCompatibilityLevel", {"NONE": 0, "AMPERE_PLUS": 1})
     trt.TensorIOMode = _Enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
     trt.DataType = _Enum("DataType", {"FLOAT": 0, "INT64": 1, "BOOL": 2})
-    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32, trt.DataType.INT64: np.int64,
-                             trt.DataType.BOOL: np.bool_}[dt]
+    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32, trt.DataType.INT64: np.int64, trt.DataType.BOOL: np.bool_}[
+        dt
+    ]
 
     def record(what: str, *args: Any) -> None:
         trt.calls.append((what, args))
@@ -92,8 +93,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             for v in model.graph.input:
                 if v.name in inits:
                     continue
-                dims = tuple(d.dim_value if d.HasField("dim_value") else -1
-                             for d in v.type.tensor_type.shape.dim)
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
                 self.network.inputs.append(Tensor(v.name, dims))
             if any(n.op_type == "NonZero" for n in model.graph.node):
                 self.errors.append("In node 3 (NonZero): unsupported")
@@ -184,20 +184,24 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
         def deserialize_cuda_engine(self, data: bytes):
             if not data.startswith(PLAN_MAGIC):
-                self.logger.log(Logger.ERROR, "The engine plan file is not compatible with this "
-                                "version of TensorRT (magic tag does not match)")
+                self.logger.log(
+                    Logger.ERROR,
+                    "The engine plan file is not compatible with this version of TensorRT (magic tag does not match)",
+                )
                 return None
-            return Engine(json.loads(data[len(PLAN_MAGIC):]))
+            return Engine(json.loads(data[len(PLAN_MAGIC) :]))
 
     trt.Runtime = Runtime
 
     p, k = 16, 4
-    io = [("scores", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
-          ("feats", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
-          ("values", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
-          ("indices", (-1, k), trt.DataType.INT64, trt.TensorIOMode.OUTPUT),
-          ("kept", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
-          ("keep_mask", (-1, p), trt.DataType.BOOL, trt.TensorIOMode.OUTPUT)]
+    io = [
+        ("scores", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
+        ("feats", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
+        ("values", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
+        ("indices", (-1, k), trt.DataType.INT64, trt.TensorIOMode.OUTPUT),
+        ("kept", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
+        ("keep_mask", (-1, p), trt.DataType.BOOL, trt.TensorIOMode.OUTPUT),
+    ]
 
     class Engine:
         def __init__(self, plan: dict) -> None:
@@ -222,7 +226,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         def get_tensor_profile_shape(self, name: str, index: int):
             return self.plan["profiles"][name]
 
-        def create_execution_context(self) -> "Context":
+        def create_execution_context(self) -> Context:
             return Context(self)
 
     class Context:
@@ -248,8 +252,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             record("execute_async_v3", stream_handle)
-            read = {n: FAKE_MEMORY.read(self.addresses[n], self.shapes[n], np.float32)
-                    for n in ("scores", "feats")}
+            read = {n: FAKE_MEMORY.read(self.addresses[n], self.shapes[n], np.float32) for n in ("scores", "feats")}
             for name, value in expected_topk(read["scores"], read["feats"], k).items():
                 FAKE_MEMORY.write(self.addresses[name], value)
             return True
@@ -330,7 +333,7 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
         def synchronize(self) -> None:
             pass
 
-        def time_since(self, other: "Event") -> float:
+        def time_since(self, other: Event) -> float:
             return self.t - other.t
 
     def memcpy_htod_async(dest: DeviceAllocation, src: np.ndarray, stream: Stream) -> None:

@@ -16,8 +16,7 @@ P = 16
 K = 4
 
 
-def topk_graph_model(p: int = P, k: int = K, batch: str | int = "batch",
-                     opset: int = 17) -> onnx.ModelProto:
+def topk_graph_model(p: int = P, k: int = K, batch: str | int = "batch", opset: int = 17) -> onnx.ModelProto:
     """scores, feats: float32 [B, P] -> values [B,k], indices int64 [B,k], kept [B,k],
     keep_mask bool [B,P]."""
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
@@ -37,14 +36,20 @@ def topk_graph_model(p: int = P, k: int = K, batch: str | int = "batch",
         helper.make_node("Greater", ["mask_f", "half"], ["keep_mask"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_pruner",
-        [helper.make_tensor_value_info("scores", f32, [batch, p]),
-         helper.make_tensor_value_info("feats", f32, [batch, p])],
-        [helper.make_tensor_value_info("values", f32, [batch, k]),
-         helper.make_tensor_value_info("indices", i64, [batch, k]),
-         helper.make_tensor_value_info("kept", f32, [batch, k]),
-         helper.make_tensor_value_info("keep_mask", TensorProto.BOOL, [batch, p])],
-        initializer=inits)
+        nodes,
+        "tiny_pruner",
+        [
+            helper.make_tensor_value_info("scores", f32, [batch, p]),
+            helper.make_tensor_value_info("feats", f32, [batch, p]),
+        ],
+        [
+            helper.make_tensor_value_info("values", f32, [batch, k]),
+            helper.make_tensor_value_info("indices", i64, [batch, k]),
+            helper.make_tensor_value_info("kept", f32, [batch, k]),
+            helper.make_tensor_value_info("keep_mask", TensorProto.BOOL, [batch, p]),
+        ],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -61,10 +66,12 @@ def expected_topk(scores: np.ndarray, feats: np.ndarray, k: int = K) -> dict[str
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     mask = np.zeros(scores.shape, dtype=bool)
     np.put_along_axis(mask, order, True, axis=1)
-    return {"values": np.take_along_axis(scores, order, axis=1),
-            "indices": order.astype(np.int64),
-            "kept": np.take_along_axis(feats, order, axis=1),
-            "keep_mask": mask}
+    return {
+        "values": np.take_along_axis(scores, order, axis=1),
+        "indices": order.astype(np.int64),
+        "kept": np.take_along_axis(feats, order, axis=1),
+        "keep_mask": mask,
+    }
 
 
 def distinct_scores(batch: int, p: int = P, seed: int = 0) -> np.ndarray:
@@ -75,12 +82,17 @@ def distinct_scores(batch: int, p: int = P, seed: int = 0) -> np.ndarray:
 
 def fp16_model(path: Path) -> Path:
     """x float32 [1, 4] -> Cast(fp16) -> Relu -> Cast(fp32)."""
-    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT),
+    ]
     graph = helper.make_graph(
-        nodes, "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        nodes,
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -89,13 +101,21 @@ def fp16_model(path: Path) -> Path:
 
 def qdq_model(path: Path) -> Path:
     """x float32 [1, 4] -> QuantizeLinear -> DequantizeLinear -> y (explicit int8)."""
-    inits = [numpy_helper.from_array(np.array(0.1, dtype=np.float32), "scale"),
-             numpy_helper.from_array(np.array(0, dtype=np.int8), "zp")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.array(0.1, dtype=np.float32), "scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))

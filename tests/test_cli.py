@@ -26,10 +26,12 @@ def test_every_command_help_exits_zero(name, capsys):
 
 
 def test_top_level_help_lists_every_command_and_loads_none():
-    code = ("import sys; from cass_deploy.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "loaded = sorted(m for m in sys.modules if m.startswith('cass_deploy.commands.') or m == 'torch')\n"
-            "assert not loaded, loaded\n")
+    code = (
+        "import sys; from cass_deploy.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('cass_deploy.commands.') or m == 'torch')\n"
+        "assert not loaded, loaded\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for name in COMMANDS:

@@ -30,56 +30,67 @@ def _kitti_line(kind: str, x1, y1, x2, y2, extra: str = "") -> str:
 
 # --------------------------------------------------------------------------- KITTI
 
+
 @pytest.fixture
 def kitti_dir(tmp_path):
     root = tmp_path / "kitti"
     _png(root / "image_2" / "000007.png", 48, 80)
     _png(root / "image_2" / "000003.jpg", 48, 80, value=5)
     (root / "label_2").mkdir(parents=True)
-    (root / "label_2" / "000007.txt").write_text("\n".join([
-        _kitti_line("Car", 1.5, 2.0, 20.5, 12.0),
-        _kitti_line("Van", 30, 10, 44, 20),
-        _kitti_line("DontCare", 60, 0, 70, 8),
-        _kitti_line("Pedestrian", 50, 5, 54, 30),
-        "",
-        _kitti_line("truck", 10, 20, 60, 47.5, extra=" 0.93"),     # lowercase, with a score
-        _kitti_line("Bus", 0, 30, 30, 48),
-        _kitti_line("Cyclist", 70, 20, 75, 30),
-    ]) + "\n")
-    (root / "label_2" / "000003.txt").write_text("")                # an image with no objects
+    (root / "label_2" / "000007.txt").write_text(
+        "\n".join(
+            [
+                _kitti_line("Car", 1.5, 2.0, 20.5, 12.0),
+                _kitti_line("Van", 30, 10, 44, 20),
+                _kitti_line("DontCare", 60, 0, 70, 8),
+                _kitti_line("Pedestrian", 50, 5, 54, 30),
+                "",
+                _kitti_line("truck", 10, 20, 60, 47.5, extra=" 0.93"),  # lowercase, with a score
+                _kitti_line("Bus", 0, 30, 30, 48),
+                _kitti_line("Cyclist", 70, 20, 75, 30),
+            ]
+        )
+        + "\n"
+    )
+    (root / "label_2" / "000003.txt").write_text("")  # an image with no objects
     return root
 
 
 def test_kitti_reads_boxes_and_maps_classes(kitti_dir):
     ds = KittiDataset(kitti_dir / "image_2", kitti_dir / "label_2")
     assert len(ds) == 2 and ds.classes == ("car", "truck", "bus")
-    empty, item = ds[0], ds[1]                                      # sorted: 000003, 000007
+    empty, item = ds[0], ds[1]  # sorted: 000003, 000007
     assert empty["image_id"] == 3 and empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
     assert item["image_id"] == 7
-    expected = torch.tensor([[1.5, 2.0, 20.5, 12.0], [30, 10, 44, 20], [10, 20, 60, 47.5],
-                             [0, 30, 30, 48]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[1.5, 2.0, 20.5, 12.0], [30, 10, 44, 20], [10, 20, 60, 47.5], [0, 30, 30, 48]], dtype=torch.float32
+    )
     assert torch.equal(item["boxes"], expected)
-    assert item["labels"].tolist() == [0, 0, 1, 2]                  # Car, Van -> car; truck; Bus
+    assert item["labels"].tolist() == [0, 0, 1, 2]  # Car, Van -> car; truck; Bus
     assert item["image"].shape == (3, 48, 80) and item["image"].dtype == torch.float32
     raw = np.array(Image.open(kitti_dir / "image_2" / "000007.png"))
     assert torch.allclose(item["image"], torch.from_numpy(raw).permute(2, 0, 1).float() / 255)
 
 
 def test_kitti_custom_class_map_keeps_pedestrians(kitti_dir):
-    ds = KittiDataset(kitti_dir / "image_2", kitti_dir / "label_2",
-                      class_map={"Car": "car", "Pedestrian": "pedestrian"})
+    ds = KittiDataset(
+        kitti_dir / "image_2", kitti_dir / "label_2", class_map={"Car": "car", "Pedestrian": "pedestrian"}
+    )
     assert ds.classes == ("car", "truck", "bus", "pedestrian")
     assert ds[1]["labels"].tolist() == [0, 3]
     with pytest.raises(ConfigError, match="bicycle"):
         KittiDataset(kitti_dir / "image_2", kitti_dir / "label_2", class_map={"Cyclist": "bicycle"})
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("Car 0.0 0 -1.57 1 2 20 12 1.5 1.6 3.9 1.0 1.5 20.0", "expected 15 fields"),
-    (_kitti_line("Car", 1, 2, "abc", 12), "'x2' must be a finite number, got 'abc'"),
-    (_kitti_line("Car", 20, 2, 20, 12), "x2 > x1"),
-    (_kitti_line("Truck", 1, 12, 20, 3), "y2 > y1"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("Car 0.0 0 -1.57 1 2 20 12 1.5 1.6 3.9 1.0 1.5 20.0", "expected 15 fields"),
+        (_kitti_line("Car", 1, 2, "abc", 12), "'x2' must be a finite number, got 'abc'"),
+        (_kitti_line("Car", 20, 2, 20, 12), "x2 > x1"),
+        (_kitti_line("Truck", 1, 12, 20, 3), "y2 > y1"),
+    ],
+)
 def test_kitti_bad_lines_name_file_and_line(kitti_dir, bad, message):
     label = kitti_dir / "label_2" / "000007.txt"
     label.write_text(_kitti_line("Car", 1, 2, 20, 12) + "\n\n" + bad + "\n")
@@ -95,7 +106,7 @@ def test_kitti_box_far_outside_the_image_names_file_and_line(kitti_dir):
     ds = KittiDataset(kitti_dir / "image_2", kitti_dir / "label_2")
     with pytest.raises(InputError, match=f"{label}:2.*outside"):
         ds[1]
-    label.write_text(_kitti_line("Car", -0.5, 2, 80.6, 12) + "\n")   # within 1 px: clipped
+    label.write_text(_kitti_line("Car", -0.5, 2, 80.6, 12) + "\n")  # within 1 px: clipped
     assert KittiDataset(kitti_dir / "image_2", kitti_dir / "label_2")[1]["boxes"].tolist() == [[0, 2, 80, 12]]
 
 
@@ -116,6 +127,7 @@ def test_kitti_missing_image_and_size_mismatch(kitti_dir):
 
 # --------------------------------------------------------------------------- COCO
 
+
 def _coco(root: Path, sizes=((40, 64), (40, 64)), name: str = "annotations.json") -> Path:
     images = []
     for k, (h, w) in enumerate(sizes):
@@ -123,9 +135,14 @@ def _coco(root: Path, sizes=((40, 64), (40, 64)), name: str = "annotations.json"
         images.append({"id": 10 + k, "file_name": f"im{k}.png", "height": h, "width": w})
     data = {
         "images": images,
-        "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"},
-                       {"id": 6, "name": "bus"}, {"id": 8, "name": "truck"},
-                       {"id": 9, "name": "Van"}, {"id": 12, "name": "traffic light"}],
+        "categories": [
+            {"id": 1, "name": "person"},
+            {"id": 3, "name": "car"},
+            {"id": 6, "name": "bus"},
+            {"id": 8, "name": "truck"},
+            {"id": 9, "name": "Van"},
+            {"id": 12, "name": "traffic light"},
+        ],
         "annotations": [
             {"id": 1, "image_id": 10, "category_id": 3, "bbox": [2, 3, 10, 5], "area": 50, "iscrowd": 0},
             {"id": 2, "image_id": 10, "category_id": 1, "bbox": [20, 3, 4, 10], "area": 40, "iscrowd": 0},
@@ -160,7 +177,7 @@ def test_coco_resizes_only_when_asked_and_names_the_odd_image(tmp_path):
     item = ds[1]
     assert item["image"].shape == (3, 40, 64)
     assert torch.allclose(item["boxes"], torch.tensor([[0.5, 0.5, 4.5, 4.5], [2.5, 2.5, 12.5, 17.5]]))
-    assert ds[0]["boxes"].tolist() == [[2, 3, 12, 8], [30, 10, 60, 35.5]]   # right size: untouched
+    assert ds[0]["boxes"].tolist() == [[2, 3, 12, 8], [30, 10, 60, 35.5]]  # right size: untouched
 
 
 def test_coco_bad_input_is_named(tmp_path):
@@ -183,12 +200,13 @@ def test_coco_bad_input_is_named(tmp_path):
 
 # --------------------------------------------------------------------------- collate
 
+
 def test_collate_stacks_images_and_keeps_box_lists():
     ds = SyntheticRoadside(3, split="val", seed=1)
     batch = collate([ds[0], ds[1], ds[2]])
     assert batch["images"].shape == (3, 3, 256, 448) and batch["images"].dtype == torch.float32
     assert [b.shape[1] for b in batch["boxes"]] == [4, 4, 4]
-    assert [len(b) for b in batch["boxes"]] == [len(l) for l in batch["labels"]]
+    assert [len(b) for b in batch["boxes"]] == [len(lab) for lab in batch["labels"]]
     assert batch["labels"][0].dtype == torch.int64
     assert batch["image_ids"].dtype == torch.int64 and batch["image_ids"].tolist() == [0, 1, 2]
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
@@ -206,6 +224,7 @@ def test_collate_refuses_mixed_sizes_and_empty_batches():
 
 # --------------------------------------------------------------------------- load_dataset
 
+
 def test_load_dataset_synthetic():
     ds = load_dataset("synthetic", split="train", num_images=4, image_size=(320, 576), seed=3)
     assert isinstance(ds, SyntheticRoadside) and len(ds) == 4 and ds.image_size == (320, 576)
@@ -222,14 +241,14 @@ def test_load_dataset_detects_coco_and_kitti_layouts(tmp_path, kitti_dir):
     assert isinstance(load_dataset(coco_root / "annotations.json"), CocoDataset)
     assert len(load_dataset(coco_root, num_images=1)) == 1
 
-    other = tmp_path / "coco2" / "val"                               # <split>/ subdirectory, any *.json name
+    other = tmp_path / "coco2" / "val"  # <split>/ subdirectory, any *.json name
     _coco(other, name="instances_val.json")
     kind, paths = detect_format(tmp_path / "coco2", split="val")
     assert kind == "coco" and paths["ann_file"].name == "instances_val.json"
 
     ds = load_dataset(kitti_dir)
     assert isinstance(ds, KittiDataset) and len(ds) == 2
-    alt = tmp_path / "alt"                                           # images/ + labels/ naming
+    alt = tmp_path / "alt"  # images/ + labels/ naming
     alt.mkdir()
     (kitti_dir / "image_2").rename(alt / "images")
     (kitti_dir / "label_2").rename(alt / "labels")

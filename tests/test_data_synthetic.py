@@ -40,6 +40,7 @@ def _fields(boxes: np.ndarray, height: int = H) -> np.ndarray:
 
 # --------------------------------------------------------------------------- determinism
 
+
 def test_same_seed_and_index_give_identical_scenes_whatever_the_call_order():
     a = generate_scene(3, 7)
     generate_scene(3, 8)
@@ -59,19 +60,20 @@ def test_different_index_or_seed_gives_different_scenes():
 
 # --------------------------------------------------------------------------- geometry contract
 
+
 def test_outputs_have_documented_types_and_valid_boxes(scenes):
     for img, boxes, labels in scenes:
         assert img.shape == (H, W, 3) and img.dtype == np.uint8
         assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
         assert labels.dtype == np.int64 and labels.shape == (boxes.shape[0],)
-        assert set(labels.tolist()) <= {0, 1, 2}            # pedestrians are off by default
+        assert set(labels.tolist()) <= {0, 1, 2}  # pedestrians are off by default
         assert np.isfinite(boxes).all()
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
         assert (boxes[:, 2] <= W).all() and (boxes[:, 3] <= H).all()
         assert (boxes[:, 2] - boxes[:, 0] >= 2).all() and (boxes[:, 3] - boxes[:, 1] >= 2).all()
         # every vehicle stands on the ground, below the horizon (>= 0.25 H)
         assert (boxes[:, 3] > 0.25 * H).all()
-        assert img.std() > 10                               # not a blank frame
+        assert img.std() > 10  # not a blank frame
 
 
 def test_field_counts_are_within_the_contract(scenes):
@@ -82,13 +84,12 @@ def test_field_counts_are_within_the_contract(scenes):
     # occlusion by big near-field vehicles may cost a couple of far ones in a rare scene
     assert (far >= 10).all() and (far <= 40).all()
     assert far.mean() >= 12
-    assert np.array_equal(counts, np.array([np.bincount(field_of_boxes(b, H), minlength=3)
-                                            for _, b, _ in scenes]))
+    assert np.array_equal(counts, np.array([np.bincount(field_of_boxes(b, H), minlength=3) for _, b, _ in scenes]))
 
 
 def test_near_field_is_larger_and_lower_than_far_field(scenes):
     boxes = np.concatenate([b for _, b, _ in scenes])
-    labels = np.concatenate([l for _, _, l in scenes])
+    labels = np.concatenate([lab for _, _, lab in scenes])
     f = _fields(boxes)
     w = boxes[:, 2] - boxes[:, 0]
     area = w * (boxes[:, 3] - boxes[:, 1])
@@ -112,8 +113,9 @@ def test_far_field_is_denser_on_the_left(scenes):
 
 
 def test_left_right_bias_is_configurable():
-    mirrored = SceneConfig(vanishing_x_range=(0.6, 0.7), far_left_weight=0.3, cross_road_prob=0.0,
-                           camera_lateral_range=(0.6, 0.8))
+    mirrored = SceneConfig(
+        vanishing_x_range=(0.6, 0.7), far_left_weight=0.3, cross_road_prob=0.0, camera_lateral_range=(0.6, 0.8)
+    )
     left = right = 0
     for i in range(8):
         _, b, _ = generate_scene(2, i, cfg=mirrored)
@@ -144,7 +146,7 @@ def test_bad_seed_is_refused():
 
 def test_scene_config_validates_and_loads_from_a_mapping():
     with pytest.raises(ConfigError, match="far_bottom"):
-        SceneConfig(far_bottom=0.2)                     # above the horizon
+        SceneConfig(far_bottom=0.2)  # above the horizon
     with pytest.raises(ConfigError, match="far_count_range"):
         SceneConfig(far_count_range=(10, 5))
     with pytest.raises(ConfigError, match="near_class_probs"):
@@ -156,10 +158,11 @@ def test_scene_config_validates_and_loads_from_a_mapping():
     assert 1 <= far_vehicles.sum() <= 6
     assert (labels == 3).any()
     peds = boxes[labels == 3]
-    assert ((peds[:, 3] - peds[:, 1]) > (peds[:, 2] - peds[:, 0])).all()   # people are tall and thin
+    assert ((peds[:, 3] - peds[:, 1]) > (peds[:, 2] - peds[:, 0])).all()  # people are tall and thin
 
 
 # --------------------------------------------------------------------------- dataset
+
 
 def test_dataset_items_match_generate_scene():
     ds = SyntheticRoadside(3, split="train", seed=5)
@@ -198,6 +201,7 @@ def test_cache_returns_the_same_item():
 
 # --------------------------------------------------------------------------- writer
 
+
 def test_write_synthetic_dataset_round_trips_through_coco(tmp_path):
     out = tmp_path / "syn"
     write_synthetic_dataset(out, 3, seed=4, split="val")
@@ -215,7 +219,7 @@ def test_write_synthetic_dataset_round_trips_through_coco(tmp_path):
         a, b = ref[i], coco[i]
         assert b["image_id"] == i
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
-        assert torch.equal(a["image"], b["image"])          # PNG is lossless
+        assert torch.equal(a["image"], b["image"])  # PNG is lossless
     n_ann = sum(len(ref[i]["labels"]) for i in range(3))
     assert len(data["annotations"]) == n_ann
 
@@ -229,7 +233,7 @@ def test_write_refuses_to_overwrite_without_force(tmp_path):
     assert (out / "annotations.json").read_text() == before
     write_synthetic_dataset(out, 2, force=True)
     assert len(json.loads((out / "annotations.json").read_text())["images"]) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp leftovers
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_numpy_paths_work_without_torch(tmp_path):

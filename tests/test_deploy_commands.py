@@ -32,8 +32,12 @@ def fp32_export(tiny_checkpoint, tmp_path_factory):
 
 def test_profile_checkpoint_sweep_and_export(tiny_checkpoint, fp32_export, tmp_path, capsys):
     out = tmp_path / "prof"
-    assert main(["profile", str(tiny_checkpoint), "--sweep", "0.25,0.5", "--warmup", "1", "--iters", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["profile", str(tiny_checkpoint), "--sweep", "0.25,0.5", "--warmup", "1", "--iters", "3", "--out", str(out)]
+        )
+        == 0
+    )
     data = json.loads((out / "profile.json").read_text())
     labels = [r["label"] for r in data["results"]]
     assert labels == ["dense", "global keep 0.25", "global keep 0.5"]
@@ -63,8 +67,9 @@ def test_validate_gates_pass_and_fail(fp32_export, tmp_path, capsys):
     near = data["result"]["by_field"]["near"]
     assert near["n_gt"] > 0 and 0 <= near["retention_mean"] <= 1
     # an impossible gate fails with exit 1 and names the failing number
-    rc = main(["validate", str(fp32_export), "--images", "8", "--min-near-retention", "1.0",
-               "--min-near-recall", "1.0"])
+    rc = main(
+        ["validate", str(fp32_export), "--images", "8", "--min-near-retention", "1.0", "--min-near-recall", "1.0"]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "near" in err
 
@@ -94,13 +99,27 @@ def test_report_renders_sections(tiny_checkpoint, fp32_export, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     assert main(["validate", str(fp32_export), "--images", "8", "--json", str(run / "validate-fp32.json")]) == 0
-    assert main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(fp32_export), "--images", "2",
-                 "--json", str(run / "verify.json")]) == 0
+    assert (
+        main(
+            [
+                "verify",
+                "--reference",
+                str(tiny_checkpoint),
+                "--candidate",
+                str(fp32_export),
+                "--images",
+                "2",
+                "--json",
+                str(run / "verify.json"),
+            ]
+        )
+        == 0
+    )
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "Recall and retention by field" in html and "Keep-mask fidelity" in html
     assert html.count("data:image/png;base64,") >= 2  # recall and retention charts embedded
-    assert "src=\"http" not in html  # self-contained
+    assert 'src="http' not in html  # self-contained
     assert json.loads((run / "report.json").read_text())["validate"]
     assert main(["report", str(run)]) == 2  # no overwrite without --force
     assert main(["report", str(tmp_path / "missing")]) == 2
@@ -108,15 +127,38 @@ def test_report_renders_sections(tiny_checkpoint, fp32_export, tmp_path):
 
 def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--config", "", "--out", str(out), "--validate-images", "8", "--verify-images", "2",
-            "--profile-iters", "2", "--max-recall-drop", "1.0", "--no-progress"]
+    args = [
+        "demo",
+        "--config",
+        "",
+        "--out",
+        str(out),
+        "--validate-images",
+        "8",
+        "--verify-images",
+        "2",
+        "--profile-iters",
+        "2",
+        "--max-recall-drop",
+        "1.0",
+        "--no-progress",
+    ]
     for o in TINY_OVERRIDES:
         args += ["--set", o]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "report:" in text
-    for rel in ("train/best.pt", "export-fp32/model.onnx", "export-int8/model.onnx", "verify.json",
-                "profile/profile.json", "validate-fp32.json", "validate-int8.json", "report.html", "summary.json"):
+    for rel in (
+        "train/best.pt",
+        "export-fp32/model.onnx",
+        "export-int8/model.onnx",
+        "verify.json",
+        "profile/profile.json",
+        "validate-fp32.json",
+        "validate-int8.json",
+        "report.html",
+        "summary.json",
+    ):
         assert (out / rel).is_file(), rel
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["recall"]) == {"fp32", "int8", "dense"}
@@ -137,7 +179,6 @@ def test_engine_from_export_without_tensorrt_is_a_clear_error(fp32_export, tmp_p
 def test_engine_from_export_with_recording_tensorrt(fp32_export, tmp_path, monkeypatch):
     """The on-device build path (export dir -> engine + manifest) against the TensorRT stand-in."""
     import fake_tensorrt
-
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     man = engine_from_export(fp32_export, tmp_path / "eng", workspace_mib=512, log=lambda s: None)
@@ -163,13 +204,15 @@ def test_validate_against_a_saved_reference(fp32_export, tmp_path, capsys):
     assert main(["validate", str(fp32_export), "--images", "8", "--json", str(ref)]) == 0
     dense_near = json.loads(ref.read_text())["reference"]["by_field"]["near"]["recall"]
     capsys.readouterr()
-    assert main(["validate", str(fp32_export), "--images", "8", "--reference", str(ref),
-                 "--max-recall-drop", "1.0"]) == 0
+    assert (
+        main(["validate", str(fp32_export), "--images", "8", "--reference", str(ref), "--max-recall-drop", "1.0"]) == 0
+    )
     out = capsys.readouterr().out
     assert "near recall dropped by" in out and f"({dense_near:.4f} ->" in out  # compared with the saved dense run
     # on other data the object counts differ and the comparison is refused
-    assert main(["validate", str(fp32_export), "--images", "4", "--reference", str(ref),
-                 "--max-recall-drop", "0.5"]) == 2
+    assert (
+        main(["validate", str(fp32_export), "--images", "4", "--reference", str(ref), "--max-recall-drop", "0.5"]) == 2
+    )
     assert "not evaluated on the same data" in capsys.readouterr().err
 
 
@@ -179,8 +222,7 @@ def test_more_bad_input_is_one_line_and_exit_2(tiny_checkpoint, fp32_export, tmp
         (["profile", str(tiny_checkpoint), "--device", "foo", "--iters", "1"], "'foo'"),
         (["profile", str(tiny_checkpoint), "--threads", "-1", "--iters", "1"], "--threads"),
         (["validate", str(tiny_checkpoint), "--device", "foo", "--images", "2"], "'foo'"),
-        (["export", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--dynamic-batch", "1", "1", "1"],
-         "--batch 1"),
+        (["export", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--dynamic-batch", "1", "1", "1"], "--batch 1"),
         (["report", str(tmp_path), "--out", str(tmp_path / "x.json")], ".html"),
     ]
     import torch
@@ -208,8 +250,10 @@ def test_dense_checkpoint_with_nothing_to_profile(tiny_checkpoint, tmp_path, cap
 
 def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
 
-    run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "q", precision="int8", batch=2,
-                             calib_images=4), log=lambda s: None)
+    run_export(
+        ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "q", precision="int8", batch=2, calib_images=4),
+        log=lambda s: None,
+    )
     report, _ = run_verify(str(tiny_checkpoint), [str(tmp_path / "q")], images=4)
     assert report.images == 4 and report.candidates[0].precision == "int8"
 
@@ -217,7 +261,6 @@ def test_int8_export_with_a_fixed_batch_of_two(tiny_checkpoint, tmp_path):
 def test_engine_rebuild_in_place_needs_force(fp32_export, tmp_path, monkeypatch):
 
     import fake_tensorrt
-
 
     fake_tensorrt.install(monkeypatch, "10.3.0")
     d = tmp_path / "exp"
@@ -240,8 +283,8 @@ def test_every_reader_takes_the_batch_from_the_manifest(tiny_checkpoint, tmp_pat
     assert man == res.manifest and man.batch_step == 2
     assert man.fixed_batch == batching.get("batch") and man.dynamic_batch == batching.get("dynamic_batch")
     report, _ = run_verify(str(tiny_checkpoint), [str(out)], images=5)
-    assert report.images == 4                                        # whole steps of batch_step
-    assert open_model(str(out)).batch == man.fixed_batch             # fixed: padded to it; dynamic: free
+    assert report.images == 4  # whole steps of batch_step
+    assert open_model(str(out)).batch == man.fixed_batch  # fixed: padded to it; dynamic: free
     assert profile_artefact(str(out), warmup=0, iters=1).batch == man.batch_step
     fake_tensorrt.install(monkeypatch, "10.3.0")
     built = engine_from_export(out, tmp_path / "eng", log=lambda s: None)

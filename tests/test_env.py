@@ -18,8 +18,20 @@ def info():
 
 
 def test_collect_has_every_section(info):
-    assert {"cass_deploy", "python", "platform", "machine", "packages", "torch", "onnxruntime",
-            "tensorrt", "pycuda", "nvidia_smi", "jetson", "backends"} <= set(info)
+    assert {
+        "cass_deploy",
+        "python",
+        "platform",
+        "machine",
+        "packages",
+        "torch",
+        "onnxruntime",
+        "tensorrt",
+        "pycuda",
+        "nvidia_smi",
+        "jetson",
+        "backends",
+    } <= set(info)
     assert info["cass_deploy"] == __version__
     assert set(info["packages"]) == set(PACKAGES)
     assert list(info["backends"]) == list(BACKENDS)
@@ -56,7 +68,9 @@ def test_backend_table_reasons():
     table = backend_table(
         torch_info={"version": "2.5.0", "cuda_build": "12.4", "cuda_available": False, "gpus": []},
         ort_info={"version": "1.20.0", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
-        trt_info={"version": "10.3.0"}, pycuda_info=None)
+        trt_info={"version": "10.3.0"},
+        pycuda_info=None,
+    )
     assert table["torch-cpu"]["usable"] and not table["torch-cuda"]["usable"]
     assert "no CUDA device" in table["torch-cuda"]["reason"]
     assert table["onnxruntime-cuda"]["usable"] and not table["onnxruntime-tensorrt"]["usable"]
@@ -64,8 +78,7 @@ def test_backend_table_reasons():
     ok = backend_table(None, None, {"version": "10.8.0"}, {"devices": ["NVIDIA L4"]})
     assert ok["tensorrt"] == {"usable": True, "reason": "TensorRT 10.8.0 on NVIDIA L4"}
     assert not ok["torch-cpu"]["usable"] and "not installed" in ok["onnxruntime-cpu"]["reason"]
-    cpu_only = backend_table({"version": "2.5.0+cpu", "cuda_build": None, "cuda_available": False}, None,
-                             None, None)
+    cpu_only = backend_table({"version": "2.5.0+cpu", "cuda_build": None, "cuda_available": False}, None, None, None)
     assert "CPU-only" in cpu_only["torch-cuda"]["reason"]
 
 
@@ -75,7 +88,7 @@ def test_collect_reads_a_fake_jetson_root(tmp_path, monkeypatch):
     (dt / "model").write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\x00")
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 1\n")
-    monkeypatch.setenv("PATH", str(tmp_path))   # no nvpmodel, no nvidia-smi
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvpmodel, no nvidia-smi
     out = collect(jetson_root=tmp_path)
     assert out["jetson"]["is_jetson"] and out["jetson"]["jetpack"] == "6.2"
     assert out["jetson"]["suggested_profile"] == "jetson-orin-nx"

@@ -24,8 +24,8 @@ def test_table_encodes_the_documented_limits():
 
 
 def test_patch_grid_pads_up():
-    assert patch_grid((720, 1280), 16) == (45, 80)          # 3600 patches
-    assert patch_grid((1080, 1920), 16) == (68, 120)        # 1080/16 = 67.5 -> 68
+    assert patch_grid((720, 1280), 16) == (45, 80)  # 3600 patches
+    assert patch_grid((1080, 1920), 16) == (68, 120)  # 1080/16 = 67.5 -> 68
     with pytest.raises(InputError, match="image_size"):
         patch_grid((1080,), 16)
     with pytest.raises(InputError, match="patch_size"):
@@ -37,11 +37,17 @@ def test_1080p_keep_half_is_refused_with_band_advice():
     k = math.ceil(0.5 * patches)
     assert (patches, k) == (8160, 4080)
     with pytest.raises(LimitError) as err:
-        check_request("tensorrt10", k=k, precision="fp16", image_size=(1080, 1920),
-                      patch_size=16, keep_ratio=0.5, pruner_mode="global")
+        check_request(
+            "tensorrt10",
+            k=k,
+            precision="fp16",
+            image_size=(1080, 1920),
+            patch_size=16,
+            keep_ratio=0.5,
+            pruner_mode="global",
+        )
     msg = str(err.value)
-    for needle in ("band", "4080", "3840", "8160", "68x120", "1920x1080", "1280x720",
-                   "Nothing is clamped"):
+    for needle in ("band", "4080", "3840", "8160", "68x120", "1920x1080", "1280x720", "Nothing is clamped"):
         assert needle in msg, needle
     # the suggested keep_ratio really fits
     assert math.ceil(0.47 * patches) <= 3840 < math.ceil(0.48 * patches)
@@ -63,8 +69,7 @@ def test_k_larger_than_patch_count_or_not_positive_is_refused():
 
 def test_band_pruner_is_checked_per_band():
     # 4080 kept patches in three bands: every TopK is below the limit, the total is not
-    assert check_request("tensorrt10", k=4080, pruner_mode="band",
-                         topk_sizes=[1360, 1360, 1360]) == []
+    assert check_request("tensorrt10", k=4080, pruner_mode="band", topk_sizes=[1360, 1360, 1360]) == []
     with pytest.raises(LimitError, match=r"band 1: k=3900"):
         check_request("tensorrt10", pruner_mode="band", topk_sizes=[100, 3900, 80])
     with pytest.raises(InputError, match="pass topk_sizes"):
@@ -109,8 +114,14 @@ def test_dla_rules():
         check_request("tensorrt10-dla", precision="fp16")
     with pytest.raises(LimitError, match="no dynamic dimensions"):
         check_request("tensorrt10-dla", precision="fp16", dla_core=0, dynamic_batch=(1, 2, 4))
-    notes = check_request("tensorrt10-dla", precision="int8", dla_core=1, k=1800,
-                          ops={"Conv", "TopK", "GatherElements"}, dynamic_batch=(2, 2, 2))
+    notes = check_request(
+        "tensorrt10-dla",
+        precision="int8",
+        dla_core=1,
+        k=1800,
+        ops={"Conv", "TopK", "GatherElements"},
+        dynamic_batch=(2, 2, 2),
+    )
     assert any("GatherElements, TopK" in n for n in notes)
     with pytest.raises(LimitError, match="3840"):
         check_request("tensorrt10-dla", precision="fp16", dla_core=0, k=4000)

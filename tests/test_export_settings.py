@@ -81,22 +81,50 @@ cpu); explicit flags override it
 """
 
 # The request the old parser built with no flags (the old ExportRequest defaults).
-OLD_DEFAULTS = dict(parts="full", precision="fp32", batch=1, dynamic_batch=None, opset=17, simplify=True,
-                    image_size=None, pruner_mode=None, keep_ratio=None, keep_predictor_fp32=True,
-                    calib_data="synthetic", calib_images=32, calib_method="minmax", target=None, engine=False,
-                    workspace_mib=None, timing_cache=None, dla_core=None, gpu_fallback=True, strongly_typed=None,
-                    profile=None, force=False, extra={})
+OLD_DEFAULTS = dict(
+    parts="full",
+    precision="fp32",
+    batch=1,
+    dynamic_batch=None,
+    opset=17,
+    simplify=True,
+    image_size=None,
+    pruner_mode=None,
+    keep_ratio=None,
+    keep_predictor_fp32=True,
+    calib_data="synthetic",
+    calib_images=32,
+    calib_method="minmax",
+    target=None,
+    engine=False,
+    workspace_mib=None,
+    timing_cache=None,
+    dla_core=None,
+    gpu_fallback=True,
+    strongly_typed=None,
+    profile=None,
+    force=False,
+    extra={},
+)
 # The fields the old ExportProfile shared with the request: (type, default); image_size had none.
 OLD_PROFILE_FIELDS = dict(
-    image_size=(tuple[int, int], dataclasses.MISSING), batch=(int, 1),
-    dynamic_batch=(tuple[int, int, int] | None, None), precision=(str, "fp16"), workspace_mib=(int | None, None),
-    dla_core=(int | None, None), gpu_fallback=(bool, True), keep_ratio=(float, 0.5), pruner_mode=(str, "global"),
-    opset=(int, 18), simplify=(bool, True))
+    image_size=(tuple[int, int], dataclasses.MISSING),
+    batch=(int, 1),
+    dynamic_batch=(tuple[int, int, int] | None, None),
+    precision=(str, "fp16"),
+    workspace_mib=(int | None, None),
+    dla_core=(int | None, None),
+    gpu_fallback=(bool, True),
+    keep_ratio=(float, 0.5),
+    pruner_mode=(str, "global"),
+    opset=(int, 18),
+    simplify=(bool, True),
+)
 PROFILE_ONLY = {"name", "description", "target", "device", "timing_cache", "memory_bandwidth_gbs", "patch_size"}
 
 
 def _words(text: str) -> list[str]:
-    return text.split()   # modulo argparse's line wrapping
+    return text.split()  # modulo argparse's line wrapping
 
 
 @pytest.fixture
@@ -110,6 +138,7 @@ def exported(monkeypatch):
         assert main(["export", "ckpt.pt", "--out", "o", *argv]) == 0
         (req,) = seen
         return req
+
     return run
 
 
@@ -118,6 +147,7 @@ def _fields(req) -> dict:
 
 
 # --------------------------------------------------------------------------- the CLI
+
 
 def test_help_is_the_hand_written_parsers(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "200")
@@ -132,29 +162,68 @@ def test_no_flags_give_the_old_defaults(exported):
     assert _fields(req) == {"checkpoint": Path("ckpt.pt"), "out": Path("o"), **OLD_DEFAULTS}
 
 
-@pytest.mark.parametrize("argv, changed", [
-    (["--parts", "predictor"], dict(parts="predictor")),
-    (["--precision", "int8", "--calib-images", "3", "--calib-method", "percentile", "--calib-data", "d"],
-     dict(precision="int8", calib_images=3, calib_method="percentile", calib_data="d")),
-    (["--batch", "4", "--opset", "19"], dict(batch=4, opset=19)),
-    (["--dynamic-batch", "1", "4", "8"], dict(dynamic_batch=(1, 4, 8))),
-    (["--image-size", "320", "640"], dict(image_size=(320, 640))),
-    (["--pruner", "band", "--keep-ratio", "0.3"], dict(pruner_mode="band", keep_ratio=0.3)),
-    (["--no-simplify", "--no-keep-predictor-fp32", "--no-gpu-fallback"],
-     dict(simplify=False, keep_predictor_fp32=False, gpu_fallback=False)),
-    (["--target", "tensorrt10", "--engine", "--workspace", "512", "--timing-cache", "tc.bin", "--dla-core", "0",
-      "--strongly-typed", "--force"],
-     dict(target="tensorrt10", engine=True, workspace_mib=512, timing_cache=Path("tc.bin"), dla_core=0,
-          strongly_typed=True, force=True)),
-])
+@pytest.mark.parametrize(
+    "argv, changed",
+    [
+        (["--parts", "predictor"], dict(parts="predictor")),
+        (
+            ["--precision", "int8", "--calib-images", "3", "--calib-method", "percentile", "--calib-data", "d"],
+            dict(precision="int8", calib_images=3, calib_method="percentile", calib_data="d"),
+        ),
+        (["--batch", "4", "--opset", "19"], dict(batch=4, opset=19)),
+        (["--dynamic-batch", "1", "4", "8"], dict(dynamic_batch=(1, 4, 8))),
+        (["--image-size", "320", "640"], dict(image_size=(320, 640))),
+        (["--pruner", "band", "--keep-ratio", "0.3"], dict(pruner_mode="band", keep_ratio=0.3)),
+        (
+            ["--no-simplify", "--no-keep-predictor-fp32", "--no-gpu-fallback"],
+            dict(simplify=False, keep_predictor_fp32=False, gpu_fallback=False),
+        ),
+        (
+            [
+                "--target",
+                "tensorrt10",
+                "--engine",
+                "--workspace",
+                "512",
+                "--timing-cache",
+                "tc.bin",
+                "--dla-core",
+                "0",
+                "--strongly-typed",
+                "--force",
+            ],
+            dict(
+                target="tensorrt10",
+                engine=True,
+                workspace_mib=512,
+                timing_cache=Path("tc.bin"),
+                dla_core=0,
+                strongly_typed=True,
+                force=True,
+            ),
+        ),
+    ],
+)
 def test_each_flag_sets_its_field(exported, argv, changed):
     assert _fields(exported(*argv)) == {"checkpoint": Path("ckpt.pt"), "out": Path("o"), **OLD_DEFAULTS, **changed}
 
 
-@pytest.mark.parametrize("argv", [["--precision", "fp8"], ["--parts", "x"], ["--pruner", "random"],
-                                  ["--calib-method", "foo"], ["--batch", "x"], ["--keep-ratio", "x"],
-                                  ["--workspace", "1.5"], ["--dynamic-batch", "1", "2"], ["--image-size", "64"],
-                                  ["--simplify"], ["--gpu-fallback"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--precision", "fp8"],
+        ["--parts", "x"],
+        ["--pruner", "random"],
+        ["--calib-method", "foo"],
+        ["--batch", "x"],
+        ["--keep-ratio", "x"],
+        ["--workspace", "1.5"],
+        ["--dynamic-batch", "1", "2"],
+        ["--image-size", "64"],
+        ["--simplify"],
+        ["--gpu-fallback"],
+    ],
+)
 def test_the_parser_rejects_what_it_did(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export", "ckpt.pt", "--out", "o", *argv])
@@ -169,13 +238,16 @@ def test_checkpoint_and_out_are_required(capsys):
     assert "the following arguments are required" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch", "0"], "--batch must be an integer >= 1, got 0"),
-    (["--dynamic-batch", "4", "2", "8"], "--dynamic-batch needs 1 <= min <= opt <= max, got [4, 2, 8]"),
-    (["--dynamic-batch", "1", "1", "1"], "--dynamic-batch [1, 1, 1] allows only batch 1; use --batch 1"),
-    (["--precision", "int8", "--calib-images", "0"], "--calib-images must be >= 1 for int8, got 0"),
-    (["--image-size", "0", "640"], "--image-size must be two positive integers H W, got (0, 640)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "--batch must be an integer >= 1, got 0"),
+        (["--dynamic-batch", "4", "2", "8"], "--dynamic-batch needs 1 <= min <= opt <= max, got [4, 2, 8]"),
+        (["--dynamic-batch", "1", "1", "1"], "--dynamic-batch [1, 1, 1] allows only batch 1; use --batch 1"),
+        (["--precision", "int8", "--calib-images", "0"], "--calib-images must be >= 1 for int8, got 0"),
+        (["--image-size", "0", "640"], "--image-size must be two positive integers H W, got (0, 640)"),
+    ],
+)
 def test_request_checks_name_the_flag(monkeypatch, capsys, argv, message):
     monkeypatch.setattr(export_cmd, "pipeline", types.SimpleNamespace(run_export=lambda req: None))
     assert main(["export", "ckpt.pt", "--out", "o", *argv]) == 2
@@ -196,31 +268,86 @@ def test_export_directory_builds_its_engine_with_the_engine_flags(monkeypatch, t
     assert main(["export", str(tmp_path), "--out", "o"]) == 2
     assert f"{tmp_path} is an export directory: add --engine" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", "o", "--engine"]) == 0
-    assert main(["export", str(tmp_path), "--out", "o", "--engine", "--workspace", "8", "--timing-cache", "t",
-                 "--dla-core", "1", "--no-gpu-fallback", "--strongly-typed", "--force", "--batch", "0"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path),
+                "--out",
+                "o",
+                "--engine",
+                "--workspace",
+                "8",
+                "--timing-cache",
+                "t",
+                "--dla-core",
+                "1",
+                "--no-gpu-fallback",
+                "--strongly-typed",
+                "--force",
+                "--batch",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert calls == [
-        (tmp_path, Path("o"), dict(workspace_mib=None, timing_cache=None, dla_core=None, gpu_fallback=True,
-                                   strongly_typed=None, force=False)),
-        (tmp_path, Path("o"), dict(workspace_mib=8, timing_cache=Path("t"), dla_core=1, gpu_fallback=False,
-                                   strongly_typed=True, force=True)),
+        (
+            tmp_path,
+            Path("o"),
+            dict(
+                workspace_mib=None,
+                timing_cache=None,
+                dla_core=None,
+                gpu_fallback=True,
+                strongly_typed=None,
+                force=False,
+            ),
+        ),
+        (
+            tmp_path,
+            Path("o"),
+            dict(
+                workspace_mib=8, timing_cache=Path("t"), dla_core=1, gpu_fallback=False, strongly_typed=True, force=True
+            ),
+        ),
     ]
 
 
 def test_the_command_module_imports_no_torch():
-    code = ("import sys, cass_deploy.commands.export; bad = [m for m in ('torch', 'onnxruntime', 'tensorrt') "
-            "if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, cass_deploy.commands.export; bad = [m for m in ('torch', 'onnxruntime', 'tensorrt') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --------------------------------------------------------------------------- profiles
 
+
 def test_flags_win_over_the_profile_and_the_profile_fills_the_rest(exported):
     nano = load_profile("jetson-orin-nano")
-    req = exported("--profile", "jetson-orin-nano", "--precision", "fp32", "--batch", "2", "--no-simplify",
-                   "--opset", "19", "--keep-ratio", "0.25")
+    req = exported(
+        "--profile",
+        "jetson-orin-nano",
+        "--precision",
+        "fp32",
+        "--batch",
+        "2",
+        "--no-simplify",
+        "--opset",
+        "19",
+        "--keep-ratio",
+        "0.25",
+    )
     assert (req.precision, req.batch, req.simplify, req.opset, req.keep_ratio) == ("fp32", 2, False, 19, 0.25)
     assert (req.image_size, req.workspace_mib, req.pruner_mode, req.gpu_fallback, req.dla_core) == (
-        nano.image_size, nano.workspace_mib, nano.pruner_mode, nano.gpu_fallback, nano.dla_core)
+        nano.image_size,
+        nano.workspace_mib,
+        nano.pruner_mode,
+        nano.gpu_fallback,
+        nano.dla_core,
+    )
     assert req.profile == "jetson-orin-nano"
     x86 = exported("--profile", "x86-gpu")
     assert (x86.dynamic_batch, x86.batch, x86.precision, x86.opset) == ((1, 4, 8), 4, "fp16", 18)
@@ -246,12 +373,19 @@ def test_profile_from_a_yaml_path_records_its_name(exported, tmp_path):
 
 def test_apply_profile_fills_only_unset_values():
     prof = load_profile("jetson-agx-orin")
-    values = {"checkpoint": Path("c"), "out": Path("o"), "precision": "int8", "gpu_fallback": False,
-              "engine": False, "batch": None, "profile": "path/to/agx.yaml"}
+    values = {
+        "checkpoint": Path("c"),
+        "out": Path("o"),
+        "precision": "int8",
+        "gpu_fallback": False,
+        "engine": False,
+        "batch": None,
+        "profile": "path/to/agx.yaml",
+    }
     merged = apply_profile(values, prof)
     assert (merged["precision"], merged["gpu_fallback"], merged["engine"]) == ("int8", False, False)
     assert (merged["batch"], merged["image_size"], merged["profile"]) == (prof.batch, prof.image_size, prof.name)
-    assert values["batch"] is None   # not mutated
+    assert values["batch"] is None  # not mutated
     assert apply_profile({"batch": 3}, None) == {"batch": 3, "profile": None}
 
 
@@ -265,6 +399,7 @@ def test_every_shipped_profile_makes_a_valid_request(name):
 
 # --------------------------------------------------------------------------- one table
 
+
 def test_request_fields_are_the_table():
     fields = dataclasses.fields(ExportRequest)
     assert [f.name for f in fields] == [s.name for s in SETTINGS]
@@ -272,7 +407,7 @@ def test_request_fields_are_the_table():
     for f in fields:
         assert hints[f.name] == SETTING[f.name].type
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        assert default == OLD_DEFAULTS.get(f.name, dataclasses.MISSING), f.name   # checkpoint, out: required
+        assert default == OLD_DEFAULTS.get(f.name, dataclasses.MISSING), f.name  # checkpoint, out: required
 
 
 def test_profile_shares_exactly_the_table_settings_with_their_types():
@@ -285,7 +420,7 @@ def test_profile_shares_exactly_the_table_settings_with_their_types():
     for name, (tp, default) in OLD_PROFILE_FIELDS.items():
         s = SETTING[name]
         assert (hints[name], defaults[name]) == (tp, default), name
-        assert s.profile_type == tp and s.type in (tp, tp | None), name   # the request may leave it unset
+        assert s.profile_type == tp and s.type in (tp, tp | None), name  # the request may leave it unset
         assert s.profile == (REQUIRED if default is dataclasses.MISSING else default), name
 
 
@@ -308,4 +443,5 @@ def test_every_flag_is_one_setting():
     parser_flags = [w.strip("[]") for w in _words(OLD_HELP.split("\n\n")[0]) if w.strip("[]").startswith("--")]
     assert sorted(parser_flags) == sorted(f for f in flags if f.startswith("--"))
     assert settings_from_args(types.SimpleNamespace(**{s.name: None for s in SETTINGS if s.flag})) == {
-        s.name: None for s in SETTINGS if s.flag}
+        s.name: None for s in SETTINGS if s.flag
+    }

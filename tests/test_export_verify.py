@@ -56,7 +56,10 @@ def test_manifest_and_metadata(exports, tiny_checkpoint):
     assert man["outputs"][1]["dtype"] == "int64" and man["outputs"][2]["dtype"] == "bool"
     assert man["trtexec"].startswith("trtexec --onnx=model.onnx")
 
-    assert man["artefacts"]["onnx"]["sha256"] == hashlib.sha256((exports["full_fp32"] / "model.onnx").read_bytes()).hexdigest()
+    assert (
+        man["artefacts"]["onnx"]["sha256"]
+        == hashlib.sha256((exports["full_fp32"] / "model.onnx").read_bytes()).hexdigest()
+    )
     assert man["source_checkpoint"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     props = {p.key: p.value for p in onnx.load(exports["full_fp32"] / "model.onnx").metadata_props}
     assert props["pruner_mode"] == "global" and json.loads(props["k"]) == 30
@@ -108,7 +111,6 @@ def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
     """A candidate exported from other weights must fail fp32 verification with exit code 1."""
     import torch
 
-
     ck = load_checkpoint(tiny_checkpoint)
     with torch.no_grad():
         for p in ck.model.predictor_parameters():
@@ -116,8 +118,19 @@ def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
     other = tmp_path / "other.pt"
     save_checkpoint(other, ck.model, ck.cass_config)
     run_export(ExportRequest(checkpoint=other, out=tmp_path / "exp"), log=quiet)
-    rc = main(["verify", "--reference", str(tiny_checkpoint), "--candidate", str(tmp_path / "exp"), "--images", "4",
-               "--json", str(tmp_path / "v.json")])
+    rc = main(
+        [
+            "verify",
+            "--reference",
+            str(tiny_checkpoint),
+            "--candidate",
+            str(tmp_path / "exp"),
+            "--images",
+            "4",
+            "--json",
+            str(tmp_path / "v.json"),
+        ]
+    )
     assert rc == 1
     rep = json.loads((tmp_path / "v.json").read_text())
     assert rep["passed"] is False and rep["candidates"][0]["keep_iou_mean"] < 1.0
@@ -147,8 +160,12 @@ def test_band_groups_tie_boundaries():
 
 def test_tensorrt_topk_limit_refused_before_export(tiny_checkpoint, tmp_path):
     with pytest.raises(LimitError, match="band"):
-        run_export(ExportRequest(checkpoint=tiny_checkpoint, out=tmp_path / "big", image_size=(1088, 1920),
-                                 target="tensorrt10"), log=quiet)
+        run_export(
+            ExportRequest(
+                checkpoint=tiny_checkpoint, out=tmp_path / "big", image_size=(1088, 1920), target="tensorrt10"
+            ),
+            log=quiet,
+        )
     assert not (tmp_path / "big").exists()
 
 
@@ -159,7 +176,6 @@ def test_no_overwrite_without_force_and_failed_export_leaves_nothing(tiny_checkp
     assert main(["export", str(tiny_checkpoint), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "model.onnx").read_bytes() == before
-
 
     def boom(*a, **k):
         raise ExportError("simulated failure in int8 quantisation")

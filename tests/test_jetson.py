@@ -41,15 +41,29 @@ def _lines(name: str) -> list[str]:
 
 # --------------------------------------------------------------------------- L4T / JetPack / board
 
-@pytest.mark.parametrize("text, l4t, jetpack, major", [
-    ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 "
-     "01:49:37 UTC 2025", "36.4.3", "6.2", 6),
-    ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 "
-     "19:57:35 UTC 2023", "35.4.1", "5.1.2", 5),
-    ("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64", "36.3.0", "6.0", 6),
-    ("# R35 (release), REVISION: 6.1", "35.6.1", "5.1.5", 5),
-    ("# R36 (release), REVISION: 9.9", "36.9.9", None, 6),     # unknown release: no guess
-])
+
+@pytest.mark.parametrize(
+    "text, l4t, jetpack, major",
+    [
+        (
+            "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 "
+            "01:49:37 UTC 2025",
+            "36.4.3",
+            "6.2",
+            6,
+        ),
+        (
+            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 "
+            "19:57:35 UTC 2023",
+            "35.4.1",
+            "5.1.2",
+            5,
+        ),
+        ("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64", "36.3.0", "6.0", 6),
+        ("# R35 (release), REVISION: 6.1", "35.6.1", "5.1.5", 5),
+        ("# R36 (release), REVISION: 9.9", "36.9.9", None, 6),  # unknown release: no guess
+    ],
+)
 def test_l4t_release_and_jetpack(text, l4t, jetpack, major):
     assert parse_l4t_release(text) == l4t
     assert jetpack_from_l4t(l4t) == jetpack
@@ -73,9 +87,12 @@ def _fake_root(tmp_path: Path, model: str, release: str | None, compatible: str)
 
 
 def test_board_info_on_fake_agx_orin(tmp_path):
-    root = _fake_root(tmp_path, "NVIDIA Jetson AGX Orin Developer Kit",
-                      "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
-                      "nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00")
+    root = _fake_root(
+        tmp_path,
+        "NVIDIA Jetson AGX Orin Developer Kit",
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
+        "nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00",
+    )
     info = read_board_info(root)
     assert info.is_jetson
     assert info.model == "NVIDIA Jetson AGX Orin Developer Kit"
@@ -85,10 +102,14 @@ def test_board_info_on_fake_agx_orin(tmp_path):
     assert info.to_dict()["compatible"] == list(info.compatible)
 
 
-@pytest.mark.parametrize("model, profile", [("NVIDIA Jetson Orin Nano Developer Kit", "jetson-orin-nano"),
-                                            ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
-                                             "jetson-orin-nx"),
-                                            ("NVIDIA Jetson Xavier NX Developer Kit", None)])
+@pytest.mark.parametrize(
+    "model, profile",
+    [
+        ("NVIDIA Jetson Orin Nano Developer Kit", "jetson-orin-nano"),
+        ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "jetson-orin-nx"),
+        ("NVIDIA Jetson Xavier NX Developer Kit", None),
+    ],
+)
 def test_board_info_suggests_profile_from_model(tmp_path, model, profile):
     root = _fake_root(tmp_path, model, "# R35 (release), REVISION: 4.1", "nvidia,tegra234\x00")
     info = read_board_info(root)
@@ -110,6 +131,7 @@ def test_board_info_from_device_tree_alone(tmp_path):
 
 # --------------------------------------------------------------------------- nvpmodel / jetson_clocks
 
+
 def test_parse_nvpmodel_query():
     # "NV Power Mode: MAXN_SUPER\n2\n" is the form quoted by several public Orin Nano Super setups
     assert parse_nvpmodel_query("NV Power Mode: MAXN_SUPER\n2\n") == jetson.PowerMode("MAXN_SUPER", 2)
@@ -126,9 +148,11 @@ CLOCKS_AGX_ORIN = (Path(__file__).parent / "fixtures" / "jetson_clocks" / "agx_o
 
 def _pin(text: str, pin_min: bool = True) -> str:
     """What jetson_clocks does: every CPU / GPU / EMC line at its MaxFreq (and MinFreq raised to it)."""
+
     def repl(m):
         lo = m.group(2) if pin_min else m.group(1)
         return f"MinFreq={lo} MaxFreq={m.group(2)} CurrentFreq={m.group(2)}"
+
     return re.sub(r"MinFreq=(\d+) MaxFreq=(\d+) CurrentFreq=\d+", repl, text)
 
 
@@ -179,7 +203,7 @@ def test_tools_present_failing_or_hanging(tmp_path, monkeypatch):
     _write_tool(tmp_path, "nvpmodel", 'printf "NV Power Mode: MAXN\\n0\\n"\n')
     _write_tool(tmp_path, "jetson_clocks", 'echo "Please run as root"; exit 1\n')
     assert jetson.nvpmodel_mode() == jetson.PowerMode("MAXN", 0)
-    assert jetson.clocks_locked() is None          # needs root -> unknown, not False
+    assert jetson.clocks_locked() is None  # needs root -> unknown, not False
     _write_tool(tmp_path, "nvpmodel", "exec sleep 5\n")
     t0 = time.monotonic()
     assert jetson.nvpmodel_mode(timeout=0.3) is None
@@ -195,6 +219,7 @@ def test_clocks_locked_from_tool_output(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- tegrastats fixtures
+
 
 def test_every_fixture_documents_its_source_and_every_line_parses():
     files = sorted(FIXTURES.glob("*.txt"))
@@ -213,17 +238,28 @@ def test_agx_orin_jp5_line():
     assert s.timestamp == "04-11-2025 10:36:27"
     assert (s.ram_used_mb, s.ram_total_mb, s.swap_used_mb, s.swap_total_mb) == (4321, 62801, 19, 31400)
     assert s.cpu_load == [0] * 12 and s.cpu_freq_mhz == [729] * 12
-    assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 0)              # GR3D_FREQ 0%@[0,0]
+    assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 0)  # GR3D_FREQ 0%@[0,0]
     assert (s.emc_load, s.emc_freq_mhz) == (0, 2133)
-    assert s.temps_c == {"CPU": 44.562, "Tboard": 32.0, "SOC2": 40.093, "Tdiode": 33.0,
-                         "SOC0": 41.093, "tj": 44.343, "SOC1": 41.25}   # CV0-2 and GPU at -256C dropped
-    assert s.rails == {"VDD_GPU_SOC": Rail(2340, 2340), "VDD_CPU_CV": Rail(390, 390),
-                       "VIN_SYS_5V0": Rail(4025, 4025), "VDDQ_VDD2_1V8AO": Rail(301, 301)}   # NC dropped
+    assert s.temps_c == {
+        "CPU": 44.562,
+        "Tboard": 32.0,
+        "SOC2": 40.093,
+        "Tdiode": 33.0,
+        "SOC0": 41.093,
+        "tj": 44.343,
+        "SOC1": 41.25,
+    }  # CV0-2 and GPU at -256C dropped
+    assert s.rails == {
+        "VDD_GPU_SOC": Rail(2340, 2340),
+        "VDD_CPU_CV": Rail(390, 390),
+        "VIN_SYS_5V0": Rail(4025, 4025),
+        "VDDQ_VDD2_1V8AO": Rail(301, 301),
+    }  # NC dropped
     assert total_power_mw(s)[0] == 2340 + 390 + 4025 + 301
 
 
 def test_agx_orin_jp5_two_gpc_fields():
-    s = parse_tegrastats_line(_lines("agx_orin_jp5.txt")[1])   # GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0
+    s = parse_tegrastats_line(_lines("agx_orin_jp5.txt")[1])  # GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0
     assert s.timestamp == "04-24-2023 00:01:24"
     assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 0)
     assert s.rails["VDD_GPU_SOC"].cur_mw == 2399 and s.rails["VIN_SYS_5V0"].cur_mw == 4032
@@ -237,19 +273,17 @@ def test_agx_orin_jp6_padded_line():
     assert (s.ram_used_mb, s.ram_total_mb, s.swap_used_mb, s.swap_total_mb) == (29114, 30697, 4915, 15348)
     assert s.cpu_load == [3, 4, 0, 1, 0, 100, 1, 0, 100, 0, 0, 0]
     assert s.cpu_freq_mhz == [729] * 4 + [2201] * 8
-    assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 305)            # GR3D_FREQ 0%@[305,305]
+    assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 305)  # GR3D_FREQ 0%@[305,305]
     assert (s.emc_load, s.emc_freq_mhz) == (1, 2133)
-    assert s.temps_c == {"cpu": 53.062, "soc2": 48.25, "soc0": 48.843, "gpu": 47.812, "tj": 53.062,
-                         "soc1": 48.968}
-    assert s.rails == {"VDD_GPU_SOC": Rail(3205, 3205), "VDD_CPU_CV": Rail(4405, 4405),
-                       "VIN_SYS_5V0": Rail(4767, 4767)}
+    assert s.temps_c == {"cpu": 53.062, "soc2": 48.25, "soc0": 48.843, "gpu": 47.812, "tj": 53.062, "soc1": 48.968}
+    assert s.rails == {"VDD_GPU_SOC": Rail(3205, 3205), "VDD_CPU_CV": Rail(4405, 4405), "VIN_SYS_5V0": Rail(4767, 4767)}
     # spacing does not matter: collapsing the runs of spaces gives the same sample
     assert parse_tegrastats_line(" ".join(line.split())) == s
 
 
 def test_agx_orin_jp6_gpu_without_frequency():
     s = parse_tegrastats_line(_lines("agx_orin_jp6.txt")[1])
-    assert (s.gpu_load, s.gpu_freq_mhz, s.emc_load) == (0.0, None, None)   # "GR3D_FREQ 0%", no EMC field
+    assert (s.gpu_load, s.gpu_freq_mhz, s.emc_load) == (0.0, None, None)  # "GR3D_FREQ 0%", no EMC field
     assert s.ram_used_mb == 2448 and s.cpu_freq_mhz == [2201] * 12
     assert s.temps_c["cpu"] == 42.0 and s.rails["VDD_CPU_CV"] == Rail(988, 988)
 
@@ -257,7 +291,7 @@ def test_agx_orin_jp6_gpu_without_frequency():
 def test_agx_orin_jp7_line():
     s = parse_tegrastats_line(_lines("agx_orin_jp7.txt")[0])
     assert s.timestamp == "07-25-2026 09:08:28"
-    assert (s.gpu_load, s.gpu_freq_mhz) == (12.0, 1300)         # GR3D_FREQ 12%@[1300,1300]
+    assert (s.gpu_load, s.gpu_freq_mhz) == (12.0, 1300)  # GR3D_FREQ 12%@[1300,1300]
     assert s.cpu_load[:3] == [23, 10, 4] and s.cpu_load[-1] == 27
     assert s.temps_c == {"cpu": 52.968, "soc2": 48.406, "soc0": 49.531, "gpu": 47.625}
     assert s.rails["VDD_GPU_SOC"] == Rail(5139, 5139) and s.rails["VIN_SYS_5V0"] == Rail(5500, 5500)
@@ -267,12 +301,11 @@ def test_agx_orin_jp7_line():
 def test_orin_nx_jp5_line():
     s = parse_tegrastats_line(_lines("orin_nx_jp5.txt")[0])
     assert (s.ram_used_mb, s.ram_total_mb) == (6334, 15388)
-    assert s.cpu_load == [6, 9, 5, 16, None, None, None, None]      # four cores "off"
+    assert s.cpu_load == [6, 9, 5, 16, None, None, None, None]  # four cores "off"
     assert s.cpu_freq_mhz == [729] * 4 + [None] * 4
     assert (s.gpu_load, s.gpu_freq_mhz) == (0.0, 611)
     assert s.temps_c["CV0"] == 45.812 and s.temps_c["GPU"] == 45.875 and s.temps_c["tj"] == 48.875
-    assert s.rails == {"VDD_IN": Rail(5299, 5299), "VDD_CPU_GPU_CV": Rail(773, 773),
-                       "VDD_SOC": Rail(1424, 1424)}
+    assert s.rails == {"VDD_IN": Rail(5299, 5299), "VDD_CPU_GPU_CV": Rail(773, 773), "VDD_SOC": Rail(1424, 1424)}
     assert total_power_mw(s) == (5299, "VDD_IN (module input)")
 
 
@@ -281,19 +314,17 @@ def test_orin_nx_jp6_loaded_line():
     assert s.timestamp == "05-15-2025 18:30:28"
     assert (s.ram_used_mb, s.ram_total_mb, s.swap_used_mb, s.swap_total_mb) == (6982, 7620, 2640, 16384)
     assert s.cpu_load == [97, 95, 95, 91, 88, 93] and s.cpu_freq_mhz[-1] == 247
-    assert (s.gpu_load, s.gpu_freq_mhz) == (84.0, 713)          # GR3D_FREQ 84%@[713]
+    assert (s.gpu_load, s.gpu_freq_mhz) == (84.0, 713)  # GR3D_FREQ 84%@[713]
     assert (s.emc_load, s.emc_freq_mhz) == (18, 3199)
     assert s.temps_c["cv2"] == 60.875 and s.temps_c["gpu"] == 63.5
-    assert s.rails == {"VDD_IN": Rail(17946, 15710), "VDD_CPU_GPU_CV": Rail(8896, 7585),
-                       "VDD_SOC": Rail(3923, 3515)}
+    assert s.rails == {"VDD_IN": Rail(17946, 15710), "VDD_CPU_GPU_CV": Rail(8896, 7585), "VDD_SOC": Rail(3923, 3515)}
     # engine fields such as "NVDEC 40%@115" or "APE 174" are not rails
     assert not {"NVDEC", "APE", "VIC", "NVENC"} & set(s.rails)
 
 
 def test_legacy_rails_without_unit():
     nano, xnx, tx2 = (parse_tegrastats_line(x) for x in _lines("legacy_no_mw.txt"))
-    assert nano.rails == {"POM_5V_IN": Rail(1022, 1022), "POM_5V_GPU": Rail(0, 0),
-                          "POM_5V_CPU": Rail(204, 204)}
+    assert nano.rails == {"POM_5V_IN": Rail(1022, 1022), "POM_5V_GPU": Rail(0, 0), "POM_5V_CPU": Rail(204, 204)}
     assert total_power_mw(nano) == (1022, "POM_5V_IN (module input)")
     assert (nano.gpu_load, nano.gpu_freq_mhz, nano.temps_c["PMIC"]) == (0.0, 76, 100.0)
     assert "IRAM" not in nano.rails and nano.swap_used_mb == 5
@@ -309,8 +340,9 @@ def test_case_and_unit_variants():
     assert s.rails == {"VDD_IN": Rail(1234, 1200), "VDD_SOC": Rail(300, None)}
 
 
-@pytest.mark.parametrize("line", ["", "   ", "hello world", "Please run as root",
-                                  "tegrastats: Invalid argument", "APE 174 NVDEC 40%@115"])
+@pytest.mark.parametrize(
+    "line", ["", "   ", "hello world", "Please run as root", "tegrastats: Invalid argument", "APE 174 NVDEC 40%@115"]
+)
 def test_unrecognised_lines_return_none(line):
     assert parse_tegrastats_line(line) is None
 
@@ -327,15 +359,23 @@ def test_parse_lines_skips_comments_and_junk():
 
 # --------------------------------------------------------------------------- power summary
 
+
 def _sample(rails: dict[str, float], gpu=None, ram=None, temps=None) -> TegrastatsSample:
-    return TegrastatsSample(rails={k: Rail(v, v) for k, v in rails.items()}, gpu_load=gpu,
-                            ram_used_mb=ram, ram_total_mb=8000 if ram else None, temps_c=temps or {})
+    return TegrastatsSample(
+        rails={k: Rail(v, v) for k, v in rails.items()},
+        gpu_load=gpu,
+        ram_used_mb=ram,
+        ram_total_mb=8000 if ram else None,
+        temps_c=temps or {},
+    )
 
 
 def test_summarise_power_with_input_rail():
-    samples = [_sample({"VDD_IN": 5000, "VDD_SOC": 1000}, gpu=50, ram=100, temps={"tj": 50.0}),
-               _sample({"VDD_IN": 6000, "VDD_SOC": 1200}, gpu=70, ram=300, temps={"tj": 61.5}),
-               _sample({"VDD_IN": 7000, "VDD_SOC": 1400}, gpu=None, ram=200)]
+    samples = [
+        _sample({"VDD_IN": 5000, "VDD_SOC": 1000}, gpu=50, ram=100, temps={"tj": 50.0}),
+        _sample({"VDD_IN": 6000, "VDD_SOC": 1200}, gpu=70, ram=300, temps={"tj": 61.5}),
+        _sample({"VDD_IN": 7000, "VDD_SOC": 1400}, gpu=None, ram=200),
+    ]
     out = summarise_power(samples, duration_s=2.0, frames=100)
     # mean VDD_IN = 6000 mW; energy = 6000 mW * 2 s / 100 frames = 120 mJ
     assert out["total_power_mean_mw"] == pytest.approx(6000)
@@ -368,8 +408,7 @@ def test_summarise_power_without_data():
     assert no_rails["energy_per_frame_mj"] is None and no_rails["gpu_load_mean_pct"] == 10.0
 
 
-@pytest.mark.parametrize("duration, frames", [(0, 1), (-1.0, 1), (float("nan"), 1), (1.0, 0),
-                                              (1.0, 2.5), (True, 1)])
+@pytest.mark.parametrize("duration, frames", [(0, 1), (-1.0, 1), (float("nan"), 1), (1.0, 0), (1.0, 2.5), (True, 1)])
 def test_summarise_power_argument_errors(duration, frames):
     with pytest.raises(InputError):
         summarise_power([], duration_s=duration, frames=frames)
@@ -377,13 +416,16 @@ def test_summarise_power_argument_errors(duration, frames):
 
 # --------------------------------------------------------------------------- samplers
 
+
 @needs_sh
 def test_tegrastats_sampler_reads_and_stops(tmp_path):
     lines = _lines("orin_nx_jp6.txt") + _lines("orin_nx_jp5.txt")
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\nnot a tegrastats line\n")
-    exe = _write_tool(tmp_path, "tegrastats",
-                      f'echo "$@" > "{tmp_path / "args.txt"}"\n'
-                      f'while true; do cat "{tmp_path / "lines.txt"}"; sleep 0.02; done\n')
+    exe = _write_tool(
+        tmp_path,
+        "tegrastats",
+        f'echo "$@" > "{tmp_path / "args.txt"}"\nwhile true; do cat "{tmp_path / "lines.txt"}"; sleep 0.02; done\n',
+    )
     sampler = TegrastatsSampler(interval_ms=20, executable=str(exe))
     with sampler:
         deadline = time.monotonic() + 5
@@ -400,7 +442,7 @@ def test_tegrastats_sampler_reads_and_stops(tmp_path):
     assert sampler.samples_between(sampler.t_start, sampler.t_stop) == samples
     n = len(samples)
     time.sleep(0.1)
-    assert len(sampler.samples) == n                     # nothing arrives after stop
+    assert len(sampler.samples) == n  # nothing arrives after stop
     summary = sampler.summarise(duration_s=1.0, frames=10)
     assert summary["n_samples"] == n and summary["energy_per_frame_mj"] is not None
 
@@ -433,12 +475,12 @@ def test_jtop_service_absent_is_false():
 
 def test_sample_from_jtop_structure():
     class FakeJtop:  # the attribute layout documented by jetson-stats 4.x
-        memory = {"RAM": {"tot": 7800 * 1024, "used": 2048 * 1024},
-                  "SWAP": {"tot": 3900 * 1024, "used": 0}}
+        memory = {"RAM": {"tot": 7800 * 1024, "used": 2048 * 1024}, "SWAP": {"tot": 3900 * 1024, "used": 0}}
         gpu = {"gpu": {"status": {"load": 42.5}, "freq": {"cur": 612000}}}
-        power = {"rail": {"VDD_IN": {"power": 5200, "avg": 5000},
-                          "VDD_CPU_GPU_CV": {"power": 900, "avg": 850}},
-                 "tot": {"power": 5200, "avg": 5000}}
+        power = {
+            "rail": {"VDD_IN": {"power": 5200, "avg": 5000}, "VDD_CPU_GPU_CV": {"power": 900, "avg": 850}},
+            "tot": {"power": 5200, "avg": 5000},
+        }
         temperature = {"cpu": {"temp": 48.5, "online": True}, "cv0": {"temp": -256.0, "online": False}}
 
     s = sample_from_jtop(FakeJtop(), t=1.5)

@@ -22,7 +22,7 @@ def test_focal_golden():
     torch.testing.assert_close(v, torch.tensor([half, half, half]))
     # x = 2, y = 1: -(1 - s)^2 log s with s = sigmoid(2)
     s = 1 / (1 + math.exp(-2))
-    assert focal_loss(torch.tensor(2.0), torch.tensor(1.0)).item() == pytest.approx(-(1 - s) ** 2 * math.log(s))
+    assert focal_loss(torch.tensor(2.0), torch.tensor(1.0)).item() == pytest.approx(-((1 - s) ** 2) * math.log(s))
 
 
 def test_focal_is_finite_for_extreme_logits():
@@ -80,8 +80,10 @@ def test_defining_property_patch_mass_proportional_to_patches():
 
 def random_case(seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    boxes = [torch.tensor([[16.0, 16.0, 48.0, 48.0], [41.0, 2.0, 46.0, 6.0], [0.0, 30.0, 30.0, 64.0]], dtype=dtype),
-             torch.tensor([[30.0, 10.0, 60.0, 40.0]], dtype=dtype)]
+    boxes = [
+        torch.tensor([[16.0, 16.0, 48.0, 48.0], [41.0, 2.0, 46.0, 6.0], [0.0, 30.0, 30.0, 64.0]], dtype=dtype),
+        torch.tensor([[30.0, 10.0, 60.0, 40.0]], dtype=dtype),
+    ]
     x = torch.randn(2, 16, generator=g, dtype=dtype)
     return x, boxes
 
@@ -100,11 +102,10 @@ def literal_seed_plan1(x, boxes, cfg):
     losses = []
     for b, bx in enumerate(boxes):
         for box in bx:
-            m = soft_target_mask([box[None]], GRID, IMG, ensure_center_patch=cfg.ensure_center_patch,
-                                 dtype=x.dtype)[0]
+            m = soft_target_mask([box[None]], GRID, IMG, ensure_center_patch=cfg.ensure_center_patch, dtype=x.dtype)[0]
             y = m
             p = torch.sigmoid(x[b])
-            per = -((1 - p) ** 2) * torch.log(p) * y - p ** 2 * torch.log(1 - p) * (1 - y)
+            per = -((1 - p) ** 2) * torch.log(p) * y - p**2 * torch.log(1 - p) * (1 - y)
             losses.append(per.mean() * (box[2] - box[0]) * (box[3] - box[1]))
     return torch.stack(losses).mean()
 
@@ -234,7 +235,8 @@ def test_warmup_schedule():
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
 def test_contributions_sum_to_the_data_term(norm, gamma):
     x, boxes = random_case(2)
-    out = cass_loss(x, boxes, GRID, IMG, CassConfig(normalization=norm, area_gamma=gamma, bg_weight=0.7),
-                    contributions=True)
+    out = cass_loss(
+        x, boxes, GRID, IMG, CassConfig(normalization=norm, area_gamma=gamma, bg_weight=0.7), contributions=True
+    )
     assert out.contribution.shape == (2, 16)
     torch.testing.assert_close(out.contribution.sum(), (out.object_term + out.background_term).detach())

@@ -37,15 +37,20 @@ def T(x, dtype=torch.float32):
 
 # --------------------------------------------------------------------------- box_iou
 
+
 def test_box_iou_golden_values():
     a = T([[0, 0, 10, 10], [0, 0, 4, 4]])
     b = T([[5, 5, 15, 15], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 5, 10]])
     iou = box_iou(a, b)
     assert iou.shape == (2, 4)
     # overlap 5x5 = 25, union 100 + 100 - 25 = 175
-    expected = T([[25 / 175, 1.0, 0.0, 50 / 100],
-                  # [0,0,4,4] vs [5,5,15,15]: disjoint; inside [0,0,10,10]: 16/100; vs [0,0,5,10]: 16/50
-                  [0.0, 16 / 100, 0.0, 16 / 50]])
+    expected = T(
+        [
+            [25 / 175, 1.0, 0.0, 50 / 100],
+            # [0,0,4,4] vs [5,5,15,15]: disjoint; inside [0,0,10,10]: 16/100; vs [0,0,5,10]: 16/50
+            [0.0, 16 / 100, 0.0, 16 / 50],
+        ]
+    )
     assert torch.allclose(iou, expected, atol=1e-7)
 
 
@@ -67,6 +72,7 @@ def test_box_iou_rejects_bad_shapes_and_nan():
 
 # --------------------------------------------------------------------------- fields and size bins
 
+
 def test_field_of_thresholds_are_bottom_edge_and_half_open():
     # H = 480: far below 240, near from 360 (both exact in float32)
     y2 = [239.99, 240.0, 359.99, 360.0, 480.0, 100.0]
@@ -79,18 +85,31 @@ def test_field_of_thresholds_are_bottom_edge_and_half_open():
     assert field_of(T([[0, 0, 1, 59.9], [0, 0, 1, 60]]), 100, f).tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("kw", [dict(far_max=0.0), dict(near_min=1.01), dict(far_max=0.8, near_min=0.7),
-                                dict(far_max=float("nan")), dict(near_min=True), dict(far_max="0.5")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(far_max=0.0),
+        dict(near_min=1.01),
+        dict(far_max=0.8, near_min=0.7),
+        dict(far_max=float("nan")),
+        dict(near_min=True),
+        dict(far_max="0.5"),
+    ],
+)
 def test_field_config_rejects_bad_values(kw):
     with pytest.raises(ConfigError):
         FieldConfig(**kw)
 
 
 def test_size_bins_in_patch_areas():
-    boxes = T([[0, 0, 15, 16],    # 240 px < 256: small
-               [0, 0, 16, 16],    # exactly one patch: medium
-               [0, 0, 63, 64],    # 15.75 patches: medium
-               [0, 0, 64, 64]])   # 16 patches: large
+    boxes = T(
+        [
+            [0, 0, 15, 16],  # 240 px < 256: small
+            [0, 0, 16, 16],  # exactly one patch: medium
+            [0, 0, 63, 64],  # 15.75 patches: medium
+            [0, 0, 64, 64],
+        ]
+    )  # 16 patches: large
     assert size_bin_of(boxes, 16).tolist() == [0, 1, 1, 2]
     # non-square patches (8 x 16 = 128 px): 240 px is 1.875 patches
     assert size_bin_of(boxes[:1], (8, 16)).tolist() == [1]
@@ -102,6 +121,7 @@ def test_size_bins_in_patch_areas():
 
 
 # --------------------------------------------------------------------------- matching
+
 
 def test_one_prediction_cannot_match_two_gts():
     gt = T([[0, 0, 10, 10], [1, 0, 11, 10]])
@@ -124,7 +144,7 @@ def test_two_predictions_one_gt_match_once():
 def test_greedy_order_follows_scores():
     # A overlaps GT0 (0.9) and GT1 (0.6); B overlaps only GT0 (0.8)
     iou = T([[0.9, 0.6], [0.8, 0.0]])
-    assert greedy_match(iou).tolist() == [0, -1]        # A first takes GT0, B is left without
+    assert greedy_match(iou).tolist() == [0, -1]  # A first takes GT0, B is left without
     assert greedy_match(iou[[1, 0]]).tolist() == [0, 1]  # B first takes GT0, A falls back to GT1
 
 
@@ -137,7 +157,7 @@ def test_score_threshold_is_inclusive():
 
 def test_iou_threshold_just_below_and_above():
     gt = T([[0, 0, 10, 10]])
-    assert match_detections(T([[0, 0, 10, 5]]), T([1.0]), gt).tolist() == [True]     # IoU exactly 0.5
+    assert match_detections(T([[0, 0, 10, 5]]), T([1.0]), gt).tolist() == [True]  # IoU exactly 0.5
     assert match_detections(T([[0, 0, 10, 4.99]]), T([1.0]), gt).tolist() == [False]  # 0.499
     assert match_detections(T([[0, 0, 10, 5.01]]), T([1.0]), gt).tolist() == [True]
 
@@ -146,8 +166,7 @@ def test_class_aware_matching():
     gt = T([[0, 0, 10, 10]])
     pred = T([[0, 0, 10, 10]])
     assert match_detections(pred, T([1.0]), gt, pred_labels=[1], gt_labels=[0]).tolist() == [True]
-    assert match_detections(pred, T([1.0]), gt, pred_labels=[1], gt_labels=[0],
-                            class_aware=True).tolist() == [False]
+    assert match_detections(pred, T([1.0]), gt, pred_labels=[1], gt_labels=[0], class_aware=True).tolist() == [False]
     with pytest.raises(InputError, match="class_aware"):
         match_detections(pred, T([1.0]), gt, class_aware=True)
 
@@ -185,31 +204,46 @@ def test_vectorised_greedy_equals_sequential_reference():
 
 # --------------------------------------------------------------------------- recall by field
 
+
 def _gt(boxes, labels=None):
     boxes = T(boxes).reshape(-1, 4)
-    return {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.int64) if labels is None
-            else torch.tensor(labels)}
+    return {
+        "boxes": boxes,
+        "labels": torch.zeros(len(boxes), dtype=torch.int64) if labels is None else torch.tensor(labels),
+    }
 
 
 def _pred(boxes, scores, labels=None):
     boxes = T(boxes).reshape(-1, 4)
-    return {"boxes": boxes, "scores": T(scores),
-            "labels": torch.zeros(len(boxes), dtype=torch.int64) if labels is None else torch.tensor(labels)}
+    return {
+        "boxes": boxes,
+        "scores": T(scores),
+        "labels": torch.zeros(len(boxes), dtype=torch.int64) if labels is None else torch.tensor(labels),
+    }
 
 
 def test_recall_by_field_hand_made():
     # 100 x 100 images: far y2 < 50, mid 50 <= y2 < 75, near y2 >= 75; patch 16 -> 256 px per patch
     gts = [
-        _gt([[0, 20, 10, 30],      # far, 100 px: small
-             [50, 30, 60, 40],     # far, small
-             [0, 50, 20, 70],      # mid, 400 px: medium
-             [10, 60, 90, 100]]),  # near, 3200 px = 12.5 patches: medium
-        _gt([[0, 80, 70, 99],      # near, 1330 px: medium
-             [20, 10, 30, 20]]),   # far, small
+        _gt(
+            [
+                [0, 20, 10, 30],  # far, 100 px: small
+                [50, 30, 60, 40],  # far, small
+                [0, 50, 20, 70],  # mid, 400 px: medium
+                [10, 60, 90, 100],
+            ]
+        ),  # near, 3200 px = 12.5 patches: medium
+        _gt(
+            [
+                [0, 80, 70, 99],  # near, 1330 px: medium
+                [20, 10, 30, 20],
+            ]
+        ),  # far, small
     ]
     preds = [
-        _pred([[0, 20, 10, 30], [10, 60, 90, 100], [0, 50, 20, 70], [50, 30, 60, 40]],
-              [0.9, 0.8, 0.2, 0.31]),  # the mid hit is below the score threshold
+        _pred(
+            [[0, 20, 10, 30], [10, 60, 90, 100], [0, 50, 20, 70], [50, 30, 60, 40]], [0.9, 0.8, 0.2, 0.31]
+        ),  # the mid hit is below the score threshold
         _pred([[0, 80, 70, 80.5]], [0.9]),  # a sliver: IoU < 0.5 with the near box
     ]
     r = recall_by_field(preds, gts, (100, 100))
@@ -245,8 +279,7 @@ def test_recall_bad_input_names_the_image():
     with pytest.raises(InputError, match="same images"):
         recall_by_field([], [_gt([[0, 0, 1, 1]])], (10, 10))
     with pytest.raises(InputError, match="image 1"):
-        recall_by_field([_pred([], []), _pred([], [])],
-                        [_gt([[0, 0, 1, 1]]), _gt([[5, 5, 4, 9]])], (10, 10))
+        recall_by_field([_pred([], []), _pred([], [])], [_gt([[0, 0, 1, 1]]), _gt([[5, 5, 4, 9]])], (10, 10))
     with pytest.raises(InputError, match="scores of image 0"):
         recall_by_field([{"boxes": T([[0, 0, 1, 1]]), "scores": T([0.5, 0.6])}], [_gt([[0, 0, 1, 1]])], (10, 10))
     with pytest.raises(ConfigError, match="iou_thr"):
@@ -254,6 +287,7 @@ def test_recall_bad_input_names_the_image():
 
 
 # --------------------------------------------------------------------------- mAP@0.5
+
 
 def test_map50_perfect_predictions_is_one(capsys):
     gts = [_gt([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 1]), _gt([[5, 5, 30, 30]], [1])]
@@ -300,6 +334,7 @@ def test_map50_empty_predictions_classes_without_gt_and_errors():
 
 # --------------------------------------------------------------------------- retention
 
+
 def _brute_pairs(boxes, grid, image_size, ensure_center=True):
     """Independent membership: loop over every box and patch (tests only)."""
     (Hp, Wp), (H, W) = grid, image_size
@@ -325,9 +360,15 @@ def _brute_pairs(boxes, grid, image_size, ensure_center=True):
 
 def test_retention_hand_built_mask():
     # 64 x 64 image, 4 x 4 grid of 16 px patches, centres at 8, 24, 40, 56
-    boxes = [T([[0, 0, 32, 32],     # centres (8|24, 8|24): patches 0, 1, 4, 5
-                [42, 42, 46, 46]]),  # no centre inside -> patch holding (44, 44): row 2, col 2 = 10
-             T([[0, 48, 64, 64]])]   # image 1, bottom row: patches 12..15
+    boxes = [
+        T(
+            [
+                [0, 0, 32, 32],  # centres (8|24, 8|24): patches 0, 1, 4, 5
+                [42, 42, 46, 46],
+            ]
+        ),  # no centre inside -> patch holding (44, 44): row 2, col 2 = 10
+        T([[0, 48, 64, 64]]),
+    ]  # image 1, bottom row: patches 12..15
     keep = torch.zeros(2, 16, dtype=torch.bool)
     keep[0, [0, 1, 5, 10]] = True
     keep[1, [12, 13]] = True
@@ -366,11 +407,17 @@ def test_retention_matches_brute_force_on_random_boxes():
 
 def test_summarise_retention_per_field_and_size():
     # H = 100: far y2 < 50, mid < 75, near >= 75; patch 16 (256 px)
-    boxes = [T([[0, 0, 10, 10],      # far, small
-                [0, 30, 10, 40],     # far, small
-                [0, 50, 40, 70],     # mid, 800 px: medium
-                [0, 60, 80, 100],    # near, 3200 px: medium
-                [0, 36, 100, 100]])]  # near, 6400 px = 25 patches: large
+    boxes = [
+        T(
+            [
+                [0, 0, 10, 10],  # far, small
+                [0, 30, 10, 40],  # far, small
+                [0, 50, 40, 70],  # mid, 800 px: medium
+                [0, 60, 80, 100],  # near, 3200 px: medium
+                [0, 36, 100, 100],
+            ]
+        )
+    ]  # near, 6400 px = 25 patches: large
     retention = T([1.0, 0.25, 0.5, float("nan"), 0.4])
     s = summarise_retention(retention, boxes, (100, 100))
     f = s["by_field"]
@@ -392,7 +439,6 @@ def test_summarise_retention_per_field_and_size():
 
 
 def test_numpy_field_split_of_the_data_package_agrees_at_the_edges():
-
 
     H = 480
     y2 = np.array([239.999, 240.0, 240.001, 359.999, 360.0, 360.001, 480.0])

@@ -21,8 +21,16 @@ MODES = ("global", "band", "threshold", "none")
 def tiny(image_size=(64, 96), **pruner) -> ModelConfig:
     """A small, fast configuration of the reference architecture."""
     pruner.setdefault("keep_ratio", 0.4)
-    return ModelConfig(image_size=image_size, embed_dim=32, num_heads=2, early_depth=1, late_depth=2,
-                       head_channels=16, predictor_hidden=16, pruner=PrunerConfig(**pruner))
+    return ModelConfig(
+        image_size=image_size,
+        embed_dim=32,
+        num_heads=2,
+        early_depth=1,
+        late_depth=2,
+        head_channels=16,
+        predictor_hidden=16,
+        pruner=PrunerConfig(**pruner),
+    )
 
 
 def images(b: int, size=(64, 96), seed: int = 0) -> torch.Tensor:
@@ -53,7 +61,7 @@ def test_output_shapes_and_keep_set(mode, size, batch):
     assert model.k == k and isinstance(model.k, int)
     idx = out["keep_idx"]
     assert idx.shape == (batch, k) and idx.dtype == torch.int64
-    assert bool((idx[:, 1:] > idx[:, :-1]).all())                          # sorted and unique
+    assert bool((idx[:, 1:] > idx[:, :-1]).all())  # sorted and unique
     for b in range(batch):
         assert idx[b].tolist() == torch.nonzero(out["keep_mask"][b]).flatten().tolist()
 
@@ -80,7 +88,7 @@ def test_band_model_keeps_near_rows_when_the_horizon_scores_highest():
     assert model.pruner.quotas == (6, 6, 6)
     assert out["keep_mask"].view(2, 3, 12).sum(-1).tolist() == [[6, 6, 6]] * 2
     assert glob["keep_mask"].view(2, 3, 12).sum(-1).tolist() == [[12, 6, 0]] * 2
-    ref = torch.topk(scores[0], 18).indices                              # global = torch.topk set
+    ref = torch.topk(scores[0], 18).indices  # global = torch.topk set
     assert set(glob["keep_idx"][0].tolist()) == set(ref.tolist())
 
 
@@ -117,7 +125,7 @@ def test_threshold_mode_matches_global_on_the_same_kept_set():
         ref = model(x)
         s = ref["scores"][0].sort(descending=True).values
         k = model.k
-        tau = float(torch.sigmoid((s[k - 1] + s[k]) / 2))             # splits the top-k from the rest
+        tau = float(torch.sigmoid((s[k - 1] + s[k]) / 2))  # splits the top-k from the rest
         out = model.with_pruner("threshold", threshold=tau)(x)
     assert torch.equal(out["keep_mask"], ref["keep_mask"])
     torch.testing.assert_close(out["heatmap"], ref["heatmap"], rtol=1e-4, atol=1e-5)
@@ -190,12 +198,20 @@ def test_interface_contract():
     assert not isinstance(object(), PrunableModel)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(image_size=(100, 96)), dict(embed_dim=30, num_heads=4), dict(head_stride=6),
-    dict(early_depth=-1), dict(mlp_ratio=0.0), dict(num_classes=0), dict(image_size=(64,)),
-    dict(pruner=PrunerConfig(mode="band", bands=5)),                  # 4 grid rows < 5 bands
-    dict(pruner=PrunerConfig(mode="band", bands=2, band_rows=(6,))),  # row 6 outside a 4-row grid
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(image_size=(100, 96)),
+        dict(embed_dim=30, num_heads=4),
+        dict(head_stride=6),
+        dict(early_depth=-1),
+        dict(mlp_ratio=0.0),
+        dict(num_classes=0),
+        dict(image_size=(64,)),
+        dict(pruner=PrunerConfig(mode="band", bands=5)),  # 4 grid rows < 5 bands
+        dict(pruner=PrunerConfig(mode="band", bands=2, band_rows=(6,))),  # row 6 outside a 4-row grid
+    ],
+)
 def test_model_config_rejects_bad_values(kwargs):
     base = dict(image_size=(64, 96), embed_dim=32, num_heads=2)
     with pytest.raises(ConfigError):
@@ -203,8 +219,9 @@ def test_model_config_rejects_bad_values(kwargs):
 
 
 def test_model_config_round_trips_through_dicts():
-    cfg = ModelConfig(image_size=(128, 224), pruner=PrunerConfig(mode="band", bands=2, band_rows=(3,),
-                                                                 band_quotas=(0.4, 0.6)))
+    cfg = ModelConfig(
+        image_size=(128, 224), pruner=PrunerConfig(mode="band", bands=2, band_rows=(3,), band_quotas=(0.4, 0.6))
+    )
     data = to_dict(cfg)
     back = from_dict(ModelConfig, data)
     assert back == cfg
@@ -224,7 +241,7 @@ def test_each_token_sees_only_its_own_patch(stem):
     model = PrunedDetector(dataclasses.replace(tiny(), stem=stem)).eval()
     x = images(1)
     y = x.clone()
-    y[:, :, 16:32, 32:48] = 1.0 - y[:, :, 16:32, 32:48]        # patch (row 1, column 2) of a 4 x 6 grid
+    y[:, :, 16:32, 32:48] = 1.0 - y[:, :, 16:32, 32:48]  # patch (row 1, column 2) of a 4 x 6 grid
     with torch.no_grad():
         diff = (model.patch_embed(y) - model.patch_embed(x)).abs().amax(-1)[0]
     assert torch.nonzero(diff > 0).flatten().tolist() == [1 * 6 + 2]

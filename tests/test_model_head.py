@@ -20,7 +20,7 @@ from cass_deploy.model.head import (
 from cass_deploy.model.pruner import PrunerConfig
 
 IMAGE = (64, 96)
-OUT = (8, 12)   # stride 8
+OUT = (8, 12)  # stride 8
 
 
 def test_targets_peak_and_box_on_a_hand_made_box():
@@ -40,22 +40,28 @@ def test_targets_peak_and_box_on_a_hand_made_box():
 
 
 def test_targets_gaussian_decays_and_is_cut_at_the_radius():
-    box = torch.tensor([[8.0, 8.0, 88.0, 56.0]])      # 10 x 6 cells, centre (48, 32) → cell (4, 6)
+    box = torch.tensor([[8.0, 8.0, 88.0, 56.0]])  # 10 x 6 cells, centre (48, 32) → cell (4, 6)
     r = int(gaussian_radius(torch.tensor(6.0), torch.tensor(10.0)).floor())
     assert r >= 1
     heat = detection_targets([box], [torch.tensor([0])], IMAGE, OUT, 3)["heatmap"][0, 0]
     sigma = (2 * r + 1) / 6
     assert float(heat[4, 6]) == 1.0
-    assert float(heat[4, 6 + 1]) == pytest.approx(math.exp(-1 / (2 * sigma ** 2)))
-    assert float(heat[4 - 1, 6 - 1]) == pytest.approx(math.exp(-2 / (2 * sigma ** 2)))
+    assert float(heat[4, 6 + 1]) == pytest.approx(math.exp(-1 / (2 * sigma**2)))
+    assert float(heat[4 - 1, 6 - 1]) == pytest.approx(math.exp(-2 / (2 * sigma**2)))
     assert float(heat[4, 6 + r + 1]) == 0.0 and float(heat[4 + r + 1, 6]) == 0.0
 
 
 def test_targets_for_tiny_box_and_max_merge():
-    boxes = [torch.tensor([[1.0, 1.0, 4.0, 3.0],          # smaller than a cell, centre in cell (0, 0)
-                           [40.0, 30.0, 56.0, 42.0],      # two overlapping same-class boxes
-                           [44.0, 30.0, 60.0, 42.0]]),
-             torch.zeros(0, 4)]
+    boxes = [
+        torch.tensor(
+            [
+                [1.0, 1.0, 4.0, 3.0],  # smaller than a cell, centre in cell (0, 0)
+                [40.0, 30.0, 56.0, 42.0],  # two overlapping same-class boxes
+                [44.0, 30.0, 60.0, 42.0],
+            ]
+        ),
+        torch.zeros(0, 4),
+    ]
     labels = [torch.tensor([0, 2, 2]), torch.zeros(0, dtype=torch.long)]
     t = detection_targets(boxes, labels, IMAGE, OUT, 3)
     assert float(t["heatmap"][0, 0, 0, 0]) == 1.0
@@ -71,11 +77,10 @@ def test_targets_for_tiny_box_and_max_merge():
 
 
 def test_targets_merge_by_max_per_class():
-    a, b = [8.0, 8.0, 88.0, 56.0], [24.0, 16.0, 96.0, 64.0]      # overlapping windows
-    one = [detection_targets([torch.tensor([bx])], [torch.tensor([1])], IMAGE, OUT, 3)["heatmap"]
-           for bx in (a, b)]
+    a, b = [8.0, 8.0, 88.0, 56.0], [24.0, 16.0, 96.0, 64.0]  # overlapping windows
+    one = [detection_targets([torch.tensor([bx])], [torch.tensor([1])], IMAGE, OUT, 3)["heatmap"] for bx in (a, b)]
     both = detection_targets([torch.tensor([a, b])], [torch.tensor([1, 1])], IMAGE, OUT, 3)["heatmap"]
-    assert float((one[0] * one[1]).sum()) > 0                       # they really overlap
+    assert float((one[0] * one[1]).sum()) > 0  # they really overlap
     torch.testing.assert_close(both, torch.maximum(one[0], one[1]))
     split = detection_targets([torch.tensor([a, b])], [torch.tensor([1, 2])], IMAGE, OUT, 3)["heatmap"]
     torch.testing.assert_close(split[0, 1], one[0][0, 1])
@@ -89,14 +94,20 @@ def test_targets_peaks_of_adjacent_far_cars_are_separate():
     assert sorted(torch.nonzero(t["heatmap"][0, 0] == 1.0).tolist()) == [[2, 2], [2, 3]]
 
 
-@pytest.mark.parametrize("boxes, labels, match", [
-    ([torch.tensor([[10.0, 10.0, 5.0, 20.0]])], [torch.tensor([0])], "image 0 box 0"),
-    ([torch.tensor([[10.0, 10.0, 20.0, float("nan")]])], [torch.tensor([0])], "image 0 box 0"),
-    ([torch.zeros(0, 4), torch.tensor([[1.0, 1.0, 9.0, 9.0], [1, 1, 2, 2]])],
-     [torch.zeros(0), torch.tensor([0, 3])], "image 1 box 1: label 3"),
-    ([torch.tensor([1.0, 1.0, 9.0, 9.0])], [torch.tensor([0])], "image 0"),
-    ([torch.tensor([[1.0, 1.0, 9.0, 9.0]])], [torch.tensor([0]), torch.tensor([0])], "labels for 2"),
-])
+@pytest.mark.parametrize(
+    "boxes, labels, match",
+    [
+        ([torch.tensor([[10.0, 10.0, 5.0, 20.0]])], [torch.tensor([0])], "image 0 box 0"),
+        ([torch.tensor([[10.0, 10.0, 20.0, float("nan")]])], [torch.tensor([0])], "image 0 box 0"),
+        (
+            [torch.zeros(0, 4), torch.tensor([[1.0, 1.0, 9.0, 9.0], [1, 1, 2, 2]])],
+            [torch.zeros(0), torch.tensor([0, 3])],
+            "image 1 box 1: label 3",
+        ),
+        ([torch.tensor([1.0, 1.0, 9.0, 9.0])], [torch.tensor([0])], "image 0"),
+        ([torch.tensor([[1.0, 1.0, 9.0, 9.0]])], [torch.tensor([0]), torch.tensor([0])], "labels for 2"),
+    ],
+)
 def test_targets_reject_bad_boxes(boxes, labels, match):
     with pytest.raises(InputError, match=match):
         detection_targets(boxes, labels, IMAGE, OUT, 3)
@@ -130,11 +141,11 @@ def test_decode_recovers_a_box():
 
 def test_decode_suppresses_non_peaks_and_clips():
     out = _outputs_with_peak(0, (0, 0), [30.0, 30.0, 8.0, 8.0], batch=1)
-    out["heatmap"][0, 0, 0, 1] = 4.0   # neighbour of the peak: not a local maximum
-    out["heatmap"][0, 2, 5, 9] = 3.0   # another class far away: its own peak
+    out["heatmap"][0, 0, 0, 1] = 4.0  # neighbour of the peak: not a local maximum
+    out["heatmap"][0, 2, 5, 9] = 3.0  # another class far away: its own peak
     dets = decode(out, IMAGE, score_thresh=0.5, max_dets=10)[0]
     assert dets["labels"].tolist() == [0, 2]
-    assert dets["boxes"][0].tolist() == [0.0, 0.0, 12.0, 12.0]          # clipped at the image edge
+    assert dets["boxes"][0].tolist() == [0.0, 0.0, 12.0, 12.0]  # clipped at the image edge
     assert bool((dets["scores"][:-1] >= dets["scores"][1:]).all())
 
 
@@ -148,10 +159,11 @@ def test_decode_of_targets_round_trips_boxes():
 
 
 def test_loss_finite_without_boxes_and_lower_for_the_truth():
-    raw = {"heatmap": torch.randn(2, 3, *OUT, requires_grad=True),
-           "box": torch.rand(2, 4, *OUT, requires_grad=True) * 10 + 1}
-    loss = detection_loss(raw, [torch.zeros(0, 4), torch.zeros(0, 4)],
-                          [torch.zeros(0, dtype=torch.long)] * 2, IMAGE)
+    raw = {
+        "heatmap": torch.randn(2, 3, *OUT, requires_grad=True),
+        "box": torch.rand(2, 4, *OUT, requires_grad=True) * 10 + 1,
+    }
+    loss = detection_loss(raw, [torch.zeros(0, 4), torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)] * 2, IMAGE)
     assert all(math.isfinite(float(v.detach())) for v in loss.values()) and float(loss["box"]) == 0.0
     loss["total"].backward()
     assert torch.isfinite(raw["heatmap"].grad).all() and float(raw["heatmap"].grad.abs().sum()) > 0
@@ -178,16 +190,25 @@ def _rectangle_batch(n: int, seed: int = 0):
         x = float(torch.rand(1, generator=g)) * 40
         bx.append([x, 34.0, x + 48, 60.0])
         for (x1, y1, x2, y2), c in zip(bx, ([0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.9])):
-            imgs[i, :, int(y1):int(y2), int(x1):int(x2)] = torch.tensor(c)[:, None, None]
+            imgs[i, :, int(y1) : int(y2), int(x1) : int(x2)] = torch.tensor(c)[:, None, None]
         boxes.append(torch.tensor(bx))
         labels.append(torch.tensor([0, 0, 0, 1]))
     return imgs, boxes, labels
 
 
 def test_a_few_steps_lower_the_detection_loss():
-    model = PrunedDetector(ModelConfig(image_size=IMAGE, embed_dim=32, num_heads=2, early_depth=1,
-                                       late_depth=1, head_channels=16, predictor_hidden=16,
-                                       pruner=PrunerConfig(mode="global", keep_ratio=0.5)))
+    model = PrunedDetector(
+        ModelConfig(
+            image_size=IMAGE,
+            embed_dim=32,
+            num_heads=2,
+            early_depth=1,
+            late_depth=1,
+            head_channels=16,
+            predictor_hidden=16,
+            pruner=PrunerConfig(mode="global", keep_ratio=0.5),
+        )
+    )
     x, boxes, labels = _rectangle_batch(2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []

@@ -22,17 +22,31 @@ def _export(module: torch.nn.Module, names: list[str], path, batch: int = 2) -> 
     x = torch.rand(batch, 3, 64, 96)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=17,
-                          input_names=[INPUT_NAME], output_names=names,
-                          dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=64)}},
-                          verbose=False)
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            dynamo=True,
+            opset_version=17,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=64)}},
+            verbose=False,
+        )
 
 
 @pytest.mark.parametrize("mode", ["global", "band", "none", "threshold"])
 def test_onnx_round_trip(mode, tmp_path):
-    cfg = ModelConfig(image_size=(64, 96), embed_dim=32, num_heads=2, early_depth=1, late_depth=1,
-                      head_channels=16, predictor_hidden=16,
-                      pruner=PrunerConfig(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5))
+    cfg = ModelConfig(
+        image_size=(64, 96),
+        embed_dim=32,
+        num_heads=2,
+        early_depth=1,
+        late_depth=1,
+        head_channels=16,
+        predictor_hidden=16,
+        pruner=PrunerConfig(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5),
+    )
     model = PrunedDetector(cfg).eval()
     names = model.output_names("full")
     path = tmp_path / f"{mode}.onnx"
@@ -42,7 +56,7 @@ def test_onnx_round_trip(mode, tmp_path):
     assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {17}
     assert [o.name for o in proto.graph.output] == names
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, 64, 96, generator=torch.Generator().manual_seed(5))   # another batch size
+    x = torch.rand(3, 3, 64, 96, generator=torch.Generator().manual_seed(5))  # another batch size
     got = dict(zip(names, sess.run(None, {INPUT_NAME: x.numpy()})))
     with torch.no_grad():
         ref = model(x)
@@ -58,15 +72,23 @@ def test_onnx_round_trip(mode, tmp_path):
 
 
 def test_onnx_predictor_part(tmp_path):
-    cfg = ModelConfig(image_size=(64, 96), embed_dim=32, num_heads=2, early_depth=1, late_depth=1,
-                      head_channels=16, predictor_hidden=16, pruner=PrunerConfig(mode="global", keep_ratio=0.5))
+    cfg = ModelConfig(
+        image_size=(64, 96),
+        embed_dim=32,
+        num_heads=2,
+        early_depth=1,
+        late_depth=1,
+        head_channels=16,
+        predictor_hidden=16,
+        pruner=PrunerConfig(mode="global", keep_ratio=0.5),
+    )
     model = PrunedDetector(cfg).eval()
     names = model.output_names("predictor")
     path = tmp_path / "predictor.onnx"
     _export(model.predictor_module(), names, path)
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
-    assert "ConvTranspose" not in ops                       # the head is not in this part
+    assert "ConvTranspose" not in ops  # the head is not in this part
     assert [n for n in proto.graph.node if n.op_type == "TopK"]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(1, 3, 64, 96)

@@ -36,6 +36,7 @@ def _check_keep_set(keep_idx: torch.Tensor, keep_mask: torch.Tensor, k: int) -> 
 
 # --------------------------------------------------------------------------- k and config
 
+
 @pytest.mark.parametrize("num_patches", [24, 448, 3600])
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0])
 def test_compute_k_is_exact_ceiling(num_patches, ratio):
@@ -44,13 +45,25 @@ def test_compute_k_is_exact_ceiling(num_patches, ratio):
     assert isinstance(compute_k(ratio, num_patches), int)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(mode="topk"), dict(keep_ratio=0.0), dict(keep_ratio=1.5), dict(keep_ratio=True),
-    dict(keep_ratio=float("nan")), dict(threshold=1.0), dict(threshold=0.0), dict(bands=0),
-    dict(bands=3, band_rows=(4,)), dict(bands=2, band_rows=(5, 3, 9)), dict(band_quotas="random"),
-    dict(bands=2, band_quotas=(0.5, 0.6)), dict(bands=2, band_quotas=(0.5, 0.3, 0.2)),
-    dict(bands=2, band_positive_share=(-0.5, 1.5)),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mode="topk"),
+        dict(keep_ratio=0.0),
+        dict(keep_ratio=1.5),
+        dict(keep_ratio=True),
+        dict(keep_ratio=float("nan")),
+        dict(threshold=1.0),
+        dict(threshold=0.0),
+        dict(bands=0),
+        dict(bands=3, band_rows=(4,)),
+        dict(bands=2, band_rows=(5, 3, 9)),
+        dict(band_quotas="random"),
+        dict(bands=2, band_quotas=(0.5, 0.6)),
+        dict(bands=2, band_quotas=(0.5, 0.3, 0.2)),
+        dict(bands=2, band_positive_share=(-0.5, 1.5)),
+    ],
+)
 def test_pruner_config_rejects_bad_values(kwargs):
     with pytest.raises(ConfigError):
         PrunerConfig(**kwargs)
@@ -74,10 +87,11 @@ def test_band_boundaries():
 
 # --------------------------------------------------------------------------- quotas
 
+
 def test_allocate_quotas_examples():
-    assert allocate_quotas(10, (1, 1, 1), (10, 10, 10)) == (3, 3, 4)          # tie → nearer band
-    assert allocate_quotas(10, (0.8, 0.1, 0.1), (4, 10, 10)) == (4, 3, 3)     # capped band overflows
-    assert allocate_quotas(8, (0, 0, 1), (5, 5, 5)) == (1, 2, 5)              # zero weights: by room
+    assert allocate_quotas(10, (1, 1, 1), (10, 10, 10)) == (3, 3, 4)  # tie → nearer band
+    assert allocate_quotas(10, (0.8, 0.1, 0.1), (4, 10, 10)) == (4, 3, 3)  # capped band overflows
+    assert allocate_quotas(8, (0, 0, 1), (5, 5, 5)) == (1, 2, 5)  # zero weights: by room
     with pytest.raises(ConfigError):
         allocate_quotas(16, (1, 1, 1), (5, 5, 5))
 
@@ -108,9 +122,10 @@ def test_band_pruner_quotas_sum_to_k_and_respect_sizes():
 
 
 def test_proportional_quotas_use_positive_share():
-    cfg = PrunerConfig(mode="band", keep_ratio=0.5, bands=3, band_quotas="proportional",
-                       band_positive_share=(0.25, 0.0, 0.75))
-    p = Pruner(cfg, (6, 4))                      # k = 12, band size 8 each
+    cfg = PrunerConfig(
+        mode="band", keep_ratio=0.5, bands=3, band_quotas="proportional", band_positive_share=(0.25, 0.0, 0.75)
+    )
+    p = Pruner(cfg, (6, 4))  # k = 12, band size 8 each
     # exact shares (3, 0, 9); the near band is capped at 8, its surplus goes to the far band
     assert p.quotas == (4, 0, 8)
     with pytest.raises(ConfigError, match="band_positive_share"):
@@ -125,17 +140,17 @@ def test_band_quota_over_topk_limit_is_refused_per_target():
         with pytest.raises(LimitError, match=f"k <= {TENSORRT_MAX_TOPK} per band .* band 0: k=10000"):
             check_request(target, pruner_mode="band", topk_sizes=one.topk_sizes)
     assert check_request("onnxruntime-cpu", pruner_mode="band", topk_sizes=one.topk_sizes) == []
-    four = Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=4), (100, 200))   # 2500 per band: fine
+    four = Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=4), (100, 200))  # 2500 per band: fine
     assert check_request("tensorrt10", pruner_mode="band", topk_sizes=four.topk_sizes) == []
 
 
 def test_band_positive_share():
     targets = torch.zeros(2, 6 * 4)
-    targets[0, 1] = 1.0            # row 0 → band 0
-    targets[1, 4 * 4 + 2] = 1.0    # row 4 → band 2
+    targets[0, 1] = 1.0  # row 0 → band 0
+    targets[1, 4 * 4 + 2] = 1.0  # row 4 → band 2
     targets[1, 5 * 4 + 3] = 0.9
     targets[0, 5 * 4 + 0] = 1.0
-    targets[0, 2 * 4 + 0] = 0.4    # ring value below the positive threshold: not counted
+    targets[0, 2 * 4 + 0] = 0.4  # ring value below the positive threshold: not counted
     assert band_positive_share(targets, (6, 4), 3) == pytest.approx((0.25, 0.0, 0.75))
     assert band_positive_share(targets, (6, 4), (1, 5)) == pytest.approx((0.25, 0.25, 0.5))
     with pytest.raises(InputError):
@@ -146,6 +161,7 @@ def test_band_positive_share():
 
 # --------------------------------------------------------------------------- selection
 
+
 def test_global_topk_equals_torch_topk_set():
     g = torch.Generator().manual_seed(1)
     scores = torch.randn(3, 448, generator=g)
@@ -153,7 +169,7 @@ def test_global_topk_equals_torch_topk_set():
     idx, mask = p(scores)
     assert p.k == 112
     _check_keep_set(idx, mask, 112)
-    order = np.argsort(-scores.numpy(), axis=1)[:, :112]      # independent reference
+    order = np.argsort(-scores.numpy(), axis=1)[:, :112]  # independent reference
     for b in range(3):
         assert set(idx[b].tolist()) == set(order[b].tolist())
 
@@ -161,8 +177,8 @@ def test_global_topk_equals_torch_topk_set():
 def test_band_mode_never_starves_the_near_band():
     hp, wp = 6, 4
     scores = torch.full((2, hp * wp), -5.0)
-    scores[:, : 2 * wp] = torch.linspace(5, 10, 2 * wp)       # every high score in the top band
-    scores[:, 2 * wp:] -= torch.arange(hp * wp - 2 * wp) * 0.01  # mid beats near
+    scores[:, : 2 * wp] = torch.linspace(5, 10, 2 * wp)  # every high score in the top band
+    scores[:, 2 * wp :] -= torch.arange(hp * wp - 2 * wp) * 0.01  # mid beats near
     p = Pruner(PrunerConfig(mode="band", keep_ratio=0.5, bands=3), (hp, wp))
     assert p.quotas == (4, 4, 4)
     idx, mask = p(scores)
@@ -171,9 +187,9 @@ def test_band_mode_never_starves_the_near_band():
     assert per_band.tolist() == [[4, 4, 4], [4, 4, 4]]
     # within each band the kept patches are that band's best
     for band in range(3):
-        local = scores[0, band * 8:(band + 1) * 8]
+        local = scores[0, band * 8 : (band + 1) * 8]
         best = set((torch.argsort(local, descending=True)[:4] + band * 8).tolist())
-        kept = torch.nonzero(mask[0, band * 8:(band + 1) * 8]).flatten() + band * 8
+        kept = torch.nonzero(mask[0, band * 8 : (band + 1) * 8]).flatten() + band * 8
         assert best == set(kept.tolist())
     # global mode with the same scores starves the near band entirely
     _, gmask = Pruner(PrunerConfig(mode="global", keep_ratio=0.5), (hp, wp))(scores)

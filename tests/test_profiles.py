@@ -40,8 +40,11 @@ def test_profile_specifics():
     nano, nx, agx = (load_profile(n) for n in ("jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"))
     assert nano.image_size == (544, 960) and nano.num_patches() == 34 * 60
     assert nano.workspace_mib < nx.workspace_mib < agx.workspace_mib
-    assert nano.dla_core is None and (nano.memory_bandwidth_gbs, nx.memory_bandwidth_gbs,
-                                      agx.memory_bandwidth_gbs) == (68, 102, 205)
+    assert nano.dla_core is None and (nano.memory_bandwidth_gbs, nx.memory_bandwidth_gbs, agx.memory_bandwidth_gbs) == (
+        68,
+        102,
+        205,
+    )
     x86 = load_profile("x86-gpu")
     assert x86.dynamic_batch == (1, 4, 8) and x86.max_batch() == 8
     cpu = load_profile("cpu")
@@ -56,8 +59,15 @@ def test_unknown_profile_lists_the_available_ones():
 
 
 def _base(**kw):
-    data = dict(name="t", description="test", target="tensorrt", device="jetson-agx-orin",
-                image_size=[720, 1280], precision="fp16", workspace_mib=1024)
+    data = dict(
+        name="t",
+        description="test",
+        target="tensorrt",
+        device="jetson-agx-orin",
+        image_size=[720, 1280],
+        precision="fp16",
+        workspace_mib=1024,
+    )
     data.update(kw)
     return data
 
@@ -77,15 +87,29 @@ def _write(tmp_path, **kw):
     return path
 
 
-@pytest.mark.parametrize("kw", [dict(image_size=[1080, 1920]), dict(precision="fp8"), dict(target="tflite"),
-                                dict(device="jetson-tx2"), dict(batch=0), dict(keep_ratio=0.0),
-                                dict(keep_ratio=1.5), dict(dynamic_batch=[4, 2, 8]),
-                                dict(dynamic_batch=[1, 4, 8], batch=16), dict(opset=11),
-                                dict(device="jetson-orin-nano", dla_core=0), dict(dla_core=2),
-                                dict(target="onnxruntime", dla_core=0), dict(pruner_mode="random"),
-                                dict(dla_core=0, precision="fp32"),
-                                dict(dla_core=0, dynamic_batch=[1, 1, 2]),
-                                dict(unknown_key=1), dict(workspace_mib=-5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(image_size=[1080, 1920]),
+        dict(precision="fp8"),
+        dict(target="tflite"),
+        dict(device="jetson-tx2"),
+        dict(batch=0),
+        dict(keep_ratio=0.0),
+        dict(keep_ratio=1.5),
+        dict(dynamic_batch=[4, 2, 8]),
+        dict(dynamic_batch=[1, 4, 8], batch=16),
+        dict(opset=11),
+        dict(device="jetson-orin-nano", dla_core=0),
+        dict(dla_core=2),
+        dict(target="onnxruntime", dla_core=0),
+        dict(pruner_mode="random"),
+        dict(dla_core=0, precision="fp32"),
+        dict(dla_core=0, dynamic_batch=[1, 1, 2]),
+        dict(unknown_key=1),
+        dict(workspace_mib=-5),
+    ],
+)
 def test_bad_profiles_are_config_errors(tmp_path, kw):
     with pytest.raises(ConfigError):
         load_profile(_write(tmp_path, **kw))

@@ -110,20 +110,19 @@ def test_runner_context_manager_and_lazy_activation():
     assert runner.deactivations == 2
 
 
-@pytest.mark.parametrize("feed, pattern", [
-    ({"x": np.ones((2, 3), np.float32)}, r"missing input\(s\) 'm'"),
-    ({"x": np.ones((2, 3), np.float32), "m": np.ones((2, 2), bool), "z": np.ones(1)},
-     r"unexpected input\(s\) 'z'"),
-    ({"x": np.ones((2, 3), np.float64), "m": np.ones((2, 2), bool)},
-     r"dtype float64, expected float32"),
-    ({"x": np.ones((2, 3, 1), np.float32), "m": np.ones((2, 2), bool)}, r"expected rank 2"),
-    ({"x": np.ones((2, 4), np.float32), "m": np.ones((2, 2), bool)},
-     r"expected size 3 on axis 1"),
-    ({"x": np.ones((0, 3), np.float32), "m": np.ones((0, 2), bool)}, r"must be >= 1"),
-    ({"x": [[1.0, 2.0, 3.0]], "m": np.ones((1, 2), bool)}, r"must be a numpy array"),
-    ({"x": np.ones((2, 3), np.float32), "m": np.ones((3, 2), bool)},
-     r"dimension 'batch' is 2 in 'x' but 3 in 'm'"),
-])
+@pytest.mark.parametrize(
+    "feed, pattern",
+    [
+        ({"x": np.ones((2, 3), np.float32)}, r"missing input\(s\) 'm'"),
+        ({"x": np.ones((2, 3), np.float32), "m": np.ones((2, 2), bool), "z": np.ones(1)}, r"unexpected input\(s\) 'z'"),
+        ({"x": np.ones((2, 3), np.float64), "m": np.ones((2, 2), bool)}, r"dtype float64, expected float32"),
+        ({"x": np.ones((2, 3, 1), np.float32), "m": np.ones((2, 2), bool)}, r"expected rank 2"),
+        ({"x": np.ones((2, 4), np.float32), "m": np.ones((2, 2), bool)}, r"expected size 3 on axis 1"),
+        ({"x": np.ones((0, 3), np.float32), "m": np.ones((0, 2), bool)}, r"must be >= 1"),
+        ({"x": [[1.0, 2.0, 3.0]], "m": np.ones((1, 2), bool)}, r"must be a numpy array"),
+        ({"x": np.ones((2, 3), np.float32), "m": np.ones((3, 2), bool)}, r"dimension 'batch' is 2 in 'x' but 3 in 'm'"),
+    ],
+)
 def test_validate_feed_rejects_bad_feeds(feed, pattern):
     with pytest.raises(InputError, match=pattern):
         _EchoRunner().infer(feed)
@@ -145,7 +144,7 @@ def test_ort_runner_specs_and_outputs_match_numpy(tiny_onnx):
         assert ins["scores"].shape == ("batch", P) and ins["scores"].dtype == np.float32
         assert outs["indices"].dtype == np.int64 and outs["keep_mask"].dtype == np.bool_
         assert runner.providers_in_use() == ["CPUExecutionProvider"]
-        for batch in (1, 3):   # dynamic batch
+        for batch in (1, 3):  # dynamic batch
             feed = _feed(batch, seed=batch)
             got = runner.infer(feed)
             want = expected_topk(feed["scores"], feed["feats"])
@@ -201,8 +200,7 @@ def test_ort_and_trt_runners_import_no_torch(tiny_onnx):
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
@@ -227,9 +225,11 @@ def test_trt_runner_without_tensorrt_is_backend_unavailable(tmp_path, monkeypatc
 def tiny_engine(tmp_path, tiny_onnx):
 
     engine = tmp_path / "tiny.engine"
-    options = BuildOptions(precision="fp32", workspace_mib=256,
-                           profiles={"scores": ((1, P), (2, P), (4, P)),
-                                     "feats": ((1, P), (2, P), (4, P))})
+    options = BuildOptions(
+        precision="fp32",
+        workspace_mib=256,
+        profiles={"scores": ((1, P), (2, P), (4, P)), "feats": ((1, P), (2, P), (4, P))},
+    )
     build_engine(tiny_onnx, engine, options)
     return engine
 
@@ -264,18 +264,22 @@ def test_trt_runner_split_timing(tiny_engine):
         assert runner.infer_device_only() > 0
         again = runner.download()
         np.testing.assert_array_equal(again["indices"], outputs["indices"])
-        np.testing.assert_array_equal(outputs["indices"],
-                                      expected_topk(feed["scores"], feed["feats"])["indices"])
+        np.testing.assert_array_equal(outputs["indices"], expected_topk(feed["scores"], feed["feats"])["indices"])
 
 
 @pytest.mark.trt
 def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
 
     engine = tmp_path / "foreign.engine"
-    engine.write_bytes(b"ftrt" + bytes(range(256)) * 8)   # not a plan for this TensorRT
-    manifest = build_manifest(artefacts={"engine": engine}, inputs=[], outputs=[],
-                              precision="fp16", versions={"tensorrt": "9.9.9"},
-                              extra={"tensorrt": {"device": "Orin (nvgpu)"}})
+    engine.write_bytes(b"ftrt" + bytes(range(256)) * 8)  # not a plan for this TensorRT
+    manifest = build_manifest(
+        artefacts={"engine": engine},
+        inputs=[],
+        outputs=[],
+        precision="fp16",
+        versions={"tensorrt": "9.9.9"},
+        extra={"tensorrt": {"device": "Orin (nvgpu)"}},
+    )
     write_manifest(tmp_path, manifest)
     import tensorrt
 
@@ -290,20 +294,17 @@ def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
 def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-
     trt = fake_tensorrt.install(monkeypatch, "10.3.0")
     driver = sys.modules["pycuda.driver"]
     engine = tmp_path / "tiny.engine"
-    build_engine(tiny_onnx, engine, BuildOptions(
-        profiles={n: ((1, P), (2, P), (4, P)) for n in ("scores", "feats")}))
+    build_engine(tiny_onnx, engine, BuildOptions(profiles={n: ((1, P), (2, P), (4, P)) for n in ("scores", "feats")}))
     assert device_name() == "Fake GPU"
     with TrtRunner(engine) as runner:
         assert driver.context_stack, "the primary context is pushed while active"
         specs = {s.name: s for s in runner.output_specs()}
         assert specs["keep_mask"].dtype == np.bool_ and specs["indices"].dtype == np.int64
-        assert {s.name: s.shape for s in runner.input_specs()} == {"scores": (None, P),
-                                                                  "feats": (None, P)}
-        for batch in (3, 1, 4):      # grow, shrink, grow: buffers are reused or reallocated
+        assert {s.name: s.shape for s in runner.input_specs()} == {"scores": (None, P), "feats": (None, P)}
+        for batch in (3, 1, 4):  # grow, shrink, grow: buffers are reused or reallocated
             feed = _feed(batch, seed=batch)
             got, want = runner.infer(feed), expected_topk(feed["scores"], feed["feats"])
             for name in want:
@@ -319,18 +320,16 @@ def test_trt_runner_flow_with_fake_tensorrt(tmp_path, tiny_onnx, monkeypatch):
         runner.upload(_feed(2))
         assert runner.infer_device_only() > 0
         np.testing.assert_array_equal(runner.download()["indices"], outputs["indices"])
-    assert not driver.context_stack and driver.freed   # buffers freed, context popped
+    assert not driver.context_stack and driver.freed  # buffers freed, context popped
     assert all(args == (42,) for name, args in trt.calls if name == "execute_async_v3")
 
 
 def test_trt_runner_device_calls_need_an_upload(tmp_path, tiny_onnx, monkeypatch):
     import fake_tensorrt
 
-
     fake_tensorrt.install(monkeypatch, "11.0.0")
     engine = tmp_path / "tiny.engine"
-    build_engine(tiny_onnx, engine, BuildOptions(
-        profiles={n: ((1, P), (1, P), (2, P)) for n in ("scores", "feats")}))
+    build_engine(tiny_onnx, engine, BuildOptions(profiles={n: ((1, P), (1, P), (2, P)) for n in ("scores", "feats")}))
     runner = TrtRunner(engine)
     with pytest.raises(InferenceError, match="call upload\\(feed\\)"):
         runner.infer_device_only()

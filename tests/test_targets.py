@@ -49,10 +49,9 @@ def test_core_and_linear_ring_golden():
     ed = math.hypot(16, 16)
     corner = 0.5 * (1 - math.hypot(8, 8) / ed)  # centre (8, 8): 8 px from the box on both axes
     edge = 0.5 * (1 - 8 / ed)  # centre (24, 8): 8 px above the box
-    expected = torch.tensor([[corner, edge, edge, corner],
-                             [edge, 1.0, 1.0, edge],
-                             [edge, 1.0, 1.0, edge],
-                             [corner, edge, edge, corner]])
+    expected = torch.tensor(
+        [[corner, edge, edge, corner], [edge, 1.0, 1.0, edge], [edge, 1.0, 1.0, edge], [corner, edge, edge, corner]]
+    )
     torch.testing.assert_close(t, expected)
 
 
@@ -87,8 +86,12 @@ def test_gaussian_decay_value():
 def test_max_merge_and_batch_separation():
     a = torch.tensor([[16.0, 16.0, 48.0, 48.0], [0.0, 0.0, 20.0, 20.0]])
     t = soft_target_mask([a, torch.zeros(0, 4)], GRID, IMG)
-    expected = torch.tensor([max(u, v) for u, v in zip(brute_force_mask(a[0].tolist(), GRID, IMG),
-                                                     brute_force_mask(a[1].tolist(), GRID, IMG))])
+    expected = torch.tensor(
+        [
+            max(u, v)
+            for u, v in zip(brute_force_mask(a[0].tolist(), GRID, IMG), brute_force_mask(a[1].tolist(), GRID, IMG))
+        ]
+    )
     torch.testing.assert_close(t[0], expected)
     assert t[1].abs().sum() == 0
 
@@ -137,13 +140,16 @@ def test_object_patches_membership():
     assert op.patch[op.box == 1].tolist() == [2]
 
 
-@pytest.mark.parametrize("box, fragment", [
-    ([float("nan"), 0, 10, 10], "finite"),
-    ([0, 0, float("inf"), 10], "finite"),
-    ([10, 0, 10, 10], "x2 > x1"),
-    ([0, 12, 10, 5], "y2 > y1"),
-    ([70, 70, 90, 90], "outside"),
-])
+@pytest.mark.parametrize(
+    "box, fragment",
+    [
+        ([float("nan"), 0, 10, 10], "finite"),
+        ([0, 0, float("inf"), 10], "finite"),
+        ([10, 0, 10, 10], "x2 > x1"),
+        ([0, 12, 10, 5], "y2 > y1"),
+        ([70, 70, 90, 90], "outside"),
+    ],
+)
 def test_invalid_boxes_are_named(box, fragment):
     good = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     with pytest.raises(InputError, match=fragment) as info:

@@ -64,13 +64,14 @@ def test_single_sample_has_zero_std_and_dict_is_complete():
     s = LatencyStats.from_samples([2.5])
     assert s.std == 0.0 and s.p50 == s.p99 == s.min == s.max == 2.5
     d = s.to_dict()
-    assert {"n", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "throughput_fps",
-            "batch", "unit"} <= set(d)
+    assert {"n", "mean", "std", "min", "p50", "p90", "p95", "p99", "max", "throughput_fps", "batch", "unit"} <= set(d)
     assert d["unit"] == "ms" and d["throughput_fps"] == pytest.approx(400.0)
 
 
-@pytest.mark.parametrize("bad, batch", [([], 1), ([1.0, float("nan")], 1), ([1.0, -0.5], 1),
-                                        ([1.0], 0), ([1.0], 1.5), ([1.0], True), (["x"], 1)])
+@pytest.mark.parametrize(
+    "bad, batch",
+    [([], 1), ([1.0, float("nan")], 1), ([1.0, -0.5], 1), ([1.0], 0), ([1.0], 1.5), ([1.0], True), (["x"], 1)],
+)
 def test_from_samples_rejects_bad_input(bad, batch):
     with pytest.raises(InputError):
         LatencyStats.from_samples(bad, batch=batch)
@@ -102,11 +103,18 @@ def test_time_callable_uses_a_timer_object():
     assert time_callable(lambda: None, warmup=1, iters=3, timer=timer) == [8.0, 9.0, 10.0]
 
 
-@pytest.mark.parametrize("kwargs", [dict(warmup=-1, iters=1), dict(warmup=0, iters=0),
-                                    dict(warmup=0, iters=1.5), dict(warmup=True, iters=1),
-                                    dict(warmup=0, iters=1, timer="cuda_magic"),
-                                    dict(warmup=0, iters=1, timer=object()),
-                                    dict(warmup=0, iters=1, sync="no")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(warmup=-1, iters=1),
+        dict(warmup=0, iters=0),
+        dict(warmup=0, iters=1.5),
+        dict(warmup=True, iters=1),
+        dict(warmup=0, iters=1, timer="cuda_magic"),
+        dict(warmup=0, iters=1, timer=object()),
+        dict(warmup=0, iters=1, sync="no"),
+    ],
+)
 def test_time_callable_argument_errors(kwargs):
     with pytest.raises(InputError):
         time_callable(lambda: None, **kwargs)
@@ -147,8 +155,10 @@ def test_peak_memory_helpers():
 
 
 def test_lightweight_modules_do_not_import_torch():
-    code = ("import sys; import cass_deploy.profiling.timing, cass_deploy.profiling.power, cass_deploy.backends.jetson, "
-            "cass_deploy.backends.envinfo, cass_deploy.export.profiles, "
-            "cass_deploy.commands.env; bad = [m for m in ('torch', 'onnxruntime', 'tensorrt') "
-            "if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; import cass_deploy.profiling.timing, cass_deploy.profiling.power, cass_deploy.backends.jetson, "
+        "cass_deploy.backends.envinfo, cass_deploy.export.profiles, "
+        "cass_deploy.commands.env; bad = [m for m in ('torch', 'onnxruntime', 'tensorrt') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

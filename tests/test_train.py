@@ -124,8 +124,19 @@ def test_config_errors(tmp_path, capsys):
 def test_ddp_two_processes_gloo(tmp_path):
     """torchrun with 2 CPU processes (gloo) trains and writes one checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-           "-m", "cass_deploy", "train", "--out", str(tmp_path / "ddp"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29531",
+        "-m",
+        "cass_deploy",
+        "train",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--no-progress",
+    ]
     for o in TINY_OVERRIDES:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -29,13 +29,13 @@ def T(x):
 
 # Ground truth per image (labels: 0 car, 1 truck, 2 pedestrian)
 GTS = [
-    (T([[0, 0, 16, 16], [0, 32, 64, 64]]), [0, 1]),   # far car (patch 0); near truck (patches 8..15)
-    (T([[16, 16, 48, 40]]), [0]),                      # mid car: centres x 24|40, y 24|40 -> 5, 6, 9, 10
-    (T([[42, 2, 46, 6], [0, 50, 8, 64]]), [0, 2]),     # tiny far car (no centre -> patch 2); pedestrian
+    (T([[0, 0, 16, 16], [0, 32, 64, 64]]), [0, 1]),  # far car (patch 0); near truck (patches 8..15)
+    (T([[16, 16, 48, 40]]), [0]),  # mid car: centres x 24|40, y 24|40 -> 5, 6, 9, 10
+    (T([[42, 2, 46, 6], [0, 50, 8, 64]]), [0, 2]),  # tiny far car (no centre -> patch 2); pedestrian
 ]
 PREDS = [
     (T([[0, 0, 16, 16], [0, 32, 64, 64]]), [0.9, 0.8], [0, 1]),
-    (T([[16, 16, 48, 22]]), [0.7], [0]),               # IoU 0.25 with the mid car: a miss
+    (T([[16, 16, 48, 22]]), [0.7], [0]),  # IoU 0.25 with the mid car: a miss
     (T([[42, 2, 46, 6], [0, 50, 8, 64]]), [0.5, 0.9], [0, 2]),
 ]
 KEEP = [[0, 8, 9, 10, 11], [5], []]  # truck keeps 4 of 8, mid car 1 of 4, tiny car 0 of 1
@@ -47,8 +47,13 @@ def _batches(numpy_images=False):
         images = torch.zeros(len(ids), 3, *SIZE)
         for b, i in enumerate(ids):
             images[b, 0, 0, 0] = i  # the fake model reads the image id from the pixels
-        out.append({"images": images.numpy() if numpy_images else images,
-                    "boxes": [GTS[i][0] for i in ids], "labels": [torch.tensor(GTS[i][1]) for i in ids]})
+        out.append(
+            {
+                "images": images.numpy() if numpy_images else images,
+                "boxes": [GTS[i][0] for i in ids],
+                "labels": [torch.tensor(GTS[i][1]) for i in ids],
+            }
+        )
     return out
 
 
@@ -56,20 +61,25 @@ def _predict(pruned=True, as_numpy=False):
     def predict(images):
         ids = [int(v) for v in torch.as_tensor(images)[:, 0, 0, 0]]
         conv = (lambda x: np.asarray(x)) if as_numpy else torch.as_tensor
-        out = {"boxes": [conv(PREDS[i][0]) for i in ids], "scores": [conv(PREDS[i][1]) for i in ids],
-               "labels": [conv(PREDS[i][2]) for i in ids]}
+        out = {
+            "boxes": [conv(PREDS[i][0]) for i in ids],
+            "scores": [conv(PREDS[i][1]) for i in ids],
+            "labels": [conv(PREDS[i][2]) for i in ids],
+        }
         if pruned:
             keep = torch.zeros(len(ids), 16, dtype=torch.bool)
             for b, i in enumerate(ids):
                 keep[b, KEEP[i]] = True
             out["keep_mask"] = keep.numpy() if as_numpy else keep
         return out
+
     return predict
 
 
 def test_evaluate_pruned_model_by_hand():
-    r = evaluate(_predict(), _batches(), SIZE, GRID, classes=[0, 1], class_names=["car", "truck", "pedestrian"],
-                 name="pruned")
+    r = evaluate(
+        _predict(), _batches(), SIZE, GRID, classes=[0, 1], class_names=["car", "truck", "pedestrian"], name="pruned"
+    )
     f = r.by_field
     assert (f["far"].n_matched, f["far"].n_gt, f["far"].recall) == (2, 2, 1.0)
     assert (f["mid"].n_matched, f["mid"].n_gt, f["mid"].recall) == (0, 1, 0.0)
@@ -88,14 +98,23 @@ def test_evaluate_pruned_model_by_hand():
     assert r.n_detections == 4  # the pedestrian detection is not a vehicle
     # mAP over all three classes. car: TP 0.9, FP 0.7, TP 0.5 over 3 GTs -> precision 1 up to
     # recall 1/3 (34 of 101 points: 0 .. 0.33), 2/3 up to recall 2/3 (33 points) -> 56/101
-    assert r.map50_per_class == {"car": pytest.approx(56 / 101), "truck": pytest.approx(1.0),
-                                 "pedestrian": pytest.approx(1.0)}
+    assert r.map50_per_class == {
+        "car": pytest.approx(56 / 101),
+        "truck": pytest.approx(1.0),
+        "pedestrian": pytest.approx(1.0),
+    }
     assert r.map50 == pytest.approx((56 / 101 + 2) / 3)
 
 
 def test_evaluate_dense_model_numpy_outputs_and_json_round_trip():
-    r = evaluate(_predict(pruned=False, as_numpy=True), _batches(numpy_images=True), SIZE, GRID, classes=[0, 1],
-                 compute_map=False)
+    r = evaluate(
+        _predict(pruned=False, as_numpy=True),
+        _batches(numpy_images=True),
+        SIZE,
+        GRID,
+        classes=[0, 1],
+        compute_map=False,
+    )
     assert not r.pruned and r.keep_ratio is None and r.map50 is None
     assert all(r.by_field[g].retention_mean is None for g in GROUPS)
     assert r.by_field["all"].recall == 0.75
@@ -112,11 +131,17 @@ def test_evaluate_bad_input():
 
     def flaky(images):
         return _predict(pruned=next(calls))(images)
+
     with pytest.raises(InputError, match="keep_mask for some batches"):
         evaluate(flaky, _batches(), SIZE, GRID, compute_map=False)
     with pytest.raises(InputError, match=r"keep_mask must have shape \[2, 16\]"):
-        evaluate(lambda im: {**_predict()(im), "keep_mask": torch.ones(2, 8, dtype=torch.bool)}, _batches()[:1],
-                 SIZE, GRID, compute_map=False)
+        evaluate(
+            lambda im: {**_predict()(im), "keep_mask": torch.ones(2, 8, dtype=torch.bool)},
+            _batches()[:1],
+            SIZE,
+            GRID,
+            compute_map=False,
+        )
     with pytest.raises(InputError, match="lacks 'scores'"):
         evaluate(lambda im: {"boxes": [T([])] * 2}, _batches()[:1], SIZE, GRID)
     with pytest.raises(InputError, match="no ground-truth objects of classes \\[5\\]"):
@@ -127,22 +152,40 @@ def test_evaluate_bad_input():
 
 # --------------------------------------------------------------------------- gates
 
-def _result(recall: dict, retention_near: float | None = 0.8, map50: float | None = 0.6,
-            name: str = "candidate") -> ValidationResult:
+
+def _result(
+    recall: dict, retention_near: float | None = 0.8, map50: float | None = 0.6, name: str = "candidate"
+) -> ValidationResult:
     """recall: field -> (n_matched, n_gt) for far / mid / near; "all" is summed."""
     recall = dict(recall)
     recall["all"] = (sum(v[0] for v in recall.values()), sum(v[1] for v in recall.values()))
     pruned = retention_near is not None
 
     def rep(g, k, n):
-        return FieldReport(g, n, k, k / n if n else None,
-                           retention_mean=(retention_near if g == "near" else 0.5) if pruned and n else None,
-                           retention_share_ge_50=0.5 if pruned and n else None, n_retention=n if pruned else 0)
-    return ValidationResult(by_field={g: rep(g, *recall[g]) for g in GROUPS},
-                            by_size={s: FieldReport(s, 0, 0, None) for s in SIZE_BINS}, map50=map50,
-                            map50_per_class=None, pruned=pruned, keep_ratio=0.5 if pruned else None,
-                            n_images=10, n_objects=recall["all"][1], n_detections=30, iou_thr=0.5,
-                            score_thr=0.3, name=name)
+        return FieldReport(
+            g,
+            n,
+            k,
+            k / n if n else None,
+            retention_mean=(retention_near if g == "near" else 0.5) if pruned and n else None,
+            retention_share_ge_50=0.5 if pruned and n else None,
+            n_retention=n if pruned else 0,
+        )
+
+    return ValidationResult(
+        by_field={g: rep(g, *recall[g]) for g in GROUPS},
+        by_size={s: FieldReport(s, 0, 0, None) for s in SIZE_BINS},
+        map50=map50,
+        map50_per_class=None,
+        pruned=pruned,
+        keep_ratio=0.5 if pruned else None,
+        n_images=10,
+        n_objects=recall["all"][1],
+        n_detections=30,
+        iou_thr=0.5,
+        score_thr=0.3,
+        name=name,
+    )
 
 
 def test_min_near_recall_pass_and_fail_with_numbers():
@@ -178,8 +221,12 @@ def test_field_without_gt_is_skipped_not_silently_passed():
     cand = _result({"far": (9, 10), "mid": (0, 0), "near": (0, 0)})
     checks = check_gates(cand, ref, Gates(min_near_recall=0.9, max_recall_drop=0.01, min_near_retention=0.5))
     skipped = [c for c in checks if c.skipped]
-    assert {(c.name, c.field) for c in skipped} == {("min_near_recall", "near"), ("max_recall_drop", "mid"),
-                                                    ("max_recall_drop", "near"), ("min_near_retention", "near")}
+    assert {(c.name, c.field) for c in skipped} == {
+        ("min_near_recall", "near"),
+        ("max_recall_drop", "mid"),
+        ("max_recall_drop", "near"),
+        ("min_near_retention", "near"),
+    }
     assert all(c.passed and c.value is None for c in skipped)
     assert "skipped: no ground-truth objects in field 'near'" in skipped[0].message
     assert all_passed(checks)

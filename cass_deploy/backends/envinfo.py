@@ -26,8 +26,7 @@ cuda = lazy_import("pycuda.driver")
 #: what ``cass-deploy env`` reports: every label of the one version table
 PACKAGES = tuple(VERSIONS)
 
-BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda",
-            "onnxruntime-tensorrt", "tensorrt")
+BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
 
 def package_version(key: str) -> str | None:
@@ -39,8 +38,12 @@ def _torch_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("torch") is None:
         return None
     try:
-        info: dict[str, Any] = {"version": torch.__version__, "cuda_build": torch.version.cuda,
-                                "cuda_available": False, "gpus": []}
+        info: dict[str, Any] = {
+            "version": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cuda_available": False,
+            "gpus": [],
+        }
     except Exception as exc:  # noqa: BLE001 - a broken install is reported, never raised
         return {"error": f"import failed: {exc}"}
     try:
@@ -57,8 +60,11 @@ def _onnxruntime_info() -> dict[str, Any] | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     try:
-        return {"version": ort.__version__, "providers": list(ort.get_available_providers()),
-                "device": ort.get_device()}
+        return {
+            "version": ort.__version__,
+            "providers": list(ort.get_available_providers()),
+            "device": ort.get_device(),
+        }
     except Exception as exc:
         return {"error": f"import failed: {exc}", "providers": []}
 
@@ -78,8 +84,7 @@ def _pycuda_info() -> dict[str, Any] | None:
     try:
         cuda.init()
         count = cuda.Device.count()
-        return {"devices": [cuda.Device(i).name() for i in range(count)],
-                "driver_version": cuda.get_driver_version()}
+        return {"devices": [cuda.Device(i).name() for i in range(count)], "driver_version": cuda.get_driver_version()}
     except Exception as exc:
         return {"error": f"CUDA driver not usable through pycuda: {exc}", "devices": []}
 
@@ -88,12 +93,10 @@ def nvidia_smi(timeout: float = 10.0) -> list[dict[str, str]] | None:
     """GPUs from ``nvidia-smi --query-gpu`` (None when absent or failing; Jetson has none)."""
 
     fields = ("name", "driver_version", "memory.total", "compute_cap")
-    out = run_tool(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                   timeout=timeout)
+    out = run_tool(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"], timeout=timeout)
     if out is None:  # older drivers lack compute_cap
         fields = fields[:3]
-        out = run_tool(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                       timeout=timeout)
+        out = run_tool(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"], timeout=timeout)
     if out is None:
         return None
     gpus = []
@@ -108,8 +111,9 @@ def _usable(ok: bool, reason: str) -> dict[str, Any]:
     return {"usable": bool(ok), "reason": reason}
 
 
-def backend_table(torch_info: dict | None, ort_info: dict | None, trt_info: dict | None,
-                  pycuda_info: dict | None) -> dict[str, dict[str, Any]]:
+def backend_table(
+    torch_info: dict | None, ort_info: dict | None, trt_info: dict | None, pycuda_info: dict | None
+) -> dict[str, dict[str, Any]]:
     """For each backend in BACKENDS: ``{"usable": bool, "reason": str}`` from the probe results."""
     out: dict[str, dict[str, Any]] = {}
     if torch_info is None:
@@ -121,17 +125,22 @@ def backend_table(torch_info: dict | None, ort_info: dict | None, trt_info: dict
     else:
         out["torch-cpu"] = _usable(True, f"torch {torch_info['version']}")
         if torch_info.get("cuda_available"):
-            out["torch-cuda"] = _usable(True, f"CUDA {torch_info['cuda_build']}: "
-                                              + ", ".join(torch_info.get("gpus") or []))
+            out["torch-cuda"] = _usable(
+                True, f"CUDA {torch_info['cuda_build']}: " + ", ".join(torch_info.get("gpus") or [])
+            )
         elif not torch_info.get("cuda_build"):
             out["torch-cuda"] = _usable(False, f"torch {torch_info['version']} is a CPU-only build")
         else:
-            out["torch-cuda"] = _usable(False, torch_info.get(
-                "error", f"torch built for CUDA {torch_info['cuda_build']} but sees no CUDA device"))
+            out["torch-cuda"] = _usable(
+                False,
+                torch_info.get("error", f"torch built for CUDA {torch_info['cuda_build']} but sees no CUDA device"),
+            )
     providers = (ort_info or {}).get("providers", [])
-    for name, provider in (("onnxruntime-cpu", "CPUExecutionProvider"),
-                           ("onnxruntime-cuda", "CUDAExecutionProvider"),
-                           ("onnxruntime-tensorrt", "TensorrtExecutionProvider")):
+    for name, provider in (
+        ("onnxruntime-cpu", "CPUExecutionProvider"),
+        ("onnxruntime-cuda", "CUDAExecutionProvider"),
+        ("onnxruntime-tensorrt", "TensorrtExecutionProvider"),
+    ):
         if ort_info is None:
             out[name] = _usable(False, "onnxruntime is not installed")
         elif provider in providers:
@@ -139,21 +148,25 @@ def backend_table(torch_info: dict | None, ort_info: dict | None, trt_info: dict
             out[name] = _usable(True, f"onnxruntime {ort_info.get('version')}: {provider}{note}")
         else:
             hint = "" if name == "onnxruntime-cpu" else "; install onnxruntime-gpu (cass-deploy[gpu])"
-            out[name] = _usable(False, ort_info.get("error") or
-                                f"{provider} not in onnxruntime's available providers{hint}")
+            out[name] = _usable(
+                False, ort_info.get("error") or f"{provider} not in onnxruntime's available providers{hint}"
+            )
     if trt_info is None:
-        out["tensorrt"] = _usable(False, "TensorRT is not installed; install cass-deploy[trt] on a "
-                                         "machine with an NVIDIA GPU (on Jetson it comes with JetPack)")
+        out["tensorrt"] = _usable(
+            False,
+            "TensorRT is not installed; install cass-deploy[trt] on a "
+            "machine with an NVIDIA GPU (on Jetson it comes with JetPack)",
+        )
     elif "version" not in trt_info:
         out["tensorrt"] = _usable(False, trt_info.get("error", "tensorrt import failed"))
     elif pycuda_info is None:
-        out["tensorrt"] = _usable(False, f"TensorRT {trt_info['version']} found but pycuda is not "
-                                         "installed (pip install pycuda)")
+        out["tensorrt"] = _usable(
+            False, f"TensorRT {trt_info['version']} found but pycuda is not installed (pip install pycuda)"
+        )
     elif not pycuda_info.get("devices"):
         out["tensorrt"] = _usable(False, pycuda_info.get("error", "pycuda sees no CUDA device"))
     else:
-        out["tensorrt"] = _usable(True, f"TensorRT {trt_info['version']} on "
-                                        + ", ".join(pycuda_info["devices"]))
+        out["tensorrt"] = _usable(True, f"TensorRT {trt_info['version']} on " + ", ".join(pycuda_info["devices"]))
     return out
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -24,17 +25,41 @@ DEFAULT_TIMEOUT_S = 5.0
 # ``jetpack_major`` still gives the family from the L4T major version.
 JETPACK_BY_L4T: dict[str, str] = {
     # JetPack 7
-    "39.2.0": "7.2", "38.4.0": "7.1", "38.2.2": "7.0", "38.2.1": "7.0", "38.2.0": "7.0",
+    "39.2.0": "7.2",
+    "38.4.0": "7.1",
+    "38.2.2": "7.0",
+    "38.2.1": "7.0",
+    "38.2.0": "7.0",
     # JetPack 6
-    "36.5.0": "6.2.2", "36.4.7": "6.2.1", "36.4.4": "6.2.1", "36.4.3": "6.2",
-    "36.4.2": "6.1 (rev 1)", "36.4.0": "6.1", "36.3.0": "6.0", "36.2.0": "6.0 DP",
+    "36.5.0": "6.2.2",
+    "36.4.7": "6.2.1",
+    "36.4.4": "6.2.1",
+    "36.4.3": "6.2",
+    "36.4.2": "6.1 (rev 1)",
+    "36.4.0": "6.1",
+    "36.3.0": "6.0",
+    "36.2.0": "6.0 DP",
     # JetPack 5
-    "35.6.4": "5.1.6", "35.6.3": "5.1.5", "35.6.2": "5.1.5", "35.6.1": "5.1.5",
-    "35.6.0": "5.1.4", "35.5.0": "5.1.3", "35.4.1": "5.1.2", "35.3.1": "5.1.1",
-    "35.2.1": "5.1", "35.1.0": "5.0.2", "34.1.1": "5.0.1 DP", "34.1.0": "5.0 DP",
+    "35.6.4": "5.1.6",
+    "35.6.3": "5.1.5",
+    "35.6.2": "5.1.5",
+    "35.6.1": "5.1.5",
+    "35.6.0": "5.1.4",
+    "35.5.0": "5.1.3",
+    "35.4.1": "5.1.2",
+    "35.3.1": "5.1.1",
+    "35.2.1": "5.1",
+    "35.1.0": "5.0.2",
+    "34.1.1": "5.0.1 DP",
+    "34.1.0": "5.0 DP",
     # JetPack 4 (end of line)
-    "32.7.6": "4.6.6", "32.7.5": "4.6.5", "32.7.4": "4.6.4", "32.7.3": "4.6.3",
-    "32.7.2": "4.6.2", "32.7.1": "4.6.1", "32.6.1": "4.6",
+    "32.7.6": "4.6.6",
+    "32.7.5": "4.6.5",
+    "32.7.4": "4.6.4",
+    "32.7.3": "4.6.3",
+    "32.7.2": "4.6.2",
+    "32.7.1": "4.6.1",
+    "32.6.1": "4.6",
 }
 JETPACK_MAJOR_BY_L4T_MAJOR = {32: 4, 34: 5, 35: 5, 36: 6, 38: 7, 39: 7}
 
@@ -119,20 +144,26 @@ def read_board_info(root: str | Path = "/") -> BoardInfo:
     if model:
         low = model.lower()
         suggested = next((name for frag, name in _PROFILE_BY_MODEL if frag in low), None)
-    return BoardInfo(is_jetson=is_jetson, model=model, l4t=l4t, jetpack=jetpack_from_l4t(l4t),
-                     jetpack_major=jetpack_major_from_l4t(l4t), compatible=compatible,
-                     suggested_profile=suggested)
+    return BoardInfo(
+        is_jetson=is_jetson,
+        model=model,
+        l4t=l4t,
+        jetpack=jetpack_from_l4t(l4t),
+        jetpack_major=jetpack_major_from_l4t(l4t),
+        compatible=compatible,
+        suggested_profile=suggested,
+    )
 
 
 # --------------------------------------------------------------------------- external tools
+
 
 def run_tool(cmd: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
     """stdout of ``cmd``, or None when the tool is absent, fails, needs root or times out."""
     if shutil.which(cmd[0]) is None:
         return None
     try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     if proc.returncode != 0:
@@ -160,7 +191,7 @@ def parse_nvpmodel_query(text: str) -> PowerMode | None:
     m = _NVP_NAME_RE.search(text or "")
     if not m:
         return None
-    tail = text[m.end():]
+    tail = text[m.end() :]
     mid = _NVP_ID_RE.search(tail)
     return PowerMode(name=m.group(1), mode_id=int(mid.group(1)) if mid else None)
 
@@ -225,11 +256,15 @@ def parse_jetson_clocks_show(text: str) -> ClockState | None:
     pm = _NVP_NAME_RE.search(text)
     return ClockState(
         locked=locked,
-        gpu_cur=gpu[2] if gpu else None, gpu_min=gpu[0] if gpu else None,
+        gpu_cur=gpu[2] if gpu else None,
+        gpu_min=gpu[0] if gpu else None,
         gpu_max=gpu[1] if gpu else None,
-        cpu_online=len(cpus), cpu_at_max=sum(1 for f in cpus if f[2] == f[1]),
-        emc_cur=emc[2] if emc else None, emc_max=emc[1] if emc else None,
-        power_mode=pm.group(1) if pm else None)
+        cpu_online=len(cpus),
+        cpu_at_max=sum(1 for f in cpus if f[2] == f[1]),
+        emc_cur=emc[2] if emc else None,
+        emc_max=emc[1] if emc else None,
+        power_mode=pm.group(1) if pm else None,
+    )
 
 
 def jetson_clocks_state(timeout: float = DEFAULT_TIMEOUT_S) -> ClockState | None:
@@ -245,7 +280,18 @@ def clocks_locked(timeout: float = DEFAULT_TIMEOUT_S) -> bool | None:
 
 
 __all__ = [
-    "BoardInfo", "read_board_info", "parse_l4t_release", "jetpack_from_l4t", "jetpack_major_from_l4t",
-    "JETPACK_BY_L4T", "PowerMode", "parse_nvpmodel_query", "nvpmodel_mode", "ClockState",
-    "parse_jetson_clocks_show", "jetson_clocks_state", "clocks_locked", "run_tool",
+    "BoardInfo",
+    "read_board_info",
+    "parse_l4t_release",
+    "jetpack_from_l4t",
+    "jetpack_major_from_l4t",
+    "JETPACK_BY_L4T",
+    "PowerMode",
+    "parse_nvpmodel_query",
+    "nvpmodel_mode",
+    "ClockState",
+    "parse_jetson_clocks_show",
+    "jetson_clocks_state",
+    "clocks_locked",
+    "run_tool",
 ]

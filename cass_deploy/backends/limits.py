@@ -14,9 +14,9 @@ with GPU fallback; DLA has no dynamic dimensions).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence
 
 from cass_deploy.errors import ConfigError, InputError, LimitError
 
@@ -26,19 +26,35 @@ PRUNER_MODES = ("global", "band", "threshold")
 #: TensorRT ITopKLayer: k must not exceed this (TensorRT 8.x - 11.x).
 TENSORRT_MAX_TOPK = 3840
 
-_TRT_UNSUPPORTED = MappingProxyType({
-    "NonZero": "its output shape depends on the data; TensorRT needs static or "
-               "profile-bound shapes (use a keep mask or a fixed-k TopK instead)",
-})
+_TRT_UNSUPPORTED = MappingProxyType(
+    {
+        "NonZero": "its output shape depends on the data; TensorRT needs static or "
+        "profile-bound shapes (use a keep mask or a fixed-k TopK instead)",
+    }
+)
 
 #: ONNX ops that are not DLA layers: with GPU fallback they run on the GPU, without it the
 #: build fails. The pruner always contains TopK and Gather*, so DLA needs GPU fallback.
-_DLA_GPU_ONLY_OPS = MappingProxyType({
-    op: "not a DLA layer" for op in (
-        "TopK", "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND",
-        "NonZero", "Cast", "Where", "CumSum", "LayerNormalization", "Erf", "ArgMax",
-    )
-})
+_DLA_GPU_ONLY_OPS = MappingProxyType(
+    {
+        op: "not a DLA layer"
+        for op in (
+            "TopK",
+            "Gather",
+            "GatherElements",
+            "GatherND",
+            "ScatterElements",
+            "ScatterND",
+            "NonZero",
+            "Cast",
+            "Where",
+            "CumSum",
+            "LayerNormalization",
+            "Erf",
+            "ArgMax",
+        )
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -46,13 +62,13 @@ class TargetLimits:
     """What one deployment target can run."""
 
     name: str
-    backend: str                      # "onnxruntime" | "tensorrt"
+    backend: str  # "onnxruntime" | "tensorrt"
     description: str
     precisions: tuple[str, ...]
-    max_topk_k: int | None            # None: no documented limit
+    max_topk_k: int | None  # None: no documented limit
     trt_major: int | None = None
     strongly_typed_required: bool = False
-    implicit_int8_calibrator: bool = False   # we never use it: int8 is explicit QDQ only
+    implicit_int8_calibrator: bool = False  # we never use it: int8 is explicit QDQ only
     dla: bool = False
     dla_requires_gpu_fallback: bool = False
     dynamic_shapes: bool = True
@@ -61,11 +77,15 @@ class TargetLimits:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "backend": self.backend, "description": self.description,
-            "precisions": list(self.precisions), "max_topk_k": self.max_topk_k,
+            "name": self.name,
+            "backend": self.backend,
+            "description": self.description,
+            "precisions": list(self.precisions),
+            "max_topk_k": self.max_topk_k,
             "trt_major": self.trt_major,
             "strongly_typed_required": self.strongly_typed_required,
-            "implicit_int8_calibrator": self.implicit_int8_calibrator, "dla": self.dla,
+            "implicit_int8_calibrator": self.implicit_int8_calibrator,
+            "dla": self.dla,
             "dla_requires_gpu_fallback": self.dla_requires_gpu_fallback,
             "dynamic_shapes": self.dynamic_shapes,
             "unsupported_ops": dict(self.unsupported_ops),
@@ -73,34 +93,62 @@ class TargetLimits:
         }
 
 
-TARGETS: Mapping[str, TargetLimits] = MappingProxyType({t.name: t for t in (
-    TargetLimits(
-        name="onnxruntime-cpu", backend="onnxruntime",
-        description="ONNX Runtime, CPU execution provider",
-        precisions=PRECISIONS, max_topk_k=None),
-    TargetLimits(
-        name="onnxruntime-cuda", backend="onnxruntime",
-        description="ONNX Runtime, CUDA execution provider (onnxruntime-gpu)",
-        precisions=PRECISIONS, max_topk_k=None),
-    TargetLimits(
-        name="tensorrt10", backend="tensorrt",
-        description="TensorRT 10.x on a GPU (JetPack 6 ships 10.3): FP16/INT8 builder flags "
-                    "or a strongly typed network",
-        precisions=PRECISIONS, max_topk_k=TENSORRT_MAX_TOPK, trt_major=10,
-        implicit_int8_calibrator=True, unsupported_ops=_TRT_UNSUPPORTED),
-    TargetLimits(
-        name="tensorrt11", backend="tensorrt",
-        description="TensorRT 11.x on a GPU: always strongly typed, precision comes from the ONNX",
-        precisions=PRECISIONS, max_topk_k=TENSORRT_MAX_TOPK, trt_major=11,
-        strongly_typed_required=True, unsupported_ops=_TRT_UNSUPPORTED),
-    TargetLimits(
-        name="tensorrt10-dla", backend="tensorrt",
-        description="TensorRT 10.x on a Jetson DLA core with GPU fallback (fp16/int8 only)",
-        precisions=("fp16", "int8"), max_topk_k=TENSORRT_MAX_TOPK, trt_major=10,
-        implicit_int8_calibrator=True, dla=True, dla_requires_gpu_fallback=True,
-        dynamic_shapes=False, unsupported_ops=_TRT_UNSUPPORTED,
-        gpu_fallback_ops=_DLA_GPU_ONLY_OPS),
-)})
+TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            TargetLimits(
+                name="onnxruntime-cpu",
+                backend="onnxruntime",
+                description="ONNX Runtime, CPU execution provider",
+                precisions=PRECISIONS,
+                max_topk_k=None,
+            ),
+            TargetLimits(
+                name="onnxruntime-cuda",
+                backend="onnxruntime",
+                description="ONNX Runtime, CUDA execution provider (onnxruntime-gpu)",
+                precisions=PRECISIONS,
+                max_topk_k=None,
+            ),
+            TargetLimits(
+                name="tensorrt10",
+                backend="tensorrt",
+                description="TensorRT 10.x on a GPU (JetPack 6 ships 10.3): FP16/INT8 builder flags "
+                "or a strongly typed network",
+                precisions=PRECISIONS,
+                max_topk_k=TENSORRT_MAX_TOPK,
+                trt_major=10,
+                implicit_int8_calibrator=True,
+                unsupported_ops=_TRT_UNSUPPORTED,
+            ),
+            TargetLimits(
+                name="tensorrt11",
+                backend="tensorrt",
+                description="TensorRT 11.x on a GPU: always strongly typed, precision comes from the ONNX",
+                precisions=PRECISIONS,
+                max_topk_k=TENSORRT_MAX_TOPK,
+                trt_major=11,
+                strongly_typed_required=True,
+                unsupported_ops=_TRT_UNSUPPORTED,
+            ),
+            TargetLimits(
+                name="tensorrt10-dla",
+                backend="tensorrt",
+                description="TensorRT 10.x on a Jetson DLA core with GPU fallback (fp16/int8 only)",
+                precisions=("fp16", "int8"),
+                max_topk_k=TENSORRT_MAX_TOPK,
+                trt_major=10,
+                implicit_int8_calibrator=True,
+                dla=True,
+                dla_requires_gpu_fallback=True,
+                dynamic_shapes=False,
+                unsupported_ops=_TRT_UNSUPPORTED,
+                gpu_fallback_ops=_DLA_GPU_ONLY_OPS,
+            ),
+        )
+    }
+)
 
 
 def get_target(target: str) -> TargetLimits:
@@ -108,8 +156,7 @@ def get_target(target: str) -> TargetLimits:
     try:
         return TARGETS[target]
     except KeyError:
-        raise ConfigError(
-            f"unknown deployment target {target!r}; known: {', '.join(TARGETS)}") from None
+        raise ConfigError(f"unknown deployment target {target!r}; known: {', '.join(TARGETS)}") from None
 
 
 def max_k_for(target: str) -> int | None:
@@ -117,8 +164,7 @@ def max_k_for(target: str) -> int | None:
     return get_target(target).max_topk_k
 
 
-def target_for(backend: str, *, trt_major: int | None = None, dla_core: int | None = None,
-               device: str = "cpu") -> str:
+def target_for(backend: str, *, trt_major: int | None = None, dla_core: int | None = None, device: str = "cpu") -> str:
     """Map a backend choice to a target name (``device`` is ``cpu``/``cuda`` for ONNX Runtime)."""
     if backend == "onnxruntime":
         if device not in ("cpu", "cuda"):
@@ -128,8 +174,7 @@ def target_for(backend: str, *, trt_major: int | None = None, dla_core: int | No
         if trt_major is None:
             raise ConfigError("the TensorRT target needs the TensorRT major version (10 or 11)")
         if trt_major < 10:
-            raise LimitError(f"TensorRT {trt_major}.x is not supported; use TensorRT 10 or 11 "
-                             "(JetPack 6 ships 10.3)")
+            raise LimitError(f"TensorRT {trt_major}.x is not supported; use TensorRT 10 or 11 (JetPack 6 ships 10.3)")
         if dla_core is not None:
             if trt_major != 10:
                 raise LimitError(_dla_not_in(trt_major))
@@ -176,8 +221,12 @@ def check_request(
         raise LimitError(
             f"target {target} does not run {precision}; it supports "
             f"{', '.join(limits.precisions)}"
-            + (" (DLA computes in fp16 or int8 only: use --precision fp16, or drop the DLA core "
-               "to build for the GPU)" if limits.dla else ""))
+            + (
+                " (DLA computes in fp16 or int8 only: use --precision fp16, or drop the DLA core to build for the GPU)"
+                if limits.dla
+                else ""
+            )
+        )
 
     patches = None
     if image_size is not None and patch_size is not None:
@@ -185,12 +234,13 @@ def check_request(
         patches = hp * wp
 
     if pruner_mode is not None and pruner_mode not in PRUNER_MODES:
-        raise ConfigError(f"unknown pruner mode {pruner_mode!r}; choose one of "
-                          f"{', '.join(PRUNER_MODES)}")
+        raise ConfigError(f"unknown pruner mode {pruner_mode!r}; choose one of {', '.join(PRUNER_MODES)}")
     if pruner_mode == "band":
         if topk_sizes is None:
-            raise InputError("the band pruner runs one TopK per band: pass topk_sizes "
-                             "(the per-band k) so each can be checked against the limit")
+            raise InputError(
+                "the band pruner runs one TopK per band: pass topk_sizes "
+                "(the per-band k) so each can be checked against the limit"
+            )
         _check_band_sizes(limits, topk_sizes)
     elif pruner_mode != "threshold" and k is not None:
         _check_k(limits, k, patches, image_size, patch_size, keep_ratio)
@@ -200,47 +250,61 @@ def check_request(
     op_set = set(ops)
     bad = sorted(op_set & set(limits.unsupported_ops))
     if bad:
-        raise LimitError(f"target {target} cannot run ONNX op(s) " + "; ".join(
-            f"{op}: {limits.unsupported_ops[op]}" for op in bad))
+        raise LimitError(
+            f"target {target} cannot run ONNX op(s) " + "; ".join(f"{op}: {limits.unsupported_ops[op]}" for op in bad)
+        )
 
     if dla_core is not None or limits.dla:
         notes += _check_dla(limits, target, dla_core, gpu_fallback, op_set, dynamic_batch)
     return notes
 
 
-def _check_k(limits: TargetLimits, k: int, patches: int | None,
-             image_size: Sequence[int] | None, patch_size: int | None,
-             keep_ratio: float | None) -> None:
+def _check_k(
+    limits: TargetLimits,
+    k: int,
+    patches: int | None,
+    image_size: Sequence[int] | None,
+    patch_size: int | None,
+    keep_ratio: float | None,
+) -> None:
     _positive_int(k, "k")
     if patches is not None and k > patches:
-        raise LimitError(f"k={k} exceeds the {patches} patches of the input; "
-                         "keep_ratio must be <= 1")
+        raise LimitError(f"k={k} exceeds the {patches} patches of the input; keep_ratio must be <= 1")
     limit = limits.max_topk_k
     if limit is None or k <= limit:
         return
     detail = ""
-    fixes = [f"use the `band` pruner (--pruner band): each band runs its own TopK of at most "
-             f"{limit}, e.g. {math.ceil(k / limit)} or more equal bands of about "
-             f"{math.ceil(k / math.ceil(k / limit))} patches each"]
+    fixes = [
+        f"use the `band` pruner (--pruner band): each band runs its own TopK of at most "
+        f"{limit}, e.g. {math.ceil(k / limit)} or more equal bands of about "
+        f"{math.ceil(k / math.ceil(k / limit))} patches each"
+    ]
     if patches is not None and image_size is not None and patch_size is not None:
         h, w = _pair(image_size, "image_size")
         hp, wp = patch_grid(image_size, patch_size)
         ratio = keep_ratio if keep_ratio is not None else k / patches
-        padded = "" if (hp * patch_size, wp * patch_size) == (h, w) else \
-            f" after padding to {wp * patch_size}x{hp * patch_size}"
-        detail = (f" ({w}x{h} at patch {patch_size} is a {hp}x{wp} grid = {patches} patches"
-                  f"{padded}; keep_ratio {ratio:g} gives k = ceil({ratio:g} x {patches}) = {k})")
+        padded = (
+            ""
+            if (hp * patch_size, wp * patch_size) == (h, w)
+            else f" after padding to {wp * patch_size}x{hp * patch_size}"
+        )
+        detail = (
+            f" ({w}x{h} at patch {patch_size} is a {hp}x{wp} grid = {patches} patches"
+            f"{padded}; keep_ratio {ratio:g} gives k = ceil({ratio:g} x {patches}) = {k})"
+        )
         max_ratio = math.floor(limit / patches * 100) / 100
-        fixes.append(f"lower keep_ratio to {max_ratio:g} or less "
-                     f"(k = {math.ceil(max_ratio * patches)})")
-        fixes.append(f"use a smaller input, e.g. 1280x720 "
-                     f"({math.prod(patch_grid((720, 1280), patch_size))} patches at patch "
-                     f"{patch_size})")
+        fixes.append(f"lower keep_ratio to {max_ratio:g} or less (k = {math.ceil(max_ratio * patches)})")
+        fixes.append(
+            f"use a smaller input, e.g. 1280x720 "
+            f"({math.prod(patch_grid((720, 1280), patch_size))} patches at patch "
+            f"{patch_size})"
+        )
     else:
         fixes.append(f"lower keep_ratio or the input size so that k <= {limit}")
     raise LimitError(
         f"TopK on {limits.name} supports k <= {limit}, but k={k} was "
-        f"requested{detail}. Fixes: " + "; or ".join(fixes) + ". (Nothing is clamped.)")
+        f"requested{detail}. Fixes: " + "; or ".join(fixes) + ". (Nothing is clamped.)"
+    )
 
 
 def _check_band_sizes(limits: TargetLimits, topk_sizes: Sequence[int]) -> None:
@@ -257,30 +321,40 @@ def _check_band_sizes(limits: TargetLimits, topk_sizes: Sequence[int]) -> None:
         raise LimitError(
             f"TopK supports k <= {limit} per band on {limits.name}, but {listed}. Fixes: use "
             f"more bands (split band {over[0][0]} so no band keeps more than {limit} patches), "
-            "lower keep_ratio, or use a smaller input. (Nothing is clamped.)")
+            "lower keep_ratio, or use a smaller input. (Nothing is clamped.)"
+        )
 
 
-def _check_dla(limits: TargetLimits, target: str, dla_core: int | None, gpu_fallback: bool,
-               ops: set[str], dynamic_batch: Sequence[int] | None) -> list[str]:
+def _check_dla(
+    limits: TargetLimits,
+    target: str,
+    dla_core: int | None,
+    gpu_fallback: bool,
+    ops: set[str],
+    dynamic_batch: Sequence[int] | None,
+) -> list[str]:
     if not limits.dla:
         if limits.trt_major is not None and limits.trt_major >= 11:
             raise LimitError(_dla_not_in(limits.trt_major))
-        raise LimitError(f"target {target} has no DLA; DLA needs target tensorrt10-dla "
-                         "(TensorRT 10 on a Jetson with DLA cores)")
+        raise LimitError(
+            f"target {target} has no DLA; DLA needs target tensorrt10-dla (TensorRT 10 on a Jetson with DLA cores)"
+        )
     if dla_core is None:
-        raise LimitError(f"target {target} needs a DLA core: pass --dla-core 0 (or 1 on boards "
-                         "with two cores)")
+        raise LimitError(f"target {target} needs a DLA core: pass --dla-core 0 (or 1 on boards with two cores)")
     if not isinstance(dla_core, int) or isinstance(dla_core, bool) or dla_core < 0:
         raise LimitError(f"dla_core must be a non-negative integer, got {dla_core!r}")
     if limits.dla_requires_gpu_fallback and not gpu_fallback:
         raise LimitError(
             "DLA without GPU fallback cannot run the pruner: TopK and Gather/Scatter are not DLA "
-            "layers. Enable GPU fallback (--gpu-fallback / trtexec --allowGPUFallback)")
+            "layers. Enable GPU fallback (--gpu-fallback / trtexec --allowGPUFallback)"
+        )
     if dynamic_batch is not None:
         lo, _, hi = dynamic_batch
         if lo != hi:
-            raise LimitError(f"DLA has no dynamic dimensions, but dynamic batch {lo}..{hi} was "
-                             "requested; export a fixed batch for DLA (min = opt = max)")
+            raise LimitError(
+                f"DLA has no dynamic dimensions, but dynamic batch {lo}..{hi} was "
+                "requested; export a fixed batch for DLA (min = opt = max)"
+            )
     on_gpu = sorted(ops & set(limits.gpu_fallback_ops))
     notes = [f"DLA core {dla_core}: fp16/int8 layers run on DLA, the rest on the GPU"]
     if on_gpu:
@@ -289,8 +363,10 @@ def _check_dla(limits: TargetLimits, target: str, dla_core: int | None, gpu_fall
 
 
 def _dla_not_in(trt_major: int) -> str:
-    return (f"DLA is not available with TensorRT {trt_major}.x (absent from 11.0); build DLA "
-            "engines with TensorRT 10 on the Jetson (JetPack 6 ships 10.3), or drop --dla-core")
+    return (
+        f"DLA is not available with TensorRT {trt_major}.x (absent from 11.0); build DLA "
+        "engines with TensorRT 10 on the Jetson (JetPack 6 ships 10.3), or drop --dla-core"
+    )
 
 
 def _positive_int(value: object, what: str) -> None:

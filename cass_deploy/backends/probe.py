@@ -43,8 +43,7 @@ class LazyModule(ModuleType):
         try:
             return importlib.import_module(name)
         except ImportError as exc:  # installed but broken (missing shared library, ABI mismatch)
-            raise BackendUnavailable(
-                f"{backend} is installed but failed to import ({exc}); {_HINTS[backend]}") from exc
+            raise BackendUnavailable(f"{backend} is installed but failed to import ({exc}); {_HINTS[backend]}") from exc
 
     def __getattr__(self, attr: str):
         return getattr(self._load(), attr)
@@ -62,6 +61,7 @@ def lazy_import(name: str, backend: str | None = None, purpose: str | None = Non
         _check_name(backend)
     return LazyModule(name, backend, purpose)
 
+
 #: backend name -> importable top-level module
 MODULES: dict[str, str] = {
     "torch": "torch",
@@ -75,18 +75,17 @@ MODULES: dict[str, str] = {
 
 _HINTS: dict[str, str] = {
     "torch": "torch is not installed; install cass-deploy (it depends on torch) or use the "
-             "ONNX Runtime / TensorRT runners, which do not need it",
+    "ONNX Runtime / TensorRT runners, which do not need it",
     "onnx": "onnx is not installed; pip install 'onnx>=1.16'",
-    "onnxruntime": "ONNX Runtime is not installed; pip install onnxruntime "
-                   "(or cass-deploy[gpu] for onnxruntime-gpu)",
+    "onnxruntime": "ONNX Runtime is not installed; pip install onnxruntime (or cass-deploy[gpu] for onnxruntime-gpu)",
     "tensorrt": "TensorRT is not installed; install cass-deploy[trt] on a machine with an NVIDIA "
-                "GPU or use the Jetson image in docker/",
+    "GPU or use the Jetson image in docker/",
     "pycuda": "pycuda is not installed; install cass-deploy[trt] (it brings pycuda) on a machine "
-              "with the CUDA toolkit, or use the Jetson image in docker/",
+    "with the CUDA toolkit, or use the Jetson image in docker/",
     "jtop": "jetson-stats is not installed; pip install cass-deploy[jetson] on the Jetson "
-            "(tegrastats is used instead when it is absent)",
+    "(tegrastats is used instead when it is absent)",
     "cuda": "no CUDA GPU is visible to torch; run on a machine with an NVIDIA GPU and a CUDA build "
-            "of torch, or choose a CPU backend",
+    "of torch, or choose a CPU backend",
 }
 
 
@@ -100,8 +99,14 @@ VERSIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "onnxscript": ("onnxscript",),
     "onnxslim": ("onnxslim",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings",
-                 "tensorrt-cu13-bindings", "tensorrt-lean"),
+    "tensorrt": (
+        "tensorrt",
+        "tensorrt-cu12",
+        "tensorrt-cu13",
+        "tensorrt-cu12-bindings",
+        "tensorrt-cu13-bindings",
+        "tensorrt-lean",
+    ),
     "pycuda": ("pycuda",),
     "jetson-stats": ("jetson-stats",),
 }
@@ -154,8 +159,7 @@ def import_backend(name: str, purpose: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(MODULES[name])
     except ImportError as exc:  # installed but broken (missing shared library, ABI mismatch)
-        raise BackendUnavailable(
-            f"{name} is installed but failed to import ({exc}); {_HINTS[name]}") from exc
+        raise BackendUnavailable(f"{name} is installed but failed to import ({exc}); {_HINTS[name]}") from exc
 
 
 def package_version(*dists: str) -> str | None:

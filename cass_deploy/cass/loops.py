@@ -7,7 +7,7 @@ These loop over boxes in Python on purpose: they are the yardstick the vectorise
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,9 +16,15 @@ from cass_deploy.cass.losses import per_patch_loss
 from cass_deploy.config import CassConfig
 
 
-def single_box_mask(box: Tensor, grid: Sequence[int], image_size: Sequence[int], *,
-                    expansion_ratio: float = 0.5, context_peak: float = 0.5,
-                    ensure_center_patch: bool = True) -> Tensor:
+def single_box_mask(
+    box: Tensor,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    *,
+    expansion_ratio: float = 0.5,
+    context_peak: float = 0.5,
+    ensure_center_patch: bool = True,
+) -> Tensor:
     """Dense soft mask of one box -> [P], computed over every patch (linear decay)."""
     Hp, Wp = grid
     H, W = image_size
@@ -41,8 +47,7 @@ def single_box_mask(box: Tensor, grid: Sequence[int], image_size: Sequence[int],
     return mask
 
 
-def target_mask_loop(boxes: Sequence[Tensor], grid: Sequence[int], image_size: Sequence[int],
-                     **kwargs) -> Tensor:
+def target_mask_loop(boxes: Sequence[Tensor], grid: Sequence[int], image_size: Sequence[int], **kwargs) -> Tensor:
     """Merged target [B, P], one Python iteration per box (seed style)."""
     Hp, Wp = grid
     out = torch.zeros(len(boxes), Hp * Wp, dtype=torch.float32)
@@ -52,16 +57,22 @@ def target_mask_loop(boxes: Sequence[Tensor], grid: Sequence[int], image_size: S
     return out
 
 
-def seed_plan1_loop(logits: Tensor, boxes: Sequence[Tensor], grid: Sequence[int],
-                    image_size: Sequence[int], cfg: CassConfig) -> Tensor:
+def seed_plan1_loop(
+    logits: Tensor, boxes: Sequence[Tensor], grid: Sequence[int], image_size: Sequence[int], cfg: CassConfig
+) -> Tensor:
     """The seed's plan 1 written literally: per box, loss of the full image against the
     single-box mask (mean over P), times the box's pixel area; mean over boxes."""
     losses = []
     for b, bx in enumerate(boxes):
         for box in bx:
-            mask = single_box_mask(box.to(logits.dtype), grid, image_size,
-                                   expansion_ratio=cfg.expansion_ratio, context_peak=cfg.context_peak,
-                                   ensure_center_patch=cfg.ensure_center_patch)
+            mask = single_box_mask(
+                box.to(logits.dtype),
+                grid,
+                image_size,
+                expansion_ratio=cfg.expansion_ratio,
+                context_peak=cfg.context_peak,
+                ensure_center_patch=cfg.ensure_center_patch,
+            )
             obj = per_patch_loss(logits[b], mask, cfg).mean()
             area = (box[2] - box[0]) * (box[3] - box[1])
             losses.append(obj * area)

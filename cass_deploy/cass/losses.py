@@ -12,8 +12,8 @@ pixel xyxy tensors. ``out`` carries the total and its contributions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from cass_deploy.config import CassConfig
 from cass_deploy.errors import InputError
 
 # --------------------------------------------------------------------------- per-patch losses
+
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 2.0) -> Tensor:
     """Soft focal loss per element: ``-(1-p)^a log(p) y - p^b log(1-p) (1-y)``, ``p = sigmoid(x)``.
@@ -72,6 +73,7 @@ def tv_term(logits: Tensor, grid: Sequence[int]) -> Tensor:
 
 
 # --------------------------------------------------------------------------- result
+
 
 @dataclass
 class CassLossOutput:
@@ -113,6 +115,7 @@ class CassLossOutput:
 
 # --------------------------------------------------------------------------- normalisations
 
+
 def _patch_norm(loss: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Seed baseline: plain mean over all B*P patches, split into positive / background parts."""
     n = loss.numel()
@@ -132,8 +135,9 @@ def _area_norm(loss: Tensor, pairs: BoxPatchPairs, flat: FlatBoxes) -> Tensor:
     return (weight * loss.reshape(-1)).sum() / total_w.clamp_min(torch.finfo(loss.dtype).tiny)
 
 
-def _seed_object_norm(logits: Tensor, loss_zero: Tensor, pairs: BoxPatchPairs, flat: FlatBoxes,
-                      cfg: CassConfig) -> Tensor:
+def _seed_object_norm(
+    logits: Tensor, loss_zero: Tensor, pairs: BoxPatchPairs, flat: FlatBoxes, cfg: CassConfig
+) -> Tensor:
     """Seed plan 1, literally, vectorised: mean over boxes of (mean over P of the full image's
     loss against the single-box mask) times the box's pixel area.
 
@@ -151,8 +155,7 @@ def _seed_object_norm(logits: Tensor, loss_zero: Tensor, pairs: BoxPatchPairs, f
     return (per_box / P * flat.area_pixels().to(logits.dtype)).mean()
 
 
-def _object_norm(loss: Tensor, owner: Tensor, flat: FlatBoxes, cfg: CassConfig
-                 ) -> tuple[Tensor, Tensor, int]:
+def _object_norm(loss: Tensor, owner: Tensor, flat: FlatBoxes, cfg: CassConfig) -> tuple[Tensor, Tensor, int]:
     """Our correction: mean loss per owned object, weighted by area^gamma, divided by N; plus
     the mean over background patches. Returns (L_obj, L_bg, n_supervised)."""
     N = flat.num_boxes
@@ -186,6 +189,7 @@ def _object_weights(supervised: Tensor, flat: FlatBoxes, cfg: CassConfig, dtype:
 
 # --------------------------------------------------------------------------- module
 
+
 def _check_logits(logits: Tensor, boxes: BoxList, grid: Sequence[int]) -> None:
     if not isinstance(logits, Tensor):
         raise InputError(f"logits must be a torch.Tensor [B, P], got {type(logits).__name__}")
@@ -200,8 +204,15 @@ def _check_logits(logits: Tensor, boxes: BoxList, grid: Sequence[int]) -> None:
         raise InputError("logits contain NaN or inf; CASS refuses to produce a NaN loss")
 
 
-def cass_loss(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Sequence[int],
-              cfg: CassConfig | None = None, *, contributions: bool = False) -> CassLossOutput:
+def cass_loss(
+    logits: Tensor,
+    boxes: BoxList,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    cfg: CassConfig | None = None,
+    *,
+    contributions: bool = False,
+) -> CassLossOutput:
     """CASS loss of ``logits [B, P]`` against the soft target of ``boxes`` (SPEC §2–§4).
 
     ``contributions=True`` also returns each patch's contribution to the data term (for
@@ -214,9 +225,14 @@ def cass_loss(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: S
     geo_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         flat = flatten_boxes(boxes, (H, W), device=logits.device, dtype=geo_dtype)
-        pairs = box_patch_pairs(flat, (Hp, Wp), expansion_ratio=cfg.expansion_ratio,
-                                context_peak=cfg.context_peak, decay=cfg.decay,
-                                ensure_center_patch=cfg.ensure_center_patch)
+        pairs = box_patch_pairs(
+            flat,
+            (Hp, Wp),
+            expansion_ratio=cfg.expansion_ratio,
+            context_peak=cfg.context_peak,
+            decay=cfg.decay,
+            ensure_center_patch=cfg.ensure_center_patch,
+        )
         target = merge_max(pairs, B, P)
         owner = owner_from_pairs(pairs, flat, target) if cfg.normalization == "object" else None
     target_l = target.to(logits.dtype)
@@ -245,13 +261,30 @@ def cass_loss(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: S
     if contributions:
         with torch.no_grad():
             contrib = _contributions(logits.detach(), loss.detach(), target_l, owner, pairs, flat, cfg)
-    return CassLossOutput(total=total, object_term=obj_term, background_term=bg_term, tv_term=tv,
-                          n_objects=N, n_supervised=n_sup, n_unsupervised=N - n_sup,
-                          target=target_l.detach(), per_patch=loss, owner=owner, contribution=contrib)
+    return CassLossOutput(
+        total=total,
+        object_term=obj_term,
+        background_term=bg_term,
+        tv_term=tv,
+        n_objects=N,
+        n_supervised=n_sup,
+        n_unsupervised=N - n_sup,
+        target=target_l.detach(),
+        per_patch=loss,
+        owner=owner,
+        contribution=contrib,
+    )
 
 
-def _contributions(logits: Tensor, loss: Tensor, target: Tensor, owner: Tensor | None,
-                   pairs: BoxPatchPairs, flat: FlatBoxes, cfg: CassConfig) -> Tensor:
+def _contributions(
+    logits: Tensor,
+    loss: Tensor,
+    target: Tensor,
+    owner: Tensor | None,
+    pairs: BoxPatchPairs,
+    flat: FlatBoxes,
+    cfg: CassConfig,
+) -> Tensor:
     """Per-patch contribution [B, P] to the data term of each normalisation (sums to it)."""
     B, P = loss.shape
     lf = loss.reshape(-1)
@@ -261,8 +294,9 @@ def _contributions(logits: Tensor, loss: Tensor, target: Tensor, owner: Tensor |
     if cfg.normalization == "area":
         w = lf.new_zeros(B * P)
         area = flat.area_fraction().to(lf.dtype).index_select(0, pairs.box)
-        w.scatter_reduce_(0, pairs.flat, torch.where(pairs.covered, area, torch.zeros_like(area)),
-                          reduce="amax", include_self=True)
+        w.scatter_reduce_(
+            0, pairs.flat, torch.where(pairs.covered, area, torch.zeros_like(area)), reduce="amax", include_self=True
+        )
         return (w * lf / w.sum().clamp_min(torch.finfo(lf.dtype).tiny)).view(B, P)
     if cfg.normalization == "seed_object":
         if N == 0:
@@ -298,11 +332,10 @@ class CassLoss(nn.Module):
         self.cfg = cfg or CassConfig()
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "CassLoss":
+    def preset(cls, name: str, **overrides) -> CassLoss:
         return cls(CassConfig.preset(name, **overrides))
 
-    def forward(self, logits: Tensor, boxes: BoxList, grid: Sequence[int],
-                image_size: Sequence[int]) -> CassLossOutput:
+    def forward(self, logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Sequence[int]) -> CassLossOutput:
         return cass_loss(logits, boxes, grid, image_size, self.cfg)
 
     def extra_repr(self) -> str:

@@ -13,8 +13,8 @@ boxes), ownership, and the object, area and seed-object normalisations in ``loss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -88,21 +88,28 @@ class ObjectPatches:
 
 # --------------------------------------------------------------------------- validation
 
+
 def check_geometry(grid: Sequence[int], image_size: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Validate ``grid = (Hp, Wp)`` and ``image_size = (H, W)`` as positive integers."""
     try:
         Hp, Wp = (int(v) for v in grid)
         H, W = (int(v) for v in image_size)
     except (TypeError, ValueError):
-        raise InputError(f"grid and image_size must be pairs of integers, got grid={grid!r}, "
-                         f"image_size={image_size!r}") from None
+        raise InputError(
+            f"grid and image_size must be pairs of integers, got grid={grid!r}, image_size={image_size!r}"
+        ) from None
     if min(Hp, Wp, H, W) <= 0:
         raise InputError(f"grid and image_size must be positive, got grid={(Hp, Wp)}, image_size={(H, W)}")
     return (Hp, Wp), (H, W)
 
 
-def flatten_boxes(boxes: BoxList, image_size: Sequence[int], *, device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> FlatBoxes:
+def flatten_boxes(
+    boxes: BoxList,
+    image_size: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> FlatBoxes:
     """Validate, clip and concatenate per-image boxes.
 
     boxes: list of B tensors (or array-likes) ``[M_b, 4]`` in pixel xyxy; an image without boxes
@@ -155,8 +162,10 @@ def flatten_boxes(boxes: BoxList, image_size: Sequence[int], *, device: torch.de
 
 # --------------------------------------------------------------------------- pairs
 
-def patch_centers(grid: Sequence[int], image_size: Sequence[int], *, device=None,
-                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+
+def patch_centers(
+    grid: Sequence[int], image_size: Sequence[int], *, device=None, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """Patch centre coordinates: cx [Wp] = (j + 0.5) * W / Wp, cy [Hp] = (i + 0.5) * H / Hp."""
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     cx = (torch.arange(Wp, device=device, dtype=dtype) + 0.5) * W / Wp
@@ -164,9 +173,15 @@ def patch_centers(grid: Sequence[int], image_size: Sequence[int], *, device=None
     return cx, cy
 
 
-def box_patch_pairs(flat: FlatBoxes, grid: Sequence[int], *, expansion_ratio: float = 0.5,
-                    context_peak: float = 0.5, decay: str = "linear",
-                    ensure_center_patch: bool = True) -> BoxPatchPairs:
+def box_patch_pairs(
+    flat: FlatBoxes,
+    grid: Sequence[int],
+    *,
+    expansion_ratio: float = 0.5,
+    context_peak: float = 0.5,
+    decay: str = "linear",
+    ensure_center_patch: bool = True,
+) -> BoxPatchPairs:
     """Enumerate each box's expanded rectangle and give each (box, patch) its soft value.
 
     Value (SPEC §2): 1 in the core (centre inside the box, inclusive); in the context ring
@@ -234,11 +249,13 @@ def box_patch_pairs(flat: FlatBoxes, grid: Sequence[int], *, expansion_ratio: fl
         covered = covered | centre
 
     patch = i * Wp + j
-    return BoxPatchPairs(box=box, patch=patch, flat=flat.batch.index_select(0, box) * P + patch,
-                         value=value, core=core, covered=covered)
+    return BoxPatchPairs(
+        box=box, patch=patch, flat=flat.batch.index_select(0, box) * P + patch, value=value, core=core, covered=covered
+    )
 
 
 # --------------------------------------------------------------------------- merged target, ownership
+
 
 def merge_max(pairs: BoxPatchPairs, num_images: int, num_patches: int) -> Tensor:
     """Merged target: element-wise max over the boxes of each image -> [B, P]."""
@@ -272,15 +289,29 @@ def owner_from_pairs(pairs: BoxPatchPairs, flat: FlatBoxes, target: Tensor) -> T
     return owner.view(B, P)
 
 
-def soft_target_mask(boxes: BoxList, grid: Sequence[int], image_size: Sequence[int], *,
-                     expansion_ratio: float = 0.5, context_peak: float = 0.5, decay: str = "linear",
-                     ensure_center_patch: bool = True, device=None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+def soft_target_mask(
+    boxes: BoxList,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    *,
+    expansion_ratio: float = 0.5,
+    context_peak: float = 0.5,
+    decay: str = "linear",
+    ensure_center_patch: bool = True,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Soft target mask -> [B, P] (SPEC §2), boxes of one image merged by max."""
     (Hp, Wp), _ = check_geometry(grid, image_size)
     flat = flatten_boxes(boxes, image_size, device=device, dtype=dtype)
-    pairs = box_patch_pairs(flat, (Hp, Wp), expansion_ratio=expansion_ratio, context_peak=context_peak,
-                            decay=decay, ensure_center_patch=ensure_center_patch)
+    pairs = box_patch_pairs(
+        flat,
+        (Hp, Wp),
+        expansion_ratio=expansion_ratio,
+        context_peak=context_peak,
+        decay=decay,
+        ensure_center_patch=ensure_center_patch,
+    )
     return merge_max(pairs, flat.num_images, Hp * Wp)
 
 
@@ -295,8 +326,9 @@ def patch_owner(boxes: BoxList, grid: Sequence[int], image_size: Sequence[int], 
     return owner_from_pairs(pairs, flat, target)
 
 
-def object_patches(boxes: BoxList, grid: Sequence[int], image_size: Sequence[int], *,
-                   ensure_center: bool = True, device=None) -> ObjectPatches:
+def object_patches(
+    boxes: BoxList, grid: Sequence[int], image_size: Sequence[int], *, ensure_center: bool = True, device=None
+) -> ObjectPatches:
     """The patches of every object: centre inside the box (inclusive), plus the patch holding
     the box centre for a box that contains no patch centre (when ``ensure_center``)."""
     (Hp, Wp), _ = check_geometry(grid, image_size)
@@ -314,4 +346,3 @@ def grid_for(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
     if H % patch_size or W % patch_size:
         raise InputError(f"image size {H}x{W} is not a multiple of the patch size {patch_size}")
     return H // patch_size, W // patch_size
-

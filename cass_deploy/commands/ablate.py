@@ -25,7 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-
     if not args.resume:
         check_writable(args.out, args.force)
     try:
@@ -34,10 +33,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"bad --seeds or --keep-ratios: {exc}") from None
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    res = run_ablation(config=args.config or None, base=args.overrides, seeds=seeds, out=Path(args.out),
-                       variants=variants, keep_ratios=ratios, val_images=args.val_images, band=not args.no_band,
-                       resume=args.resume)
+    res = run_ablation(
+        config=args.config or None,
+        base=args.overrides,
+        seeds=seeds,
+        out=Path(args.out),
+        variants=variants,
+        keep_ratios=ratios,
+        val_images=args.val_images,
+        band=not args.no_band,
+        resume=args.resume,
+    )
     print(res["markdown"])
-    print(f"selected by the rule: {res['winner'] or 'none meets it'}; {res['seconds'] / 60:.1f} min; "
-          f"wrote {args.out}/ablation.json and ablation.md")
+    print(
+        f"selected by the rule: {res['winner'] or 'none meets it'}; {res['seconds'] / 60:.1f} min; "
+        f"wrote {args.out}/ablation.json and ablation.md"
+    )
     return 0

@@ -11,19 +11,46 @@ from cass_deploy.evaluation import diagnostics as dg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="trained checkpoint: use its predictor's scores (default: uniform logits, "
-                                        "which shows the loss's own weighting)")
-    p.add_argument("--data", default="toy",
-                   help="'toy' (built-in roadside-like boxes), 'synthetic' (generated scenes) or a dataset directory")
+    p.add_argument(
+        "--checkpoint",
+        help="trained checkpoint: use its predictor's scores (default: uniform logits, "
+        "which shows the loss's own weighting)",
+    )
+    p.add_argument(
+        "--data",
+        default="toy",
+        help="'toy' (built-in roadside-like boxes), 'synthetic' (generated scenes) or a dataset directory",
+    )
     p.add_argument("--num-images", type=int, default=2, help="images to analyse (default 2)")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="network input size (default: the checkpoint's, else 256 448)")
-    p.add_argument("--normalizations", default="patch,area,seed_object,object,object:1",
-                   help=f"comma list of {', '.join(dg.NORMS)} (object may be given as object:GAMMA)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="CASS config override, e.g. --set expansion_ratio=0.3 (repeatable)")
-    p.add_argument("--fields", type=float, nargs=2, metavar=("FAR_MAX", "NEAR_MIN"), default=(0.5, 0.75),
-                   help="band split as fractions of image height (default 0.5 0.75)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="network input size (default: the checkpoint's, else 256 448)",
+    )
+    p.add_argument(
+        "--normalizations",
+        default="patch,area,seed_object,object,object:1",
+        help=f"comma list of {', '.join(dg.NORMS)} (object may be given as object:GAMMA)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="CASS config override, e.g. --set expansion_ratio=0.3 (repeatable)",
+    )
+    p.add_argument(
+        "--fields",
+        type=float,
+        nargs=2,
+        metavar=("FAR_MAX", "NEAR_MIN"),
+        default=(0.5, 0.75),
+        help="band split as fractions of image height (default 0.5 0.75)",
+    )
     p.add_argument("--keep-ratio", type=float, default=0.5, help="keep ratio of the keep-mask panel")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/diagnose", help="output directory (default runs/diagnose)")
@@ -33,12 +60,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary, breakdowns = dg.run_diagnose(
-        args.out, checkpoint=args.checkpoint, data=args.data, num_images=args.num_images,
-        image_size=args.image_size, normalizations=args.normalizations, overrides=args.overrides,
-        fields=args.fields, keep_ratio=args.keep_ratio, seed=args.seed, force=args.force)
+        args.out,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        num_images=args.num_images,
+        image_size=args.image_size,
+        normalizations=args.normalizations,
+        overrides=args.overrides,
+        fields=args.fields,
+        keep_ratio=args.keep_ratio,
+        seed=args.seed,
+        force=args.force,
+    )
     if args.json:
-        print(json.dumps({**summary, "breakdowns": [{k: v for k, v in b.items() if k != "objects"}
-                                                     for b in summary["breakdowns"]]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **summary,
+                    "breakdowns": [{k: v for k, v in b.items() if k != "objects"} for b in summary["breakdowns"]],
+                },
+                indent=2,
+            )
+        )
     else:
         console = Console(width=max(150, Console().width))
         console.print(dg.breakdown_table(breakdowns))

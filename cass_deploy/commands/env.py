@@ -45,8 +45,9 @@ def _print_tables(info: dict) -> None:
     system.add_row("platform", escape(f"{info['platform']} [{info['machine']}]"))
     torch = info.get("torch") or {}
     if torch:
-        system.add_row("torch CUDA", f"build {_fmt(torch.get('cuda_build'))}, "
-                                     f"available: {torch.get('cuda_available', False)}")
+        system.add_row(
+            "torch CUDA", f"build {_fmt(torch.get('cuda_build'))}, available: {torch.get('cuda_available', False)}"
+        )
         if torch.get("gpus"):
             system.add_row("torch GPUs", _fmt(torch["gpus"]))
     ort = info.get("onnxruntime") or {}
@@ -57,8 +58,13 @@ def _print_tables(info: dict) -> None:
     jetson = info.get("jetson") or {}
     if jetson.get("is_jetson"):
         mode = jetson.get("power_mode") or {}
-        system.add_row("Jetson", escape(f"{_fmt(jetson.get('model'))}; L4T {_fmt(jetson.get('l4t'))}; "
-                                 f"JetPack {_fmt(jetson.get('jetpack'))}; power mode {_fmt(mode.get('name'))}"))
+        system.add_row(
+            "Jetson",
+            escape(
+                f"{_fmt(jetson.get('model'))}; L4T {_fmt(jetson.get('l4t'))}; "
+                f"JetPack {_fmt(jetson.get('jetpack'))}; power mode {_fmt(mode.get('name'))}"
+            ),
+        )
         if jetson.get("suggested_profile"):
             system.add_row("export profile", jetson["suggested_profile"])
     else:
@@ -77,6 +83,5 @@ def _print_tables(info: dict) -> None:
     backends.add_column("usable")
     backends.add_column("reason")
     for name, row in info["backends"].items():
-        backends.add_row(name, "[green]yes[/green]" if row["usable"] else "[red]no[/red]",
-                         escape(row["reason"]))
+        backends.add_row(name, "[green]yes[/green]" if row["usable"] else "[red]no[/red]", escape(row["reason"]))
     console.print(backends)

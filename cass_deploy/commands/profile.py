@@ -14,17 +14,25 @@ from cass_deploy.profiling import latency as pf
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
-                   help="for a checkpoint: torch (default) or onnxruntime (exported on the fly); "
-                        "an export is run by its own backend")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        default=None,
+        help="for a checkpoint: torch (default) or onnxruntime (exported on the fly); "
+        "an export is run by its own backend",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch / ONNX Runtime)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1, or the export's)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--sweep", default=None, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline (checkpoints only)")
-    p.add_argument("--pruner", choices=("global", "band", "threshold"), default=None,
-                   help="pruner for the sweep (default: the checkpoint's)")
+    p.add_argument(
+        "--pruner",
+        choices=("global", "band", "threshold"),
+        default=None,
+        help="pruner for the sweep (default: the checkpoint's)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers for an exported model")
     p.add_argument("--out", default=None, help="directory for profile.json and the sweep plot")
@@ -37,12 +45,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         ratios = [float(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
     except ValueError:
-        raise InputError(f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}") from None
+        raise InputError(
+            f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}"
+        ) from None
     path = Path(args.model)
-    results, env = pf.run_profile(path, backend=args.backend, device=args.device, batch=args.batch,
-                                  warmup=args.warmup, iters=args.iters, sweep=ratios, dense=not args.no_dense,
-                                  pruner_mode=args.pruner, threads=args.threads,
-                                  providers=[s for s in args.providers.split(",") if s])
+    results, env = pf.run_profile(
+        path,
+        backend=args.backend,
+        device=args.device,
+        batch=args.batch,
+        warmup=args.warmup,
+        iters=args.iters,
+        sweep=ratios,
+        dense=not args.no_dense,
+        pruner_mode=args.pruner,
+        threads=args.threads,
+        providers=[s for s in args.providers.split(",") if s],
+    )
     console = Console(width=max(140, Console().width))
     console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
     for w in env.get("warnings", []):

@@ -10,11 +10,20 @@ from cass_deploy.training.train import load_train_config, train
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/JSON training config (e.g. configs/demo.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set cass.normalization=patch (repeatable)")
-    p.add_argument("--preset", choices=("seed", "corrected"),
-                   help="CASS preset and pruner applied before --set overrides (seed: patch mean, global top-k; "
-                        "corrected: object normalisation, area_gamma 1, band pruner)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set cass.normalization=patch (repeatable)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("seed", "corrected"),
+        help="CASS preset and pruner applied before --set overrides (seed: patch mean, global top-k; "
+        "corrected: object normalisation, area_gamma 1, band pruner)",
+    )
     p.add_argument("--out", default="runs/train", help="output directory for last.pt, best.pt, history.json")
     p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
     p.add_argument("--force", action="store_true", help="overwrite an output directory that holds files")
@@ -25,11 +34,16 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.preset:
-        overrides = ([f"cass.{k}={v}" for k, v in PRESETS[args.preset].items()]
-                     + [f"model.pruner.{k}={v}" for k, v in PRESET_PRUNER[args.preset].items()] + overrides)
+        overrides = (
+            [f"cass.{k}={v}" for k, v in PRESETS[args.preset].items()]
+            + [f"model.pruner.{k}={v}" for k, v in PRESET_PRUNER[args.preset].items()]
+            + overrides
+        )
     cfg = load_train_config(args.config, overrides)
     result = train(cfg, args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
     best = result.metrics.get("best_map50")
-    print(f"trained in {result.seconds:.0f} s; best val mAP@0.5 {best:.3f}; checkpoints: {result.best_path}, "
-          f"{result.last_path}")
+    print(
+        f"trained in {result.seconds:.0f} s; best val mAP@0.5 {best:.3f}; checkpoints: {result.best_path}, "
+        f"{result.last_path}"
+    )
     return 0

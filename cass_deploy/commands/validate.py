@@ -17,11 +17,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
     p.add_argument("--images", type=int, default=64, help="images to evaluate (default 64)")
-    p.add_argument("--reference", default=None,
-                   help="dense (default when the source checkpoint is known), source, none, a model path, or the "
-                        "JSON of an earlier validate --json run (its reference), e.g. made on the workstation")
-    p.add_argument("--fields", type=float, nargs=2, metavar=("FAR_MAX", "NEAR_MIN"), default=(0.5, 0.75),
-                   help="field split by box bottom edge as fractions of image height (default 0.5 0.75)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="dense (default when the source checkpoint is known), source, none, a model path, or the "
+        "JSON of an earlier validate --json run (its reference), e.g. made on the workstation",
+    )
+    p.add_argument(
+        "--fields",
+        type=float,
+        nargs=2,
+        metavar=("FAR_MAX", "NEAR_MIN"),
+        default=(0.5, 0.75),
+        help="field split by box bottom edge as fractions of image height (default 0.5 0.75)",
+    )
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold for recall")
     p.add_argument("--min-near-recall", type=float, default=None)
@@ -30,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-map50", type=float, default=None)
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers (cpu,cuda,tensorrt)")
     p.add_argument("--device", default="cpu", help="torch device for checkpoints")
-    p.add_argument("--resize", action="store_true",
-                   help="resize dataset images to the model input (boxes scaled); without it a size mismatch is an error")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize dataset images to the model input (boxes scaled); without it a size mismatch is an error",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
     p.add_argument("--force", action="store_true", help="overwrite the --json file")
@@ -40,12 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json_out:
         check_writable(args.json_out, args.force)
-    gates = Gates(min_near_recall=args.min_near_recall, max_recall_drop=args.max_recall_drop,
-                  min_near_retention=args.min_near_retention, min_map50=args.min_map50)
-    run = vr.run_validate(args.model, data=args.data, images=args.images, reference=args.reference,
-                          fields=FieldConfig(*args.fields), iou_thr=args.iou, score_thr=args.score_thr, gates=gates,
-                          providers=[s for s in args.providers.split(",") if s], device=args.device,
-                          resize=args.resize, seed=args.seed)
+    gates = Gates(
+        min_near_recall=args.min_near_recall,
+        max_recall_drop=args.max_recall_drop,
+        min_near_retention=args.min_near_retention,
+        min_map50=args.min_map50,
+    )
+    run = vr.run_validate(
+        args.model,
+        data=args.data,
+        images=args.images,
+        reference=args.reference,
+        fields=FieldConfig(*args.fields),
+        iou_thr=args.iou,
+        score_thr=args.score_thr,
+        gates=gates,
+        providers=[s for s in args.providers.split(",") if s],
+        device=args.device,
+        resize=args.resize,
+        seed=args.seed,
+    )
     console = Console(width=max(120, Console().width))
     console.print(format_comparison_table(run.result, run.reference))
     for c in run.checks:

@@ -13,8 +13,13 @@ from cass_deploy.io_utils import check_writable, write_json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", required=True, help="the trained checkpoint (.pt)")
-    p.add_argument("--candidate", action="append", required=True, metavar="PATH",
-                   help="export directory, .onnx or .engine (repeatable)")
+    p.add_argument(
+        "--candidate",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="export directory, .onnx or .engine (repeatable)",
+    )
     p.add_argument("--images", type=int, default=16, help="images to compare (default 16)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
     p.add_argument("--providers", default="cpu", help="ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
@@ -27,12 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-
     if args.json_out:
         check_writable(args.json_out, args.force)
-    report, notes = run_verify(args.reference, args.candidate, images=args.images, data=args.data,
-                               providers=[s.strip() for s in args.providers.split(",") if s.strip()],
-                               tie_tol=args.tie_tol, min_keep_iou=args.min_keep_iou, max_score_abs=args.max_score_err)
+    report, notes = run_verify(
+        args.reference,
+        args.candidate,
+        images=args.images,
+        data=args.data,
+        providers=[s.strip() for s in args.providers.split(",") if s.strip()],
+        tie_tol=args.tie_tol,
+        min_keep_iou=args.min_keep_iou,
+        max_score_abs=args.max_score_err,
+    )
     console = Console(width=max(140, Console().width))
     console.print(report_table(report))
     for n in notes:

@@ -6,7 +6,7 @@ trained on synthetic scenes is evaluated on COCO or KITTI data with the same lab
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from cass_deploy.errors import ConfigError
 
@@ -17,14 +17,22 @@ ALL_CLASSES: tuple[str, ...] = CLASSES + ("pedestrian",)
 """Every class a dataset may produce; ``pedestrian`` (label 3) only when enabled or mapped."""
 
 DEFAULT_COCO_CLASS_MAP: dict[str, str] = {
-    "car": "car", "van": "car", "minivan": "car", "suv": "car",
-    "truck": "truck", "lorry": "truck",
-    "bus": "bus", "coach": "bus",
+    "car": "car",
+    "van": "car",
+    "minivan": "car",
+    "suv": "car",
+    "truck": "truck",
+    "lorry": "truck",
+    "bus": "bus",
+    "coach": "bus",
 }
 """COCO category name -> class (matched case-insensitively); categories not listed are dropped."""
 
 DEFAULT_KITTI_CLASS_MAP: dict[str, str] = {
-    "Car": "car", "Van": "car", "Truck": "truck", "Bus": "bus",
+    "Car": "car",
+    "Van": "car",
+    "Truck": "truck",
+    "Bus": "bus",
 }
 """KITTI / DAIR-V2X-I / Rope3D ``type`` -> class (matched case-insensitively); DontCare, Pedestrian,
 Cyclist, Misc, Tram ... are dropped."""
@@ -43,8 +51,7 @@ def label_of(name: str) -> int:
         raise ConfigError(f"unknown class {name!r}; classes are {list(ALL_CLASSES)}") from None
 
 
-def resolve_class_map(class_map: Mapping[str, str | None] | None,
-                      default: Mapping[str, str]) -> dict[str, int]:
+def resolve_class_map(class_map: Mapping[str, str | None] | None, default: Mapping[str, str]) -> dict[str, int]:
     """Validate a ``source name -> class name`` map; return ``lower-cased source name -> label``.
 
     ``class_map=None`` uses ``default``; a given map replaces it (it does not extend it). A value
@@ -52,8 +59,7 @@ def resolve_class_map(class_map: Mapping[str, str | None] | None,
     """
     mapping = default if class_map is None else class_map
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"class_map must be a mapping of category name -> class name, "
-                          f"got {type(mapping).__name__}")
+        raise ConfigError(f"class_map must be a mapping of category name -> class name, got {type(mapping).__name__}")
     out: dict[str, int] = {}
     for src, dst in mapping.items():
         if not isinstance(src, str) or not src:
@@ -65,8 +71,9 @@ def resolve_class_map(class_map: Mapping[str, str | None] | None,
             raise ConfigError(f"class_map[{src!r}] must be a class name, got {dst!r}")
         key = src.lower()
         if key in out and out[key] != label:
-            raise ConfigError(f"class_map maps {src!r} to {dst!r} but a name differing only in "
-                              f"case to {ALL_CLASSES[out[key]]!r}")
+            raise ConfigError(
+                f"class_map maps {src!r} to {dst!r} but a name differing only in case to {ALL_CLASSES[out[key]]!r}"
+            )
         out[key] = label
     if not out:
         raise ConfigError("class_map keeps no category; map at least one name to a class")

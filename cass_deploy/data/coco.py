@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,14 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
     ``max_images`` keeps the first N images (in file order).
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path,
-                 class_map: Mapping[str, str | None] | None = None,
-                 image_size: Sequence[int] | None = None, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        ann_file: str | Path,
+        class_map: Mapping[str, str | None] | None = None,
+        image_size: Sequence[int] | None = None,
+        max_images: int | None = None,
+    ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
@@ -68,7 +74,8 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
                     raise InputError(
                         f"{self.image_dir / r['file_name']} is {r['height']}x{r['width']} but "
                         f"{self.image_dir / first['file_name']} is {first['height']}x{first['width']}; "
-                        f"pass image_size=(H, W) to resize every image (boxes are scaled with it)")
+                        f"pass image_size=(H, W) to resize every image (boxes are scaled with it)"
+                    )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,8 +84,7 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
         """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
         r = self.records[check_index(i, len(self.records))]
         path = self.image_dir / r["file_name"]
-        image, boxes = load_rgb(path, r["boxes"], expected=(r["height"], r["width"]),
-                                image_size=self.image_size)
+        image, boxes = load_rgb(path, r["boxes"], expected=(r["height"], r["width"]), image_size=self.image_size)
         return image, boxes, r["labels"], r["id"]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -113,11 +119,18 @@ def _parse(data: dict, path: Path, label_map: dict[str, int]) -> list[dict[str, 
     by_id: dict[Any, dict[str, Any]] = {}
     for im in data["images"]:
         try:
-            rec = {"id": int(im["id"]), "file_name": str(im["file_name"]),
-                   "height": int(im["height"]), "width": int(im["width"]), "boxes": [], "labels": []}
+            rec = {
+                "id": int(im["id"]),
+                "file_name": str(im["file_name"]),
+                "height": int(im["height"]),
+                "width": int(im["width"]),
+                "boxes": [],
+                "labels": [],
+            }
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: image entry {im!r} needs integer 'id', 'height', 'width' "
-                             f"and a 'file_name'") from None
+            raise InputError(
+                f"{path}: image entry {im!r} needs integer 'id', 'height', 'width' and a 'file_name'"
+            ) from None
         if rec["height"] < 1 or rec["width"] < 1:
             raise InputError(f"{path}: image {rec['file_name']} has size {rec['height']}x{rec['width']}")
         if rec["id"] in by_id:
@@ -135,16 +148,23 @@ def _parse(data: dict, path: Path, label_map: dict[str, int]) -> list[dict[str, 
         if rec is None:
             raise InputError(f"{path}: annotation {aid} refers to unknown image_id {ann.get('image_id')!r}")
         bbox = ann.get("bbox")
-        if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                           for v in bbox)):
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+        ):
             raise InputError(f"{path}: annotation {aid} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            raise InputError(f"{path}: annotation {aid} (image {rec['file_name']}) has bbox {bbox!r} "
-                             f"with width or height <= 0")
-        box = check_box_bounds((x, y, x + w, y + h), rec["height"], rec["width"],
-                               where=f"{path}: annotation {aid} (image {rec['file_name']})")
+            raise InputError(
+                f"{path}: annotation {aid} (image {rec['file_name']}) has bbox {bbox!r} with width or height <= 0"
+            )
+        box = check_box_bounds(
+            (x, y, x + w, y + h),
+            rec["height"],
+            rec["width"],
+            where=f"{path}: annotation {aid} (image {rec['file_name']})",
+        )
         rec["boxes"].append(box)
         rec["labels"].append(label)
     for rec in records:

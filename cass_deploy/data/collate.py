@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 
-torch = lazy_import('torch')
+torch = lazy_import("torch")
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -30,15 +31,17 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise InputError(f"image {first['image_id']} has shape {list(shape)}; expected [3, H, W]")
     for s in samples[1:]:
         if tuple(s["image"].shape) != shape:
-            raise InputError(f"image {s['image_id']} has shape {list(s['image'].shape)} but image "
-                             f"{first['image_id']} has {list(shape)}; give the dataset an image_size "
-                             f"so every image is resized to one size")
+            raise InputError(
+                f"image {s['image_id']} has shape {list(s['image'].shape)} but image "
+                f"{first['image_id']} has {list(shape)}; give the dataset an image_size "
+                f"so every image is resized to one size"
+            )
     images = torch.stack([torch.as_tensor(s["image"], dtype=torch.float32) for s in samples])
     boxes = [torch.as_tensor(s["boxes"], dtype=torch.float32).reshape(-1, 4) for s in samples]
     labels = [torch.as_tensor(s["labels"], dtype=torch.int64).reshape(-1) for s in samples]
-    for s, b, l in zip(samples, boxes, labels):
-        if b.shape[0] != l.shape[0]:
-            raise InputError(f"image {s['image_id']} has {b.shape[0]} boxes but {l.shape[0]} labels")
+    for s, b, lab in zip(samples, boxes, labels):
+        if b.shape[0] != lab.shape[0]:
+            raise InputError(f"image {s['image_id']} has {b.shape[0]} boxes but {lab.shape[0]} labels")
     image_ids = torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.int64)
     return {"images": images, "boxes": boxes, "labels": labels, "image_ids": image_ids}
 

@@ -3,8 +3,9 @@ box-bound checks. numpy / PIL only; torch is imported where tensors are made."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 
-torch = lazy_import('torch')
+torch = lazy_import("torch")
 
 try:  # the numpy paths (get_numpy, generate_scene) work without torch
     from torch.utils.data import Dataset as DatasetBase
@@ -32,10 +33,12 @@ def to_item(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, image_id: 
     ``"labels"`` int64 [M]; ``"image_id"`` int.
     """
 
-    return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
-            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
-            "image_id": int(image_id)}
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0),
+        "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
+        "image_id": int(image_id),
+    }
 
 
 def check_index(i: Any, n: int) -> int:
@@ -70,8 +73,10 @@ def check_box_bounds(box: Sequence[float], height: int, width: int, where: str) 
     x1, y1, x2, y2 = (float(v) for v in box)
     t = BOX_TOLERANCE_PX
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
-        raise InputError(f"{where}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the "
-                         f"{height}x{width} image by more than {t:g} px")
+        raise InputError(
+            f"{where}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the "
+            f"{height}x{width} image by more than {t:g} px"
+        )
     x1, x2 = min(max(x1, 0.0), float(width)), min(max(x2, 0.0), float(width))
     y1, y2 = min(max(y1, 0.0), float(height)), min(max(y2, 0.0), float(height))
     if not (x2 > x1 and y2 > y1):
@@ -92,8 +97,9 @@ def image_header_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def load_rgb(path: Path, boxes: np.ndarray, expected: tuple[int, int] | None,
-             image_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+def load_rgb(
+    path: Path, boxes: np.ndarray, expected: tuple[int, int] | None, image_size: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` as RGB uint8 [H, W, 3]; resize to ``image_size`` (scaling ``boxes`` [M, 4] xyxy)
     when given and different. ``expected`` (H, W): the size the labels were written for — a file of
     another size is an InputError naming it."""
@@ -118,5 +124,14 @@ def load_rgb(path: Path, boxes: np.ndarray, expected: tuple[int, int] | None,
     return image, boxes
 
 
-__all__ = ["DatasetBase", "BOX_TOLERANCE_PX", "IMAGE_SUFFIXES", "to_item", "check_index",
-           "resolve_size", "check_box_bounds", "image_header_size", "load_rgb"]
+__all__ = [
+    "DatasetBase",
+    "BOX_TOLERANCE_PX",
+    "IMAGE_SUFFIXES",
+    "to_item",
+    "check_index",
+    "resolve_size",
+    "check_box_bounds",
+    "image_header_size",
+    "load_rgb",
+]

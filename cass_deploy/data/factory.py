@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cass_deploy.data.coco import CocoDataset
 from cass_deploy.data.kitti import KittiDataset
@@ -13,15 +14,22 @@ from cass_deploy.errors import ConfigError, InputError
 DEFAULT_SYNTHETIC_IMAGES = {"train": 512, "val": 128}
 """Scenes per split when ``num_images`` is not given for ``"synthetic"``."""
 
-_EXPECTED = ("expected 'synthetic', a COCO directory (annotations.json, or one *.json, with the "
-             "images in images/), or a KITTI directory (image_2/ + label_2/, or images/ + labels/), "
-             "either directly or in a <split>/ subdirectory")
+_EXPECTED = (
+    "expected 'synthetic', a COCO directory (annotations.json, or one *.json, with the "
+    "images in images/), or a KITTI directory (image_2/ + label_2/, or images/ + labels/), "
+    "either directly or in a <split>/ subdirectory"
+)
 
 
-def load_dataset(spec: str | Path, split: str = "val", num_images: int | None = None,
-                 image_size: Sequence[int] | None = None, seed: int = 0,
-                 class_map: Mapping[str, str | None] | None = None,
-                 scene_cfg: SceneConfig | None = None) -> Any:
+def load_dataset(
+    spec: str | Path,
+    split: str = "val",
+    num_images: int | None = None,
+    image_size: Sequence[int] | None = None,
+    seed: int = 0,
+    class_map: Mapping[str, str | None] | None = None,
+    scene_cfg: SceneConfig | None = None,
+) -> Any:
     """``"synthetic"`` -> :class:`SyntheticRoadside`; a directory -> COCO or KITTI, auto-detected.
 
     - ``"synthetic"``: ``num_images`` scenes (default 512 train / 128 val) of ``image_size``
@@ -36,17 +44,19 @@ def load_dataset(spec: str | Path, split: str = "val", num_images: int | None = 
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int)
-                                   or num_images < 1):
+    if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
         raise InputError(f"num_images must be an integer >= 1, got {num_images!r}")
     if isinstance(spec, str) and spec == "synthetic":
         if class_map is not None:
-            raise ConfigError("class_map applies to COCO / KITTI data; synthetic scenes always "
-                              "use car / truck / bus")
+            raise ConfigError("class_map applies to COCO / KITTI data; synthetic scenes always use car / truck / bus")
         n = DEFAULT_SYNTHETIC_IMAGES[split] if num_images is None else num_images
-        return SyntheticRoadside(n, split=split, seed=seed,
-                                 image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size,
-                                 cfg=scene_cfg)
+        return SyntheticRoadside(
+            n,
+            split=split,
+            seed=seed,
+            image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size,
+            cfg=scene_cfg,
+        )
     if scene_cfg is not None:
         raise ConfigError("scene_cfg applies to 'synthetic' data only")
     path = Path(spec)
@@ -55,10 +65,8 @@ def load_dataset(spec: str | Path, split: str = "val", num_images: int | None = 
     kind, kwargs = detect_format(path, split)
     kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images)
     if kind == "coco":
-
         ds = CocoDataset(**kwargs)
     else:
-
         ds = KittiDataset(**kwargs)
     if len(ds) == 0:  # the dataset classes refuse this already; kept as the contract
         raise InputError(f"dataset {path} is empty")
@@ -103,8 +111,10 @@ def _coco_annotation(root: Path, split: str) -> Path | None:
             named = [p for p in found if split in p.stem]
             if len(named) == 1:
                 return named[0]
-            raise InputError(f"{d} holds several COCO JSON files {[p.name for p in found]}; name one "
-                             f"annotations.json, keep one per directory, or pass the file itself")
+            raise InputError(
+                f"{d} holds several COCO JSON files {[p.name for p in found]}; name one "
+                f"annotations.json, keep one per directory, or pass the file itself"
+            )
     return None
 
 

@@ -12,8 +12,9 @@ Truck -> truck, Bus -> bus, any letter case); ``DontCare`` and unmapped types ar
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,24 @@ from cass_deploy.data.common import (
 )
 from cass_deploy.errors import InputError
 
-KITTI_FIELDS = ("type", "truncated", "occluded", "alpha", "x1", "y1", "x2", "y2",
-                "h", "w", "l", "x", "y", "z", "ry", "score")
+KITTI_FIELDS = (
+    "type",
+    "truncated",
+    "occluded",
+    "alpha",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "h",
+    "w",
+    "l",
+    "x",
+    "y",
+    "z",
+    "ry",
+    "score",
+)
 
 
 class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
@@ -49,9 +66,14 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
     image by at most 1 px (clipped). ``max_images`` keeps the first N label files (sorted).
     """
 
-    def __init__(self, image_dir: str | Path, label_dir: str | Path,
-                 class_map: Mapping[str, str | None] | None = None,
-                 image_size: Sequence[int] | None = None, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        label_dir: str | Path,
+        class_map: Mapping[str, str | None] | None = None,
+        image_size: Sequence[int] | None = None,
+        max_images: int | None = None,
+    ) -> None:
         self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
         for what, d in (("image", self.image_dir), ("label", self.label_dir)):
             if not d.is_dir():
@@ -78,8 +100,16 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
             if image is None:
                 raise InputError(f"{lp} has no image {lp.stem}.png/.jpg in {self.image_dir}")
             boxes, labels, lines = parse_label_file(lp, label_map)
-            self.records.append({"image": image, "label": lp, "boxes": boxes, "labels": labels,
-                                 "lines": lines, "id": int(lp.stem) if numeric else k})
+            self.records.append(
+                {
+                    "image": image,
+                    "label": lp,
+                    "boxes": boxes,
+                    "labels": labels,
+                    "lines": lines,
+                    "id": int(lp.stem) if numeric else k,
+                }
+            )
         # without image_size every image must match the first one (checked again on load)
         self._expected = None if self.image_size is not None else image_header_size(self.records[0]["image"])
 
@@ -92,12 +122,18 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
         h, w = image_header_size(r["image"])
         if self._expected is not None and (h, w) != self._expected:
             first = self.records[0]["image"]
-            raise InputError(f"{r['image']} is {h}x{w} but {first} is {self._expected[0]}x"
-                             f"{self._expected[1]}; pass image_size=(H, W) to resize every image "
-                             f"(boxes are scaled with it)")
-        boxes = np.asarray([check_box_bounds(b, h, w, where=f"{r['label']}:{line}")
-                            for b, line in zip(r["boxes"].tolist(), r["lines"].tolist())],
-                           np.float32).reshape(-1, 4)
+            raise InputError(
+                f"{r['image']} is {h}x{w} but {first} is {self._expected[0]}x"
+                f"{self._expected[1]}; pass image_size=(H, W) to resize every image "
+                f"(boxes are scaled with it)"
+            )
+        boxes = np.asarray(
+            [
+                check_box_bounds(b, h, w, where=f"{r['label']}:{line}")
+                for b, line in zip(r["boxes"].tolist(), r["lines"].tolist())
+            ],
+            np.float32,
+        ).reshape(-1, 4)
         image, boxes = load_rgb(r["image"], boxes, expected=None, image_size=self.image_size)
         return image, boxes, r["labels"], r["id"]
 
@@ -121,9 +157,11 @@ def parse_label_file(path: Path, label_map: Mapping[str, int]) -> tuple[np.ndarr
         if not fields:
             continue
         if len(fields) not in (15, 16):
-            raise InputError(f"{path}:{n}: expected 15 fields (16 with a score) "
-                             f"'type truncated occluded alpha x1 y1 x2 y2 h w l x y z ry [score]', "
-                             f"got {len(fields)}: {raw.strip()!r}")
+            raise InputError(
+                f"{path}:{n}: expected 15 fields (16 with a score) "
+                f"'type truncated occluded alpha x1 y1 x2 y2 h w l x y z ry [score]', "
+                f"got {len(fields)}: {raw.strip()!r}"
+            )
         values = []
         for name, v in zip(KITTI_FIELDS[1:], fields[1:]):
             try:
@@ -138,16 +176,14 @@ def parse_label_file(path: Path, label_map: Mapping[str, int]) -> tuple[np.ndarr
             continue
         x1, y1, x2, y2 = values[3:7]
         if not (x2 > x1 and y2 > y1):
-            raise InputError(f"{path}:{n}: box x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g} needs "
-                             f"x2 > x1 and y2 > y1")
+            raise InputError(f"{path}:{n}: box x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g} needs x2 > x1 and y2 > y1")
         label = label_map.get(kind.lower())
         if label is None:
             continue
         boxes.append([x1, y1, x2, y2])
         labels.append(label)
         lines.append(n)
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-            np.asarray(lines, np.int64))
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), np.asarray(lines, np.int64))
 
 
 __all__ = ["KittiDataset", "parse_label_file", "KITTI_FIELDS"]

@@ -29,9 +29,10 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -45,21 +46,40 @@ DEFAULT_IMAGE_SIZE: tuple[int, int] = (256, 448)
 SPLITS: tuple[str, ...] = ("train", "val")
 
 # class -> (width, height, length) in metres and their jitter
-_DIMS = {0: ((1.8, 1.5, 4.5), (0.1, 0.08, 0.4)),
-         1: ((2.5, 3.4, 8.5), (0.1, 0.4, 2.0)),
-         2: ((2.55, 3.2, 11.5), (0.05, 0.15, 1.0)),
-         3: ((0.5, 1.7, 0.4), (0.05, 0.1, 0.05))}
+_DIMS = {
+    0: ((1.8, 1.5, 4.5), (0.1, 0.08, 0.4)),
+    1: ((2.5, 3.4, 8.5), (0.1, 0.4, 2.0)),
+    2: ((2.55, 3.2, 11.5), (0.05, 0.15, 1.0)),
+    3: ((0.5, 1.7, 0.4), (0.05, 0.1, 0.05)),
+}
 
-_CAR_COLOURS = np.array([[235, 235, 232], [200, 202, 205], [150, 152, 156], [40, 40, 44],
-                         [25, 25, 28], [160, 30, 30], [30, 60, 130], [20, 35, 70],
-                         [110, 115, 95], [190, 170, 140], [90, 20, 25], [220, 210, 60]],
-                        np.float32)
-_TRUCK_COLOURS = np.array([[228, 228, 225], [185, 188, 190], [60, 90, 150], [160, 40, 35],
-                           [60, 110, 70], [210, 170, 50], [240, 240, 238]], np.float32)
-_BUS_COLOURS = np.array([[235, 235, 230], [230, 200, 40], [50, 130, 80], [40, 90, 170],
-                         [200, 60, 40], [190, 192, 195]], np.float32)
-_CLOTHES = np.array([[30, 30, 35], [40, 50, 90], [150, 30, 30], [200, 200, 200], [70, 90, 60],
-                     [120, 100, 80]], np.float32)
+_CAR_COLOURS = np.array(
+    [
+        [235, 235, 232],
+        [200, 202, 205],
+        [150, 152, 156],
+        [40, 40, 44],
+        [25, 25, 28],
+        [160, 30, 30],
+        [30, 60, 130],
+        [20, 35, 70],
+        [110, 115, 95],
+        [190, 170, 140],
+        [90, 20, 25],
+        [220, 210, 60],
+    ],
+    np.float32,
+)
+_TRUCK_COLOURS = np.array(
+    [[228, 228, 225], [185, 188, 190], [60, 90, 150], [160, 40, 35], [60, 110, 70], [210, 170, 50], [240, 240, 238]],
+    np.float32,
+)
+_BUS_COLOURS = np.array(
+    [[235, 235, 230], [230, 200, 40], [50, 130, 80], [40, 90, 170], [200, 60, 40], [190, 192, 195]], np.float32
+)
+_CLOTHES = np.array(
+    [[30, 30, 35], [40, 50, 90], [150, 30, 30], [200, 200, 200], [70, 90, 60], [120, 100, 80]], np.float32
+)
 _GLASS = np.array([34, 42, 54], np.float32)
 _DARK = np.array([24, 24, 27], np.float32)
 _TIRE = np.array([14, 14, 16], np.float32)
@@ -85,41 +105,44 @@ class SceneConfig:
     # camera and road
     horizon_range: tuple[float, float] = (0.25, 0.35)
     vanishing_x_range: tuple[float, float] = (0.30, 0.50)
-    camera_height_range: tuple[float, float] = (5.0, 7.0)      # metres
-    focal_frac: float = 1.0                                      # focal length / W
+    camera_height_range: tuple[float, float] = (5.0, 7.0)  # metres
+    focal_frac: float = 1.0  # focal length / W
     lanes_range: tuple[int, int] = (4, 6)
-    lane_width: float = 3.5                                      # metres
-    camera_lateral_range: tuple[float, float] = (0.2, 0.5)     # camera across the road / width
+    lane_width: float = 3.5  # metres
+    camera_lateral_range: tuple[float, float] = (0.2, 0.5)  # camera across the road / width
     # fields: box bottom edge / H
     far_bottom: float = 0.5
     near_bottom: float = 0.75
     far_count_range: tuple[int, int] = (12, 40)
     mid_count_range: tuple[int, int] = (2, 8)
     near_count_range: tuple[int, int] = (1, 3)
-    far_min_width_px: float = 4.0      # a car at the far end of the drawn traffic is this wide
-    far_left_weight: float = 2.5       # far-field lane weight, leftmost / rightmost (1 = even)
-    cross_road_prob: float = 0.5       # chance of a T-junction road joining from the left
-    cross_road_share: float = 0.35     # share of far-field vehicles on it when present
+    far_min_width_px: float = 4.0  # a car at the far end of the drawn traffic is this wide
+    far_left_weight: float = 2.5  # far-field lane weight, leftmost / rightmost (1 = even)
+    cross_road_prob: float = 0.5  # chance of a T-junction road joining from the left
+    cross_road_share: float = 0.35  # share of far-field vehicles on it when present
     # class mix per field: (car, truck, bus)
     far_class_probs: tuple[float, float, float] = (0.75, 0.15, 0.10)
     mid_class_probs: tuple[float, float, float] = (0.60, 0.25, 0.15)
     near_class_probs: tuple[float, float, float] = (0.25, 0.45, 0.30)
-    flat_panel_prob: float = 0.5       # truck / bus body coloured close to the road grey
-    max_overlap: float = 0.5           # reject a vehicle whose box overlaps another by more
+    flat_panel_prob: float = 0.5  # truck / bus body coloured close to the road grey
+    max_overlap: float = 0.5  # reject a vehicle whose box overlaps another by more
     min_box_px: float = 2.0
     pedestrians: bool = False
     pedestrian_count_range: tuple[int, int] = (2, 8)
     # appearance
     brightness_range: tuple[float, float] = (0.7, 1.25)
-    noise_std_range: tuple[float, float] = (1.5, 6.0)          # 8-bit levels
+    noise_std_range: tuple[float, float] = (1.5, 6.0)  # 8-bit levels
     tree_shadow_prob: float = 0.6
     blur_prob: float = 0.5
 
     def __post_init__(self) -> None:
         def rng_pair(name: str, lo_ok: float, hi_ok: float, integer: bool = False) -> None:
             v = getattr(self, name)
-            if (not isinstance(v, (tuple, list)) or len(v) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            if (
+                not isinstance(v, (tuple, list))
+                or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            ):
                 raise ConfigError(f"scene.{name} must be a pair of numbers, got {v!r}")
             if integer and not all(float(x).is_integer() for x in v):
                 raise ConfigError(f"scene.{name} must be a pair of integers, got {v!r}")
@@ -128,8 +151,12 @@ class SceneConfig:
 
         def number(name: str, lo_ok: float, hi_ok: float) -> None:
             v = getattr(self, name)
-            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                    or not lo_ok <= v <= hi_ok):
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or not lo_ok <= v <= hi_ok
+            ):
                 raise ConfigError(f"scene.{name} must be a number in [{lo_ok}, {hi_ok}], got {v!r}")
 
         rng_pair("horizon_range", 0.05, 0.9)
@@ -137,8 +164,7 @@ class SceneConfig:
         rng_pair("camera_height_range", 4.0, 30.0)
         rng_pair("lanes_range", 2, 12, integer=True)
         rng_pair("camera_lateral_range", -1.0, 2.0)
-        for name in ("far_count_range", "mid_count_range", "near_count_range",
-                     "pedestrian_count_range"):
+        for name in ("far_count_range", "mid_count_range", "near_count_range", "pedestrian_count_range"):
             rng_pair(name, 0, 500, integer=True)
         rng_pair("brightness_range", 0.05, 4.0)
         rng_pair("noise_std_range", 0.0, 64.0)
@@ -150,19 +176,24 @@ class SceneConfig:
         number("far_left_weight", 0.01, 100.0)
         number("max_overlap", 0.0, 1.0)
         number("min_box_px", 1.0, 64.0)
-        for name in ("cross_road_prob", "cross_road_share", "flat_panel_prob", "tree_shadow_prob",
-                     "blur_prob"):
+        for name in ("cross_road_prob", "cross_road_share", "flat_panel_prob", "tree_shadow_prob", "blur_prob"):
             number(name, 0.0, 1.0)
         if not self.horizon_range[1] < self.far_bottom < self.near_bottom:
-            raise ConfigError(f"scene needs horizon_range hi < far_bottom < near_bottom, got "
-                              f"{self.horizon_range[1]}, {self.far_bottom}, {self.near_bottom}")
+            raise ConfigError(
+                f"scene needs horizon_range hi < far_bottom < near_bottom, got "
+                f"{self.horizon_range[1]}, {self.far_bottom}, {self.near_bottom}"
+            )
         for name in ("far_class_probs", "mid_class_probs", "near_class_probs"):
             v = getattr(self, name)
-            if (not isinstance(v, (tuple, list)) or len(v) != 3
-                    or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in v)
-                    or sum(v) <= 0):
-                raise ConfigError(f"scene.{name} must be 3 weights >= 0 for (car, truck, bus) "
-                                  f"with a positive sum, got {v!r}")
+            if (
+                not isinstance(v, (tuple, list))
+                or len(v) != 3
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in v)
+                or sum(v) <= 0
+            ):
+                raise ConfigError(
+                    f"scene.{name} must be 3 weights >= 0 for (car, truck, bus) with a positive sum, got {v!r}"
+                )
         if not isinstance(self.pedestrians, bool):
             raise ConfigError(f"scene.pedestrians must be true or false, got {self.pedestrians!r}")
 
@@ -174,15 +205,16 @@ class SceneConfig:
 
 # --------------------------------------------------------------------------- camera geometry
 
+
 @dataclass(frozen=True)
 class _Camera:
     H: int
     W: int
-    f: float      # focal length, pixels
-    h: float      # camera height, metres
-    yh: float     # horizon row
-    xv: float     # vanishing column (camera axis)
-    xc: float     # camera lateral position, metres (road spans X in [0, road_w])
+    f: float  # focal length, pixels
+    h: float  # camera height, metres
+    yh: float  # horizon row
+    xv: float  # vanishing column (camera axis)
+    xc: float  # camera lateral position, metres (road spans X in [0, road_w])
 
     def x(self, X: Any, Z: Any) -> Any:
         return self.xv + self.f * (X - self.xc) / Z
@@ -197,17 +229,17 @@ class _Camera:
 @dataclass
 class _Vehicle:
     label: int
-    field: int                 # 0 far, 1 mid, 2 near (by construction of the depth range)
-    axis: str                  # "z": drives along the main road; "x": along the cross road
+    field: int  # 0 far, 1 mid, 2 near (by construction of the depth range)
+    axis: str  # "z": drives along the main road; "x": along the cross road
     X0: float
     X1: float
     Z0: float
     Z1: float
     height: float
-    front_high: bool           # the front is at the high end of the driving axis
-    colour: np.ndarray         # body colour, float32 [3]
-    colour2: np.ndarray        # truck cab / clothes colour, float32 [3]
-    box: np.ndarray            # clipped xyxy, float64 [4]
+    front_high: bool  # the front is at the high end of the driving axis
+    colour: np.ndarray  # body colour, float32 [3]
+    colour2: np.ndarray  # truck cab / clothes colour, float32 [3]
+    box: np.ndarray  # clipped xyxy, float64 [4]
 
 
 def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
@@ -222,8 +254,9 @@ def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     return H, W
 
 
-def field_of_boxes(boxes: np.ndarray, image_height: int, far_bottom: float = 0.5,
-                   near_bottom: float = 0.75) -> np.ndarray:
+def field_of_boxes(
+    boxes: np.ndarray, image_height: int, far_bottom: float = 0.5, near_bottom: float = 0.75
+) -> np.ndarray:
     """Field index per box by its bottom edge: 0 far (y2 < far_bottom H), 1 mid, 2 near
     (y2 >= near_bottom H): the same split as :func:`cass_deploy.metrics.field_of`, in numpy.
 
@@ -236,8 +269,10 @@ def field_of_boxes(boxes: np.ndarray, image_height: int, far_bottom: float = 0.5
 
 # --------------------------------------------------------------------------- public API
 
-def generate_scene(seed: int, index: int, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
-                   cfg: SceneConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def generate_scene(
+    seed: int, index: int, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE, cfg: SceneConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One roadside scene, a pure function of ``(seed, index)``.
 
     Returns ``image`` uint8 [H, W, 3] (RGB), ``boxes`` float32 [M, 4] (xyxy pixels, clipped to the
@@ -258,13 +293,13 @@ def generate_scene(seed: int, index: int, image_size: Sequence[int] = DEFAULT_IM
     vehicles = _place_vehicles(rng_veh, cam, road, cfg)
     if cfg.pedestrians:
         vehicles += _place_pedestrians(rng_ped, cam, road, cfg, vehicles)
-    vehicles.sort(key=lambda v: -_distance(cam, v))          # painter's order: far first
+    vehicles.sort(key=lambda v: -_distance(cam, v))  # painter's order: far first
 
     light = _sample_light(rng_bg, cfg)
     img = _render_background(rng_bg, cam, road, light, cfg)
     for v in vehicles:
         _paint_shadow(img, cam, v, light)
-    panel_noise = 2.0 * _white_noise(rng_paint, (H, W, 1))      # fine texture of painted panels
+    panel_noise = 2.0 * _white_noise(rng_paint, (H, W, 1))  # fine texture of painted panels
     for v in vehicles:
         _paint_vehicle(img, cam, v, light, road, panel_noise)
     image = _finish(img, rng_bg, light)
@@ -295,9 +330,15 @@ class SyntheticRoadside(DatasetBase):  # type: ignore[misc,valid-type]
     ``generate_scene(split_seed(seed, split), i, image_size, cfg)``.
     """
 
-    def __init__(self, num_images: int, split: str = "train", seed: int = 0,
-                 image_size: Sequence[int] = DEFAULT_IMAGE_SIZE, cfg: SceneConfig | None = None,
-                 cache: bool = False) -> None:
+    def __init__(
+        self,
+        num_images: int,
+        split: str = "train",
+        seed: int = 0,
+        image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
+        cfg: SceneConfig | None = None,
+        cache: bool = False,
+    ) -> None:
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
             raise InputError(f"num_images must be an integer >= 1, got {num_images!r}")
         self.num_images = int(num_images)
@@ -328,17 +369,22 @@ class SyntheticRoadside(DatasetBase):  # type: ignore[misc,valid-type]
         return to_item(*self.get_numpy(i))
 
 
-def write_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0,
-                            image_size: Sequence[int] = DEFAULT_IMAGE_SIZE, split: str = "val",
-                            force: bool = False, cfg: SceneConfig | None = None,
-                            progress: Callable[[int, int], None] | None = None) -> Path:
+def write_synthetic_dataset(
+    out_dir: str | Path,
+    num_images: int,
+    seed: int = 0,
+    image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
+    split: str = "val",
+    force: bool = False,
+    cfg: SceneConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write ``images/000000.png ...`` + ``annotations.json`` (COCO) for one split; return ``out_dir``.
 
     The images are exactly ``SyntheticRoadside(num_images, split, seed, image_size, cfg)``'s, with
     image ids ``0..N-1``; category ids are ``label + 1``. Written into a temp directory that
     replaces ``out_dir`` only when complete; an existing ``out_dir`` needs ``force=True``.
     """
-
 
     ds = SyntheticRoadside(num_images, split=split, seed=seed, image_size=image_size, cfg=cfg)
     H, W = ds.image_size
@@ -353,26 +399,40 @@ def write_synthetic_dataset(out_dir: str | Path, num_images: int, seed: int = 0,
             b = boxes.astype(np.float64)
             for box, label in zip(b, labels.tolist()):
                 w, h = float(box[2] - box[0]), float(box[3] - box[1])
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": int(label) + 1,
-                                    "bbox": [float(box[0]), float(box[1]), w, h],
-                                    "area": w * h, "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(label) + 1,
+                        "bbox": [float(box[0]), float(box[1]), w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
             if progress is not None:
                 progress(i + 1, len(ds))
         data = {
-            "info": {"description": "cass-deploy synthetic roadside scenes", "split": split,
-                     "seed": seed, "scene_seed": ds.scene_seed, "image_size": [H, W],
-                     "scene_config": dataclasses.asdict(ds.cfg)},
+            "info": {
+                "description": "cass-deploy synthetic roadside scenes",
+                "split": split,
+                "seed": seed,
+                "scene_seed": ds.scene_seed,
+                "image_size": [H, W],
+                "scene_config": dataclasses.asdict(ds.cfg),
+            },
             "images": images,
             "annotations": annotations,
-            "categories": [{"id": k + 1, "name": n, "supercategory": "vehicle" if k < 3 else "person"}
-                           for k, n in enumerate(ds.classes)],
+            "categories": [
+                {"id": k + 1, "name": n, "supercategory": "vehicle" if k < 3 else "person"}
+                for k, n in enumerate(ds.classes)
+            ],
         }
         (tmp / "annotations.json").write_text(json.dumps(data) + "\n")
     return Path(out_dir)
 
 
 # --------------------------------------------------------------------------- scene layout
+
 
 def _sample_camera(rng: np.random.Generator, H: int, W: int, cfg: SceneConfig) -> tuple[_Camera, dict]:
     yh = rng.uniform(*cfg.horizon_range) * H
@@ -387,14 +447,24 @@ def _sample_camera(rng: np.random.Generator, H: int, W: int, cfg: SceneConfig) -
     z_far = cam.depth_of_row(cfg.far_bottom * H)
     z_mid = cam.depth_of_row(cfg.near_bottom * H)
     z_bottom = cam.depth_of_row(1.06 * H)
-    z_near = cam.depth_of_row(1.3 * H)      # nearest start of a near-field vehicle (cut by the frame)
+    z_near = cam.depth_of_row(1.3 * H)  # nearest start of a near-field vehicle (cut by the frame)
     z_max = max(f * _DIMS[0][0][0] / cfg.far_min_width_px, 1.6 * z_far)
     cross = None
     if rng.random() < cfg.cross_road_prob:
         zc0 = rng.uniform(1.25 * z_far, max(1.3 * z_far, 0.55 * z_max))
         cross = (zc0, zc0 + 2 * cfg.lane_width)
-    road = {"n_lanes": n_lanes, "width": road_w, "lane_w": cfg.lane_width, "sidewalk": 3.0,
-            "z_far": z_far, "z_mid": z_mid, "z_bottom": z_bottom, "z_near": z_near, "z_max": z_max, "cross": cross}
+    road = {
+        "n_lanes": n_lanes,
+        "width": road_w,
+        "lane_w": cfg.lane_width,
+        "sidewalk": 3.0,
+        "z_far": z_far,
+        "z_mid": z_mid,
+        "z_bottom": z_bottom,
+        "z_near": z_near,
+        "z_max": z_max,
+        "cross": cross,
+    }
     return cam, road
 
 
@@ -413,27 +483,42 @@ def _place_vehicles(rng: np.random.Generator, cam: _Camera, road: dict, cfg: Sce
         target = int(rng.integers(lo, hi + 1))
         n_cross = int(round(target * cfg.cross_road_share)) if field == 0 and road["cross"] else 0
         lane_w = left_w if field == 0 else np.ones(n_lanes)
-        got = layout.fill(_candidates(rng, cam, road, 12 * n_cross + 12, field, z_range, probs,
-                                      lane_w, on_cross=True), n_cross) if n_cross else 0
-        layout.fill(_candidates(rng, cam, road, 12 * (target - got) + 12, field, z_range, probs,
-                                lane_w, on_cross=False), target - got)
+        got = (
+            layout.fill(
+                _candidates(rng, cam, road, 12 * n_cross + 12, field, z_range, probs, lane_w, on_cross=True), n_cross
+            )
+            if n_cross
+            else 0
+        )
+        layout.fill(
+            _candidates(rng, cam, road, 12 * (target - got) + 12, field, z_range, probs, lane_w, on_cross=False),
+            target - got,
+        )
     for v in layout.placed:
         v.colour = _body_colour(rng, v.label, cfg)
         v.colour2 = _TRUCK_COLOURS[rng.integers(len(_TRUCK_COLOURS))]
     return layout.placed
 
 
-def _candidates(rng: np.random.Generator, cam: _Camera, road: dict, k: int, field: int,
-                z_range: tuple[float, float], probs: Sequence[float], lane_weights: np.ndarray,
-                on_cross: bool) -> dict[str, np.ndarray]:
+def _candidates(
+    rng: np.random.Generator,
+    cam: _Camera,
+    road: dict,
+    k: int,
+    field: int,
+    z_range: tuple[float, float],
+    probs: Sequence[float],
+    lane_weights: np.ndarray,
+    on_cross: bool,
+) -> dict[str, np.ndarray]:
     """``k`` random vehicles (arrays [k]) of one field, on the main road or the cross road."""
     p = np.asarray(probs, np.float64) / float(sum(probs))
     label = rng.choice(3, size=k, p=p)
-    base = np.array([_DIMS[c][0] for c in range(3)])[label]          # [k, 3] width, height, length
+    base = np.array([_DIMS[c][0] for c in range(3)])[label]  # [k, 3] width, height, length
     jit = np.array([_DIMS[c][1] for c in range(3)])[label]
     wid, hei, length = (base + jit * rng.uniform(-1, 1, (k, 3))).T
     lane_w = road["lane_w"]
-    if on_cross:     # T-junction from the left: drives along X, seen side-on
+    if on_cross:  # T-junction from the left: drives along X, seen side-on
         lane = rng.integers(0, 2, k)
         z0 = road["cross"][0] + lane * lane_w + (lane_w - wid) / 2
         x_left = np.minimum(cam.xc - cam.xv * z0 / cam.f - 0.3 * length, -2.0 - length)
@@ -446,18 +531,28 @@ def _candidates(rng: np.random.Generator, cam: _Camera, road: dict, k: int, fiel
         xm = (lane + 0.5) * lane_w + rng.normal(0, 0.25, k)
         z_lo, z_hi = z_range
         z_hi = max(z_hi, z_lo + 0.1)
-        if field == 2:   # near field: log-uniform, the frame cuts the nearest (>= half stays visible)
+        if field == 2:  # near field: log-uniform, the frame cuts the nearest (>= half stays visible)
             z0 = z_lo * np.exp(rng.uniform(0, np.log(z_hi / z_lo), k))
-        else:            # uniform in depth: crowded toward the horizon
+        else:  # uniform in depth: crowded toward the horizon
             z0 = rng.uniform(z_lo, z_hi, k)
         X0, X1, Z0, Z1 = xm - wid / 2, xm + wid / 2, z0, z0 + length
         axis_x, front_high = np.zeros(k, bool), lane >= n // 2
-    return {"label": label, "field": np.full(k, field), "axis_x": axis_x, "front_high": front_high,
-            "X0": X0, "X1": X1, "Z0": Z0, "Z1": Z1, "height": hei}
+    return {
+        "label": label,
+        "field": np.full(k, field),
+        "axis_x": axis_x,
+        "front_high": front_high,
+        "X0": X0,
+        "X1": X1,
+        "Z0": Z0,
+        "Z1": Z1,
+        "height": hei,
+    }
 
 
-def _place_pedestrians(rng: np.random.Generator, cam: _Camera, road: dict, cfg: SceneConfig,
-                       vehicles: list[_Vehicle]) -> list[_Vehicle]:
+def _place_pedestrians(
+    rng: np.random.Generator, cam: _Camera, road: dict, cfg: SceneConfig, vehicles: list[_Vehicle]
+) -> list[_Vehicle]:
     """Pedestrians on the sidewalks, from the bottom of the image to 120 m; label 3."""
     layout = _Layout(cam, cfg)
     for v in vehicles:
@@ -472,9 +567,20 @@ def _place_pedestrians(rng: np.random.Generator, cam: _Camera, road: dict, cfg: 
     z_hi = max(min(0.6 * road["z_max"], 120.0), 1.5 * road["z_bottom"])
     z0 = road["z_bottom"] * np.exp(rng.uniform(0, math.log(z_hi / road["z_bottom"]), k))
     n0 = len(layout.placed)
-    layout.fill({"label": np.full(k, 3), "field": np.zeros(k, np.int64), "axis_x": np.zeros(k, bool),
-                 "front_high": np.zeros(k, bool), "X0": xm - wid / 2, "X1": xm + wid / 2,
-                 "Z0": z0, "Z1": z0 + l0, "height": hei}, target)
+    layout.fill(
+        {
+            "label": np.full(k, 3),
+            "field": np.zeros(k, np.int64),
+            "axis_x": np.zeros(k, bool),
+            "front_high": np.zeros(k, bool),
+            "X0": xm - wid / 2,
+            "X1": xm + wid / 2,
+            "Z0": z0,
+            "Z1": z0 + l0,
+            "height": hei,
+        },
+        target,
+    )
     peds = layout.placed[n0:]
     for v in peds:
         v.colour = _CLOTHES[rng.integers(len(_CLOTHES))]
@@ -514,21 +620,29 @@ class _Layout:
         dx0, dx1 = c["X0"] - cam.xc, c["X1"] - cam.xc
         r = np.stack([dx0 / c["Z0"], dx0 / c["Z1"], dx1 / c["Z0"], dx1 / c["Z1"]])
         fx0, fx1 = cam.xv + cam.f * r.min(0), cam.xv + cam.f * r.max(0)
-        fy0, fy1 = cam.y(c["height"], c["Z1"]), cam.y(0.0, c["Z0"])   # h > height: far top is highest
-        box = np.stack([np.clip(fx0, 0, cam.W), np.clip(fy0, 0, cam.H),
-                        np.clip(fx1, 0, cam.W), np.clip(fy1, 0, cam.H)], 1)
+        fy0, fy1 = cam.y(c["height"], c["Z1"]), cam.y(0.0, c["Z0"])  # h > height: far top is highest
+        box = np.stack(
+            [np.clip(fx0, 0, cam.W), np.clip(fy0, 0, cam.H), np.clip(fx1, 0, cam.W), np.clip(fy1, 0, cam.H)], 1
+        )
         bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
-        ok = ((bw >= cfg.min_box_px) & (bh >= cfg.min_box_px)
-              & (bw >= 0.5 * (fx1 - fx0)) & (bh >= 0.5 * (fy1 - fy0)))
+        ok = (bw >= cfg.min_box_px) & (bh >= cfg.min_box_px) & (bw >= 0.5 * (fx1 - fx0)) & (bh >= 0.5 * (fy1 - fy0))
         return box, ok
 
-    def _conflict(self, box: np.ndarray, feet: np.ndarray, axis_x: np.ndarray,
-                  obox: np.ndarray, ofeet: np.ndarray, oaxis_x: np.ndarray) -> np.ndarray:
+    def _conflict(
+        self,
+        box: np.ndarray,
+        feet: np.ndarray,
+        axis_x: np.ndarray,
+        obox: np.ndarray,
+        ofeet: np.ndarray,
+        oaxis_x: np.ndarray,
+    ) -> np.ndarray:
         """[k, n]: boxes overlap by more than ``max_overlap`` of the smaller one, or 3-D footprints
         come closer than 1 m along a driving direction / 0.2 m across it."""
         b, o = box[:, None, :], obox[None, :, :]
-        inter = (np.clip(np.minimum(b[..., 2], o[..., 2]) - np.maximum(b[..., 0], o[..., 0]), 0, None)
-                 * np.clip(np.minimum(b[..., 3], o[..., 3]) - np.maximum(b[..., 1], o[..., 1]), 0, None))
+        inter = np.clip(np.minimum(b[..., 2], o[..., 2]) - np.maximum(b[..., 0], o[..., 0]), 0, None) * np.clip(
+            np.minimum(b[..., 3], o[..., 3]) - np.maximum(b[..., 1], o[..., 1]), 0, None
+        )
         area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
         area_o = (o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])
         hidden = inter > self.cfg.max_overlap * np.minimum(area_b, area_o)
@@ -536,8 +650,12 @@ class _Layout:
         any_z = ~axis_x[:, None] | ~oaxis_x[None, :]
         gx, gz = np.where(any_x, 1.0, 0.2), np.where(any_z, 1.0, 0.2)
         f, g = feet[:, None, :], ofeet[None, :, :]
-        touch = ((g[..., 0] < f[..., 1] + gx) & (f[..., 0] - gx < g[..., 1])
-                 & (g[..., 2] < f[..., 3] + gz) & (f[..., 2] - gz < g[..., 3]))
+        touch = (
+            (g[..., 0] < f[..., 1] + gx)
+            & (f[..., 0] - gx < g[..., 1])
+            & (g[..., 2] < f[..., 3] + gz)
+            & (f[..., 2] - gz < g[..., 3])
+        )
         return hidden | touch
 
     def fill(self, c: dict[str, np.ndarray], quota: int) -> int:
@@ -550,18 +668,30 @@ class _Layout:
             ok &= ~self._conflict(box, feet, c["axis_x"], self._boxes, self._feet, self._axis_x).any(1)
         blocked = ~ok
         added = 0
-        for i in range(len(box)):        # greedy: one vectorised conflict row per accepted vehicle
+        for i in range(len(box)):  # greedy: one vectorised conflict row per accepted vehicle
             if blocked[i]:
                 continue
-            v = _Vehicle(int(c["label"][i]), int(c["field"][i]), "x" if c["axis_x"][i] else "z",
-                         float(feet[i, 0]), float(feet[i, 1]), float(feet[i, 2]), float(feet[i, 3]),
-                         float(c["height"][i]), bool(c["front_high"][i]), _NO_COLOUR, _NO_COLOUR, box[i])
+            v = _Vehicle(
+                int(c["label"][i]),
+                int(c["field"][i]),
+                "x" if c["axis_x"][i] else "z",
+                float(feet[i, 0]),
+                float(feet[i, 1]),
+                float(feet[i, 2]),
+                float(feet[i, 3]),
+                float(c["height"][i]),
+                bool(c["front_high"][i]),
+                _NO_COLOUR,
+                _NO_COLOUR,
+                box[i],
+            )
             self.add(v)
             added += 1
             if added == quota:
                 break
-            blocked |= self._conflict(box[i:i + 1], feet[i:i + 1], c["axis_x"][i:i + 1],
-                                      box, feet, c["axis_x"])[0]
+            blocked |= self._conflict(box[i : i + 1], feet[i : i + 1], c["axis_x"][i : i + 1], box, feet, c["axis_x"])[
+                0
+            ]
         return added
 
 
@@ -585,7 +715,7 @@ def _white_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
     if _NOISE_BANK is None:
         _NOISE_BANK = np.random.default_rng(20240611).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
     start = int(rng.integers(0, _NOISE_BANK_SIZE - n))
-    return _NOISE_BANK[start:start + n].reshape(shape)
+    return _NOISE_BANK[start : start + n].reshape(shape)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -597,7 +727,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     y0, x0 = yi.astype(np.int64), xi.astype(np.int64)
     fy, fx = yi - y0, xi - x0
     fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
-    gx = g[:, x0] + (g[:, x0 + 1] - g[:, x0]) * fx                  # [gh, w]: along x first
+    gx = g[:, x0] + (g[:, x0 + 1] - g[:, x0]) * fx  # [gh, w]: along x first
     top = gx[y0]
     return top + (gx[y0 + 1] - top) * fy[:, None]
 
@@ -606,8 +736,8 @@ def _sample_light(rng: np.random.Generator, cfg: SceneConfig) -> dict:
     sunny = rng.random() < 0.65
     return {
         "sunny": sunny,
-        "sun_side": float(rng.choice([-1.0, 1.0])),          # sun from the left (-1) or right (+1)
-        "sun_front": bool(rng.random() < 0.5),                # sun behind the camera: near faces lit
+        "sun_side": float(rng.choice([-1.0, 1.0])),  # sun from the left (-1) or right (+1)
+        "sun_front": bool(rng.random() < 0.5),  # sun behind the camera: near faces lit
         "shadow_len": rng.uniform(0.3, 0.9) if sunny else 0.15,
         "shadow_k": rng.uniform(0.45, 0.65) if sunny else rng.uniform(0.75, 0.85),
         "gain": rng.uniform(*cfg.brightness_range),
@@ -621,8 +751,7 @@ def _sample_light(rng: np.random.Generator, cfg: SceneConfig) -> dict:
     }
 
 
-def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light: dict,
-                       cfg: SceneConfig) -> np.ndarray:
+def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light: dict, cfg: SceneConfig) -> np.ndarray:
     """Sky, skyline, ground, sidewalks, road with markings, tree shadows. float32 [H, W, 3] (0-255)."""
     H, W = cam.H, cam.W
     ys = np.arange(H, dtype=np.float32) + 0.5
@@ -643,19 +772,19 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     # skyline above the horizon: buildings (window grid) and trees (noisy blobs)
     widths = np.maximum(rng.integers(int(8 * s) + 2, int(60 * s) + 4, size=64), 2)
     seg = np.repeat(np.arange(64), widths)[:W]
-    kinds = rng.random(64) < 0.55                           # True: building
+    kinds = rng.random(64) < 0.55  # True: building
     heights = np.where(kinds, rng.uniform(0.03, 0.2, 64), rng.uniform(0.02, 0.09, 64)) * H
-    heights *= rng.random(64) < 0.85                        # some gaps
+    heights *= rng.random(64) < 0.85  # some gaps
     col_h = heights[seg] + np.where(kinds[seg], 0.0, 2.5 * s * _smooth_noise(rng, 1, W, 6 * s)[0])
-    build_c = np.array([[150, 145, 140], [120, 110, 100], [175, 170, 160], [110, 90, 80],
-                        [90, 95, 105]], np.float32)[rng.integers(0, 5, 64)][seg]
+    build_c = np.array([[150, 145, 140], [120, 110, 100], [175, 170, 160], [110, 90, 80], [90, 95, 105]], np.float32)[
+        rng.integers(0, 5, 64)
+    ][seg]
     tree_c = np.array([55, 80, 45], np.float32) * rng.uniform(0.7, 1.2, (64, 1)).astype(np.float32)
     col_c = np.where(kinds[seg][:, None], build_c, tree_c[seg])
     r0 = max(0, int(cam.yh - col_h.max()) - 1)
     yy = ys[r0:hz, None]
     sky_mask = (yy >= cam.yh - col_h[None, :]) & (yy < cam.yh + 1)
-    windows = ((np.floor(yy / (4 * s)) % 2 == 0) & (np.floor(xs[None, :] / (3 * s)) % 2 == 0)
-               & kinds[seg][None, :])
+    windows = (np.floor(yy / (4 * s)) % 2 == 0) & (np.floor(xs[None, :] / (3 * s)) % 2 == 0) & kinds[seg][None, :]
     tex = 8 * _white_noise(rng, (hz - r0, W)) * (~kinds[seg])[None, :]
     sk = col_c[None, :, :] - 35 * windows[..., None] + tex[..., None]
     hazed = 0.55 * sk + 0.45 * hor
@@ -664,9 +793,9 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     # ground plane (rows below the horizon)
     g0 = int(cam.yh + 0.5)
     gy = ys[g0:]
-    Zr = cam.f * cam.h / np.maximum(gy - cam.yh, 0.25)                      # [h]
-    X = cam.xc + (xs[None, :] - cam.xv) * Zr[:, None] / cam.f               # [h, W]
-    Zc = Zr[:, None]                                                          # [h, 1] depth per row
+    Zr = cam.f * cam.h / np.maximum(gy - cam.yh, 0.25)  # [h]
+    X = cam.xc + (xs[None, :] - cam.xv) * Zr[:, None] / cam.f  # [h, W]
+    Zc = Zr[:, None]  # [h, 1] depth per row
     hg = H - g0
     rw, sw = road["width"], road["sidewalk"]
     on_road = (X >= 0) & (X <= rw)
@@ -685,33 +814,33 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     mat = np.where(on_road | on_cross, 1, np.where(sidewalk, 2, 0))
     grass_tex = 18 * _smooth_noise(rng, hg, W, 10 * s) + 9 * _white_noise(rng, (hg, W))
     road_tex = 6 * _smooth_noise(rng, hg, W, 14 * s) + 3.5 * _white_noise(rng, (hg, W))
-    seam_w = np.minimum(Zr ** 2 / (cam.f * cam.h), 0.5)[:, None]             # one pixel row in metres
-    road_tex -= 40 * ((np.mod(Zc, 1.6) < seam_w) & sidewalk)                  # paving seams
+    seam_w = np.minimum(Zr**2 / (cam.f * cam.h), 0.5)[:, None]  # one pixel row in metres
+    road_tex -= 40 * ((np.mod(Zc, 1.6) < seam_w) & sidewalk)  # paving seams
     tex = np.where(mat == 0, grass_tex, road_tex)
-    palette = np.stack([grass, road_c, walk_c])                               # [material, RGB]
+    palette = np.stack([grass, road_c, walk_c])  # [material, RGB]
 
     # lane markings: coverage of a 0.15 m line at X = k * lane_w, dashed between lanes
-    px_per_m = cam.f / Zr[:, None]                                           # [h, 1]
+    px_per_m = cam.f / Zr[:, None]  # [h, 1]
     lane_w = road["lane_w"]
     k = np.clip(np.round(X / lane_w), 1, road["n_lanes"] - 1)
     half = 0.075 * px_per_m
 
-    def coverage(d_px: np.ndarray) -> np.ndarray:   # overlap of a 1-px cell with the line, box filter
+    def coverage(d_px: np.ndarray) -> np.ndarray:  # overlap of a 1-px cell with the line, box filter
         return np.clip(np.minimum(d_px + 0.5, half) - np.maximum(d_px - 0.5, -half), 0, 1)
 
     cov_dash = coverage(np.abs(X - k * lane_w) * px_per_m)
     dashed = np.mod(Zc + 3.0, 12.0) < 4.0
     centre = np.abs(k - road["n_lanes"] / 2) < 0.5
     cov = cov_dash * (dashed | centre) * on_road
-    for xe in (0.25, rw - 0.25):                                             # solid edge lines
+    for xe in (0.25, rw - 0.25):  # solid edge lines
         cov = np.maximum(cov, coverage(np.abs(X - xe) * px_per_m) * on_road)
-    if cross is not None:                                                    # crosswalk + stop line
+    if cross is not None:  # crosswalk + stop line
         zebra = ((Zc > cross[0] - 4.5) & (Zc < cross[0] - 1.0)) & on_road & (np.mod(X, 1.2) < 0.6)
         cov = np.maximum(cov, zebra.astype(np.float32))
     cov = cov * np.clip(1.5 * np.exp(-Zr / light["haze"]), 0, 1)[:, None]
 
     # tree shadows from the roadside: soft blobs in ground coordinates
-    fade = np.exp(-Zr / light["haze"])[:, None]                               # aerial perspective
+    fade = np.exp(-Zr / light["haze"])[:, None]  # aerial perspective
     shade = np.ones((hg, W), np.float32)
     if light["tree_shadows"]:
         for _ in range(int(rng.integers(2, 7))):
@@ -720,19 +849,18 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
             xs_m += -light["sun_side"] * rng.uniform(2, 5)
             zs = road["z_bottom"] * math.exp(rng.uniform(0, math.log(60.0 / road["z_bottom"])))
             rad = rng.uniform(2.0, 4.5)
-            rows = (Zr > zs - 1.4 * rad) & (Zr < zs + 1.4 * rad)             # rows it can reach
+            rows = (Zr > zs - 1.4 * rad) & (Zr < zs + 1.4 * rad)  # rows it can reach
             if not rows.any():
                 continue
             ra, rb = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
             dist = ((X[ra:rb] - xs_m) / rad) ** 2 + ((Zr[ra:rb, None] - zs) / (1.4 * rad)) ** 2
-            np.minimum(shade[ra:rb], np.clip(0.5 + 2.5 * (dist - 1.0), light["shadow_k"], 1.0),
-                       out=shade[ra:rb])
+            np.minimum(shade[ra:rb], np.clip(0.5 + 2.5 * (dist - 1.0), light["shadow_k"], 1.0), out=shade[ra:rb])
         shade = np.clip(shade * (1.0 + 0.05 * _smooth_noise(rng, hg, W, 5 * s)), 0, 1)
     # compose per channel: (material + texture) and paint under shadow, hazed toward the horizon
     lit = shade * fade
     a, b, c = (1 - cov) * lit, cov * lit, 0.9 * (1 - fade)
     out = img[g0:]
-    for ch, yellow in enumerate((0.0, 25.0, 145.0)):                          # centre line: yellow
+    for ch, yellow in enumerate((0.0, 25.0, 145.0)):  # centre line: yellow
         paint = 225.0 - yellow * centre if yellow else 225.0
         out[..., ch] = (np.take(palette[:, ch], mat) + tex) * a + paint * b + hor[ch] * c
     return img
@@ -761,6 +889,7 @@ def _finish(img: np.ndarray, rng: np.random.Generator, light: dict) -> np.ndarra
 
 # --------------------------------------------------------------------------- vehicles
 
+
 def _bounds(cam: _Camera, x0: float, x1: float, y0: float, y1: float):
     c0, c1 = max(0, int(math.floor(x0))), min(cam.W, int(math.ceil(x1)))
     r0, r1 = max(0, int(math.floor(y0))), min(cam.H, int(math.ceil(y1)))
@@ -787,13 +916,13 @@ def _face_z(cam: _Camera, X0: float, X1: float, Y0: float, Y1: float, Z: float):
 def _face_x(cam: _Camera, Xs: float, Z0: float, Z1: float, Y0: float, Y1: float):
     """Face at lateral X = Xs (vertical-edged trapezoid). Returns bounds, mask, (Z, Y) per pixel."""
     xa, xb = sorted((cam.x(Xs, Z0), cam.x(Xs, Z1)))
-    b = _bounds(cam, xa, xb, cam.y(Y1, Z1), cam.y(Y0, Z0))   # Y1 < h: the far top edge is highest
+    b = _bounds(cam, xa, xb, cam.y(Y1, Z1), cam.y(Y0, Z0))  # Y1 < h: the far top edge is highest
     if b is None:
         return None
     r0, r1, c0, c1, px, py = b
     denom = px - cam.xv
     denom = np.where(np.abs(denom) < 1e-6, 1e-6, denom)
-    Zp = cam.f * (Xs - cam.xc) / denom                                        # [1, w]
+    Zp = cam.f * (Xs - cam.xc) / denom  # [1, w]
     yt, yb = cam.y(Y1, Zp), cam.y(Y0, Zp)
     mask = (px >= xa) & (px < xb) & (py >= yt) & (py < yb) & (Zp > 0)
     Yp = cam.h - (py - cam.yh) * Zp / cam.f
@@ -809,7 +938,7 @@ def _face_y(cam: _Camera, X0: float, X1: float, Z0: float, Z1: float, Y: float):
     if b is None:
         return None
     r0, r1, c0, c1, px, py = b
-    Zp = cam.f * (cam.h - Y) / np.maximum(py - cam.yh, 1e-6)                  # [h, 1]
+    Zp = cam.f * (cam.h - Y) / np.maximum(py - cam.yh, 1e-6)  # [h, 1]
     Xp = cam.xc + (px - cam.xv) * Zp / cam.f
     mask = (py >= ya) & (py < yb) & (Xp >= X0) & (Xp < X1)
     return (r0, r1, c0, c1), mask, Xp, np.full_like(Xp, Y), np.broadcast_to(Zp, Xp.shape)
@@ -820,8 +949,14 @@ def _paint_shadow(img: np.ndarray, cam: _Camera, v: _Vehicle, light: dict) -> No
     off = light["shadow_len"] * v.height
     dx = -light["sun_side"] * off
     dz = (-1 if light["sun_front"] else 1) * 0.5 * off
-    face = _face_y(cam, min(v.X0, v.X0 + dx) - 0.15, max(v.X1, v.X1 + dx) + 0.15,
-                   max(v.Z0 + min(dz, 0) - 0.15, 0.5), v.Z1 + max(dz, 0) + 0.15, 0.0)
+    face = _face_y(
+        cam,
+        min(v.X0, v.X0 + dx) - 0.15,
+        max(v.X1, v.X1 + dx) + 0.15,
+        max(v.Z0 + min(dz, 0) - 0.15, 0.5),
+        v.Z1 + max(dz, 0) + 0.15,
+        0.0,
+    )
     if face is None:
         return
     (r0, r1, c0, c1), mask = face[0], face[1]
@@ -852,8 +987,9 @@ def _part_box(v: _Vehicle, u0: float, u1: float, inset: float) -> tuple[float, f
     return a, b, v.Z0 + inset, v.Z1 - inset
 
 
-def _paint_vehicle(img: np.ndarray, cam: _Camera, v: _Vehicle, light: dict, road: dict,
-                   panel_noise: np.ndarray) -> None:
+def _paint_vehicle(
+    img: np.ndarray, cam: _Camera, v: _Vehicle, light: dict, road: dict, panel_noise: np.ndarray
+) -> None:
     body = v.colour
     if body[0] < 0:  # flat panel in asphalt grey
         body = np.clip(road["colour"] * body[1], 0, 255).astype(np.float32)
@@ -873,7 +1009,7 @@ def _paint_vehicle(img: np.ndarray, cam: _Camera, v: _Vehicle, light: dict, road
         faces = []
         if y1 < cam.h:
             faces.append(("top", 1.12, _face_y(cam, X0, X1, Z0, Z1, y1)))
-        if X0 > cam.xc:      # camera sees the face at X0 (normal -X)
+        if X0 > cam.xc:  # camera sees the face at X0 (normal -X)
             faces.append(("x", 1.0 if lit_side < 0 else 0.74, _face_x(cam, X0, Z0, Z1, y0, y1)))
         elif X1 < cam.xc:
             faces.append(("x", 1.0 if lit_side > 0 else 0.74, _face_x(cam, X1, Z0, Z1, y0, y1)))
@@ -889,7 +1025,7 @@ def _paint_vehicle(img: np.ndarray, cam: _Camera, v: _Vehicle, light: dict, road
             if which != "top":
                 _apply_pattern(C, v, kind, which, Xp, Yp, Zp, colour)
             fh, fw = mask.shape
-            if fh >= 5 and fw >= 5:     # panel texture and distinct outlines on visible panels
+            if fh >= 5 and fw >= 5:  # panel texture and distinct outlines on visible panels
                 C += panel_noise[r0:r1, c0:c1]
                 # outline: face pixels with a 4-neighbour outside the face (the image border is no edge)
                 p = np.pad(mask, 1, mode="edge")
@@ -915,7 +1051,7 @@ def _paint_tiny(img: np.ndarray, v: _Vehicle, body: np.ndarray, light: dict) -> 
     r0, r1 = int(math.floor(y0 + 0.5)), int(math.ceil(y1 - 0.5))
     if c1 <= c0 or r1 <= r0:
         return
-    vv = (y1 - (np.arange(r0, r1) + 0.5)) / (y1 - y0)                       # 0 bottom -> 1 top
+    vv = (y1 - (np.arange(r0, r1) + 0.5)) / (y1 - y0)  # 0 bottom -> 1 top
     C = np.empty((r1 - r0, 3), np.float32)
     C[:] = body * (0.97 if light["sun_front"] else 0.85)
     if v.label == 0:
@@ -925,17 +1061,25 @@ def _paint_tiny(img: np.ndarray, v: _Vehicle, body: np.ndarray, light: dict) -> 
     elif v.label == 3:
         C[vv < 0.47] = v.colour2
         C[vv >= 0.85] = _SKIN
-    C[vv > 0.9] = np.minimum(body * 1.12, 255)                                # roof catches light
+    C[vv > 0.9] = np.minimum(body * 1.12, 255)  # roof catches light
     if v.label != 3:
         C[vv < 0.15] = _DARK
     img[r0:r1, c0:c1] = C[:, None, :]
 
 
-def _apply_pattern(C: np.ndarray, v: _Vehicle, kind: str, which: str, Xp: np.ndarray,
-                   Yp: np.ndarray, Zp: np.ndarray, colour: np.ndarray) -> None:
+def _apply_pattern(
+    C: np.ndarray,
+    v: _Vehicle,
+    kind: str,
+    which: str,
+    Xp: np.ndarray,
+    Yp: np.ndarray,
+    Zp: np.ndarray,
+    colour: np.ndarray,
+) -> None:
     """Windows, wheels, lights, plates, seams on a side or end face. C: [h, w, 3] modified in place."""
     vv = np.broadcast_to(Yp / v.height, C.shape[:2])
-    along = (v.axis == "z") == (which == "x")          # this face runs along the vehicle's length
+    along = (v.axis == "z") == (which == "x")  # this face runs along the vehicle's length
     if v.axis == "z":
         coord, lo, hi, across_lo, across_hi = Zp, v.Z0, v.Z1, v.X0, v.X1
         acr = Xp
@@ -943,7 +1087,7 @@ def _apply_pattern(C: np.ndarray, v: _Vehicle, kind: str, which: str, Xp: np.nda
         coord, lo, hi, across_lo, across_hi = Xp, v.X0, v.X1, v.Z0, v.Z1
         acr = Zp
     L = hi - lo
-    if along:   # side face: u along the length, rear 0 -> front 1
+    if along:  # side face: u along the length, rear 0 -> front 1
         u = np.broadcast_to((coord - lo) / L if v.front_high else (hi - coord) / L, C.shape[:2])
 
         def put(m: np.ndarray, c: np.ndarray) -> None:
@@ -957,8 +1101,10 @@ def _apply_pattern(C: np.ndarray, v: _Vehicle, kind: str, which: str, Xp: np.nda
             put((vv > 0.6) & (vv < 0.95) & (uc > 0.06) & (uc < 0.94) & (np.abs(uc - 0.5) > 0.04), _GLASS)
         elif kind == "container":
             put((vv < 0.14), _DARK)
-            put((vv < 0.14) & ((np.abs(u - 0.08) < 0.045) | (np.abs(u - 0.2) < 0.045)
-                               | (np.abs(u - 0.62) < 0.045)), _TIRE)
+            put(
+                (vv < 0.14) & ((np.abs(u - 0.08) < 0.045) | (np.abs(u - 0.2) < 0.045) | (np.abs(u - 0.62) < 0.045)),
+                _TIRE,
+            )
         elif kind == "cab":
             put((vv < 0.14), _DARK)
             put((vv < 0.16) & (np.abs(u - 0.89) < 0.05), _TIRE)
@@ -1022,6 +1168,15 @@ def _paint_ped(C: np.ndarray, v: _Vehicle, vv: np.ndarray, r: np.ndarray) -> Non
     C[vv >= 0.85] = np.where(r[vv >= 0.85][:, None] < 0.6, _SKIN, _DARK * 2)
 
 
-__all__ = ["SceneConfig", "generate_scene", "SyntheticRoadside", "write_synthetic_dataset",
-           "split_seed", "field_of_boxes", "check_image_size", "CLASSES", "ALL_CLASSES",
-           "DEFAULT_IMAGE_SIZE"]
+__all__ = [
+    "SceneConfig",
+    "generate_scene",
+    "SyntheticRoadside",
+    "write_synthetic_dataset",
+    "split_seed",
+    "field_of_boxes",
+    "check_image_size",
+    "CLASSES",
+    "ALL_CLASSES",
+    "DEFAULT_IMAGE_SIZE",
+]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -81,8 +82,15 @@ def _share(values: Tensor, index: Tensor, n: int, total: float) -> list[float]:
     return (sums / total if total > 0 else sums * 0).tolist()
 
 
-def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Sequence[int],
-            cfg: CassConfig, fields: FieldConfig | None = None, patch_size: int = 16) -> tuple[Breakdown, dict[str, Tensor]]:
+def analyse(
+    logits: Tensor,
+    boxes: BoxList,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    cfg: CassConfig,
+    fields: FieldConfig | None = None,
+    patch_size: int = 16,
+) -> tuple[Breakdown, dict[str, Tensor]]:
     """Attribute CASS loss and gradient of ``logits [B, P]`` for ``cfg``.
 
     Returns the breakdown and the per-patch maps (``target``, ``prob``, ``loss``, ``grad``,
@@ -96,13 +104,21 @@ def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Seq
     out.total.backward()
     grad = x.grad.abs().reshape(-1)
     contrib = out.contribution.reshape(-1)
-    owner = patch_owner(boxes, grid, image_size, expansion_ratio=cfg.expansion_ratio,
-                        context_peak=cfg.context_peak, decay=cfg.decay,
-                        ensure_center_patch=cfg.ensure_center_patch).reshape(-1)
+    owner = patch_owner(
+        boxes,
+        grid,
+        image_size,
+        expansion_ratio=cfg.expansion_ratio,
+        context_peak=cfg.context_peak,
+        decay=cfg.decay,
+        ensure_center_patch=cfg.ensure_center_patch,
+    ).reshape(-1)
     loss_total, grad_total = float(contrib.sum()), float(grad.sum())
     bands = row_bands(grid, image_size, fields).repeat(x.shape[0])
-    by_band = {name: {"loss_share": l, "grad_share": g} for name, l, g in
-               zip(FIELDS, _share(contrib, bands, 3, loss_total), _share(grad, bands, 3, grad_total))}
+    by_band = {
+        name: {"loss_share": loss, "grad_share": g}
+        for name, loss, g in zip(FIELDS, _share(contrib, bands, 3, loss_total), _share(grad, bands, 3, grad_total))
+    }
 
     flat_boxes = torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.float64)
     N = flat_boxes.shape[0]
@@ -118,10 +134,18 @@ def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Seq
     mean_prob = _share(prob * owned, slot, N + 1, 1.0)
     objects = []
     for n in range(N):  # building the report rows, not tensor maths
-        objects.append({"image": int(image[n]), "box": [round(v, 1) for v in flat_boxes[n].tolist()],
-                        "field": FIELDS[int(f[n])], "size": SIZE_BINS[int(s[n])], "owned_patches": n_owned[n],
-                        "loss_share": obj_loss[n], "grad_share": obj_grad[n],
-                        "mean_prob": mean_prob[n] / n_owned[n] if n_owned[n] else None})
+        objects.append(
+            {
+                "image": int(image[n]),
+                "box": [round(v, 1) for v in flat_boxes[n].tolist()],
+                "field": FIELDS[int(f[n])],
+                "size": SIZE_BINS[int(s[n])],
+                "owned_patches": n_owned[n],
+                "loss_share": obj_loss[n],
+                "grad_share": obj_grad[n],
+                "mean_prob": mean_prob[n] / n_owned[n] if n_owned[n] else None,
+            }
+        )
 
     def group(idx: Tensor, names: Sequence[str]) -> dict[str, dict[str, float]]:
         res = {}
@@ -130,19 +154,32 @@ def analyse(logits: Tensor, boxes: BoxList, grid: Sequence[int], image_size: Seq
             n = len(sel)
             gl = sum(obj_loss[i] for i in sel)
             gg = sum(obj_grad[i] for i in sel)
-            res[name] = {"objects": n, "loss_share": gl, "grad_share": gg,
-                         "grad_share_per_object": gg / n if n else None}
+            res[name] = {
+                "objects": n,
+                "loss_share": gl,
+                "grad_share": gg,
+                "grad_share_per_object": gg / n if n else None,
+            }
         return res
 
-    bd = Breakdown(normalization=cfg.normalization, area_gamma=cfg.area_gamma, loss_total=loss_total,
-                   by_band=by_band, by_field=group(f, FIELDS), by_size=group(s, SIZE_BINS),
-                   background={"loss_share": obj_loss[N], "grad_share": obj_grad[N], "patches": n_owned[N]},
-                   objects=objects,
-                   counts={"objects": out.n_objects, "supervised": out.n_supervised,
-                           "unsupervised": out.n_unsupervised})
-    maps = {"target": out.target.float(), "prob": torch.sigmoid(x.detach()).float(),
-            "loss": out.per_patch.detach().float(), "grad": x.grad.abs().float(),
-            "contribution": out.contribution.float()}
+    bd = Breakdown(
+        normalization=cfg.normalization,
+        area_gamma=cfg.area_gamma,
+        loss_total=loss_total,
+        by_band=by_band,
+        by_field=group(f, FIELDS),
+        by_size=group(s, SIZE_BINS),
+        background={"loss_share": obj_loss[N], "grad_share": obj_grad[N], "patches": n_owned[N]},
+        objects=objects,
+        counts={"objects": out.n_objects, "supervised": out.n_supervised, "unsupervised": out.n_unsupervised},
+    )
+    maps = {
+        "target": out.target.float(),
+        "prob": torch.sigmoid(x.detach()).float(),
+        "loss": out.per_patch.detach().float(),
+        "grad": x.grad.abs().float(),
+        "contribution": out.contribution.float(),
+    }
     return bd, maps
 
 
@@ -153,18 +190,29 @@ def keep_mask_topk(logits: Tensor, keep_ratio: float) -> Tensor:
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
 
 
-def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes: Tensor,
-                  grid: Sequence[int], image_size: Sequence[int], title: str,
-                  image: Tensor | None = None) -> Path:
+def save_heatmaps(
+    path: str | Path,
+    maps: dict[str, Tensor],
+    keep: Tensor,
+    boxes: Tensor,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    title: str,
+    image: Tensor | None = None,
+) -> Path:
     """One PNG: (image), target, probability, per-patch loss, |gradient|, keep mask, boxes drawn.
 
     maps: each [P] for one image; keep: [P] bool; boxes: [M, 4]; image: [3, H, W] in [0, 1].
     """
     Hp, Wp = grid
     H, W = image_size
-    panels = [("target", maps["target"], "viridis"), ("probability", maps["prob"], "viridis"),
-              ("per-patch loss", maps["loss"], "magma"), ("|gradient|", maps["grad"], "magma"),
-              ("keep mask", keep.float(), "gray")]
+    panels = [
+        ("target", maps["target"], "viridis"),
+        ("probability", maps["prob"], "viridis"),
+        ("per-patch loss", maps["loss"], "magma"),
+        ("|gradient|", maps["grad"], "magma"),
+        ("keep mask", keep.float(), "gray"),
+    ]
     if image is not None:
         panels.insert(0, ("image", None, None))
     cols = 3
@@ -182,7 +230,7 @@ def save_heatmaps(path: str | Path, maps: dict[str, Tensor], keep: Tensor, boxes
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -235,10 +283,20 @@ def parse_normalizations(text: str, overrides: Sequence[str] = ()) -> list[CassC
     return out
 
 
-def run_diagnose(out: str | Path, *, checkpoint: str | Path | None = None, data: str = "toy", num_images: int = 2,
-                 image_size: Sequence[int] | None = None, normalizations: str = "patch,area,seed_object,object,object:1",
-                 overrides: Sequence[str] = (), fields: FieldConfig | Sequence[float] = (0.5, 0.75), keep_ratio: float = 0.5,
-                 seed: int = 0, force: bool = False) -> tuple[dict[str, Any], list[Breakdown]]:
+def run_diagnose(
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    data: str = "toy",
+    num_images: int = 2,
+    image_size: Sequence[int] | None = None,
+    normalizations: str = "patch,area,seed_object,object,object:1",
+    overrides: Sequence[str] = (),
+    fields: FieldConfig | Sequence[float] = (0.5, 0.75),
+    keep_ratio: float = 0.5,
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[dict[str, Any], list[Breakdown]]:
     """``cass-deploy diagnose``: heat maps (``out/heatmaps/*.png``) and ``out/diagnostics.json``.
 
     ``data`` is ``"toy"`` (boxes only, uniform logits unless a checkpoint is given), ``"synthetic"``
@@ -292,11 +350,23 @@ def run_diagnose(out: str | Path, *, checkpoint: str | Path | None = None, data:
             breakdowns.append(bd)
             tag = cfg.normalization + (f"_g{cfg.area_gamma:g}" if cfg.normalization == "object" else "")
             for i in range(len(boxes)):
-                save_heatmaps(tmp / "heatmaps" / f"{tag}_img{i}.png", {k: v[i] for k, v in maps.items()},
-                              keep[i], torch.as_tensor(boxes[i]).reshape(-1, 4), grid, image_size,
-                              f"CASS {tag}: image {i}", None if images is None else images[i])
-        summary = {"image_size": list(image_size), "grid": list(grid), "fields": vars(fields),
-                   "logits": "checkpoint" if model is not None else "uniform (0)",
-                   "data": data, "breakdowns": [bd.to_dict() for bd in breakdowns]}
+                save_heatmaps(
+                    tmp / "heatmaps" / f"{tag}_img{i}.png",
+                    {k: v[i] for k, v in maps.items()},
+                    keep[i],
+                    torch.as_tensor(boxes[i]).reshape(-1, 4),
+                    grid,
+                    image_size,
+                    f"CASS {tag}: image {i}",
+                    None if images is None else images[i],
+                )
+        summary = {
+            "image_size": list(image_size),
+            "grid": list(grid),
+            "fields": vars(fields),
+            "logits": "checkpoint" if model is not None else "uniform (0)",
+            "data": data,
+            "breakdowns": [bd.to_dict() for bd in breakdowns],
+        }
         (tmp / "diagnostics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, breakdowns

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from cass_deploy.errors import ConfigError, GateFailed, InputError
 from cass_deploy.evaluation.scoring import GROUPS, ValidationResult, counts
@@ -86,61 +87,101 @@ def check_compatible(result: ValidationResult, reference: ValidationResult) -> N
     for attr in ("fields", "iou_thr", "classes"):
         a, b = getattr(result, attr), getattr(reference, attr)
         if a != b:
-            raise InputError(f"the reference was evaluated with {attr}={b!r} but the candidate with {attr}={a!r}; "
-                             f"re-run both with the same settings")
+            raise InputError(
+                f"the reference was evaluated with {attr}={b!r} but the candidate with {attr}={a!r}; "
+                f"re-run both with the same settings"
+            )
     for g in GROUPS:
         a, b = result.by_field[g].n_gt, reference.by_field[g].n_gt
         if a != b:
-            raise InputError(f"the reference counted {b} ground-truth objects in field {g!r}, the candidate {a}; "
-                             f"they were not evaluated on the same data")
+            raise InputError(
+                f"the reference counted {b} ground-truth objects in field {g!r}, the candidate {a}; "
+                f"they were not evaluated on the same data"
+            )
 
 
 def check_gates(result: ValidationResult, reference: ValidationResult | None, gates: Gates) -> list[GateCheck]:
     """Evaluate every active gate -> one GateCheck per gate and field (see module docstring)."""
     checks: list[GateCheck] = []
 
-    def minimum(name: str, fld: str | None, what: str, value: float | None, thr: float, detail: str,
-                empty_reason: str) -> None:
+    def minimum(
+        name: str, fld: str | None, what: str, value: float | None, thr: float, detail: str, empty_reason: str
+    ) -> None:
         if value is None:
             checks.append(GateCheck(name, fld, None, thr, True, f"{name} skipped: {empty_reason}", skipped=True))
             return
         ok = value >= thr - TOLERANCE
         verdict = "meets" if ok else "is below"
-        checks.append(GateCheck(name, fld, value, thr, ok,
-                                f"{what} {value:.4f}{detail} {verdict} the minimum {thr:.4f}"))
+        checks.append(
+            GateCheck(name, fld, value, thr, ok, f"{what} {value:.4f}{detail} {verdict} the minimum {thr:.4f}")
+        )
 
     if gates.min_near_recall is not None:
         r = result.by_field["near"]
-        minimum("min_near_recall", "near", "near-field recall", r.recall, gates.min_near_recall,
-                f" ({counts(r)} found)", "no ground-truth objects in field 'near'")
+        minimum(
+            "min_near_recall",
+            "near",
+            "near-field recall",
+            r.recall,
+            gates.min_near_recall,
+            f" ({counts(r)} found)",
+            "no ground-truth objects in field 'near'",
+        )
     if gates.max_recall_drop is not None:
         if reference is None:
-            raise ConfigError("max_recall_drop compares recall with a reference model; give a reference "
-                              "(the dense model or a saved reference result)")
+            raise ConfigError(
+                "max_recall_drop compares recall with a reference model; give a reference "
+                "(the dense model or a saved reference result)"
+            )
         check_compatible(result, reference)
         thr = gates.max_recall_drop
         for g in GROUPS:
             cand, ref = result.by_field[g], reference.by_field[g]
             if cand.recall is None or ref.recall is None:
-                checks.append(GateCheck("max_recall_drop", g, None, thr, True,
-                                        f"max_recall_drop skipped: no ground-truth objects in field {g!r}",
-                                        skipped=True, reference=ref.recall))
+                checks.append(
+                    GateCheck(
+                        "max_recall_drop",
+                        g,
+                        None,
+                        thr,
+                        True,
+                        f"max_recall_drop skipped: no ground-truth objects in field {g!r}",
+                        skipped=True,
+                        reference=ref.recall,
+                    )
+                )
                 continue
             drop = ref.recall - cand.recall
             ok = drop <= thr + TOLERANCE
             verdict = "within" if ok else "more than"
-            checks.append(GateCheck("max_recall_drop", g, drop, thr, ok,
-                                    f"{g} recall dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
-                                    f"{counts(ref)} -> {counts(cand)}), {verdict} the allowed {thr:.4f}",
-                                    reference=ref.recall))
+            checks.append(
+                GateCheck(
+                    "max_recall_drop",
+                    g,
+                    drop,
+                    thr,
+                    ok,
+                    f"{g} recall dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
+                    f"{counts(ref)} -> {counts(cand)}), {verdict} the allowed {thr:.4f}",
+                    reference=ref.recall,
+                )
+            )
     if gates.min_near_retention is not None:
         if not result.pruned:
-            raise ConfigError(f"min_near_retention needs a pruned model, but {result.name!r} returned no keep "
-                              f"mask (a dense model keeps every patch)")
+            raise ConfigError(
+                f"min_near_retention needs a pruned model, but {result.name!r} returned no keep "
+                f"mask (a dense model keeps every patch)"
+            )
         r = result.by_field["near"]
-        minimum("min_near_retention", "near", "near-field mean retention", r.retention_mean,
-                gates.min_near_retention, f" ({r.n_retention} objects)",
-                "no ground-truth objects with patches in field 'near'")
+        minimum(
+            "min_near_retention",
+            "near",
+            "near-field mean retention",
+            r.retention_mean,
+            gates.min_near_retention,
+            f" ({r.n_retention} objects)",
+            "no ground-truth objects with patches in field 'near'",
+        )
     if gates.min_map50 is not None:
         if result.map50 is None:
             raise ConfigError("min_map50 needs mAP@0.5, which was not computed for this run")

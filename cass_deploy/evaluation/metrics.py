@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ PatchSize = float | int | Sequence[float]
 
 # --------------------------------------------------------------------------- configuration
 
+
 @dataclass
 class SizeBins:
     """Object size bins by box area in units of one patch's area (``patch_h * patch_w`` pixels).
@@ -57,11 +59,14 @@ class SizeBins:
         small = check_number("size_bins.small_max", self.small_max)
         medium = check_number("size_bins.medium_max", self.medium_max)
         if not (0 < small <= medium):
-            raise ConfigError(f"size bins need 0 < small_max <= medium_max, got small_max={self.small_max!r}, "
-                              f"medium_max={self.medium_max!r}")
+            raise ConfigError(
+                f"size bins need 0 < small_max <= medium_max, got small_max={self.small_max!r}, "
+                f"medium_max={self.medium_max!r}"
+            )
 
 
 # --------------------------------------------------------------------------- input helpers
+
 
 def _as_boxes(value: Any, what: str) -> Tensor:
     """Array-like -> float [M, 4] (``[0]`` accepted as empty); InputError names ``what``."""
@@ -120,6 +125,7 @@ def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- geometry
 
+
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise IoU of xyxy boxes: a [N, 4], b [M, 4] -> [N, M].
 
@@ -138,8 +144,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     positive = union > 0
-    return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)),
-                       torch.zeros_like(union))
+    return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)), torch.zeros_like(union))
 
 
 def field_of(boxes: Tensor, image_h: float, fields: FieldConfig | None = None) -> Tensor:
@@ -171,6 +176,7 @@ def size_bin_of(boxes: Tensor, patch_size: PatchSize = 16, bins: SizeBins | None
 
 
 # --------------------------------------------------------------------------- matching
+
 
 def greedy_match(iou: Tensor, iou_thr: float = 0.5, allowed: Tensor | None = None) -> Tensor:
     """Greedy one-to-one matching of score-sorted predictions to ground truth.
@@ -206,9 +212,17 @@ def greedy_match(iou: Tensor, iou_thr: float = 0.5, allowed: Tensor | None = Non
         undecided = undecided & ~commit
 
 
-def match_detections(pred_boxes: Tensor, pred_scores: Tensor, gt_boxes: Tensor, iou_thr: float = 0.5,
-                     score_thr: float = 0.3, *, pred_labels: Tensor | None = None,
-                     gt_labels: Tensor | None = None, class_aware: bool = False) -> Tensor:
+def match_detections(
+    pred_boxes: Tensor,
+    pred_scores: Tensor,
+    gt_boxes: Tensor,
+    iou_thr: float = 0.5,
+    score_thr: float = 0.3,
+    *,
+    pred_labels: Tensor | None = None,
+    gt_labels: Tensor | None = None,
+    class_aware: bool = False,
+) -> Tensor:
     """Which ground-truth boxes are found -> matched [M] bool.
 
     pred_boxes: [D, 4], pred_scores: [D], gt_boxes: [M, 4]. Predictions with
@@ -244,14 +258,20 @@ def _check_thresholds(iou_thr: float, score_thr: float) -> None:
 
 # --------------------------------------------------------------------------- per-image records
 
+
 def _field(record: Mapping[str, Any], key: str, what: str) -> Any:
     if not isinstance(record, Mapping) or key not in record:
         raise InputError(f"{what} needs a {key!r} entry")
     return record[key]
 
 
-def prepare_image(pred: Mapping[str, Any] | None, gt: Mapping[str, Any], index: int, image_size: Sequence[int],
-                  classes: Sequence[int] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def prepare_image(
+    pred: Mapping[str, Any] | None,
+    gt: Mapping[str, Any],
+    index: int,
+    image_size: Sequence[int],
+    classes: Sequence[int] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Validate one image's prediction and GT; keep only ``classes`` (None = all).
 
     GT boxes are validated and clipped to the image as for the soft target (``x2 > x1``,
@@ -265,16 +285,22 @@ def prepare_image(pred: Mapping[str, Any] | None, gt: Mapping[str, Any], index: 
         raise InputError(str(exc).replace("image 0", f"ground truth of image {index}", 1)) from None
     M = gt_boxes.shape[0]
     gl = gt.get("labels") if isinstance(gt, Mapping) else None
-    gl = (_as_vector(gl, M, f"gt labels of image {index}", integer=True) if gl is not None
-          else torch.full((M,), -1, dtype=torch.int64))
+    gl = (
+        _as_vector(gl, M, f"gt labels of image {index}", integer=True)
+        if gl is not None
+        else torch.full((M,), -1, dtype=torch.int64)
+    )
     if pred is None:
         pred = {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0)}
     pb = _as_boxes(_field(pred, "boxes", f"prediction of image {index}"), f"predicted boxes of image {index}")
     D = pb.shape[0]
     ps = _as_vector(_field(pred, "scores", f"prediction of image {index}"), D, f"predicted scores of image {index}")
     pl = pred.get("labels")
-    pl = (_as_vector(pl, D, f"predicted labels of image {index}", integer=True) if pl is not None
-          else torch.full((D,), -1, dtype=torch.int64))
+    pl = (
+        _as_vector(pl, D, f"predicted labels of image {index}", integer=True)
+        if pl is not None
+        else torch.full((D,), -1, dtype=torch.int64)
+    )
     if classes is not None:
         cls = torch.as_tensor(list(classes), dtype=torch.int64)
         if pl.numel() and (pl < 0).any():
@@ -291,11 +317,13 @@ def _check_pairs(preds: Sequence[Any], gts: Sequence[Any]) -> None:
     if not isinstance(preds, Sequence) or not isinstance(gts, Sequence):
         raise InputError("preds and gts must be lists with one entry per image")
     if len(preds) != len(gts):
-        raise InputError(f"preds and gts must cover the same images, got {len(preds)} predictions "
-                         f"and {len(gts)} ground truths")
+        raise InputError(
+            f"preds and gts must cover the same images, got {len(preds)} predictions and {len(gts)} ground truths"
+        )
 
 
 # --------------------------------------------------------------------------- recall
+
 
 def _group_names(field: Tensor, size: Tensor) -> list[tuple[str, str, Tensor]]:
     """(section, name, mask) for every field, "all", and every size bin."""
@@ -320,10 +348,19 @@ def recall_summary(matched: Tensor, field: Tensor, size: Tensor) -> dict[str, di
     return out
 
 
-def recall_by_field(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]],
-                    image_size: Sequence[int], fields: FieldConfig | None = None, iou_thr: float = 0.5,
-                    score_thr: float = 0.3, *, size_bins: SizeBins | None = None, patch_size: PatchSize = 16,
-                    classes: Sequence[int] | None = None, class_aware: bool = False) -> dict[str, Any]:
+def recall_by_field(
+    preds: Sequence[Mapping[str, Any]],
+    gts: Sequence[Mapping[str, Any]],
+    image_size: Sequence[int],
+    fields: FieldConfig | None = None,
+    iou_thr: float = 0.5,
+    score_thr: float = 0.3,
+    *,
+    size_bins: SizeBins | None = None,
+    patch_size: PatchSize = 16,
+    classes: Sequence[int] | None = None,
+    class_aware: bool = False,
+) -> dict[str, Any]:
     """Recall of ground-truth objects at IoU ``iou_thr`` by field and by size bin.
 
     preds / gts: one mapping per image (see module docstring); ``classes``: the vehicle class
@@ -337,9 +374,18 @@ def recall_by_field(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[st
     matched, field, size = [], [], []
     for i, (p, g) in enumerate(zip(preds, gts)):
         pr, gt = prepare_image(p, g, i, (H, W), classes)
-        matched.append(match_detections(pr["boxes"], pr["scores"], gt["boxes"], iou_thr, score_thr,
-                                        pred_labels=pr["labels"], gt_labels=gt["labels"],
-                                        class_aware=class_aware))
+        matched.append(
+            match_detections(
+                pr["boxes"],
+                pr["scores"],
+                gt["boxes"],
+                iou_thr,
+                score_thr,
+                pred_labels=pr["labels"],
+                gt_labels=gt["labels"],
+                class_aware=class_aware,
+            )
+        )
         field.append(field_of(gt["boxes"], H, fields))
         size.append(size_bin_of(gt["boxes"], patch_size, size_bins))
     out: dict[str, Any] = recall_summary(_cat(matched, torch.bool), _cat(field), _cat(size))
@@ -354,8 +400,15 @@ def _cat(parts: list[Tensor], dtype: torch.dtype = torch.int64) -> Tensor:
 
 # --------------------------------------------------------------------------- mAP@0.5
 
-def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], num_classes: int,
-          class_names: Sequence[str] | None = None, *, max_dets: int = 100) -> dict[str, Any]:
+
+def map50(
+    preds: Sequence[Mapping[str, Any]],
+    gts: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    *,
+    max_dets: int = 100,
+) -> dict[str, Any]:
     """COCO-style AP at IoU 0.5 (101-point interpolation, ``max_dets`` per image) via pycocotools.
 
     preds: per image ``{"boxes", "scores", "labels"}``; gts: per image ``{"boxes", "labels"}``;
@@ -377,12 +430,14 @@ def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], 
     n_gt = [0] * num_classes
     for i, (p, g) in enumerate(zip(preds, gts)):
         gb = _as_boxes(_field(g, "boxes", f"ground truth of image {i}"), f"gt boxes of image {i}")
-        gl = _as_vector(_field(g, "labels", f"ground truth of image {i}"), gb.shape[0], f"gt labels of image {i}",
-                        integer=True)
+        gl = _as_vector(
+            _field(g, "labels", f"ground truth of image {i}"), gb.shape[0], f"gt labels of image {i}", integer=True
+        )
         pb = _as_boxes(_field(p, "boxes", f"prediction of image {i}"), f"predicted boxes of image {i}")
         ps = _as_vector(_field(p, "scores", f"prediction of image {i}"), pb.shape[0], f"predicted scores of image {i}")
-        pl = _as_vector(_field(p, "labels", f"prediction of image {i}"), pb.shape[0],
-                        f"predicted labels of image {i}", integer=True)
+        pl = _as_vector(
+            _field(p, "labels", f"prediction of image {i}"), pb.shape[0], f"predicted labels of image {i}", integer=True
+        )
         for what, lab in (("gt", gl), ("predicted", pl)):
             bad = (lab < 0) | (lab >= num_classes)
             if bad.any():
@@ -392,14 +447,30 @@ def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], 
         for box, lab in zip(gb.double().tolist(), gl.tolist()):
             w, h = box[2] - box[0], box[3] - box[1]
             # ids start at 1: COCOeval stores matched GT ids and reads 0 as "unmatched"
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": lab + 1,
-                            "bbox": [box[0], box[1], w, h], "area": max(w, 0.0) * max(h, 0.0), "iscrowd": 0})
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": lab + 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": max(w, 0.0) * max(h, 0.0),
+                    "iscrowd": 0,
+                }
+            )
             n_gt[lab] += 1
         for box, score, lab in zip(pb.double().tolist(), ps.double().tolist(), pl.tolist()):
             w, h = box[2] - box[0], box[3] - box[1]
-            dt_anns.append({"id": len(dt_anns) + 1, "image_id": image_id, "category_id": lab + 1,
-                            "bbox": [box[0], box[1], w, h], "area": max(w, 0.0) * max(h, 0.0),
-                            "score": score, "iscrowd": 0})
+            dt_anns.append(
+                {
+                    "id": len(dt_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": lab + 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": max(w, 0.0) * max(h, 0.0),
+                    "score": score,
+                    "iscrowd": 0,
+                }
+            )
     if not gt_anns:
         raise InputError("mAP needs at least one ground-truth box; the evaluation set has none")
     categories = [{"id": c + 1, "name": names[c]} for c in range(num_classes)]
@@ -428,11 +499,15 @@ def map50(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], 
             ap = float(np.mean(col[col > -1]))
             per_class[names[c]] = ap
             values.append(ap)
-    return {"map50": float(sum(values) / len(values)), "per_class": per_class,
-            "n_gt": {names[c]: n_gt[c] for c in range(num_classes)}}
+    return {
+        "map50": float(sum(values) / len(values)),
+        "per_class": per_class,
+        "n_gt": {names[c]: n_gt[c] for c in range(num_classes)},
+    }
 
 
 # --------------------------------------------------------------------------- retention
+
 
 def retention_from_pairs(keep_mask: Tensor, box: Tensor, patch: Tensor, num_boxes: int) -> Tensor:
     """Share of each object's patches that are kept -> [N] float32.
@@ -456,8 +531,13 @@ def retention_from_pairs(keep_mask: Tensor, box: Tensor, patch: Tensor, num_boxe
     return torch.where(count > 0, kept / count.clamp(min=1), torch.full_like(kept, float("nan")))
 
 
-def retention_per_object(keep_mask: Tensor, boxes: Sequence[Tensor], grid: Sequence[int], image_size: Sequence[int],
-                         ensure_center: bool = True) -> Tensor:
+def retention_per_object(
+    keep_mask: Tensor,
+    boxes: Sequence[Tensor],
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    ensure_center: bool = True,
+) -> Tensor:
     """Per object, the share of its patches the pruner keeps -> [N] float32 (boxes of image 0 first).
 
     keep_mask: [B, P] bool with ``P = Hp * Wp``; boxes: B tensors [M_b, 4]. The patches of an
@@ -468,8 +548,9 @@ def retention_per_object(keep_mask: Tensor, boxes: Sequence[Tensor], grid: Seque
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     keep = torch.as_tensor(keep_mask)
     if keep.dim() != 2 or keep.shape[1] != Hp * Wp or keep.shape[0] != len(boxes):
-        raise InputError(f"keep_mask must have shape [B={len(boxes)}, P={Hp * Wp}] for grid {(Hp, Wp)}, "
-                         f"got {list(keep.shape)}")
+        raise InputError(
+            f"keep_mask must have shape [B={len(boxes)}, P={Hp * Wp}] for grid {(Hp, Wp)}, got {list(keep.shape)}"
+        )
     op = object_patches(list(boxes), (Hp, Wp), (H, W), ensure_center=ensure_center)
     return retention_from_pairs(keep.cpu(), op.box.cpu(), op.patch.cpu(), op.num_boxes)
 
@@ -498,9 +579,15 @@ def retention_summary(retention: Tensor, field: Tensor, size: Tensor) -> dict[st
     return out
 
 
-def summarise_retention(retention: Tensor, boxes: Sequence[Tensor], image_size: Sequence[int],
-                        fields: FieldConfig | None = None, *, size_bins: SizeBins | None = None,
-                        patch_size: PatchSize = 16) -> dict[str, dict[str, dict[str, Any]]]:
+def summarise_retention(
+    retention: Tensor,
+    boxes: Sequence[Tensor],
+    image_size: Sequence[int],
+    fields: FieldConfig | None = None,
+    *,
+    size_bins: SizeBins | None = None,
+    patch_size: PatchSize = 16,
+) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`retention_summary` with fields and size bins computed from the (clipped) boxes.
 
     retention: [N] from :func:`retention_per_object` on the same ``boxes`` (B tensors [M_b, 4]).
@@ -514,6 +601,20 @@ def summarise_retention(retention: Tensor, boxes: Sequence[Tensor], image_size: 
     return retention_summary(retention, field_of(flat, H, fields), size_bin_of(flat, patch_size, size_bins))
 
 
-__all__ = ["SIZE_BINS", "SizeBins", "box_iou", "field_of", "size_bin_of",
-           "greedy_match", "match_detections", "prepare_image", "recall_summary", "recall_by_field", "map50",
-           "retention_from_pairs", "retention_per_object", "retention_summary", "summarise_retention"]
+__all__ = [
+    "SIZE_BINS",
+    "SizeBins",
+    "box_iou",
+    "field_of",
+    "size_bin_of",
+    "greedy_match",
+    "match_detections",
+    "prepare_image",
+    "recall_summary",
+    "recall_by_field",
+    "map50",
+    "retention_from_pairs",
+    "retention_per_object",
+    "retention_summary",
+    "summarise_retention",
+]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -41,6 +42,7 @@ Predict = Callable[[Any], Mapping[str, Any]]
 
 
 # --------------------------------------------------------------------------- results
+
 
 @dataclass
 class FieldReport:
@@ -100,7 +102,7 @@ class ValidationResult:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ValidationResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationResult:
         """Inverse of :meth:`to_dict` (e.g. a reference result saved as JSON)."""
         if not isinstance(data, Mapping):
             raise InputError(f"not a validation result: expected a mapping, got {type(data).__name__}")
@@ -128,16 +130,27 @@ def build_result(recall: Mapping[str, Any], retention: Mapping[str, Any] | None,
             r = recall[section][name]
             t = retention[section][name] if retention is not None else None
             out[name] = FieldReport(
-                name=name, n_gt=int(r["n_gt"]), n_matched=int(r["n_matched"]), recall=r["recall"],
-                retention_mean=t["mean"] if t else None, retention_share_ge_50=t["share_ge_50"] if t else None,
-                n_retention=int(t["n"]) if t else 0, n_retention_unmeasured=int(t["n_unmeasured"]) if t else 0)
+                name=name,
+                n_gt=int(r["n_gt"]),
+                n_matched=int(r["n_matched"]),
+                recall=r["recall"],
+                retention_mean=t["mean"] if t else None,
+                retention_share_ge_50=t["share_ge_50"] if t else None,
+                n_retention=int(t["n"]) if t else 0,
+                n_retention_unmeasured=int(t["n_unmeasured"]) if t else 0,
+            )
         return out
 
-    return ValidationResult(by_field=reports("by_field", GROUPS), by_size=reports("by_size", SIZE_BINS),
-                            pruned=retention is not None, **meta)
+    return ValidationResult(
+        by_field=reports("by_field", GROUPS),
+        by_size=reports("by_size", SIZE_BINS),
+        pruned=retention is not None,
+        **meta,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
+
 
 def _per_image(value: Any, B: int, what: str, batch_index: int) -> list[Any]:
     if isinstance(value, (list, tuple)):
@@ -155,17 +168,24 @@ def _per_image(value: Any, B: int, what: str, batch_index: int) -> list[Any]:
 def _split_output(out: Any, B: int, P: int, batch_index: int) -> tuple[list[dict[str, Any]], Tensor | None]:
     """predict() output -> per-image prediction dicts and an optional keep mask [B, P] bool."""
     if not isinstance(out, Mapping):
-        raise InputError(f"batch {batch_index}: predict() must return a mapping with 'boxes', 'scores' "
-                         f"(and 'labels', 'keep_mask'), got {type(out).__name__}")
+        raise InputError(
+            f"batch {batch_index}: predict() must return a mapping with 'boxes', 'scores' "
+            f"(and 'labels', 'keep_mask'), got {type(out).__name__}"
+        )
     for key in ("boxes", "scores"):
         if key not in out:
             raise InputError(f"batch {batch_index}: predict() output lacks {key!r}; it has {sorted(out)}")
     boxes = _per_image(out["boxes"], B, "boxes", batch_index)
     scores = _per_image(out["scores"], B, "scores", batch_index)
     labels = _per_image(out["labels"], B, "labels", batch_index) if out.get("labels") is not None else [None] * B
-    preds = [{"boxes": torch.as_tensor(b).detach().cpu(), "scores": torch.as_tensor(s).detach().cpu(),
-              **({"labels": torch.as_tensor(lab).detach().cpu()} if lab is not None else {})}
-             for b, s, lab in zip(boxes, scores, labels)]
+    preds = [
+        {
+            "boxes": torch.as_tensor(b).detach().cpu(),
+            "scores": torch.as_tensor(s).detach().cpu(),
+            **({"labels": torch.as_tensor(lab).detach().cpu()} if lab is not None else {}),
+        }
+        for b, s, lab in zip(boxes, scores, labels)
+    ]
     keep = out.get("keep_mask")
     if keep is None:
         return preds, None
@@ -175,12 +195,24 @@ def _split_output(out: Any, B: int, P: int, batch_index: int) -> tuple[list[dict
     return preds, keep
 
 
-def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size: Sequence[int],
-             grid: Sequence[int], *, fields: FieldConfig | None = None, size_bins: SizeBins | None = None,
-             iou_thr: float = 0.5, score_thr: float = 0.3, classes: Sequence[int] | None = None,
-             class_aware: bool = False, compute_map: bool = True, num_classes: int | None = None,
-             class_names: Sequence[str] | None = None, ensure_center: bool = True,
-             name: str = "model") -> ValidationResult:
+def evaluate(
+    predict: Predict,
+    batches: Iterable[Mapping[str, Any]],
+    image_size: Sequence[int],
+    grid: Sequence[int],
+    *,
+    fields: FieldConfig | None = None,
+    size_bins: SizeBins | None = None,
+    iou_thr: float = 0.5,
+    score_thr: float = 0.3,
+    classes: Sequence[int] | None = None,
+    class_aware: bool = False,
+    compute_map: bool = True,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ensure_center: bool = True,
+    name: str = "model",
+) -> ValidationResult:
     """Run ``predict`` over ``batches`` and measure recall, retention and mAP@0.5.
 
     predict(images [B, 3, H, W]) -> ``{"boxes": B x [D_b, 4], "scores": B x [D_b],
@@ -209,8 +241,9 @@ def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size:
         images = batch["images"]
         shape = tuple(getattr(images, "shape", ()))
         if len(shape) != 4 or shape[2:] != (H, W):
-            raise InputError(f"batch {bi}: images must have shape [B, C, {H}, {W}] (the network input), "
-                             f"got {list(shape)}")
+            raise InputError(
+                f"batch {bi}: images must have shape [B, C, {H}, {W}] (the network input), got {list(shape)}"
+            )
         B = shape[0]
         gt_boxes = list(batch["boxes"])
         gt_labels = list(batch["labels"]) if batch.get("labels") is not None else [None] * B
@@ -226,17 +259,28 @@ def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size:
             gt = {"boxes": gt_boxes[b], **({"labels": gt_labels[b]} if gt_labels[b] is not None else {})}
             index = n_images + b
             pr, g = prepare_image(preds[b], gt, index, (H, W), classes)
-            matched.append(match_detections(pr["boxes"], pr["scores"], g["boxes"], iou_thr, score_thr,
-                                            pred_labels=pr["labels"], gt_labels=g["labels"],
-                                            class_aware=class_aware))
+            matched.append(
+                match_detections(
+                    pr["boxes"],
+                    pr["scores"],
+                    g["boxes"],
+                    iou_thr,
+                    score_thr,
+                    pred_labels=pr["labels"],
+                    gt_labels=g["labels"],
+                    class_aware=class_aware,
+                )
+            )
             fld.append(field_of(g["boxes"], H, fields))
             size.append(size_bin_of(g["boxes"], patch_size, size_bins))
             n_det += int((pr["scores"] >= score_thr).sum())
             kept_boxes.append(g["boxes"])
             if compute_map:
                 if "labels" not in preds[b] or gt_labels[b] is None:
-                    raise InputError(f"image {index}: mAP needs labels on predictions and ground truth; "
-                                     f"pass compute_map=False for a class-agnostic model")
+                    raise InputError(
+                        f"image {index}: mAP needs labels on predictions and ground truth; "
+                        f"pass compute_map=False for a class-agnostic model"
+                    )
                 raw_preds.append(preds[b])
                 raw_gts.append({"boxes": torch.as_tensor(gt_boxes[b]), "labels": torch.as_tensor(gt_labels[b])})
         if keep is not None:
@@ -255,20 +299,40 @@ def evaluate(predict: Predict, batches: Iterable[Mapping[str, Any]], image_size:
     m50 = per_class = None
     if compute_map:
         if num_classes is None:
-            num_classes = len(class_names) if class_names is not None else 1 + max(
-                [int(torch.as_tensor(d["labels"]).max()) for d in raw_preds + raw_gts
-                 if torch.as_tensor(d["labels"]).numel()])
+            num_classes = (
+                len(class_names)
+                if class_names is not None
+                else 1
+                + max(
+                    [
+                        int(torch.as_tensor(d["labels"]).max())
+                        for d in raw_preds + raw_gts
+                        if torch.as_tensor(d["labels"]).numel()
+                    ]
+                )
+            )
         res = map50(raw_preds, raw_gts, num_classes, class_names)
         m50, per_class = res["map50"], res["per_class"]
-    return build_result(rec, ret, map50=m50, map50_per_class=per_class,
-                        keep_ratio=(kept_sum / (n_images * P)) if pruned else None, n_images=n_images,
-                        n_objects=int(matched_t.numel()), n_detections=n_det, iou_thr=float(iou_thr),
-                        score_thr=float(score_thr), fields=fields, size_bins=size_bins,
-                        classes=None if classes is None else [int(c) for c in classes], name=name)
-
+    return build_result(
+        rec,
+        ret,
+        map50=m50,
+        map50_per_class=per_class,
+        keep_ratio=(kept_sum / (n_images * P)) if pruned else None,
+        n_images=n_images,
+        n_objects=int(matched_t.numel()),
+        n_detections=n_det,
+        iou_thr=float(iou_thr),
+        score_thr=float(score_thr),
+        fields=fields,
+        size_bins=size_bins,
+        classes=None if classes is None else [int(c) for c in classes],
+        name=name,
+    )
 
 
 # --------------------------------------------------------------------------- table
+
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -278,8 +342,9 @@ def _delta(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{a - b:+.3f}"
 
 
-def format_comparison_table(result: ValidationResult, reference: ValidationResult | None = None, *,
-                            title: str | None = None):
+def format_comparison_table(
+    result: ValidationResult, reference: ValidationResult | None = None, *, title: str | None = None
+):
     """Side-by-side recall and retention per field and size bin -> rich ``Table``.
 
     Columns: group, n_gt, recall (matched/n_gt) of the result, and, with a reference, its recall
@@ -329,14 +394,21 @@ def format_comparison_table(result: ValidationResult, reference: ValidationResul
 def render_table(table: Any, width: int = 120) -> str:
     """A rich renderable -> plain text (no colour codes), e.g. for logs and tests."""
 
-
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
     return buf.getvalue()
 
 
-__all__ = ["GROUPS", "FieldReport", "ValidationResult", "build_result", "evaluate", "counts",
-           "format_comparison_table", "render_table"]
+__all__ = [
+    "GROUPS",
+    "FieldReport",
+    "ValidationResult",
+    "build_result",
+    "evaluate",
+    "counts",
+    "format_comparison_table",
+    "render_table",
+]
 
 
 def counts(r: FieldReport) -> str:

@@ -8,9 +8,10 @@ model with the same weights by default) for the side-by-side comparison and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,13 +39,13 @@ class Deployed:
     runner: Any
     image_size: tuple[int, int]
     grid: tuple[int, int]
-    batch: int | None            # fixed batch of an export, None when free
+    batch: int | None  # fixed batch of an export, None when free
     pruned: bool
     checkpoint: Path | None
     pruner_mode: str | None
     keep_ratio: float | None
     num_classes: int | None
-    manifest: Manifest | None = None   # an export's; None for a checkpoint
+    manifest: Manifest | None = None  # an export's; None for a checkpoint
 
 
 def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cpu") -> Deployed:
@@ -53,24 +54,45 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
     if not p.exists():
         raise InputError(f"model {p} does not exist")
     if p.suffix in (".pt", ".pth"):
-
         ck = load_checkpoint(p)
         m = ck.model
-        return Deployed(f"torch:{p.name}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
-                        None, m.pruner_mode != "none", p, m.pruner_mode, m.cfg.pruner.keep_ratio, m.cfg.num_classes)
+        return Deployed(
+            f"torch:{p.name}",
+            TorchRunner(m, "full", device=device),
+            tuple(m.image_size),
+            tuple(m.grid),
+            None,
+            m.pruner_mode != "none",
+            p,
+            m.pruner_mode,
+            m.cfg.pruner.keep_ratio,
+            m.cfg.num_classes,
+        )
 
     cands = resolve_candidates([str(p)], providers)
     c = cands[-1]
     man = c.meta
     if man.parts != "full":
-        raise InputError(f"{c.path} holds the '{man.parts}' part; validate needs a --parts full export "
-                         "(detections come from the head)")
+        raise InputError(
+            f"{c.path} holds the '{man.parts}' part; validate needs a --parts full export "
+            "(detections come from the head)"
+        )
     src = man.source_checkpoint_path
     if src and not Path(src).is_file() and (Path(c.path).parent / src).is_file():
         src = str(Path(c.path).parent / src)  # a relative path recorded by an older export
-    return Deployed(f"{c.kind}:{c.path}", make_runner(c, providers), man.image_size, man.grid or (),
-                    man.fixed_batch, man.pruner_mode != "none", Path(src) if src else None, man.pruner_mode,
-                    man.keep_ratio, man.num_classes, man)
+    return Deployed(
+        f"{c.kind}:{c.path}",
+        make_runner(c, providers),
+        man.image_size,
+        man.grid or (),
+        man.fixed_batch,
+        man.pruner_mode != "none",
+        Path(src) if src else None,
+        man.pruner_mode,
+        man.keep_ratio,
+        man.num_classes,
+        man,
+    )
 
 
 def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01) -> dict:
@@ -78,8 +100,9 @@ def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_flo
     :func:`cass_deploy.validate.evaluate` takes: per-image ``boxes`` / ``scores`` / ``labels`` on
     the CPU, plus ``keep_mask`` [B, P] for a pruned model."""
 
-    dets = decode({"heatmap": out["heatmap"].float(), "box": out["box"].float()}, tuple(image_size),
-                  score_thresh=score_floor)
+    dets = decode(
+        {"heatmap": out["heatmap"].float(), "box": out["box"].float()}, tuple(image_size), score_thresh=score_floor
+    )
     res = {key: [det[key].cpu() for det in dets] for key in ("boxes", "scores", "labels")}
     if pruned and "keep_mask" in out:
         res["keep_mask"] = out["keep_mask"].bool().cpu()
@@ -89,19 +112,18 @@ def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_flo
 def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
 
-
     def predict(images):
         x = images.detach().cpu().numpy().astype(np.float32)
         step = d.batch or len(x)
         outs: dict[str, list] = {}
         for i in range(0, len(x), step):
-            chunk = x[i:i + step]
+            chunk = x[i : i + step]
             if len(chunk) < step:  # fixed-batch export: pad the last chunk, drop the padding after
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - len(chunk), 0)])
             res = d.runner.infer({INPUT_NAME: chunk})
             for k, v in res.items():
                 outs.setdefault(k, []).append(v)
-        out = {k: torch.from_numpy(np.concatenate(v)[:len(x)]) for k, v in outs.items()}
+        out = {k: torch.from_numpy(np.concatenate(v)[: len(x)]) for k, v in outs.items()}
         if "heatmap" not in out or "box" not in out:
             raise InputError(f"{d.name} has no detection outputs (heatmap, box); export --parts full")
         return as_predictions(out, d.image_size, d.pruned, score_floor)
@@ -109,8 +131,15 @@ def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     return predict
 
 
-def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_size: int = 8, seed: int = 0,
-                 split: str = "val", resize: bool = False):
+def load_batches(
+    data: str,
+    image_size: Sequence[int],
+    num_images: int,
+    batch_size: int = 8,
+    seed: int = 0,
+    split: str = "val",
+    resize: bool = False,
+):
     """Collated batches of a dataset at the model's ``image_size``.
 
     Synthetic scenes are generated at that size. Images of a dataset directory must already
@@ -119,36 +148,52 @@ def load_batches(data: str, image_size: Sequence[int], num_images: int, batch_si
     """
 
     synthetic = str(data) == "synthetic"
-    ds = load_dataset(data, split=split, num_images=num_images,
-                      image_size=tuple(image_size) if synthetic or resize else None, seed=seed)
+    ds = load_dataset(
+        data,
+        split=split,
+        num_images=num_images,
+        image_size=tuple(image_size) if synthetic or resize else None,
+        seed=seed,
+    )
     n = min(len(ds), num_images)
     if n == 0:
         raise InputError(f"dataset {data!r} is empty")
     got = tuple(ds[0]["image"].shape[1:])
     if got != tuple(image_size):
-        raise InputError(f"dataset {data} has {got[0]}x{got[1]} images but the model takes "
-                         f"{image_size[0]}x{image_size[1]}; export at that size (--image-size) or pass --resize "
-                         "to resize the images (boxes are scaled)")
+        raise InputError(
+            f"dataset {data} has {got[0]}x{got[1]} images but the model takes "
+            f"{image_size[0]}x{image_size[1]}; export at that size (--image-size) or pass --resize "
+            "to resize the images (boxes are scaled)"
+        )
     return [collate([ds[j] for j in range(i, min(i + batch_size, n))]) for i in range(0, n, batch_size)]
 
 
-def evaluate_deployed(d: Deployed, batches, *, fields, iou_thr: float = 0.5, score_thr: float = 0.3,
-                      num_classes: int | None = None):
+def evaluate_deployed(
+    d: Deployed, batches, *, fields, iou_thr: float = 0.5, score_thr: float = 0.3, num_classes: int | None = None
+):
     """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
 
     num_classes = int(num_classes or d.num_classes or 3)
     if not d.grid:
         raise InputError(f"{d.name}: its metadata lacks the patch grid")
     with d.runner:
-        return evaluate(make_predict(d), batches, d.image_size, d.grid, fields=fields, iou_thr=iou_thr,
-                        score_thr=score_thr, num_classes=num_classes,
-                        class_names=class_names(num_classes > 3)[:num_classes], name=d.name)
+        return evaluate(
+            make_predict(d),
+            batches,
+            d.image_size,
+            d.grid,
+            fields=fields,
+            iou_thr=iou_thr,
+            score_thr=score_thr,
+            num_classes=num_classes,
+            class_names=class_names(num_classes > 3)[:num_classes],
+            name=d.name,
+        )
 
 
 def saved_reference(path: str):
     """The reference result stored by an earlier ``validate --json`` run (its ``reference``
     section, else its ``result``): how a Jetson compares with the workstation's dense model."""
-
 
     try:
         data = json.loads(Path(path).read_text())
@@ -162,9 +207,12 @@ def saved_reference(path: str):
 
 def validation_record(model: str, result, reference, checks) -> dict[str, Any]:
     """The ``validate*.json`` document (read by ``report`` and by ``--reference FILE.json``)."""
-    return {"model": str(model), "result": result.to_dict(),
-            "reference": reference.to_dict() if reference is not None else None,
-            "gates": [c.to_dict() for c in checks]}
+    return {
+        "model": str(model),
+        "result": result.to_dict(),
+        "reference": reference.to_dict() if reference is not None else None,
+        "gates": [c.to_dict() for c in checks],
+    }
 
 
 def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:
@@ -178,19 +226,34 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
         if d.checkpoint is None or not d.checkpoint.is_file():
             if spec is None:
                 return None
-            raise InputError(f"--reference {spec} needs the source checkpoint of {d.name}, "
-                             f"which is not found ({d.checkpoint}); pass --reference CHECKPOINT")
+            raise InputError(
+                f"--reference {spec} needs the source checkpoint of {d.name}, "
+                f"which is not found ({d.checkpoint}); pass --reference CHECKPOINT"
+            )
         mode = "none" if spec in (None, "dense") else d.pruner_mode
-        ck = load_checkpoint(d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.keep_ratio,
-                             image_size=d.image_size)
+        ck = load_checkpoint(
+            d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.keep_ratio, image_size=d.image_size
+        )
         m = ck.model
         label = "dense" if mode == "none" else "source"
-        return Deployed(f"torch:{label}", TorchRunner(m, "full", device=device), tuple(m.image_size), tuple(m.grid),
-                        None, mode != "none", d.checkpoint, m.pruner_mode, None, m.cfg.num_classes)
+        return Deployed(
+            f"torch:{label}",
+            TorchRunner(m, "full", device=device),
+            tuple(m.image_size),
+            tuple(m.grid),
+            None,
+            mode != "none",
+            d.checkpoint,
+            m.pruner_mode,
+            None,
+            m.cfg.num_classes,
+        )
     ref = open_model(spec, device=device)
     if tuple(ref.image_size) != tuple(d.image_size):
-        raise InputError(f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "
-                         f"takes {d.image_size[0]}x{d.image_size[1]}")
+        raise InputError(
+            f"reference {spec} takes {ref.image_size[0]}x{ref.image_size[1]} images but the model "
+            f"takes {d.image_size[0]}x{d.image_size[1]}"
+        )
     return ref
 
 
@@ -211,10 +274,21 @@ class ValidateRun:
         return validation_record(self.model, self.result, self.reference, self.checks)
 
 
-def run_validate(model: str, *, data: str = "synthetic", images: int = 64, reference: str | None = None,
-                 fields: FieldConfig | None = None, iou_thr: float = 0.5, score_thr: float = 0.3,
-                 gates: Gates | None = None, providers: Sequence[str] = ("cpu",), device: str = "cpu",
-                 resize: bool = False, seed: int = 0) -> ValidateRun:
+def run_validate(
+    model: str,
+    *,
+    data: str = "synthetic",
+    images: int = 64,
+    reference: str | None = None,
+    fields: FieldConfig | None = None,
+    iou_thr: float = 0.5,
+    score_thr: float = 0.3,
+    gates: Gates | None = None,
+    providers: Sequence[str] = ("cpu",),
+    device: str = "cpu",
+    resize: bool = False,
+    seed: int = 0,
+) -> ValidateRun:
     """``cass-deploy validate``: ``model`` (checkpoint, export directory, ``.onnx`` or ``.engine``) on
     ``images`` images of ``data``, against ``reference`` (see :func:`reference_model`; a ``.json``
     path is a saved result), with the gates checked. Gate failures are in the result, not raised."""
@@ -226,8 +300,10 @@ def run_validate(model: str, *, data: str = "synthetic", images: int = 64, refer
     saved = saved_reference(reference) if reference and reference.endswith(".json") else None
     ref = None if saved is not None else reference_model(reference, deployed, device)
     if gates.max_recall_drop is not None and saved is None and ref is None:
-        raise InputError("--max-recall-drop needs a reference, but the source checkpoint of this model is not "
-                         "found: pass --reference CHECKPOINT or the JSON of a validate run made where it is")
+        raise InputError(
+            "--max-recall-drop needs a reference, but the source checkpoint of this model is not "
+            "found: pass --reference CHECKPOINT or the JSON of a validate run made where it is"
+        )
     batches = load_batches(data, deployed.image_size, images, seed=seed, resize=resize)
     kw = dict(fields=fields, iou_thr=iou_thr, score_thr=score_thr)
     result = evaluate_deployed(deployed, batches, **kw)

@@ -14,8 +14,9 @@ so choosing different members of a tie costs nothing, and anything else does.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -51,8 +52,9 @@ def thresholds_for(precision: str, **overrides: float | None) -> dict[str, float
     return out
 
 
-def boundary_scores(scores: np.ndarray, ref_mask: np.ndarray, groups: np.ndarray | None = None,
-                    threshold: float | None = None) -> np.ndarray:
+def boundary_scores(
+    scores: np.ndarray, ref_mask: np.ndarray, groups: np.ndarray | None = None, threshold: float | None = None
+) -> np.ndarray:
     """Decision boundary per patch -> [B, P]: the lowest kept reference score of its group
     (image, or image x band), or ``threshold`` (logit) for the threshold pruner."""
     if threshold is not None:
@@ -66,8 +68,14 @@ def boundary_scores(scores: np.ndarray, ref_mask: np.ndarray, groups: np.ndarray
     return low[:, g]
 
 
-def tie_aware_iou(ref_scores: np.ndarray, ref_mask: np.ndarray, cand_mask: np.ndarray, tie_tol: float,
-                  groups: np.ndarray | None = None, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def tie_aware_iou(
+    ref_scores: np.ndarray,
+    ref_mask: np.ndarray,
+    cand_mask: np.ndarray,
+    tie_tol: float,
+    groups: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image (tie-aware IoU [B], plain IoU [B]) of keep masks [B, P] (bool)."""
     a = np.asarray(ref_mask, dtype=bool)
     b = np.asarray(cand_mask, dtype=bool)
@@ -119,9 +127,15 @@ class CandidateReport:
         return d
 
 
-def compare_outputs(name: str, precision: str, ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray],
-                    thresholds: Mapping[str, float], groups: np.ndarray | None = None,
-                    threshold_logit: float | None = None) -> CandidateReport:
+def compare_outputs(
+    name: str,
+    precision: str,
+    ref: Mapping[str, np.ndarray],
+    cand: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    groups: np.ndarray | None = None,
+    threshold_logit: float | None = None,
+) -> CandidateReport:
     """Compare concatenated outputs (``scores`` [N, P], ``keep_mask`` [N, P], optional
     ``heatmap`` / ``box``) of a reference and a candidate."""
     for key in ("scores", "keep_mask"):
@@ -130,8 +144,7 @@ def compare_outputs(name: str, precision: str, ref: Mapping[str, np.ndarray], ca
     rs, cs = ref["scores"].astype(np.float64), cand["scores"].astype(np.float64)
     if rs.shape != cs.shape:
         raise InputError(f"candidate {name}: scores shape {cs.shape} differs from the reference's {rs.shape}")
-    iou, plain = tie_aware_iou(rs, ref["keep_mask"], cand["keep_mask"], thresholds["tie_tol"], groups,
-                               threshold_logit)
+    iou, plain = tie_aware_iou(rs, ref["keep_mask"], cand["keep_mask"], thresholds["tie_tol"], groups, threshold_logit)
     bound = boundary_scores(rs, np.asarray(ref["keep_mask"], bool), groups, threshold_logit)
     tied = (np.abs(rs - bound) <= thresholds["tie_tol"]).sum(1)
     err = np.abs(rs - cs)
@@ -142,23 +155,33 @@ def compare_outputs(name: str, precision: str, ref: Mapping[str, np.ndarray], ca
             e = np.abs(ref[key].astype(np.float64) - cand[key].astype(np.float64))
             det_abs[key] = float(e.max())
             det_rel[key] = float((e / np.maximum(np.abs(ref[key]), 1e-3)).max())
-    rep = CandidateReport(name=name, precision=precision, images=int(rs.shape[0]), keep_iou_mean=float(iou.mean()),
-                          keep_iou_min=float(iou.min()), plain_iou_mean=float(plain.mean()),
-                          mask_agreement=float((np.asarray(ref["keep_mask"]) == np.asarray(cand["keep_mask"])).mean()),
-                          score_max_abs=float(err.max()), score_max_rel=float((err / scale).max()),
-                          tied_patches_mean=float(tied.mean()), detection_max_abs=det_abs, detection_max_rel=det_rel,
-                          thresholds=dict(thresholds))
+    rep = CandidateReport(
+        name=name,
+        precision=precision,
+        images=int(rs.shape[0]),
+        keep_iou_mean=float(iou.mean()),
+        keep_iou_min=float(iou.min()),
+        plain_iou_mean=float(plain.mean()),
+        mask_agreement=float((np.asarray(ref["keep_mask"]) == np.asarray(cand["keep_mask"])).mean()),
+        score_max_abs=float(err.max()),
+        score_max_rel=float((err / scale).max()),
+        tied_patches_mean=float(tied.mean()),
+        detection_max_abs=det_abs,
+        detection_max_rel=det_rel,
+        thresholds=dict(thresholds),
+    )
     t = thresholds
-    bad = [k for k, v in cand.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
-           and not np.isfinite(v).all()]
+    bad = [k for k, v in cand.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
     if bad:
         rep.failures.append(f"non-finite values (NaN/inf) in the candidate's {', '.join(sorted(bad))}")
     if rep.keep_iou_mean < t["min_keep_iou"] - 1e-12:
         rep.failures.append(f"mean tie-aware keep-set IoU {rep.keep_iou_mean:.4f} < {t['min_keep_iou']}")
     if rep.keep_iou_min < t["min_image_keep_iou"] - 1e-12:
         worst = int(np.argmin(iou))
-        rep.failures.append(f"image {worst}: tie-aware keep-set IoU {rep.keep_iou_min:.4f} < "
-                            f"{t['min_image_keep_iou']} (keep sets differ outside ties)")
+        rep.failures.append(
+            f"image {worst}: tie-aware keep-set IoU {rep.keep_iou_min:.4f} < "
+            f"{t['min_image_keep_iou']} (keep sets differ outside ties)"
+        )
     if rep.score_max_abs > t["max_score_abs"]:
         rep.failures.append(f"max score error {rep.score_max_abs:.3g} > {t['max_score_abs']:.3g}")
     return rep
@@ -174,12 +197,17 @@ class VerifyReport:
         return all(self.candidates)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "images": self.images, "passed": bool(self),
-                "candidates": [c.to_dict() for c in self.candidates]}
+        return {
+            "reference": self.reference,
+            "images": self.images,
+            "passed": bool(self),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
 
 
-def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
-                band_rows: Sequence[int] | None = None) -> np.ndarray | None:
+def band_groups(
+    pruner_mode: str | None, grid: Sequence[int], bands: int = 3, band_rows: Sequence[int] | None = None
+) -> np.ndarray | None:
     """Band index per patch [P] for the band pruner (None for other modes)."""
     if pruner_mode != "band":
         return None
@@ -193,8 +221,16 @@ def band_groups(pruner_mode: str | None, grid: Sequence[int], bands: int = 3,
 # --------------------------------------------------------------------------- end to end
 
 
-def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, data: str = "synthetic",
-               providers: Sequence[str] = ("cpu",), seed: int = 0, **threshold_overrides: float | None) -> tuple[VerifyReport, list[str]]:
+def run_verify(
+    reference: str,
+    candidates: Sequence[str],
+    *,
+    images: int = 16,
+    data: str = "synthetic",
+    providers: Sequence[str] = ("cpu",),
+    seed: int = 0,
+    **threshold_overrides: float | None,
+) -> tuple[VerifyReport, list[str]]:
     """Reference checkpoint vs each candidate on ``images`` images -> (report, notes)."""
 
     if images < 1:
@@ -215,13 +251,16 @@ def run_verify(reference: str, candidates: Sequence[str], *, images: int = 16, d
         key = (size, m.pruner_mode, m.keep_ratio, m.parts, n, step)
         mkey = (size, m.pruner_mode, m.keep_ratio)
         if mkey not in models:
-            models[mkey] = load_checkpoint(reference, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio,
-                                           image_size=size)
+            models[mkey] = load_checkpoint(
+                reference, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size
+            )
         ckpt = models[mkey]
         src = m.source_checkpoint_sha256
         if src and src != ckpt.sha256:
-            notes.append(f"{c.path}: exported from a different checkpoint (sha256 {src[:12]}…) than the "
-                         f"reference {reference} ({ckpt.sha256[:12]}…)")
+            notes.append(
+                f"{c.path}: exported from a different checkpoint (sha256 {src[:12]}…) than the "
+                f"reference {reference} ({ckpt.sha256[:12]}…)"
+            )
         if key not in cache:
             ds = load_dataset(data, split="val", num_images=n, image_size=size, seed=seed)
             if len(ds) < n:
@@ -248,12 +287,26 @@ def report_table(report: VerifyReport):
     """rich Table of a VerifyReport."""
 
     t = Table(title=f"keep-mask fidelity vs {report.reference} ({report.images} images)")
-    for col in ("candidate", "prec", "keep IoU mean / min (tie-aware)", "plain IoU", "mask agree",
-                "score max abs", "heatmap max abs", "result"):
+    for col in (
+        "candidate",
+        "prec",
+        "keep IoU mean / min (tie-aware)",
+        "plain IoU",
+        "mask agree",
+        "score max abs",
+        "heatmap max abs",
+        "result",
+    ):
         t.add_column(col, overflow="fold")
     for c in report.candidates:
-        t.add_row(c.name, c.precision, f"{c.keep_iou_mean:.4f} / {c.keep_iou_min:.4f}", f"{c.plain_iou_mean:.4f}",
-                  f"{c.mask_agreement:.4f}", f"{c.score_max_abs:.2e}",
-                  f"{c.detection_max_abs.get('heatmap', float('nan')):.2e}" if c.detection_max_abs else "-",
-                  "[green]pass[/]" if c else "[red]FAIL[/]: " + "; ".join(c.failures))
+        t.add_row(
+            c.name,
+            c.precision,
+            f"{c.keep_iou_mean:.4f} / {c.keep_iou_min:.4f}",
+            f"{c.plain_iou_mean:.4f}",
+            f"{c.mask_agreement:.4f}",
+            f"{c.score_max_abs:.2e}",
+            f"{c.detection_max_abs.get('heatmap', float('nan')):.2e}" if c.detection_max_abs else "-",
+            "[green]pass[/]" if c else "[red]FAIL[/]: " + "; ".join(c.failures),
+        )
     return t

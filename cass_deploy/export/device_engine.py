@@ -9,8 +9,8 @@ and the device the engine was built on.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cass_deploy.backends import limits
 from cass_deploy.backends.probe import require, trt_major_version
@@ -23,14 +23,22 @@ from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_runner import device_name
 
 
-def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None, timing_cache: Path | None = None,
-                       dla_core: int | None = None, gpu_fallback: bool = True, strongly_typed: bool | None = None,
-                       force: bool = False, log: Callable[[str], None] = print) -> Manifest:
+def engine_from_export(
+    src: Path,
+    out: Path,
+    *,
+    workspace_mib: int | None = None,
+    timing_cache: Path | None = None,
+    dla_core: int | None = None,
+    gpu_fallback: bool = True,
+    strongly_typed: bool | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> Manifest:
     """Build a TensorRT engine on this device from an existing export directory (no torch or
     checkpoint needed: the Jetson workflow). Copies ``model.onnx``, adds ``model.engine`` and
     writes a manifest with the engine's hash and the TensorRT version and device it was built on.
     """
-
 
     src = Path(src)
     man = Manifest.read(src / mf.MANIFEST_NAME)
@@ -50,28 +58,65 @@ def engine_from_export(src: Path, out: Path, *, workspace_mib: int | None = None
     target = limits.target_for("tensorrt", trt_major=trt_major, dla_core=dla_core)
     facts = inspect_onnx(onnx_src)
     dyn = man.dynamic_batch
-    limits.check_request(target, k=man.k, precision=man.precision, ops=facts.op_types, dla_core=dla_core,
-                         gpu_fallback=gpu_fallback, image_size=man.image_size, patch_size=man.patch_size,
-                         pruner_mode=man.pruner_mode, topk_sizes=man.topk_sizes, keep_ratio=man.keep_ratio,
-                         dynamic_batch=dyn)
+    limits.check_request(
+        target,
+        k=man.k,
+        precision=man.precision,
+        ops=facts.op_types,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        image_size=man.image_size,
+        patch_size=man.patch_size,
+        pruner_mode=man.pruner_mode,
+        topk_sizes=man.topk_sizes,
+        keep_ratio=man.keep_ratio,
+        dynamic_batch=dyn,
+    )
     H, W = man.image_size
     profiles = {}
     if dyn:
-
         profiles = {INPUT_NAME: ((dyn[0], 3, H, W), (dyn[1], 3, H, W), (dyn[2], 3, H, W))}
-    opts = BuildOptions(precision=man.precision, strongly_typed=strongly_typed, workspace_mib=workspace_mib,
-                        timing_cache=timing_cache, profiles=profiles, dla_core=dla_core, gpu_fallback=gpu_fallback)
+    opts = BuildOptions(
+        precision=man.precision,
+        strongly_typed=strongly_typed,
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache,
+        profiles=profiles,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+    )
     with atomic_dir(out, force=in_place or force) as tmp:
         shutil.copy2(onnx_src, tmp / ONNX_NAME)
         result = build_engine(tmp / ONNX_NAME, tmp / ENGINE_NAME, opts, force=True, log=log)
 
         extra = {**man.extra, "tensorrt": {**result.to_dict(), "device": device_name()}}
-        keep = {k: getattr(man, k) for k in ("inputs", "outputs", "precision", "grid", "k", "topk_sizes",
-                                              "keep_ratio", "pruner_mode", "image_size", "opset", "parts")}
-        new = mf.build_manifest(artefacts={"onnx": tmp / ONNX_NAME, "engine": tmp / ENGINE_NAME}, base_dir=tmp,
-                                source_checkpoint=man.source_checkpoint_path,
-                                checkpoint_sha256=man.source_checkpoint_sha256, batch=man.fixed_batch,
-                                dynamic_batch=dyn, trtexec=result.trtexec, extra=extra, **keep)
+        keep = {
+            k: getattr(man, k)
+            for k in (
+                "inputs",
+                "outputs",
+                "precision",
+                "grid",
+                "k",
+                "topk_sizes",
+                "keep_ratio",
+                "pruner_mode",
+                "image_size",
+                "opset",
+                "parts",
+            )
+        }
+        new = mf.build_manifest(
+            artefacts={"onnx": tmp / ONNX_NAME, "engine": tmp / ENGINE_NAME},
+            base_dir=tmp,
+            source_checkpoint=man.source_checkpoint_path,
+            checkpoint_sha256=man.source_checkpoint_sha256,
+            batch=man.fixed_batch,
+            dynamic_batch=dyn,
+            trtexec=result.trtexec,
+            extra=extra,
+            **keep,
+        )
         new.write(tmp, force=True)
     log(f"built {out}/{ENGINE_NAME} with TensorRT {result.trt_version} in {result.seconds:.0f} s")
     return new

@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 import torch
@@ -22,22 +22,30 @@ from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError
 from cass_deploy.model.interface import INPUT_NAME, PrunableModel
 
-onnxslim = lazy_import('onnxslim')
+onnxslim = lazy_import("onnxslim")
 
 DEFAULT_OPSET = 17
 
 
-def export_part(model: PrunableModel, part: str, *, batch: int = 1,
-                dynamic_batch: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
-                simplify: bool = True):
+def export_part(
+    model: PrunableModel,
+    part: str,
+    *,
+    batch: int = 1,
+    dynamic_batch: Sequence[int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+):
     """Export ``model``'s ``part`` (``predictor`` or ``full``) -> onnx.ModelProto (not saved).
 
     dynamic_batch: ``(min, opt, max)`` makes dim 0 of the input and outputs symbolic.
     """
 
     if not isinstance(model, PrunableModel):
-        raise InputError(f"{type(model).__name__} does not implement the PrunableModel interface "
-                         "(image_size, patch_size, grid, k, pruner_mode, predictor_module, full_module, output_names)")
+        raise InputError(
+            f"{type(model).__name__} does not implement the PrunableModel interface "
+            "(image_size, patch_size, grid, k, pruner_mode, predictor_module, full_module, output_names)"
+        )
     module = model.predictor_module() if part == "predictor" else model.full_module() if part == "full" else None
     if module is None:
         raise InputError(f"--parts must be 'predictor' or 'full', got {part!r}")
@@ -56,12 +64,22 @@ def export_part(model: PrunableModel, part: str, *, batch: int = 1,
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=int(opset),
-                                        input_names=[INPUT_NAME], output_names=names, verbose=False,
-                                        external_data=False, **kwargs)
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=int(opset),
+                input_names=[INPUT_NAME],
+                output_names=names,
+                verbose=False,
+                external_data=False,
+                **kwargs,
+            )
     except Exception as exc:
-        raise ExportError(f"torch.onnx export of the {part} part failed: {str(exc).strip().splitlines()[0]}"
-                          f"\n{sink.getvalue()[-2000:]}") from exc
+        raise ExportError(
+            f"torch.onnx export of the {part} part failed: {str(exc).strip().splitlines()[0]}"
+            f"\n{sink.getvalue()[-2000:]}"
+        ) from exc
     proto = program.model_proto
     if dynamic_batch is not None:
         _name_batch_dim(proto)

@@ -8,10 +8,10 @@ directory beside ``out`` and renamed into place at the end, so a failed export l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -48,38 +48,47 @@ class ExportResult:
 def _calibration(req: ExportRequest, image_size, n: int) -> list:
     """Calibration batches shaped like the graph input: [batch, 3, H, W] (the opt batch when dynamic)."""
 
-
     step = req.dynamic_batch[1] if req.dynamic_batch else req.batch
     ds = load_dataset(req.calib_data, split="val", num_images=max(n, step), image_size=tuple(image_size), seed=1)
     if len(ds) < step:
         raise InputError(f"calibration set {req.calib_data!r} has {len(ds)} images, fewer than one batch of {step}")
     imgs = np.stack([ds[i]["image"].numpy() for i in range(min(max(n, step), len(ds)))]).astype(np.float32)
-    return [imgs[i:i + step] for i in range(0, len(imgs) - step + 1, step)]
+    return [imgs[i : i + step] for i in range(0, len(imgs) - step + 1, step)]
 
 
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
 
-
     out = check_writable(req.out, req.force)
-    ckpt = load_checkpoint(req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio,
-                           image_size=req.image_size)
+    ckpt = load_checkpoint(
+        req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio, image_size=req.image_size
+    )
     model = ckpt.model
     if model.pruner_mode == "none":
-        raise InputError("this checkpoint's pruner is 'none' (dense); export a pruned model with "
-                         "--pruner global|band|threshold, or use --parts full for the dense detector "
-                         "with --pruner global --keep-ratio 1.0")
+        raise InputError(
+            "this checkpoint's pruner is 'none' (dense); export a pruned model with "
+            "--pruner global|band|threshold, or use --parts full for the dense detector "
+            "with --pruner global --keep-ratio 1.0"
+        )
     trt_major = trt_major_version() if req.engine else None
     if req.engine and trt_major is None:
-
         require("tensorrt", "building an engine (--engine)")
-    target = req.target or (limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core)
-                            if req.engine else "onnxruntime-cpu")
+    target = req.target or (
+        limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core) if req.engine else "onnxruntime-cpu"
+    )
     topk_sizes = list(getattr(model, "topk_sizes", ()) or [])
-    checks = dict(k=model.k, precision=req.precision, dla_core=req.dla_core, gpu_fallback=req.gpu_fallback,
-                  image_size=model.image_size, patch_size=model.patch_size, pruner_mode=model.pruner_mode,
-                  topk_sizes=topk_sizes, keep_ratio=model.cfg.pruner.keep_ratio,
-                  dynamic_batch=req.dynamic_batch)
+    checks = dict(
+        k=model.k,
+        precision=req.precision,
+        dla_core=req.dla_core,
+        gpu_fallback=req.gpu_fallback,
+        image_size=model.image_size,
+        patch_size=model.patch_size,
+        pruner_mode=model.pruner_mode,
+        topk_sizes=topk_sizes,
+        keep_ratio=model.cfg.pruner.keep_ratio,
+        dynamic_batch=req.dynamic_batch,
+    )
     notes = list(limits.check_request(target, **checks))
     if not target.startswith("tensorrt"):  # say early whether the same graph would fit TensorRT
         try:
@@ -89,37 +98,61 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
 
     trained_size = tuple(ckpt.raw["model_config"]["image_size"])
     if tuple(model.image_size) != trained_size:
-        notes.append(f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
-                     f"{trained_size[0]}x{trained_size[1]}: the position embedding was resampled (bicubic); "
-                     "validate at this size before deploying")
-    log(f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
-        f"{req.precision}) from {req.checkpoint}")
-    proto = export_part(model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch,
-                        opset=req.opset, simplify=req.simplify)
-    params = [p.detach().cpu().numpy() for p in model.predictor_parameters()] \
-        if hasattr(model, "predictor_parameters") else None
+        notes.append(
+            f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
+            f"{trained_size[0]}x{trained_size[1]}: the position embedding was resampled (bicubic); "
+            "validate at this size before deploying"
+        )
+    log(
+        f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
+        f"{req.precision}) from {req.checkpoint}"
+    )
+    proto = export_part(
+        model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch, opset=req.opset, simplify=req.simplify
+    )
+    params = (
+        [p.detach().cpu().numpy() for p in model.predictor_parameters()]
+        if hasattr(model, "predictor_parameters")
+        else None
+    )
     if req.precision == "fp16":
         proto = prec.to_fp16(proto, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params)
     elif req.precision == "int8":
         calib = _calibration(req, model.image_size, req.calib_images)
-        proto = prec.to_int8(proto, calib, keep_predictor_fp32=req.keep_predictor_fp32,
-                             predictor_params=params, method=req.calib_method)
+        proto = prec.to_int8(
+            proto, calib, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params, method=req.calib_method
+        )
     limits.check_request(target, **{**checks, "ops": op_types(proto)})
 
     inputs, outputs = io_specs(proto)
-    base = dict(inputs=inputs, outputs=outputs, precision=req.precision,
-                source_checkpoint=str(Path(req.checkpoint).resolve()),
-                checkpoint_sha256=ckpt.sha256, grid=list(model.grid), k=model.k,
-                topk_sizes=topk_sizes or None,
-                keep_ratio=model.cfg.pruner.keep_ratio, pruner_mode=model.pruner_mode,
-                image_size=list(model.image_size), batch=None if req.dynamic_batch else req.batch,
-                dynamic_batch=req.dynamic_batch,
-                opset=req.opset, parts=req.parts)
-    extra = {"target": target, "keep_predictor_fp32": req.keep_predictor_fp32, "notes": notes,
-             "profile": req.profile, "patch_size": model.patch_size,
-             "num_classes": getattr(model.cfg, "num_classes", None),
-             "head_stride": getattr(model.cfg, "head_stride", None), "trained_image_size": list(trained_size),
-             **req.extra}
+    base = dict(
+        inputs=inputs,
+        outputs=outputs,
+        precision=req.precision,
+        source_checkpoint=str(Path(req.checkpoint).resolve()),
+        checkpoint_sha256=ckpt.sha256,
+        grid=list(model.grid),
+        k=model.k,
+        topk_sizes=topk_sizes or None,
+        keep_ratio=model.cfg.pruner.keep_ratio,
+        pruner_mode=model.pruner_mode,
+        image_size=list(model.image_size),
+        batch=None if req.dynamic_batch else req.batch,
+        dynamic_batch=req.dynamic_batch,
+        opset=req.opset,
+        parts=req.parts,
+    )
+    extra = {
+        "target": target,
+        "keep_predictor_fp32": req.keep_predictor_fp32,
+        "notes": notes,
+        "profile": req.profile,
+        "patch_size": model.patch_size,
+        "num_classes": getattr(model.cfg, "num_classes", None),
+        "head_stride": getattr(model.cfg, "head_stride", None),
+        "trained_image_size": list(trained_size),
+        **req.extra,
+    }
     trt_opts = _build_options(req, model)
     facts = onnx_facts(proto)
     trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
@@ -127,19 +160,20 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         onnx_path = tmp / ONNX_NAME
         onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        draft = mf.build_manifest(artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra,
-                                  created=created, **base)
+        draft = mf.build_manifest(
+            artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base
+        )
         onnx.save(mf.embed_onnx_metadata(proto, draft.onnx_metadata()), onnx_path)
         artefacts = {"onnx": onnx_path}
         if req.engine:
-
             result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
             artefacts["engine"] = tmp / ENGINE_NAME
 
             extra["tensorrt"] = {**result.to_dict(), "device": device_name()}
             trtexec = result.trtexec or trtexec
-        man = mf.build_manifest(artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created,
-                                **base)
+        man = mf.build_manifest(
+            artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base
+        )
         man.write(tmp, force=True)
     log(f"wrote {out}/{ONNX_NAME}" + (f", {out}/{ENGINE_NAME}" if req.engine else "") + f", {out}/manifest.json")
     for n in notes:
@@ -154,9 +188,15 @@ def _build_options(req: ExportRequest, model):
     if req.dynamic_batch is not None:
         lo, opt, hi = req.dynamic_batch
         profiles = {INPUT_NAME: ((lo, 3, H, W), (opt, 3, H, W), (hi, 3, H, W))}
-    return BuildOptions(precision=req.precision, strongly_typed=req.strongly_typed, workspace_mib=req.workspace_mib,
-                        timing_cache=req.timing_cache, profiles=profiles, dla_core=req.dla_core,
-                        gpu_fallback=req.gpu_fallback)
+    return BuildOptions(
+        precision=req.precision,
+        strongly_typed=req.strongly_typed,
+        workspace_mib=req.workspace_mib,
+        timing_cache=req.timing_cache,
+        profiles=profiles,
+        dla_core=req.dla_core,
+        gpu_fallback=req.gpu_fallback,
+    )
 
 
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:
@@ -168,5 +208,3 @@ def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str
         notes.append(f"note: no trtexec line for TensorRT {trt_major}: {exc}")
         return None
     return trtexec_for(ONNX_NAME, ENGINE_NAME, opts, plan)
-
-

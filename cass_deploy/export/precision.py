@@ -13,8 +13,8 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -23,9 +23,9 @@ from onnx import numpy_helper
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError
 
-ort_quant = lazy_import('onnxruntime.quantization', 'onnxruntime')
+ort_quant = lazy_import("onnxruntime.quantization", "onnxruntime")
 
-float16 = lazy_import('onnxruntime.transformers.float16', 'onnxruntime')
+float16 = lazy_import("onnxruntime.transformers.float16", "onnxruntime")
 
 KEEP_OUTPUTS = ("keep_idx", "keep_mask")
 
@@ -56,8 +56,9 @@ def _descendants(graph, names: set[str]) -> set[str]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    return _walk([n for n in graph.node if n.name in names],
-                 lambda n: [c for o in n.output for c in consumers.get(o, [])])
+    return _walk(
+        [n for n in graph.node if n.name in names], lambda n: [c for o in n.output for c in consumers.get(o, [])]
+    )
 
 
 def predictor_initializers(proto, params: Iterable[np.ndarray]) -> set[str]:
@@ -76,16 +77,19 @@ def predictor_initializers(proto, params: Iterable[np.ndarray]) -> set[str]:
             if arr.size != w.size or arr.dtype != np.float32:
                 continue
             a = arr.reshape(arr.shape)
-            if (a.shape == w.shape and np.array_equal(a, w)) or \
-                    (a.ndim == 2 and w.ndim == 2 and a.shape == w.T.shape and np.array_equal(a, w.T)) or \
-                    np.array_equal(a.reshape(-1), w.reshape(-1)):
+            if (
+                (a.shape == w.shape and np.array_equal(a, w))
+                or (a.ndim == 2 and w.ndim == 2 and a.shape == w.T.shape and np.array_equal(a, w.T))
+                or np.array_equal(a.reshape(-1), w.reshape(-1))
+            ):
                 found.add(init.name)
                 break
     return found
 
 
-def predictor_region(proto, predictor_params: Iterable[np.ndarray] | None = None,
-                     predictor_pattern: str = "predictor") -> set[str]:
+def predictor_region(
+    proto, predictor_params: Iterable[np.ndarray] | None = None, predictor_pattern: str = "predictor"
+) -> set[str]:
     """Names of the nodes of the importance predictor and the pruner in ``proto``.
 
     Predictor weights are recognised by value (``predictor_params``) or, without them, by an
@@ -96,12 +100,17 @@ def predictor_region(proto, predictor_params: Iterable[np.ndarray] | None = None
     if "scores" not in outputs:
         raise InputError("the ONNX graph has no 'scores' output; is it a cass-deploy export?")
     inits = {i.name for i in graph.initializer}
-    marked = (predictor_initializers(proto, predictor_params) if predictor_params is not None
-              else {i for i in inits if predictor_pattern in i})
+    marked = (
+        predictor_initializers(proto, predictor_params)
+        if predictor_params is not None
+        else {i for i in inits if predictor_pattern in i}
+    )
     seeds = {n.name for n in graph.node if any(i in marked for i in n.input)}
     if not seeds:
-        raise InputError("could not find the importance predictor's weights in the graph; keep the "
-                         "whole model at one precision (--no-keep-predictor-fp32)")
+        raise InputError(
+            "could not find the importance predictor's weights in the graph; keep the "
+            "whole model at one precision (--no-keep-predictor-fp32)"
+        )
     prod = _producers(graph)
     region = (_descendants(graph, seeds) & _ancestors(graph, ["scores"])) | seeds
     region |= _private_ancestors(graph, region)
@@ -167,20 +176,28 @@ class _Reader:
         pass
 
 
-def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
-            keep_predictor_fp32: bool = True, predictor_params: Iterable[np.ndarray] | None = None,
-            method: str = "minmax"):
+def to_int8(
+    proto,
+    calibration: list[np.ndarray],
+    *,
+    input_name: str = "images",
+    keep_predictor_fp32: bool = True,
+    predictor_params: Iterable[np.ndarray] | None = None,
+    method: str = "minmax",
+):
     """Static int8 QDQ quantisation calibrated on ``calibration`` batches ([B, 3, H, W] float32).
 
     Symmetric int8 activations and per-channel weights (what TensorRT expects from Q/DQ),
     Conv / MatMul / Gemm quantised; the predictor and pruner excluded by default.
     """
 
-
     if not calibration:
         raise InputError("int8 export needs calibration images (--calib-images >= 1)")
-    methods = {"minmax": ort_quant.CalibrationMethod.MinMax, "entropy": ort_quant.CalibrationMethod.Entropy,
-               "percentile": ort_quant.CalibrationMethod.Percentile}
+    methods = {
+        "minmax": ort_quant.CalibrationMethod.MinMax,
+        "entropy": ort_quant.CalibrationMethod.Entropy,
+        "percentile": ort_quant.CalibrationMethod.Percentile,
+    }
     if method not in methods:
         raise InputError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
     exclude = sorted(predictor_region(proto, predictor_params)) if keep_predictor_fp32 else []
@@ -189,11 +206,19 @@ def to_int8(proto, calibration: list[np.ndarray], *, input_name: str = "images",
         onnx.save(proto, src)
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet():
-                ort_quant.quantize_static(str(src), str(dst), _Reader(input_name, calibration), quant_format=ort_quant.QuantFormat.QDQ,
-                                per_channel=True, activation_type=ort_quant.QuantType.QInt8, weight_type=ort_quant.QuantType.QInt8,
-                                op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=exclude,
-                                calibrate_method=methods[method],
-                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                ort_quant.quantize_static(
+                    str(src),
+                    str(dst),
+                    _Reader(input_name, calibration),
+                    quant_format=ort_quant.QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=ort_quant.QuantType.QInt8,
+                    weight_type=ort_quant.QuantType.QInt8,
+                    op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                    nodes_to_exclude=exclude,
+                    calibrate_method=methods[method],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                )
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {exc}") from exc
         return onnx.load(dst)

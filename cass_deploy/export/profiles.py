@@ -28,7 +28,7 @@ TARGETS = ("tensorrt", "onnxruntime")
 DEVICES = ("jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "x86-gpu", "cpu")
 # DLA cores per device (Orin Nano has none; Orin NX 8GB has one, 16GB two; AGX Orin two).
 DLA_CORES = {"jetson-orin-nano": 0, "jetson-orin-nx": 2, "jetson-agx-orin": 2, "x86-gpu": 0, "cpu": 0}
-TRT_TOPK_MAX = TENSORRT_MAX_TOPK   # export/limits.py is the one source of backend limits
+TRT_TOPK_MAX = TENSORRT_MAX_TOPK  # export/limits.py is the one source of backend limits
 OPSET_RANGE = (17, 23)
 
 
@@ -45,8 +45,8 @@ class ExportProfile(ProfileSettings):
     description: str
     target: str
     device: str
-    timing_cache: bool = True                           # keep a timing cache beside the engine
-    memory_bandwidth_gbs: float | None = None           # informational (PLATFORM-NOTES.md)
+    timing_cache: bool = True  # keep a timing cache beside the engine
+    memory_bandwidth_gbs: float | None = None  # informational (PLATFORM-NOTES.md)
     patch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -63,53 +63,74 @@ class ExportProfile(ProfileSettings):
         for axis, v in zip("HW", self.image_size):
             _positive_int(where, f"image_size {axis}", v)
             if v % self.patch_size:
-                raise ConfigError(f"{where}: image_size {axis}={v} is not a multiple of the patch "
-                                  f"size {self.patch_size}; pad or resize to "
-                                  f"{math.ceil(v / self.patch_size) * self.patch_size}")
+                raise ConfigError(
+                    f"{where}: image_size {axis}={v} is not a multiple of the patch "
+                    f"size {self.patch_size}; pad or resize to "
+                    f"{math.ceil(v / self.patch_size) * self.patch_size}"
+                )
         _positive_int(where, "batch", self.batch)
         if self.dynamic_batch is not None:
             lo, opt, hi = self.dynamic_batch
             for label, v in (("min", lo), ("opt", opt), ("max", hi)):
                 _positive_int(where, f"dynamic_batch {label}", v)
             if not lo <= opt <= hi:
-                raise ConfigError(f"{where}: dynamic_batch must be [min, opt, max] with "
-                                  f"min <= opt <= max, got {list(self.dynamic_batch)!r}")
+                raise ConfigError(
+                    f"{where}: dynamic_batch must be [min, opt, max] with "
+                    f"min <= opt <= max, got {list(self.dynamic_batch)!r}"
+                )
             if not lo <= self.batch <= hi:
-                raise ConfigError(f"{where}: batch {self.batch} is outside dynamic_batch "
-                                  f"{list(self.dynamic_batch)!r}")
+                raise ConfigError(f"{where}: batch {self.batch} is outside dynamic_batch {list(self.dynamic_batch)!r}")
         if self.workspace_mib is not None:
             _positive_int(where, "workspace_mib", self.workspace_mib)
-        if isinstance(self.keep_ratio, bool) or not isinstance(self.keep_ratio, (int, float)) \
-                or not 0 < self.keep_ratio <= 1:
+        if (
+            isinstance(self.keep_ratio, bool)
+            or not isinstance(self.keep_ratio, (int, float))
+            or not 0 < self.keep_ratio <= 1
+        ):
             raise ConfigError(f"{where}: keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) \
-                or not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+        if (
+            isinstance(self.opset, bool)
+            or not isinstance(self.opset, int)
+            or not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]
+        ):
             raise ConfigError(f"{where}: opset must be an integer in {list(OPSET_RANGE)}, got {self.opset!r}")
         if self.dla_core is not None:
             if self.target != "tensorrt":
                 raise ConfigError(f"{where}: dla_core needs target tensorrt, got {self.target!r}")
             cores = DLA_CORES[self.device]
-            if isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int) \
-                    or not 0 <= self.dla_core < max(cores, 1) or cores == 0:
-                raise ConfigError(f"{where}: device {self.device} has {cores} DLA core(s); "
-                                  f"dla_core {self.dla_core!r} is not one of them")
+            if (
+                isinstance(self.dla_core, bool)
+                or not isinstance(self.dla_core, int)
+                or not 0 <= self.dla_core < max(cores, 1)
+                or cores == 0
+            ):
+                raise ConfigError(
+                    f"{where}: device {self.device} has {cores} DLA core(s); "
+                    f"dla_core {self.dla_core!r} is not one of them"
+                )
             if self.precision == "fp32":
-                raise ConfigError(f"{where}: DLA computes in fp16 or int8 only; set precision "
-                                  f"fp16 or int8, or dla_core null to build for the GPU")
+                raise ConfigError(
+                    f"{where}: DLA computes in fp16 or int8 only; set precision "
+                    f"fp16 or int8, or dla_core null to build for the GPU"
+                )
             if self.dynamic_batch is not None:
-                raise ConfigError(f"{where}: DLA engines have no dynamic dimensions; set "
-                                  f"dynamic_batch null with dla_core {self.dla_core}")
+                raise ConfigError(
+                    f"{where}: DLA engines have no dynamic dimensions; set "
+                    f"dynamic_batch null with dla_core {self.dla_core}"
+                )
         if self.memory_bandwidth_gbs is not None and (
-                isinstance(self.memory_bandwidth_gbs, bool)
-                or not isinstance(self.memory_bandwidth_gbs, (int, float))
-                or self.memory_bandwidth_gbs <= 0):
-            raise ConfigError(f"{where}: memory_bandwidth_gbs must be > 0 or null, "
-                              f"got {self.memory_bandwidth_gbs!r}")
+            isinstance(self.memory_bandwidth_gbs, bool)
+            or not isinstance(self.memory_bandwidth_gbs, (int, float))
+            or self.memory_bandwidth_gbs <= 0
+        ):
+            raise ConfigError(f"{where}: memory_bandwidth_gbs must be > 0 or null, got {self.memory_bandwidth_gbs!r}")
         if self.target == "tensorrt" and self.pruner_mode == "global" and self.topk_k() > TRT_TOPK_MAX:
-            raise LimitError(f"{where}: global top-k keeps k = ceil({self.keep_ratio} * "
-                             f"{self.num_patches()}) = {self.topk_k()} patches, above TensorRT's "
-                             f"TopK limit {TRT_TOPK_MAX}; lower keep_ratio or image_size, or use "
-                             f"pruner_mode band")
+            raise LimitError(
+                f"{where}: global top-k keeps k = ceil({self.keep_ratio} * "
+                f"{self.num_patches()}) = {self.topk_k()} patches, above TensorRT's "
+                f"TopK limit {TRT_TOPK_MAX}; lower keep_ratio or image_size, or use "
+                f"pruner_mode band"
+            )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -153,8 +174,7 @@ def profile_from_mapping(data: dict[str, Any], default_name: str | None = None) 
         data.setdefault("name", default_name)
     missing = [k for k in ("name", "description", "target", "device", "image_size") if k not in data]
     if missing:
-        raise ConfigError(f"export profile {data.get('name', default_name)!r} is missing "
-                          f"{', '.join(missing)}")
+        raise ConfigError(f"export profile {data.get('name', default_name)!r} is missing {', '.join(missing)}")
     return from_dict(ExportProfile, data)
 
 
@@ -169,10 +189,23 @@ def load_profile(name_or_path: str | Path) -> ExportProfile:
         return profile_from_mapping(load_mapping(path), default_name=path.stem)
     shipped = PROFILE_DIR / f"{text}.yaml"
     if not shipped.is_file():
-        raise InputError(f"unknown export profile {text!r}; available: {', '.join(list_profiles())} "
-                         f"(or pass the path of a YAML file)")
+        raise InputError(
+            f"unknown export profile {text!r}; available: {', '.join(list_profiles())} "
+            f"(or pass the path of a YAML file)"
+        )
     return profile_from_mapping(load_mapping(shipped), default_name=text)
 
 
-__all__ = ["ExportProfile", "load_profile", "list_profiles", "profile_from_mapping", "TARGETS",
-           "DEVICES", "PRECISIONS", "PRUNER_MODES", "DLA_CORES", "TRT_TOPK_MAX", "PROFILE_DIR"]
+__all__ = [
+    "ExportProfile",
+    "load_profile",
+    "list_profiles",
+    "profile_from_mapping",
+    "TARGETS",
+    "DEVICES",
+    "PRECISIONS",
+    "PRUNER_MODES",
+    "DLA_CORES",
+    "TRT_TOPK_MAX",
+    "PROFILE_DIR",
+]

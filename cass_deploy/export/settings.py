@@ -97,51 +97,100 @@ def _target_for(profile: ExportProfile) -> str | None:
 
 #: the settings of an export, in CLI (and request field) order
 SETTINGS: tuple[Setting, ...] = (
-    Setting("checkpoint", Path, flag="checkpoint",
-            help="trained checkpoint (.pt), or an export directory to build its engine on this device "
-                 "(with --engine; no torch or checkpoint needed)"),
+    Setting(
+        "checkpoint",
+        Path,
+        flag="checkpoint",
+        help="trained checkpoint (.pt), or an export directory to build its engine on this device "
+        "(with --engine; no torch or checkpoint needed)",
+    ),
     Setting("out", Path, flag="--out", help="output directory (model.onnx, model.engine, manifest.json)"),
-    Setting("profile", str | None, None, "--profile",
-            help="deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, "
-                 "x86-gpu, cpu); explicit flags override it"),
-    Setting("parts", str, "full", "--parts", choices=PARTS,
-            help="predictor: importance predictor + pruner only; full: the whole pruned detector (default)"),
+    Setting(
+        "profile",
+        str | None,
+        None,
+        "--profile",
+        help="deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, "
+        "x86-gpu, cpu); explicit flags override it",
+    ),
+    Setting(
+        "parts",
+        str,
+        "full",
+        "--parts",
+        choices=PARTS,
+        help="predictor: importance predictor + pruner only; full: the whole pruned detector (default)",
+    ),
     Setting("precision", str, "fp32", "--precision", choices=PRECISIONS, profile="fp16"),
     Setting("batch", int, 1, "--batch", help="fixed batch size (default {default})", profile=1),
-    Setting("dynamic_batch", tuple[int, int, int] | None, None, "--dynamic-batch",
-            help="symbolic batch dimension with a TensorRT optimisation profile", metavar=("MIN", "OPT", "MAX"),
-            profile=None),
+    Setting(
+        "dynamic_batch",
+        tuple[int, int, int] | None,
+        None,
+        "--dynamic-batch",
+        help="symbolic batch dimension with a TensorRT optimisation profile",
+        metavar=("MIN", "OPT", "MAX"),
+        profile=None,
+    ),
     Setting("opset", int, 17, "--opset", help="ONNX opset (default {default})", profile=18),
     Setting("simplify", bool, True, "--no-simplify", help="skip onnxslim simplification", profile=True),
-    Setting("image_size", tuple[int, int] | None, None, "--image-size", metavar=("H", "W"),
-            help="export at another input size (position embedding resampled)", profile=REQUIRED),
+    Setting(
+        "image_size",
+        tuple[int, int] | None,
+        None,
+        "--image-size",
+        metavar=("H", "W"),
+        help="export at another input size (position embedding resampled)",
+        profile=REQUIRED,
+    ),
     Setting("pruner_mode", str | None, None, "--pruner", choices=PRUNER_MODES, profile="global"),
     Setting("keep_ratio", float | None, None, "--keep-ratio", profile=0.5),
-    Setting("keep_predictor_fp32", bool, True, "--no-keep-predictor-fp32",
-            help="also convert the predictor and pruner to fp16/int8 (default: they stay fp32)"),
-    Setting("calib_data", str, "synthetic", "--calib-data",
-            help="int8 calibration images: 'synthetic' or a dataset dir"),
+    Setting(
+        "keep_predictor_fp32",
+        bool,
+        True,
+        "--no-keep-predictor-fp32",
+        help="also convert the predictor and pruner to fp16/int8 (default: they stay fp32)",
+    ),
+    Setting(
+        "calib_data", str, "synthetic", "--calib-data", help="int8 calibration images: 'synthetic' or a dataset dir"
+    ),
     Setting("calib_images", int, 32, "--calib-images"),
     Setting("calib_method", str, "minmax", "--calib-method", choices=CALIB_METHODS),
-    Setting("target", str | None, None, "--target", help=f"limits to check: {', '.join(TARGETS)}",
-            from_profile=_target_for),
-    Setting("engine", bool, False, "--engine", help="also build a TensorRT engine (needs TensorRT)",
-            from_profile=_engine_for),
+    Setting(
+        "target", str | None, None, "--target", help=f"limits to check: {', '.join(TARGETS)}", from_profile=_target_for
+    ),
+    Setting(
+        "engine",
+        bool,
+        False,
+        "--engine",
+        help="also build a TensorRT engine (needs TensorRT)",
+        from_profile=_engine_for,
+    ),
     Setting("workspace_mib", int | None, None, "--workspace", help="TensorRT workspace in MiB", profile=None),
     Setting("timing_cache", Path | None, None, "--timing-cache", help="TensorRT timing cache file (read and updated)"),
-    Setting("dla_core", int | None, None, "--dla-core", help="build for this DLA core (Jetson, TensorRT 10)",
-            profile=None),
-    Setting("gpu_fallback", bool, True, "--no-gpu-fallback", help="forbid DLA layers falling back to the GPU",
-            profile=True),
-    Setting("strongly_typed", bool | None, None, "--strongly-typed",
-            help="TensorRT 10: strongly typed network (TensorRT 11 always is)"),
+    Setting(
+        "dla_core", int | None, None, "--dla-core", help="build for this DLA core (Jetson, TensorRT 10)", profile=None
+    ),
+    Setting(
+        "gpu_fallback", bool, True, "--no-gpu-fallback", help="forbid DLA layers falling back to the GPU", profile=True
+    ),
+    Setting(
+        "strongly_typed",
+        bool | None,
+        None,
+        "--strongly-typed",
+        help="TensorRT 10: strongly typed network (TensorRT 11 always is)",
+    ),
     Setting("force", bool, False, "--force", help="overwrite an existing output directory"),
-    Setting("extra", dict[str, Any], default_factory=dict),   # more manifest entries (library callers)
+    Setting("extra", dict[str, Any], default_factory=dict),  # more manifest entries (library callers)
 )
 SETTING: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in SETTINGS})
 
 
 # --------------------------------------------------------------------------- the request
+
 
 def _check_request(req: ExportRequest) -> None:
     """Refuse (:class:`InputError`, naming the flag) what no export can do; backend limits come later."""
@@ -180,7 +229,8 @@ ExportRequest = _dataclass(
     [(s.name, s.type, _field(s.default, s.default_factory)) for s in SETTINGS],
     "What to export: one field per ``SETTINGS`` row. ``target`` names a row of ``backends.limits`` "
     "(checked before building); ``profile`` is the name of the deployment profile applied.",
-    namespace={"__post_init__": _check_request})
+    namespace={"__post_init__": _check_request},
+)
 
 #: The settings a deployment profile shares with the request, with the profile's defaults: the frozen
 #: base of ``export.profiles.ExportProfile`` (which adds its own fields and checks them all).
@@ -188,7 +238,9 @@ ProfileSettings = _dataclass(
     "ProfileSettings",
     [(s.name, s.profile_type, _field(s.profile)) for s in SETTINGS if s.in_profiles],
     "Deployment-profile fields that map onto ExportRequest fields (from export.settings.SETTINGS).",
-    frozen=True, kw_only=True)
+    frozen=True,
+    kw_only=True,
+)
 
 
 def request_from(**values: Any) -> ExportRequest:
@@ -206,6 +258,7 @@ def _request_default(s: Setting) -> Any:
 
 
 # --------------------------------------------------------------------------- the CLI
+
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """One argument per setting with a flag; each parses to ``dest=<setting name>``.
@@ -245,12 +298,13 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _from_cli(s: Setting, value: Any) -> Any:
     if value is None:
         return None
-    if isinstance(value, list):                     # nargs=N -> tuple[...]
+    if isinstance(value, list):  # nargs=N -> tuple[...]
         return tuple(value)
     return Path(value) if _without_none(s.type) is Path else value
 
 
 # --------------------------------------------------------------------------- deployment profiles
+
 
 def apply_profile(values: Mapping[str, Any], profile: ExportProfile | None) -> dict[str, Any]:
     """Fill unset (``None``) values from ``profile``; explicit values win.
@@ -274,6 +328,18 @@ def apply_profile(values: Mapping[str, Any], profile: ExportProfile | None) -> d
     return merged
 
 
-__all__ = ["SETTINGS", "SETTING", "Setting", "ExportRequest", "ProfileSettings", "REQUIRED", "NOT_IN_PROFILES",
-           "CALIB_METHODS", "request_from", "with_defaults", "add_export_arguments", "settings_from_args",
-           "apply_profile"]
+__all__ = [
+    "SETTINGS",
+    "SETTING",
+    "Setting",
+    "ExportRequest",
+    "ProfileSettings",
+    "REQUIRED",
+    "NOT_IN_PROFILES",
+    "CALIB_METHODS",
+    "request_from",
+    "with_defaults",
+    "add_export_arguments",
+    "settings_from_args",
+    "apply_profile",
+]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import onnx
 
@@ -55,14 +56,12 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
-        if self.workspace_mib is not None and (not isinstance(self.workspace_mib, int)
-                                               or self.workspace_mib < 1):
-            raise InputError(f"workspace_mib must be a positive integer, got "
-                             f"{self.workspace_mib!r}")
-        if self.dla_core is not None and (not isinstance(self.dla_core, int)
-                                          or isinstance(self.dla_core, bool) or self.dla_core < 0):
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workspace_mib is not None and (not isinstance(self.workspace_mib, int) or self.workspace_mib < 1):
+            raise InputError(f"workspace_mib must be a positive integer, got {self.workspace_mib!r}")
+        if self.dla_core is not None and (
+            not isinstance(self.dla_core, int) or isinstance(self.dla_core, bool) or self.dla_core < 0
+        ):
             raise InputError(f"dla_core must be a non-negative integer, got {self.dla_core!r}")
         level = self.builder_optimization_level
         if level is not None and (not isinstance(level, int) or not 0 <= level <= 5):
@@ -74,14 +73,13 @@ class BuildOptions:
             try:
                 lo, opt, hi = (tuple(int(d) for d in s) for s in shapes)
             except (TypeError, ValueError):
-                raise InputError(f"profile for {name!r} must be (min, opt, max) shapes, got "
-                                 f"{shapes!r}") from None
+                raise InputError(f"profile for {name!r} must be (min, opt, max) shapes, got {shapes!r}") from None
             if not len(lo) == len(opt) == len(hi):
-                raise InputError(f"profile for {name!r}: min/opt/max ranks differ "
-                                 f"({lo}, {opt}, {hi})")
+                raise InputError(f"profile for {name!r}: min/opt/max ranks differ ({lo}, {opt}, {hi})")
             if not all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi)):
-                raise InputError(f"profile for {name!r} needs 1 <= min <= opt <= max on every "
-                                 f"axis, got min={lo} opt={opt} max={hi}")
+                raise InputError(
+                    f"profile for {name!r} needs 1 <= min <= opt <= max on every axis, got min={lo} opt={opt} max={hi}"
+                )
             profiles[str(name)] = (lo, opt, hi)
         object.__setattr__(self, "profiles", profiles)
 
@@ -97,84 +95,100 @@ class BuildPlan:
 
     trt_major: int
     strongly_typed: bool
-    network_flags: tuple[str, ...]          # NetworkDefinitionCreationFlag member names
-    builder_flags: tuple[str, ...]          # BuilderFlag member names
-    default_device_type: str = "GPU"        # DeviceType member name
+    network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag member names
+    builder_flags: tuple[str, ...]  # BuilderFlag member names
+    default_device_type: str = "GPU"  # DeviceType member name
     dla_core: int | None = None
-    hardware_compatibility_level: str | None = None   # HardwareCompatibilityLevel member name
+    hardware_compatibility_level: str | None = None  # HardwareCompatibilityLevel member name
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trt_major": self.trt_major, "strongly_typed": self.strongly_typed,
-                "network_flags": list(self.network_flags),
-                "builder_flags": list(self.builder_flags),
-                "default_device_type": self.default_device_type, "dla_core": self.dla_core,
-                "hardware_compatibility_level": self.hardware_compatibility_level,
-                "notes": list(self.notes)}
+        return {
+            "trt_major": self.trt_major,
+            "strongly_typed": self.strongly_typed,
+            "network_flags": list(self.network_flags),
+            "builder_flags": list(self.builder_flags),
+            "default_device_type": self.default_device_type,
+            "dla_core": self.dla_core,
+            "hardware_compatibility_level": self.hardware_compatibility_level,
+            "notes": list(self.notes),
+        }
 
 
-def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool,
-               onnx_is_fp16: bool) -> BuildPlan:
+def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool, onnx_is_fp16: bool) -> BuildPlan:
     """Turn a request into TensorRT settings, or refuse it (:class:`LimitError`) before building.
 
     ``has_qdq``: the ONNX has QuantizeLinear/DequantizeLinear nodes; ``onnx_is_fp16``: it
     carries fp16 tensors. A precision the ONNX does not carry is never changed silently.
     """
     if trt_major < 10:
-        raise LimitError(f"TensorRT {trt_major}.x is not supported; use TensorRT 10 or 11 "
-                         "(JetPack 6 ships 10.3)")
+        raise LimitError(f"TensorRT {trt_major}.x is not supported; use TensorRT 10 or 11 (JetPack 6 ships 10.3)")
     p = options.precision
     notes: list[str] = []
     dla = options.dla_core is not None
 
     if trt_major >= 11:
         if options.strongly_typed is False:
-            raise LimitError(f"TensorRT {trt_major} networks are always strongly typed; drop "
-                             "the request for a weakly typed build (--no-strongly-typed)")
+            raise LimitError(
+                f"TensorRT {trt_major} networks are always strongly typed; drop "
+                "the request for a weakly typed build (--no-strongly-typed)"
+            )
         strongly = True
     else:
         strongly = bool(options.strongly_typed)
 
     if dla:
         if trt_major >= 11:
-            raise LimitError(f"DLA is not available with TensorRT {trt_major}.x (absent from "
-                             "11.0); build DLA engines with TensorRT 10 on the Jetson "
-                             "(JetPack 6 ships 10.3), or drop --dla-core")
+            raise LimitError(
+                f"DLA is not available with TensorRT {trt_major}.x (absent from "
+                "11.0); build DLA engines with TensorRT 10 on the Jetson "
+                "(JetPack 6 ships 10.3), or drop --dla-core"
+            )
         if p == "fp32":
-            raise LimitError("DLA computes in fp16 or int8 only; request --precision fp16 "
-                             "(or int8), or drop --dla-core to build for the GPU")
+            raise LimitError(
+                "DLA computes in fp16 or int8 only; request --precision fp16 "
+                "(or int8), or drop --dla-core to build for the GPU"
+            )
         if strongly:
-            raise LimitError("DLA builds on TensorRT 10 use the FP16/INT8 builder flags; drop "
-                             "--strongly-typed for a DLA engine")
+            raise LimitError(
+                "DLA builds on TensorRT 10 use the FP16/INT8 builder flags; drop --strongly-typed for a DLA engine"
+            )
         if not options.gpu_fallback:
-            raise LimitError("DLA without GPU fallback cannot run the pruner: TopK and "
-                             "Gather/Scatter are not DLA layers; enable GPU fallback")
+            raise LimitError(
+                "DLA without GPU fallback cannot run the pruner: TopK and "
+                "Gather/Scatter are not DLA layers; enable GPU fallback"
+            )
         if options.has_dynamic_profile:
-            raise LimitError("DLA has no dynamic dimensions; use a fixed batch (min = opt = max) "
-                             "for a DLA engine")
+            raise LimitError("DLA has no dynamic dimensions; use a fixed batch (min = opt = max) for a DLA engine")
         if options.hardware_compatible:
-            raise LimitError("hardware-compatible engines are GPU-only (Ampere+); drop "
-                             "--hardware-compatible for a DLA engine")
+            raise LimitError(
+                "hardware-compatible engines are GPU-only (Ampere+); drop --hardware-compatible for a DLA engine"
+            )
 
     # precision carried by the ONNX vs the request
     if p == "int8" and not has_qdq:
         raise LimitError(
             "int8 needs an ONNX with explicit Q/DQ nodes (cass-deploy supports explicit "
             "quantization only; TensorRT 11 has no implicit calibrator): export with "
-            "--precision int8 and calibration images")
+            "--precision int8 and calibration images"
+        )
     if p != "int8" and has_qdq:
-        raise LimitError(f"the ONNX has Q/DQ (int8) nodes but {p} was requested; request "
-                         "--precision int8, or export a non-quantized ONNX for fp16/fp32")
+        raise LimitError(
+            f"the ONNX has Q/DQ (int8) nodes but {p} was requested; request "
+            "--precision int8, or export a non-quantized ONNX for fp16/fp32"
+        )
     if p == "fp32" and onnx_is_fp16:
-        raise LimitError("the ONNX carries fp16 tensors but fp32 was requested; request "
-                         "--precision fp16 or export the ONNX with --precision fp32")
+        raise LimitError(
+            "the ONNX carries fp16 tensors but fp32 was requested; request "
+            "--precision fp16 or export the ONNX with --precision fp32"
+        )
     if p == "fp16" and strongly and not onnx_is_fp16:
-        where = f"TensorRT {trt_major} is always strongly typed" if trt_major >= 11 else \
-            "a strongly typed network"
+        where = f"TensorRT {trt_major} is always strongly typed" if trt_major >= 11 else "a strongly typed network"
         raise LimitError(
             f"fp16 was requested but the ONNX is fp32, and {where}: precision comes from the "
             "ONNX. Export with --precision fp16 so the ONNX carries fp16"
-            + (", or build without --strongly-typed on TensorRT 10" if trt_major < 11 else ""))
+            + (", or build without --strongly-typed on TensorRT 10" if trt_major < 11 else "")
+        )
 
     builder_flags: list[str] = []
     network_flags: list[str] = []
@@ -189,8 +203,10 @@ def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool,
         builder_flags.append("INT8")
         if onnx_is_fp16:
             builder_flags.append("FP16")
-        notes.append("explicit Q/DQ int8: layers without Q/DQ (the predictor and pruner by "
-                     "default) stay in " + ("fp16/fp32" if onnx_is_fp16 else "fp32"))
+        notes.append(
+            "explicit Q/DQ int8: layers without Q/DQ (the predictor and pruner by "
+            "default) stay in " + ("fp16/fp32" if onnx_is_fp16 else "fp32")
+        )
 
     device = "GPU"
     if dla:
@@ -200,14 +216,17 @@ def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool,
 
     if options.version_compatible:
         builder_flags.append("VERSION_COMPATIBLE")
-        notes.append("version-compatible engine: loadable by newer TensorRT on the same OS "
-                     "(possibly slower)")
+        notes.append("version-compatible engine: loadable by newer TensorRT on the same OS (possibly slower)")
     return BuildPlan(
-        trt_major=trt_major, strongly_typed=strongly, network_flags=tuple(network_flags),
-        builder_flags=tuple(builder_flags), default_device_type=device,
+        trt_major=trt_major,
+        strongly_typed=strongly,
+        network_flags=tuple(network_flags),
+        builder_flags=tuple(builder_flags),
+        default_device_type=device,
         dla_core=options.dla_core if dla else None,
         hardware_compatibility_level="AMPERE_PLUS" if options.hardware_compatible else None,
-        notes=tuple(notes))
+        notes=tuple(notes),
+    )
 
 
 # -- ONNX facts ------------------------------------------------------------------------------
@@ -235,18 +254,26 @@ def onnx_facts(model: Any) -> OnnxFacts:
     ops = frozenset(node.op_type for node in graph.node)
     is_fp16 = (
         any(t.data_type == fp16 for t in graph.initializer)
-        or any(v.type.tensor_type.elem_type == fp16
-               for v in (*graph.input, *graph.output, *graph.value_info))
-        or any(node.op_type == "Cast" and any(a.name == "to" and a.i == fp16
-                                              for a in node.attribute)
-               for node in graph.node))
+        or any(v.type.tensor_type.elem_type == fp16 for v in (*graph.input, *graph.output, *graph.value_info))
+        or any(
+            node.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in node.attribute)
+            for node in graph.node
+        )
+    )
     init_names = {t.name for t in graph.initializer}
     inputs = tuple(
-        (v.name, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                       for d in v.type.tensor_type.shape.dim))
-        for v in graph.input if v.name not in init_names)
-    return OnnxFacts(has_qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
-                     is_fp16=is_fp16, op_types=ops, inputs=inputs)
+        (
+            v.name,
+            tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim
+            ),
+        )
+        for v in graph.input
+        if v.name not in init_names
+    )
+    return OnnxFacts(
+        has_qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}), is_fp16=is_fp16, op_types=ops, inputs=inputs
+    )
 
 
 def _trt_major(trt: Any) -> int:
@@ -274,14 +301,20 @@ class BuildResult:
     trtexec: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"engine": str(self.engine_path), "plan": self.plan.to_dict(),
-                "tensorrt": self.trt_version, "seconds": round(self.seconds, 3),
-                "timing_cache": None if self.timing_cache is None else str(self.timing_cache),
-                "warnings": list(self.warnings), "trtexec": self.trtexec}
+        return {
+            "engine": str(self.engine_path),
+            "plan": self.plan.to_dict(),
+            "tensorrt": self.trt_version,
+            "seconds": round(self.seconds, 3),
+            "timing_cache": None if self.timing_cache is None else str(self.timing_cache),
+            "warnings": list(self.warnings),
+            "trtexec": self.trtexec,
+        }
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildOptions,
-                 force: bool = False, log: LogFn | None = None) -> BuildResult:
+def build_engine(
+    onnx_path: str | Path, engine_path: str | Path, options: BuildOptions, force: bool = False, log: LogFn | None = None
+) -> BuildResult:
     """Build a serialized engine from ``onnx_path`` and write it atomically to ``engine_path``.
 
     Refuses an existing ``engine_path`` without ``force`` and unsupported requests before the
@@ -299,16 +332,17 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     builder = trt.Builder(logger)
 
     flags = 0
-    for member in _resolve(trt.NetworkDefinitionCreationFlag, plan.network_flags,
-                           "network flag", trt):
+    for member in _resolve(trt.NetworkDefinitionCreationFlag, plan.network_flags, "network flag", trt):
         flags |= 1 << int(member)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     parsed = parser.parse_from_file(str(onnx_path))
     if not parsed or parser.num_errors:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT {trt.__version__} could not parse {onnx_path}:\n  "
-                          + "\n  ".join(errors or logger.errors() or ["(no parser message)"]))
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not parse {onnx_path}:\n  "
+            + "\n  ".join(errors or logger.errors() or ["(no parser message)"])
+        )
 
     config = builder.create_builder_config()
     if options.workspace_mib is not None:
@@ -318,24 +352,25 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
     if plan.default_device_type == "DLA":
         cores = int(getattr(builder, "num_DLA_cores", 0))
         if plan.dla_core is None or plan.dla_core >= cores:
-            raise LimitError(f"DLA core {plan.dla_core} requested but this device has {cores} "
-                             "DLA core(s)" + (" (DLA exists on Jetson Orin/Xavier only)"
-                                              if cores == 0 else ""))
+            raise LimitError(
+                f"DLA core {plan.dla_core} requested but this device has {cores} "
+                "DLA core(s)" + (" (DLA exists on Jetson Orin/Xavier only)" if cores == 0 else "")
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
     if plan.hardware_compatibility_level is not None:
-        config.hardware_compatibility_level = getattr(
-            trt.HardwareCompatibilityLevel, plan.hardware_compatibility_level)
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, plan.hardware_compatibility_level)
     _add_profiles(trt, builder, network, config, options, onnx_path)
     cache = _load_timing_cache(config, options.timing_cache, log)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from "
-                          f"{onnx_path}:\n  " + "\n  ".join(
-                              logger.errors() or ["(no error message; rerun with a log)"]))
+        raise ExportError(
+            f"TensorRT {trt.__version__} failed to build an engine from "
+            f"{onnx_path}:\n  " + "\n  ".join(logger.errors() or ["(no error message; rerun with a log)"])
+        )
     with atomic_path(engine_path, force=force) as tmp:
         with open(tmp, "wb") as f:
             f.write(serialized)
@@ -345,14 +380,17 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, options: BuildO
             with open(tmp, "wb") as f:
                 f.write(data)
     return BuildResult(
-        engine_path=engine_path, plan=plan, trt_version=str(trt.__version__),
-        seconds=time.perf_counter() - start, timing_cache=options.timing_cache,
+        engine_path=engine_path,
+        plan=plan,
+        trt_version=str(trt.__version__),
+        seconds=time.perf_counter() - start,
+        timing_cache=options.timing_cache,
         warnings=tuple(m for m in logger.messages if m.startswith("[warning]")),
-        trtexec=trtexec_for(onnx_path, engine_path, options, plan))
+        trtexec=trtexec_for(onnx_path, engine_path, options, plan),
+    )
 
 
-def _add_profiles(trt: Any, builder: Any, network: Any, config: Any, options: BuildOptions,
-                  onnx_path: Path) -> None:
+def _add_profiles(trt: Any, builder: Any, network: Any, config: Any, options: BuildOptions, onnx_path: Path) -> None:
     """One optimisation profile covering every dynamic input (``-1`` dims)."""
     inputs = {}
     for i in range(network.num_inputs):
@@ -360,23 +398,28 @@ def _add_profiles(trt: Any, builder: Any, network: Any, config: Any, options: Bu
         inputs[tensor.name] = tuple(int(d) for d in tensor.shape)
     unknown = sorted(set(options.profiles) - set(inputs))
     if unknown:
-        raise InputError(f"profile given for {', '.join(unknown)}, which {onnx_path} does not "
-                         f"have as input(s); inputs: {', '.join(inputs)}")
+        raise InputError(
+            f"profile given for {', '.join(unknown)}, which {onnx_path} does not "
+            f"have as input(s); inputs: {', '.join(inputs)}"
+        )
     dynamic = {name: shape for name, shape in inputs.items() if any(d < 0 for d in shape)}
     missing = sorted(set(dynamic) - set(options.profiles))
     if missing:
-        raise InputError("dynamic input(s) need min/opt/max shapes: " + ", ".join(
-            f"{n} {dynamic[n]}" for n in missing) + " (set --dynamic-batch min,opt,max)")
+        raise InputError(
+            "dynamic input(s) need min/opt/max shapes: "
+            + ", ".join(f"{n} {dynamic[n]}" for n in missing)
+            + " (set --dynamic-batch min,opt,max)"
+        )
     if not options.profiles:
         return
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in options.profiles.items():
         declared = inputs[name]
         for shape in (lo, opt, hi):
-            if len(shape) != len(declared) or any(
-                    d >= 0 and s != d for s, d in zip(shape, declared)):
-                raise InputError(f"profile shape {shape} for {name!r} does not fit its declared "
-                                 f"shape {declared} (-1 = dynamic)")
+            if len(shape) != len(declared) or any(d >= 0 and s != d for s, d in zip(shape, declared)):
+                raise InputError(
+                    f"profile shape {shape} for {name!r} does not fit its declared shape {declared} (-1 = dynamic)"
+                )
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
 
@@ -389,8 +432,7 @@ def _load_timing_cache(config: Any, path: Path | None, log: LogFn | None) -> Any
     cache = config.create_timing_cache(data)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         if log is not None:
-            log(f"timing cache {path} was built for another device or TensorRT version; "
-                "starting an empty one")
+            log(f"timing cache {path} was built for another device or TensorRT version; starting an empty one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
@@ -402,16 +444,17 @@ def _load_timing_cache(config: Any, path: Path | None, log: LogFn | None) -> Any
 #: TensorRT setting from the plan through this table only, so a flag cannot be in the plan and
 #: missing from the line, or the reverse. ``section`` places the argument on the line:
 #: ``precision`` right after ``--saveEngine``, ``device`` after the shapes, ``compatibility`` last.
-TRTEXEC_ARGS: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType({
-    ("network_flags", "STRONGLY_TYPED"): ("precision", "--stronglyTyped"),
-    ("builder_flags", "INT8"): ("precision", "--int8"),
-    ("builder_flags", "FP16"): ("precision", "--fp16"),
-    ("default_device_type", "DLA"): ("device", "--useDLACore={dla_core}"),
-    ("builder_flags", "GPU_FALLBACK"): ("device", "--allowGPUFallback"),
-    ("builder_flags", "VERSION_COMPATIBLE"): ("compatibility", "--versionCompatible"),
-    ("hardware_compatibility_level", "AMPERE_PLUS"): ("compatibility",
-                                                      "--hardwareCompatibilityLevel=ampere+"),
-})
+TRTEXEC_ARGS: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType(
+    {
+        ("network_flags", "STRONGLY_TYPED"): ("precision", "--stronglyTyped"),
+        ("builder_flags", "INT8"): ("precision", "--int8"),
+        ("builder_flags", "FP16"): ("precision", "--fp16"),
+        ("default_device_type", "DLA"): ("device", "--useDLACore={dla_core}"),
+        ("builder_flags", "GPU_FALLBACK"): ("device", "--allowGPUFallback"),
+        ("builder_flags", "VERSION_COMPATIBLE"): ("compatibility", "--versionCompatible"),
+        ("hardware_compatibility_level", "AMPERE_PLUS"): ("compatibility", "--hardwareCompatibilityLevel=ampere+"),
+    }
+)
 TRTEXEC_SECTIONS = ("precision", "device", "compatibility")
 
 
@@ -434,8 +477,11 @@ def trtexec_plan_args(plan: BuildPlan) -> dict[str, list[str]]:
     held = set(plan_settings(plan))
     missing = sorted(held - set(TRTEXEC_ARGS))
     if missing:
-        raise ExportError("no trtexec argument for " + ", ".join(f"{f} {n}" for f, n in missing)
-                          + " of the build plan; add it to TRTEXEC_ARGS")
+        raise ExportError(
+            "no trtexec argument for "
+            + ", ".join(f"{f} {n}" for f, n in missing)
+            + " of the build plan; add it to TRTEXEC_ARGS"
+        )
     sections: dict[str, list[str]] = {s: [] for s in TRTEXEC_SECTIONS}
     for key, (section, arg) in TRTEXEC_ARGS.items():
         if key in held:
@@ -449,12 +495,10 @@ def _dims(shape: Sequence[int]) -> str:
 
 def _shape_spec(shapes: Mapping[str, Sequence[int]]) -> str:
     # trtexec: names containing ':' or ',' are wrapped in single quotes ('Input:0')
-    return ",".join((f"'{n}'" if (":" in n or "," in n) else n) + ":" + _dims(s)
-                    for n, s in shapes.items())
+    return ",".join((f"'{n}'" if (":" in n or "," in n) else n) + ":" + _dims(s) for n, s in shapes.items())
 
 
-def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions,
-                plan: BuildPlan) -> str:
+def trtexec_for(onnx: str | Path, engine: str | Path, options: BuildOptions, plan: BuildPlan) -> str:
     """The ``trtexec`` command line equivalent to building ``plan`` (shell-quoted, for the manifest).
 
     Every TensorRT setting comes from ``plan`` through :data:`TRTEXEC_ARGS` (TensorRT >= 11 plans

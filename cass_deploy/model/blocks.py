@@ -23,8 +23,8 @@ def sincos_pos_embed(grid: tuple[int, int], dim: int) -> Tensor:
         raise ValueError(f"embed dim {dim} must be divisible by 4 for the sin-cos position embedding")
     quarter = dim // 4
     omega = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    rows = torch.arange(hp, dtype=torch.float64).repeat_interleave(wp)   # [P]
-    cols = torch.arange(wp, dtype=torch.float64).repeat(hp)              # [P]
+    rows = torch.arange(hp, dtype=torch.float64).repeat_interleave(wp)  # [P]
+    cols = torch.arange(wp, dtype=torch.float64).repeat(hp)  # [P]
     out_r = rows[:, None] * omega[None, :]
     out_c = cols[:, None] * omega[None, :]
     emb = torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)
@@ -51,8 +51,11 @@ class PatchEmbed(nn.Module):
                 raise ValueError(f"the conv stem needs a patch size divisible by 4, got {patch_size}")
             c1, c2 = max(8, dim // 3), max(16, 2 * dim // 3)
             self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, c1, kernel_size=patch_size // 4, stride=patch_size // 4), nn.GELU(),
-                nn.Conv2d(c1, c2, kernel_size=2, stride=2), nn.GELU())
+                nn.Conv2d(in_chans, c1, kernel_size=patch_size // 4, stride=patch_size // 4),
+                nn.GELU(),
+                nn.Conv2d(c1, c2, kernel_size=2, stride=2),
+                nn.GELU(),
+            )
             self.proj = nn.Conv2d(c2, dim, kernel_size=2, stride=2)
         else:
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
@@ -79,10 +82,10 @@ class Attention(nn.Module):
         """x ``[B, N, D]`` → ``[B, N, D]``."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                      # [B, h, N, dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, h, N, dh]
         logits = torch.matmul(q * self.scale, k.transpose(-2, -1))  # [B, h, N, N]
         if key_mask is not None:
-            bias = (~key_mask).to(logits.dtype) * MASK_BIAS   # [B, N]
+            bias = (~key_mask).to(logits.dtype) * MASK_BIAS  # [B, N]
             logits = logits + bias[:, None, None, :]
         attn = torch.softmax(logits, dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)

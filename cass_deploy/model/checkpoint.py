@@ -46,10 +46,18 @@ def versions() -> dict[str, str]:
     return {"cass_deploy": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def save_checkpoint(path: str | Path, model, cass_cfg: CassConfig, *, epoch: int = 0,
-                    metrics: dict | None = None, train_config: dict | None = None,
-                    optimizer_state: dict | None = None, scheduler_state: dict | None = None,
-                    force: bool = True) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model,
+    cass_cfg: CassConfig,
+    *,
+    epoch: int = 0,
+    metrics: dict | None = None,
+    train_config: dict | None = None,
+    optimizer_state: dict | None = None,
+    scheduler_state: dict | None = None,
+    force: bool = True,
+) -> Path:
     """Write ``model`` (a PrunedDetector, DDP-unwrapped) and its configs to ``path`` atomically."""
 
     model = getattr(model, "module", model)
@@ -88,22 +96,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a cass-deploy checkpoint (missing format tag {FORMAT!r})")
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this cass-deploy "
-                              f"({__version__}) reads up to {FORMAT_VERSION}: upgrade cass-deploy")
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version!r}; this cass-deploy "
+            f"({__version__}) reads up to {FORMAT_VERSION}: upgrade cass-deploy"
+        )
     for key in ("model_config", "state_dict", "cass_config"):
         if key not in raw:
             raise CheckpointError(f"{path} lacks the {key!r} section")
     return raw
 
 
-def load_checkpoint(path: str | Path, *, pruner_mode: str | None = None, keep_ratio: float | None = None,
-                    image_size: tuple[int, int] | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    pruner_mode: str | None = None,
+    keep_ratio: float | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Checkpoint:
     """Load a checkpoint into a PrunedDetector (eval mode).
 
     Optionally swap the pruner, or change the input size: the position embedding is resampled
     (bicubic, as timm does for ViTs) to the new patch grid; every other weight is size-free.
     """
-
 
     path = Path(path)
     raw = read_checkpoint(path)
@@ -121,8 +135,9 @@ def load_checkpoint(path: str | Path, *, pruner_mode: str | None = None, keep_ra
     model = PrunedDetector(mcfg)
     missing, unexpected = _state_mismatch(model.state_dict(), state)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model config "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the model config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -130,9 +145,18 @@ def load_checkpoint(path: str | Path, *, pruner_mode: str | None = None, keep_ra
     if pruner_mode is not None or keep_ratio is not None:
         model = model.with_pruner(mode=pruner_mode, keep_ratio=keep_ratio)
     model.eval()
-    return Checkpoint(path=path, sha256=sha256_file(path), model=model, model_config=model.cfg,
-                      cass_config=ccfg, metrics=raw.get("metrics", {}), train_config=raw.get("train_config", {}),
-                      epoch=int(raw.get("epoch", 0)), versions=raw.get("versions", {}), raw=raw)
+    return Checkpoint(
+        path=path,
+        sha256=sha256_file(path),
+        model=model,
+        model_config=model.cfg,
+        cass_config=ccfg,
+        metrics=raw.get("metrics", {}),
+        train_config=raw.get("train_config", {}),
+        epoch=int(raw.get("epoch", 0)),
+        versions=raw.get("versions", {}),
+        raw=raw,
+    )
 
 
 def resample_pos_embed(pos, old_grid: tuple[int, int], new_grid: tuple[int, int]):

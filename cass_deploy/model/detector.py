@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -67,8 +68,10 @@ class ModelConfig:
         self.image_size = (_positive_int("image_size[0]", size[0]), _positive_int("image_size[1]", size[1]))
         _positive_int("patch_size", self.patch_size)
         if self.image_size[0] % self.patch_size or self.image_size[1] % self.patch_size:
-            raise ConfigError(f"model.image_size {list(self.image_size)} must be a multiple of "
-                              f"model.patch_size {self.patch_size} in both dimensions")
+            raise ConfigError(
+                f"model.image_size {list(self.image_size)} must be a multiple of "
+                f"model.patch_size {self.patch_size} in both dimensions"
+            )
         if self.stem not in STEMS:
             raise ConfigError(f"model.stem must be one of {list(STEMS)}, got {self.stem!r}")
         if self.stem == "conv" and self.patch_size % 4:
@@ -76,11 +79,11 @@ class ModelConfig:
         _positive_int("embed_dim", self.embed_dim)
         _positive_int("num_heads", self.num_heads)
         if self.embed_dim % self.num_heads:
-            raise ConfigError(f"model.embed_dim {self.embed_dim} must be divisible by "
-                              f"model.num_heads {self.num_heads}")
+            raise ConfigError(f"model.embed_dim {self.embed_dim} must be divisible by model.num_heads {self.num_heads}")
         if self.embed_dim % 4:
-            raise ConfigError(f"model.embed_dim {self.embed_dim} must be divisible by 4 "
-                              f"(2-D sin-cos position embedding)")
+            raise ConfigError(
+                f"model.embed_dim {self.embed_dim} must be divisible by 4 (2-D sin-cos position embedding)"
+            )
         _positive_int("early_depth", self.early_depth, 0)
         _positive_int("late_depth", self.late_depth, 0)
         _positive_int("num_classes", self.num_classes)
@@ -88,16 +91,15 @@ class ModelConfig:
         _positive_int("head_channels", self.head_channels)
         _positive_int("predictor_hidden", self.predictor_hidden)
         if self.patch_size % self.head_stride:
-            raise ConfigError(f"model.head_stride {self.head_stride} must divide "
-                              f"model.patch_size {self.patch_size}")
+            raise ConfigError(f"model.head_stride {self.head_stride} must divide model.patch_size {self.patch_size}")
         ratio = self.mlp_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be a number > 0, got {ratio!r}")
         if not isinstance(self.detach_predictor_input, bool):
-            raise ConfigError(f"model.detach_predictor_input must be true or false, "
-                              f"got {self.detach_predictor_input!r}")
+            raise ConfigError(
+                f"model.detach_predictor_input must be true or false, got {self.detach_predictor_input!r}"
+            )
         if isinstance(self.pruner, Mapping):
-
             self.pruner = from_dict(PrunerConfig, self.pruner, prefix="model.pruner.")
         if not isinstance(self.pruner, PrunerConfig):
             raise ConfigError(f"model.pruner must be a PrunerConfig, got {type(self.pruner).__name__}")
@@ -126,7 +128,7 @@ class PrunedDetector(nn.Module):
       ``heatmap [B, C, Hh, Wh]`` logits, ``box [B, 4, Hh, Wh]`` ltrb px (see ``head.py``).
     """
 
-    def __init__(self, cfg: ModelConfig, *, _share: "PrunedDetector | None" = None) -> None:
+    def __init__(self, cfg: ModelConfig, *, _share: PrunedDetector | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
             raise ConfigError(f"PrunedDetector needs a ModelConfig, got {type(cfg).__name__}")
@@ -149,8 +151,7 @@ class PrunedDetector(nn.Module):
         self.predictor = ImportancePredictor(d, cfg.predictor_hidden)
         self.late = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.late_depth))
         self.norm = nn.LayerNorm(d)
-        self.head = DenseHead(d, cfg.num_classes, cfg.patch_size // cfg.head_stride, cfg.head_stride,
-                              cfg.head_channels)
+        self.head = DenseHead(d, cfg.num_classes, cfg.patch_size // cfg.head_stride, cfg.head_stride, cfg.head_channels)
         self.apply(_init_weights)
 
     # ------------------------------------------------------------------ interface attributes
@@ -173,8 +174,9 @@ class PrunedDetector(nn.Module):
     # ------------------------------------------------------------------ forward pieces
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
-            raise InputError(f"images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
-                             f"got {list(images.shape)}")
+            raise InputError(
+                f"images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], got {list(images.shape)}"
+            )
 
     def embed(self, images: Tensor) -> Tensor:
         """images ``[B, 3, H, W]`` → early tokens ``[B, P, D]`` (embedding + early blocks)."""
@@ -201,7 +203,7 @@ class PrunedDetector(nn.Module):
             for blk in self.late:
                 x = torch.where(m, blk(x, keep_mask), x)
             return x
-        idx = keep_idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])          # [B, k, D]
+        idx = keep_idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])  # [B, k, D]
         kept = torch.gather(tokens, 1, idx)
         for blk in self.late:
             kept = blk(kept)
@@ -240,13 +242,15 @@ class PrunedDetector(nn.Module):
         return keep_idx, keep_mask, scores
 
     # ------------------------------------------------------------------ training helpers
-    def loss(self, outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor],
-             **kwargs: Any) -> dict[str, Tensor]:
+    def loss(
+        self, outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor], **kwargs: Any
+    ) -> dict[str, Tensor]:
         """:func:`head.detection_loss` with this model's image size."""
         return detection_loss(outputs, boxes, labels, self.image_size, **kwargs)
 
-    def decode(self, outputs: Mapping[str, Tensor], score_thresh: float = 0.05,
-               max_dets: int = 100) -> list[dict[str, Tensor]]:
+    def decode(
+        self, outputs: Mapping[str, Tensor], score_thresh: float = 0.05, max_dets: int = 100
+    ) -> list[dict[str, Tensor]]:
         """:func:`head.decode` with this model's image size."""
         return decode(outputs, self.image_size, score_thresh=score_thresh, max_dets=max_dets)
 
@@ -264,8 +268,9 @@ class PrunedDetector(nn.Module):
 
     input_name = INPUT_NAME
 
-    def with_pruner(self, mode: str | None = None, keep_ratio: float | None = None,
-                    **pruner_overrides: Any) -> "PrunedDetector":
+    def with_pruner(
+        self, mode: str | None = None, keep_ratio: float | None = None, **pruner_overrides: Any
+    ) -> PrunedDetector:
         """A detector sharing these very parameters with another pruner (dense vs pruned,
         keep-ratio sweeps). Other ``PrunerConfig`` fields can be overridden by keyword."""
         changes = dict(pruner_overrides)

@@ -12,7 +12,7 @@ A detection is a 3×3 local maximum of the heat map; its box is read at the same
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,13 @@ from torch import Tensor, nn
 
 from cass_deploy.errors import InputError
 
-BOX_LOG_RANGE = (-6.0, 6.0)   # clamp of the raw box logit before exp (Clip in ONNX)
-MIN_TARGET_DISTANCE = 0.5     # px; see detection_targets (boxes smaller than a cell)
-HEATMAP_PRIOR = 0.01          # initial foreground probability of the heat map
+BOX_LOG_RANGE = (-6.0, 6.0)  # clamp of the raw box logit before exp (Clip in ONNX)
+MIN_TARGET_DISTANCE = 0.5  # px; see detection_targets (boxes smaller than a cell)
+HEATMAP_PRIOR = 0.01  # initial foreground probability of the heat map
 
 
 # --------------------------------------------------------------------------- module
+
 
 class DenseHead(nn.Module):
     """token grid ``[B, D, Hp, Wp]`` → (heatmap ``[B, C, Hh, Wh]`` logits, box ``[B, 4, Hh, Wh]`` px).
@@ -35,8 +36,7 @@ class DenseHead(nn.Module):
     far-field cars in one 16-px patch get separate peaks at stride 8), then one 3×3 conv.
     """
 
-    def __init__(self, dim: int, num_classes: int, upsample: int, head_stride: int,
-                 channels: int = 64) -> None:
+    def __init__(self, dim: int, num_classes: int, upsample: int, head_stride: int, channels: int = 64) -> None:
         super().__init__()
         self.head_stride = head_stride
         if upsample > 1:
@@ -60,22 +60,28 @@ class DenseHead(nn.Module):
 
 # --------------------------------------------------------------------------- targets
 
+
 def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> Tensor:
     """CenterNet's radius (in cells) such that a corner shift keeps IoU ≥ ``min_overlap``."""
     a1, b1 = 1.0, height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + torch.sqrt((b1 ** 2 - 4 * a1 * c1).clamp(min=0))) / 2
+    r1 = (b1 + torch.sqrt((b1**2 - 4 * a1 * c1).clamp(min=0))) / 2
     a2, b2 = 4.0, 2 * (height + width)
     c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + torch.sqrt((b2 ** 2 - 4 * a2 * c2).clamp(min=0))) / 2
+    r2 = (b2 + torch.sqrt((b2**2 - 4 * a2 * c2).clamp(min=0))) / 2
     a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
     c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + torch.sqrt((b3 ** 2 - 4 * a3 * c3).clamp(min=0))) / 2
+    r3 = (b3 + torch.sqrt((b3**2 - 4 * a3 * c3).clamp(min=0))) / 2
     return torch.minimum(torch.minimum(r1, r2), r3)
 
 
-def _pad_boxes(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tuple[int, int],
-               num_classes: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _pad_boxes(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: tuple[int, int],
+    num_classes: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Validate and pad to ``[B, M, 4]`` float, ``[B, M]`` long, valid ``[B, M]`` bool.
 
     Boxes are clipped to the image; a box left with zero area (entirely outside) is not valid
@@ -103,15 +109,15 @@ def _pad_boxes(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tu
         bad = ~torch.isfinite(bx).all(1) | (bx[:, 2] <= bx[:, 0]) | (bx[:, 3] <= bx[:, 1])
         if bool(bad.any()):
             j = int(bad.nonzero()[0, 0])
-            raise InputError(f"image {i} box {j}: invalid box {bx[j].tolist()} "
-                             f"(need finite x1 < x2, y1 < y2)")
+            raise InputError(f"image {i} box {j}: invalid box {bx[j].tolist()} (need finite x1 < x2, y1 < y2)")
         lb = lb.long()
         badl = (lb < 0) | (lb >= num_classes)
         if bool(badl.any()):
             j = int(badl.nonzero()[0, 0])
             raise InputError(f"image {i} box {j}: label {int(lb[j])} outside [0, {num_classes})")
-        clipped = torch.stack([bx[:, 0].clamp(0, w), bx[:, 1].clamp(0, h),
-                               bx[:, 2].clamp(0, w), bx[:, 3].clamp(0, h)], dim=1)
+        clipped = torch.stack(
+            [bx[:, 0].clamp(0, w), bx[:, 1].clamp(0, h), bx[:, 2].clamp(0, w), bx[:, 3].clamp(0, h)], dim=1
+        )
         n = bx.shape[0]
         out[i, :n] = clipped
         lab[i, :n] = lb
@@ -119,9 +125,14 @@ def _pad_boxes(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tu
     return out, lab, valid
 
 
-def detection_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_size: tuple[int, int],
-                      out_size: tuple[int, int], num_classes: int,
-                      device: torch.device | str | None = None) -> dict[str, Tensor]:
+def detection_targets(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: tuple[int, int],
+    out_size: tuple[int, int],
+    num_classes: int,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
     """CenterNet targets for a batch, vectorised over all boxes of all images.
 
     boxes: per image ``[M_b, 4]`` x1,y1,x2,y2 in input pixels; labels: per image ``[M_b]`` ints.
@@ -139,11 +150,14 @@ def detection_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_s
     """
     h, w = int(image_size[0]), int(image_size[1])
     hh, wh = int(out_size[0]), int(out_size[1])
-    dev = torch.device(device) if device is not None else (
-        boxes[0].device if len(boxes) and isinstance(boxes[0], Tensor) else torch.device("cpu"))
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (boxes[0].device if len(boxes) and isinstance(boxes[0], Tensor) else torch.device("cpu"))
+    )
     bx, lab, valid = _pad_boxes(boxes, labels, (h, w), num_classes, dev)
     sy, sx = h / hh, w / wh
-    x1, y1, x2, y2 = bx.unbind(-1)                                          # [B, M]
+    x1, y1, x2, y2 = bx.unbind(-1)  # [B, M]
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     ci = (cy / sy).floor().clamp(0, hh - 1)
     cj = (cx / sx).floor().clamp(0, wh - 1)
@@ -154,35 +168,41 @@ def detection_targets(boxes: Sequence[Tensor], labels: Sequence[Tensor], image_s
     dy = ii - ci[..., None, None]
     dx = jj - cj[..., None, None]
     r4 = radius[..., None, None]
-    window = (dy.abs() <= r4) & (dx.abs() <= r4) & valid[..., None, None]   # [B, M, Hh, Wh]
-    g = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma[..., None, None] ** 2)) * window
+    window = (dy.abs() <= r4) & (dx.abs() <= r4) & valid[..., None, None]  # [B, M, Hh, Wh]
+    g = torch.exp(-(dx**2 + dy**2) / (2 * sigma[..., None, None] ** 2)) * window
 
     bsz, m = lab.shape
     row = (torch.arange(bsz, device=dev)[:, None] * num_classes + lab).reshape(-1, 1)  # [B*M, 1]
     heat = torch.zeros(bsz * num_classes, hh * wh, device=dev).scatter_reduce(
-        0, row.expand(-1, hh * wh), g.reshape(bsz * m, hh * wh), reduce="amax")
-    heat = heat.view(bsz, num_classes, hh, wh)                              # max-merge per class
+        0, row.expand(-1, hh * wh), g.reshape(bsz * m, hh * wh), reduce="amax"
+    )
+    heat = heat.view(bsz, num_classes, hh, wh)  # max-merge per class
 
-    px = (jj + 0.5) * sx                                                    # [1, 1, 1, Wh]
-    py = (ii + 0.5) * sy                                                    # [1, 1, Hh, 1]
-    inside = ((px >= x1[..., None, None]) & (px <= x2[..., None, None])
-              & (py >= y1[..., None, None]) & (py <= y2[..., None, None]))
+    px = (jj + 0.5) * sx  # [1, 1, 1, Wh]
+    py = (ii + 0.5) * sy  # [1, 1, Hh, 1]
+    inside = (
+        (px >= x1[..., None, None])
+        & (px <= x2[..., None, None])
+        & (py >= y1[..., None, None])
+        & (py <= y2[..., None, None])
+    )
     centre = (dy == 0) & (dx == 0)
     area = ((x2 - x1) * (y2 - y1) / float(h * w))[..., None, None]
     key = torch.where(window & (inside | centre), g * (1 - 1e-4 * area), torch.zeros_like(g))
-    best, owner = key.max(dim=1)                                            # [B, Hh, Wh]
-    own = bx.gather(1, owner.flatten(1)[..., None].expand(-1, -1, 4))       # [B, Hh*Wh, 4]
+    best, owner = key.max(dim=1)  # [B, Hh, Wh]
+    own = bx.gather(1, owner.flatten(1)[..., None].expand(-1, -1, 4))  # [B, Hh*Wh, 4]
     own = own.view(bsz, hh, wh, 4)
-    pxg, pyg = px[0, 0], py[0, 0]                                           # [1, Wh], [Hh, 1]
-    ltrb = torch.stack([pxg - own[..., 0], pyg - own[..., 1],
-                        own[..., 2] - pxg, own[..., 3] - pyg], dim=1)       # [B, 4, Hh, Wh]
+    pxg, pyg = px[0, 0], py[0, 0]  # [1, Wh], [Hh, 1]
+    ltrb = torch.stack(
+        [pxg - own[..., 0], pyg - own[..., 1], own[..., 2] - pxg, own[..., 3] - pyg], dim=1
+    )  # [B, 4, Hh, Wh]
     ltrb = ltrb.clamp(min=MIN_TARGET_DISTANCE)
     weight = torch.where(best > 0, g.gather(1, owner[:, None]).squeeze(1), torch.zeros_like(best))
-    return {"heatmap": heat, "box": ltrb, "box_weight": weight,
-            "num_objects": valid.sum()}
+    return {"heatmap": heat, "box": ltrb, "box_weight": weight, "num_objects": valid.sum()}
 
 
 # --------------------------------------------------------------------------- loss
+
 
 def focal_heatmap_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
     """CenterNet penalty-reduced focal loss, **summed** (divide by the object count).
@@ -192,7 +212,7 @@ def focal_heatmap_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta:
     p = torch.sigmoid(logits)
     pos = target >= 1.0
     pos_term = -((1 - p) ** alpha) * F.logsigmoid(logits)
-    neg_term = -((1 - target) ** beta) * (p ** alpha) * F.logsigmoid(-logits)
+    neg_term = -((1 - target) ** beta) * (p**alpha) * F.logsigmoid(-logits)
     return torch.where(pos, pos_term, neg_term).sum()
 
 
@@ -209,9 +229,16 @@ def ltrb_giou(pred: Tensor, target: Tensor) -> Tensor:
     return iou - (enclose - union) / enclose.clamp(min=1e-6)
 
 
-def detection_loss(outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor],
-                   image_size: tuple[int, int] | None = None, *, head_stride: int = 8,
-                   box_weight: float = 1.0, l1_weight: float = 0.5) -> dict[str, Tensor]:
+def detection_loss(
+    outputs: Mapping[str, Tensor],
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: tuple[int, int] | None = None,
+    *,
+    head_stride: int = 8,
+    box_weight: float = 1.0,
+    l1_weight: float = 0.5,
+) -> dict[str, Tensor]:
     """Detection loss → ``{"total", "heatmap", "box"}`` (scalars; ``total`` is differentiable).
 
     outputs: ``heatmap [B, C, Hh, Wh]`` logits and ``box [B, 4, Hh, Wh]`` px (the detector's
@@ -233,9 +260,9 @@ def detection_loss(outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], label
     n_obj = t["num_objects"].clamp(min=1).to(heat_logits.dtype)
     hm = focal_heatmap_loss(heat_logits.float(), t["heatmap"]) / n_obj
 
-    wgt = t["box_weight"]                                                    # [B, Hh, Wh]
+    wgt = t["box_weight"]  # [B, Hh, Wh]
     pos = wgt > 0
-    pred = box.float().permute(0, 2, 3, 1)[pos]                              # [N, 4]
+    pred = box.float().permute(0, 2, 3, 1)[pos]  # [N, 4]
     tgt = t["box"].permute(0, 2, 3, 1)[pos]
     wp = wgt[pos]
     if pred.shape[0] == 0:
@@ -250,8 +277,10 @@ def detection_loss(outputs: Mapping[str, Tensor], boxes: Sequence[Tensor], label
 
 # --------------------------------------------------------------------------- decode
 
-def decode(outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thresh: float = 0.05,
-           max_dets: int = 100) -> list[dict[str, Tensor]]:
+
+def decode(
+    outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thresh: float = 0.05, max_dets: int = 100
+) -> list[dict[str, Tensor]]:
     """Heat-map peaks → detections per image.
 
     3×3 max-pool peak suppression, then the ``max_dets`` best (class, cell) pairs per image,
@@ -267,7 +296,7 @@ def decode(outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thr
     with torch.no_grad():
         heat = torch.sigmoid(heat_logits.float())
         peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
-        flat = (heat * peak).flatten(1)                                      # [B, C*Hh*Wh]
+        flat = (heat * peak).flatten(1)  # [B, C*Hh*Wh]
         k = min(max_dets, flat.shape[1])
         scores, idx = flat.topk(k, dim=1)
         cls = idx // (hh * wh)
@@ -275,8 +304,15 @@ def decode(outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thr
         ltrb = box.float().flatten(2).gather(2, cell[:, None].expand(-1, 4, -1))  # [B, 4, k]
         px = ((cell % wh).float() + 0.5) * sx
         py = ((cell // wh).float() + 0.5) * sy
-        xyxy = torch.stack([(px - ltrb[:, 0]).clamp(0, w), (py - ltrb[:, 1]).clamp(0, h),
-                            (px + ltrb[:, 2]).clamp(0, w), (py + ltrb[:, 3]).clamp(0, h)], dim=-1)
+        xyxy = torch.stack(
+            [
+                (px - ltrb[:, 0]).clamp(0, w),
+                (py - ltrb[:, 1]).clamp(0, h),
+                (px + ltrb[:, 2]).clamp(0, w),
+                (py + ltrb[:, 3]).clamp(0, h),
+            ],
+            dim=-1,
+        )
     results = []
     for b in range(bsz):
         keep = scores[b] >= score_thresh

@@ -30,7 +30,6 @@ HEAD_OUTPUTS = ("heatmap", "box")
 def output_names_for(part: str, pruner_mode: str) -> list[str]:
     """Output names of ``part`` (``"predictor"`` or ``"full"``) for a pruner mode."""
     if part not in PARTS:
-
         raise ConfigError(f"part must be one of {list(PARTS)}, got {part!r}")
     names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and pruner_mode == "threshold")]
     return names + list(HEAD_OUTPUTS) if part == "full" else names
@@ -40,14 +39,14 @@ def output_names_for(part: str, pruner_mode: str) -> list[str]:
 class PrunableModel(Protocol):
     """Structural type checked with ``isinstance(model, PrunableModel)``."""
 
-    image_size: tuple[int, int]   # (H, W) of the network input
+    image_size: tuple[int, int]  # (H, W) of the network input
     patch_size: int
-    grid: tuple[int, int]         # (Hp, Wp); P = Hp * Wp, patch p = i * Wp + j
-    k: int | None                 # kept patches (None in threshold mode)
-    pruner_mode: str              # "global" | "band" | "threshold" | "none"
+    grid: tuple[int, int]  # (Hp, Wp); P = Hp * Wp, patch p = i * Wp + j
+    k: int | None  # kept patches (None in threshold mode)
+    pruner_mode: str  # "global" | "band" | "threshold" | "none"
 
-    def predictor_module(self) -> "nn.Module": ...
+    def predictor_module(self) -> nn.Module: ...
 
-    def full_module(self) -> "nn.Module": ...
+    def full_module(self) -> nn.Module: ...
 
     def output_names(self, part: str) -> list[str]: ...

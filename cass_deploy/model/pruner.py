@@ -19,8 +19,9 @@ one is checked by ``backends.limits.check_request`` before export.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,7 @@ class PrunerConfig:
     keep_ratio: float = 0.5
     bands: int = 3
     band_rows: tuple[int, ...] | None = None
-    band_quotas: Union[str, tuple[float, ...]] = "equal"
+    band_quotas: str | tuple[float, ...] = "equal"
     band_positive_share: tuple[float, ...] | None = None
     threshold: float = 0.5
 
@@ -85,27 +86,31 @@ class PrunerConfig:
         if self.band_rows is not None:
             rows = self.band_rows
             if not isinstance(rows, (list, tuple)) or not all(
-                    isinstance(r, int) and not isinstance(r, bool) for r in rows):
+                isinstance(r, int) and not isinstance(r, bool) for r in rows
+            ):
                 raise ConfigError(f"pruner.band_rows must be a list of integers, got {rows!r}")
             if len(rows) not in (self.bands - 1, self.bands + 1):
                 raise ConfigError(
                     f"pruner.band_rows {list(rows)!r} does not match pruner.bands={self.bands}: give "
-                    f"{self.bands - 1} interior boundaries or {self.bands + 1} boundaries from 0 to Hp")
+                    f"{self.bands - 1} interior boundaries or {self.bands + 1} boundaries from 0 to Hp"
+                )
             if any(b <= a for a, b in zip(rows, rows[1:])) or (rows and rows[0] < 0):
                 raise ConfigError(f"pruner.band_rows must be strictly increasing and >= 0, got {list(rows)!r}")
             self.band_rows = tuple(rows)
         if isinstance(self.band_quotas, str):
             if self.band_quotas not in BAND_QUOTA_MODES:
-                raise ConfigError(f"pruner.band_quotas must be one of {list(BAND_QUOTA_MODES)} or a "
-                                  f"list of fractions, got {self.band_quotas!r}")
+                raise ConfigError(
+                    f"pruner.band_quotas must be one of {list(BAND_QUOTA_MODES)} or a "
+                    f"list of fractions, got {self.band_quotas!r}"
+                )
         else:
             self.band_quotas = _fractions("band_quotas", self.band_quotas, self.bands)
         if self.band_positive_share is not None:
-            self.band_positive_share = _fractions("band_positive_share", self.band_positive_share,
-                                                  self.bands)
+            self.band_positive_share = _fractions("band_positive_share", self.band_positive_share, self.bands)
 
 
 # --------------------------------------------------------------------------- geometry (pure)
+
 
 def compute_k(keep_ratio: float, num_patches: int) -> int:
     """``ceil(keep_ratio * P)`` as a Python int (rounded to 9 decimals first so ``0.3 * 10``,
@@ -123,10 +128,10 @@ def band_boundaries(grid_rows: int, bands: int, band_rows: Sequence[int] | None 
         return tuple((i * grid_rows) // bands for i in range(bands)) + (grid_rows,)
     rows = tuple(band_rows)
     full = rows if len(rows) == bands + 1 else (0,) + rows + (grid_rows,)
-    if len(full) != bands + 1 or full[0] != 0 or full[-1] != grid_rows or any(
-            b <= a for a, b in zip(full, full[1:])):
-        raise ConfigError(f"pruner.band_rows {list(rows)!r} must split the grid's rows 0..{grid_rows} "
-                          f"into {bands} non-empty bands")
+    if len(full) != bands + 1 or full[0] != 0 or full[-1] != grid_rows or any(b <= a for a, b in zip(full, full[1:])):
+        raise ConfigError(
+            f"pruner.band_rows {list(rows)!r} must split the grid's rows 0..{grid_rows} into {bands} non-empty bands"
+        )
     return full
 
 
@@ -162,8 +167,9 @@ def allocate_quotas(total: int, weights: Sequence[float], caps: Sequence[int]) -
     return tuple(quotas)
 
 
-def band_positive_share(targets: Tensor, grid: tuple[int, int], bands: int | Sequence[int] = 3,
-                        positive_threshold: float = 0.5) -> tuple[float, ...]:
+def band_positive_share(
+    targets: Tensor, grid: tuple[int, int], bands: int | Sequence[int] = 3, positive_threshold: float = 0.5
+) -> tuple[float, ...]:
     """Each band's share of the positive target patches (``target > positive_threshold``).
 
     targets: ``[N, P]`` soft CASS targets (``P = Hp * Wp``, row-major), e.g. the whole training
@@ -189,6 +195,7 @@ def band_positive_share(targets: Tensor, grid: tuple[int, int], bands: int | Seq
 
 
 # --------------------------------------------------------------------------- tensor ops (pure)
+
 
 def mask_from_indices(keep_idx: Tensor, num_patches: int) -> Tensor:
     """keep_idx ``[B, k]`` int64 → keep_mask ``[B, P]`` bool (scatter; export-friendly)."""
@@ -222,6 +229,7 @@ def threshold_mask(scores: Tensor, threshold: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- module
+
 
 class Pruner(nn.Module):
     """Holds the static pruning plan for one grid; ``forward(scores) -> (keep_idx, keep_mask)``.
@@ -259,8 +267,10 @@ class Pruner(nn.Module):
             return (1.0,) * cfg.bands
         if cfg.band_quotas == "proportional":
             if cfg.band_positive_share is None:
-                raise ConfigError("pruner.band_quotas='proportional' needs pruner.band_positive_share "
-                                  "(measure it on the training set with band_positive_share())")
+                raise ConfigError(
+                    "pruner.band_quotas='proportional' needs pruner.band_positive_share "
+                    "(measure it on the training set with band_positive_share())"
+                )
             return cfg.band_positive_share
         return tuple(cfg.band_quotas)
 

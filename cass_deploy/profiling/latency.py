@@ -12,9 +12,10 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -62,11 +63,18 @@ class Measurement:
     power: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "backend": self.backend, "device": self.device,
-                "pruner_mode": self.pruner_mode, "keep_ratio": self.keep_ratio, "batch": self.batch,
-                "latency_ms": self.latency.to_dict(),
-                "device_only_ms": self.device_only.to_dict() if self.device_only else None,
-                "memory": self.memory, "power": self.power}
+        return {
+            "label": self.label,
+            "backend": self.backend,
+            "device": self.device,
+            "pruner_mode": self.pruner_mode,
+            "keep_ratio": self.keep_ratio,
+            "batch": self.batch,
+            "latency_ms": self.latency.to_dict(),
+            "device_only_ms": self.device_only.to_dict() if self.device_only else None,
+            "memory": self.memory,
+            "power": self.power,
+        }
 
 
 def _sampler(enabled: bool):
@@ -76,8 +84,15 @@ def _sampler(enabled: bool):
     return make_sampler() if read_board_info().is_jetson else None
 
 
-def _timed(fn: Callable[[], Any], warmup: int, iters: int, batch: int, sync=None, timer="perf_counter",
-           sample_power: bool = True) -> tuple[LatencyStats, dict | None]:
+def _timed(
+    fn: Callable[[], Any],
+    warmup: int,
+    iters: int,
+    batch: int,
+    sync=None,
+    timer="perf_counter",
+    sample_power: bool = True,
+) -> tuple[LatencyStats, dict | None]:
     sampler = _sampler(sample_power)
     if sampler is not None:
         sampler.start()
@@ -91,8 +106,9 @@ def _timed(fn: Callable[[], Any], warmup: int, iters: int, batch: int, sync=None
     return LatencyStats.from_samples(ms, batch=batch), power
 
 
-def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, device: str = "cpu",
-                  part: str = "full") -> Measurement:
+def profile_torch(
+    model, label: str, *, batch: int, warmup: int, iters: int, device: str = "cpu", part: str = "full"
+) -> Measurement:
     """Time ``model.full_module()`` (or the predictor part) in torch eager mode."""
 
     H, W = model.image_size
@@ -115,18 +131,38 @@ def profile_torch(model, label: str, *, batch: int, warmup: int, iters: int, dev
         lat, power = _timed(end_to_end, warmup, iters, batch, sync=torch.cuda.synchronize)
         dev, _ = _timed(dev_only, warmup, iters, batch, timer=CudaEventTimer(device), sample_power=False)
     else:
+
         def run():
             with torch.no_grad():
                 return module(host)
 
         lat, power = _timed(run, warmup, iters, batch)
         dev = None
-    return Measurement(label, "torch", device, model.pruner_mode, _keep(model), batch, lat, dev,
-                       peak_memory(device if cuda else None), power)
+    return Measurement(
+        label,
+        "torch",
+        device,
+        model.pruner_mode,
+        _keep(model),
+        batch,
+        lat,
+        dev,
+        peak_memory(device if cuda else None),
+        power,
+    )
 
 
-def profile_runner(runner, label: str, *, batch: int, warmup: int, iters: int, pruner_mode: str,
-                   keep_ratio: float | None, image_size: Sequence[int]) -> Measurement:
+def profile_runner(
+    runner,
+    label: str,
+    *,
+    batch: int,
+    warmup: int,
+    iters: int,
+    pruner_mode: str,
+    keep_ratio: float | None,
+    image_size: Sequence[int],
+) -> Measurement:
     """Time an activated Runner (ONNX Runtime or TensorRT) on one random batch."""
 
     H, W = image_size
@@ -163,15 +199,28 @@ def variants(model, keep_ratios: Sequence[float], dense: bool, pruner_mode: str 
     return out
 
 
-def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = "cpu", batch: int = 1,
-                       warmup: int = 10, iters: int = 50, keep_ratios: Sequence[float] = (), dense: bool = True,
-                       pruner_mode: str | None = None, threads: int | None = None, part: str = "full",
-                       log: Callable[[str], None] = print) -> list[Measurement]:
+def profile_checkpoint(
+    ckpt_path: str,
+    *,
+    backend: str = "torch",
+    device: str = "cpu",
+    batch: int = 1,
+    warmup: int = 10,
+    iters: int = 50,
+    keep_ratios: Sequence[float] = (),
+    dense: bool = True,
+    pruner_mode: str | None = None,
+    threads: int | None = None,
+    part: str = "full",
+    log: Callable[[str], None] = print,
+) -> list[Measurement]:
     """Dense vs pruned (and a keep-ratio sweep) of one checkpoint on ``backend``; same weights."""
 
     if backend not in ("torch", "onnxruntime"):
-        raise InputError(f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
-                         f"TensorRT and profile it), got {backend!r}")
+        raise InputError(
+            f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
+            f"TensorRT and profile it), got {backend!r}"
+        )
 
     device = torch_runner.resolve_device(device)
     model = checkpoint.load_checkpoint(ckpt_path).model
@@ -188,23 +237,46 @@ def profile_checkpoint(ckpt_path: str, *, backend: str = "torch", device: str = 
     return results
 
 
-def profile_onnx_of(model, label: str, batch: int, warmup: int, iters: int, device: str = "cpu",
-                    threads: int | None = None, part: str = "full") -> Measurement:
+def profile_onnx_of(
+    model,
+    label: str,
+    batch: int,
+    warmup: int,
+    iters: int,
+    device: str = "cpu",
+    threads: int | None = None,
+    part: str = "full",
+) -> Measurement:
     """Export ``model``'s part to a temporary ONNX and time it in ONNX Runtime."""
 
     proto = onnx_export.export_part(model, part, batch=batch, simplify=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(proto, path)
-        with OrtRunner(path, providers=("cuda", "cpu") if device.startswith("cuda") else ("cpu",),
-                       intra_op_threads=threads) as runner:
-            return profile_runner(runner, label, batch=batch, warmup=warmup, iters=iters,
-                                  pruner_mode=model.pruner_mode, keep_ratio=_keep(model),
-                                  image_size=model.image_size)
+        with OrtRunner(
+            path, providers=("cuda", "cpu") if device.startswith("cuda") else ("cpu",), intra_op_threads=threads
+        ) as runner:
+            return profile_runner(
+                runner,
+                label,
+                batch=batch,
+                warmup=warmup,
+                iters=iters,
+                pruner_mode=model.pruner_mode,
+                keep_ratio=_keep(model),
+                image_size=model.image_size,
+            )
 
 
-def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, iters: int = 50,
-                     providers: Sequence[str] = ("cpu",), threads: int | None = None) -> Measurement:
+def profile_artefact(
+    path: str,
+    *,
+    batch: int | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    providers: Sequence[str] = ("cpu",),
+    threads: int | None = None,
+) -> Measurement:
     """Time an exported ONNX / engine (or an export directory) as it is."""
 
     cands = resolve_candidates([path], providers)
@@ -215,21 +287,26 @@ def profile_artefact(path: str, *, batch: int | None = None, warmup: int = 10, i
         raise InputError(f"{c.path} was exported for batch {fixed}; --batch {batch} needs a dynamic-batch export")
     size = batch or m.batch_step
     if c.kind == "onnx":
-
         runner = OrtRunner(c.path, providers=providers, intra_op_threads=threads)
     else:
         runner = make_runner(c)
     with runner:
-        return profile_runner(runner, f"{c.kind} {m.precision}", batch=size, warmup=warmup, iters=iters,
-                              pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=m.image_size)
+        return profile_runner(
+            runner,
+            f"{c.kind} {m.precision}",
+            batch=size,
+            warmup=warmup,
+            iters=iters,
+            pruner_mode=m.pruner_mode,
+            keep_ratio=m.keep_ratio,
+            image_size=m.image_size,
+        )
 
 
 def environment(device: str) -> dict[str, Any]:
     """What the numbers depend on: backend versions, device, Jetson power mode and clocks."""
 
-
-    info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or None,
-                            "device": device}
+    info: dict[str, Any] = {"machine": platform.machine(), "processor": platform.processor() or None, "device": device}
     try:
         info["torch"] = str(torch.__version__)
         info["threads"] = torch.get_num_threads()
@@ -241,11 +318,17 @@ def environment(device: str) -> dict[str, Any]:
     if board.is_jetson:
         mode = nvpmodel_mode()
         locked = clocks_locked()
-        info["jetson"] = {"model": board.model, "l4t": board.l4t, "jetpack": board.jetpack,
-                          "nvpmodel": getattr(mode, "name", None), "clocks_locked": locked}
+        info["jetson"] = {
+            "model": board.model,
+            "l4t": board.l4t,
+            "jetpack": board.jetpack,
+            "nvpmodel": getattr(mode, "name", None),
+            "clocks_locked": locked,
+        }
         if locked is False:
             info.setdefault("warnings", []).append(
-                "clocks are not locked: run `sudo jetson_clocks` for stable latency numbers")
+                "clocks are not locked: run `sudo jetson_clocks` for stable latency numbers"
+            )
     return info
 
 
@@ -258,16 +341,38 @@ def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
     """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first row."""
 
     t = Table(title=title)
-    for col in ("config", "backend", "batch", "mean", "p50", "p90", "p95", "p99", "max", "fps", "vs first",
-                "device-only mean"):
+    for col in (
+        "config",
+        "backend",
+        "batch",
+        "mean",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+        "max",
+        "fps",
+        "vs first",
+        "device-only mean",
+    ):
         t.add_column(col, justify="right" if col not in ("config", "backend") else "left")
     base = results[0].latency.mean if results else None
     for r in results:
         s = r.latency
-        t.add_row(r.label, f"{r.backend}/{r.device}", str(r.batch), f"{s.mean:.2f}", f"{s.p50:.2f}", f"{s.p90:.2f}",
-                  f"{s.p95:.2f}", f"{s.p99:.2f}", f"{s.max:.2f}", f"{s.throughput_fps:.1f}",
-                  f"{base / s.mean:.2f}x" if base else "-",
-                  f"{r.device_only.mean:.3f}" if r.device_only else "-")
+        t.add_row(
+            r.label,
+            f"{r.backend}/{r.device}",
+            str(r.batch),
+            f"{s.mean:.2f}",
+            f"{s.p50:.2f}",
+            f"{s.p90:.2f}",
+            f"{s.p95:.2f}",
+            f"{s.p99:.2f}",
+            f"{s.max:.2f}",
+            f"{s.throughput_fps:.1f}",
+            f"{base / s.mean:.2f}x" if base else "-",
+            f"{r.device_only.mean:.3f}" if r.device_only else "-",
+        )
     return t
 
 
@@ -293,10 +398,20 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     return Path(path)
 
 
-def run_profile(model: str | Path, *, backend: str | None = None, device: str = "cpu", batch: int | None = None,
-                warmup: int = 10, iters: int = 50, sweep: Sequence[float] = (), dense: bool = True,
-                pruner_mode: str | None = None, threads: int | None = None,
-                providers: Sequence[str] = ("cpu",)) -> tuple[list[Measurement], dict[str, Any]]:
+def run_profile(
+    model: str | Path,
+    *,
+    backend: str | None = None,
+    device: str = "cpu",
+    batch: int | None = None,
+    warmup: int = 10,
+    iters: int = 50,
+    sweep: Sequence[float] = (),
+    dense: bool = True,
+    pruner_mode: str | None = None,
+    threads: int | None = None,
+    providers: Sequence[str] = ("cpu",),
+) -> tuple[list[Measurement], dict[str, Any]]:
     """``cass-deploy profile``: a checkpoint (dense vs pruned, keep-ratio ``sweep``; torch or ONNX
     Runtime) or an exported model as it is -> (measurements, environment)."""
     if warmup < 0 or iters < 1:
@@ -311,12 +426,22 @@ def run_profile(model: str | Path, *, backend: str | None = None, device: str = 
             raise InputError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     if path.suffix in (".pt", ".pth"):
-        results = profile_checkpoint(str(path), backend=backend or "torch", device=device, batch=batch or 1,
-                                     warmup=warmup, iters=iters, keep_ratios=sweep, dense=dense,
-                                     pruner_mode=pruner_mode, threads=threads)
+        results = profile_checkpoint(
+            str(path),
+            backend=backend or "torch",
+            device=device,
+            batch=batch or 1,
+            warmup=warmup,
+            iters=iters,
+            keep_ratios=sweep,
+            dense=dense,
+            pruner_mode=pruner_mode,
+            threads=threads,
+        )
     else:
         if sweep:
             raise InputError("--sweep needs a checkpoint (an export has its keep ratio fixed)")
-        results = [profile_artefact(str(path), batch=batch, warmup=warmup, iters=iters, providers=providers,
-                                    threads=threads)]
+        results = [
+            profile_artefact(str(path), batch=batch, warmup=warmup, iters=iters, providers=providers, threads=threads)
+        ]
     return results, environment(device)

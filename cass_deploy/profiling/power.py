@@ -28,8 +28,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
@@ -37,6 +38,7 @@ from cass_deploy.errors import BackendUnavailable, InputError
 jtop_module = lazy_import("jtop")
 
 # --------------------------------------------------------------------------- tegrastats parsing
+
 
 @dataclass
 class Rail:
@@ -58,10 +60,10 @@ class TegrastatsSample:
     ram_total_mb: int | None = None
     swap_used_mb: int | None = None
     swap_total_mb: int | None = None
-    cpu_load: list[int | None] = field(default_factory=list)        # None = core off
+    cpu_load: list[int | None] = field(default_factory=list)  # None = core off
     cpu_freq_mhz: list[int | None] = field(default_factory=list)
-    gpu_load: float | None = None           # percent; mean over GPCs when reported per GPC
-    gpu_freq_mhz: int | None = None         # max over the reported GPCs
+    gpu_load: float | None = None  # percent; mean over GPCs when reported per GPC
+    gpu_freq_mhz: int | None = None  # max over the reported GPCs
     emc_load: int | None = None
     emc_freq_mhz: int | None = None
     temps_c: dict[str, float] = field(default_factory=dict)
@@ -86,7 +88,9 @@ _TEMP_RE = re.compile(r"\b([A-Za-z][\w-]*)@(-?\d+(?:\.\d+)?)C\b(?:/-?\d+(?:\.\d+
 # NAME cur[mW]/avg[mW][/max[mW]]: the unit is optional (older boards print bare numbers).
 _RAIL_RE = re.compile(
     r"(?<![\w@])([A-Z][A-Z0-9_]*)\s+(\d+(?:\.\d+)?)(?:mW)?\s*/\s*(\d+(?:\.\d+)?)(?:mW)?"
-    r"(?:\s*/\s*\d+(?:\.\d+)?(?:mW)?)?(?=\s|$)", re.IGNORECASE)
+    r"(?:\s*/\s*\d+(?:\.\d+)?(?:mW)?)?(?=\s|$)",
+    re.IGNORECASE,
+)
 # NAME curmW with no average: only accepted with the explicit unit (else "APE 174" would match).
 _RAIL_SINGLE_RE = re.compile(r"(?<![\w@/])([A-Z][A-Z0-9_]*)\s+(\d+(?:\.\d+)?)mW(?=\s|$)", re.IGNORECASE)
 _NOT_RAILS = {"RAM", "SWAP", "IRAM", "NC"}
@@ -120,7 +124,7 @@ def parse_tegrastats_line(line: str) -> TegrastatsSample | None:
                 s.cpu_load.append(None)
                 s.cpu_freq_mhz.append(None)
     loads, freqs = [], []
-    for name, load, freq in _GR3D_RE.findall(line):
+    for _name, load, freq in _GR3D_RE.findall(line):
         if load:
             loads.append(float(load))
         if freq:
@@ -188,8 +192,12 @@ def summarise_power(samples: Sequence[TegrastatsSample], duration_s: float, fram
     and the max of each temperature. Values with no data are None (e.g. tegrastats without root
     reports no rails on some releases, so energy is None there).
     """
-    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) \
-            or not math.isfinite(duration_s) or duration_s <= 0:
+    if (
+        isinstance(duration_s, bool)
+        or not isinstance(duration_s, (int, float))
+        or not math.isfinite(duration_s)
+        or duration_s <= 0
+    ):
         raise InputError(f"duration_s must be a finite number > 0, got {duration_s!r}")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise InputError(f"frames must be an integer >= 1, got {frames!r}")
@@ -231,6 +239,7 @@ def summarise_power(samples: Sequence[TegrastatsSample], duration_s: float, fram
 
 
 # --------------------------------------------------------------------------- samplers
+
 
 class _SamplerBase:
     """Shared sample store; subclasses fill ``self._samples`` from a background thread."""
@@ -321,8 +330,7 @@ class TegrastatsSampler(_SamplerBase):
     >>> sampler.summarise(duration_s, frames)                 # doctest: +SKIP
     """
 
-    def __init__(self, interval_ms: int = 100, executable: str = "tegrastats",
-                 stop_timeout_s: float = 3.0) -> None:
+    def __init__(self, interval_ms: int = 100, executable: str = "tegrastats", stop_timeout_s: float = 3.0) -> None:
         super().__init__()
         if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms < 1:
             raise InputError(f"interval_ms must be an integer >= 1, got {interval_ms!r}")
@@ -341,8 +349,9 @@ class TegrastatsSampler(_SamplerBase):
         stdbuf = shutil.which("stdbuf")
         if stdbuf:  # line-buffer the tool's stdout so samples arrive as they are printed
             cmd = [stdbuf, "-oL"] + cmd
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, bufsize=1
+        )
         self._start_reader("tegrastats-reader")
 
     _read_errors = (OSError, ValueError)  # the pipe closed under us at stop
@@ -425,8 +434,9 @@ def sample_from_jtop(jetson: Any, t: float | None = None) -> TegrastatsSample:
     try:
         for name, rail in (jetson.power or {}).get("rail", {}).items():
             if name.upper() != "NC" and rail.get("power") is not None:
-                s.rails[name] = Rail(cur_mw=float(rail["power"]),
-                                     avg_mw=float(rail["avg"]) if rail.get("avg") is not None else None)
+                s.rails[name] = Rail(
+                    cur_mw=float(rail["power"]), avg_mw=float(rail["avg"]) if rail.get("avg") is not None else None
+                )
     except (AttributeError, TypeError):
         pass
     try:
@@ -485,7 +495,16 @@ def make_sampler(interval_ms: int = 100) -> JtopSampler | TegrastatsSampler | No
 
 
 __all__ = [
-    "Rail", "TegrastatsSample", "parse_tegrastats_line", "parse_tegrastats_lines", "total_power_mw",
-    "summarise_power", "TegrastatsSampler", "JtopSampler", "sample_from_jtop", "make_sampler",
-    "jtop_available", "jtop_service_ok",
+    "Rail",
+    "TegrastatsSample",
+    "parse_tegrastats_line",
+    "parse_tegrastats_lines",
+    "total_power_mw",
+    "summarise_power",
+    "TegrastatsSampler",
+    "JtopSampler",
+    "sample_from_jtop",
+    "make_sampler",
+    "jtop_available",
+    "jtop_service_ok",
 ]

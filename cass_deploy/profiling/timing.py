@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class LatencyStats:
     batch: int = 1
 
     @classmethod
-    def from_samples(cls, ms: Sequence[float], batch: int = 1) -> "LatencyStats":
+    def from_samples(cls, ms: Sequence[float], batch: int = 1) -> LatencyStats:
         """Summarise per-iteration latencies ``ms: [N]`` of batches of ``batch`` frames each.
 
         Raises InputError for an empty series, a non-finite or negative sample, or ``batch < 1``.
@@ -77,9 +78,19 @@ class LatencyStats:
         mean = float(arr.mean())
         std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
         throughput = batch * 1000.0 / mean if mean > 0 else math.inf
-        return cls(n=int(arr.size), mean=mean, std=std, min=float(arr.min()), p50=float(p50),
-                   p90=float(p90), p95=float(p95), p99=float(p99), max=float(arr.max()),
-                   throughput_fps=float(throughput), batch=batch)
+        return cls(
+            n=int(arr.size),
+            mean=mean,
+            std=std,
+            min=float(arr.min()),
+            p50=float(p50),
+            p90=float(p90),
+            p95=float(p95),
+            p99=float(p99),
+            max=float(arr.max()),
+            throughput_fps=float(throughput),
+            batch=batch,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the field names above (times in ms); JSON-able."""
@@ -126,7 +137,8 @@ class CudaEventTimer:
         if not available:
             raise BackendUnavailable(
                 f"CudaEventTimer needs a CUDA device; torch {torch.__version__} sees none "
-                f"(CUDA build: {torch.version.cuda or 'no, CPU-only build'})")
+                f"(CUDA build: {torch.version.cuda or 'no, CPU-only build'})"
+            )
         self._torch = torch
         self._device = device
         self._stream = stream
@@ -153,9 +165,14 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def time_callable(fn: Callable[[], Any], *, warmup: int, iters: int,
-                  sync: Callable[[], Any] | None = None,
-                  timer: str | Timer = "perf_counter") -> list[float]:
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    iters: int,
+    sync: Callable[[], Any] | None = None,
+    timer: str | Timer = "perf_counter",
+) -> list[float]:
     """Call ``fn`` ``warmup`` times untimed, then ``iters`` times timed; return ``[iters]`` ms.
 
     ``sync`` runs after every call (warm-up included) and inside the timed region; ``timer`` is
@@ -169,8 +186,9 @@ def time_callable(fn: Callable[[], Any], *, warmup: int, iters: int,
         raise InputError(f"sync must be callable or None, got {type(sync).__name__}")
     if isinstance(timer, str):
         if timer not in TIMERS:
-            raise InputError(f"timer must be one of {list(TIMERS)} or a timer object "
-                             f"(e.g. CudaEventTimer()), got {timer!r}")
+            raise InputError(
+                f"timer must be one of {list(TIMERS)} or a timer object (e.g. CudaEventTimer()), got {timer!r}"
+            )
         timer_obj: Timer = PerfCounterTimer()
     elif hasattr(timer, "measure"):
         timer_obj = timer
@@ -184,6 +202,7 @@ def time_callable(fn: Callable[[], Any], *, warmup: int, iters: int,
 
 
 # --------------------------------------------------------------------------- peak memory
+
 
 def cpu_peak_rss_mib() -> float | None:
     """Peak resident set size of this process since it started, in MiB (None where unknown).
@@ -224,10 +243,18 @@ def reset_cuda_peak_memory(device: Any = None) -> None:
 
 def peak_memory(device: Any = None) -> dict[str, float | None]:
     """``{"cpu_peak_rss_mib": ..., "cuda_max_allocated_mib": ...}`` (None = unknown)."""
-    return {"cpu_peak_rss_mib": cpu_peak_rss_mib(),
-            "cuda_max_allocated_mib": cuda_peak_memory_mib(device)}
+    return {"cpu_peak_rss_mib": cpu_peak_rss_mib(), "cuda_max_allocated_mib": cuda_peak_memory_mib(device)}
 
 
-__all__ = ["LatencyStats", "PerfCounterTimer", "CudaEventTimer", "Timer", "time_callable",
-           "cpu_peak_rss_mib", "cuda_peak_memory_mib", "reset_cuda_peak_memory", "peak_memory",
-           "PERCENTILE_METHOD"]
+__all__ = [
+    "LatencyStats",
+    "PerfCounterTimer",
+    "CudaEventTimer",
+    "Timer",
+    "time_callable",
+    "cpu_peak_rss_mib",
+    "cuda_peak_memory_mib",
+    "reset_cuda_peak_memory",
+    "peak_memory",
+    "PERCENTILE_METHOD",
+]

@@ -24,7 +24,8 @@ from cass_deploy.io_utils import atomic_path, check_writable, write_json
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}
+th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#0a7a28;font-weight:600}
 .fail{color:#b00020;font-weight:600}.muted{color:#777}img{max-width:100%;border:1px solid #eee;margin:.3rem 0}
 code{background:#f6f6f6;padding:0 .2rem}.grid{display:grid;grid-template-columns:1fr 1fr;gap:.6rem}
@@ -44,16 +45,23 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     if not root.is_dir():
         raise InputError(f"run directory {root} does not exist")
     found: dict[str, list] = {"train": [], "diagnose": [], "verify": [], "profile": [], "validate": []}
-    patterns = {"train": "history.json", "diagnose": "diagnostics.json", "verify": "verify*.json",
-                "profile": "profile.json", "validate": "validate*.json"}
+    patterns = {
+        "train": "history.json",
+        "diagnose": "diagnostics.json",
+        "verify": "verify*.json",
+        "profile": "profile.json",
+        "validate": "validate*.json",
+    }
     for section, pattern in patterns.items():
         for p in sorted(root.rglob(pattern)):
             if any(part.startswith(".") for part in p.relative_to(root).parts):
                 continue
             found[section].append((str(p.relative_to(root)), _load(p)))
     if not any(found.values()):
-        raise InputError(f"{root} holds none of history.json, diagnostics.json, verify*.json, profile.json, "
-                         "validate*.json: run train / diagnose / verify / profile / validate with --out/--json there")
+        raise InputError(
+            f"{root} holds none of history.json, diagnostics.json, verify*.json, profile.json, "
+            "validate*.json: run train / diagnose / verify / profile / validate with --out/--json there"
+        )
     return found
 
 
@@ -70,8 +78,10 @@ def _fig_img(fig) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     h = "".join(f"<th>{html.escape(str(x))}</th>" for x in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else html.escape(str(c))}</td>" for c in r)
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else html.escape(str(c))}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
@@ -102,10 +112,22 @@ def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
 def _section_train(items) -> str:
     out = []
     for rel, hist in items:
-        rows = [[h.get("epoch", i) + 1, _f(h.get("loss")), _f(h.get("det")), _f(h.get("cass")),
-                 _f(h.get("cass_weight"), 2), _f(h.get("map50")), _f(h.get("seconds"), 0)] for i, h in enumerate(hist)]
-        out.append(f"<p class=muted>{html.escape(rel)}</p>" +
-                   _table(["epoch", "loss", "detection", "CASS", "CASS weight", "val mAP@0.5", "s"], rows))
+        rows = [
+            [
+                h.get("epoch", i) + 1,
+                _f(h.get("loss")),
+                _f(h.get("det")),
+                _f(h.get("cass")),
+                _f(h.get("cass_weight"), 2),
+                _f(h.get("map50")),
+                _f(h.get("seconds"), 0),
+            ]
+            for i, h in enumerate(hist)
+        ]
+        out.append(
+            f"<p class=muted>{html.escape(rel)}</p>"
+            + _table(["epoch", "loss", "detection", "CASS", "CASS weight", "val mAP@0.5", "s"], rows)
+        )
     return "".join(out)
 
 
@@ -115,14 +137,39 @@ def _section_verify(items) -> str:
         rows = []
         for c in rep.get("candidates", []):
             ok = c.get("passed")
-            rows.append([c["name"], c["precision"], _f(c["keep_iou_mean"], 4), _f(c["keep_iou_min"], 4),
-                         _f(c["plain_iou_mean"], 4), _f(c["mask_agreement"], 4), f"{c['score_max_abs']:.2e}",
-                         _Raw('<span class="pass">pass</span>' if ok else
-                              f'<span class="fail">FAIL</span> {html.escape("; ".join(c.get("failures", [])))}')])
-        out.append(f"<p class=muted>{html.escape(rel)}: reference {html.escape(str(rep.get('reference')))}, "
-                   f"{rep.get('images')} images</p>" +
-                   _table(["candidate", "precision", "keep IoU mean (tie-aware)", "min", "plain IoU",
-                           "mask agreement", "score max abs err", "result"], rows))
+            rows.append(
+                [
+                    c["name"],
+                    c["precision"],
+                    _f(c["keep_iou_mean"], 4),
+                    _f(c["keep_iou_min"], 4),
+                    _f(c["plain_iou_mean"], 4),
+                    _f(c["mask_agreement"], 4),
+                    f"{c['score_max_abs']:.2e}",
+                    _Raw(
+                        '<span class="pass">pass</span>'
+                        if ok
+                        else f'<span class="fail">FAIL</span> {html.escape("; ".join(c.get("failures", [])))}'
+                    ),
+                ]
+            )
+        out.append(
+            f"<p class=muted>{html.escape(rel)}: reference {html.escape(str(rep.get('reference')))}, "
+            f"{rep.get('images')} images</p>"
+            + _table(
+                [
+                    "candidate",
+                    "precision",
+                    "keep IoU mean (tie-aware)",
+                    "min",
+                    "plain IoU",
+                    "mask agreement",
+                    "score max abs err",
+                    "result",
+                ],
+                rows,
+            )
+        )
     return "".join(out)
 
 
@@ -134,13 +181,41 @@ def _section_profile(items, root: Path) -> str:
         base = res[0]["latency_ms"]["mean"] if res else None
         for r in res:
             s = r["latency_ms"]
-            rows.append([r["label"], f"{r['backend']}/{r['device']}", r["batch"], _f(s["mean"], 2), _f(s["p50"], 2),
-                         _f(s["p90"], 2), _f(s["p95"], 2), _f(s["p99"], 2), _f(s["max"], 2),
-                         _f(s["throughput_fps"], 1), f"{base / s['mean']:.2f}x" if base else "-"])
+            rows.append(
+                [
+                    r["label"],
+                    f"{r['backend']}/{r['device']}",
+                    r["batch"],
+                    _f(s["mean"], 2),
+                    _f(s["p50"], 2),
+                    _f(s["p90"], 2),
+                    _f(s["p95"], 2),
+                    _f(s["p99"], 2),
+                    _f(s["max"], 2),
+                    _f(s["throughput_fps"], 1),
+                    f"{base / s['mean']:.2f}x" if base else "-",
+                ]
+            )
         env = prof.get("environment", {})
-        out.append(f"<p class=muted>{html.escape(rel)}: {html.escape(json.dumps(env))}</p>" +
-                   _table(["config", "backend", "batch", "mean ms", "p50", "p90", "p95", "p99", "max", "fps",
-                           "speed-up vs first"], rows))
+        out.append(
+            f"<p class=muted>{html.escape(rel)}: {html.escape(json.dumps(env))}</p>"
+            + _table(
+                [
+                    "config",
+                    "backend",
+                    "batch",
+                    "mean ms",
+                    "p50",
+                    "p90",
+                    "p95",
+                    "p99",
+                    "max",
+                    "fps",
+                    "speed-up vs first",
+                ],
+                rows,
+            )
+        )
         sweep = (root / rel).parent / "sweep.png"
         if sweep.is_file():
             out.append(_img(sweep))
@@ -159,16 +234,28 @@ def _section_validate(items) -> str:
         for f in FIELDS + ("all",):
             r = (res.get("by_field") or {}).get(f) or {}
             rr = ((ref or {}).get("by_field") or {}).get(f) or {}
-            rows.append([f, r.get("n_gt", "-"), _f(r.get("recall")), _f(rr.get("recall")),
-                         _f(r.get("retention_mean")), _f(r.get("retention_share_ge_50"))])
+            rows.append(
+                [
+                    f,
+                    r.get("n_gt", "-"),
+                    _f(r.get("recall")),
+                    _f(rr.get("recall")),
+                    _f(r.get("retention_mean")),
+                    _f(r.get("retention_share_ge_50")),
+                ]
+            )
         gates = v.get("gates") or []
-        gate_html = "".join(f"<li class={'pass' if g.get('passed') else 'fail'}>"
-                            f"{'PASS' if g.get('passed') else 'FAIL'}: {html.escape(str(g.get('message')))}</li>"
-                            for g in gates)
-        out.append(f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(v.get('model')))}; mAP@0.5 "
-                   f"{_f(res.get('map50'))} (reference {_f((ref or {}).get('map50'))})</p>" +
-                   _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"],
-                          rows) + (f"<ul>{gate_html}</ul>" if gate_html else ""))
+        gate_html = "".join(
+            f"<li class={'pass' if g.get('passed') else 'fail'}>"
+            f"{'PASS' if g.get('passed') else 'FAIL'}: {html.escape(str(g.get('message')))}</li>"
+            for g in gates
+        )
+        out.append(
+            f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(v.get('model')))}; mAP@0.5 "
+            f"{_f(res.get('map50'))} (reference {_f((ref or {}).get('map50'))})</p>"
+            + _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"], rows)
+            + (f"<ul>{gate_html}</ul>" if gate_html else "")
+        )
         ref_label = f"reference ({ref.get('name', '?')})" if ref else None
         if ref and not any(label2 == ref_label for label2, _ in recall_series):
             recall_series.append((ref_label, ref))
@@ -186,13 +273,26 @@ def _section_diagnose(items, root: Path) -> str:
         rows = []
         for b in d.get("breakdowns", []):
             label = b["normalization"] + (f" γ={b['area_gamma']:g}" if b["normalization"] == "object" else "")
-            cells = [f"{100 * b['by_band'][f]['loss_share']:.1f} / {100 * b['by_band'][f]['grad_share']:.1f}"
-                     for f in FIELDS]
+            cells = [
+                f"{100 * b['by_band'][f]['loss_share']:.1f} / {100 * b['by_band'][f]['grad_share']:.1f}" for f in FIELDS
+            ]
             per_obj = [b["by_field"][f]["grad_share_per_object"] for f in FIELDS]
             rows.append([label, *cells, *[("-" if v is None else f"{100 * v:.2f}") for v in per_obj]])
-        out.append(f"<p class=muted>{html.escape(rel)} (logits: {html.escape(str(d.get('logits')))})</p>" +
-                   _table(["normalisation", "far band loss/grad %", "mid band", "near band",
-                           "far: grad % per object", "mid", "near"], rows))
+        out.append(
+            f"<p class=muted>{html.escape(rel)} (logits: {html.escape(str(d.get('logits')))})</p>"
+            + _table(
+                [
+                    "normalisation",
+                    "far band loss/grad %",
+                    "mid band",
+                    "near band",
+                    "far: grad % per object",
+                    "mid",
+                    "near",
+                ],
+                rows,
+            )
+        )
         maps = sorted(((root / rel).parent / "heatmaps").glob("*.png"))[:6]
         out.append("".join(_img(p) for p in maps))
     return "".join(out)
@@ -209,18 +309,22 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
     out_json = out_html.with_suffix(".json")
     check_writable(out_html, force)
     check_writable(out_json, force)
-    sections = [("Training", _section_train(found["train"])),
-                ("Recall and retention by field", _section_validate(found["validate"])),
-                ("Keep-mask fidelity", _section_verify(found["verify"])),
-                ("Latency", _section_profile(found["profile"], root)),
-                ("CASS bias diagnostics", _section_diagnose(found["diagnose"], root))]
+    sections = [
+        ("Training", _section_train(found["train"])),
+        ("Recall and retention by field", _section_validate(found["validate"])),
+        ("Keep-mask fidelity", _section_verify(found["verify"])),
+        ("Latency", _section_profile(found["profile"], root)),
+        ("CASS bias diagnostics", _section_diagnose(found["diagnose"], root)),
+    ]
     missing = [name for name, body in sections if not body]
     body = "".join(f"<h2>{name}</h2>{content}" for name, content in sections if content)
     if missing:
         body += f"<p class=muted>Not in this run: {', '.join(missing)}.</p>"
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>cass-deploy report: {html.escape(root.name)}"
-           f"</title><style>{CSS}</style></head><body><h1>cass-deploy report: {html.escape(root.name)}</h1>"
-           f"{body}</body></html>")
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cass-deploy report: {html.escape(root.name)}"
+        f"</title><style>{CSS}</style></head><body><h1>cass-deploy report: {html.escape(root.name)}</h1>"
+        f"{body}</body></html>"
+    )
     with atomic_path(out_html, force=force) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     write_json(out_json, {"run_dir": str(root), **{k: dict(v) for k, v in found.items()}}, force=force)

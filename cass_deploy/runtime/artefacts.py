@@ -6,9 +6,10 @@ the manifest is read one way and the runner is picked one way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def run_batches(runner, images: np.ndarray, batch: int | None) -> dict[str, np.n
     if len(images) % step:
         raise InputError(f"{len(images)} images do not split into batches of {step}; use a multiple of {step}")
     for i in range(0, len(images), step):
-        res = runner.infer({INPUT_NAME: np.ascontiguousarray(images[i:i + step], dtype=np.float32)})
+        res = runner.infer({INPUT_NAME: np.ascontiguousarray(images[i : i + step], dtype=np.float32)})
         for k, v in res.items():
             outs.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -44,10 +45,10 @@ class Candidate:
     meta: Manifest
 
 
-def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
-                       ) -> list[Candidate]:
+def resolve_candidates(
+    paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
+) -> list[Candidate]:
     """Export dirs, ``.onnx`` files and ``.engine``/``.plan`` files -> candidates with their metadata."""
-
 
     out: list[Candidate] = []
     notes = notes if notes is not None else []
@@ -87,7 +88,6 @@ def resolve_candidates(paths: Sequence[str], providers: Sequence[str] = ("cpu",)
 
 def make_runner(c: Candidate, providers: Sequence[str] = ("cpu",)):
     if c.kind == "onnx":
-
         return OrtRunner(c.path, providers=providers)
 
     return TrtRunner(c.path)

@@ -9,14 +9,15 @@ silently. Runners are context managers: ``with OrtRunner(path) as r: r.infer(fee
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from cass_deploy.errors import CassDeployError, InputError
 
-Dim = int | str | None   # int: fixed size; str: named dynamic dim; None: unnamed dynamic dim
+Dim = int | str | None  # int: fixed size; str: named dynamic dim; None: unnamed dynamic dim
 
 
 class InferenceError(CassDeployError):
@@ -38,8 +39,7 @@ class TensorSpec:
     dtype: np.dtype
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(
-            d if (d is None or isinstance(d, str)) else int(d) for d in self.shape))
+        object.__setattr__(self, "shape", tuple(d if (d is None or isinstance(d, str)) else int(d) for d in self.shape))
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
     @property
@@ -50,7 +50,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TensorSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         return cls(str(data["name"]), tuple(data["shape"]), np.dtype(data["dtype"]))
 
     def __str__(self) -> str:
@@ -58,15 +58,13 @@ class TensorSpec:
         return f"{self.name}: {self.dtype.name}[{dims}]"
 
 
-def validate_feed(specs: Sequence[TensorSpec], feed: Mapping[str, Any],
-                  runner_name: str = "runner") -> None:
+def validate_feed(specs: Sequence[TensorSpec], feed: Mapping[str, Any], runner_name: str = "runner") -> None:
     """Raise :class:`InputError` unless ``feed`` matches ``specs`` exactly (names, shapes, dtypes).
 
     Named dynamic dimensions must agree across inputs (``batch`` is one number per call).
     """
     if not isinstance(feed, Mapping):
-        raise InputError(f"{runner_name}: the feed must be a dict of name -> numpy array, "
-                         f"got {type(feed).__name__}")
+        raise InputError(f"{runner_name}: the feed must be a dict of name -> numpy array, got {type(feed).__name__}")
     expected = {s.name: s for s in specs}
     missing = [n for n in expected if n not in feed]
     unexpected = [n for n in feed if n not in expected]
@@ -76,35 +74,45 @@ def validate_feed(specs: Sequence[TensorSpec], feed: Mapping[str, Any],
             parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
         if unexpected:
             parts.append(f"unexpected input(s) {', '.join(map(repr, unexpected))}")
-        raise InputError(f"{runner_name}: {'; '.join(parts)}; expected "
-                         + ", ".join(str(s) for s in specs))
+        raise InputError(f"{runner_name}: {'; '.join(parts)}; expected " + ", ".join(str(s) for s in specs))
     named: dict[str, tuple[int, str]] = {}
     for spec in specs:
         value = feed[spec.name]
         if not isinstance(value, np.ndarray):
-            raise InputError(f"{runner_name}: input {spec.name!r} must be a numpy array of "
-                             f"dtype {spec.dtype.name}, got {type(value).__name__}")
+            raise InputError(
+                f"{runner_name}: input {spec.name!r} must be a numpy array of "
+                f"dtype {spec.dtype.name}, got {type(value).__name__}"
+            )
         if value.dtype != spec.dtype:
-            raise InputError(f"{runner_name}: input {spec.name!r} has dtype {value.dtype.name}, "
-                             f"expected {spec.dtype.name} (convert it explicitly, e.g. "
-                             f"x.astype(np.{spec.dtype.name}); nothing is cast silently)")
+            raise InputError(
+                f"{runner_name}: input {spec.name!r} has dtype {value.dtype.name}, "
+                f"expected {spec.dtype.name} (convert it explicitly, e.g. "
+                f"x.astype(np.{spec.dtype.name}); nothing is cast silently)"
+            )
         if value.ndim != len(spec.shape):
-            raise InputError(f"{runner_name}: input {spec.name!r} has shape {value.shape} "
-                             f"(rank {value.ndim}), expected rank {len(spec.shape)}: {spec}")
+            raise InputError(
+                f"{runner_name}: input {spec.name!r} has shape {value.shape} "
+                f"(rank {value.ndim}), expected rank {len(spec.shape)}: {spec}"
+            )
         for axis, (size, dim) in enumerate(zip(value.shape, spec.shape)):
             if isinstance(dim, int):
                 if size != dim:
-                    raise InputError(f"{runner_name}: input {spec.name!r} has shape {value.shape}"
-                                     f", expected size {dim} on axis {axis}: {spec}")
+                    raise InputError(
+                        f"{runner_name}: input {spec.name!r} has shape {value.shape}"
+                        f", expected size {dim} on axis {axis}: {spec}"
+                    )
             elif size < 1:
-                raise InputError(f"{runner_name}: input {spec.name!r} has size {size} on dynamic "
-                                 f"axis {axis}; dynamic sizes must be >= 1")
+                raise InputError(
+                    f"{runner_name}: input {spec.name!r} has size {size} on dynamic "
+                    f"axis {axis}; dynamic sizes must be >= 1"
+                )
             elif isinstance(dim, str):
                 if dim in named and named[dim][0] != size:
                     other_size, other = named[dim]
                     raise InputError(
                         f"{runner_name}: dimension {dim!r} is {other_size} in {other!r} but "
-                        f"{size} in {spec.name!r}; it must be the same for every input")
+                        f"{size} in {spec.name!r}; it must be the same for every input"
+                    )
                 named.setdefault(dim, (size, spec.name))
 
 
@@ -126,7 +134,7 @@ class Runner(abc.ABC):
     def is_active(self) -> bool:
         return self._active
 
-    def activate(self) -> "Runner":
+    def activate(self) -> Runner:
         """Load the model and allocate resources (idempotent)."""
         if not self._active:
             self._activate()
@@ -143,7 +151,7 @@ class Runner(abc.ABC):
 
     close = deactivate
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self.activate()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -13,9 +13,10 @@ import copy
 import datetime as _dt
 import json
 import platform
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,10 +49,10 @@ def collect_versions(extra: Mapping[str, str | None] | None = None) -> dict[str,
         version = package_version(*VERSIONS[label])
         if version is not None:
             versions[label] = version
-    if "tensorrt" not in versions:   # JetPack's apt-installed TensorRT may carry no metadata
+    if "tensorrt" not in versions:  # JetPack's apt-installed TensorRT may carry no metadata
         try:
             found = trt_version()
-        except BackendUnavailable:   # installed but broken: the manifest just omits it
+        except BackendUnavailable:  # installed but broken: the manifest just omits it
             found = None
         if found is not None:
             versions["tensorrt"] = found
@@ -81,8 +82,7 @@ def _pair(value: Sequence[int] | None, what: str) -> list[int] | None:
     if value is None:
         return None
     vals = list(value)
-    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                 for v in vals):
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in vals):
         raise InputError(f"{what} must be two positive integers, got {value!r}")
     return vals
 
@@ -90,16 +90,13 @@ def _pair(value: Sequence[int] | None, what: str) -> list[int] | None:
 def _batch_entry(batch: int | None, dynamic_batch: Sequence[int] | None) -> dict[str, Any]:
     if dynamic_batch is not None:
         if batch is not None:
-            raise InputError("give either a fixed batch or a dynamic batch (min, opt, max), "
-                             "not both")
+            raise InputError("give either a fixed batch or a dynamic batch (min, opt, max), not both")
         try:
             lo, opt, hi = (int(v) for v in dynamic_batch)
         except (TypeError, ValueError):
-            raise InputError(f"dynamic batch must be (min, opt, max), got {dynamic_batch!r}") \
-                from None
+            raise InputError(f"dynamic batch must be (min, opt, max), got {dynamic_batch!r}") from None
         if not 1 <= lo <= opt <= hi:
-            raise InputError(f"dynamic batch needs 1 <= min <= opt <= max, got "
-                             f"({lo}, {opt}, {hi})")
+            raise InputError(f"dynamic batch needs 1 <= min <= opt <= max, got ({lo}, {opt}, {hi})")
         return {"dynamic": True, "min": lo, "opt": opt, "max": hi}
     size = 1 if batch is None else batch
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -112,8 +109,7 @@ def artefact_entry(path: str | Path, base_dir: str | Path | None = None) -> dict
     path = Path(path)
     if not path.is_file():
         raise InputError(f"artefact {path} does not exist")
-    rel = path.name if base_dir is None else path.resolve().relative_to(
-        Path(base_dir).resolve()).as_posix()
+    rel = path.name if base_dir is None else path.resolve().relative_to(Path(base_dir).resolve()).as_posix()
     return {"file": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
@@ -151,8 +147,7 @@ def build_manifest(
     if parts is not None and parts not in PARTS:
         raise InputError(f"parts must be one of {', '.join(PARTS)}, got {parts!r}")
     if pruner_mode is not None and pruner_mode not in PRUNER_MODES:
-        raise InputError(f"pruner_mode must be one of {', '.join(PRUNER_MODES)}, "
-                         f"got {pruner_mode!r}")
+        raise InputError(f"pruner_mode must be one of {', '.join(PRUNER_MODES)}, got {pruner_mode!r}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise InputError(f"k must be a positive integer, got {k!r}")
     if keep_ratio is not None and not 0.0 < float(keep_ratio) <= 1.0:
@@ -168,30 +163,32 @@ def build_manifest(
             raise InputError(f"source checkpoint {ckpt} does not exist")
         checkpoint_sha256 = sha256_file(ckpt)
 
-    return Manifest({
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "cass-deploy", "version": __version__},
-        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source_checkpoint": None if source_checkpoint is None and checkpoint_sha256 is None
-        else {"path": None if source_checkpoint is None else str(source_checkpoint),
-              "sha256": checkpoint_sha256},
-        "artefacts": {role: artefact_entry(p, base_dir) for role, p in artefacts.items()},
-        "parts": parts,
-        "inputs": [_tensor_entry(s) for s in inputs],
-        "outputs": [_tensor_entry(s) for s in outputs],
-        "image_size": _pair(image_size, "image_size"),
-        "grid": _pair(grid, "grid"),
-        "k": k,
-        "topk_sizes": None if topk_sizes is None else [int(v) for v in topk_sizes],
-        "keep_ratio": None if keep_ratio is None else float(keep_ratio),
-        "pruner_mode": pruner_mode,
-        "precision": precision,
-        "batch": _batch_entry(batch, dynamic_batch),
-        "opset": opset,
-        "versions": dict(versions) if versions is not None else collect_versions(),
-        "trtexec": trtexec,
-        "extra": dict(extra or {}),
-    })
+    return Manifest(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "cass-deploy", "version": __version__},
+            "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_checkpoint": None
+            if source_checkpoint is None and checkpoint_sha256 is None
+            else {"path": None if source_checkpoint is None else str(source_checkpoint), "sha256": checkpoint_sha256},
+            "artefacts": {role: artefact_entry(p, base_dir) for role, p in artefacts.items()},
+            "parts": parts,
+            "inputs": [_tensor_entry(s) for s in inputs],
+            "outputs": [_tensor_entry(s) for s in outputs],
+            "image_size": _pair(image_size, "image_size"),
+            "grid": _pair(grid, "grid"),
+            "k": k,
+            "topk_sizes": None if topk_sizes is None else [int(v) for v in topk_sizes],
+            "keep_ratio": None if keep_ratio is None else float(keep_ratio),
+            "pruner_mode": pruner_mode,
+            "precision": precision,
+            "batch": _batch_entry(batch, dynamic_batch),
+            "opset": opset,
+            "versions": dict(versions) if versions is not None else collect_versions(),
+            "trtexec": trtexec,
+            "extra": dict(extra or {}),
+        }
+    )
 
 
 @dataclass
@@ -210,14 +207,20 @@ class ArtefactCheck:
         return bool(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": list(self.checked), "mismatches": list(self.mismatches),
-                "missing": list(self.missing)}
+        return {
+            "ok": self.ok,
+            "checked": list(self.checked),
+            "mismatches": list(self.mismatches),
+            "missing": list(self.missing),
+        }
 
     def summary(self) -> str:
         if self:
             return f"all {len(self.checked)} artefact(s) match their SHA-256"
-        parts = [f"{m['file']} ({m['role']}): expected {m['expected'][:12]}..., "
-                 f"found {m['actual'][:12]}..." for m in self.mismatches]
+        parts = [
+            f"{m['file']} ({m['role']}): expected {m['expected'][:12]}..., found {m['actual'][:12]}..."
+            for m in self.mismatches
+        ]
         parts += [f"{f}: missing" for f in self.missing]
         return "artefact check failed: " + "; ".join(parts)
 
@@ -266,17 +269,20 @@ class Manifest:
         try:
             data = json.loads(file.read_text())
         except json.JSONDecodeError as exc:
-            raise InputError(f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                             f"{exc.msg}); re-export or restore it") from exc
+            raise InputError(
+                f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); re-export or restore it"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise InputError(f"{file} is not a text file: {exc}") from exc
         if not isinstance(data, dict):
             raise InputError(f"{file} must hold a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise InputError(f"{file} has schema_version {version!r}; this cass-deploy "
-                             f"({__version__}) reads schema_version {SCHEMA_VERSION}. Re-export "
-                             "with this version or use the cass-deploy that wrote it")
+            raise InputError(
+                f"{file} has schema_version {version!r}; this cass-deploy "
+                f"({__version__}) reads schema_version {SCHEMA_VERSION}. Re-export "
+                "with this version or use the cass-deploy that wrote it"
+            )
         missing = [key for key in REQUIRED_KEYS if key not in data]
         if missing:
             raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
@@ -302,8 +308,9 @@ class Manifest:
     def write(self, directory: str | Path, force: bool = False) -> Path:
         """Write ``directory/manifest.json`` atomically; refuses to overwrite without ``force``."""
         if self.schema_version != SCHEMA_VERSION:
-            raise InputError(f"refusing to write a manifest with schema_version "
-                             f"{self.schema_version!r}; expected {SCHEMA_VERSION}")
+            raise InputError(
+                f"refusing to write a manifest with schema_version {self.schema_version!r}; expected {SCHEMA_VERSION}"
+            )
         return write_json(Path(directory) / MANIFEST_NAME, self.to_dict(), force=force)
 
     def verify(self, directory: str | Path) -> ArtefactCheck:
@@ -318,8 +325,9 @@ class Manifest:
             actual = sha256_file(file)
             result.checked.append(entry["file"])
             if actual != entry["sha256"]:
-                result.mismatches.append({"role": role, "file": entry["file"],
-                                          "expected": entry["sha256"], "actual": actual})
+                result.mismatches.append(
+                    {"role": role, "file": entry["file"], "expected": entry["sha256"], "actual": actual}
+                )
         return result
 
     def __eq__(self, other: object) -> bool:
@@ -330,9 +338,11 @@ class Manifest:
     __hash__ = None  # type: ignore[assignment]  # equal by content, and it holds dicts
 
     def __repr__(self) -> str:
-        return (f"Manifest(precision={self.precision!r}, parts={self.parts!r}, "
-                f"pruner_mode={self.pruner_mode!r}, image_size={self.image_size!r}, "
-                f"artefacts={list(self.artefact_roles)!r})")
+        return (
+            f"Manifest(precision={self.precision!r}, parts={self.parts!r}, "
+            f"pruner_mode={self.pruner_mode!r}, image_size={self.image_size!r}, "
+            f"artefacts={list(self.artefact_roles)!r})"
+        )
 
     # -- what was exported --------------------------------------------------------------------
     @property
@@ -428,8 +438,9 @@ class Manifest:
         try:
             return int(batch["min"]), int(batch["opt"]), int(batch["max"])
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"the manifest's dynamic batch must have integer min, opt and max, "
-                             f"got {dict(batch)!r}; re-export") from None
+            raise InputError(
+                f"the manifest's dynamic batch must have integer min, opt and max, got {dict(batch)!r}; re-export"
+            ) from None
 
     @property
     def fixed_batch(self) -> int | None:
@@ -461,8 +472,7 @@ class Manifest:
         file = self.artefact_file(role)
         if file is None:
             listed = ", ".join(self.artefact_roles) or "none"
-            raise InputError(f"the manifest in {base_dir} lists no {role} artefact (it has: {listed}); "
-                             "re-export")
+            raise InputError(f"the manifest in {base_dir} lists no {role} artefact (it has: {listed}); re-export")
         return Path(base_dir) / file
 
     @property
@@ -490,8 +500,7 @@ class Manifest:
         return _section(_section(self._data, "extra"), "tensorrt").get("device")
 
 
-def write_manifest(directory: str | Path, manifest: Manifest | Mapping[str, Any],
-                   force: bool = False) -> Path:
+def write_manifest(directory: str | Path, manifest: Manifest | Mapping[str, Any], force: bool = False) -> Path:
     """``Manifest(manifest).write(directory, force)`` for a Manifest or its dict."""
     if not isinstance(manifest, Manifest):
         manifest = Manifest(manifest)
@@ -522,8 +531,7 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     if path is not None:
         model = load_onnx(path)
     json_keys = sorted(k for k, v in mapping.items() if not isinstance(v, str))
-    props = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True))
-             for k, v in mapping.items()}
+    props = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in mapping.items()}
     props[JSON_KEYS_PROP] = json.dumps(json_keys)
     keep = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
@@ -548,5 +556,3 @@ def read_onnx_metadata(model: Any) -> dict[str, Any]:
     for key, value in props.items():
         out[key] = json.loads(value) if key in json_keys else value
     return out
-
-

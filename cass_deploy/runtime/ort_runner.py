@@ -7,8 +7,9 @@ to the CPU).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,24 +56,24 @@ def resolve_providers(providers: Sequence[str] | str) -> list[str]:
         raise InputError(f"no ONNX Runtime provider given; choose from {', '.join(PROVIDERS)}")
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
-        raise InputError(f"unknown ONNX Runtime provider(s) {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(PROVIDERS)}")
+        raise InputError(
+            f"unknown ONNX Runtime provider(s) {', '.join(map(repr, unknown))}; choose from {', '.join(PROVIDERS)}"
+        )
     have = available_providers()
     missing = [p for p in providers if p not in have]
     if missing:
-        hint = " (install onnxruntime-gpu: pip install cass-deploy[gpu])" \
-            if set(missing) & {"cuda", "tensorrt"} else ""
+        hint = " (install onnxruntime-gpu: pip install cass-deploy[gpu])" if set(missing) & {"cuda", "tensorrt"} else ""
         raise BackendUnavailable(
             f"ONNX Runtime provider(s) {', '.join(missing)} not available in this ONNX Runtime "
-            f"build; available: {', '.join(have) or 'none'}{hint}")
+            f"build; available: {', '.join(have) or 'none'}{hint}"
+        )
     return [PROVIDERS[p] for p in dict.fromkeys(providers)]
 
 
 def _spec(arg: Any, path: Path) -> TensorSpec:
     dtype = _ORT_DTYPES.get(arg.type)
     if dtype is None:
-        raise InputError(f"{path}: tensor {arg.name!r} has type {arg.type}, which the runner "
-                         "does not support")
+        raise InputError(f"{path}: tensor {arg.name!r} has type {arg.type}, which the runner does not support")
     shape = tuple(d if isinstance(d, (int, str)) else None for d in arg.shape)
     # ONNX Runtime reports unknown dims as None or as a symbolic string; 0/-1 never mean fixed
     shape = tuple(None if isinstance(d, int) and d <= 0 else d for d in shape)
@@ -89,16 +90,19 @@ class OrtRunner(Runner):
         intra_op_threads: ONNX Runtime intra-op threads (``None``: its default).
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | str = ("cpu",),
-                 intra_op_threads: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | str = ("cpu",),
+        intra_op_threads: int | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"ONNX model {self.path} does not exist")
-        if intra_op_threads is not None and (not isinstance(intra_op_threads, int)
-                                             or intra_op_threads < 1):
-            raise InputError(f"intra_op_threads must be a positive integer, got "
-                             f"{intra_op_threads!r}")
+        if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
+            raise InputError(f"intra_op_threads must be a positive integer, got {intra_op_threads!r}")
         self.providers = (providers,) if isinstance(providers, str) else tuple(providers)
         self.intra_op_threads = intra_op_threads
         self.name = name or f"onnxruntime[{','.join(self.providers)}]"
@@ -125,8 +129,7 @@ class OrtRunner(Runner):
         try:
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=full)
         except Exception as exc:  # onnxruntime raises pybind classes (InvalidProtobuf, Fail...)
-            raise InputError(f"ONNX Runtime could not load {self.path}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise InputError(f"ONNX Runtime could not load {self.path}: {type(exc).__name__}: {exc}") from exc
         self._inputs = [_spec(a, self.path) for a in session.get_inputs()]
         self._outputs = [_spec(a, self.path) for a in session.get_outputs()]
         self._session = session
@@ -145,6 +148,5 @@ class OrtRunner(Runner):
         try:
             values = self._session.run(names, dict(feed))
         except Exception as exc:
-            raise InferenceError(f"ONNX Runtime failed to run {self.path}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise InferenceError(f"ONNX Runtime failed to run {self.path}: {type(exc).__name__}: {exc}") from exc
         return dict(zip(names, values))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,6 @@ from cass_deploy.runtime.base import Runner, TensorSpec
 
 def resolve_device(device: str) -> str:
     """Check a torch device string (``cpu``, ``cuda``, ``cuda:1``) is valid and present here."""
-
 
     try:
         dev = torch.device(device)
@@ -62,15 +62,17 @@ class TorchRunner(Runner):
 
     def _output_specs(self) -> Sequence[TensorSpec]:
         P, k = self.model.grid[0] * self.model.grid[1], self.model.k
-        shapes = {"scores": (("batch", P), np.float32), "keep_idx": (("batch", k), np.int64),
-                  "keep_mask": (("batch", P), np.bool_)}
+        shapes = {
+            "scores": (("batch", P), np.float32),
+            "keep_idx": (("batch", k), np.int64),
+            "keep_mask": (("batch", P), np.bool_),
+        }
         cfg = getattr(self.model, "cfg", None)
         if cfg is not None and hasattr(cfg, "head_size"):
             hh, wh = cfg.head_size
             shapes["heatmap"] = (("batch", cfg.num_classes, hh, wh), np.float32)
             shapes["box"] = (("batch", 4, hh, wh), np.float32)
-        return [TensorSpec(n, *shapes[n]) if n in shapes else TensorSpec(n, (None,), np.float32)
-                for n in self._names]
+        return [TensorSpec(n, *shapes[n]) if n in shapes else TensorSpec(n, (None,), np.float32) for n in self._names]
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME])).to(self.device)

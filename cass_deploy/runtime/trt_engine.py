@@ -6,9 +6,10 @@ runtime lives here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cass_deploy.backends.probe import import_backend
 from cass_deploy.errors import InputError
@@ -33,8 +34,11 @@ def _make_logger(trt: Any, log: LogFn | None) -> Any:
 
         def log(self, severity: Any, msg: str) -> None:  # called by TensorRT; must not raise
             try:
-                label = {trt.Logger.INTERNAL_ERROR: "internal error", trt.Logger.ERROR: "error",
-                         trt.Logger.WARNING: "warning"}.get(severity)
+                label = {
+                    trt.Logger.INTERNAL_ERROR: "internal error",
+                    trt.Logger.ERROR: "error",
+                    trt.Logger.WARNING: "warning",
+                }.get(severity)
                 if label is not None:
                     self.messages.append(f"[{label}] {msg}")
                 if log is not None and (label is not None or severity == trt.Logger.INFO):
@@ -79,8 +83,7 @@ def load_engine(path: str | Path, log: LogFn | None = None) -> LoadedEngine:
         engine = None
     if engine is None:
         raise InputError(engine_mismatch_message(path, str(trt.__version__), logger.errors()))
-    return LoadedEngine(engine=engine, runtime=runtime, logger=logger, path=path,
-                        trt_version=str(trt.__version__))
+    return LoadedEngine(engine=engine, runtime=runtime, logger=logger, path=path, trt_version=str(trt.__version__))
 
 
 def engine_mismatch_message(path: Path, trt_version: str, errors: Sequence[str] = ()) -> str:
@@ -93,13 +96,18 @@ def engine_mismatch_message(path: Path, trt_version: str, errors: Sequence[str] 
             version = manifest.trt_version
             device = manifest.built_on_device
             if version or device:
-                built_with = (" It was built with TensorRT " + (version or "(unknown version)")
-                              + (f" on {device}" if device else "")
-                              + f" (per {manifest_file}).")
+                built_with = (
+                    " It was built with TensorRT "
+                    + (version or "(unknown version)")
+                    + (f" on {device}" if device else "")
+                    + f" (per {manifest_file})."
+                )
         except InputError as exc:
             built_with = f" (The manifest beside it could not be read: {exc})"
     detail = ("\n  TensorRT said: " + "\n  ".join(errors)) if errors else ""
-    return (f"TensorRT {trt_version} could not deserialize the engine {path}: it was built by "
-            f"another TensorRT version or for another GPU, or the file is not an engine."
-            f"{built_with} Engines are not portable across TensorRT versions or devices: rebuild "
-            f"it on this machine from the ONNX (cass-deploy export ... --engine).{detail}")
+    return (
+        f"TensorRT {trt_version} could not deserialize the engine {path}: it was built by "
+        f"another TensorRT version or for another GPU, or the file is not an engine."
+        f"{built_with} Engines are not portable across TensorRT versions or devices: rebuild "
+        f"it on this machine from the ONNX (cass-deploy export ... --engine).{detail}"
+    )

@@ -11,9 +11,10 @@ For the profiler, one inference splits into :meth:`TrtRunner.upload` (host -> de
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec
 from cass_deploy.runtime.trt_engine import load_engine
 
-cuda = lazy_import('pycuda.driver', 'pycuda')
+cuda = lazy_import("pycuda.driver", "pycuda")
 
 
 def device_name(index: int = 0) -> str:
@@ -37,9 +38,9 @@ def device_name(index: int = 0) -> str:
 class _Buffer:
     """A page-locked host buffer and a device allocation of the same capacity (bytes)."""
 
-    host: np.ndarray          # flat, dtype of the tensor
-    device: Any               # pycuda DeviceAllocation
-    capacity: int             # elements
+    host: np.ndarray  # flat, dtype of the tensor
+    device: Any  # pycuda DeviceAllocation
+    capacity: int  # elements
 
     def view(self, shape: tuple[int, ...]) -> np.ndarray:
         return self.host[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
@@ -58,8 +59,7 @@ class Timings:
         return self.h2d_ms + self.compute_ms + self.d2h_ms
 
     def to_dict(self) -> dict[str, float]:
-        return {"h2d_ms": self.h2d_ms, "compute_ms": self.compute_ms, "d2h_ms": self.d2h_ms,
-                "total_ms": self.total_ms}
+        return {"h2d_ms": self.h2d_ms, "compute_ms": self.compute_ms, "d2h_ms": self.d2h_ms, "total_ms": self.total_ms}
 
 
 class TrtRunner(Runner):
@@ -108,8 +108,8 @@ class TrtRunner(Runner):
             self._context = engine.create_execution_context()
             if self._context is None:
                 raise BackendUnavailable(
-                    f"TensorRT could not create an execution context for {self.path} "
-                    "(out of GPU memory?)")
+                    f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)"
+                )
             self._stream = cuda.Stream()
             self._read_io(trt, engine)
         except BaseException:
@@ -127,8 +127,7 @@ class TrtRunner(Runner):
                 self._inputs.append(spec)
                 if any(d < 0 for d in shape):
                     lo, _, hi = engine.get_tensor_profile_shape(name, 0)
-                    self._profile_ranges[name] = (tuple(int(d) for d in lo),
-                                                  tuple(int(d) for d in hi))
+                    self._profile_ranges[name] = (tuple(int(d) for d in lo), tuple(int(d) for d in hi))
             else:
                 self._outputs.append(spec)
 
@@ -164,9 +163,11 @@ class TrtRunner(Runner):
         for name, (lo, hi) in self._profile_ranges.items():
             shape = feed[name].shape
             if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
-                raise InputError(f"{self.name}: input {name!r} has shape {shape}, outside the "
-                                 f"engine's optimisation profile {lo}..{hi}; rebuild the engine "
-                                 "with a wider --dynamic-batch")
+                raise InputError(
+                    f"{self.name}: input {name!r} has shape {shape}, outside the "
+                    f"engine's optimisation profile {lo}..{hi}; rebuild the engine "
+                    "with a wider --dynamic-batch"
+                )
 
     # -- buffers -------------------------------------------------------------------------
     def _buffer(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> _Buffer:
@@ -193,8 +194,7 @@ class TrtRunner(Runner):
         for spec in self._inputs:
             array = feed[spec.name]
             if not context.set_input_shape(spec.name, array.shape):
-                raise InputError(f"{self.name}: TensorRT rejected shape {array.shape} for input "
-                                 f"{spec.name!r}")
+                raise InputError(f"{self.name}: TensorRT rejected shape {array.shape} for input {spec.name!r}")
             buf = self._buffer(spec.name, spec.dtype, array.shape)
             staged = buf.view(array.shape)
             np.copyto(staged, array)
@@ -207,7 +207,8 @@ class TrtRunner(Runner):
                 raise InferenceError(
                     f"{self.name}: output {spec.name!r} has a data-dependent shape {shape} "
                     "(e.g. NonZero), which this runner does not support; export a fixed-size "
-                    "output (keep mask or fixed-k TopK)")
+                    "output (keep mask or fixed-k TopK)"
+                )
             buf = self._buffer(spec.name, spec.dtype, shape)
             context.set_tensor_address(spec.name, int(buf.device))
             self._out_shapes[spec.name] = shape
@@ -217,20 +218,17 @@ class TrtRunner(Runner):
         if not self._uploaded:
             raise InferenceError(f"{self.name}: call upload(feed) before running on the device")
         if not self._context.execute_async_v3(self._stream.handle):
-            raise InferenceError(f"{self.name}: TensorRT failed to enqueue {self.path}; "
-                                 "see the TensorRT log")
+            raise InferenceError(f"{self.name}: TensorRT failed to enqueue {self.path}; see the TensorRT log")
 
     def _enqueue_download(self) -> None:
         if not self._uploaded:
             raise InferenceError(f"{self.name}: nothing to download; call upload(feed) first")
         for spec in self._outputs:
             buf = self._buffers[spec.name]
-            self._cuda.memcpy_dtoh_async(buf.view(self._out_shapes[spec.name]), buf.device,
-                                         self._stream)
+            self._cuda.memcpy_dtoh_async(buf.view(self._out_shapes[spec.name]), buf.device, self._stream)
 
     def _collect(self) -> dict[str, np.ndarray]:
-        return {s.name: self._buffers[s.name].view(self._out_shapes[s.name]).copy()
-                for s in self._outputs}
+        return {s.name: self._buffers[s.name].view(self._out_shapes[s.name]).copy() for s in self._outputs}
 
     def infer_device_only(self) -> float:
         """Run on the already uploaded inputs; return GPU milliseconds (CUDA events, no copies)."""
@@ -265,9 +263,11 @@ class TrtRunner(Runner):
         self._enqueue_download()
         ev[3].record(self._stream)
         ev[3].synchronize()
-        return self._collect(), Timings(h2d_ms=float(ev[1].time_since(ev[0])),
-                                        compute_ms=float(ev[2].time_since(ev[1])),
-                                        d2h_ms=float(ev[3].time_since(ev[2])))
+        return self._collect(), Timings(
+            h2d_ms=float(ev[1].time_since(ev[0])),
+            compute_ms=float(ev[2].time_since(ev[1])),
+            d2h_ms=float(ev[3].time_since(ev[2])),
+        )
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._upload(feed)

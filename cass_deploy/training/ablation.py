@@ -22,9 +22,10 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
@@ -66,17 +67,31 @@ class RunResult:
 
 def _summarise(variant: str, seed: int, keep: float | None, seconds: float, res) -> RunResult:
     bf, bs = res.by_field, res.by_size
-    return RunResult(variant=variant, seed=seed, keep_ratio=keep, train_seconds=seconds, map50=res.map50,
-                     recall={f: bf[f].recall for f in FIELDS + ("all",)},
-                     retention={f: bf[f].retention_mean for f in FIELDS},
-                     retention_ge_50={f: bf[f].retention_share_ge_50 for f in FIELDS},
-                     recall_by_size={s: bs[s].recall for s in bs},
-                     retention_by_size={s: bs[s].retention_mean for s in bs})
+    return RunResult(
+        variant=variant,
+        seed=seed,
+        keep_ratio=keep,
+        train_seconds=seconds,
+        map50=res.map50,
+        recall={f: bf[f].recall for f in FIELDS + ("all",)},
+        retention={f: bf[f].retention_mean for f in FIELDS},
+        retention_ge_50={f: bf[f].retention_share_ge_50 for f in FIELDS},
+        recall_by_size={s: bs[s].recall for s in bs},
+        retention_by_size={s: bs[s].retention_mean for s in bs},
+    )
 
 
-def train_and_evaluate(base: list[str], config: str | None, variant: str, overrides: list[str], seed: int,
-                       out: Path, keep_ratios: Sequence[float], val_images: int,
-                       log: Callable[[str], None]) -> list[RunResult]:
+def train_and_evaluate(
+    base: list[str],
+    config: str | None,
+    variant: str,
+    overrides: list[str],
+    seed: int,
+    out: Path,
+    keep_ratios: Sequence[float],
+    val_images: int,
+    log: Callable[[str], None],
+) -> list[RunResult]:
     """Train one variant and evaluate it at each keep ratio (or dense once)."""
 
     cfg = load_train_config(config, base + overrides + [f"seed={seed}", f"data.val_images={val_images}"])
@@ -89,16 +104,24 @@ def train_and_evaluate(base: list[str], config: str | None, variant: str, overri
     loader = make_loader(val, cfg.batch_size, shuffle=False, seed=seed)
     rows = []
     if model.pruner_mode == "none":
-        rows.append(_summarise(variant, seed, None, seconds, evaluate_model(model, loader, cfg.fields,
-                                                                            cfg.eval_score_thr)))
+        rows.append(
+            _summarise(variant, seed, None, seconds, evaluate_model(model, loader, cfg.fields, cfg.eval_score_thr))
+        )
     else:
         for r in keep_ratios:
             m = model.with_pruner(keep_ratio=r)
-            rows.append(_summarise(variant, seed, r, seconds, evaluate_model(m, loader, cfg.fields,
-                                                                             cfg.eval_score_thr)))
-    log(f"{variant} seed {seed}: " + ", ".join(
-        f"keep {r.keep_ratio}: recall near {_p(r.recall['near'])} far {_p(r.recall['far'])}, retention near "
-        f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)}" for r in rows) + f" [{seconds:.0f}s]")
+            rows.append(
+                _summarise(variant, seed, r, seconds, evaluate_model(m, loader, cfg.fields, cfg.eval_score_thr))
+            )
+    log(
+        f"{variant} seed {seed}: "
+        + ", ".join(
+            f"keep {r.keep_ratio}: recall near {_p(r.recall['near'])} far {_p(r.recall['far'])}, retention near "
+            f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)}"
+            for r in rows
+        )
+        + f" [{seconds:.0f}s]"
+    )
     return rows
 
 
@@ -120,8 +143,7 @@ def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[
         vals = [v for v in values if v is not None]
         if not vals:
             return {"mean": None, "std": None, "n": 0}
-        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                "n": len(vals)}
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
     out = {}
     for key, rs in groups.items():
@@ -132,8 +154,10 @@ def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[
             **{f"retention_{f}": stat(r.retention[f] for r in rs) for f in FIELDS},
             **{f"retention_ge50_{f}": stat(r.retention_ge_50[f] for r in rs) for f in FIELDS},
             **{f"recall_size_{s}": stat(r.recall_by_size.get(s) for r in rs) for s in ("small", "medium", "large")},
-            **{f"retention_size_{s}": stat(r.retention_by_size.get(s) for r in rs)
-               for s in ("small", "medium", "large")},
+            **{
+                f"retention_size_{s}": stat(r.retention_by_size.get(s) for r in rs)
+                for s in ("small", "medium", "large")
+            },
         }
     return out
 
@@ -143,9 +167,15 @@ def preset_candidate(variant: str) -> bool:
     return variant.startswith("object") or variant.startswith("band + object")
 
 
-def select(agg: dict, keep_ratio: float = 0.5, near_tol: float = 0.01, far_tol: float = 0.02,
-           map_tol: float = 0.01, exclude: Sequence[str] = ("cass_off",),
-           eligible: Callable[[str], bool] = lambda v: True) -> tuple[str | None, list[dict]]:
+def select(
+    agg: dict,
+    keep_ratio: float = 0.5,
+    near_tol: float = 0.01,
+    far_tol: float = 0.02,
+    map_tol: float = 0.01,
+    exclude: Sequence[str] = ("cass_off",),
+    eligible: Callable[[str], bool] = lambda v: True,
+) -> tuple[str | None, list[dict]]:
     """Apply the selection rule at ``keep_ratio`` -> (winner among ``eligible`` variants or None,
     verdicts for every variant)."""
     dense = agg.get(("dense", None))
@@ -160,16 +190,18 @@ def select(agg: dict, keep_ratio: float = 0.5, near_tol: float = 0.01, far_tol: 
         if keep != keep_ratio or variant in exclude:
             continue
         checks = {
-            "near recall within tol": m(entry, "recall_near") is not None and
-            m(entry, "recall_near") >= m(dense, "recall_near") - near_tol,
-            "far recall within tol": m(entry, "recall_far") is not None and
-            m(entry, "recall_far") >= m(dense, "recall_far") - far_tol,
+            "near recall within tol": m(entry, "recall_near") is not None
+            and m(entry, "recall_near") >= m(dense, "recall_near") - near_tol,
+            "far recall within tol": m(entry, "recall_far") is not None
+            and m(entry, "recall_far") >= m(dense, "recall_far") - far_tol,
             "mAP within tol": m(entry, "map50") is not None and m(entry, "map50") >= m(dense, "map50") - map_tol,
         }
-        min_ret = min((m(entry, f"retention_{f}") for f in FIELDS if m(entry, f"retention_{f}") is not None),
-                      default=None)
-        verdicts.append({"variant": variant, "checks": checks, "passes": all(checks.values()),
-                         "min_field_retention": min_ret})
+        min_ret = min(
+            (m(entry, f"retention_{f}") for f in FIELDS if m(entry, f"retention_{f}") is not None), default=None
+        )
+        verdicts.append(
+            {"variant": variant, "checks": checks, "passes": all(checks.values()), "min_field_retention": min_ret}
+        )
     ok = [v for v in verdicts if v["passes"] and eligible(v["variant"])]
     winner = max(ok, key=lambda v: v["min_field_retention"] or 0)["variant"] if ok else None
     return winner, verdicts
@@ -177,6 +209,7 @@ def select(agg: dict, keep_ratio: float = 0.5, near_tol: float = 0.01, far_tol: 
 
 def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
     """The README table: recall and retention per field, mAP and training time, mean ± std."""
+
     def cell(entry, key, scale=100.0, digits=1):
         s = entry[key]
         if s["mean"] is None:
@@ -190,35 +223,59 @@ def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
     def table(columns: list[tuple[str, str, float, int]]) -> str:
         head = "| variant | keep | " + " | ".join(c[0] for c in columns) + " |\n"
         rule = "|---|---|" + "---|" * len(columns) + "\n"
-        rows = [f"| {v} | {'dense' if keep is None else keep} | "
-                + " | ".join(cell(agg[(v, keep)], key, scale, digits) for _, key, scale, digits in columns) + " |"
-                for v, keep in keys]
+        rows = [
+            f"| {v} | {'dense' if keep is None else keep} | "
+            + " | ".join(cell(agg[(v, keep)], key, scale, digits) for _, key, scale, digits in columns)
+            + " |"
+            for v, keep in keys
+        ]
         return head + rule + "\n".join(rows) + "\n"
 
-    by_field = ([(f"recall {f}", f"recall_{f}", 100.0, 1) for f in FIELDS]
-                + [(f"retention {f}", f"retention_{f}", 100.0, 1) for f in FIELDS]
-                + [("mAP@0.5", "map50", 100.0, 1), ("train s", "train_seconds", 1.0, 0)])
-    by_size = ([(f"recall {s}", f"recall_size_{s}", 100.0, 1) for s in ("small", "medium", "large")]
-               + [(f"retention {s}", f"retention_size_{s}", 100.0, 1) for s in ("small", "medium", "large")])
+    by_field = (
+        [(f"recall {f}", f"recall_{f}", 100.0, 1) for f in FIELDS]
+        + [(f"retention {f}", f"retention_{f}", 100.0, 1) for f in FIELDS]
+        + [("mAP@0.5", "map50", 100.0, 1), ("train s", "train_seconds", 1.0, 0)]
+    )
+    by_size = [(f"recall {s}", f"recall_size_{s}", 100.0, 1) for s in ("small", "medium", "large")] + [
+        (f"retention {s}", f"retention_size_{s}", 100.0, 1) for s in ("small", "medium", "large")
+    ]
     return table(by_field) + "\n" + table(by_size)
 
 
-def band_runs(base: list[str], config: str | None, loss: str, seeds: Sequence[int], out: Path,
-              keep_ratios: Sequence[float], val_images: int, log: Callable[[str], None],
-              done: set[tuple[str, int]] = frozenset()) -> list[RunResult]:
+def band_runs(
+    base: list[str],
+    config: str | None,
+    loss: str,
+    seeds: Sequence[int],
+    out: Path,
+    keep_ratios: Sequence[float],
+    val_images: int,
+    log: Callable[[str], None],
+    done: set[tuple[str, int]] = frozenset(),
+) -> list[RunResult]:
     """The band pruner (quotas proportional to the training set's positive patches) with ``loss``."""
     rows: list[RunResult] = []
     for seed in seeds:
         if (f"band + {loss}", seed) not in done:
-            rows += train_and_evaluate(base, config, f"band + {loss}", LOSS_VARIANTS[loss] + BAND, seed, out,
-                                       keep_ratios, val_images, log)
+            rows += train_and_evaluate(
+                base, config, f"band + {loss}", LOSS_VARIANTS[loss] + BAND, seed, out, keep_ratios, val_images, log
+            )
     return rows
 
 
-def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], out: Path,
-                 variants: Sequence[str] | None = None, keep_ratios: Sequence[float] = (0.5, 0.25),
-                 val_images: int = 128, band: bool = True, resume: bool = False,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_ablation(
+    *,
+    config: str | None,
+    base: list[str],
+    seeds: Sequence[int],
+    out: Path,
+    variants: Sequence[str] | None = None,
+    keep_ratios: Sequence[float] = (0.5, 0.25),
+    val_images: int = 128,
+    band: bool = True,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Dense + every loss variant (+ the band pruner with the winning loss) over ``seeds``.
 
     ``resume``: keep the runs already in ``out/runs.json`` (same variant and seed) and train
@@ -232,7 +289,6 @@ def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], o
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
     if resume and (out / "runs.json").is_file():
-
         rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
         log(f"resuming: {len({(r.variant, r.seed) for r in rows})} runs already in {out / 'runs.json'}")
     done = {(r.variant, r.seed) for r in rows}
@@ -245,19 +301,28 @@ def run_ablation(*, config: str | None, base: list[str], seeds: Sequence[int], o
     agg = aggregate(rows)
     loss_winner, verdicts = select(agg, eligible=lambda v: v.startswith("object"))
     objects = [v for v in verdicts if v["variant"].startswith("object")]
-    best_loss = loss_winner or (max(objects, key=lambda v: v["min_field_retention"] or 0)["variant"] if objects
-                                else "object g=0")
+    best_loss = loss_winner or (
+        max(objects, key=lambda v: v["min_field_retention"] or 0)["variant"] if objects else "object g=0"
+    )
     winner, verdicts = select(agg, eligible=preset_candidate)
     if band:
         rows += band_runs(base, config, best_loss, seeds, out, keep_ratios, val_images, log, done)
         write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
         agg = aggregate(rows)
         winner, verdicts = select(agg, eligible=preset_candidate)
-    result = {"seeds": list(seeds), "keep_ratios": list(keep_ratios), "val_images": val_images,
-              "base_overrides": base, "config": config, "winner": winner, "verdicts": verdicts,
-              "aggregate": {f"{k[0]} @ {k[1]}": v for k, v in agg.items()},
-              "runs": [r.to_dict() for r in rows], "seconds": time.perf_counter() - t0,
-              "markdown": markdown_table(agg, keep_ratios)}
+    result = {
+        "seeds": list(seeds),
+        "keep_ratios": list(keep_ratios),
+        "val_images": val_images,
+        "base_overrides": base,
+        "config": config,
+        "winner": winner,
+        "verdicts": verdicts,
+        "aggregate": {f"{k[0]} @ {k[1]}": v for k, v in agg.items()},
+        "runs": [r.to_dict() for r in rows],
+        "seconds": time.perf_counter() - t0,
+        "markdown": markdown_table(agg, keep_ratios),
+    }
     write_json(out / "ablation.json", result, force=True)
     (out / "ablation.md").write_text(result["markdown"])
     return result

@@ -11,9 +11,10 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -95,6 +96,7 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] =
 
 # --------------------------------------------------------------------------- data
 
+
 def build_datasets(cfg: TrainConfig):
     """(train, val) datasets for ``cfg.data`` at the model's input size."""
 
@@ -108,15 +110,23 @@ def build_datasets(cfg: TrainConfig):
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
 
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      collate_fn=collate, generator=g, num_workers=0, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        collate_fn=collate,
+        generator=g,
+        num_workers=0,
+        drop_last=False,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
 
+
 @torch.no_grad()
-def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3,
-                   name: str = "model"):
+def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3, name: str = "model"):
     """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
 
     was_training = model.training
@@ -128,13 +138,23 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
         return as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
 
     num_classes = model.cfg.num_classes
-    result = evaluate(predict, loader, model.image_size, model.grid, fields=fields, score_thr=score_thr,
-                      num_classes=num_classes, class_names=class_names(num_classes > 3)[:num_classes], name=name)
+    result = evaluate(
+        predict,
+        loader,
+        model.image_size,
+        model.grid,
+        fields=fields,
+        score_thr=score_thr,
+        num_classes=num_classes,
+        class_names=class_names(num_classes > 3)[:num_classes],
+        name=name,
+    )
     model.train(was_training)
     return result
 
 
 # --------------------------------------------------------------------------- loop
+
 
 @dataclass
 class TrainResult:
@@ -146,8 +166,7 @@ class TrainResult:
 
 
 def _dist_info() -> tuple[int, int, int]:
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
@@ -156,11 +175,19 @@ def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = None, force: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
 
     rank, world, local_rank = _dist_info()
@@ -189,13 +216,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"empty dataset: {len(train_ds)} training and {len(val_ds)} validation images")
     mcfg = cfg.model
-    if mcfg.pruner.mode == "band" and mcfg.pruner.band_quotas == "proportional" \
-            and mcfg.pruner.band_positive_share is None:
+    if (
+        mcfg.pruner.mode == "band"
+        and mcfg.pruner.band_quotas == "proportional"
+        and mcfg.pruner.band_positive_share is None
+    ):
         # quotas proportional to each band's share of positive target patches in the training set
         sample = [train_ds[i]["boxes"] for i in range(min(len(train_ds), 256))]
         grid = (mcfg.image_size[0] // mcfg.patch_size, mcfg.image_size[1] // mcfg.patch_size)
-        tgt = soft_target_mask(sample, grid, mcfg.image_size, expansion_ratio=cfg.cass.expansion_ratio,
-                               context_peak=cfg.cass.context_peak, ensure_center_patch=cfg.cass.ensure_center_patch)
+        tgt = soft_target_mask(
+            sample,
+            grid,
+            mcfg.image_size,
+            expansion_ratio=cfg.cass.expansion_ratio,
+            context_peak=cfg.cass.context_peak,
+            ensure_center_patch=cfg.cass.ensure_center_patch,
+        )
         share = band_positive_share(tgt, grid, mcfg.pruner.band_rows or mcfg.pruner.bands)
         mcfg = dataclasses.replace(mcfg, pruner=dataclasses.replace(mcfg.pruner, band_positive_share=tuple(share)))
         cfg = dataclasses.replace(cfg, model=mcfg)
@@ -216,8 +252,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
         try:
             model.load_state_dict(raw["state_dict"])
         except RuntimeError as exc:
-            raise CheckpointError(f"--resume {resume} was trained with another model config than this run's: "
-                                  f"{str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"--resume {resume} was trained with another model config than this run's: {str(exc).splitlines()[0]}"
+            ) from None
         if "optimizer" in raw:
             opt.load_state_dict(raw["optimizer"])
         if "scheduler" in raw:
@@ -253,8 +290,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
                 c = cass(out["scores"], boxes, grid, image_size)
                 loss = total_loss(det, c, cfg.cass, epoch)
                 if not torch.isfinite(loss):  # before the step, so no weight is touched by a NaN
-                    raise TrainingError(f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
-                                     f"(now {cfg.lr}) or check the data")
+                    raise TrainingError(
+                        f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
+                        f"(now {cfg.lr}) or check the data"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -269,9 +308,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
                 if deadline and time.perf_counter() > deadline:
                     stopped_early = True
                     break
-            record = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()},
-                      "cass_weight": cfg.cass.cass_weight_at(epoch), "lr": sched.get_last_lr()[0],
-                      "seconds": time.perf_counter() - t0}
+            record = {
+                "epoch": epoch,
+                **{k: v / max(n, 1) for k, v in sums.items()},
+                "cass_weight": cfg.cass.cass_weight_at(epoch),
+                "lr": sched.get_last_lr()[0],
+                "seconds": time.perf_counter() - t0,
+            }
             if rank == 0:
                 result = evaluate_model(model, val_loader, cfg.fields, cfg.eval_score_thr)
                 record["val"] = result.to_dict()
@@ -279,16 +322,30 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
                 history.append(record)
                 improved = (result.map50 or 0.0) > best_map
                 best_map = max(best_map, result.map50 or 0.0)
-                metrics = {"map50": result.map50, "best_map50": best_map, "val": record["val"],
-                           "train_seconds": record["seconds"]}
+                metrics = {
+                    "map50": result.map50,
+                    "best_map50": best_map,
+                    "val": record["val"],
+                    "train_seconds": record["seconds"],
+                }
                 tcfg = {**to_dict(cfg), "history": history}
-                save_checkpoint(last_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg,
-                                optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict())
+                save_checkpoint(
+                    last_path,
+                    model,
+                    cfg.cass,
+                    epoch=epoch,
+                    metrics=metrics,
+                    train_config=tcfg,
+                    optimizer_state=opt.state_dict(),
+                    scheduler_state=sched.state_dict(),
+                )
                 if improved or not best_path.exists():
                     save_checkpoint(best_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg)
-                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (det {record['det']:.4f}, "
+                log(
+                    f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (det {record['det']:.4f}, "
                     f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
-                    f"[{record['seconds']:.0f}s]")
+                    f"[{record['seconds']:.0f}s]"
+                )
             if stopped_early:
                 log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
                 break
@@ -299,9 +356,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: str | Path | None = 
         dist.barrier()
         dist.destroy_process_group()
     final = history[-1] if history else {}
-    return TrainResult(best_path=best_path, last_path=last_path,
-                       metrics={"map50": final.get("map50"), "best_map50": best_map}, history=history,
-                       seconds=seconds)
+    return TrainResult(
+        best_path=best_path,
+        last_path=last_path,
+        metrics={"map50": final.get("map50"), "best_map50": best_map},
+        history=history,
+        seconds=seconds,
+    )
 
 
 class _NullProgress:
@@ -322,5 +383,6 @@ def _progress(enabled: bool):
     if not enabled:
         return _NullProgress()
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
