@@ -53,33 +53,16 @@ _DIMS = {
     3: ((0.5, 1.7, 0.4), (0.05, 0.1, 0.05)),
 }
 
-_CAR_COLOURS = np.array(
-    [
-        [235, 235, 232],
-        [200, 202, 205],
-        [150, 152, 156],
-        [40, 40, 44],
-        [25, 25, 28],
-        [160, 30, 30],
-        [30, 60, 130],
-        [20, 35, 70],
-        [110, 115, 95],
-        [190, 170, 140],
-        [90, 20, 25],
-        [220, 210, 60],
-    ],
-    np.float32,
-)
-_TRUCK_COLOURS = np.array(
-    [[228, 228, 225], [185, 188, 190], [60, 90, 150], [160, 40, 35], [60, 110, 70], [210, 170, 50], [240, 240, 238]],
-    np.float32,
-)
-_BUS_COLOURS = np.array(
-    [[235, 235, 230], [230, 200, 40], [50, 130, 80], [40, 90, 170], [200, 60, 40], [190, 192, 195]], np.float32
-)
-_CLOTHES = np.array(
-    [[30, 30, 35], [40, 50, 90], [150, 30, 30], [200, 200, 200], [70, 90, 60], [120, 100, 80]], np.float32
-)
+
+def _palette(colours: str) -> np.ndarray:
+    """``"ebebe8 c8cacd ..."`` (hex RGB, space-separated) -> float32 [N, 3] in 0..255."""
+    return np.array([[int(c[i : i + 2], 16) for i in (0, 2, 4)] for c in colours.split()], np.float32)
+
+
+_CAR_COLOURS = _palette("ebebe8 c8cacd 96989c 28282c 19191c a01e1e 1e3c82 142346 6e735f beaa8c 5a1419 dcd23c")
+_TRUCK_COLOURS = _palette("e4e4e1 b9bcbe 3c5a96 a02823 3c6e46 d2aa32 f0f0ee")
+_BUS_COLOURS = _palette("ebebe6 e6c828 328250 285aaa c83c28 bec0c3")
+_CLOTHES = _palette("1e1e23 28325a 961e1e c8c8c8 465a3c 786450")
 _GLASS = np.array([34, 42, 54], np.float32)
 _DARK = np.array([24, 24, 27], np.float32)
 _TIRE = np.array([14, 14, 16], np.float32)

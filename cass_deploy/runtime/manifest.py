@@ -13,7 +13,7 @@ import copy
 import datetime as _dt
 import json
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,23 @@ def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+class _Entry:
+    """A read-only manifest value: the key path into the JSON (``"extra", "patch_size"``), decoded by
+    ``convert``; ``None`` where any part of the path is absent."""
+
+    def __init__(self, *path: str, convert: Callable[[Any], Any] | None = None, doc: str | None = None) -> None:
+        self.path, self.convert, self.__doc__ = path, convert, doc
+
+    def __get__(self, manifest: Manifest | None, owner: type | None = None) -> Any:
+        if manifest is None:
+            return self
+        data = manifest._data
+        for key in self.path[:-1]:
+            data = _section(data, key)
+        value = data.get(self.path[-1])
+        return value if value is None or self.convert is None else self.convert(value)
+
+
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -345,47 +362,29 @@ class Manifest:
         )
 
     # -- what was exported --------------------------------------------------------------------
-    @property
-    def schema_version(self) -> Any:
-        return self._data.get("schema_version")
-
-    @property
-    def created(self) -> str | None:
-        return self._data.get("created")
-
-    @property
-    def precision(self) -> str | None:
-        """``fp32``, ``fp16`` or ``int8``."""
-        return self._data.get("precision")
-
-    @property
-    def parts(self) -> str | None:
-        """``predictor`` or ``full``."""
-        return self._data.get("parts")
-
-    @property
-    def pruner_mode(self) -> str | None:
-        return self._data.get("pruner_mode")
-
-    @property
-    def keep_ratio(self) -> float | None:
-        value = self._data.get("keep_ratio")
-        return None if value is None else float(value)
-
-    @property
-    def k(self) -> int | None:
-        """The global pruner's TopK."""
-        return _int_or_none(self._data.get("k"))
-
-    @property
-    def topk_sizes(self) -> tuple[int, ...] | None:
-        """The band pruner's per-band TopK sizes."""
-        value = self._data.get("topk_sizes")
-        return None if value is None else tuple(int(v) for v in value)
-
-    @property
-    def opset(self) -> int | None:
-        return _int_or_none(self._data.get("opset"))
+    schema_version = _Entry("schema_version")
+    created = _Entry("created")
+    precision = _Entry("precision", doc="``fp32``, ``fp16`` or ``int8``.")
+    parts = _Entry("parts", doc="``predictor`` or ``full``.")
+    pruner_mode = _Entry("pruner_mode")
+    keep_ratio = _Entry("keep_ratio", convert=float)
+    k = _Entry("k", convert=int, doc="The global pruner's TopK.")
+    topk_sizes = _Entry(
+        "topk_sizes", convert=lambda v: tuple(int(x) for x in v), doc="The band pruner's per-band TopK sizes."
+    )
+    opset = _Entry("opset", convert=int)
+    trtexec = _Entry("trtexec", doc="The equivalent ``trtexec`` command line.")
+    image_size = _Entry("image_size", convert=_pair_or_none, doc="Input ``(H, W)``.")
+    grid = _Entry("grid", convert=_pair_or_none, doc="Patch grid ``(Hp, Wp)``.")
+    patch_size = _Entry("extra", "patch_size", convert=int)
+    source_checkpoint_path = _Entry(
+        "source_checkpoint", "path", doc="The checkpoint path as recorded at export (may be relative or elsewhere)."
+    )
+    source_checkpoint_sha256 = _Entry("source_checkpoint", "sha256")
+    trt_version = _Entry("versions", "tensorrt", doc="The TensorRT version recorded at export or engine build.")
+    built_on_device = _Entry(
+        "extra", "tensorrt", "device", doc="The GPU the engine was built on (``extra.tensorrt.device``)."
+    )
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -398,30 +397,11 @@ class Manifest:
         return copy.deepcopy(list(self._data.get("outputs") or []))
 
     @property
-    def trtexec(self) -> str | None:
-        """The equivalent ``trtexec`` command line."""
-        return self._data.get("trtexec")
-
-    @property
     def extra(self) -> dict[str, Any]:
         """Free-form export details (target, notes, patch size, TensorRT build; a copy)."""
         return copy.deepcopy(dict(_section(self._data, "extra")))
 
     # -- geometry -----------------------------------------------------------------------------
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """Input ``(H, W)``."""
-        return _pair_or_none(self._data.get("image_size"))
-
-    @property
-    def grid(self) -> tuple[int, int] | None:
-        """Patch grid ``(Hp, Wp)``."""
-        return _pair_or_none(self._data.get("grid"))
-
-    @property
-    def patch_size(self) -> int | None:
-        return _int_or_none(_section(self._data, "extra").get("patch_size"))
-
     @property
     def num_classes(self) -> int | None:
         """Detector classes (``extra.num_classes``; a top-level key of older metadata otherwise)."""
@@ -476,28 +456,9 @@ class Manifest:
         return Path(base_dir) / file
 
     @property
-    def source_checkpoint_path(self) -> str | None:
-        """The checkpoint path as recorded at export (may be relative or on another machine)."""
-        return _section(self._data, "source_checkpoint").get("path")
-
-    @property
-    def source_checkpoint_sha256(self) -> str | None:
-        return _section(self._data, "source_checkpoint").get("sha256")
-
-    @property
     def versions(self) -> dict[str, str]:
         """Tool, Python and backend versions at export (a copy)."""
         return dict(_section(self._data, "versions"))
-
-    @property
-    def trt_version(self) -> str | None:
-        """The TensorRT version recorded at export or engine build."""
-        return _section(self._data, "versions").get("tensorrt")
-
-    @property
-    def built_on_device(self) -> str | None:
-        """The GPU the engine was built on (``extra.tensorrt.device``)."""
-        return _section(_section(self._data, "extra"), "tensorrt").get("device")
 
 
 def write_manifest(directory: str | Path, manifest: Manifest | Mapping[str, Any], force: bool = False) -> Path:
