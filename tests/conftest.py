@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from cass_deploy.model.detector import ModelConfig
+from cass_deploy.model.pruner import PrunerConfig
 from cass_deploy.training.train import load_train_config, train
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -74,6 +76,21 @@ def random_boxes(g: torch.Generator, counts, corner_max, max_wh: float, image_wh
         wh = 1 + torch.rand(n, 2, generator=g) * max_wh
         out.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor(image_wh))], dim=1))
     return out
+
+
+def tiny_model_config(image_size=(64, 96), late_depth: int = 1, **pruner) -> ModelConfig:
+    """A small, fast configuration of the reference architecture (embed 32, 2 heads, 1 early block,
+    ``late_depth`` late blocks, 16-channel head and predictor); ``pruner`` are PrunerConfig fields."""
+    return ModelConfig(
+        image_size=image_size,
+        embed_dim=32,
+        num_heads=2,
+        early_depth=1,
+        late_depth=late_depth,
+        head_channels=16,
+        predictor_hidden=16,
+        pruner=PrunerConfig(**pruner),
+    )
 
 
 TINY_OVERRIDES = [

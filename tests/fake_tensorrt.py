@@ -16,6 +16,7 @@ import itertools
 import json
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,11 @@ PLAN_MAGIC = b"FAKEPLAN"
 
 class _Enum(enum.IntEnum):
     pass
+
+
+def _list_accessors(attr: str) -> tuple[property, Callable[[Any, int], Any]]:
+    """TensorRT's ``num_<x>`` property and ``get_<x>(i)`` method over the list ``self.<attr>``."""
+    return property(lambda self: len(getattr(self, attr))), lambda self, i: getattr(self, attr)[i]
 
 
 def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
@@ -70,17 +76,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self.name, self.shape = name, shape
 
     class Network:
+        num_inputs, get_input = _list_accessors("inputs")
+
         def __init__(self, flags: int) -> None:
             self.flags, self.inputs = flags, []
 
-        @property
-        def num_inputs(self) -> int:
-            return len(self.inputs)
-
-        def get_input(self, i: int) -> Tensor:
-            return self.inputs[i]
-
     class OnnxParser:
+        num_errors, get_error = _list_accessors("errors")
+
         def __init__(self, network: Network, logger: ILogger) -> None:
             self.network, self.logger, self.errors = network, logger, []
 
@@ -98,13 +101,6 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             if any(n.op_type == "NonZero" for n in model.graph.node):
                 self.errors.append("In node 3 (NonZero): unsupported")
             return not self.errors
-
-        @property
-        def num_errors(self) -> int:
-            return len(self.errors)
-
-        def get_error(self, i: int) -> str:
-            return self.errors[i]
 
     class TimingCache:
         def __init__(self, data: bytes) -> None:

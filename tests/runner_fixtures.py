@@ -2,6 +2,8 @@
 
 ``topk_model``: a pruner in miniature -- TopK over scores, GatherElements of features at the
 kept indices, and a boolean keep mask built by ScatterElements + Greater. Dynamic batch.
+``write_engine_manifest``: the manifest beside an engine that names the TensorRT and device it was
+built with.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from cass_deploy.runtime.manifest import build_manifest, write_manifest
 
 P = 16
 K = 4
@@ -120,3 +124,16 @@ def qdq_model(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def write_engine_manifest(engine: Path, tensorrt: str, device: str) -> None:
+    """A manifest in ``engine``'s folder: only the engine, built with TensorRT ``tensorrt`` on ``device``."""
+    manifest = build_manifest(
+        artefacts={"engine": engine},
+        inputs=[],
+        outputs=[],
+        precision="fp16",
+        versions={"tensorrt": tensorrt},
+        extra={"tensorrt": {"device": device}},
+    )
+    write_manifest(engine.parent, manifest)

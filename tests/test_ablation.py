@@ -77,7 +77,7 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
     from conftest import TINY_OVERRIDES
 
     logs = []
-    first = run_ablation(
+    settings = dict(
         config=None,
         base=TINY_OVERRIDES,
         seeds=[0],
@@ -86,6 +86,7 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
         val_images=4,
         log=logs.append,
     )
+    first = run_ablation(**settings)
     assert {(r["variant"], r["keep_ratio"]) for r in first["runs"]} == {
         ("dense", None),
         ("object g=0", 0.5),
@@ -95,15 +96,6 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
     }
     assert (tmp_path / "ablation.md").read_text().startswith("| variant | keep |")
     logs.clear()
-    again = run_ablation(
-        config=None,
-        base=TINY_OVERRIDES,
-        seeds=[0],
-        out=tmp_path,
-        variants=["object g=0"],
-        val_images=4,
-        resume=True,
-        log=logs.append,
-    )
+    again = run_ablation(**settings, resume=True)
     assert logs == ["resuming: 3 runs already in " + str(tmp_path / "runs.json")]
     assert again["runs"] == first["runs"]

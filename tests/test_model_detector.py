@@ -15,22 +15,15 @@ from cass_deploy.model.detector import ModelConfig, PrunedDetector
 from cass_deploy.model.interface import PrunableModel
 from cass_deploy.model.pruner import PrunerConfig
 
+from conftest import tiny_model_config
+
 MODES = ("global", "band", "threshold", "none")
 
 
 def tiny(image_size=(64, 96), **pruner) -> ModelConfig:
     """A small, fast configuration of the reference architecture."""
     pruner.setdefault("keep_ratio", 0.4)
-    return ModelConfig(
-        image_size=image_size,
-        embed_dim=32,
-        num_heads=2,
-        early_depth=1,
-        late_depth=2,
-        head_channels=16,
-        predictor_hidden=16,
-        pruner=PrunerConfig(**pruner),
-    )
+    return tiny_model_config(image_size, late_depth=2, **pruner)
 
 
 def images(b: int, size=(64, 96), seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cass_deploy.errors import InputError
-from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.model.head import (
     MIN_TARGET_DISTANCE,
     decode,
@@ -17,7 +17,8 @@ from cass_deploy.model.head import (
     gaussian_radius,
     ltrb_giou,
 )
-from cass_deploy.model.pruner import PrunerConfig
+
+from conftest import tiny_model_config
 
 IMAGE = (64, 96)
 OUT = (8, 12)  # stride 8
@@ -197,18 +198,7 @@ def _rectangle_batch(n: int, seed: int = 0):
 
 
 def test_a_few_steps_lower_the_detection_loss():
-    model = PrunedDetector(
-        ModelConfig(
-            image_size=IMAGE,
-            embed_dim=32,
-            num_heads=2,
-            early_depth=1,
-            late_depth=1,
-            head_channels=16,
-            predictor_hidden=16,
-            pruner=PrunerConfig(mode="global", keep_ratio=0.5),
-        )
-    )
+    model = PrunedDetector(tiny_model_config(IMAGE, mode="global", keep_ratio=0.5))
     x, boxes, labels = _rectangle_batch(2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.model.interface import INPUT_NAME
-from cass_deploy.model.pruner import PrunerConfig
+
+from conftest import tiny_model_config
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -37,16 +38,7 @@ def _export(module: torch.nn.Module, names: list[str], path, batch: int = 2) -> 
 
 @pytest.mark.parametrize("mode", ["global", "band", "none", "threshold"])
 def test_onnx_round_trip(mode, tmp_path):
-    cfg = ModelConfig(
-        image_size=(64, 96),
-        embed_dim=32,
-        num_heads=2,
-        early_depth=1,
-        late_depth=1,
-        head_channels=16,
-        predictor_hidden=16,
-        pruner=PrunerConfig(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5),
-    )
+    cfg = tiny_model_config(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5)
     model = PrunedDetector(cfg).eval()
     names = model.output_names("full")
     path = tmp_path / f"{mode}.onnx"
@@ -72,16 +64,7 @@ def test_onnx_round_trip(mode, tmp_path):
 
 
 def test_onnx_predictor_part(tmp_path):
-    cfg = ModelConfig(
-        image_size=(64, 96),
-        embed_dim=32,
-        num_heads=2,
-        early_depth=1,
-        late_depth=1,
-        head_channels=16,
-        predictor_hidden=16,
-        pruner=PrunerConfig(mode="global", keep_ratio=0.5),
-    )
+    cfg = tiny_model_config(mode="global", keep_ratio=0.5)
     model = PrunedDetector(cfg).eval()
     names = model.output_names("predictor")
     path = tmp_path / "predictor.onnx"

@@ -15,11 +15,10 @@ from cass_deploy.errors import BackendUnavailable, ConfigError, InputError
 from cass_deploy.export.tensorrt_build import BuildOptions, build_engine
 from cass_deploy.runtime import ort_runner
 from cass_deploy.runtime.base import InferenceError, Runner, TensorSpec, validate_feed
-from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.ort_runner import OrtRunner
 from cass_deploy.runtime.trt_runner import TrtRunner, device_name
 
-from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model
+from runner_fixtures import K, P, distinct_scores, expected_topk, topk_model, write_engine_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -272,15 +271,7 @@ def test_trt_runner_mismatched_engine_is_a_clear_error(tmp_path):
 
     engine = tmp_path / "foreign.engine"
     engine.write_bytes(b"ftrt" + bytes(range(256)) * 8)  # not a plan for this TensorRT
-    manifest = build_manifest(
-        artefacts={"engine": engine},
-        inputs=[],
-        outputs=[],
-        precision="fp16",
-        versions={"tensorrt": "9.9.9"},
-        extra={"tensorrt": {"device": "Orin (nvgpu)"}},
-    )
-    write_manifest(tmp_path, manifest)
+    write_engine_manifest(engine, "9.9.9", "Orin (nvgpu)")
     import tensorrt
 
     with pytest.raises(InputError) as err:

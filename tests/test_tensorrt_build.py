@@ -22,10 +22,9 @@ from cass_deploy.export.tensorrt_build import (
     plan_settings,
     trtexec_for,
 )
-from cass_deploy.runtime.manifest import build_manifest, write_manifest
 from cass_deploy.runtime.trt_engine import engine_mismatch_message, load_engine
 
-from runner_fixtures import P, fp16_model, qdq_model, topk_model
+from runner_fixtures import P, fp16_model, qdq_model, topk_model, write_engine_manifest
 
 DYN = {"scores": ((1, P), (2, P), (4, P)), "feats": ((1, P), (2, P), (4, P))}
 FIXED = {"scores": ((2, P), (2, P), (2, P))}
@@ -179,17 +178,7 @@ def test_engine_mismatch_message_names_both_versions(tmp_path):
     engine.write_bytes(b"plan")
     plain = engine_mismatch_message(engine, "10.3.0")
     assert "TensorRT 10.3.0 could not deserialize" in plain and "rebuild" in plain
-    write_manifest(
-        tmp_path,
-        build_manifest(
-            artefacts={"engine": engine},
-            inputs=[],
-            outputs=[],
-            precision="fp16",
-            versions={"tensorrt": "10.7.0"},
-            extra={"tensorrt": {"device": "NVIDIA H100"}},
-        ),
-    )
+    write_engine_manifest(engine, "10.7.0", "NVIDIA H100")
     msg = engine_mismatch_message(engine, "10.3.0", ["[error] magic tag does not match"])
     assert "built with TensorRT 10.7.0 on NVIDIA H100" in msg
     assert "magic tag does not match" in msg
