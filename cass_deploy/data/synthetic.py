@@ -1107,42 +1107,68 @@ def _apply_pattern(
     u_face = (c_mid - lo) / L if v.front_high else (hi - c_mid) / L
     front, rear = u_face > 0.95, u_face < 0.05
 
-    def put(m: np.ndarray, c: np.ndarray) -> None:
-        C[m] = c
-
-    side_l = (a < 0.17) | (a > 0.83)
-    if kind == "car_body":
-        put(vv < 0.12, _DARK)
-        if front:
-            put((vv > 0.14) & (vv < 0.32) & (a > 0.25) & (a < 0.75), _GRILLE)
-            put((vv > 0.3) & (vv < 0.44) & side_l, _HEAD)
-        elif rear:
-            put((vv > 0.3) & (vv < 0.44) & side_l, _RED)
-        put((vv > 0.15) & (vv < 0.26) & (a > 0.38) & (a < 0.62), _PLATE)
-    elif kind == "car_cabin":
-        put((vv > 0.6) & (vv < 0.95) & (a > 0.07) & (a < 0.93), _GLASS)
-    elif kind == "container":
-        put(vv < 0.14, _DARK)
-        if rear:
-            put((vv > 0.14) & (vv < 0.2) & ((a < 0.1) | (a > 0.9)), _RED)
-            put((vv > 0.14) & (np.abs(a - 0.5) < 0.012), colour * 0.55)
-    elif kind == "cab":
-        put(vv < 0.14, _DARK)
-        if front:
-            put((vv > 0.45) & (vv < 0.72) & (a > 0.06) & (a < 0.94), _GLASS)
-            put((vv > 0.16) & (vv < 0.34) & (a > 0.25) & (a < 0.75), _GRILLE)
-            put((vv > 0.18) & (vv < 0.27) & ((a < 0.14) | (a > 0.86)), _HEAD)
-    elif kind == "bus":
-        put(vv < 0.08, _DARK)
-        if front:
-            put((vv > 0.45) & (vv < 0.86) & (a > 0.05) & (a < 0.95), _GLASS)
-            put((vv > 0.87) & (vv < 0.95) & (a > 0.2) & (a < 0.8), _SIGN)
-            put((vv > 0.1) & (vv < 0.18) & ((a < 0.15) | (a > 0.85)), _HEAD)
-        elif rear:
-            put((vv > 0.62) & (vv < 0.9) & (a > 0.1) & (a < 0.9), _GLASS)
-            put((vv > 0.12) & (vv < 0.22) & ((a < 0.12) | (a > 0.88)), _RED)
-    elif kind == "ped":
+    if kind == "ped":
         _paint_ped(C, v, vv, np.abs(a - 0.5) * 2)
+        return
+    end = "front" if front else "rear" if rear else "middle"
+    for when in ("any", end, "after"):
+        for decal in _END_DECALS.get((kind, when), ()):
+            _paint_decal(C, vv, a, colour, *decal)
+
+
+#: What an end face (front or rear) of each body part shows, painted in order, as
+#: ``(shape, v0, v1, a0, a1, colour)``: ``v`` is the height fraction on the face and ``a`` the
+#: fraction across its width; ``"below"`` paints ``v < v1``, ``"window"`` ``v0 < v < v1`` and
+#: ``a0 < a < a1``, ``"lamps"`` ``v0 < v < v1`` and (``a < a0`` or ``a > a1``), ``"seam"``
+#: ``v > v0`` and ``|a - 0.5| < a0``. A colour of ``None`` is the body colour darkened (x 0.55).
+#: Keys: ``(kind, "any")`` always, then ``(kind, "front")`` / ``(kind, "rear")`` on that end, then
+#: ``(kind, "after")`` always.
+_END_DECALS: dict[tuple[str, str], tuple[tuple, ...]] = {
+    ("car_body", "any"): (("below", 0, 0.12, 0, 0, _DARK),),
+    ("car_body", "front"): (("window", 0.14, 0.32, 0.25, 0.75, _GRILLE), ("lamps", 0.3, 0.44, 0.17, 0.83, _HEAD)),
+    ("car_body", "rear"): (("lamps", 0.3, 0.44, 0.17, 0.83, _RED),),
+    ("car_body", "after"): (("window", 0.15, 0.26, 0.38, 0.62, _PLATE),),
+    ("car_cabin", "any"): (("window", 0.6, 0.95, 0.07, 0.93, _GLASS),),
+    ("container", "any"): (("below", 0, 0.14, 0, 0, _DARK),),
+    ("container", "rear"): (("lamps", 0.14, 0.2, 0.1, 0.9, _RED), ("seam", 0.14, 0, 0.012, 0, None)),
+    ("cab", "any"): (("below", 0, 0.14, 0, 0, _DARK),),
+    ("cab", "front"): (
+        ("window", 0.45, 0.72, 0.06, 0.94, _GLASS),
+        ("window", 0.16, 0.34, 0.25, 0.75, _GRILLE),
+        ("lamps", 0.18, 0.27, 0.14, 0.86, _HEAD),
+    ),
+    ("bus", "any"): (("below", 0, 0.08, 0, 0, _DARK),),
+    ("bus", "front"): (
+        ("window", 0.45, 0.86, 0.05, 0.95, _GLASS),
+        ("window", 0.87, 0.95, 0.2, 0.8, _SIGN),
+        ("lamps", 0.1, 0.18, 0.15, 0.85, _HEAD),
+    ),
+    ("bus", "rear"): (("window", 0.62, 0.9, 0.1, 0.9, _GLASS), ("lamps", 0.12, 0.22, 0.12, 0.88, _RED)),
+}
+
+
+def _paint_decal(
+    C: np.ndarray,
+    vv: np.ndarray,
+    a: np.ndarray,
+    body: np.ndarray,
+    shape: str,
+    v0: float,
+    v1: float,
+    a0: float,
+    a1: float,
+    colour: np.ndarray | None,
+) -> None:
+    """One ``_END_DECALS`` entry onto an end face. C: [h, w, 3]; vv, a: [h, w] (modified: C)."""
+    if shape == "below":
+        mask = vv < v1
+    elif shape == "window":
+        mask = (vv > v0) & (vv < v1) & (a > a0) & (a < a1)
+    elif shape == "lamps":
+        mask = (vv > v0) & (vv < v1) & ((a < a0) | (a > a1))
+    else:  # seam
+        mask = (vv > v0) & (np.abs(a - 0.5) < a0)
+    C[mask] = body * 0.55 if colour is None else colour
 
 
 def _paint_ped(C: np.ndarray, v: _Vehicle, vv: np.ndarray, r: np.ndarray) -> None:
