@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +68,17 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+def write_tool(directory: Path, name: str, body: str) -> Path:
+    """An executable POSIX shell script ``directory/name`` running ``body``: a stand-in for a board tool."""
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+needs_sh = pytest.mark.skipif(sys.platform == "win32", reason="fake tools are POSIX shell scripts")
 
 
 def random_boxes(g: torch.Generator, counts, corner_max, max_wh: float, image_wh) -> list[torch.Tensor]:
