@@ -313,6 +313,22 @@ def prepare_image(
     return ({"boxes": pb, "scores": ps, "labels": pl}, {"boxes": gt_boxes, "labels": gl})
 
 
+def match_image(
+    pred: Mapping[str, Tensor], gt: Mapping[str, Tensor], iou_thr: float, score_thr: float, class_aware: bool = False
+) -> Tensor:
+    """:func:`match_detections` of one image's :func:`prepare_image` dicts -> matched [M] bool."""
+    return match_detections(
+        pred["boxes"],
+        pred["scores"],
+        gt["boxes"],
+        iou_thr,
+        score_thr,
+        pred_labels=pred["labels"],
+        gt_labels=gt["labels"],
+        class_aware=class_aware,
+    )
+
+
 def _check_pairs(preds: Sequence[Any], gts: Sequence[Any]) -> None:
     if not isinstance(preds, Sequence) or not isinstance(gts, Sequence):
         raise InputError("preds and gts must be lists with one entry per image")
@@ -374,18 +390,7 @@ def recall_by_field(
     matched, field, size = [], [], []
     for i, (p, g) in enumerate(zip(preds, gts)):
         pr, gt = prepare_image(p, g, i, (H, W), classes)
-        matched.append(
-            match_detections(
-                pr["boxes"],
-                pr["scores"],
-                gt["boxes"],
-                iou_thr,
-                score_thr,
-                pred_labels=pr["labels"],
-                gt_labels=gt["labels"],
-                class_aware=class_aware,
-            )
-        )
+        matched.append(match_image(pr, gt, iou_thr, score_thr, class_aware))
         field.append(field_of(gt["boxes"], H, fields))
         size.append(size_bin_of(gt["boxes"], patch_size, size_bins))
     out: dict[str, Any] = recall_summary(_cat(matched, torch.bool), _cat(field), _cat(size))
@@ -399,6 +404,22 @@ def _cat(parts: list[Tensor], dtype: torch.dtype = torch.int64) -> Tensor:
 
 
 # --------------------------------------------------------------------------- mAP@0.5
+
+
+def _coco_annotation(ann_id: int, image_id: int, label: int, box: list[float], **extra: float) -> dict[str, Any]:
+    """One COCO annotation of a pixel xyxy ``box`` (COCO: xywh, category ids from 1); ``extra``: a
+    detection's ``score``."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    # ids start at 1: COCOeval stores matched GT ids and reads 0 as "unmatched"
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": label + 1,
+        "bbox": [box[0], box[1], w, h],
+        "area": max(w, 0.0) * max(h, 0.0),
+        **extra,
+        "iscrowd": 0,
+    }
 
 
 def map50(
@@ -445,32 +466,10 @@ def map50(
         image_id = i + 1
         images.append({"id": image_id})
         for box, lab in zip(gb.double().tolist(), gl.tolist()):
-            w, h = box[2] - box[0], box[3] - box[1]
-            # ids start at 1: COCOeval stores matched GT ids and reads 0 as "unmatched"
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": lab + 1,
-                    "bbox": [box[0], box[1], w, h],
-                    "area": max(w, 0.0) * max(h, 0.0),
-                    "iscrowd": 0,
-                }
-            )
+            gt_anns.append(_coco_annotation(len(gt_anns) + 1, image_id, lab, box))
             n_gt[lab] += 1
         for box, score, lab in zip(pb.double().tolist(), ps.double().tolist(), pl.tolist()):
-            w, h = box[2] - box[0], box[3] - box[1]
-            dt_anns.append(
-                {
-                    "id": len(dt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": lab + 1,
-                    "bbox": [box[0], box[1], w, h],
-                    "area": max(w, 0.0) * max(h, 0.0),
-                    "score": score,
-                    "iscrowd": 0,
-                }
-            )
+            dt_anns.append(_coco_annotation(len(dt_anns) + 1, image_id, lab, box, score=score))
     if not gt_anns:
         raise InputError("mAP needs at least one ground-truth box; the evaluation set has none")
     categories = [{"id": c + 1, "name": names[c]} for c in range(num_classes)]
@@ -610,6 +609,7 @@ __all__ = [
     "greedy_match",
     "match_detections",
     "prepare_image",
+    "match_image",
     "recall_summary",
     "recall_by_field",
     "map50",

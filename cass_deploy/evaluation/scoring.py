@@ -28,7 +28,7 @@ from cass_deploy.evaluation.metrics import (
     SizeBins,
     field_of,
     map50,
-    match_detections,
+    match_image,
     prepare_image,
     recall_summary,
     retention_per_object,
@@ -259,18 +259,7 @@ def evaluate(
             gt = {"boxes": gt_boxes[b], **({"labels": gt_labels[b]} if gt_labels[b] is not None else {})}
             index = n_images + b
             pr, g = prepare_image(preds[b], gt, index, (H, W), classes)
-            matched.append(
-                match_detections(
-                    pr["boxes"],
-                    pr["scores"],
-                    g["boxes"],
-                    iou_thr,
-                    score_thr,
-                    pred_labels=pr["labels"],
-                    gt_labels=g["labels"],
-                    class_aware=class_aware,
-                )
-            )
+            matched.append(match_image(pr, g, iou_thr, score_thr, class_aware))
             fld.append(field_of(g["boxes"], H, fields))
             size.append(size_bin_of(g["boxes"], patch_size, size_bins))
             n_det += int((pr["scores"] >= score_thr).sum())

@@ -48,26 +48,32 @@ class Deployed:
     manifest: Manifest | None = None  # an export's; None for a checkpoint
 
 
+def _torch_deployed(
+    name: str, model: Any, checkpoint: Path, device: str, pruned: bool, keep_ratio: float | None
+) -> Deployed:
+    """A detector loaded from ``checkpoint``, run in torch (free batch)."""
+    return Deployed(
+        name,
+        TorchRunner(model, "full", device=device),
+        tuple(model.image_size),
+        tuple(model.grid),
+        None,
+        pruned,
+        checkpoint,
+        model.pruner_mode,
+        keep_ratio,
+        model.cfg.num_classes,
+    )
+
+
 def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cpu") -> Deployed:
     """A checkpoint (.pt), export directory, .onnx or .engine -> Deployed (runner not yet active)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"model {p} does not exist")
     if p.suffix in (".pt", ".pth"):
-        ck = load_checkpoint(p)
-        m = ck.model
-        return Deployed(
-            f"torch:{p.name}",
-            TorchRunner(m, "full", device=device),
-            tuple(m.image_size),
-            tuple(m.grid),
-            None,
-            m.pruner_mode != "none",
-            p,
-            m.pruner_mode,
-            m.cfg.pruner.keep_ratio,
-            m.cfg.num_classes,
-        )
+        m = load_checkpoint(p).model
+        return _torch_deployed(f"torch:{p.name}", m, p, device, m.pruner_mode != "none", m.cfg.pruner.keep_ratio)
 
     cands = resolve_candidates([str(p)], providers)
     c = cands[-1]
@@ -234,20 +240,8 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
         ck = load_checkpoint(
             d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.keep_ratio, image_size=d.image_size
         )
-        m = ck.model
         label = "dense" if mode == "none" else "source"
-        return Deployed(
-            f"torch:{label}",
-            TorchRunner(m, "full", device=device),
-            tuple(m.image_size),
-            tuple(m.grid),
-            None,
-            mode != "none",
-            d.checkpoint,
-            m.pruner_mode,
-            None,
-            m.cfg.num_classes,
-        )
+        return _torch_deployed(f"torch:{label}", ck.model, d.checkpoint, device, mode != "none", None)
     ref = open_model(spec, device=device)
     if tuple(ref.image_size) != tuple(d.image_size):
         raise InputError(
