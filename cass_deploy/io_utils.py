@@ -1,4 +1,5 @@
-"""Safe artefact writing: never overwrite without ``force``, write to a temp file and rename."""
+"""Safe artefact writing (never overwrite without ``force``, write to a temp file and rename) and
+the cells of the tables printed by the commands and rendered by the report."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- table cells
+
+# a latency summary (``LatencyStats.to_dict()``, ms) as the profile table and the report show it
+LATENCY_CELLS = (("mean", 2), ("p50", 2), ("p90", 2), ("p95", 2), ("p99", 2), ("max", 2), ("throughput_fps", 1))
+
+
+def cell(value: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` for None, a number with ``digits`` decimals, anything else as ``str``."""
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, (int, float)) else str(value)
+
+
+def latency_headers(mean: str, speed_up: str) -> list[str]:
+    """Headers of :func:`latency_cells`, given the wording of the mean's and the speed-up's."""
+    return [mean, "p50", "p90", "p95", "p99", "max", "fps", speed_up]
+
+
+def latency_cells(ms: Mapping[str, Any], base_mean: float | None) -> list[str]:
+    """Cells of one latency summary: :data:`LATENCY_CELLS`, then the speed-up ``base_mean / mean``
+    (``-`` without a base)."""
+    return [cell(ms[key], digits) for key, digits in LATENCY_CELLS] + [
+        f"{base_mean / ms['mean']:.2f}x" if base_mean else "-"
+    ]

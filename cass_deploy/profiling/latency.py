@@ -23,6 +23,7 @@ from rich.table import Table
 from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
+from cass_deploy.io_utils import latency_cells, latency_headers
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.profiling.power import make_sampler
 from cass_deploy.profiling.timing import (
@@ -341,36 +342,15 @@ def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
     """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first row."""
 
     t = Table(title=title)
-    for col in (
-        "config",
-        "backend",
-        "batch",
-        "mean",
-        "p50",
-        "p90",
-        "p95",
-        "p99",
-        "max",
-        "fps",
-        "vs first",
-        "device-only mean",
-    ):
+    for col in ("config", "backend", "batch", *latency_headers("mean", "vs first"), "device-only mean"):
         t.add_column(col, justify="right" if col not in ("config", "backend") else "left")
     base = results[0].latency.mean if results else None
     for r in results:
-        s = r.latency
         t.add_row(
             r.label,
             f"{r.backend}/{r.device}",
             str(r.batch),
-            f"{s.mean:.2f}",
-            f"{s.p50:.2f}",
-            f"{s.p90:.2f}",
-            f"{s.p95:.2f}",
-            f"{s.p99:.2f}",
-            f"{s.max:.2f}",
-            f"{s.throughput_fps:.1f}",
-            f"{base / s.mean:.2f}x" if base else "-",
+            *latency_cells(r.latency.to_dict(), base),
             f"{r.device_only.mean:.3f}" if r.device_only else "-",
         )
     return t

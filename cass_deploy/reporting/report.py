@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import atomic_path, check_writable, write_json
+from cass_deploy.io_utils import atomic_path, cell, check_writable, latency_cells, latency_headers, write_json
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -89,10 +89,6 @@ class _Raw(str):
     """Already-escaped HTML for a table cell."""
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
-
-
 def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
     fig = Figure(figsize=(5.2, 3.2))
     ax = fig.subplots()
@@ -115,12 +111,12 @@ def _section_train(items) -> str:
         rows = [
             [
                 h.get("epoch", i) + 1,
-                _f(h.get("loss")),
-                _f(h.get("det")),
-                _f(h.get("cass")),
-                _f(h.get("cass_weight"), 2),
-                _f(h.get("map50")),
-                _f(h.get("seconds"), 0),
+                cell(h.get("loss")),
+                cell(h.get("det")),
+                cell(h.get("cass")),
+                cell(h.get("cass_weight"), 2),
+                cell(h.get("map50")),
+                cell(h.get("seconds"), 0),
             ]
             for i, h in enumerate(hist)
         ]
@@ -141,10 +137,10 @@ def _section_verify(items) -> str:
                 [
                     c["name"],
                     c["precision"],
-                    _f(c["keep_iou_mean"], 4),
-                    _f(c["keep_iou_min"], 4),
-                    _f(c["plain_iou_mean"], 4),
-                    _f(c["mask_agreement"], 4),
+                    cell(c["keep_iou_mean"], 4),
+                    cell(c["keep_iou_min"], 4),
+                    cell(c["plain_iou_mean"], 4),
+                    cell(c["mask_agreement"], 4),
                     f"{c['score_max_abs']:.2e}",
                     _Raw(
                         '<span class="pass">pass</span>'
@@ -181,40 +177,11 @@ def _section_profile(items, root: Path) -> str:
         base = res[0]["latency_ms"]["mean"] if res else None
         for r in res:
             s = r["latency_ms"]
-            rows.append(
-                [
-                    r["label"],
-                    f"{r['backend']}/{r['device']}",
-                    r["batch"],
-                    _f(s["mean"], 2),
-                    _f(s["p50"], 2),
-                    _f(s["p90"], 2),
-                    _f(s["p95"], 2),
-                    _f(s["p99"], 2),
-                    _f(s["max"], 2),
-                    _f(s["throughput_fps"], 1),
-                    f"{base / s['mean']:.2f}x" if base else "-",
-                ]
-            )
+            rows.append([r["label"], f"{r['backend']}/{r['device']}", r["batch"], *latency_cells(s, base)])
         env = prof.get("environment", {})
         out.append(
             f"<p class=muted>{html.escape(rel)}: {html.escape(json.dumps(env))}</p>"
-            + _table(
-                [
-                    "config",
-                    "backend",
-                    "batch",
-                    "mean ms",
-                    "p50",
-                    "p90",
-                    "p95",
-                    "p99",
-                    "max",
-                    "fps",
-                    "speed-up vs first",
-                ],
-                rows,
-            )
+            + _table(["config", "backend", "batch", *latency_headers("mean ms", "speed-up vs first")], rows)
         )
         sweep = (root / rel).parent / "sweep.png"
         if sweep.is_file():
@@ -238,10 +205,10 @@ def _section_validate(items) -> str:
                 [
                     f,
                     r.get("n_gt", "-"),
-                    _f(r.get("recall")),
-                    _f(rr.get("recall")),
-                    _f(r.get("retention_mean")),
-                    _f(r.get("retention_share_ge_50")),
+                    cell(r.get("recall")),
+                    cell(rr.get("recall")),
+                    cell(r.get("retention_mean")),
+                    cell(r.get("retention_share_ge_50")),
                 ]
             )
         gates = v.get("gates") or []
@@ -252,7 +219,7 @@ def _section_validate(items) -> str:
         )
         out.append(
             f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(v.get('model')))}; mAP@0.5 "
-            f"{_f(res.get('map50'))} (reference {_f((ref or {}).get('map50'))})</p>"
+            f"{cell(res.get('map50'))} (reference {cell((ref or {}).get('map50'))})</p>"
             + _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"], rows)
             + (f"<ul>{gate_html}</ul>" if gate_html else "")
         )
