@@ -9,6 +9,9 @@ import sys
 import pytest
 
 from cass_deploy.cli import COMMANDS, build_parser, main
+from cass_deploy.commands.common import options_from
+from cass_deploy.config import FieldConfig
+from cass_deploy.demo import DemoOptions
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -48,3 +51,27 @@ def test_unknown_command_is_a_usage_error(capsys):
 def test_parser_for_one_command_leaves_the_others_bare():
     parser = build_parser("env")
     assert parser.parse_args(["env", "--json"]).json is True
+
+
+def _parse(name: str, *argv: str):
+    return build_parser(name).parse_args([name, *argv])
+
+
+@pytest.mark.parametrize("name", ["demo", "train", "diagnose", "ablate"])
+def test_set_overrides_accumulate_in_every_command(name):
+    assert _parse(name).overrides == []
+    assert _parse(name, "--set", "a=1", "--set", "b.c=2").overrides == ["a=1", "b.c=2"]
+
+
+@pytest.mark.parametrize(("name", "positional"), [("diagnose", []), ("validate", ["model.pt"])])
+def test_fields_default_to_the_field_config(name, positional):
+    far, near = FieldConfig().far_max, FieldConfig().near_min
+    assert tuple(_parse(name, *positional).fields) == (far, near)
+    assert _parse(name, *positional, "--fields", "0.4", "0.8").fields == [0.4, 0.8]
+
+
+def test_demo_options_come_from_the_parsed_arguments():
+    args = _parse("demo", "--out", "runs/x", "--force", "--verify-images", "3", "--no-progress")
+    opts = options_from(DemoOptions, args, progress=not args.no_progress)
+    assert (opts.out, opts.force, opts.verify_images, opts.progress) == ("runs/x", True, 3, False)
+    assert opts.calib_images == DemoOptions().calib_images  # no flag: the option's default

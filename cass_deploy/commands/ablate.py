@@ -5,22 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import check_writable
 from cass_deploy.training.ablation import run_ablation
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/ablation.yaml", help="base training config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config(p, "base training config", default="configs/ablation.yaml")
+    add_overrides(p)
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (default 0,1)")
     p.add_argument("--variants", default=None, help="comma list (default: all loss variants)")
     p.add_argument("--keep-ratios", default="0.5,0.25")
     p.add_argument("--val-images", type=int, default=128)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
-    p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--force", action="store_true")
+    add_out(p, "runs/ablation")
+    add_force(p)
 
 
 def run(args: argparse.Namespace) -> int:

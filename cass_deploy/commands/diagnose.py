@@ -7,6 +7,7 @@ import json
 
 from rich.console import Console
 
+from cass_deploy.commands.common import add_fields, add_force, add_out, add_overrides, add_seed
 from cass_deploy.evaluation import diagnostics as dg
 
 
@@ -35,26 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="patch,area,seed_object,object,object:1",
         help=f"comma list of {', '.join(dg.NORMS)} (object may be given as object:GAMMA)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="CASS config override, e.g. --set expansion_ratio=0.3 (repeatable)",
-    )
-    p.add_argument(
-        "--fields",
-        type=float,
-        nargs=2,
-        metavar=("FAR_MAX", "NEAR_MIN"),
-        default=(0.5, 0.75),
-        help="band split as fractions of image height (default 0.5 0.75)",
-    )
+    add_overrides(p, "CASS config override, e.g. --set expansion_ratio=0.3 (repeatable)")
+    add_fields(p, "band split as fractions of image height (default 0.5 0.75)")
     p.add_argument("--keep-ratio", type=float, default=0.5, help="keep ratio of the keep-mask panel")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/diagnose", help="output directory (default runs/diagnose)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    add_seed(p)
+    add_out(p, "runs/diagnose", "output directory (default runs/diagnose)")
+    add_force(p, "overwrite an existing output directory")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of tables")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from cass_deploy.commands.common import add_device, add_force, add_out, add_providers
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 from cass_deploy.profiling import latency as pf
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="for a checkpoint: torch (default) or onnxruntime (exported on the fly); "
         "an export is run by its own backend",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch / ONNX Runtime)")
+    add_device(p, "cpu or cuda[:N] (torch / ONNX Runtime)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1, or the export's)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
@@ -34,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pruner for the sweep (default: the checkpoint's)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
-    p.add_argument("--providers", default="cpu", help="ONNX Runtime providers for an exported model")
-    p.add_argument("--out", default=None, help="directory for profile.json and the sweep plot")
-    p.add_argument("--force", action="store_true", help="overwrite --out")
+    add_providers(p, "ONNX Runtime providers for an exported model")
+    add_out(p, help="directory for profile.json and the sweep plot")
+    add_force(p, "overwrite --out")
 
 
 def run(args: argparse.Namespace) -> int:

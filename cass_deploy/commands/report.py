@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from cass_deploy.commands.common import add_force, add_out
 from cass_deploy.reporting.report import build_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="directory the other commands wrote into")
-    p.add_argument("--out", default=None, help="HTML path (default RUN_DIR/report.html; JSON beside it)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    add_out(p, help="HTML path (default RUN_DIR/report.html; JSON beside it)")
+    add_force(p, "overwrite an existing report")
 
 
 def run(args: argparse.Namespace) -> int:

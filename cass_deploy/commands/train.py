@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides
 from cass_deploy.config import PRESET_PRUNER, PRESETS
 from cass_deploy.training.train import load_train_config, train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/JSON training config (e.g. configs/demo.yaml)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set cass.normalization=patch (repeatable)",
-    )
+    add_config(p, "YAML/JSON training config (e.g. configs/demo.yaml)")
+    add_overrides(p, "override a config value, e.g. --set cass.normalization=patch (repeatable)")
     p.add_argument(
         "--preset",
         choices=("seed", "corrected"),
         help="CASS preset and pruner applied before --set overrides (seed: patch mean, global top-k; "
         "corrected: object normalisation, area_gamma 1, band pruner)",
     )
-    p.add_argument("--out", default="runs/train", help="output directory for last.pt, best.pt, history.json")
+    add_out(p, "runs/train", "output directory for last.pt, best.pt, history.json")
     p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
-    p.add_argument("--force", action="store_true", help="overwrite an output directory that holds files")
+    add_force(p, "overwrite an output directory that holds files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from rich.console import Console
 
+from cass_deploy.commands.common import add_device, add_fields, add_force, add_providers, add_seed
 from cass_deploy.config import FieldConfig
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import Gates, raise_if_failed
@@ -23,30 +24,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dense (default when the source checkpoint is known), source, none, a model path, or the "
         "JSON of an earlier validate --json run (its reference), e.g. made on the workstation",
     )
-    p.add_argument(
-        "--fields",
-        type=float,
-        nargs=2,
-        metavar=("FAR_MAX", "NEAR_MIN"),
-        default=(0.5, 0.75),
-        help="field split by box bottom edge as fractions of image height (default 0.5 0.75)",
-    )
+    add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold for recall")
     p.add_argument("--min-near-recall", type=float, default=None)
     p.add_argument("--max-recall-drop", type=float, default=None, help="max recall drop vs the reference, per field")
     p.add_argument("--min-near-retention", type=float, default=None)
     p.add_argument("--min-map50", type=float, default=None)
-    p.add_argument("--providers", default="cpu", help="ONNX Runtime providers (cpu,cuda,tensorrt)")
-    p.add_argument("--device", default="cpu", help="torch device for checkpoints")
+    add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
+    add_device(p, "torch device for checkpoints")
     p.add_argument(
         "--resize",
         action="store_true",
         help="resize dataset images to the model input (boxes scaled); without it a size mismatch is an error",
     )
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
-    p.add_argument("--force", action="store_true", help="overwrite the --json file")
+    add_force(p, "overwrite the --json file")
 
 
 def run(args: argparse.Namespace) -> int:

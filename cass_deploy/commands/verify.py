@@ -6,6 +6,7 @@ import argparse
 
 from rich.console import Console
 
+from cass_deploy.commands.common import add_force, add_providers
 from cass_deploy.errors import GateFailed
 from cass_deploy.evaluation.verify import report_table, run_verify
 from cass_deploy.io_utils import check_writable, write_json
@@ -22,12 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--images", type=int, default=16, help="images to compare (default 16)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
-    p.add_argument("--providers", default="cpu", help="ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
+    add_providers(p, "ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
     p.add_argument("--tie-tol", type=float, default=None, help="score tolerance that makes patches interchangeable")
     p.add_argument("--min-keep-iou", type=float, default=None, help="minimum mean tie-aware keep-set IoU")
     p.add_argument("--max-score-err", type=float, default=None, help="maximum absolute score error")
     p.add_argument("--json", dest="json_out", help="write the report as JSON to this file")
-    p.add_argument("--force", action="store_true", help="overwrite the --json file")
+    add_force(p, "overwrite the --json file")
 
 
 def run(args: argparse.Namespace) -> int:
