@@ -16,8 +16,10 @@ import cass_deploy.commands.export as export_cmd
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TARGETS
 from cass_deploy.cli import main
 from cass_deploy.errors import InputError
+from cass_deploy.export.graph_facts import BUILD_SETTINGS
 from cass_deploy.export.profiles import PROFILE_DIR, ExportProfile, list_profiles, load_profile
 from cass_deploy.export.settings import (
+    CALIB_METHODS,
     REQUIRED,
     SETTING,
     SETTINGS,
@@ -27,6 +29,7 @@ from cass_deploy.export.settings import (
     request_from,
     settings_from_args,
 )
+from cass_deploy.export.tensorrt_build import BuildOptions
 from cass_deploy.model.interface import PARTS
 
 # `cass-deploy export --help` at 200 columns, captured from the hand-written parser before the table.
@@ -435,6 +438,19 @@ def test_choices_come_from_the_backend_tables():
     assert SETTING["pruner_mode"].choices is PRUNER_MODES
     assert SETTING["parts"].choices is PARTS
     assert all(t in SETTING["target"].help for t in TARGETS)
+    assert SETTING["calib_method"].choices == tuple(CALIB_METHODS)
+
+
+def test_calib_methods_name_onnxruntime_calibrators():
+    ort_quant = pytest.importorskip("onnxruntime.quantization")
+    for name, member in CALIB_METHODS.items():
+        assert isinstance(getattr(ort_quant.CalibrationMethod, member), ort_quant.CalibrationMethod), name
+
+
+def test_engine_build_settings_are_request_settings_and_build_options():
+    options = {f.name for f in dataclasses.fields(BuildOptions)}
+    for name in BUILD_SETTINGS:
+        assert name in SETTING and name in options, name
 
 
 def test_every_flag_is_one_setting():

@@ -126,11 +126,18 @@ def test_missing_required_key(tmp_path):
 
 def test_topk_limit_applies_to_tensorrt_global_only(tmp_path):
     # 1088x1920 -> 68x120 = 8160 patches; keep 0.5 -> k = 4080 > 3840
-    with pytest.raises(LimitError, match="4080"):
+    with pytest.raises(LimitError, match="4080") as err:
         load_profile(_write(tmp_path, image_size=[1088, 1920], keep_ratio=0.5))
+    # the refusal is backends.limits.check_request's, naming the profile
+    assert str(err.value).startswith("export profile 't': TopK on tensorrt10 supports k <= 3840, but k=4080")
     assert load_profile(_write(tmp_path, image_size=[1088, 1920], pruner_mode="band")).topk_k() == 4080
     ort = load_profile(_write(tmp_path, image_size=[1088, 1920], target="onnxruntime", device="cpu"))
     assert ort.topk_k() == 4080
+
+
+def test_k_is_the_pruners(tmp_path):
+    # 160x160 -> 10x10 = 100 patches; 0.3 * 100 is 30.000000000000004 in floating point: the pruner keeps 30
+    assert load_profile(_write(tmp_path, image_size=[160, 160], keep_ratio=0.3)).topk_k() == 30
 
 
 def test_profile_is_a_frozen_dataclass():

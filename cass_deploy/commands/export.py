@@ -7,6 +7,7 @@ import argparse
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.export.device_engine import engine_from_export
+from cass_deploy.export.graph_facts import BUILD_SETTINGS
 from cass_deploy.export.profiles import load_profile
 from cass_deploy.export.settings import (
     add_export_arguments,
@@ -21,7 +22,7 @@ from cass_deploy.export.settings import (
 pipeline = lazy_import("cass_deploy.export.pipeline")
 
 #: the settings that building an engine from an export directory takes
-_ENGINE_SETTINGS = ("workspace_mib", "timing_cache", "dla_core", "gpu_fallback", "strongly_typed", "force")
+_ENGINE_SETTINGS = (*BUILD_SETTINGS, "force")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,12 +15,21 @@ from pathlib import Path
 from cass_deploy.backends import limits
 from cass_deploy.backends.probe import require, trt_major_version
 from cass_deploy.errors import InputError
-from cass_deploy.export.tensorrt_build import BuildOptions, build_engine, inspect_onnx
+from cass_deploy.export.graph_facts import GraphFacts
+from cass_deploy.export.tensorrt_build import build_engine, inspect_onnx
 from cass_deploy.io_utils import atomic_dir, check_writable
-from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_runner import device_name
+
+#: what the engine's manifest keeps from the export's: ``build_manifest`` parameter -> Manifest property
+_KEPT = {
+    **{name: name for name in ("inputs", "outputs", "precision", "grid", "k", "topk_sizes", "keep_ratio")},
+    **{name: name for name in ("pruner_mode", "image_size", "dynamic_batch", "opset", "parts")},
+    "source_checkpoint": "source_checkpoint_path",
+    "checkpoint_sha256": "source_checkpoint_sha256",
+    "batch": "fixed_batch",
+}
 
 
 def engine_from_export(
@@ -56,66 +65,24 @@ def engine_from_export(
     require("pycuda", "building an engine")
     trt_major = trt_major_version()
     target = limits.target_for("tensorrt", trt_major=trt_major, dla_core=dla_core)
-    facts = inspect_onnx(onnx_src)
-    dyn = man.dynamic_batch
-    limits.check_request(
-        target,
-        k=man.k,
-        precision=man.precision,
-        ops=facts.op_types,
-        dla_core=dla_core,
-        gpu_fallback=gpu_fallback,
-        image_size=man.image_size,
-        patch_size=man.patch_size,
-        pruner_mode=man.pruner_mode,
-        topk_sizes=man.topk_sizes,
-        keep_ratio=man.keep_ratio,
-        dynamic_batch=dyn,
-    )
-    H, W = man.image_size
-    profiles = {}
-    if dyn:
-        profiles = {INPUT_NAME: ((dyn[0], 3, H, W), (dyn[1], 3, H, W), (dyn[2], 3, H, W))}
-    opts = BuildOptions(
-        precision=man.precision,
-        strongly_typed=strongly_typed,
+    graph = GraphFacts.from_manifest(man)
+    graph.check(target, ops=inspect_onnx(onnx_src).op_types, dla_core=dla_core, gpu_fallback=gpu_fallback)
+    opts = graph.build_options(
         workspace_mib=workspace_mib,
         timing_cache=timing_cache,
-        profiles=profiles,
         dla_core=dla_core,
         gpu_fallback=gpu_fallback,
+        strongly_typed=strongly_typed,
     )
     with atomic_dir(out, force=in_place or force) as tmp:
         shutil.copy2(onnx_src, tmp / ONNX_NAME)
         result = build_engine(tmp / ONNX_NAME, tmp / ENGINE_NAME, opts, force=True, log=log)
-
-        extra = {**man.extra, "tensorrt": {**result.to_dict(), "device": device_name()}}
-        keep = {
-            k: getattr(man, k)
-            for k in (
-                "inputs",
-                "outputs",
-                "precision",
-                "grid",
-                "k",
-                "topk_sizes",
-                "keep_ratio",
-                "pruner_mode",
-                "image_size",
-                "opset",
-                "parts",
-            )
-        }
         new = mf.build_manifest(
             artefacts={"onnx": tmp / ONNX_NAME, "engine": tmp / ENGINE_NAME},
             base_dir=tmp,
-            source_checkpoint=man.source_checkpoint_path,
-            checkpoint_sha256=man.source_checkpoint_sha256,
-            batch=man.fixed_batch,
-            dynamic_batch=dyn,
             trtexec=result.trtexec,
-            extra=extra,
-            **keep,
+            extra={**man.extra, "tensorrt": {**result.to_dict(), "device": device_name()}},
+            **{param: getattr(man, prop) for param, prop in _KEPT.items()},
         )
         new.write(tmp, force=True)
     log(f"built {out}/{ENGINE_NAME} with TensorRT {result.trt_version} in {result.seconds:.0f} s")

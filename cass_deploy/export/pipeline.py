@@ -21,18 +21,12 @@ from cass_deploy.backends.probe import require, trt_major_version
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CassDeployError, InputError
 from cass_deploy.export import precision as prec
+from cass_deploy.export.graph_facts import BUILD_SETTINGS, GraphFacts
 from cass_deploy.export.onnx_export import export_part, io_specs, op_types
 from cass_deploy.export.settings import ExportRequest
-from cass_deploy.export.tensorrt_build import (
-    BuildOptions,
-    build_engine,
-    onnx_facts,
-    plan_build,
-    trtexec_for,
-)
+from cass_deploy.export.tensorrt_build import build_engine, onnx_facts, plan_build, trtexec_for
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
-from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_runner import device_name
@@ -76,23 +70,11 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     target = req.target or (
         limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core) if req.engine else "onnxruntime-cpu"
     )
-    topk_sizes = list(getattr(model, "topk_sizes", ()) or [])
-    checks = dict(
-        k=model.k,
-        precision=req.precision,
-        dla_core=req.dla_core,
-        gpu_fallback=req.gpu_fallback,
-        image_size=model.image_size,
-        patch_size=model.patch_size,
-        pruner_mode=model.pruner_mode,
-        topk_sizes=topk_sizes,
-        keep_ratio=model.cfg.pruner.keep_ratio,
-        dynamic_batch=req.dynamic_batch,
-    )
-    notes = list(limits.check_request(target, **checks))
+    graph = GraphFacts.from_model(model, req.precision, req.dynamic_batch)
+    notes = graph.check(target, dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
     if not target.startswith("tensorrt"):  # say early whether the same graph would fit TensorRT
         try:
-            limits.check_request("tensorrt10", **{**checks, "dla_core": None})
+            graph.check("tensorrt10", gpu_fallback=req.gpu_fallback)
         except InputError as exc:
             notes.append(f"note: a TensorRT build of this export would be refused: {exc}")
 
@@ -122,7 +104,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         proto = prec.to_int8(
             proto, calib, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params, method=req.calib_method
         )
-    limits.check_request(target, **{**checks, "ops": op_types(proto)})
+    graph.check(target, ops=op_types(proto), dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
 
     inputs, outputs = io_specs(proto)
     base = dict(
@@ -133,7 +115,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         checkpoint_sha256=ckpt.sha256,
         grid=list(model.grid),
         k=model.k,
-        topk_sizes=topk_sizes or None,
+        topk_sizes=graph.topk_sizes or None,
         keep_ratio=model.cfg.pruner.keep_ratio,
         pruner_mode=model.pruner_mode,
         image_size=list(model.image_size),
@@ -153,7 +135,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         "trained_image_size": list(trained_size),
         **req.extra,
     }
-    trt_opts = _build_options(req, model)
+    trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})
     facts = onnx_facts(proto)
     trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
     with atomic_dir(out, force=req.force) as tmp:
@@ -179,24 +161,6 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     for n in notes:
         log(n)
     return ExportResult(out=out, manifest=man, notes=notes)
-
-
-def _build_options(req: ExportRequest, model):
-
-    H, W = model.image_size
-    profiles = {}
-    if req.dynamic_batch is not None:
-        lo, opt, hi = req.dynamic_batch
-        profiles = {INPUT_NAME: ((lo, 3, H, W), (opt, 3, H, W), (hi, 3, H, W))}
-    return BuildOptions(
-        precision=req.precision,
-        strongly_typed=req.strongly_typed,
-        workspace_mib=req.workspace_mib,
-        timing_cache=req.timing_cache,
-        profiles=profiles,
-        dla_core=req.dla_core,
-        gpu_fallback=req.gpu_fallback,
-    )
 
 
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:

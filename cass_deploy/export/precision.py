@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError
+from cass_deploy.export.settings import CALIB_METHODS
 
 ort_quant = lazy_import("onnxruntime.quantization", "onnxruntime")
 
@@ -193,13 +194,8 @@ def to_int8(
 
     if not calibration:
         raise InputError("int8 export needs calibration images (--calib-images >= 1)")
-    methods = {
-        "minmax": ort_quant.CalibrationMethod.MinMax,
-        "entropy": ort_quant.CalibrationMethod.Entropy,
-        "percentile": ort_quant.CalibrationMethod.Percentile,
-    }
-    if method not in methods:
-        raise InputError(f"calibration method must be one of {sorted(methods)}, got {method!r}")
+    if method not in CALIB_METHODS:
+        raise InputError(f"calibration method must be one of {sorted(CALIB_METHODS)}, got {method!r}")
     exclude = sorted(predictor_region(proto, predictor_params)) if keep_predictor_fp32 else []
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -216,7 +212,7 @@ def to_int8(
                     weight_type=ort_quant.QuantType.QInt8,
                     op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                     nodes_to_exclude=exclude,
-                    calibrate_method=methods[method],
+                    calibrate_method=getattr(ort_quant.CalibrationMethod, CALIB_METHODS[method]),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
                 )
         except Exception as exc:

@@ -7,7 +7,8 @@ from ``export.settings.SETTINGS`` (:class:`~cass_deploy.export.settings.ProfileS
 profile adds its own (name, description, target, device, timing_cache, memory bandwidth, patch).
 Load one by name (``load_profile("jetson-orin-nx")``) or from a YAML path. Profiles are validated
 on load: the input must tile into whole patches, and a TensorRT profile with a ``global`` pruner
-must keep ``k = ceil(keep_ratio * P) <= 3840`` (TensorRT's TopK limit).
+must keep its ``k`` (the pruner's ``compute_k``) within TensorRT's TopK limit, checked by
+``backends.limits.check_request``, the one source of backend limits.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TENSORRT_MAX_TOPK
+from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, check_request
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.config import check_choice, from_dict, load_mapping, to_dict
 from cass_deploy.errors import ConfigError, InputError, LimitError
 from cass_deploy.export.settings import ProfileSettings
+
+# the pruner's k (``compute_k``); imported when first used, so reading this module needs no torch
+pruner = lazy_import("cass_deploy.model.pruner", "torch")
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -28,7 +33,6 @@ TARGETS = ("tensorrt", "onnxruntime")
 DEVICES = ("jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin", "x86-gpu", "cpu")
 # DLA cores per device (Orin Nano has none; Orin NX 8GB has one, 16GB two; AGX Orin two).
 DLA_CORES = {"jetson-orin-nano": 0, "jetson-orin-nx": 2, "jetson-agx-orin": 2, "x86-gpu": 0, "cpu": 0}
-TRT_TOPK_MAX = TENSORRT_MAX_TOPK  # export/limits.py is the one source of backend limits
 OPSET_RANGE = (17, 23)
 
 
@@ -124,13 +128,19 @@ class ExportProfile(ProfileSettings):
             or self.memory_bandwidth_gbs <= 0
         ):
             raise ConfigError(f"{where}: memory_bandwidth_gbs must be > 0 or null, got {self.memory_bandwidth_gbs!r}")
-        if self.target == "tensorrt" and self.pruner_mode == "global" and self.topk_k() > TRT_TOPK_MAX:
-            raise LimitError(
-                f"{where}: global top-k keeps k = ceil({self.keep_ratio} * "
-                f"{self.num_patches()}) = {self.topk_k()} patches, above TensorRT's "
-                f"TopK limit {TRT_TOPK_MAX}; lower keep_ratio or image_size, or use "
-                f"pruner_mode band"
-            )
+        # a band pruner's per-band k depends on the model's bands, so only the export can check it
+        if self.target == "tensorrt" and self.pruner_mode == "global":
+            try:  # every TensorRT version has the same TopK limit
+                check_request(
+                    "tensorrt10",
+                    k=self.topk_k(),
+                    image_size=self.image_size,
+                    patch_size=self.patch_size,
+                    pruner_mode=self.pruner_mode,
+                    keep_ratio=self.keep_ratio,
+                )
+            except LimitError as exc:
+                raise LimitError(f"{where}: {exc}") from exc
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -143,8 +153,8 @@ class ExportProfile(ProfileSettings):
         return hp * wp
 
     def topk_k(self) -> int:
-        """``k = ceil(keep_ratio * P)`` as the pruner computes it (SPEC §6)."""
-        return math.ceil(self.keep_ratio * self.num_patches())
+        """``k = ceil(keep_ratio * P)``, computed by the pruner's own ``compute_k`` (SPEC §6)."""
+        return pruner.compute_k(self.keep_ratio, self.num_patches())
 
     def max_batch(self) -> int:
         return self.dynamic_batch[2] if self.dynamic_batch is not None else self.batch
@@ -206,6 +216,5 @@ __all__ = [
     "PRECISIONS",
     "PRUNER_MODES",
     "DLA_CORES",
-    "TRT_TOPK_MAX",
     "PROFILE_DIR",
 ]

@@ -38,8 +38,11 @@ class _Marker:
 REQUIRED: Any = _Marker("REQUIRED")
 #: ``Setting.profile`` of a setting that deployment profiles do not set
 NOT_IN_PROFILES: Any = _Marker("NOT_IN_PROFILES")
-#: int8 calibration methods (ONNX Runtime's static quantisation calibrators)
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: int8 calibration method -> its ONNX Runtime static quantisation calibrator
+#: (an ``onnxruntime.quantization.CalibrationMethod`` member name)
+CALIB_METHODS: Mapping[str, str] = types.MappingProxyType(
+    {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
         "calib_data", str, "synthetic", "--calib-data", help="int8 calibration images: 'synthetic' or a dataset dir"
     ),
     Setting("calib_images", int, 32, "--calib-images"),
-    Setting("calib_method", str, "minmax", "--calib-method", choices=CALIB_METHODS),
+    Setting("calib_method", str, "minmax", "--calib-method", choices=tuple(CALIB_METHODS)),
     Setting(
         "target", str | None, None, "--target", help=f"limits to check: {', '.join(TARGETS)}", from_profile=_target_for
     ),
