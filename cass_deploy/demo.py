@@ -22,7 +22,14 @@ from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.settings import ExportRequest
 from cass_deploy.io_utils import check_writable, write_json
-from cass_deploy.profiling.latency import environment, profile_artefact, profile_checkpoint, profile_record, sweep_plot
+from cass_deploy.profiling.latency import (
+    ProfileOptions,
+    environment,
+    profile_artefact,
+    profile_checkpoint,
+    profile_record,
+    sweep_plot,
+)
 from cass_deploy.reporting.report import build_report
 from cass_deploy.training.train import load_train_config, train
 
@@ -112,15 +119,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     done("verify")
 
     step("profile")
-    sweep = profile_checkpoint(
-        str(ckpt),
-        backend="onnxruntime",
-        keep_ratios=(0.25, 0.5, 0.75),
-        dense=True,
-        warmup=5,
-        iters=opts.profile_iters,
-        log=log,
-    )
+    timing = ProfileOptions(backend="onnxruntime", sweep=(0.25, 0.5, 0.75), warmup=5, iters=opts.profile_iters)
+    sweep = profile_checkpoint(str(ckpt), timing, log=log)
     deployed = [profile_artefact(str(exports[p]), warmup=5, iters=opts.profile_iters) for p in exports]
     (out / "profile").mkdir(parents=True, exist_ok=True)
     sweep_plot(sweep, out / "profile" / "sweep.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import types
@@ -83,32 +84,9 @@ cpu); explicit flags override it
   --force               overwrite an existing output directory
 """
 
-# The request the old parser built with no flags (the old ExportRequest defaults).
-OLD_DEFAULTS = dict(
-    parts="full",
-    precision="fp32",
-    batch=1,
-    dynamic_batch=None,
-    opset=17,
-    simplify=True,
-    image_size=None,
-    pruner_mode=None,
-    keep_ratio=None,
-    keep_predictor_fp32=True,
-    calib_data="synthetic",
-    calib_images=32,
-    calib_method="minmax",
-    target=None,
-    engine=False,
-    workspace_mib=None,
-    timing_cache=None,
-    dla_core=None,
-    gpu_fallback=True,
-    strongly_typed=None,
-    profile=None,
-    force=False,
-    extra={},
-)
+# The request the old parser built with no flags (the old ExportRequest defaults), recorded before the
+# settings table existed.
+OLD_DEFAULTS = json.loads((Path(__file__).parent / "fixtures" / "export_cli" / "old_defaults.json").read_text())
 # The fields the old ExportProfile shared with the request: (type, default); image_size had none.
 OLD_PROFILE_FIELDS = dict(
     image_size=(tuple[int, int], dataclasses.MISSING),
@@ -298,14 +276,10 @@ def test_export_directory_builds_its_engine_with_the_engine_flags(monkeypatch, t
         (
             tmp_path,
             Path("o"),
-            dict(
-                workspace_mib=None,
-                timing_cache=None,
-                dla_core=None,
-                gpu_fallback=True,
-                strongly_typed=None,
-                force=False,
-            ),
+            {
+                k: OLD_DEFAULTS[k]
+                for k in ("workspace_mib", "timing_cache", "dla_core", "gpu_fallback", "strongly_typed", "force")
+            },
         ),
         (
             tmp_path,

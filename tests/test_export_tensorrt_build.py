@@ -414,18 +414,17 @@ def _all_plans():
         "int8": [(True, False), (True, True)],
     }
     plans = []
-    for major, precision, strongly, dla, version, hardware in itertools.product(
-        (10, 11), PRECISIONS, (None, False, True), (None, 0, 1), (False, True), (False, True)
-    ):
-        for has_qdq, onnx_fp16 in onnx_kinds[precision]:
-            opts = BuildOptions(
-                precision=precision,
-                strongly_typed=strongly,
-                dla_core=dla,
-                version_compatible=version,
-                hardware_compatible=hardware,
-                profiles=FIXED,
-            )
+    axes = {
+        "precision": PRECISIONS,
+        "strongly_typed": (None, False, True),
+        "dla_core": (None, 0, 1),
+        "version_compatible": (False, True),
+        "hardware_compatible": (False, True),
+    }
+    for major, combo in itertools.product((10, 11), itertools.product(*axes.values())):
+        settings = dict(zip(axes, combo))
+        for has_qdq, onnx_fp16 in onnx_kinds[settings["precision"]]:
+            opts = BuildOptions(**settings, profiles=FIXED)
             try:
                 plans.append((opts, plan_build(major, opts, has_qdq, onnx_fp16)))
             except LimitError:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_device, add_force, add_out, add_providers
+from cass_deploy.commands.common import add_device, add_force, add_out, add_providers, options_from
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import atomic_dir, check_writable, write_json
 from cass_deploy.profiling import latency as pf
@@ -50,19 +50,15 @@ def run(args: argparse.Namespace) -> int:
             f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}"
         ) from None
     path = Path(args.model)
-    results, env = pf.run_profile(
-        path,
-        backend=args.backend,
-        device=args.device,
-        batch=args.batch,
-        warmup=args.warmup,
-        iters=args.iters,
-        sweep=ratios,
+    opts = options_from(
+        pf.ProfileOptions,
+        args,
+        sweep=tuple(ratios),
         dense=not args.no_dense,
         pruner_mode=args.pruner,
-        threads=args.threads,
-        providers=[s for s in args.providers.split(",") if s],
+        providers=tuple(s for s in args.providers.split(",") if s),
     )
+    results, env = pf.run_profile(path, opts)
     console = Console(width=max(140, Console().width))
     console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
     for w in env.get("warnings", []):

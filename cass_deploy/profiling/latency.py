@@ -200,41 +200,49 @@ def variants(model, keep_ratios: Sequence[float], dense: bool, pruner_mode: str 
     return out
 
 
-def profile_checkpoint(
-    ckpt_path: str,
-    *,
-    backend: str = "torch",
-    device: str = "cpu",
-    batch: int = 1,
-    warmup: int = 10,
-    iters: int = 50,
-    keep_ratios: Sequence[float] = (),
-    dense: bool = True,
-    pruner_mode: str | None = None,
-    threads: int | None = None,
-    part: str = "full",
-    log: Callable[[str], None] = print,
-) -> list[Measurement]:
-    """Dense vs pruned (and a keep-ratio sweep) of one checkpoint on ``backend``; same weights."""
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What to time (``cass-deploy profile``'s options). ``sweep``: keep ratios of a checkpoint;
+    ``batch`` None: 1, or an export's own batch; ``backend`` None: torch for a checkpoint."""
 
+    backend: str | None = None
+    device: str = "cpu"
+    batch: int | None = None
+    warmup: int = 10
+    iters: int = 50
+    sweep: tuple[float, ...] = ()
+    dense: bool = True
+    pruner_mode: str | None = None
+    threads: int | None = None
+    providers: tuple[str, ...] = ("cpu",)
+
+
+def profile_checkpoint(
+    ckpt_path: str, opts: ProfileOptions, *, part: str = "full", log: Callable[[str], None] = print
+) -> list[Measurement]:
+    """Dense vs pruned (and the keep-ratio ``opts.sweep``) of one checkpoint on torch or ONNX Runtime;
+    every variant shares the checkpoint's weights."""
+    backend, batch = opts.backend or "torch", opts.batch or 1
     if backend not in ("torch", "onnxruntime"):
         raise InputError(
             f"profiling a checkpoint supports torch or onnxruntime (export an engine for "
             f"TensorRT and profile it), got {backend!r}"
         )
 
-    device = torch_runner.resolve_device(device)
+    device = torch_runner.resolve_device(opts.device)
     model = checkpoint.load_checkpoint(ckpt_path).model
-    ratios = list(keep_ratios) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
-    if not ratios and not dense:
+    ratios = list(opts.sweep) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
+    if not ratios and not opts.dense:
         raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
     results = []
-    for label, m in variants(model, ratios, dense, pruner_mode):
+    for label, m in variants(model, ratios, opts.dense, opts.pruner_mode):
         log(f"profiling {label} ({backend}, {device}, batch {batch})")
         if backend == "torch":
-            results.append(profile_torch(m, label, batch=batch, warmup=warmup, iters=iters, device=device, part=part))
+            results.append(
+                profile_torch(m, label, batch=batch, warmup=opts.warmup, iters=opts.iters, device=device, part=part)
+            )
         else:
-            results.append(profile_onnx_of(m, label, batch, warmup, iters, device, threads, part))
+            results.append(profile_onnx_of(m, label, batch, opts.warmup, opts.iters, device, opts.threads, part))
     return results
 
 
@@ -378,50 +386,33 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     return Path(path)
 
 
-def run_profile(
-    model: str | Path,
-    *,
-    backend: str | None = None,
-    device: str = "cpu",
-    batch: int | None = None,
-    warmup: int = 10,
-    iters: int = 50,
-    sweep: Sequence[float] = (),
-    dense: bool = True,
-    pruner_mode: str | None = None,
-    threads: int | None = None,
-    providers: Sequence[str] = ("cpu",),
-) -> tuple[list[Measurement], dict[str, Any]]:
+def run_profile(model: str | Path, opts: ProfileOptions) -> tuple[list[Measurement], dict[str, Any]]:
     """``cass-deploy profile``: a checkpoint (dense vs pruned, keep-ratio ``sweep``; torch or ONNX
     Runtime) or an exported model as it is -> (measurements, environment)."""
-    if warmup < 0 or iters < 1:
-        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
-    if batch is not None and batch < 1:
-        raise InputError(f"--batch must be >= 1, got {batch}")
+    if opts.warmup < 0 or opts.iters < 1:
+        raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {opts.warmup} and {opts.iters}")
+    if opts.batch is not None and opts.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {opts.batch}")
     path = Path(model)
     if not path.exists():
         raise InputError(f"model {path} does not exist")
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {opts.threads}")
+        torch.set_num_threads(opts.threads)
     if path.suffix in (".pt", ".pth"):
-        results = profile_checkpoint(
-            str(path),
-            backend=backend or "torch",
-            device=device,
-            batch=batch or 1,
-            warmup=warmup,
-            iters=iters,
-            keep_ratios=sweep,
-            dense=dense,
-            pruner_mode=pruner_mode,
-            threads=threads,
-        )
+        results = profile_checkpoint(str(path), opts)
     else:
-        if sweep:
+        if opts.sweep:
             raise InputError("--sweep needs a checkpoint (an export has its keep ratio fixed)")
         results = [
-            profile_artefact(str(path), batch=batch, warmup=warmup, iters=iters, providers=providers, threads=threads)
+            profile_artefact(
+                str(path),
+                batch=opts.batch,
+                warmup=opts.warmup,
+                iters=opts.iters,
+                providers=opts.providers,
+                threads=opts.threads,
+            )
         ]
-    return results, environment(device)
+    return results, environment(opts.device)
