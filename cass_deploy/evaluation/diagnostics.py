@@ -30,7 +30,7 @@ from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import SIZE_BINS, field_of, size_bin_of
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
-from cass_deploy.model.pruner import compute_k
+from cass_deploy.model.interface import compute_k
 
 
 def toy_roadside_scene(image_size: Sequence[int] = (256, 448), seed: int = 0) -> Tensor:

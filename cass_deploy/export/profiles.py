@@ -19,13 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, check_request
-from cass_deploy.backends.probe import lazy_import
 from cass_deploy.config import check_choice, from_dict, load_mapping, to_dict
 from cass_deploy.errors import ConfigError, InputError, LimitError
 from cass_deploy.export.settings import ProfileSettings
-
-# the pruner's k (``compute_k``); imported when first used, so reading this module needs no torch
-pruner = lazy_import("cass_deploy.model.pruner", "torch")
+from cass_deploy.model.interface import compute_k
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -154,7 +151,7 @@ class ExportProfile(ProfileSettings):
 
     def topk_k(self) -> int:
         """``k = ceil(keep_ratio * P)``, computed by the pruner's own ``compute_k`` (SPEC §6)."""
-        return pruner.compute_k(self.keep_ratio, self.num_patches())
+        return compute_k(self.keep_ratio, self.num_patches())
 
     def max_batch(self) -> int:
         return self.dynamic_batch[2] if self.dynamic_batch is not None else self.batch

@@ -14,6 +14,7 @@ The graph input is named :data:`INPUT_NAME`.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cass_deploy.errors import ConfigError
@@ -33,6 +34,14 @@ def output_names_for(part: str, pruner_mode: str) -> list[str]:
         raise ConfigError(f"part must be one of {list(PARTS)}, got {part!r}")
     names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and pruner_mode == "threshold")]
     return names + list(HEAD_OUTPUTS) if part == "full" else names
+
+
+def compute_k(keep_ratio: float, num_patches: int) -> int:
+    """``ceil(keep_ratio * P)`` as a Python int (rounded to 9 decimals first so ``0.3 * 10``,
+    which is ``3.0000000000000004`` in floating point, gives 3, not 4)."""
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
+        raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
+    return max(1, min(num_patches, math.ceil(round(keep_ratio * num_patches, 9))))
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cass_deploy.errors import ConfigError, InputError
+from cass_deploy.model.interface import compute_k
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
 BAND_QUOTA_MODES = ("equal", "proportional")
@@ -110,14 +111,6 @@ class PrunerConfig:
 
 
 # --------------------------------------------------------------------------- geometry (pure)
-
-
-def compute_k(keep_ratio: float, num_patches: int) -> int:
-    """``ceil(keep_ratio * P)`` as a Python int (rounded to 9 decimals first so ``0.3 * 10``,
-    which is ``3.0000000000000004`` in floating point, gives 3, not 4)."""
-    if not _is_number(keep_ratio) or not 0.0 < keep_ratio <= 1.0:
-        raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
-    return max(1, min(num_patches, math.ceil(round(keep_ratio * num_patches, 9))))
 
 
 def band_boundaries(grid_rows: int, bands: int, band_rows: Sequence[int] | None = None) -> tuple[int, ...]:
