@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +106,13 @@ def tiny_model_config(image_size=(64, 96), late_depth: int = 1, **pruner) -> Mod
         predictor_hidden=16,
         pruner=PrunerConfig(**pruner),
     )
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); fail the test with its stderr if it fails."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
 
 
 TINY_OVERRIDES = [

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from cass_deploy.backends import probe
 from cass_deploy.errors import BackendUnavailable, ConfigError
+
+from conftest import run_python
 
 
 def test_lazy_import_defers_the_import_until_first_use():
@@ -20,8 +21,7 @@ def test_lazy_import_defers_the_import_until_first_use():
         "assert json_mod.JSONDecodeError.__name__ == 'JSONDecodeError'\n"
         "assert 'json.decoder' in sys.modules\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    run_python(code)
 
 
 def test_lazy_import_of_a_missing_backend_names_the_extra_to_install(monkeypatch):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,8 @@ from cass_deploy.cli import COMMANDS, build_parser, main
 from cass_deploy.commands.common import options_from
 from cass_deploy.config import FieldConfig
 from cass_deploy.demo import DemoOptions
+
+from conftest import run_python
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -35,8 +35,7 @@ def test_top_level_help_lists_every_command_and_loads_none():
         "loaded = sorted(m for m in sys.modules if m.startswith('cass_deploy.commands.') or m == 'torch')\n"
         "assert not loaded, loaded\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code)
     for name in COMMANDS:
         assert name in out.stdout
 
