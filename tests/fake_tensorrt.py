@@ -1,10 +1,10 @@
 """Numpy stand-ins for ``tensorrt`` and ``pycuda.driver`` that record the calls made.
 
 They mirror the subset of the TensorRT 10 Python API and pycuda that
-``cass_deploy.export.tensorrt`` and ``cass_deploy.runtime.trt_runner`` use (names and
-signatures checked against the TensorRT Python docs and Polygraphy), so those code paths run on
-machines without a GPU. They do not prove the real libraries behave the same: the ``trt``-marked
-tests do that on a GPU.
+``cass_deploy.export.tensorrt_build``, ``cass_deploy.runtime.trt_engine`` and
+``cass_deploy.runtime.trt_runner`` use (names and signatures checked against the TensorRT Python
+docs and Polygraphy), so those code paths run on machines without a GPU. They do not prove the real
+libraries behave the same: the ``trt``-marked tests do that on a GPU.
 
 The "engine" computes the tiny TopK pruner of ``runner_fixtures`` with numpy.
 """

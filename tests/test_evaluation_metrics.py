@@ -1,4 +1,4 @@
-"""Tests for cass_deploy.metrics: IoU, fields, size bins, matching, recall, mAP@0.5, retention."""
+"""Tests for cass_deploy.evaluation.metrics: IoU, fields, size bins, matching, recall, mAP@0.5, retention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for cass_deploy.validate: evaluate() over batches, gates, comparison table, JSON round trip."""
+"""evaluation.scoring and evaluation.gates: evaluate() over batches, gates, comparison table, JSON round trip."""
 
 from __future__ import annotations
 

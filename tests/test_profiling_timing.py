@@ -1,4 +1,4 @@
-"""Latency statistics, time_callable and memory helpers (cass_deploy.timing)."""
+"""Latency statistics, time_callable and memory helpers (cass_deploy.profiling.timing)."""
 
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ def field_of_boxes(
     boxes: np.ndarray, image_height: int, far_bottom: float = 0.5, near_bottom: float = 0.75
 ) -> np.ndarray:
     """Field index per box by its bottom edge: 0 far (y2 < far_bottom H), 1 mid, 2 near
-    (y2 >= near_bottom H): the same split as :func:`cass_deploy.metrics.field_of`, in numpy.
+    (y2 >= near_bottom H): the same split as :func:`cass_deploy.evaluation.metrics.field_of`, in numpy.
 
     boxes: [M, 4] xyxy pixels -> int64 [M].
     """

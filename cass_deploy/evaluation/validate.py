@@ -1,6 +1,6 @@
 """Run a deployed model (checkpoint, ONNX or engine) over a labelled set for ``validate``.
 
-Builds the ``predict`` callable of :func:`cass_deploy.validate.evaluate` around a Runner, so the
+Builds the ``predict`` callable of :func:`cass_deploy.evaluation.scoring.evaluate` around a Runner, so the
 same metric code scores torch, ONNX Runtime and TensorRT, and picks the reference (the dense
 model with the same weights by default) for the side-by-side comparison and the gates.
 """
@@ -103,7 +103,7 @@ def open_model(path: str, providers: Sequence[str] = ("cpu",), device: str = "cp
 
 def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01) -> dict:
     """Detector outputs (``heatmap``, ``box`` and ``keep_mask`` tensors) -> what
-    :func:`cass_deploy.validate.evaluate` takes: per-image ``boxes`` / ``scores`` / ``labels`` on
+    :func:`cass_deploy.evaluation.scoring.evaluate` takes: per-image ``boxes`` / ``scores`` / ``labels`` on
     the CPU, plus ``keep_mask`` [B, P] for a pruned model."""
 
     dets = decode(

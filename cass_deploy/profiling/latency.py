@@ -1,7 +1,7 @@
 """Latency profiling: torch / ONNX Runtime / TensorRT, dense vs pruned, keep-ratio sweeps.
 
 Each measurement is ``warmup`` untimed calls then ``iters`` timed calls of one backend on one
-fixed input batch; statistics come from :class:`cass_deploy.timing.LatencyStats`. On a CUDA
+fixed input batch; statistics come from :class:`cass_deploy.profiling.timing.LatencyStats`. On a CUDA
 device torch is timed with CUDA events twice: with host↔device copies (``end_to_end``) and on
 an input already on the device (``device_only``); TensorRT reports the same split. On a Jetson
 the power mode and clocks are recorded and power, GPU load and RAM are sampled during the run.

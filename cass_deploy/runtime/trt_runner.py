@@ -66,7 +66,7 @@ class TrtRunner(Runner):
     """Run a serialized TensorRT engine on CUDA device ``device``.
 
     Args:
-        engine_path: the engine file (as written by :func:`cass_deploy.export.tensorrt.build_engine`
+        engine_path: the engine file (as written by :func:`cass_deploy.export.tensorrt_build.build_engine`
             or ``trtexec --saveEngine``).
         device: CUDA device index.
     """
