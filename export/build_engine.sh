@@ -6,16 +6,12 @@
 # OUT_DIR defaults to EXPORT_DIR-engine; the timing cache EXPORT_DIR.cache is reused across builds
 # on this board and TensorRT version (keep one per board type and TensorRT release).
 set -euo pipefail
+# shellcheck source=export/common.sh
+source "$(dirname "$0")/common.sh"
 
-if [[ $# -lt 1 || $# -gt 3 ]]; then
-    echo "usage: export/build_engine.sh EXPORT_DIR [OUT_DIR] [WORKSPACE_MIB]" >&2
-    exit 2
-fi
+need_args 1 3 $# "export/build_engine.sh EXPORT_DIR [OUT_DIR] [WORKSPACE_MIB]"
 src="${1%/}"
+[[ -f "$src/manifest.json" ]] || die "$src is not an export directory (no manifest.json); export with cass-deploy export"
 out="${2:-${src}-engine}"
 workspace="${3:-2048}"
-if [[ ! -f "$src/manifest.json" ]]; then
-    echo "build_engine.sh: $src is not an export directory (no manifest.json); export with cass-deploy export" >&2
-    exit 2
-fi
 exec cass-deploy export "$src" --engine --workspace "$workspace" --timing-cache "${src}.cache" --out "$out"

@@ -5,28 +5,24 @@
 #   export/lock_clocks.sh --restore     put back the clocks saved by the last lock
 # The clocks before locking are stored in ~/.cass-deploy/jetson_clocks.conf.
 set -euo pipefail
+# shellcheck source=export/common.sh
+source "$(dirname "$0")/common.sh"
 
 saved="${HOME}/.cass-deploy/jetson_clocks.conf"
-if [[ ! -f /etc/nv_tegra_release ]]; then
-    echo "lock_clocks.sh: not an NVIDIA Jetson (no /etc/nv_tegra_release); nothing to lock" >&2
-    exit 2
-fi
+[[ -f /etc/nv_tegra_release ]] || die "not an NVIDIA Jetson (no /etc/nv_tegra_release); nothing to lock"
 for tool in nvpmodel jetson_clocks; do
-    command -v "$tool" >/dev/null || { echo "lock_clocks.sh: $tool not found (it ships with L4T)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || die "$tool not found (it ships with L4T)"
 done
 
 if [[ "${1:-}" == "--restore" ]]; then
-    [[ -f "$saved" ]] || { echo "lock_clocks.sh: no saved clocks at $saved; lock first" >&2; exit 2; }
+    [[ -f "$saved" ]] || die "no saved clocks at $saved; lock first"
     sudo jetson_clocks --restore "$saved"
     sudo jetson_clocks --show
     exit 0
 fi
 
 mode="${1:-0}"
-if ! [[ "$mode" =~ ^[0-9]+$ ]]; then
-    echo "lock_clocks.sh: power mode must be a number (see: sudo nvpmodel -q --verbose), got '$mode'" >&2
-    exit 2
-fi
+[[ "$mode" =~ ^[0-9]+$ ]] || die "power mode must be a number (see: sudo nvpmodel -q --verbose), got '$mode'"
 mkdir -p "$(dirname "$saved")"
 sudo nvpmodel -m "$mode"
 sudo jetson_clocks --store "$saved"

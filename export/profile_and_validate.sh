@@ -8,19 +8,15 @@
 # from the environment; WARMUP / ITERS (default 50 / 500) for the profile; IMAGES (default: validate's)
 # must be the number the reference was made with, or validate refuses to compare.
 set -euo pipefail
+# shellcheck source=export/common.sh
+source "$(dirname "$0")/common.sh"
 
-if [[ $# -lt 3 || $# -gt 4 ]]; then
-    echo "usage: export/profile_and_validate.sh MODEL REFERENCE_JSON DATA [OUT_DIR]" >&2
-    exit 2
-fi
+need_args 3 4 $# "export/profile_and_validate.sh MODEL REFERENCE_JSON DATA [OUT_DIR]"
 model="${1%/}"
 reference="$2"
 data="$3"
 out="${4:-$(basename "$model")-acceptance}"
-if [[ -e "$out" ]]; then
-    echo "profile_and_validate.sh: $out already exists; remove it or name another OUT_DIR" >&2
-    exit 2
-fi
+[[ ! -e "$out" ]] || die "$out already exists; remove it or name another OUT_DIR"
 
 cass-deploy profile "$model" --warmup "${WARMUP:-50}" --iters "${ITERS:-500}" --out "$out/profile"
 cass-deploy validate "$model" --data "$data" --reference "$reference" ${IMAGES:+--images "$IMAGES"} \

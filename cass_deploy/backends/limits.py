@@ -70,10 +70,18 @@ class TargetLimits:
     strongly_typed_required: bool = False
     implicit_int8_calibrator: bool = False  # we never use it: int8 is explicit QDQ only
     dla: bool = False
-    dla_requires_gpu_fallback: bool = False
-    dynamic_shapes: bool = True
     unsupported_ops: Mapping[str, str] = field(default_factory=dict)
     gpu_fallback_ops: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def dla_requires_gpu_fallback(self) -> bool:
+        """A DLA target needs GPU fallback: the pruner's TopK and Gather are not DLA layers."""
+        return self.dla
+
+    @property
+    def dynamic_shapes(self) -> bool:
+        """DLA has no dynamic dimensions; the GPU and CPU targets take optimisation profiles."""
+        return not self.dla
 
     def to_dict(self) -> dict:
         return {
@@ -141,8 +149,6 @@ TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
                 trt_major=10,
                 implicit_int8_calibrator=True,
                 dla=True,
-                dla_requires_gpu_fallback=True,
-                dynamic_shapes=False,
                 unsupported_ops=_TRT_UNSUPPORTED,
                 gpu_fallback_ops=_DLA_GPU_ONLY_OPS,
             ),
