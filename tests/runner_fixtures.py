@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cass_deploy.runtime.manifest import build_manifest, write_manifest
+from cass_deploy.runtime.manifest import build_manifest
 
 P = 16
 K = 4
@@ -136,4 +136,4 @@ def write_engine_manifest(engine: Path, tensorrt: str, device: str) -> None:
         versions={"tensorrt": tensorrt},
         extra={"tensorrt": {"device": device}},
     )
-    write_manifest(engine.parent, manifest)
+    manifest.write(engine.parent)

@@ -130,7 +130,7 @@ def test_write_read_round_trip_and_no_overwrite(export_dir):
     assert mf.Manifest.read(export_dir).k == 1800
     _manifest(export_dir, k=900).write(export_dir, force=True)
     assert mf.Manifest.read(export_dir).k == 900
-    mf.write_manifest(export_dir, _manifest(export_dir, k=450).to_dict(), force=True)  # the dict form
+    mf.Manifest(_manifest(export_dir, k=450).to_dict()).write(export_dir, force=True)  # from the dict form
     assert mf.Manifest.read(export_dir).k == 450
     assert not list(export_dir.glob(".manifest.json.*"))  # no temp files left behind
 
@@ -184,7 +184,7 @@ def test_read_manifest_errors(tmp_path, export_dir):
     with pytest.raises(InputError, match="lacks required key\\(s\\) artefacts, inputs, outputs"):
         mf.Manifest.read(partial)
     with pytest.raises(InputError, match="schema_version"):
-        mf.write_manifest(tmp_path, {"schema_version": 0})
+        mf.Manifest({"schema_version": 0}).write(tmp_path)
 
 
 def test_onnx_metadata_round_trip(export_dir):

@@ -461,13 +461,6 @@ class Manifest:
         return dict(_section(self._data, "versions"))
 
 
-def write_manifest(directory: str | Path, manifest: Manifest | Mapping[str, Any], force: bool = False) -> Path:
-    """``Manifest(manifest).write(directory, force)`` for a Manifest or its dict."""
-    if not isinstance(manifest, Manifest):
-        manifest = Manifest(manifest)
-    return manifest.write(directory, force=force)
-
-
 # -- ONNX metadata ----------------------------------------------------------------------------
 def load_onnx(path: str | Path) -> Any:
     """``onnx.load`` without external data; a missing or unreadable file is an InputError."""
