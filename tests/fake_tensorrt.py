@@ -1,10 +1,12 @@
 """Numpy stand-ins for ``tensorrt`` and ``pycuda.driver`` that record the calls made.
 
-They mirror the subset of the TensorRT 10 Python API and pycuda that
+They mirror the subset of the TensorRT 10 / 11 Python API and pycuda that
 ``cass_deploy.export.tensorrt_build``, ``cass_deploy.runtime.trt_engine`` and
-``cass_deploy.runtime.trt_runner`` use (names and signatures checked against the TensorRT Python
-docs and Polygraphy), so those code paths run on machines without a GPU. They do not prove the real
-libraries behave the same: the ``trt``-marked tests do that on a GPU.
+``cass_deploy.runtime.trt_runner`` use, so those code paths run on machines without a GPU. The
+names are tied to the real bindings (``tests/test_trt_api_conformance.py``): every name this
+stand-in declares for a version exists in that version's ``tensorrt.so`` (``tests/fixtures/trt_names``),
+and every TensorRT name the code uses (found by ``tools/trt_api.py``'s static analysis) is declared
+here. They do not prove the real libraries behave the same: the ``trt``-marked tests do that on a GPU.
 
 The "engine" computes the tiny TopK pruner of ``runner_fixtures`` with numpy.
 """
@@ -46,6 +48,9 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     class ILogger:
         def __init__(self) -> None:
             pass
+
+        def log(self, severity: Any, msg: str) -> None:  # the virtual TensorRT calls; subclasses define it
+            raise NotImplementedError
 
     class Logger(ILogger):
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
@@ -124,6 +129,8 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self.cache = None
             self.default_device_type = trt.DeviceType.GPU
             self.DLA_core = -1
+            self.builder_optimization_level = 3
+            self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
 
         def set_memory_pool_limit(self, pool, size: int) -> None:
             record("set_memory_pool_limit", pool, size)
