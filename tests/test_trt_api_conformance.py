@@ -111,7 +111,7 @@ def _fake_names(trt) -> set[str]:
 
 #: the stand-in's own bookkeeping (what it records, its numpy "engine"), not TensorRT API
 FAKE_ONLY = {"calls", "fail_build", "plan", "shapes", "addresses", "flags", "profiles", "cache", "data", "logger"}
-FAKE_ONLY |= {"network", "errors", "inputs", "engine", "num_io_tensors_", "messages", "t", "index"}
+FAKE_ONLY |= {"network", "errors", "inputs", "engine", "messages", "t", "index", "onnx", "io", "session", "out_shapes"}
 
 
 @pytest.mark.parametrize("version", trt_api.VERSIONS)
