@@ -74,9 +74,7 @@ def test_polygraphy_reads_our_files_and_passes_the_export(saved):
     ]
     command = index["commands"]["onnx"].replace(str(saved / "ref"), "ref")
     assert command.startswith("polygraphy run model.onnx --onnxrt --load-inputs ref/inputs.json --load-outputs")
-    assert index["commands"]["engine"].startswith(
-        "polygraphy run model.engine --model-type engine --trt --load-inputs"
-    )
+    assert index["commands"]["engine"].startswith("polygraphy run model.engine --model-type engine --trt --load-inputs")
     out = _polygraphy(saved, command)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log

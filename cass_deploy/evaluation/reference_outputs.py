@@ -38,6 +38,7 @@ from cass_deploy.io_utils import atomic_dir, sha256_file
 
 pjson = lazy_import("polygraphy.json")
 pcomparator = lazy_import("polygraphy.comparator")
+plogger = lazy_import("polygraphy.logger")
 
 INPUTS_FILE, OUTPUTS_FILE, KEEP_FILE, INDEX_FILE = "inputs.json", "outputs.json", "keep.json", "index.json"
 RUNNER_NAME = "torch-reference"
@@ -51,11 +52,13 @@ TOLERANCES: dict[str, dict[str, tuple[float, float, str]]] = {
 }
 
 
-def _require_polygraphy() -> None:
+def _require_polygraphy() -> Any:
+    """Polygraphy's logger, quiet below warnings (its "Saving / Loading ..." lines), or BackendUnavailable."""
     if importlib.util.find_spec("polygraphy") is None:
         raise BackendUnavailable(
             "Polygraphy is not installed; pip install polygraphy (it comes with cass-deploy[dev], [trt] and [jetson])"
         )
+    return plogger.G_LOGGER.verbosity(plogger.G_LOGGER.WARNING)
 
 
 def split_outputs(names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -109,12 +112,12 @@ def save_reference_outputs(
     ``feeds`` / ``outputs``: one dict per batch (the export's batch), numpy arrays. ``source``
     names what produced them (checkpoint and its SHA-256, the export's ONNX hash).
     """
-    _require_polygraphy()
+    quiet = _require_polygraphy()
     if not feeds or len(feeds) != len(outputs):
         raise InputError(f"need one output dict per input batch, got {len(feeds)} inputs and {len(outputs)} outputs")
     compared, index_names = split_outputs(list(outputs[0]))
     directory = Path(directory)
-    with atomic_dir(directory, force=force) as tmp:
+    with quiet, atomic_dir(directory, force=force) as tmp:
         pjson.save_json([{k: np.ascontiguousarray(v) for k, v in f.items()} for f in feeds], str(tmp / INPUTS_FILE))
         for file, names in ((OUTPUTS_FILE, compared), (KEEP_FILE, index_names)):
             results = pcomparator.RunResults()
@@ -164,11 +167,11 @@ def load_reference_outputs(
         actual = sha256_file(file)
         if actual != digest:
             raise InputError(f"{file} does not match its SHA-256 in {index_file} ({actual[:12]}… != {digest[:12]}…)")
-    _require_polygraphy()
-    feeds = [{k: np.asarray(v) for k, v in f.items()} for f in pjson.load_json(str(directory / INPUTS_FILE))]
-    outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
-    for file in (OUTPUTS_FILE, KEEP_FILE):
-        results = pcomparator.RunResults.load(str(directory / file))
-        for i, iteration in enumerate(results[RUNNER_NAME]):
-            outputs[i].update({k: np.asarray(v) for k, v in iteration.items()})
+    with _require_polygraphy():
+        feeds = [{k: np.asarray(v) for k, v in f.items()} for f in pjson.load_json(str(directory / INPUTS_FILE))]
+        outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
+        for file in (OUTPUTS_FILE, KEEP_FILE):
+            results = pcomparator.RunResults.load(str(directory / file))
+            for i, iteration in enumerate(results[RUNNER_NAME]):
+                outputs[i].update({k: np.asarray(v) for k, v in iteration.items()})
     return feeds, outputs, index
