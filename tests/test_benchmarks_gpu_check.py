@@ -49,7 +49,9 @@ def test_gpu_check_runs_every_step_and_writes_the_summary(tmp_path):
     """With a stand-in Python that reports a GPU and succeeds, every step runs and is summarised."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = write_tool(bin_dir, "python", 'case "$*" in *get_device_name*) echo "Fake GPU"; exit 0;; esac\necho "ran $*"\n')
+    fake = write_tool(
+        bin_dir, "python", 'case "$*" in *get_device_name*) echo "Fake GPU"; exit 0;; esac\necho "ran $*"\n'
+    )
     out = tmp_path / "figures"
     res = _run(out, env={**os.environ, "PYTHON": str(fake)})
     assert res.returncode == 0, res.stderr

@@ -81,8 +81,10 @@ def test_accept_builds_the_engine_with_the_tensorrt_stand_in(workstation, tmp_pa
     out = tmp_path / "acc"
     assert _accept(export, workstation / "ws", out) == 0, capsys.readouterr()
     rec = _record(out)
-    assert rec["backend"] == "tensorrt" and rec["candidate"].endswith("model.engine")
-    assert "engine" in Manifest.read(export).artefact_roles and (tmp_path / "export.timing.cache").is_file()
+    assert rec["backend"] == "tensorrt" and rec["candidate"] == str(tmp_path / "export-engine" / "model.engine")
+    assert "engine" in Manifest.read(tmp_path / "export-engine").artefact_roles
+    assert (tmp_path / "export.timing.cache").is_file()
+    assert sorted(p.name for p in export.iterdir()) == sorted(p.name for p in (workstation / "export").iterdir())
     assert any(name == "execute_async_v3" for name, _ in trt.calls)
     assert rec["checks"][0]["stage"] == "fidelity" and rec["checks"][0]["passed"]
     # a second run finds the engine and does not rebuild it

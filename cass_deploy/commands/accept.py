@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--timing-cache", type=Path, default=None, help="default: EXPORT_DIR.timing.cache beside it")
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="where the engine is built when absent (default: EXPORT_DIR-engine)",
+    )
     p.add_argument("--workspace", type=int, default=None, metavar="MIB", help="TensorRT workspace when building")
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=float, default=0.5)
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         max_p50_ms=args.max_p50_ms,
         allow_unlocked_clocks=args.allow_unlocked_clocks,
         timing_cache=args.timing_cache,
+        engine_dir=args.engine_dir,
         workspace_mib=args.workspace,
         providers=tuple(s for s in args.providers.split(",") if s),
         resize=args.resize,

@@ -9,9 +9,10 @@ What the workstation leaves beside the export (see ``export/README.md``):
 
 On the target, :func:`run_accept`
 
-1. **builds** the TensorRT engine when the export has none (:func:`engine_from_export`, with a
-   timing cache beside the export), or takes the ONNX with ONNX Runtime where TensorRT is not
-   installed (``--backend``); a mismatched engine sidecar is refused before deserialising (exit 2);
+1. **builds** the TensorRT engine when the export has none (:func:`engine_from_export` into
+   ``EXPORT-engine/`` beside it, with a timing cache beside the export), or takes the ONNX with
+   ONNX Runtime where TensorRT is not installed (``--backend``); a mismatched engine sidecar is
+   refused before deserialising (exit 2);
 2. **checks** the candidate against the saved reference outputs: tie-aware keep sets and the
    detection outputs (:func:`cass_deploy.evaluation.verify.compare_outputs`, thresholds per precision);
 3. **profiles** it (:func:`cass_deploy.profiling.latency.profile_artefact`): latency, and on a
@@ -56,7 +57,8 @@ REFERENCE_OUTPUTS_DIR = "reference-outputs"
 @dataclass(frozen=True)
 class AcceptOptions:
     """What ``accept`` is asked. ``reference_outputs`` None: ``reference-outputs/`` beside ``reference``;
-    ``images`` None: as many as ``reference`` measured; ``timing_cache`` None: ``EXPORT.timing.cache``."""
+    ``images`` None: as many as ``reference`` measured; ``timing_cache`` None: ``EXPORT.timing.cache``;
+    ``engine_dir`` None: ``EXPORT-engine`` beside the export."""
 
     data: str
     reference: Path
@@ -73,6 +75,7 @@ class AcceptOptions:
     max_p50_ms: float | None = None
     allow_unlocked_clocks: bool = False
     timing_cache: Path | None = None
+    engine_dir: Path | None = None
     workspace_mib: int | None = None
     providers: tuple[str, ...] = ("cpu",)
     resize: bool = False
@@ -125,22 +128,38 @@ def choose_backend(requested: str) -> str:
 
 
 def _candidate(export: Path, opts: AcceptOptions, backend: str, notes: list[str], log) -> Candidate:
-    """The export's engine (built here when absent) or its ONNX, with the manifest."""
+    """The export's engine, else the engine in ``engine_dir`` (built there when absent), or the ONNX.
+
+    The engine is built into a new directory beside the export (the export directory, which may
+    hold ``REF.json`` and the reference outputs, is never rewritten); one found there must come
+    from this export's ONNX.
+    """
     man = Manifest.read(export / MANIFEST_NAME)
     if backend == "onnxruntime":
         if backend != opts.backend:
             notes.append("TensorRT / pycuda are not installed here: the candidate is the ONNX on ONNX Runtime")
         return Candidate(man.artefact_path("onnx", export), "onnx", man)
-    if "engine" not in man.artefact_roles:
-        cache = opts.timing_cache or export.parent / f"{export.name}.timing.cache"
-        log(f"{export} has no engine: building it here (timing cache {cache})")
-        man = engine_from_export(
-            export, export, workspace_mib=opts.workspace_mib, timing_cache=cache, force=False, log=log
-        )
-        notes.append(
-            f"built {export}/{man.artefact_file('engine')} with TensorRT {man.trt_version} (timing cache {cache})"
-        )
-    return Candidate(man.artefact_path("engine", export), "engine", man)
+    if "engine" in man.artefact_roles:
+        return Candidate(man.artefact_path("engine", export), "engine", man)
+    engine_dir = opts.engine_dir or export.parent / f"{export.name}-engine"
+    onnx_sha = sha256_file(man.artefact_path("onnx", export))
+    if (engine_dir / MANIFEST_NAME).is_file():
+        built = Manifest.read(engine_dir / MANIFEST_NAME)
+        if "engine" in built.artefact_roles:
+            if sha256_file(built.artefact_path("onnx", engine_dir)) != onnx_sha:
+                raise InputError(
+                    f"{engine_dir} holds an engine built from another ONNX than {export}; "
+                    "remove it or give another --engine-dir"
+                )
+            notes.append(f"engine found in {engine_dir} (built from this export's ONNX)")
+            return Candidate(built.artefact_path("engine", engine_dir), "engine", built)
+    cache = opts.timing_cache or export.parent / f"{export.name}.timing.cache"
+    log(f"{export} has no engine: building it into {engine_dir} (timing cache {cache})")
+    built = engine_from_export(export, engine_dir, workspace_mib=opts.workspace_mib, timing_cache=cache, log=log)
+    notes.append(
+        f"built {engine_dir}/{built.artefact_file('engine')} with TensorRT {built.trt_version} (cache {cache})"
+    )
+    return Candidate(built.artefact_path("engine", engine_dir), "engine", built)
 
 
 def _fidelity(candidate: Candidate, ref_dir: Path, opts: AcceptOptions) -> tuple[VerifyReport, list[str]]:
