@@ -57,6 +57,8 @@ def test_accept_with_onnx_runtime_passes_and_writes_one_report(workstation, tmp_
     for name in ("verify.json", "profile.json", "validate.json", "report.html"):
         assert (out / name).is_file(), name
     assert json.loads((out / "verify.json").read_text())["candidates"][0]["keep_iou_mean"] == 1.0
+    page = (out / "report.html").read_text()
+    assert "<h2>Acceptance</h2><p><b>ACCEPTED</b>" in page and "Keep-mask fidelity" in page and "Latency" in page
     assert _accept(workstation / "export", workstation / "ws", out) == 2  # exists: --force needed
     assert "--force" in capsys.readouterr().err
 
