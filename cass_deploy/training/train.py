@@ -47,6 +47,7 @@ class DataConfig:
     train_images: int = 512
     val_images: int = 64
     seed: int = 0
+    cache: bool = True  # keep synthetic scenes in memory: drawing one costs more than a training step
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images"):
@@ -102,9 +103,19 @@ def build_datasets(cfg: TrainConfig):
 
     d = cfg.data
     size = tuple(cfg.model.image_size)
-    train = load_dataset(d.source, split="train", num_images=d.train_images, image_size=size, seed=d.seed)
-    val = load_dataset(d.val_source or d.source, split="val", num_images=d.val_images, image_size=size, seed=d.seed)
+    train = load_dataset(
+        d.source, split="train", num_images=d.train_images, image_size=size, seed=d.seed, cache=cache_ok(d.source, d)
+    )
+    vsrc = d.val_source or d.source
+    val = load_dataset(
+        vsrc, split="val", num_images=d.val_images, image_size=size, seed=d.seed, cache=cache_ok(vsrc, d)
+    )
     return train, val
+
+
+def cache_ok(source: str, d: DataConfig) -> bool:
+    """Whether to cache ``source``'s scenes: synthetic data with ``data.cache`` on."""
+    return bool(d.cache) and source == "synthetic"
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
@@ -126,8 +137,17 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=N
 
 
 @torch.no_grad()
-def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3, name: str = "model"):
-    """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
+def evaluate_model(
+    model: PrunedDetector,
+    loader,
+    fields: FieldConfig,
+    score_thr: float = 0.3,
+    name: str = "model",
+    predictions: list | None = None,
+):
+    """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult.
+
+    ``predictions``: a list that receives each batch's decoded predictions (``as_predictions``)."""
 
     was_training = model.training
     model.eval()
@@ -135,7 +155,10 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
     device = next(model.parameters()).device
 
     def predict(images):
-        return as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        pred = as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        if predictions is not None:
+            predictions.append(pred)
+        return pred
 
     num_classes = model.cfg.num_classes
     result = evaluate(
@@ -187,8 +210,14 @@ def train(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, PrunedDetector, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
+    """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``.
+
+    Each history record holds ``seconds`` (wall time since the start, evaluation included) and
+    ``train_seconds`` (optimisation and data only). ``on_epoch(epoch, model, record)`` is called
+    on rank 0 after each epoch's evaluation (e.g. a learning curve); its time counts in neither.
+    """
 
     rank, world, local_rank = _dist_info()
     out_dir = Path(out_dir)
@@ -270,6 +299,7 @@ def train(
     grid, image_size = model.grid, model.image_size
     t0 = time.perf_counter()
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+    outside = 0.0  # seconds spent in evaluation, checkpoints and on_epoch (not training)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     prog = _progress(progress and rank == 0)
     stopped_early = False
@@ -305,7 +335,7 @@ def train(
                 sums["cass"] += float(c.total.detach())
                 n += 1
                 prog.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / n:.3f}")
-                if deadline and time.perf_counter() > deadline:
+                if deadline and time.perf_counter() - outside > deadline:
                     stopped_early = True
                     break
             record = {
@@ -314,7 +344,9 @@ def train(
                 "cass_weight": cfg.cass.cass_weight_at(epoch),
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - t0,
+                "train_seconds": time.perf_counter() - t0 - outside,
             }
+            t_eval = time.perf_counter()
             if rank == 0:
                 result = evaluate_model(model, val_loader, cfg.fields, cfg.eval_score_thr)
                 record["val"] = result.to_dict()
@@ -346,6 +378,9 @@ def train(
                     f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
                     f"[{record['seconds']:.0f}s]"
                 )
+                if on_epoch is not None:
+                    on_epoch(epoch, model, record)
+            outside += time.perf_counter() - t_eval
             if stopped_early:
                 log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
                 break
