@@ -147,3 +147,14 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
     again = run_ablation(**settings, resume=True)
     assert logs == ["resuming: 5 runs already in " + str(tmp_path / "runs.json")]
     assert again["runs"] == first["runs"]
+    logs.clear()
+    summary = run_ablation(**{**settings, "seeds": [0, 1]}, summarise_only=True)
+    assert logs == ["resuming: 5 runs already in " + str(tmp_path / "runs.json")]  # nothing trained
+    assert summary["runs_done"] == 5 and summary["runs_planned"] == 10 and not summary["complete"]
+
+
+def test_summarise_needs_runs(tmp_path):
+    from cass_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="nothing to summarise"):
+        run_ablation(config=None, base=[], seeds=[0], out=tmp_path, summarise_only=True)

@@ -25,13 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-images", type=int, default=256)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
+    p.add_argument(
+        "--summarise",
+        action="store_true",
+        help="train nothing: recompute tables, intervals and the verdict from OUT/runs.json",
+    )
     add_out(p, "runs/ablation")
     add_force(p)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    if not args.resume:
+    if not (args.resume or args.summarise):
         check_writable(args.out, args.force)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -49,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         val_images=args.val_images,
         band=not args.no_band,
         resume=args.resume,
+        summarise_only=args.summarise,
     )
     print(res["markdown"])
     verdict = res["verdict"]

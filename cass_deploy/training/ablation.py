@@ -381,6 +381,7 @@ def run_ablation(
     val_images: int = 256,
     band: bool = True,
     resume: bool = False,
+    summarise_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Dense + each loss variant (+ the band pruner with ``BAND_LOSS``) over ``seeds``, every pruned
@@ -388,7 +389,8 @@ def run_ablation(
 
     ``resume``: keep the runs already in ``out/runs.json`` (same variant, seed and keep ratio) and
     train only the missing ones, so an interrupted ablation continues where it stopped; the
-    results are rewritten after every run.
+    results are rewritten after every run. ``summarise_only``: train nothing, recompute the
+    tables, intervals and verdict from ``out/runs.json`` (e.g. a partial ablation).
     """
 
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
@@ -397,7 +399,9 @@ def run_ablation(
         raise InputError(f"unknown ablation variant(s) {unknown}; known: {list(LOSS_VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
-    if resume and (out / "runs.json").is_file():
+    if summarise_only and not (out / "runs.json").is_file():
+        raise InputError(f"nothing to summarise: {out / 'runs.json'} does not exist")
+    if (resume or summarise_only) and (out / "runs.json").is_file():
         rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
         rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
         log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
@@ -406,7 +410,7 @@ def run_ablation(
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
     for name, overrides, seed, keep in jobs:
-        if (name, seed, keep) in done:
+        if (name, seed, keep) in done or summarise_only:
             continue
         rows.append(train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, log))
         write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)

@@ -4,8 +4,7 @@
 :class:`~cass_deploy.evaluation.scoring.ValidationResult` (recall, retention, mAP) plus, per image
 and field (far / mid / near), how many vehicles were found at IoU 0.5 and how many there were:
 the unit a paired bootstrap resamples. :func:`field_recall` turns counts into recall with Wilson
-intervals. The statistics are ``cass_deploy.evaluation.stats`` (issue 11) when present, else the
-interim copies with the same signatures.
+intervals (``cass_deploy.evaluation.stats``).
 """
 
 from __future__ import annotations
@@ -18,13 +17,9 @@ import torch
 
 from cass_deploy.config import FIELDS, FieldConfig
 from cass_deploy.evaluation.metrics import field_of, match_image, prepare_image
+from cass_deploy.evaluation.stats import paired_bootstrap_drop, wilson_interval
 from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.training.train import evaluate_model
-
-try:  # issue 11's module, once it is on main
-    from cass_deploy.evaluation.stats import paired_bootstrap_drop, wilson_interval
-except ImportError:  # pragma: no cover - exercised until issue 11 lands
-    from cass_deploy.training.interim_stats import paired_bootstrap_drop, wilson_interval
 
 __all__ = ["evaluate_with_hits", "field_recall", "format_recall", "paired_bootstrap_drop", "wilson_interval"]
 
