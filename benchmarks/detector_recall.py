@@ -16,6 +16,7 @@ by field and mAP@0.5 against training minutes), then the final table with interv
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -65,8 +66,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     keep = [float(v) for v in args.keep_ratios.split(",") if v.strip()]
-    cfg = load_train_config(args.config, args.overrides + [f"data.val_images={args.val_images}"])
-    _, val = build_datasets(cfg)
+    cfg = load_train_config(args.config, args.overrides)
+    # the trainer's own per-epoch evaluation keeps the config's (small) set; the curve uses its own
+    _, val = build_datasets(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_images=args.val_images)))
     batches = list(make_loader(val, cfg.batch_size, shuffle=False, seed=0))
     curve = []
     t0 = time.perf_counter()
