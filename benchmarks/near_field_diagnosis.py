@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cass_deploy.config import FIELDS, FieldConfig  # noqa: E402
 from cass_deploy.evaluation.metrics import box_iou, field_of, greedy_match  # noqa: E402
+from cass_deploy.evaluation.stats import wilson_interval  # noqa: E402
 from cass_deploy.evaluation.validate import load_batches  # noqa: E402
 from cass_deploy.io_utils import write_json  # noqa: E402
 from cass_deploy.model.checkpoint import load_checkpoint  # noqa: E402
@@ -42,23 +43,12 @@ IOU = 0.5
 CLASS_NAMES = ("car", "truck", "bus")
 
 
-def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (here only to print; the gates use evaluation.stats)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (mid - half, mid + half)
-
-
 def rate(mask: torch.Tensor, of: torch.Tensor | None = None) -> str:
     sel = mask if of is None else mask[of]
     n, k = int(sel.numel()), int(sel.sum())
     if n == 0:
         return "   -  (0)"
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return f"{k / n:.3f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
 
 
@@ -105,7 +95,6 @@ def per_object(model, batches, thresholds: tuple[float, ...], fields: FieldConfi
             pk = peak[b][None] & (hb >= t0) & inside  # [M, Hh, Wh]
             n_peaks = pk.flatten(1).sum(1)
             # best IoU among detections >= t0 whose cell lies in the box
-            dc = ((d["boxes"][:, 0] + d["boxes"][:, 2]) / 2, (d["boxes"][:, 1] + d["boxes"][:, 3]) / 2)
             ok = d["scores"] >= t0
             best_any = torch.where(ok[:, None], iou, torch.zeros_like(iou)).amax(0) if len(ok) else torch.zeros(m)
             # oracle: the box regressed at the GT centre cell
@@ -118,7 +107,6 @@ def per_object(model, batches, thresholds: tuple[float, ...], fields: FieldConfi
                 [obox[:, 0].clamp(0, W), obox[:, 1].clamp(0, H), obox[:, 2].clamp(0, W), obox[:, 3].clamp(0, H)], 1
             )
             oracle = box_iou(obox, gt).diagonal()
-            del dc
             add(
                 field=field_of(gt, H, fields),
                 label=lab.long(),
