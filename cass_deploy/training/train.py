@@ -64,6 +64,11 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     lr_warmup_steps: int = 20
+    # "cosine": warm-up, then cosine to 0 over the run. "wsd" (warm-up, stable, decay): warm-up,
+    # the peak lr until the last ``lr_decay_fraction`` of the steps, then cosine to 0 — for short
+    # budgets, where a cosine spends half the run at under half the lr (issue 12: demo, 6 epochs)
+    lr_schedule: str = "cosine"
+    lr_decay_fraction: float = 0.3
     grad_clip: float = 1.0
     seed: int = 0
     threads: int | None = None
@@ -85,6 +90,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        f = self.lr_decay_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"lr_decay_fraction must be in (0, 1], got {f!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
@@ -192,11 +202,20 @@ def _dist_info() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+LR_SCHEDULES = ("cosine", "wsd")
+
+
+def _lr_lambda(total_steps: int, warmup: int, schedule: str = "cosine", decay_fraction: float = 1.0):
+    """lr multiplier per step: linear warm-up over ``warmup`` steps, then a cosine to 0 over the
+    remaining steps (``cosine``) or over their last ``decay_fraction`` only (``wsd``)."""
+    decay_start = warmup if schedule == "cosine" else max(warmup, round(total_steps * (1 - decay_fraction)))
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start) / max(1, total_steps - decay_start)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -274,7 +293,9 @@ def train(
     val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps), cfg.lr_schedule, cfg.lr_decay_fraction)
+    )
     start_epoch, best_map, history = 0, -1.0, []
     if resume:
         raw = read_checkpoint(resume)
