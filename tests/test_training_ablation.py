@@ -95,7 +95,10 @@ def test_select_none_when_nothing_is_non_inferior_and_table_has_intervals():
     rows = [run("dense", 0, None, near=0.8), run("object g=0", 0, 0.5, near=0.5, far=0.1)]
     agg = aggregate(rows)
     winner, verdict = select(agg, rows)
-    assert winner is None and not verdict["resolved"]
+    assert winner is None and not verdict["resolved"] and "not measured" in verdict["reason"]
+    rows += [run("band + object g=1", 0, 0.5, near=0.5), run("band + object g=1", 0, 0.25, near=0.5)]
+    winner, verdict = select(aggregate(rows), rows)
+    assert winner is None and not verdict["resolved"] and "no eligible variant" in verdict["reason"]
     table = markdown_table(agg, [0.5])
     assert "| dense | dense | 1 |" in table
     assert "| object g=0 | 0.5 | 1 | 10.0 [" in table and "+40.0 [" in table

@@ -17,7 +17,8 @@ resolve:
 3. the lead is **resolved** when the paired-bootstrap interval of its near-field recall gain at
    keep 0.25 over each other passing variant excludes 0; if it is not resolved and the incumbent
    preset (``incumbent``) is among the passing variants tied with the leader, the incumbent stays —
-   the preset changes only on evidence. The verdict says which case applied.
+   the preset changes only on evidence. Without a measurement of the incumbent there is no
+   verdict. The verdict says which case applied.
 
 The ``corrected`` preset is object normalisation by definition (SPEC §4), so it is chosen among
 the ``object`` variants (with the global or the band pruner); ``patch (seed)`` is measured for
@@ -273,6 +274,9 @@ def select(
         "ranking": ranking,
         "gains": {},
     }
+    if incumbent not in checks or (incumbent, rank_keep) not in agg:
+        verdict.update(resolved=False, reason=f"the incumbent {incumbent} is not measured (yet): no verdict")
+        return None, verdict
     if not ranking:
         verdict.update(resolved=False, reason=f"no eligible variant is non-inferior at keep {keep_ratio}")
         return None, verdict
