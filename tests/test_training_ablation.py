@@ -161,3 +161,24 @@ def test_summarise_needs_runs(tmp_path):
 
     with pytest.raises(InputError, match="nothing to summarise"):
         run_ablation(config=None, base=[], seeds=[0], out=tmp_path, summarise_only=True)
+
+
+def test_evaluate_with_hits_counts_add_up_to_the_result(tiny_checkpoint):
+    from cass_deploy.config import FieldConfig
+    from cass_deploy.model.checkpoint import load_checkpoint
+    from cass_deploy.training.recall import evaluate_with_hits, field_recall
+    from cass_deploy.training.train import build_datasets, load_train_config, make_loader
+
+    from conftest import TINY_OVERRIDES
+
+    cfg = load_train_config(None, TINY_OVERRIDES + ["data.val_images=6"])
+    _, val = build_datasets(cfg)
+    model = load_checkpoint(tiny_checkpoint).model
+    res, hits, totals = evaluate_with_hits(model, make_loader(val, 4, shuffle=False, seed=0), FieldConfig(), 0.05)
+    assert hits.shape == totals.shape == (6, 3) and (hits <= totals).all()
+    for k, f in enumerate(("far", "mid", "near")):
+        assert (int(hits[:, k].sum()), int(totals[:, k].sum())) == (res.by_field[f].n_matched, res.by_field[f].n_gt)
+    rec = field_recall(hits, totals)
+    for f in ("far", "mid", "near"):
+        if rec[f]["n"]:
+            assert rec[f]["lo"] <= rec[f]["recall"] <= rec[f]["hi"]
