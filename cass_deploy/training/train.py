@@ -73,7 +73,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     eval_score_thr: float = 0.3
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # training-time budget; per-epoch evaluation does not count
     model: ModelConfig = field(default_factory=ModelConfig)
     cass: CassConfig = field(default_factory=CassConfig)
     data: DataConfig = field(default_factory=DataConfig)
