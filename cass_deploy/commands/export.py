@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cass_deploy.backends.probe import lazy_import
+from cass_deploy.commands.common import add_verify_hash
 from cass_deploy.errors import InputError
 from cass_deploy.export.device_engine import engine_from_export
 from cass_deploy.export.graph_facts import BUILD_SETTINGS
@@ -27,6 +28,7 @@ _ENGINE_SETTINGS = (*BUILD_SETTINGS, "force")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_export_arguments(p)
+    add_verify_hash(p)  # building an engine from an export directory reads its ONNX
 
 
 def run(args: argparse.Namespace) -> int:
