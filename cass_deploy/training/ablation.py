@@ -29,7 +29,7 @@ from typing import Any
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import write_json
+from cass_deploy.io_utils import atomic_path, write_json
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
 
@@ -289,7 +289,10 @@ def run_ablation(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
     if resume and (out / "runs.json").is_file():
-        rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+        try:
+            rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InputError(f"--resume: {out / 'runs.json'} is not a runs file of this ablation: {exc}") from None
         log(f"resuming: {len({(r.variant, r.seed) for r in rows})} runs already in {out / 'runs.json'}")
     done = {(r.variant, r.seed) for r in rows}
     t0 = time.perf_counter()
@@ -324,5 +327,6 @@ def run_ablation(
         "markdown": markdown_table(agg, keep_ratios),
     }
     write_json(out / "ablation.json", result, force=True)
-    (out / "ablation.md").write_text(result["markdown"])
+    with atomic_path(out / "ablation.md", force=True) as tmp:
+        tmp.write_text(result["markdown"])
     return result
