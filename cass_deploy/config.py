@@ -197,6 +197,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value, prefix=name + ".")
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        raise ConfigError(f"{name} is a section (a mapping of {name}.KEY values), got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:

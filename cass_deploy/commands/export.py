@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values = settings_from_args(args)
+    batch, dynamic = values["batch"], values["dynamic_batch"]
+    if batch is not None and dynamic is not None and batch not in (1, dynamic[1]):
+        raise InputError(
+            f"--batch {batch} and --dynamic-batch {' '.join(map(str, dynamic))} conflict: a dynamic export "
+            "takes any batch in its range (give one of the two)"
+        )
     src = values["checkpoint"]
     if src.is_dir():
         if not values["engine"]:

@@ -257,7 +257,15 @@ class _Entry:
         for key in self.path[:-1]:
             data = _section(data, key)
         value = data.get(self.path[-1])
-        return value if value is None or self.convert is None else self.convert(value)
+        if value is None or self.convert is None:
+            return value
+        try:
+            return self.convert(value)
+        except (TypeError, ValueError):
+            key = ".".join(self.path)
+            raise InputError(
+                f"{manifest.label}: {key} has a value this cass-deploy cannot read: {value!r}; re-export"
+            ) from None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -278,13 +286,14 @@ class Manifest:
     included. The properties decode it; nothing outside this class indexes the dict.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_source")
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         """Wrap ``data`` as is (a copy); :meth:`read` and :func:`build_manifest` validate."""
         if not isinstance(data, Mapping):
             raise InputError(f"a manifest must be a JSON object, got {type(data).__name__}")
         self._data: dict[str, Any] = copy.deepcopy(dict(data))
+        self._source: str | None = None  # the file it was read from, for messages
 
     # -- reading and writing ------------------------------------------------------------------
     @classmethod
@@ -315,7 +324,9 @@ class Manifest:
         missing = [key for key in REQUIRED_KEYS if key not in data]
         if missing:
             raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
-        return cls(data)
+        manifest = cls(data)
+        manifest._source = str(file)
+        return manifest
 
     @classmethod
     def from_onnx(cls, model: Any) -> Manifest:
@@ -410,6 +421,11 @@ class Manifest:
                 return role
         return None
 
+    @property
+    def label(self) -> str:
+        """``the manifest PATH`` (or ``the manifest`` when not read from a file), for messages."""
+        return f"the manifest {self._source}" if self._source else "the manifest"
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
             return NotImplemented
@@ -482,14 +498,19 @@ class Manifest:
             return int(batch["min"]), int(batch["opt"]), int(batch["max"])
         except (KeyError, TypeError, ValueError):
             raise InputError(
-                f"the manifest's dynamic batch must have integer min, opt and max, got {dict(batch)!r}; re-export"
+                f"{self.label}: the dynamic batch must have integer min, opt and max, got {dict(batch)!r}; re-export"
             ) from None
 
     @property
     def fixed_batch(self) -> int | None:
         """The batch of a fixed-batch export, None when dynamic (or not recorded)."""
         batch = _section(self._data, "batch")
-        return None if batch.get("dynamic") else _int_or_none(batch.get("size"))
+        try:
+            return None if batch.get("dynamic") else _int_or_none(batch.get("size"))
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{self.label}: batch.size must be an integer, got {batch.get('size')!r}; re-export"
+            ) from None
 
     @property
     def batch_step(self) -> int:
@@ -508,7 +529,11 @@ class Manifest:
     def artefact_file(self, role: str) -> str | None:
         """File name of ``role`` relative to the export directory, None when not listed."""
         entry = _section(self._data, "artefacts").get(role)
-        return None if entry is None else str(entry["file"])
+        if entry is None:
+            return None
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise InputError(f"{self.label}: artefacts.{role} must be {{'file': NAME, 'sha256': HASH}}, got {entry!r}")
+        return entry["file"]
 
     def artefact_path(self, role: str, base_dir: str | Path) -> Path:
         """``base_dir / file`` of ``role``; an InputError when the manifest lists no such file."""
