@@ -176,13 +176,13 @@ class Output:
             missing = _missing_parents(path.parent)
         except InputError as exc:
             raise self._error(str(exc)) from None
+        if not missing:
+            self.clean_stale()  # first: a killed run's moved-aside target is back before we look at it
         if path.exists() or path.is_symlink():
             if not self.force:
                 raise InputError(f"{path} already exists; pass --force to overwrite it")
             if self.kind == "file" and path.is_dir() and not path.is_symlink():
                 raise self._error("it is a directory; give a file path (a directory is never replaced by a file)")
-        if not missing:
-            self.clean_stale()
         self._probe(missing)
         return self
 
