@@ -237,6 +237,20 @@ class Output:
         return done
 
     # -- writing ---------------------------------------------------------------------------------
+    def _open_parent(self, made: list[Path]) -> None:
+        """Before writing: create the missing parents (appended to ``made``, for the cleanup), clean
+        stale siblings, refuse an existing target without ``force`` (one that appeared since the check)."""
+        try:
+            missing = _missing_parents(self.path.parent)
+        except InputError as exc:
+            raise self._error(str(exc)) from None
+        for d in missing:
+            d.mkdir()
+            made.append(d)
+        self.clean_stale()
+        if (self.path.exists() or self.path.is_symlink()) and not self.force:
+            raise InputError(f"{self.path} already exists; pass --force to overwrite it")
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[Path]:
         """Yield a temp file path (``kind="file"``) or a temp directory (``"dir"``) beside the target;
@@ -248,16 +262,7 @@ class Output:
         made: list[Path] = []
         tmp: Path | None = None
         try:
-            try:
-                missing = _missing_parents(path.parent)
-            except InputError as exc:
-                raise self._error(str(exc)) from None
-            for d in missing:
-                d.mkdir()
-                made.append(d)
-            if path.exists() and not self.force:
-                raise InputError(f"{path} already exists; pass --force to overwrite it")
-            self.clean_stale()
+            self._open_parent(made)
             mask = _umask()
             if self.kind == "dir":
                 tmp = Path(tempfile.mkdtemp(prefix=self._tmp_prefix(), suffix=".tmp", dir=path.parent))
@@ -313,17 +318,8 @@ class Output:
         made: list[Path] = []
         backup: Path | None = None
         try:
-            try:
-                missing = _missing_parents(path.parent)
-            except InputError as exc:
-                raise self._error(str(exc)) from None
-            for d in missing:
-                d.mkdir()
-                made.append(d)
-            self.clean_stale()
+            self._open_parent(made)
             if path.exists() or path.is_symlink():
-                if not self.force:
-                    raise InputError(f"{path} already exists; pass --force to overwrite it")
                 backup = path.with_name(f"{self._tmp_prefix()}{_PREV}.tmp")
                 os.replace(path, backup)
             yield path
