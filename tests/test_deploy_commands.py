@@ -86,7 +86,7 @@ def test_validate_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert usage_exit(["validate", str(tiny_checkpoint), "--images", "0"]) == 2
-    assert main(["validate", str(tiny_checkpoint), "--min-near-recall", "1.5"]) == 2
+    assert usage_exit(["validate", str(tiny_checkpoint), "--min-near-recall", "1.5"]) == 2
     assert "1.5" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
