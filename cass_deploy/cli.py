@@ -9,12 +9,19 @@ Only the chosen command's module is imported (it imports the library it needs at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cass_deploy import __version__
-from cass_deploy.errors import CassDeployError
+from cass_deploy.errors import CassDeployError, interrupt_in
+from cass_deploy.io_utils import hash_checks, warn
+
+#: set to 1 to see the traceback of an unexpected error (a bug) instead of its one-line summary
+DEBUG_ENV = "CASS_DEPLOY_DEBUG"
 
 #: subcommand -> one-line help, in the order ``--help`` lists them
 COMMANDS: dict[str, str] = {
@@ -56,14 +63,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
+    name = f"cass-deploy {args.command}"
+    verify = not getattr(args, "no_verify_hash", False)
     try:
-        return int(args._run(args) or 0)
-    except CassDeployError as exc:
-        print(f"cass-deploy {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        with _sigterm_interrupts(), hash_checks(verify):
+            if not verify:
+                warn("--no-verify-hash: artefacts are used even when they do not match their manifest's SHA-256")
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print(f"cass-deploy {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except CassDeployError as exc:
+        if interrupt_in(exc):  # Ctrl-C wrapped by a library (e.g. the ONNX exporter)
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a file the command reads or writes outside the library's own checks
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{name}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if interrupt_in(exc):
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"{name}: internal error (a bug in cass-deploy, please report it): {type(exc).__name__}: {first} "
+            f"(set {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a CI timeout) interrupts like Ctrl-C, so every temp output is cleaned up."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

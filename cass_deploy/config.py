@@ -116,14 +116,27 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
             data = yaml.safe_load(text)
-    except Exception as exc:  # parser errors carry line numbers in their message
-        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: cannot parse JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:  # one line: file, line, column and the parser's reason
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        context = getattr(exc, "context", None)
+        raise ConfigError(
+            f"{where}: cannot parse YAML: {reason}" + (f" ({' '.join(str(context).split())})" if context else "")
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -185,6 +198,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value, prefix=name + ".")
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        raise ConfigError(f"{name} is a section (a mapping of {name}.KEY values), got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:

@@ -3,7 +3,6 @@ validate (gated) → report, on built-in synthetic roadside scenes. ``make demo`
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from cass_deploy.evaluation.gates import Gates, check_gates
 from cass_deploy.evaluation.verify import run_verify
 from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.settings import ExportRequest
-from cass_deploy.io_utils import check_writable, write_json
+from cass_deploy.io_utils import Output, write_json
 from cass_deploy.profiling.latency import (
     ProfileOptions,
     environment,
@@ -59,15 +58,17 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     if a validation gate failed, after the report is written)."""
 
     out = Path(opts.out) if opts.out else default_out()
-    check_writable(out, opts.force)
-    if out.exists():  # --force: start from an empty run directory, so no stale result is reported
-        if not out.is_dir():
-            raise InputError(f"--out {out} is a file, not a directory")
-
-        shutil.rmtree(out)
+    target = Output(out, force=opts.force, kind="dir", flag="--out").check()
     if opts.config and not Path(opts.config).is_file():
         raise InputError(f"demo config {opts.config} not found (run from the repository root or pass --config)")
     cfg = load_train_config(opts.config, opts.overrides)
+    # --force: the old run directory is moved aside and removed only when this run finished, so no
+    # stale result is reported and a failed or interrupted run loses nothing (and leaves nothing)
+    with target.in_place():
+        return _run_steps(opts, out, cfg, log)
+
+
+def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 

@@ -1,6 +1,7 @@
 """One error hierarchy; the CLI maps each class to a message and an exit code.
 
-Exit codes: 0 success, 1 a failed gate or failed operation, 2 bad usage or input.
+Exit codes: 0 success, 1 a failed gate or failed operation, 2 bad usage or input, 130 interrupted
+(Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ class ConfigError(CassDeployError, ValueError):
 
 class InputError(CassDeployError, ValueError):
     """User-supplied data (boxes, files, tensors, paths) is invalid."""
+
+
+class HashMismatch(InputError):
+    """An artefact's SHA-256 differs from the one its manifest records (``--no-verify-hash`` overrides)."""
 
 
 class CheckpointError(InputError):
@@ -48,3 +53,19 @@ class GateFailed(CassDeployError):
     """A verification or validation gate failed; the message names the failing numbers."""
 
     exit_code = 1
+
+
+def interrupt_in(exc: BaseException) -> bool:
+    """True when ``exc`` is, or was raised while handling, a KeyboardInterrupt (a library such as the
+    torch exporter may wrap Ctrl-C into its own error): the CLI then reports "interrupted", exit 130."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+    return False

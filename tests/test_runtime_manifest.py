@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -314,5 +315,11 @@ def test_candidates_carry_a_manifest(export_dir):
     engine = resolve_candidates([str(export_dir / "model.engine")])[0]
     assert by_dir[0].kind == "onnx" and by_dir[0].path == export_dir / "model.onnx"
     assert by_dir[0].meta == m and engine.meta == m and engine.kind == "engine"
-    assert isinstance(bare.meta, mf.Manifest) and bare.meta.artefact_roles == ()
-    assert {c.meta.batch_step for c in (*by_dir, bare, engine)} == {2}
+    # a .onnx with its export's manifest beside it is read with that manifest (and checked against its hash)
+    assert bare.meta == m
+    # without the manifest it carries the keys embedded in its metadata (no artefact list)
+    lone = export_dir.parent / "lone.onnx"
+    shutil.copy(export_dir / "model.onnx", lone)
+    alone = resolve_candidates([str(lone)])[0]
+    assert isinstance(alone.meta, mf.Manifest) and alone.meta.artefact_roles == ()
+    assert {c.meta.batch_step for c in (*by_dir, bare, engine, alone)} == {2}

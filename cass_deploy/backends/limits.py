@@ -197,6 +197,25 @@ def patch_grid(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
     return math.ceil(h / patch_size), math.ceil(w / patch_size)
 
 
+def check_image_size(image_size: Sequence[int], patch_size: int, what: str = "image size") -> tuple[int, int]:
+    """The one check of an input size wherever one is taken (``--image-size``, configs, profiles):
+    ``(H, W)`` positive integers, each a multiple of ``patch_size``; returns them as ints, or raises an
+    InputError naming ``what`` and the value."""
+    try:
+        h, w = image_size
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be two integers H W, got {image_size!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (h, w)) or h < 1 or w < 1:
+        raise InputError(f"{what} must be two positive integers H W, got {h} {w}")
+    _positive_int(patch_size, "patch_size")
+    if h % patch_size or w % patch_size:
+        fit = " ".join(str(max(patch_size, round(v / patch_size) * patch_size)) for v in (h, w))
+        raise InputError(
+            f"{what} {h} {w} is not a multiple of the patch size {patch_size} in both dimensions (e.g. {fit})"
+        )
+    return int(h), int(w)
+
+
 def check_request(
     target: str,
     *,

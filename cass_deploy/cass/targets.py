@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cass_deploy.backends.limits import check_image_size
 from cass_deploy.errors import InputError
 
 BoxList = Sequence[Tensor]
@@ -341,8 +342,7 @@ def object_patches(
 
 
 def grid_for(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
-    """Patch grid of an image size that is a multiple of ``patch_size``."""
-    H, W = (int(v) for v in image_size)
-    if H % patch_size or W % patch_size:
-        raise InputError(f"image size {H}x{W} is not a multiple of the patch size {patch_size}")
+    """Patch grid of an image size that is a multiple of ``patch_size`` (positive, checked by
+    :func:`cass_deploy.backends.limits.check_image_size`)."""
+    H, W = check_image_size(tuple(image_size), patch_size)
     return H // patch_size, W // patch_size

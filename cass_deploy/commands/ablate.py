@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides
+from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides, keep_ratio, positive_int
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import check_writable
 from cass_deploy.training.ablation import run_ablation
+from cass_deploy.training.train import load_train_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "were ruled out by the issue-4 ablation: cass_off, object g=0.5, area, seed_object, object g=0 + TV)",
     )
     p.add_argument("--keep-ratios", default="0.5,0.25", help="each pruned variant is trained at each of these")
-    p.add_argument("--val-images", type=int, default=256)
+    p.add_argument("--val-images", type=positive_int, default=256)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
     p.add_argument(
@@ -36,13 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    if not (args.resume or args.summarise):
-        check_writable(args.out, args.force)
+    check_writable(args.out, args.force or args.resume or args.summarise, kind="dir", flag="--out")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        ratios = [float(s) for s in args.keep_ratios.split(",") if s.strip()]
-    except ValueError as exc:
+        ratios = [keep_ratio(s) for s in args.keep_ratios.split(",") if s.strip()]
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         raise InputError(f"bad --seeds or --keep-ratios: {exc}") from None
+    if not seeds or not ratios:
+        raise InputError(
+            f"--seeds and --keep-ratios need at least one value, got {args.seeds!r} and {args.keep_ratios!r}"
+        )
+    load_train_config(args.config or None, args.overrides)  # a bad config is refused before anything is created
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     res = run_ablation(
         config=args.config or None,

@@ -1,9 +1,18 @@
-"""Arguments several subcommands share, each defined once (its help text is the command's own)."""
+"""Arguments several subcommands share, each defined once (its help text is the command's own).
+
+Also the argparse value types that make an out-of-range number a usage error (exit 2, naming the
+flag and the value) instead of a failed gate or a traceback later: :func:`unit_interval`,
+:func:`positive_int`, :func:`non_negative_int`, :func:`non_negative_float`; and
+:func:`add_verify_hash` (``--no-verify-hash``; the CLI applies it to the whole command).
+Outputs are written through :class:`cass_deploy.io_utils.Output` (see there).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+from collections.abc import Callable
 from typing import Any
 
 from cass_deploy.config import FieldConfig
@@ -59,3 +68,39 @@ def options_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     """
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **given})
+
+
+def add_verify_hash(p: argparse.ArgumentParser) -> None:
+    """``--no-verify-hash``: use artefacts whose SHA-256 differs from their manifest's (a warning, not
+    an error). The CLI reads ``args.no_verify_hash`` and sets ``io_utils.hash_checks`` for the command."""
+    p.add_argument(
+        "--no-verify-hash",
+        action="store_true",
+        help="use an artefact even when its SHA-256 differs from its manifest's (edited on purpose); warns",
+    )
+
+
+def _number(kind: type, test: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = wanted  # argparse names the type in its messages
+    return parse
+
+
+#: a number in [0, 1] (recall, IoU, retention, a score threshold, a keep-set IoU)
+unit_interval = _number(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
+#: a keep ratio: in (0, 1]
+keep_ratio = _number(float, lambda v: 0.0 < v <= 1.0, "a keep ratio in (0, 1]")
+#: an integer >= 1 (images, iterations, batch, threads)
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+#: an integer >= 0 (warm-up iterations)
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+#: a finite number >= 0 (tolerances, error bounds)
+non_negative_float = _number(float, lambda v: v >= 0.0, "a number >= 0")

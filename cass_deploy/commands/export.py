@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cass_deploy.backends.probe import lazy_import
+from cass_deploy.commands.common import add_verify_hash
 from cass_deploy.errors import InputError
 from cass_deploy.export.device_engine import engine_from_export
 from cass_deploy.export.graph_facts import BUILD_SETTINGS
@@ -27,10 +28,17 @@ _ENGINE_SETTINGS = (*BUILD_SETTINGS, "force")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_export_arguments(p)
+    add_verify_hash(p)  # building an engine from an export directory reads its ONNX
 
 
 def run(args: argparse.Namespace) -> int:
     values = settings_from_args(args)
+    batch, dynamic = values["batch"], values["dynamic_batch"]
+    if batch is not None and dynamic is not None and batch not in (1, dynamic[1]):
+        raise InputError(
+            f"--batch {batch} and --dynamic-batch {' '.join(map(str, dynamic))} conflict: a dynamic export "
+            "takes any batch in its range (give one of the two)"
+        )
     src = values["checkpoint"]
     if src.is_dir():
         if not values["engine"]:

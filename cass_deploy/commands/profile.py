@@ -7,9 +7,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_device, add_force, add_out, add_providers, options_from
+from cass_deploy.commands.common import (
+    add_device,
+    add_force,
+    add_out,
+    add_providers,
+    add_verify_hash,
+    keep_ratio,
+    non_negative_int,
+    options_from,
+    positive_int,
+)
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import atomic_dir, check_writable, write_json
+from cass_deploy.io_utils import Output, write_json
 from cass_deploy.profiling import latency as pf
 
 
@@ -23,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "an export is run by its own backend",
     )
     add_device(p, "cpu or cuda[:N] (torch / ONNX Runtime)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 1, or the export's)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--batch", type=positive_int, default=None, help="batch size (default 1, or the export's)")
+    p.add_argument("--warmup", type=non_negative_int, default=10)
+    p.add_argument("--iters", type=positive_int, default=50)
     p.add_argument("--sweep", default=None, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline (checkpoints only)")
     p.add_argument(
@@ -34,18 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="pruner for the sweep (default: the checkpoint's)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch and ONNX Runtime)")
     add_providers(p, "ONNX Runtime providers for an exported model")
     add_out(p, help="directory for profile.json and the sweep plot")
     add_force(p, "overwrite --out")
+    add_verify_hash(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out:
-        check_writable(args.out, args.force)
+    out = (
+        Output(args.out, force=args.force, kind="dir", flag="--out", inputs=[args.model]).check() if args.out else None
+    )
     try:
-        ratios = [float(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
-    except ValueError:
+        ratios = [keep_ratio(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
+    except argparse.ArgumentTypeError:
         raise InputError(
             f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}"
         ) from None
@@ -63,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
     for w in env.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
-    if args.out:
-        with atomic_dir(args.out, force=args.force) as tmp:
+    if out:
+        with out.writing() as tmp:
             write_json(tmp / "profile.json", pf.profile_record(path, env, results))
             plot = pf.sweep_plot(results, tmp / "sweep.png")
         console.print(f"wrote {args.out}/profile.json" + (f" and {args.out}/sweep.png" if plot else ""))

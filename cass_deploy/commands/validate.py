@@ -6,18 +6,27 @@ import argparse
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_device, add_fields, add_force, add_providers, add_seed
+from cass_deploy.commands.common import (
+    add_device,
+    add_fields,
+    add_force,
+    add_providers,
+    add_seed,
+    add_verify_hash,
+    positive_int,
+    unit_interval,
+)
 from cass_deploy.config import FieldConfig
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import Gates, raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
-from cass_deploy.io_utils import check_writable, write_json
+from cass_deploy.io_utils import Output, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
-    p.add_argument("--images", type=int, default=64, help="images to evaluate (default 64)")
+    p.add_argument("--images", type=positive_int, default=64, help="images to evaluate (default 64)")
     p.add_argument(
         "--reference",
         default=None,
@@ -25,12 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "JSON of an earlier validate --json run (its reference), e.g. made on the workstation",
     )
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
-    p.add_argument("--iou", type=float, default=0.5)
-    p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold for recall")
-    p.add_argument("--min-near-recall", type=float, default=None)
-    p.add_argument("--max-recall-drop", type=float, default=None, help="max recall drop vs the reference, per field")
-    p.add_argument("--min-near-retention", type=float, default=None)
-    p.add_argument("--min-map50", type=float, default=None)
+    p.add_argument("--iou", type=unit_interval, default=0.5)
+    p.add_argument("--score-thr", type=unit_interval, default=0.3, help="detection score threshold for recall")
+    p.add_argument("--min-near-recall", type=unit_interval, default=None)
+    p.add_argument(
+        "--max-recall-drop", type=unit_interval, default=None, help="max recall drop vs the reference, per field"
+    )
+    p.add_argument("--min-near-retention", type=unit_interval, default=None)
+    p.add_argument("--min-map50", type=unit_interval, default=None)
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
     p.add_argument(
@@ -41,11 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
     add_force(p, "overwrite the --json file")
+    add_verify_hash(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.json_out:
-        check_writable(args.json_out, args.force)
+    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
     gates = Gates(
         min_near_recall=args.min_near_recall,
         max_recall_drop=args.max_recall_drop,
@@ -70,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(format_comparison_table(run.result, run.reference))
     for c in run.checks:
         console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
-    if args.json_out:
-        write_json(args.json_out, run.to_dict(), force=args.force)
+    if json_out:
+        with json_out.writing() as tmp:
+            write_json(tmp, run.to_dict(), force=True)
     raise_if_failed(run.checks)
     return 0

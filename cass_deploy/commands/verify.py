@@ -6,10 +6,17 @@ import argparse
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_force, add_providers
+from cass_deploy.commands.common import (
+    add_force,
+    add_providers,
+    add_verify_hash,
+    non_negative_float,
+    positive_int,
+    unit_interval,
+)
 from cass_deploy.errors import GateFailed
 from cass_deploy.evaluation.verify import report_table, run_verify
-from cass_deploy.io_utils import check_writable, write_json
+from cass_deploy.io_utils import Output, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,12 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="export directory, .onnx or .engine (repeatable)",
     )
-    p.add_argument("--images", type=int, default=16, help="images to compare (default 16)")
+    p.add_argument("--images", type=positive_int, default=16, help="images to compare (default 16)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
     add_providers(p, "ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
-    p.add_argument("--tie-tol", type=float, default=None, help="score tolerance that makes patches interchangeable")
-    p.add_argument("--min-keep-iou", type=float, default=None, help="minimum mean tie-aware keep-set IoU")
-    p.add_argument("--max-score-err", type=float, default=None, help="maximum absolute score error")
+    p.add_argument(
+        "--tie-tol", type=non_negative_float, default=None, help="score tolerance that makes patches interchangeable"
+    )
+    p.add_argument("--min-keep-iou", type=unit_interval, default=None, help="minimum mean tie-aware keep-set IoU")
+    p.add_argument("--max-score-err", type=non_negative_float, default=None, help="maximum absolute score error")
     p.add_argument("--json", dest="json_out", help="write the report as JSON to this file")
     p.add_argument(
         "--save-polygraphy",
@@ -36,14 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "keep.json, index.json with the `polygraphy run` commands) for checking the engine on the device",
     )
     add_force(p, "overwrite the --json file and the --save-polygraphy directory")
+    add_verify_hash(p)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    if args.json_out:
-        check_writable(args.json_out, args.force)
+    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
     if args.save_polygraphy:
-        check_writable(args.save_polygraphy, args.force)
+        Output(args.save_polygraphy, force=args.force, kind="dir", flag="--save-polygraphy").check()
     report, notes = run_verify(
         args.reference,
         args.candidate,
@@ -60,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(report_table(report))
     for n in notes:
         console.print(f"note: {n}")
-    if args.json_out:
-        write_json(args.json_out, {**report.to_dict(), "notes": notes}, force=args.force)
+    if json_out:
+        with json_out.writing() as tmp:
+            write_json(tmp, {**report.to_dict(), "notes": notes}, force=True)
     if not report:
         failed = [f"{c.name}: {'; '.join(c.failures)}" for c in report.candidates if not c]
 

@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from rich.table import Table
 from torch import Tensor
 
+from cass_deploy.backends.limits import check_image_size
 from cass_deploy.cass.losses import cass_loss
 from cass_deploy.cass.targets import BoxList, check_geometry, grid_for, patch_owner
 from cass_deploy.config import FIELDS, CassConfig, FieldConfig, apply_overrides, from_dict
@@ -303,7 +304,7 @@ def run_diagnose(
     or a dataset directory; with ``checkpoint`` its predictor's scores are analysed. Returns the
     JSON summary and one Breakdown per normalisation.
     """
-    check_writable(out, force)
+    check_writable(out, force, kind="dir", flag="--out")
     if num_images < 1:
         raise InputError(f"--num-images must be >= 1, got {num_images}")
     if not 0 < keep_ratio <= 1:
@@ -312,8 +313,10 @@ def run_diagnose(
     fields = fields if isinstance(fields, FieldConfig) else FieldConfig(*fields)
 
     model = None
-    image_size = tuple(image_size) if image_size else None
+    image_size = tuple(image_size) if image_size is not None else None
     patch_size = 16
+    if image_size is not None and not checkpoint:
+        check_image_size(image_size, patch_size, "--image-size")
     if checkpoint:
         ckpt = load_checkpoint(checkpoint)
         model = ckpt.model.eval()

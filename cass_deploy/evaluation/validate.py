@@ -245,6 +245,8 @@ def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deplo
         ck = load_checkpoint(
             d.checkpoint, pruner_mode=mode, keep_ratio=None if mode == "none" else d.keep_ratio, image_size=d.image_size
         )
+        if d.manifest is not None:  # the export's own source: still the file it was made from?
+            d.manifest.check_source_checkpoint(d.checkpoint, ck.sha256)
         label = "dense" if mode == "none" else "source"
         return _torch_deployed(f"torch:{label}", ck.model, d.checkpoint, device, mode != "none", None)
     ref = open_model(spec, device=device)

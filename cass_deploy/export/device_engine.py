@@ -52,22 +52,22 @@ def engine_from_export(
 
     src = Path(src)
     man = Manifest.read(src / mf.MANIFEST_NAME)
-    check = man.verify(src)
-    if not check:
-        raise InputError(f"{src}: the files do not match their manifest hashes ({check.summary()}); re-export")
+    man.check_artefacts(src, ["onnx"])  # the file the engine is built from
     onnx_src = man.artefact_path("onnx", src)
     out = Path(out)
     in_place = out.resolve() == src.resolve()
     if in_place and "engine" in man.artefact_roles and not force:
         raise InputError(f"{src} already holds an engine; pass --force to rebuild it in place")
     if not in_place:
-        check_writable(out, force)
-    require("tensorrt", "building an engine")
-    require("pycuda", "building an engine")
+        check_writable(out, force, kind="dir", flag="--out")
     trt_major = trt_major_version()
-    target = limits.target_for("tensorrt", trt_major=trt_major, dla_core=dla_core)
+    # the limits first (TensorRT 10's when none is installed: the same TopK limit as 11's), so a
+    # request no TensorRT can build says so before "TensorRT is not installed"
+    target = limits.target_for("tensorrt", trt_major=trt_major or 10, dla_core=dla_core)
     graph = GraphFacts.from_manifest(man)
     graph.check(target, ops=inspect_onnx(onnx_src).op_types, dla_core=dla_core, gpu_fallback=gpu_fallback)
+    require("tensorrt", "building an engine")
+    require("pycuda", "building an engine")
     opts = graph.build_options(
         workspace_mib=workspace_mib,
         timing_cache=timing_cache,

@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from cass_deploy.backends.probe import lazy_import
-from cass_deploy.errors import ExportError, InputError
+from cass_deploy.errors import ExportError, InputError, interrupt_in
 from cass_deploy.model.interface import INPUT_NAME, PrunableModel
 
 onnxslim = lazy_import("onnxslim")
@@ -76,6 +76,8 @@ def export_part(
                 **kwargs,
             )
     except Exception as exc:
+        if interrupt_in(exc):  # Ctrl-C during the trace, wrapped by torch: an interruption, not a failure
+            raise KeyboardInterrupt from None
         raise ExportError(
             f"torch.onnx export of the {part} part failed: {str(exc).strip().splitlines()[0]}"
             f"\n{sink.getvalue()[-2000:]}"

@@ -25,7 +25,7 @@ from cass_deploy.export.graph_facts import BUILD_SETTINGS, GraphFacts
 from cass_deploy.export.onnx_export import export_part, io_specs, op_types
 from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import build_engine, onnx_facts, plan_build, trtexec_for
-from cass_deploy.io_utils import atomic_dir, check_writable
+from cass_deploy.io_utils import Output
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
@@ -54,7 +54,8 @@ def _calibration(req: ExportRequest, image_size, n: int) -> list:
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
 
-    out = check_writable(req.out, req.force)
+    target_dir = Output(req.out, force=req.force, kind="dir", flag="--out", inputs=[req.checkpoint]).check()
+    out = target_dir.path
     ckpt = load_checkpoint(
         req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio, image_size=req.image_size
     )
@@ -66,13 +67,17 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             "with --pruner global --keep-ratio 1.0"
         )
     trt_major = trt_major_version() if req.engine else None
-    if req.engine and trt_major is None:
-        require("tensorrt", "building an engine (--engine)")
+    # without TensorRT here the limits are still checked (TensorRT 10's, the same TopK limit as 11's)
+    # before saying that it is missing: a request no TensorRT can build is told so first
     target = req.target or (
-        limits.target_for("tensorrt", trt_major=trt_major, dla_core=req.dla_core) if req.engine else "onnxruntime-cpu"
+        limits.target_for("tensorrt", trt_major=trt_major or 10, dla_core=req.dla_core)
+        if req.engine
+        else "onnxruntime-cpu"
     )
     graph = GraphFacts.from_model(model, req.precision, req.dynamic_batch)
     notes = graph.check(target, dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
+    if req.engine and trt_major is None:
+        require("tensorrt", "building an engine (--engine)")
     if not target.startswith("tensorrt"):  # say early whether the same graph would fit TensorRT
         try:
             graph.check("tensorrt10", gpu_fallback=req.gpu_fallback)
@@ -139,7 +144,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})
     facts = onnx_facts(proto)
     trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
-    with atomic_dir(out, force=req.force) as tmp:
+    with target_dir.writing() as tmp:
         onnx_path = tmp / ONNX_NAME
         onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")

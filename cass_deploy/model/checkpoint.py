@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cass_deploy import __version__
+from cass_deploy.backends.limits import check_image_size
 from cass_deploy.config import CassConfig, from_dict, to_dict
 from cass_deploy.errors import CassDeployError, CheckpointError
 from cass_deploy.io_utils import atomic_path, sha256_file
@@ -128,6 +129,8 @@ def load_checkpoint(
     except CassDeployError as exc:
         raise CheckpointError(f"{path}: incompatible configuration: {exc}") from None
     state = dict(raw["state_dict"])
+    if image_size is not None:
+        image_size = check_image_size(image_size, mcfg.patch_size, "--image-size")
     if image_size is not None and tuple(image_size) != tuple(mcfg.image_size):
         old_grid = mcfg.grid
         mcfg = dataclasses.replace(mcfg, image_size=tuple(int(v) for v in image_size))

@@ -285,11 +285,18 @@ def profile_artefact(
     iters: int = 50,
     providers: Sequence[str] = ("cpu",),
     threads: int | None = None,
+    notes: list[str] | None = None,
 ) -> Measurement:
-    """Time an exported ONNX / engine (or an export directory) as it is."""
+    """Time an exported ONNX / engine (or an export directory) as it is. An export directory with an
+    engine: the engine, or its ONNX where TensorRT cannot run (said in ``notes``)."""
 
-    cands = resolve_candidates([path], providers)
+    found: list[str] = []
+    cands = resolve_candidates([path], providers, found)
     c = cands[-1] if len(cands) > 1 else cands[0]  # an export dir with an engine: profile the engine
+    if found and c.kind == "onnx" and "engine" in c.meta.artefact_roles:
+        found.append(f"profiled {c.path} instead: its export's engine needs TensorRT and pycuda")
+    if notes is not None:
+        notes += found
     m = c.meta
     fixed = m.fixed_batch
     if batch is not None and fixed is not None and batch != fixed:
@@ -400,6 +407,7 @@ def run_profile(model: str | Path, opts: ProfileOptions) -> tuple[list[Measureme
         if opts.threads < 1:
             raise InputError(f"--threads must be >= 1, got {opts.threads}")
         torch.set_num_threads(opts.threads)
+    notes: list[str] = []
     if path.suffix in (".pt", ".pth"):
         results = profile_checkpoint(str(path), opts)
     else:
@@ -413,6 +421,10 @@ def run_profile(model: str | Path, opts: ProfileOptions) -> tuple[list[Measureme
                 iters=opts.iters,
                 providers=opts.providers,
                 threads=opts.threads,
+                notes=notes,
             )
         ]
-    return results, environment(opts.device)
+    env = environment(opts.device)
+    if notes:
+        env["warnings"] = [*env.get("warnings", []), *notes]
+    return results, env

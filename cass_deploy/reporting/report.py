@@ -8,9 +8,11 @@ It collects what the other commands wrote under ``RUN_DIR`` (any depth):
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from matplotlib.figure import Figure
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import atomic_path, cell, check_writable, latency_cells, latency_headers, write_json
+from cass_deploy.io_utils import Output, cell, latency_cells, latency_headers, write_json
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -35,8 +37,138 @@ code{background:#f6f6f6;padding:0 .2rem}.grid{display:grid;grid-template-columns
 def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read {path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"cannot read {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- input structure
+# What each section reads from its JSON, checked before any is rendered: a file that parses but
+# does not have this shape is an InputError naming the file and the field (``results[0].batch``).
+# A dict lists the keys a section uses (``Opt``: may be absent or null; other keys are ignored),
+# ``[x]`` a list of ``x``, a type (tuple) the value's. Extend these tables with the keys a new
+# section reads.
+
+
+class Opt:
+    """A key that may be absent or null, with ``schema`` when present."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+NUM = (int, float)
+#: a number > 0 (a latency the report divides by)
+POSITIVE = "positive"
+SCHEMAS: dict[str, Any] = {
+    "accept": {
+        "verdict": str,
+        "candidate": Opt(str),
+        "backend": Opt(str),
+        "checks": Opt([{"stage": str, "passed": bool, "message": str}]),
+        "notes": Opt([str]),
+    },
+    "train": [
+        {
+            "epoch": Opt(int),
+            **{k: Opt(NUM) for k in ("loss", "det", "cass", "cass_weight", "map50", "seconds")},
+        }
+    ],
+    "verify": {
+        "candidates": Opt(
+            [
+                {
+                    "name": str,
+                    "precision": str,
+                    **{k: Opt(NUM) for k in ("keep_iou_mean", "keep_iou_min", "plain_iou_mean", "mask_agreement")},
+                    "score_max_abs": NUM,
+                    "failures": Opt([str]),
+                }
+            ]
+        ),
+    },
+    "profile": {
+        "environment": Opt(dict),
+        "results": Opt(
+            [
+                {
+                    "label": str,
+                    "backend": str,
+                    "device": str,
+                    "batch": int,
+                    "latency_ms": {
+                        "mean": POSITIVE,
+                        **{k: NUM for k in ("p50", "p90", "p95", "p99", "max", "throughput_fps")},
+                    },
+                }
+            ]
+        ),
+    },
+    "validate": {
+        "result": Opt({"by_field": Opt({f: Opt({"recall": Opt(NUM), "retention_mean": Opt(NUM)}) for f in FIELDS})}),
+        "reference": Opt({"by_field": Opt({f: Opt({"recall": Opt(NUM)}) for f in FIELDS}), "name": Opt(str)}),
+        "gates": Opt([{"message": Opt(str)}]),
+    },
+    "diagnose": {
+        "breakdowns": Opt(
+            [
+                {
+                    "normalization": str,
+                    "area_gamma": Opt(NUM),
+                    "by_band": {f: {"loss_share": NUM, "grad_share": NUM} for f in FIELDS},
+                    "by_field": {f: {"grad_share_per_object": Opt(NUM)} for f in FIELDS},
+                }
+            ]
+        ),
+    },
+}
+
+
+def check_structure(data: Any, schema: Any, where: str = "") -> None:
+    """Raise ``ValueError("<field>: <what>")`` where ``data`` does not have the shape ``schema``."""
+    name = where or "the top level"
+    if isinstance(schema, dict):
+        if not isinstance(data, dict):
+            raise ValueError(f"{name} must be a JSON object, got {_kind(data)}")
+        for key, sub in schema.items():
+            path = f"{where}.{key}" if where else key
+            if isinstance(sub, Opt):
+                if data.get(key) is not None:
+                    check_structure(data[key], sub.schema, path)
+            elif key not in data:
+                raise ValueError(f"{path} is missing")
+            else:
+                check_structure(data[key], sub, path)
+    elif isinstance(schema, list):
+        if not isinstance(data, list):
+            raise ValueError(f"{name} must be a JSON list, got {_kind(data)}")
+        for i, item in enumerate(data):
+            check_structure(item, schema[0], f"{where}[{i}]")
+    elif schema == POSITIVE:
+        check_structure(data, NUM, where)
+        if data <= 0:
+            raise ValueError(f"{name} must be a number > 0, got {data}")
+    else:
+        numeric = schema is NUM or schema is int
+        if isinstance(data, bool) and numeric or not isinstance(data, schema):
+            raise ValueError(f"{name} must be {_wanted(schema)}, got {_kind(data)} {json.dumps(data)[:40]}")
+        if isinstance(data, float) and not math.isfinite(data):
+            raise ValueError(f"{name} must be a finite number, got {data}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _wanted(schema: Any) -> str:
+    return {NUM: "a number", int: "an integer", str: "a string", dict: "an object"}.get(schema, str(schema))
 
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
@@ -57,7 +189,12 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         for p in sorted(root.rglob(pattern)):
             if any(part.startswith(".") for part in p.relative_to(root).parts):
                 continue
-            found[section].append((str(p.relative_to(root)), _load(p)))
+            data = _load(p)
+            try:
+                check_structure(data, SCHEMAS[section])
+            except ValueError as exc:
+                raise InputError(f"{p} is not a {section} result cass-deploy can read: {exc}") from None
+            found[section].append((str(p.relative_to(root)), data))
     if not any(found.values()):
         raise InputError(
             f"{root} holds none of history.json, diagnostics.json, verify*.json, profile.json, "
@@ -289,10 +426,9 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
     out_html = Path(out_html) if out_html else root / "report.html"
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out {out_html} must be an .html path (the JSON is written beside it)")
-    found = collect(root)
     out_json = out_html.with_suffix(".json")
-    check_writable(out_html, force)
-    check_writable(out_json, force)
+    outputs = [Output(p, force=force, flag="--out").check() for p in (out_html, out_json)]
+    found = collect(root)
     sections = [("Acceptance", _section_accept(found["accept"]))] if found["accept"] else []
     sections += [
         ("Training", _section_train(found["train"])),
@@ -310,7 +446,8 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
         f"</title><style>{CSS}</style></head><body><h1>cass-deploy report: {html.escape(root.name)}</h1>"
         f"{body}</body></html>"
     )
-    with atomic_path(out_html, force=force) as tmp:
-        tmp.write_text(doc, encoding="utf-8")
-    write_json(out_json, {"run_dir": str(root), **{k: dict(v) for k, v in found.items()}}, force=force)
+    with contextlib.ExitStack() as stack:  # both or neither: each is renamed into place after both are written
+        tmp_html, tmp_json = (stack.enter_context(o.writing()) for o in outputs)
+        tmp_html.write_text(doc, encoding="utf-8")
+        write_json(tmp_json, {"run_dir": str(root), **{k: dict(v) for k, v in found.items()}}, force=True)
     return out_html, out_json

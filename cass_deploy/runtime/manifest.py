@@ -5,12 +5,20 @@ the SHA-256 of every file and of the source checkpoint, and an equivalent ``trte
 The same keys (minus the artefact hashes, which would be circular) go into the ONNX file's
 ``metadata_props``. Engine files stay plain engine files. :class:`Manifest` is the one reader:
 everything that needs a fact of an export (its batch, geometry, files, versions) asks it.
+
+Hashes are checked on every read: :meth:`Manifest.check_artefacts` recomputes the SHA-256 of the
+files a reader is about to use and refuses a mismatch (:class:`~cass_deploy.errors.HashMismatch`,
+exit 2, naming the file and both hashes) unless hash checks are off (``--no-verify-hash``, see
+``io_utils.hash_checks``), when it warns instead. An ONNX file also carries the SHA-256 of its
+graph in ``metadata_props`` (:data:`GRAPH_SHA_PROP`; the file's own hash would be circular), so a
+bare ``.onnx`` without its manifest is checked too (:func:`check_onnx_graph`).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import hashlib
 import json
 import platform
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +32,8 @@ import onnx
 from cass_deploy import __version__
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES
 from cass_deploy.backends.probe import VERSIONS, package_version, trt_version
-from cass_deploy.errors import BackendUnavailable, InputError
-from cass_deploy.io_utils import atomic_path, sha256_file, write_json
+from cass_deploy.errors import BackendUnavailable, HashMismatch, InputError
+from cass_deploy.io_utils import atomic_path, hash_checks_enabled, sha256_file, warn, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -36,6 +44,10 @@ PARTS = ("predictor", "full")
 REQUIRED_KEYS = ("schema_version", "artefacts", "inputs", "outputs", "precision")
 #: ONNX metadata key listing the keys whose values are JSON-encoded (the rest are plain strings)
 JSON_KEYS_PROP = "cass_deploy.json_keys"
+#: ONNX metadata key holding the SHA-256 of the serialised graph (:func:`graph_sha256`)
+GRAPH_SHA_PROP = "cass_deploy.graph_sha256"
+#: what a reader says when a hash does not match
+_HASH_FIX = "re-export it, or pass --no-verify-hash if you changed it on purpose"
 
 #: labels of the version table (:data:`cass_deploy.backends.probe.VERSIONS`) a manifest records
 MANIFEST_VERSIONS = ("torch", "onnx", "onnxruntime", "tensorrt", "numpy", "onnxscript")
@@ -245,7 +257,15 @@ class _Entry:
         for key in self.path[:-1]:
             data = _section(data, key)
         value = data.get(self.path[-1])
-        return value if value is None or self.convert is None else self.convert(value)
+        if value is None or self.convert is None:
+            return value
+        try:
+            return self.convert(value)
+        except (TypeError, ValueError):
+            key = ".".join(self.path)
+            raise InputError(
+                f"{manifest.label}: {key} has a value this cass-deploy cannot read: {value!r}; re-export"
+            ) from None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -266,13 +286,14 @@ class Manifest:
     included. The properties decode it; nothing outside this class indexes the dict.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_source")
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         """Wrap ``data`` as is (a copy); :meth:`read` and :func:`build_manifest` validate."""
         if not isinstance(data, Mapping):
             raise InputError(f"a manifest must be a JSON object, got {type(data).__name__}")
         self._data: dict[str, Any] = copy.deepcopy(dict(data))
+        self._source: str | None = None  # the file it was read from, for messages
 
     # -- reading and writing ------------------------------------------------------------------
     @classmethod
@@ -303,7 +324,9 @@ class Manifest:
         missing = [key for key in REQUIRED_KEYS if key not in data]
         if missing:
             raise InputError(f"{file} lacks required key(s) {', '.join(missing)}")
-        return cls(data)
+        manifest = cls(data)
+        manifest._source = str(file)
+        return manifest
 
     @classmethod
     def from_onnx(cls, model: Any) -> Manifest:
@@ -346,6 +369,62 @@ class Manifest:
                     {"role": role, "file": entry["file"], "expected": entry["sha256"], "actual": actual}
                 )
         return result
+
+    def check_artefacts(
+        self, directory: str | Path, roles: Sequence[str] | None = None, *, manifest_file: str | Path | None = None
+    ) -> ArtefactCheck:
+        """Before a reader uses them: the SHA-256 of the files of ``roles`` (default: every listed
+        file) must match. A missing file is an InputError; a mismatch a :class:`HashMismatch` naming
+        the file and both hashes, or a warning when hash checks are off (``--no-verify-hash``)."""
+        where = Path(manifest_file) if manifest_file else Path(directory) / MANIFEST_NAME
+        listed = _section(self._data, "artefacts")
+        for role in roles if roles is not None else list(listed):
+            entry = listed.get(role)
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str) or "sha256" not in entry:
+                raise InputError(f"{where} lists no {role} file with a sha256; re-export")
+        result = ArtefactCheck()
+        for role in roles if roles is not None else list(listed):
+            entry = listed[role]
+            file = Path(directory) / entry["file"]
+            if not file.is_file():
+                raise InputError(f"{file} ({role}, listed in {where}) does not exist; re-export or restore it")
+            actual = sha256_file(file)
+            result.checked.append(entry["file"])
+            if actual == entry["sha256"]:
+                continue
+            mismatch = {"role": role, "file": entry["file"], "expected": entry["sha256"], "actual": actual}
+            result.mismatches.append(mismatch)
+            text = f"{file} does not match its manifest {where}: SHA-256 expected {entry['sha256']}, found {actual}"
+            if hash_checks_enabled():
+                raise HashMismatch(f"{text}; {_HASH_FIX}")
+            warn(f"{text}; used anyway (--no-verify-hash)")
+        return result
+
+    def check_source_checkpoint(self, path: str | Path, actual_sha256: str) -> None:
+        """Reading the export's source checkpoint again (validate's dense reference): it must still be the
+        file this export was made from (a HashMismatch, or a warning with ``--no-verify-hash``)."""
+        expected = self.source_checkpoint_sha256
+        if expected is None or expected == actual_sha256:
+            return
+        text = (
+            f"{path} is not the checkpoint this export was made from: SHA-256 expected {expected}, found "
+            f"{actual_sha256} (retrained or replaced since the export)"
+        )
+        if hash_checks_enabled():
+            raise HashMismatch(f"{text}; pass --reference CHECKPOINT, re-export, or --no-verify-hash")
+        warn(f"{text}; used anyway (--no-verify-hash)")
+
+    def role_of(self, file_name: str) -> str | None:
+        """The role (``onnx``, ``engine``) of the listed file named ``file_name``, None when not listed."""
+        for role, entry in _section(self._data, "artefacts").items():
+            if isinstance(entry, Mapping) and Path(str(entry.get("file", ""))).name == file_name:
+                return role
+        return None
+
+    @property
+    def label(self) -> str:
+        """``the manifest PATH`` (or ``the manifest`` when not read from a file), for messages."""
+        return f"the manifest {self._source}" if self._source else "the manifest"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
@@ -427,14 +506,19 @@ class Manifest:
             return int(batch["min"]), int(batch["opt"]), int(batch["max"])
         except (KeyError, TypeError, ValueError):
             raise InputError(
-                f"the manifest's dynamic batch must have integer min, opt and max, got {dict(batch)!r}; re-export"
+                f"{self.label}: the dynamic batch must have integer min, opt and max, got {dict(batch)!r}; re-export"
             ) from None
 
     @property
     def fixed_batch(self) -> int | None:
         """The batch of a fixed-batch export, None when dynamic (or not recorded)."""
         batch = _section(self._data, "batch")
-        return None if batch.get("dynamic") else _int_or_none(batch.get("size"))
+        try:
+            return None if batch.get("dynamic") else _int_or_none(batch.get("size"))
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{self.label}: batch.size must be an integer, got {batch.get('size')!r}; re-export"
+            ) from None
 
     @property
     def batch_step(self) -> int:
@@ -453,7 +537,11 @@ class Manifest:
     def artefact_file(self, role: str) -> str | None:
         """File name of ``role`` relative to the export directory, None when not listed."""
         entry = _section(self._data, "artefacts").get(role)
-        return None if entry is None else str(entry["file"])
+        if entry is None:
+            return None
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise InputError(f"{self.label}: artefacts.{role} must be {{'file': NAME, 'sha256': HASH}}, got {entry!r}")
+        return entry["file"]
 
     def artefact_path(self, role: str, base_dir: str | Path) -> Path:
         """``base_dir / file`` of ``role``; an InputError when the manifest lists no such file."""
@@ -495,6 +583,7 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     json_keys = sorted(k for k, v in mapping.items() if not isinstance(v, str))
     props = {str(k): (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in mapping.items()}
     props[JSON_KEYS_PROP] = json.dumps(json_keys)
+    props[GRAPH_SHA_PROP] = graph_sha256(model)
     keep = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     for entry in keep:
@@ -507,14 +596,36 @@ def embed_onnx_metadata(model: Any, mapping: Mapping[str, Any]) -> Any:
     return model
 
 
+def graph_sha256(model: Any) -> str:
+    """SHA-256 of an ONNX model's graph (nodes, initialisers, inputs, outputs) as protobuf serialises it
+    deterministically: what :data:`GRAPH_SHA_PROP` records (metadata_props are outside the graph)."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def check_onnx_graph(path: str | Path, model: Any) -> bool:
+    """A bare ``.onnx``: its graph must match the SHA-256 in its own metadata (a :class:`HashMismatch`
+    otherwise, a warning with ``--no-verify-hash``). False when it records none (not checkable)."""
+    recorded = {p.key: p.value for p in model.metadata_props}.get(GRAPH_SHA_PROP)
+    if recorded is None:
+        return False
+    actual = graph_sha256(model)
+    if actual != recorded:
+        text = f"{path}: its graph does not match the SHA-256 in its metadata: expected {recorded}, found {actual}"
+        if hash_checks_enabled():
+            raise HashMismatch(f"{text}; {_HASH_FIX}")
+        warn(f"{text}; used anyway (--no-verify-hash)")
+    return True
+
+
 def read_onnx_metadata(model: Any) -> dict[str, Any]:
     """``metadata_props`` of an ONNX model or file as a dict, JSON values decoded."""
 
     if isinstance(model, (str, Path)):
         model = load_onnx(model)
     props = {p.key: p.value for p in model.metadata_props}
-    json_keys = set(json.loads(props.pop(JSON_KEYS_PROP, "[]")))
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        out[key] = json.loads(value) if key in json_keys else value
-    return out
+    props.pop(GRAPH_SHA_PROP, None)  # checked by check_onnx_graph, not a manifest key
+    try:
+        json_keys = set(json.loads(props.pop(JSON_KEYS_PROP, "[]")))
+        return {key: json.loads(value) if key in json_keys else value for key, value in props.items()}
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"the ONNX metadata_props are not cass-deploy's (a value is not valid JSON: {exc})") from None

@@ -46,7 +46,7 @@ import numpy as np
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import write_json
+from cass_deploy.io_utils import atomic_path, write_json
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.training.recall import evaluate_with_hits, paired_bootstrap_drop, wilson_interval
 from cass_deploy.training.train import build_datasets, load_train_config, make_loader, train
@@ -406,7 +406,10 @@ def run_ablation(
     if summarise_only and not (out / "runs.json").is_file():
         raise InputError(f"nothing to summarise: {out / 'runs.json'} does not exist")
     if (resume or summarise_only) and (out / "runs.json").is_file():
-        rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+        try:
+            rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InputError(f"{out / 'runs.json'} is not a runs file of this ablation: {exc}") from None
         rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
         log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
     done = {r.key for r in rows}
@@ -447,5 +450,6 @@ def _write_results(rows, out, seeds, keep_ratios, val_images, base, config, plan
         "markdown": markdown_table(agg, keep_ratios),
     }
     write_json(out / "ablation.json", result, force=True)
-    (out / "ablation.md").write_text(result["markdown"])
+    with atomic_path(out / "ablation.md", force=True) as tmp:
+        tmp.write_text(result["markdown"])
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CheckpointError, ConfigError, InputError, TrainingError
 from cass_deploy.evaluation.scoring import evaluate
 from cass_deploy.evaluation.validate import as_predictions
-from cass_deploy.io_utils import write_json
+from cass_deploy.io_utils import Output, write_json
 from cass_deploy.model.checkpoint import read_checkpoint, save_checkpoint
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
 from cass_deploy.model.pruner import band_positive_share
@@ -221,6 +222,86 @@ def _lr_lambda(total_steps: int, warmup: int, schedule: str = "cosine", decay_fr
     return f
 
 
+#: the file that marks a run directory whose training did not finish (removed when it does)
+INCOMPLETE_MARKER = "INCOMPLETE"
+
+
+class RunDir:
+    """The ``--out`` of a training run: checked before anything is loaded, created only when training
+    starts, marked with :data:`INCOMPLETE_MARKER` while it runs. A run that fails or is interrupted
+    after an epoch was saved keeps its ``last.pt`` and the marker (what happened, how to ``--resume``);
+    one that fails before leaves nothing it created."""
+
+    def __init__(self, path: str | Path, *, force: bool, resume: str | Path | None, rank: int) -> None:
+        self.path, self.force, self.resume, self.rank = Path(path), force, resume, rank
+        self.started = False
+        self.created: list[Path] = []
+
+    @property
+    def marker(self) -> Path:
+        return self.path / INCOMPLETE_MARKER
+
+    def check(self) -> None:
+        if self.rank != 0:
+            return
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise InputError(f"--out {p} is a file, not a directory")
+        if p.is_dir() and any(p.iterdir()) and not (self.force or self.resume):
+            if self.marker.is_file():
+                raise InputError(
+                    f"{p} holds an unfinished training run ({INCOMPLETE_MARKER}); continue it with "
+                    f"--resume {p / 'last.pt'}, or pass --force to start over"
+                )
+            raise InputError(f"{p} already holds files; pass --force to overwrite or --resume to continue")
+        Output(p, force=True, kind="any", flag="--out").check()  # a path under a file, a read-only dir
+
+    def start(self, epochs: int) -> None:
+        """Create the directory (training starts now) and mark it incomplete."""
+        if self.rank != 0:
+            return
+        missing = []
+        p = self.path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self.created.append(d)
+        self.started = True
+        self._mark(f"training started ({epochs} epochs); it has not finished")
+
+    def finish(self) -> None:
+        if self.rank == 0:
+            self.marker.unlink(missing_ok=True)
+
+    def abandon(self, exc: BaseException) -> None:
+        """After a failure or interrupt: keep a resumable run (marked), remove what nothing can resume."""
+        if self.rank != 0 or not self.started:
+            return
+        last = self.path / "last.pt"
+        if last.is_file():
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by an error: {exc}"
+            self._mark(f"training {why}")
+            return
+        self.marker.unlink(missing_ok=True)
+        if self.created:  # ours alone, and nothing in it can be resumed
+            shutil.rmtree(self.created[0], ignore_errors=True)
+
+    def _mark(self, what: str) -> None:
+        resume = self.path / "last.pt"
+        write_json(
+            self.marker,
+            {
+                "status": "incomplete",
+                "what": what,
+                "resume": f"cass-deploy train <the same --config / --set> --out {self.path} --resume {resume}",
+                "checkpoint": str(resume) if resume.is_file() else None,
+            },
+            force=True,
+        )
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -236,16 +317,33 @@ def train(
     Each history record holds ``seconds`` (wall time since the start, evaluation included) and
     ``train_seconds`` (optimisation and data only). ``on_epoch(epoch, model, record)`` is called
     on rank 0 after each epoch's evaluation (e.g. a learning curve); its time counts in neither.
-    """
 
+    Nothing is created before the config, the data and ``resume`` are validated; a failed or
+    interrupted run keeps a resumable ``last.pt`` beside an :data:`INCOMPLETE_MARKER` file (or, before
+    the first epoch was saved, leaves nothing behind). See :class:`RunDir`."""
+
+    run = RunDir(out_dir, force=force, resume=resume, rank=_dist_info()[0])
+    run.check()
+    try:
+        result = _train(cfg, run, resume=resume, progress=progress, log=log, on_epoch=on_epoch)
+    except BaseException as exc:
+        run.abandon(exc)
+        raise
+    run.finish()
+    return result
+
+
+def _train(
+    cfg: TrainConfig,
+    run: RunDir,
+    *,
+    resume: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[int, PrunedDetector, dict[str, Any]], None] | None,
+) -> TrainResult:
     rank, world, local_rank = _dist_info()
-    out_dir = Path(out_dir)
-    if rank == 0:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError(f"--out {out_dir} is a file, not a directory")
-        if out_dir.exists() and any(out_dir.iterdir()) and not (force or resume):
-            raise InputError(f"{out_dir} already holds files; pass --force to overwrite or --resume to continue")
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = run.path
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -322,6 +420,7 @@ def train(
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
     outside = 0.0  # seconds spent in evaluation, checkpoints and on_epoch (not training)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    run.start(cfg.epochs)  # everything is validated: the run directory appears now
     prog = _progress(progress and rank == 0)
     stopped_early = False
     with prog:
@@ -337,6 +436,11 @@ def train(
                 boxes = [b.to(device) for b in batch["boxes"]]
                 labels = [lb.to(device) for lb in batch["labels"]]
                 out = ddp_model(images)
+                if not torch.isfinite(out["scores"]).all():  # weights blown up by the last step
+                    raise TrainingError(
+                        f"training diverged: the model's outputs are no longer finite at epoch {epoch}; "
+                        f"lower lr (now {cfg.lr}) or check the data"
+                    )
                 det = model.loss(out, boxes, labels)["total"]
                 c = cass(out["scores"], boxes, grid, image_size)
                 loss = total_loss(det, c, cfg.cass, epoch)

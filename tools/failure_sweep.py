@@ -1,0 +1,440 @@
+"""Sweep bad inputs through every ``cass-deploy`` subcommand, as a careless user would.
+
+For each case it checks what SPEC §7 and the README's "Failure behaviour" promise: the exit code
+is the expected one (2 bad usage or input, 1 a failed gate or a diverged run), stderr carries one
+``error:`` line and no traceback (nor an "internal error"), and the working directory is
+byte-identical afterwards (no output, no ``.NAME.*.tmp`` or ``.old`` sibling, nothing half-written).
+
+    python tools/failure_sweep.py                 # every case, in this process (fast)
+    python tools/failure_sweep.py --subprocess    # each case in a fresh `python -m cass_deploy`
+    python tools/failure_sweep.py -k export -v    # the cases whose name contains "export"
+
+Exit 0 when every case behaves, 1 otherwise (the failing cases are listed). ``tests/test_failure_sweep.py``
+runs the cases in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cass_deploy.cli import main as cli_main
+from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the tiny training run the fixtures use (seconds on a CPU)
+TINY = [
+    "epochs=1",
+    "batch_size=4",
+    "threads=1",
+    "lr_warmup_steps=2",
+    "data.train_images=8",
+    "data.val_images=4",
+    "model.image_size=[96,160]",
+    "model.embed_dim=32",
+    "model.num_heads=2",
+    "model.early_depth=1",
+    "model.late_depth=1",
+    "model.head_channels=16",
+    "model.predictor_hidden=16",
+    "cass.warmup_epochs=0",
+]
+SETS = " ".join(f"--set {o}" for o in TINY)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation: ``argv`` (a string with ``{placeholders}`` of :func:`build_fixtures`),
+    the exit codes that are right for it and a fragment the error line must contain."""
+
+    name: str
+    argv: str
+    codes: tuple[int, ...] = (2,)
+    needle: str | None = None
+
+
+def _cases() -> list[Case]:
+    c = []
+
+    def add(name, argv, codes=(2,), needle=None):
+        c.append(Case(name, argv, codes, needle))
+
+    # train
+    add("train/missing-config", "train --config {w}/nope.yaml --out {w}/o", needle="nope.yaml")
+    add("train/yaml-syntax", "train --config {badyaml} --out {w}/o", needle="bad.yaml:")
+    add("train/yaml-list", "train --config {listyaml} --out {w}/o", needle="mapping")
+    add("train/unknown-key", "train --set no.such=1 --out {w}/o", needle="unknown config key")
+    add("train/lr-text", f"train {SETS} --set lr=abc --out {{w}}/o", needle="lr")
+    add("train/epochs-0", f"train {SETS} --set epochs=0 --out {{w}}/o", needle="epochs")
+    add("train/size-0", f"train {SETS} --set model.image_size=[0,0] --out {{w}}/o", needle="image_size")
+    add("train/size-odd", f"train {SETS} --set model.image_size=[100,100] --out {{w}}/o", needle="image_size")
+    add("train/data-missing", f"train {SETS} --set data.source={{w}}/nodata --out {{w}}/o", needle="nodata")
+    add("train/resume-garbage", f"train {SETS} --resume {{garbage}} --out {{w}}/o", needle="garbage.pt")
+    add("train/resume-missing", f"train {SETS} --resume {{w}}/none.pt --out {{w}}/o", needle="none.pt")
+    add("train/out-under-file", f"train {SETS} --out {{plain}}/o", needle="plain")
+    add("train/out-read-only", f"train {SETS} --out {{ro}}/o", needle="o")
+    add("train/out-is-file", f"train {SETS} --out {{plain}}", needle="plain")
+    add("train/out-has-files", f"train {SETS} --out {{exp}}", needle="--force")
+    add("train/diverges", f"train {SETS} --set lr=1e30 --out {{w}}/o", codes=(1,), needle="diverged")
+    add("train/pruner-mode", f"train {SETS} --set model.pruner.mode=foo --out {{w}}/o", needle="foo")
+    add("train/keep-ratio", f"train {SETS} --set model.pruner.keep_ratio=0 --out {{w}}/o", needle="keep_ratio")
+    # diagnose
+    add("diagnose/size-0", "diagnose --image-size 0 0 --out {w}/o", needle="--image-size")
+    add("diagnose/size-negative", "diagnose --image-size -16 32 --out {w}/o", needle="-16")
+    add("diagnose/size-odd", "diagnose --image-size 100 100 --out {w}/o", needle="100 100")
+    add("diagnose/images-0", "diagnose --num-images 0 --out {w}/o", needle="--num-images")
+    add("diagnose/keep-2", "diagnose --keep-ratio 2 --out {w}/o", needle="--keep-ratio")
+    add("diagnose/norm", "diagnose --normalizations bogus --out {w}/o", needle="bogus")
+    add("diagnose/ckpt-missing", "diagnose --checkpoint {w}/none.pt --out {w}/o", needle="none.pt")
+    add("diagnose/ckpt-garbage", "diagnose --checkpoint {garbage} --out {w}/o", needle="garbage.pt")
+    add("diagnose/data-missing", "diagnose --data {w}/nodata --out {w}/o", needle="nodata")
+    add("diagnose/out-under-file", "diagnose --out {plain}/o", needle="plain")
+    add("diagnose/out-read-only", "diagnose --out {ro}/o", needle="o")
+    add("diagnose/out-exists", "diagnose --out {exp}", needle="--force")
+    add("diagnose/size-vs-ckpt", "diagnose --checkpoint {ckpt} --image-size 32 32 --data synthetic --out {w}/o")
+    # export
+    add("export/ckpt-missing", "export {w}/none.pt --out {w}/o", needle="none.pt")
+    add("export/ckpt-garbage", "export {garbage} --out {w}/o", needle="garbage.pt")
+    add("export/ckpt-is-json", "export {plainjson} --out {w}/o", needle="plain.json")
+    add("export/size-0", "export {ckpt} --out {w}/o --image-size 0 0", needle="--image-size")
+    add("export/size-odd", "export {ckpt} --out {w}/o --image-size 100 160", needle="100 160")
+    add("export/keep-0", "export {ckpt} --out {w}/o --keep-ratio 0", needle="keep_ratio")
+    add("export/keep-1.5", "export {ckpt} --out {w}/o --keep-ratio 1.5", needle="keep_ratio")
+    add("export/batch-0", "export {ckpt} --out {w}/o --batch 0", needle="--batch")
+    add("export/dynamic-order", "export {ckpt} --out {w}/o --dynamic-batch 4 2 1", needle="--dynamic-batch")
+    add("export/opset", "export {ckpt} --out {w}/o --opset 99", needle="opset")
+    add("export/int8-calib-0", "export {ckpt} --out {w}/o --precision int8 --calib-images 0", needle="--calib-images")
+    add("export/calib-data", "export {ckpt} --out {w}/o --precision int8 --calib-data {w}/nodata", needle="nodata")
+    add("export/target", "export {ckpt} --out {w}/o --target bogus", needle="bogus")
+    add("export/profile-missing", "export {ckpt} --out {w}/o --profile nope", needle="nope")
+    add("export/profile-bad-yaml", "export {ckpt} --out {w}/o --profile {badyaml}", needle="bad.yaml")
+    add("export/engine-no-trt", "export {ckpt} --out {w}/o --engine", needle="TensorRT")
+    add("export/engine-topk", "export {ckpt} --out {w}/o --engine --image-size 4096 4096", needle="3840")
+    add(
+        "export/profile-topk",
+        "export {ckpt} --out {w}/o --profile jetson-orin-nx --image-size 4096 4096",
+        needle="3840",
+    )
+    add("export/dla-on-11", "export {ckpt} --out {w}/o --target tensorrt11 --dla-core 0", needle="DLA")
+    add("export/out-exists", "export {ckpt} --out {exp}", needle="--force")
+    add("export/out-under-file", "export {ckpt} --out {plain}/o", needle="plain")
+    add("export/out-read-only", "export {ckpt} --out {ro}/o", needle="o")
+    add("export/out-over-input", "export {ckpt} --out {w} --force", needle="input")
+    add("export/dir-without-engine", "export {exp} --out {w}/o", needle="--engine")
+    add("export/dir-tampered", "export {badexp} --engine --out {w}/o", needle="SHA-256")
+    add("export/dir-no-manifest", "export {emptydir} --engine --out {w}/o", needle="manifest.json")
+    add("export/dense", "export {dense} --out {w}/o", needle="dense")
+    # verify
+    add("verify/tampered", "verify --reference {ckpt} --candidate {badexp}", needle="SHA-256")
+    add("verify/dropped-onnx", "verify --reference {ckpt} --candidate {exp}/other.onnx", needle="other.onnx")
+    add("verify/lone-engine", "verify --reference {ckpt} --candidate {lone_engine}", needle="manifest.json")
+    add("verify/missing", "verify --reference {ckpt} --candidate {w}/none.onnx", needle="none.onnx")
+    add("verify/ref-garbage", "verify --reference {garbage} --candidate {exp}", needle="garbage.pt")
+    add("verify/ref-missing", "verify --reference {w}/none.pt --candidate {exp}", needle="none.pt")
+    add("verify/iou-1.5", "verify --reference {ckpt} --candidate {exp} --min-keep-iou 1.5", needle="--min-keep-iou")
+    add(
+        "verify/err-negative",
+        "verify --reference {ckpt} --candidate {exp} --max-score-err -1",
+        needle="--max-score-err",
+    )
+    add("verify/images-0", "verify --reference {ckpt} --candidate {exp} --images 0", needle="--images")
+    add("verify/json-under-file", "verify --reference {ckpt} --candidate {exp} --json {plain}/v.json", needle="plain")
+    add("verify/json-read-only", "verify --reference {ckpt} --candidate {exp} --json {ro}/v.json", needle="v.json")
+    add("verify/json-exists", "verify --reference {ckpt} --candidate {exp} --json {plain}", needle="--force")
+    add("verify/json-is-dir", "verify --reference {ckpt} --candidate {exp} --json {exp} --force", needle="directory")
+    add("verify/manifest-bad-json", "verify --reference {ckpt} --candidate {badmanifest}", needle="manifest.json")
+    add("verify/manifest-lists-missing", "verify --reference {ckpt} --candidate {nofile}", needle="model.onnx")
+    add("verify/data-missing", "verify --reference {ckpt} --candidate {exp} --data {w}/nodata", needle="nodata")
+    add("verify/not-an-artefact", "verify --reference {ckpt} --candidate {plainjson}", needle="plain.json")
+    # validate
+    add("validate/tampered", "validate {badexp} --images 2", needle="SHA-256")
+    add("validate/lone-engine", "validate {lone_engine}", needle="manifest.json")
+    add("validate/missing", "validate {w}/none.onnx", needle="none.onnx")
+    add("validate/iou-2", "validate {exp} --iou 2", needle="--iou")
+    add("validate/gate-1.5", "validate {exp} --min-near-recall 1.5", needle="--min-near-recall")
+    add("validate/images-0", "validate {exp} --images 0", needle="--images")
+    add("validate/data-missing", "validate {exp} --data {w}/nodata --images 2", needle="nodata")
+    add("validate/json-under-file", "validate {exp} --images 2 --json {plain}/v.json", needle="plain")
+    add("validate/json-read-only", "validate {exp} --images 2 --json {ro}/v.json", needle="v.json")
+    add("validate/reference-json", "validate {exp} --images 2 --reference {plainjson}", needle="plain.json")
+    add("validate/reference-missing", "validate {exp} --images 2 --reference {w}/none.pt", needle="none.pt")
+    add("validate/predictor-part", "validate {predexp} --images 2", needle="full")
+    add("validate/garbage-ckpt", "validate {garbage} --images 2", needle="garbage.pt")
+    # profile
+    add("profile/tampered", "profile {badexp} --iters 1", needle="SHA-256")
+    add("profile/tampered-onnx", "profile {badexp}/model.onnx --iters 1", needle="SHA-256")
+    add("profile/dropped-onnx", "profile {exp}/other.onnx --iters 1", needle="other.onnx")
+    add("profile/lone-engine", "profile {lone_engine}", needle="manifest.json")
+    add("profile/iters-0", "profile {exp} --iters 0", needle="--iters")
+    add("profile/warmup-negative", "profile {exp} --warmup -1", needle="--warmup")
+    add("profile/batch-0", "profile {exp} --batch 0", needle="--batch")
+    add("profile/batch-vs-fixed", "profile {exp} --batch 4 --iters 1", needle="batch")
+    add("profile/sweep-2", "profile {ckpt} --sweep 0.5,2 --iters 1", needle="--sweep")
+    add("profile/sweep-text", "profile {ckpt} --sweep abc --iters 1", needle="--sweep")
+    add("profile/sweep-on-export", "profile {exp} --sweep 0.5 --iters 1", needle="--sweep")
+    add("profile/backend-trt-ckpt", "profile {ckpt} --backend tensorrt --iters 1", needle="tensorrt")
+    add("profile/device", "profile {ckpt} --device foo --iters 1", needle="foo")
+    add("profile/out-under-file", "profile {exp} --iters 1 --out {plain}/o", needle="plain")
+    add("profile/out-read-only", "profile {exp} --iters 1 --out {ro}/o", needle="o")
+    add("profile/out-over-input", "profile {exp} --iters 1 --out {exp}", needle="input")
+    add("profile/out-exists", "profile {exp} --iters 1 --out {plain}", needle="--force")
+    add("profile/garbage-ckpt", "profile {garbage} --iters 1", needle="garbage.pt")
+    add("profile/unknown-suffix", "profile {plainjson} --iters 1", needle="plain.json")
+    # report
+    add("report/missing", "report {w}/nope", needle="nope")
+    add("report/empty", "report {emptydir}", needle="history.json")
+    add("report/out-not-html", "report {run_ok} --out {w}/r.txt", needle=".html")
+    add("report/out-under-file", "report {run_ok} --out {plain}/r.html", needle="plain")
+    add("report/out-read-only", "report {run_ok} --out {ro}/r.html", needle="r.html")
+    for name in ("history-dict", "history-items", "verify-list", "profile-latency", "validate-list", "diag", "json"):
+        add(f"report/bad-{name}", f"report {{run_{name.replace('-', '_')}}}", needle=".json")
+    # ablate, demo
+    add("ablate/seeds", "ablate --seeds a,b --out {w}/o", needle="--seeds")
+    add("ablate/keep", "ablate --keep-ratios 2 --out {w}/o", needle="--keep-ratios")
+    add("ablate/config", "ablate --config {badyaml} --out {w}/o", needle="bad.yaml")
+    add("ablate/out-under-file", "ablate --out {plain}/o", needle="plain")
+    add("ablate/val-images", "ablate --val-images 0 --out {w}/o", needle="--val-images")
+    add("demo/config", "demo --config {w}/nope.yaml --out {w}/o", needle="nope.yaml")
+    add("demo/set", "demo --set lr=abc --out {w}/o", needle="lr")
+    add("demo/out-under-file", "demo --out {plain}/o", needle="plain")
+    add("demo/out-exists", "demo --out {exp}", needle="--force")
+    # more of the same, as a careless user types them
+    add("train/fields", f"train {SETS} --set fields.far_max=2 --out {{w}}/o", needle="far_max")
+    add("train/train-images-0", f"train {SETS} --set data.train_images=0 --out {{w}}/o", needle="train_images")
+    add("train/bands", f"train {SETS} --set model.pruner.mode=band --set model.pruner.bands=100 --out {{w}}/o")
+    add("train/heads", f"train {SETS} --set model.num_heads=5 --out {{w}}/o", needle="num_heads")
+    add("train/threads-0", f"train {SETS} --set threads=0 --out {{w}}/o", needle="threads")
+    add("train/max-minutes", f"train {SETS} --set max_minutes=-1 --out {{w}}/o", needle="max_minutes")
+    add("train/config-dir", "train --config {emptydir} --out {w}/o", needle="empty")
+    add("train/config-bad-json", "train --config {badjson} --out {w}/o", needle="bad.json")
+    add("train/set-no-equals", "train --set lr --out {w}/o", needle="lr")
+    add("train/section-scalar", "train --set model=3 --out {w}/o", needle="model")
+    add("diagnose/fields", "diagnose --fields 0.9 0.1 --out {w}/o", needle="0.9")
+    add("diagnose/set", "diagnose --set bogus=1 --out {w}/o", needle="bogus")
+    add("validate/fields", "validate {exp} --images 2 --fields 0.9 0.1", needle="0.9")
+    add("validate/fields-range", "validate {exp} --images 2 --fields 2 3", needle="2")
+    add("validate/providers", "validate {exp} --images 2 --providers bogus", needle="bogus")
+    add("verify/providers", "verify --reference {ckpt} --candidate {exp} --providers bogus", needle="bogus")
+    add("profile/providers", "profile {exp} --iters 1 --providers bogus", needle="bogus")
+    add("export/workspace", "export {ckpt} --out {w}/o --workspace -1", needle="workspace")
+    add("export/dla-negative", "export {ckpt} --out {w}/o --target tensorrt10-dla --dla-core -1", needle="dla")
+    add("export/batch-and-dynamic", "export {ckpt} --out {w}/o --batch 3 --dynamic-batch 1 2 4", needle="batch")
+    add("ablate/variants", "ablate --variants bogus --out {w}/o", needle="bogus")
+    add("report/exists", "report {run_done}", needle="--force")
+    add("verify/not-onnx", "verify --reference {ckpt} --candidate {textonnx}", needle="text.onnx")
+    add("profile/not-onnx", "profile {textonnx} --iters 1", needle="text.onnx")
+    add("profile/schema-2", "profile {schema2} --iters 1", needle="schema_version")
+    add("profile/manifest-bad-values", "profile {badvalues} --iters 1", needle="manifest")
+    add("validate/manifest-bad-values", "validate {badvalues} --images 2", needle="manifest")
+    add("verify/manifest-bad-values", "verify --reference {ckpt} --candidate {badvalues}", needle="manifest")
+    add("profile/manifest-bad-artefacts", "profile {badartefacts} --iters 1", needle="manifest")
+    add("profile/unreadable-onnx-rehashed", "profile {rehashed} --iters 1", needle="model.onnx")
+    add("validate/coco-bad", "validate {exp} --images 2 --data {badcoco}", needle="annotations")
+    # the command line itself
+    add("cli/unknown-command", "frobnicate")
+    add("cli/unknown-flag", "export {ckpt} --frob")
+    return c
+
+
+CASES = _cases()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _cli(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return cli_main(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+
+
+def build_fixtures(root: Path, checkpoint: Path | None = None) -> dict[str, str]:
+    """Everything the cases point at, under ``root``: a tiny checkpoint (``checkpoint``, or trained
+    now with :data:`TINY`), exports of it, tampered copies and bad files."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    w = root / "work"
+    w.mkdir(parents=True)
+    f: dict[str, str] = {"w": str(w)}
+    if checkpoint is None:
+        checkpoint = root / "src" / "train" / "best.pt"
+        assert (
+            _cli(["train", "--no-progress", *sum((["--set", o] for o in TINY), []), "--out", str(checkpoint.parent)])
+            == 0
+        )
+    shutil.copy(checkpoint, w / "best.pt")
+    f["ckpt"] = str(w / "best.pt")
+    assert _cli(["export", f["ckpt"], "--out", str(w / "exp")]) == 0
+    f["exp"] = str(w / "exp")
+    assert _cli(["export", f["ckpt"], "--out", str(w / "predexp"), "--parts", "predictor"]) == 0
+    f["predexp"] = str(w / "predexp")
+    shutil.copy(w / "exp" / "model.onnx", w / "exp" / "other.onnx")
+    for name in ("badexp", "badmanifest", "nofile"):
+        shutil.copytree(w / "exp", w / name)
+        f[name] = str(w / name)
+    data = bytearray((w / "badexp" / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (w / "badexp" / "model.onnx").write_bytes(bytes(data))
+    (w / "badmanifest" / "manifest.json").write_text("{ not json")
+    (w / "nofile" / "model.onnx").unlink()
+    (w / "lone.engine").write_bytes(b"not an engine")
+    f["lone_engine"] = str(w / "lone.engine")
+    (w / "garbage.pt").write_bytes(b"definitely not a checkpoint")
+    f["garbage"] = str(w / "garbage.pt")
+    (w / "plain").write_text("a plain file\n")
+    f["plain"] = str(w / "plain")
+    (w / "plain.json").write_text('{"reference": "x"}')
+    f["plainjson"] = str(w / "plain.json")
+    (w / "bad.yaml").write_text("epochs: 2\nmodel:\n  image_size: [96, 160\n  embed_dim: 32\n")
+    f["badyaml"] = str(w / "bad.yaml")
+    (w / "list.yaml").write_text("- 1\n- 2\n")
+    f["listyaml"] = str(w / "list.yaml")
+    (w / "empty").mkdir()
+    f["emptydir"] = str(w / "empty")
+    ck = load_checkpoint(f["ckpt"], pruner_mode="none")
+    save_checkpoint(w / "dense.pt", ck.model, ck.cass_config)
+    f["dense"] = str(w / "dense.pt")
+    runs = {
+        "ok": ("verify.json", {"candidates": []}),
+        "history_dict": ("history.json", {"epoch": 1}),
+        "history_items": ("history.json", [{"epoch": "one"}]),
+        "verify_list": ("verify.json", {"candidates": {"a": 1}}),
+        "profile_latency": (
+            "profile.json",
+            {"results": [{"label": "a", "backend": "b", "device": "c", "batch": 1, "latency_ms": {"mean": "x"}}]},
+        ),
+        "validate_list": ("validate-a.json", {"result": [1, 2]}),
+        "diag": ("diagnostics.json", {"breakdowns": [{"normalization": "patch"}]}),
+        "json": ("history.json", "[1, 2"),
+    }
+    for key, (name, content) in runs.items():
+        d = w / f"run-{key}"
+        d.mkdir()
+        (d / name).write_text(content if isinstance(content, str) else json.dumps(content))
+        f[f"run_{key}"] = str(d)
+    (w / "bad.json").write_text('{"epochs": 2,,}')
+    f["badjson"] = str(w / "bad.json")
+    (w / "text.onnx").write_text("this is text\n")
+    f["textonnx"] = str(w / "text.onnx")
+    run_done = w / "run-done"
+    shutil.copytree(w / "run-ok", run_done)
+    (run_done / "report.html").write_text("<html></html>")
+    f["run_done"] = str(run_done)
+    manifest = json.loads((w / "exp" / "manifest.json").read_text())
+    for name, change in (
+        ("schema2", {"schema_version": 2}),
+        ("badvalues", {"image_size": "abc", "batch": {"dynamic": False, "size": "x"}, "k": "many"}),
+        ("badartefacts", {"artefacts": {"onnx": "model.onnx", "engine": 3}}),
+    ):
+        shutil.copytree(w / "exp", w / name)
+        (w / name / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        f[name] = str(w / name)
+    shutil.copytree(w / "exp", w / "rehashed")
+    (w / "rehashed" / "model.onnx").write_bytes(b"not an onnx model at all")
+    rehashed = json.loads(json.dumps(manifest))
+    rehashed["artefacts"]["onnx"]["sha256"] = hashlib.sha256(b"not an onnx model at all").hexdigest()
+    (w / "rehashed" / "manifest.json").write_text(json.dumps(rehashed))
+    f["rehashed"] = str(w / "rehashed")
+    coco = w / "coco"
+    (coco / "images").mkdir(parents=True)
+    (coco / "annotations.json").write_text('{"images": [{"id": 1, "file_name": "a.png"}], "annotations": 7}')
+    f["badcoco"] = str(coco)
+    ro = root / "read-only"
+    if os.geteuid() == 0:
+        ro = Path("/sys")  # root ignores file modes; /sys refuses new files
+    else:
+        ro.mkdir()
+        ro.chmod(0o555)
+    f["ro"] = str(ro)
+    return f
+
+
+# --------------------------------------------------------------------------- running
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_case(case: Case, fixtures: dict[str, str], subprocess_mode: bool = False) -> tuple[list[str], str]:
+    """(problems, stderr) of one case; no problems when it behaves."""
+    argv = case.argv.format(**fixtures).split()
+    work = Path(fixtures["w"])
+    before = snapshot(work)
+    if subprocess_mode:
+        done = subprocess.run(
+            [sys.executable, "-m", "cass_deploy", *argv], capture_output=True, text=True, cwd=REPO, timeout=600
+        )
+        rc, err = done.returncode, done.stderr
+    else:
+        sink_err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(sink_err):
+            try:
+                rc = cli_main(argv)
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+            except BaseException as exc:  # what would be a traceback
+                rc, sink_err = -1, io.StringIO(f"Traceback (escaped main): {type(exc).__name__}: {exc}\n")
+        err = sink_err.getvalue()
+    problems = []
+    if rc not in case.codes:
+        problems.append(f"exit {rc}, expected {' or '.join(map(str, case.codes))}")
+    if "Traceback" in err or "internal error" in err:
+        problems.append("traceback or internal error")
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    if len(lines) != 1:
+        problems.append(f"{len(lines)} error lines")
+    elif case.needle and case.needle not in lines[0]:
+        problems.append(f"error line does not name {case.needle!r}")
+    after = snapshot(work)
+    if after != before:
+        changed = sorted(set(after) ^ set(before) | {k for k in after if k in before and after[k] != before[k]})
+        problems.append(f"files changed: {changed[:4]}")
+    return problems, err
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    ap.add_argument("--subprocess", action="store_true", help="each case in a fresh interpreter")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print each case's error line")
+    args = ap.parse_args(argv)
+    cases = [c for c in CASES if args.k in c.name]
+    os.chdir(REPO)  # the commands' default configs are relative to the repository
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        fixtures = build_fixtures(Path(tmp))
+        print(f"fixtures built in {time.perf_counter() - t0:.0f} s; {len(cases)} cases")
+        bad = 0
+        for case in cases:
+            problems, err = run_case(case, fixtures, args.subprocess)
+            line = next((ln for ln in err.splitlines() if "error:" in ln), "")
+            if problems:
+                bad += 1
+                print(f"FAIL {case.name}: {'; '.join(problems)}\n     {case.argv}\n     {err.strip()[-400:]}")
+            elif args.verbose:
+                print(f"ok   {case.name}: {line[:160]}")
+        if Path(fixtures["ro"]).name == "read-only":
+            Path(fixtures["ro"]).chmod(0o755)
+    print(f"{len(cases) - bad} of {len(cases)} cases behave ({time.perf_counter() - t0:.0f} s in all)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
