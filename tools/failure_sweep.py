@@ -242,6 +242,17 @@ def _cases() -> list[Case]:
     add("profile/manifest-bad-artefacts", "profile {badartefacts} --iters 1", needle="manifest")
     add("profile/unreadable-onnx-rehashed", "profile {rehashed} --iters 1", needle="model.onnx")
     add("validate/coco-bad", "validate {exp} --images 2 --data {badcoco}", needle="annotations")
+    # accept
+    acc = "accept {exp} --data synthetic --reference {refjson} --iters 1 --warmup 0"
+    add("accept/export-missing", acc.replace("{exp}", "{w}/nothere") + " --out {w}/o", needle="nothere")
+    add("accept/reference-missing", acc.replace("{refjson}", "{w}/none.json") + " --out {w}/o", needle="none.json")
+    add("accept/reference-bad-json", acc.replace("{refjson}", "{badjson}") + " --out {w}/o", needle="bad.json")
+    add("accept/reference-not-validate", acc.replace("{refjson}", "{plainjson}") + " --out {w}/o", needle="plain.json")
+    add("accept/tampered-onnx", acc.replace("{exp}", "{badexp}") + " --out {w}/o", needle="model.onnx")
+    add("accept/out-under-file", acc + " --out {plain}/o", needle="plain")
+    add("accept/out-exists", acc + " --out {exp}", needle="--force")
+    add("accept/iters-0", acc.replace("--iters 1", "--iters 0") + " --out {w}/o", needle="--iters")
+    add("accept/drop-2", acc + " --max-recall-drop 2 --out {w}/o", needle="--max-recall-drop")
     # the command line itself
     add("cli/unknown-command", "frobnicate")
     add("cli/unknown-flag", "export {ckpt} --frob")
@@ -298,6 +309,10 @@ def build_fixtures(root: Path, checkpoint: Path | None = None) -> dict[str, str]
     f["plain"] = str(w / "plain")
     (w / "plain.json").write_text('{"reference": "x"}')
     f["plainjson"] = str(w / "plain.json")
+    assert _cli(["validate", f["exp"], "--images", "2", "--json", str(w / "ref.json")]) in (0, 1)
+    f["refjson"] = str(w / "ref.json")
+    argv = ["verify", "--reference", f["ckpt"], "--candidate", f["exp"], "--images", "2"]
+    assert _cli([*argv, "--save-polygraphy", str(w / "reference-outputs")]) in (0, 1)
     (w / "bad.yaml").write_text("epochs: 2\nmodel:\n  image_size: [96, 160\n  embed_dim: 32\n")
     f["badyaml"] = str(w / "bad.yaml")
     (w / "list.yaml").write_text("- 1\n- 2\n")

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_fields, add_force, add_out, add_providers, add_seed
+from cass_deploy.commands.common import (
+    add_fields,
+    add_force,
+    add_out,
+    add_providers,
+    add_seed,
+    add_verify_hash,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    unit_interval,
+)
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import GateFailed
 from cass_deploy.evaluation.gates import Gates
@@ -32,20 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: TensorRT when installed, else ONNX Runtime"
     )
-    p.add_argument("--images", type=int, default=None, help="images to validate (default: as many as REF.json)")
-    p.add_argument("--min-near-recall", type=float, default=None)
+    p.add_argument("--images", type=positive_int, default=None, help="images to validate (default: as many as REF.json)")
+    p.add_argument("--min-near-recall", type=unit_interval, default=None)
     p.add_argument(
         "--max-recall-drop",
-        type=float,
+        type=unit_interval,
         default=0.02,
         help="max recall drop per field vs the workstation's result in REF.json (default 0.02)",
     )
-    p.add_argument("--min-near-retention", type=float, default=None)
-    p.add_argument("--min-map50", type=float, default=None)
-    p.add_argument("--max-p50-ms", type=float, default=None, help="latency gate on the p50 (ms)")
+    p.add_argument("--min-near-retention", type=unit_interval, default=None)
+    p.add_argument("--min-map50", type=unit_interval, default=None)
+    p.add_argument("--max-p50-ms", type=non_negative_float, default=None, help="latency gate on the p50 (ms)")
     p.add_argument("--allow-unlocked-clocks", action="store_true", help="on a Jetson, accept without jetson_clocks")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--warmup", type=non_negative_int, default=20)
+    p.add_argument("--iters", type=positive_int, default=200)
     p.add_argument("--timing-cache", type=Path, default=None, help="default: EXPORT_DIR.timing.cache beside it")
     p.add_argument(
         "--engine-dir",
@@ -53,15 +64,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where the engine is built when absent (default: EXPORT_DIR-engine)",
     )
-    p.add_argument("--workspace", type=int, default=None, metavar="MIB", help="TensorRT workspace when building")
+    p.add_argument("--workspace", type=positive_int, default=None, metavar="MIB", help="TensorRT workspace when building")
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
-    p.add_argument("--iou", type=float, default=0.5)
-    p.add_argument("--score-thr", type=float, default=0.3)
+    p.add_argument("--iou", type=unit_interval, default=0.5)
+    p.add_argument("--score-thr", type=unit_interval, default=0.3)
     add_providers(p, "ONNX Runtime providers for the ONNX candidate (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input (boxes scaled)")
     add_seed(p)
     add_out(p, default=None, help="report directory (default: EXPORT_DIR-accept)")
     add_force(p, "overwrite --out")
+    add_verify_hash(p)
 
 
 def run(args: argparse.Namespace) -> int:
