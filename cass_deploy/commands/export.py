@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     values = settings_from_args(args)
     src = values["checkpoint"]
-    if src.is_dir():
+    if src is not None and src.is_dir():
         if not values["engine"]:
             raise InputError(f"{src} is an export directory: add --engine to build its TensorRT engine here")
         engine_from_export(src, values["out"], **with_defaults({k: values[k] for k in _ENGINE_SETTINGS}))
