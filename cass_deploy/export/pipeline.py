@@ -177,7 +177,9 @@ def _set_outputs(model, req: ExportRequest) -> None:
         model.set_outputs(**asked)
         return
     if req.raw_head:
-        raise InputError(f"{type(model).__name__} has no set_outputs(): --raw-head needs a model that can change its outputs")
+        raise InputError(
+            f"{type(model).__name__} has no set_outputs(): --raw-head needs a model that can change its outputs"
+        )
 
 
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:

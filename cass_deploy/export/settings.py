@@ -117,7 +117,9 @@ SETTINGS: tuple[Setting, ...] = (
         help="your own model instead of a checkpoint: package.module:factory or path/to/file.py:factory "
         "returning a PrunableModel (SPEC 6a); needs --weights",
     ),
-    Setting("weights", Path | None, None, "--weights", metavar="FILE", help="--model's state dict (.pt or .safetensors)"),
+    Setting(
+        "weights", Path | None, None, "--weights", metavar="FILE", help="--model's state dict (.pt or .safetensors)"
+    ),
     Setting(
         "model_args",
         str | None,

@@ -28,10 +28,14 @@ from typing import Any
 import torch
 import yaml
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
 from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, PREDICTOR_OUTPUTS, missing_members
+
+safetensors = lazy_import("safetensors")
+safetensors_torch = lazy_import("safetensors.torch")
 
 #: how many keys of each kind a weight-mismatch message lists
 SHOW_KEYS = 5
@@ -236,12 +240,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"--weights {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError, ValueError) as exc:
+            return dict(safetensors_torch.load_file(str(path), device="cpu"))
+        except (safetensors.SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"--weights {path} is not a readable .safetensors file: {exc}") from None
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

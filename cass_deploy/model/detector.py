@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from cass_deploy.config import from_dict
+from cass_deploy.data.classes import ALL_CLASSES
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.blocks import Block, PatchEmbed, sincos_pos_embed
-from cass_deploy.data.classes import ALL_CLASSES
 from cass_deploy.model.head import (
     DEFAULT_DET_SCORE_THRESH,
     DEFAULT_MAX_DETS,
