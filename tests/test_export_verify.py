@@ -52,8 +52,20 @@ def exports(tiny_checkpoint, tmp_path_factory):
 def test_manifest_and_metadata(exports, tiny_checkpoint):
     man = json.loads((exports["full_fp32"] / "manifest.json").read_text())
     assert man["k"] == 30 and man["grid"] == [6, 10] and man["pruner_mode"] == "global"
-    assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask", "heatmap", "box"]
-    assert man["outputs"][1]["dtype"] == "int64" and man["outputs"][2]["dtype"] == "bool"
+    assert [o["name"] for o in man["outputs"]] == [
+        "num_dets",
+        "det_boxes",
+        "det_scores",
+        "det_classes",
+        "scores",
+        "keep_idx",
+        "keep_mask",
+    ]
+    assert man["outputs"][1] == {"name": "det_boxes", "shape": [1, 100, 4], "dtype": "float32"}
+    assert man["extra"]["max_dets"] == 100 and man["extra"]["class_names"] == ["car", "truck", "bus"]
+    dtypes = {o["name"]: o["dtype"] for o in man["outputs"]}
+    assert dtypes["keep_idx"] == "int64" and dtypes["keep_mask"] == "bool"
+    assert dtypes["num_dets"] == dtypes["det_classes"] == "int32" and dtypes["det_scores"] == "float32"
     assert man["trtexec"].startswith("trtexec --onnx=model.onnx")
 
     assert (
@@ -104,7 +116,8 @@ def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
     h = onnx.load(exports["full_fp16"] / "model.onnx")
     topk = [n for n in h.graph.node if n.op_type == "TopK"]
     assert topk  # the pruner is in the graph, fed by fp32 scores
-    assert h.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    (scores_out,) = [o for o in h.graph.output if o.name == "scores"]
+    assert scores_out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
 def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):

@@ -34,15 +34,16 @@ from cass_deploy.runtime.torch_runner import TorchRunner
 
 # fp32: identical keep sets outside ties and score error <= 1e-4; fp16 / int8: mean keep-set IoU.
 # Detections (SPEC 6b outputs) are compared by matching, not raw maps: the share of the reference's
-# detections scoring >= det_score_floor that the candidate has (same class, IoU >= det_iou), the
-# same the other way round, the mean IoU of matched pairs and their largest score error.
+# best detections (its first det_top_share of the N rows) that the candidate has anywhere in its
+# rows (same class, IoU >= det_iou), the same the other way round, the mean IoU of matched pairs
+# and their largest score error.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {
         "tie_tol": 1e-4,
         "min_keep_iou": 1.0,
         "min_image_keep_iou": 1.0,
         "max_score_abs": 1e-4,
-        "det_score_floor": 0.1,
+        "det_top_share": 0.5,
         "det_iou": 0.5,
         "min_det_match": 0.99,
         "min_det_matched_iou": 0.99,
@@ -53,7 +54,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
         "min_keep_iou": 0.99,
         "min_image_keep_iou": 0.0,
         "max_score_abs": math.inf,
-        "det_score_floor": 0.1,
+        "det_top_share": 0.5,
         "det_iou": 0.5,
         "min_det_match": 0.95,
         "min_det_matched_iou": 0.9,
@@ -64,7 +65,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
         "min_keep_iou": 0.97,
         "min_image_keep_iou": 0.0,
         "max_score_abs": math.inf,
-        "det_score_floor": 0.1,
+        "det_top_share": 0.5,
         "det_iou": 0.5,
         "min_det_match": 0.8,
         "min_det_matched_iou": 0.75,
@@ -237,16 +238,17 @@ def compare_outputs(
     return rep
 
 
-def _det_lists(out: Mapping[str, np.ndarray], b: int, floor: float) -> tuple[np.ndarray, ...]:
+def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float) -> tuple[np.ndarray, ...]:
     n = int(np.asarray(out["num_dets"]).reshape(-1)[b])
+    rows = int(np.asarray(out["det_scores"]).shape[1])
     boxes = np.asarray(out["det_boxes"][b, :n], np.float64)
     scores = np.asarray(out["det_scores"][b, :n], np.float64)
     labels = np.asarray(out["det_classes"][b, :n], np.int64)
-    return boxes, scores, labels, scores >= floor
+    return boxes, scores, labels, np.arange(n) < math.ceil(top_share * rows)
 
 
 def _one_way(a: tuple, b: tuple, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """a's detections above the floor matched (greedy, same class, IoU >= iou_thr) among all of b's
+    """a's best detections (``above``) matched (greedy, same class, IoU >= iou_thr) among all of b's
     -> (matched [n_a_above] bool, IoU of each match, |score a - score b| of each match)."""
     boxes_a, scores_a, labels_a, above = a
     boxes_b, scores_b, labels_b, _ = b
@@ -266,14 +268,14 @@ def compare_detections(
 ) -> dict[str, float]:
     """Detections of two models in SPEC 6b's layout, compared by matching (not raw maps).
 
-    Per image, each reference detection scoring >= ``det_score_floor`` is matched to the
-    candidate's (all rows up to ``num_dets``; same class, IoU >= ``det_iou``, greedy by score) and
-    vice versa, so a detection that only crosses the floor or the last row in one of them (a tie)
-    costs nothing. Returns ``match`` (share of the reference's found), ``precision`` (share of the
+    Per image, each of the reference's best detections (its first ``det_top_share`` of the N rows,
+    up to ``num_dets``) is matched to the candidate's (all its valid rows; same class, IoU >=
+    ``det_iou``, greedy by score) and vice versa, so a detection that only crosses the score
+    threshold or the last row in one of them (a tie) costs nothing. Returns ``match`` (share of the reference's found), ``precision`` (share of the
     candidate's found in the reference), ``matched_iou_mean`` / ``matched_iou_min`` and
     ``score_max_abs`` over matched pairs, and the counts.
     """
-    floor, iou_thr = thresholds["det_score_floor"], thresholds["det_iou"]
+    floor, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
     hits_r, hits_c, ious, errs = [], [], [], []
     for b in range(int(np.asarray(ref["num_dets"]).shape[0])):
         r, c = _det_lists(ref, b, floor), _det_lists(cand, b, floor)
@@ -394,7 +396,7 @@ def run_verify(
         src = m.source_checkpoint_sha256
         if src and src != ckpt.sha256:
             notes.append(
-                f"{c.path}: exported from different weights (sha256 {src[:12]}…) than the "
+                f"{c.path}: exported from a different checkpoint / weights (sha256 {src[:12]}…) than the "
                 f"reference {source.describe()} ({ckpt.sha256[:12]}…)"
             )
         if key not in cache:
