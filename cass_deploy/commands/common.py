@@ -71,6 +71,7 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
     checkpoint (SPEC 6a)."""
     p.add_argument(
         "--model",
+        dest="model_spec",  # validate's and profile's positional is called model
         metavar="SPEC",
         default=None,
         help="your own model: package.module:factory or path/to/file.py:factory returning a PrunableModel",
@@ -83,13 +84,14 @@ def add_model_source(p: argparse.ArgumentParser) -> None:
 
 def model_source(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
     """The ``ModelSource`` of ``--model`` (None without it); ``checkpoint`` given too is an error."""
-    if args.model is None:
+    spec = args.model_spec
+    if spec is None:
         if args.weights is not None or args.model_args is not None:
             raise InputError("--weights and --model-args go with --model SPEC")
         return None
     if checkpoint is not None:
-        raise InputError(f"give a checkpoint / model path ({checkpoint}) or --model {args.model}, not both")
-    return adapter.source_from(None, args.model, args.weights, args.model_args)
+        raise InputError(f"give a checkpoint / model path ({checkpoint}) or --model {spec}, not both")
+    return adapter.source_from(None, spec, args.weights, args.model_args)
 
 
 def add_grid(p: argparse.ArgumentParser) -> None:
