@@ -34,10 +34,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
+from cass_deploy.cass.losses import CassLoss
+from cass_deploy.config import CassConfig
+from cass_deploy.data.collate import collate
+from cass_deploy.data.synthetic import SyntheticRoadside
 from cass_deploy.model.head import pack_detections
 from cass_deploy.model.interface import DET_OUTPUTS, PREDICTOR_OUTPUTS
 from cass_deploy.model.predictor import ImportancePredictor
@@ -213,11 +218,6 @@ def build(**model_args) -> ViTPruningDetector:
 def train_predictor(model: ViTPruningDetector, steps: int = 10, batch: int = 4, seed: int = 0) -> list[float]:
     """A few CASS steps on synthetic roadside scenes: only the importance predictor learns (the
     rest stays at its random initialisation). Returns the loss per step."""
-    from cass_deploy.cass.losses import CassLoss
-    from cass_deploy.config import CassConfig
-    from cass_deploy.data.collate import collate
-    from cass_deploy.data.synthetic import SyntheticRoadside
-
     torch.manual_seed(seed)
     ds = SyntheticRoadside(steps * batch, split="train", seed=seed, image_size=model.image_size)
     loss_fn = CassLoss(CassConfig.preset("corrected"))
@@ -247,8 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if args.out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file(state, str(args.out))
     else:
         torch.save(state, args.out)

@@ -36,26 +36,33 @@ from cass_deploy.model.interface import PARTS
 # `cass-deploy export --help` at 200 columns: the hand-written parser's, plus issue 10's --model, --weights,
 # --model-args, --max-dets, --raw-head and --det-score-thresh (and an optional checkpoint).
 OLD_HELP = """\
-usage: cass-deploy export [-h] [--model SPEC] [--weights FILE] [--model-args FILE|JSON] --out OUT [--profile PROFILE] [--parts {predictor,full}] [--precision {fp32,fp16,int8}] [--batch BATCH]
-                          [--dynamic-batch MIN OPT MAX] [--opset OPSET] [--no-simplify] [--image-size H W] [--pruner {global,band,threshold}] [--keep-ratio KEEP_RATIO] [--max-dets MAX_DETS]
-                          [--raw-head] [--det-score-thresh DET_SCORE_THRESH] [--no-keep-predictor-fp32] [--calib-data CALIB_DATA] [--calib-images CALIB_IMAGES]
-                          [--calib-method {minmax,entropy,percentile}] [--target TARGET] [--engine] [--workspace WORKSPACE_MIB] [--timing-cache TIMING_CACHE] [--dla-core DLA_CORE]
+usage: cass-deploy export [-h] [--model SPEC] [--weights FILE] [--model-args FILE|JSON] --out OUT [--profile \
+PROFILE] [--parts {predictor,full}] [--precision {fp32,fp16,int8}] [--batch BATCH]
+                          [--dynamic-batch MIN OPT MAX] [--opset OPSET] [--no-simplify] [--image-size H W] \
+[--pruner {global,band,threshold}] [--keep-ratio KEEP_RATIO] [--max-dets MAX_DETS]
+                          [--raw-head] [--det-score-thresh DET_SCORE_THRESH] [--no-keep-predictor-fp32] \
+[--calib-data CALIB_DATA] [--calib-images CALIB_IMAGES]
+                          [--calib-method {minmax,entropy,percentile}] [--target TARGET] [--engine] [--workspace \
+WORKSPACE_MIB] [--timing-cache TIMING_CACHE] [--dla-core DLA_CORE]
                           [--no-gpu-fallback] [--strongly-typed] [--force]
                           [checkpoint]
 
 export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest
 
 positional arguments:
-  checkpoint            trained checkpoint (.pt), or an export directory to build its engine on this device (with --engine; no torch or checkpoint needed); omit it with --model
+  checkpoint            trained checkpoint (.pt), or an export directory to build its engine on this device (with \
+--engine; no torch or checkpoint needed); omit it with --model
 
 options:
   -h, --help            show this help message and exit
-  --model SPEC          your own model instead of a checkpoint: package.module:factory or path/to/file.py:factory returning a PrunableModel (SPEC 6a); needs --weights
+  --model SPEC          your own model instead of a checkpoint: package.module:factory or path/to/file.py:factory \
+returning a PrunableModel (SPEC 6a); needs --weights
   --weights FILE        --model's state dict (.pt or .safetensors)
   --model-args FILE|JSON
                         keyword arguments of the --model factory: a JSON object or a JSON / YAML file
   --out OUT             output directory (model.onnx, model.engine, manifest.json)
-  --profile PROFILE     deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, x86-gpu, cpu); explicit flags override it
+  --profile PROFILE     deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, \
+x86-gpu, cpu); explicit flags override it
   --parts {predictor,full}
                         predictor: importance predictor + pruner only; full: the whole pruned detector (default)
   --precision {fp32,fp16,int8}
