@@ -238,13 +238,24 @@ def compare_outputs(
     return rep
 
 
-def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float) -> tuple[np.ndarray, ...]:
+def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float, floor: float) -> tuple[np.ndarray, ...]:
     n = int(np.asarray(out["num_dets"]).reshape(-1)[b])
     rows = int(np.asarray(out["det_scores"]).shape[1])
     boxes = np.asarray(out["det_boxes"][b, :n], np.float64)
     scores = np.asarray(out["det_scores"][b, :n], np.float64)
     labels = np.asarray(out["det_classes"][b, :n], np.int64)
-    return boxes, scores, labels, np.arange(n) < math.ceil(top_share * rows)
+    return boxes, scores, labels, (np.arange(n) < math.ceil(top_share * rows)) & (scores >= floor)
+
+
+def score_floor(out: Mapping[str, np.ndarray]) -> float:
+    """The lowest score a model's outputs show it keeps: the smallest valid score over the images
+    whose rows are not all used (there the export's score threshold, not N, cut the list); 0 when
+    every image fills its N rows. A lower bound of an unknown export's threshold."""
+    num = np.asarray(out["num_dets"]).reshape(-1)
+    scores = np.asarray(out["det_scores"], np.float64)
+    rows = np.arange(scores.shape[1])[None, :]
+    valid = (rows < num[:, None]) & (num[:, None] < scores.shape[1])
+    return float(scores[valid].min()) if valid.any() else 0.0
 
 
 def _one_way(a: tuple, b: tuple, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,14 +282,17 @@ def compare_detections(
     Per image, each of the reference's best detections (its first ``det_top_share`` of the N rows,
     up to ``num_dets``) is matched to the candidate's (all its valid rows; same class, IoU >=
     ``det_iou``, greedy by score) and vice versa, so a detection that only crosses the score
-    threshold or the last row in one of them (a tie) costs nothing. Returns ``match`` (share of the reference's found), ``precision`` (share of the
+    threshold or the last row in one of them (a tie) costs nothing. Rows scoring below either
+    model's :func:`score_floor` are left out: two exports with different score thresholds (an
+    ONNX from elsewhere records none) are compared where both report detections. Returns ``match`` (share of the reference's found), ``precision`` (share of the
     candidate's found in the reference), ``matched_iou_mean`` / ``matched_iou_min`` and
     ``score_max_abs`` over matched pairs, and the counts.
     """
-    floor, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
+    share, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
+    floor = max(score_floor(ref), score_floor(cand))
     hits_r, hits_c, ious, errs = [], [], [], []
     for b in range(int(np.asarray(ref["num_dets"]).shape[0])):
-        r, c = _det_lists(ref, b, floor), _det_lists(cand, b, floor)
+        r, c = _det_lists(ref, b, share, floor), _det_lists(cand, b, share, floor)
         hit, pair_iou, err = _one_way(r, c, iou_thr)
         hits_r.append(hit)
         ious.append(pair_iou)
@@ -286,6 +300,7 @@ def compare_detections(
         hits_c.append(_one_way(c, r, iou_thr)[0])
     hr, hc, iu, er = (np.concatenate(v) if v else np.zeros(0) for v in (hits_r, hits_c, ious, errs))
     return {
+        "score_floor": floor,
         "n_reference": int(hr.size),
         "n_candidate": int(hc.size),
         "match": float(hr.mean()) if hr.size else 1.0,
