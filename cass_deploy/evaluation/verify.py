@@ -284,9 +284,10 @@ def compare_detections(
     ``det_iou``, greedy by score) and vice versa, so a detection that only crosses the score
     threshold or the last row in one of them (a tie) costs nothing. Rows scoring below either
     model's :func:`score_floor` are left out: two exports with different score thresholds (an
-    ONNX from elsewhere records none) are compared where both report detections. Returns ``match`` (share of the reference's found), ``precision`` (share of the
-    candidate's found in the reference), ``matched_iou_mean`` / ``matched_iou_min`` and
-    ``score_max_abs`` over matched pairs, and the counts.
+    ONNX from elsewhere records none) are compared where both report detections. Returns
+    ``match`` (share of the reference's found), ``precision`` (share of the candidate's found in
+    the reference), ``matched_iou_mean`` / ``matched_iou_min`` and ``score_max_abs`` over matched
+    pairs, the ``score_floor`` used and the counts.
     """
     share, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
     floor = max(score_floor(ref), score_floor(cand))
