@@ -36,13 +36,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="minimum share of the reference's detections the candidate has, and the other way round",
     )
     p.add_argument("--json", dest="json_out", help="write the report as JSON to this file")
-    add_force(p, "overwrite the --json file")
+    p.add_argument(
+        "--save-polygraphy",
+        metavar="DIR",
+        default=None,
+        help="save the reference inputs and torch outputs in Polygraphy's JSON format (inputs.json, outputs.json, "
+        "keep.json, index.json with the `polygraphy run` commands) for checking the engine on the device",
+    )
+    add_force(p, "overwrite the --json file and the --save-polygraphy directory")
 
 
 def run(args: argparse.Namespace) -> int:
 
     if args.json_out:
         check_writable(args.json_out, args.force)
+    if args.save_polygraphy:
+        check_writable(args.save_polygraphy, args.force)
     source = model_source(args, args.reference)
     if source is None and args.reference is None:
         raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
@@ -58,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         min_keep_iou=args.min_keep_iou,
         max_score_abs=args.max_score_err,
         min_det_match=args.min_det_match,
+        save_polygraphy=args.save_polygraphy,
+        force=args.force,
     )
     console = Console(width=max(140, Console().width))
     console.print(report_table(report))

@@ -26,8 +26,10 @@ from rich.table import Table
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.metrics import box_iou, greedy_match
+from cass_deploy.evaluation.reference_outputs import save_reference_outputs
+from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.adapter import ModelSource, load_model
-from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS
+from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME
 from cass_deploy.model.pruner import band_boundaries
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
 from cass_deploy.runtime.torch_runner import TorchRunner
@@ -356,6 +358,8 @@ def run_verify(
     seed: int = 0,
     source: ModelSource | None = None,
     grid: Sequence[int] | None = None,
+    save_polygraphy: str | Path | None = None,
+    force: bool = False,
     **threshold_overrides: float | None,
 ) -> tuple[VerifyReport, list[str]]:
     """Reference model vs each candidate on ``images`` images -> (report, notes).
@@ -363,7 +367,12 @@ def run_verify(
     The reference is a checkpoint (``reference``) or a ``--model`` adapter (``source``); the
     candidates are export directories, ``.onnx`` files (another toolchain's too: ``grid`` gives
     the patch grid when its metadata has none) or engines. Keep masks are compared tie-aware,
-    the SPEC 6b detections by matching (:func:`compare_detections`)."""
+    the SPEC 6b detections by matching (:func:`compare_detections`).
+
+    ``save_polygraphy``: a directory for the reference inputs and torch outputs of the first
+    candidate in Polygraphy's JSON format (:mod:`cass_deploy.evaluation.reference_outputs`), for
+    ``polygraphy run model.engine --trt --load-inputs ... --load-outputs ...`` and ``accept``.
+    """
 
     if images < 1:
         raise InputError(f"--images must be >= 1, got {images}")
@@ -429,6 +438,28 @@ def run_verify(
         groups, logit = ckpt.model.tie_groups() if hasattr(ckpt.model, "tie_groups") else (None, None)
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
+        if save_polygraphy is not None and not compared:  # the first candidate's reference
+            index = save_reference_outputs(
+                save_polygraphy,
+                [{INPUT_NAME: ref["images"][i : i + step]} for i in range(0, n, step)],
+                [{k: v[i : i + step] for k, v in ref.items() if k != "images"} for i in range(0, n, step)],
+                precision=m.precision,
+                source={
+                    "checkpoint": str(reference) if reference is not None else source.describe(),
+                    "checkpoint_sha256": ckpt.sha256,
+                    "candidate": str(c.path),
+                    "onnx_sha256": sha256_file(c.path) if c.kind == "onnx" else None,
+                    "image_size": list(size),
+                    "data": str(data),
+                    "seed": seed,
+                },
+                groups=groups,
+                threshold_logit=logit,
+                force=force,
+            )
+            notes.append(
+                f"saved the reference of {c.path} for Polygraphy in {save_polygraphy}: {index['commands']['engine']}"
+            )
         compared = max(compared, n)
     return VerifyReport(reference=source.describe(), images=compared, candidates=reports), notes
 
