@@ -157,7 +157,10 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
         "report": str(html_path),
         "seconds": {**timings, "total": total},
         "train": {"best_map50": res.metrics.get("best_map50"), "seconds": res.seconds},
-        "verify": {c.name: {"keep_iou_mean": c.keep_iou_mean, "passed": bool(c)} for c in report.candidates},
+        "verify": {
+            c.name: {"keep_iou_mean": c.keep_iou_mean, "detections": c.detections, "passed": bool(c)}
+            for c in report.candidates
+        },
         "latency_ms_p50": {r.label: r.latency.p50 for r in sweep + deployed},
         "recall": {
             p: {f: r.by_field[f].recall for f in ("far", "mid", "near", "all")}

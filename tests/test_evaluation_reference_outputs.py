@@ -68,7 +68,11 @@ def test_outputs_are_split_into_elementwise_and_tie_dependent():
 
 def test_polygraphy_reads_our_files_and_passes_the_export(saved):
     index = json.loads((saved / "ref" / INDEX_FILE).read_text())
-    assert index["compared_outputs"] == ["scores", "heatmap", "box"] and index["index_outputs"] == [
+    # the export ends in SPEC 6b's outputs: det_scores is compared (sorted, tie-free), the rest are indices
+    assert index["compared_outputs"] == ["det_scores", "scores"] and index["index_outputs"] == [
+        "num_dets",
+        "det_boxes",
+        "det_classes",
         "keep_idx",
         "keep_mask",
     ]
@@ -78,7 +82,7 @@ def test_polygraphy_reads_our_files_and_passes_the_export(saved):
     out = _polygraphy(saved, command)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
-    assert "Passed: 4/4 iterations" in log and "All outputs matched | Outputs: ['scores', 'heatmap', 'box']" in log
+    assert "Passed: 4/4 iterations" in log and "All outputs matched | Outputs: ['det_scores', 'scores']" in log
     assert "keep_idx" not in log.split("Accuracy Comparison")[1]  # index outputs are not compared
 
 
@@ -101,7 +105,7 @@ def test_saved_outputs_load_back_hash_checked(saved, tmp_path):
     feeds, outputs, index = load_reference_outputs(saved / "ref")
     assert len(feeds) == len(outputs) == index["batches"] == 4
     assert feeds[0]["images"].shape == (1, 3, 96, 160) and feeds[0]["images"].dtype == np.float32
-    assert set(outputs[0]) == {"scores", "heatmap", "box", "keep_idx", "keep_mask"}
+    assert set(outputs[0]) == {"num_dets", "det_boxes", "det_scores", "det_classes", "scores", "keep_idx", "keep_mask"}
     assert outputs[0]["keep_mask"].dtype == np.bool_ and outputs[0]["keep_mask"].sum() == outputs[0]["keep_idx"].size
     bad = tmp_path / "ref"
     shutil.copytree(saved / "ref", bad)

@@ -33,28 +33,36 @@ from cass_deploy.export.settings import (
 from cass_deploy.export.tensorrt_build import BuildOptions
 from cass_deploy.model.interface import PARTS
 
-# `cass-deploy export --help` at 200 columns, captured from the hand-written parser before the table.
+# `cass-deploy export --help` at 200 columns: the hand-written parser's, plus issue 10's --model, --weights,
+# --model-args, --max-dets, --raw-head and --det-score-thresh (and an optional checkpoint).
 OLD_HELP = """\
-usage: cass-deploy export [-h] --out OUT [--profile PROFILE] [--parts {predictor,full}] [--precision {fp32,fp16,int8}] \
-[--batch BATCH] [--dynamic-batch MIN OPT MAX] [--opset OPSET] [--no-simplify]
-                          [--image-size H W] [--pruner {global,band,threshold}] [--keep-ratio KEEP_RATIO] \
-[--no-keep-predictor-fp32] [--calib-data CALIB_DATA] [--calib-images CALIB_IMAGES]
-                          [--calib-method {minmax,entropy,percentile}] [--target TARGET] [--engine] \
-[--workspace WORKSPACE_MIB] [--timing-cache TIMING_CACHE] [--dla-core DLA_CORE]
+usage: cass-deploy export [-h] [--model SPEC] [--weights FILE] [--model-args FILE|JSON] --out OUT [--profile \
+PROFILE] [--parts {predictor,full}] [--precision {fp32,fp16,int8}] [--batch BATCH]
+                          [--dynamic-batch MIN OPT MAX] [--opset OPSET] [--no-simplify] [--image-size H W] \
+[--pruner {global,band,threshold}] [--keep-ratio KEEP_RATIO] [--max-dets MAX_DETS]
+                          [--raw-head] [--det-score-thresh DET_SCORE_THRESH] [--no-keep-predictor-fp32] \
+[--calib-data CALIB_DATA] [--calib-images CALIB_IMAGES]
+                          [--calib-method {minmax,entropy,percentile}] [--target TARGET] [--engine] [--workspace \
+WORKSPACE_MIB] [--timing-cache TIMING_CACHE] [--dla-core DLA_CORE]
                           [--no-gpu-fallback] [--strongly-typed] [--force]
-                          checkpoint
+                          [checkpoint]
 
 export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest
 
 positional arguments:
-  checkpoint            trained checkpoint (.pt), or an export directory to build its engine on this device \
-(with --engine; no torch or checkpoint needed)
+  checkpoint            trained checkpoint (.pt), or an export directory to build its engine on this device (with \
+--engine; no torch or checkpoint needed); omit it with --model
 
 options:
   -h, --help            show this help message and exit
+  --model SPEC          your own model instead of a checkpoint: package.module:factory or path/to/file.py:factory \
+returning a PrunableModel (SPEC 6a); needs --weights
+  --weights FILE        --model's state dict (.pt or .safetensors)
+  --model-args FILE|JSON
+                        keyword arguments of the --model factory: a JSON object or a JSON / YAML file
   --out OUT             output directory (model.onnx, model.engine, manifest.json)
-  --profile PROFILE     deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, x86-gpu, \
-cpu); explicit flags override it
+  --profile PROFILE     deployment profile name or YAML (jetson-orin-nano, jetson-orin-nx, jetson-agx-orin, \
+x86-gpu, cpu); explicit flags override it
   --parts {predictor,full}
                         predictor: importance predictor + pruner only; full: the whole pruned detector (default)
   --precision {fp32,fp16,int8}
@@ -66,6 +74,10 @@ cpu); explicit flags override it
   --image-size H W      export at another input size (position embedding resampled)
   --pruner {global,band,threshold}
   --keep-ratio KEEP_RATIO
+  --max-dets MAX_DETS   rows N of the deployed outputs num_dets / det_boxes / det_scores / det_classes (default 100)
+  --raw-head            end the full export in the raw heatmap / box maps instead of the decoded detections
+  --det-score-thresh DET_SCORE_THRESH
+                        detections scoring below this are padding rows (zero) in the deployed outputs (default 0.01)
   --no-keep-predictor-fp32
                         also convert the predictor and pruner to fp16/int8 (default: they stay fp32)
   --calib-data CALIB_DATA
@@ -87,6 +99,8 @@ cpu); explicit flags override it
 # The request the old parser built with no flags (the old ExportRequest defaults), recorded before the
 # settings table existed.
 OLD_DEFAULTS = json.loads((Path(__file__).parent / "fixtures" / "export_cli" / "old_defaults.json").read_text())
+# the settings issue 10 added (bring your own model, SPEC 6b outputs), with their defaults
+OLD_DEFAULTS.update(model=None, weights=None, model_args=None, max_dets=100, raw_head=False, det_score_thresh=0.01)
 # The fields the old ExportProfile shared with the request: (type, default); image_size had none.
 OLD_PROFILE_FIELDS = dict(
     image_size=(tuple[int, int], dataclasses.MISSING),
@@ -164,6 +178,10 @@ def test_no_flags_give_the_old_defaults(exported):
         ),
         (["--batch", "4", "--opset", "19"], dict(batch=4, opset=19)),
         (["--dynamic-batch", "1", "4", "8"], dict(dynamic_batch=(1, 4, 8))),
+        (
+            ["--max-dets", "300", "--raw-head", "--det-score-thresh", "0.2"],
+            dict(max_dets=300, raw_head=True, det_score_thresh=0.2),
+        ),
         (["--image-size", "320", "640"], dict(image_size=(320, 640))),
         (["--pruner", "band", "--keep-ratio", "0.3"], dict(pruner_mode="band", keep_ratio=0.3)),
         (
@@ -223,11 +241,19 @@ def test_the_parser_rejects_what_it_did(argv, capsys):
 
 
 def test_checkpoint_and_out_are_required(capsys):
-    for argv in (["export", "ckpt.pt"], ["export", "--out", "o"]):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "ckpt.pt"])
+    assert exc.value.code == 2
     assert "the following arguments are required" in capsys.readouterr().err
+    # the checkpoint may be replaced by --model SPEC --weights FILE, but one of them is needed
+    assert main(["export", "--out", "o"]) == 2
+    assert "export needs a checkpoint or --model SPEC --weights FILE" in capsys.readouterr().err
+    assert main(["export", "c.pt", "--model", "m.py:build", "--weights", "w.pt", "--out", "o"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["export", "--model", "m.py:build", "--out", "o"]) == 2
+    assert "--model m.py:build needs --weights FILE" in capsys.readouterr().err
+    assert main(["export", "c.pt", "--weights", "w.pt", "--out", "o"]) == 2
+    assert "--weights and --model-args go with --model SPEC" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -238,6 +264,9 @@ def test_checkpoint_and_out_are_required(capsys):
         (["--dynamic-batch", "1", "1", "1"], "--dynamic-batch [1, 1, 1] allows only batch 1; use --batch 1"),
         (["--precision", "int8", "--calib-images", "0"], "--calib-images must be >= 1 for int8, got 0"),
         (["--image-size", "0", "640"], "--image-size must be two positive integers H W, got (0, 640)"),
+        (["--max-dets", "0"], "--max-dets must be an integer in 1..3840 (TensorRT's TopK limit), got 0"),
+        (["--max-dets", "4000"], "--max-dets must be an integer in 1..3840 (TensorRT's TopK limit), got 4000"),
+        (["--det-score-thresh", "1.5"], "--det-score-thresh must be in [0, 1), got 1.5"),
     ],
 )
 def test_request_checks_name_the_flag(monkeypatch, capsys, argv, message):
@@ -395,7 +424,8 @@ def test_request_fields_are_the_table():
     for f in fields:
         assert hints[f.name] == SETTING[f.name].type
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        assert default == OLD_DEFAULTS.get(f.name, dataclasses.MISSING), f.name  # checkpoint, out: required
+        expected = {**OLD_DEFAULTS, "checkpoint": None}  # the checkpoint may be replaced by --model
+        assert default == expected.get(f.name, dataclasses.MISSING), f.name  # out: required
 
 
 def test_profile_shares_exactly_the_table_settings_with_their_types():

@@ -52,8 +52,20 @@ def exports(tiny_checkpoint, tmp_path_factory):
 def test_manifest_and_metadata(exports, tiny_checkpoint):
     man = json.loads((exports["full_fp32"] / "manifest.json").read_text())
     assert man["k"] == 30 and man["grid"] == [6, 10] and man["pruner_mode"] == "global"
-    assert [o["name"] for o in man["outputs"]] == ["scores", "keep_idx", "keep_mask", "heatmap", "box"]
-    assert man["outputs"][1]["dtype"] == "int64" and man["outputs"][2]["dtype"] == "bool"
+    assert [o["name"] for o in man["outputs"]] == [
+        "num_dets",
+        "det_boxes",
+        "det_scores",
+        "det_classes",
+        "scores",
+        "keep_idx",
+        "keep_mask",
+    ]
+    assert man["outputs"][1] == {"name": "det_boxes", "shape": [1, 100, 4], "dtype": "float32"}
+    assert man["extra"]["max_dets"] == 100 and man["extra"]["class_names"] == ["car", "truck", "bus"]
+    dtypes = {o["name"]: o["dtype"] for o in man["outputs"]}
+    assert dtypes["keep_idx"] == "int64" and dtypes["keep_mask"] == "bool"
+    assert dtypes["num_dets"] == dtypes["det_classes"] == "int32" and dtypes["det_scores"] == "float32"
     assert man["trtexec"].startswith("trtexec --onnx=model.onnx")
 
     assert (
@@ -104,7 +116,8 @@ def test_int8_and_fp16_graphs_keep_predictor_fp32(exports):
     h = onnx.load(exports["full_fp16"] / "model.onnx")
     topk = [n for n in h.graph.node if n.op_type == "TopK"]
     assert topk  # the pruner is in the graph, fed by fp32 scores
-    assert h.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    (scores_out,) = [o for o in h.graph.output if o.name == "scores"]
+    assert scores_out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
 def test_verify_fails_on_a_wrong_model(exports, tiny_checkpoint, tmp_path):
@@ -215,3 +228,38 @@ def test_non_finite_candidate_outputs_fail():
     cand = {"scores": scores.copy(), "keep_mask": mask.copy(), "heatmap": np.full((1, 1, 2, 2), np.nan)}
     rep = compare_outputs("c", "fp16", ref, cand, thresholds_for("fp16"))
     assert not rep and "heatmap" in rep.failures[0]
+
+
+def _dets(rows):
+    """SPEC 6b outputs of one image from (class, score, x1, y1, x2, y2) rows, N = 6."""
+    n = len(rows)
+    out = {
+        "num_dets": np.array([[n]], np.int32),
+        "det_boxes": np.zeros((1, 6, 4), np.float32),
+        "det_scores": np.zeros((1, 6), np.float32),
+        "det_classes": np.zeros((1, 6), np.int32),
+    }
+    for i, (c, s, *box) in enumerate(rows):
+        out["det_classes"][0, i], out["det_scores"][0, i], out["det_boxes"][0, i] = c, s, box
+    return out
+
+
+def test_detections_are_compared_by_matching():
+    from cass_deploy.evaluation.verify import compare_detections, thresholds_for
+
+    thr = thresholds_for("fp32")
+    a = [(0, 0.9, 10, 10, 50, 50), (1, 0.8, 60, 10, 90, 40), (0, 0.3, 0, 0, 5, 5), (2, 0.04, 70, 70, 80, 80)]
+    same = compare_detections(_dets(a), _dets(a), thr)
+    assert same["match"] == same["precision"] == 1.0 and same["n_reference"] == 3 and same["score_max_abs"] == 0
+    # another export cut at score 0.1 (a threshold recorded nowhere): the 0.04 row is not a miss
+    cut = compare_detections(_dets(a), _dets(a[:3]), thr)
+    assert cut["match"] == 1.0 and cut["score_floor"] == pytest.approx(0.3)
+    # rows in another order with slightly other scores still match; a moved box and a wrong class do not
+    b = [(1, 0.8005, 60, 10, 90, 40), (0, 0.9, 11, 10, 50, 51), (0, 0.3, 0, 0, 5, 5)]
+    moved = compare_detections(_dets(a[:3]), _dets(b), thr)
+    assert moved["match"] == 1.0 and moved["score_max_abs"] == pytest.approx(5e-4, abs=1e-6)
+    assert moved["matched_iou_min"] == pytest.approx(39 * 40 / (1600 + 39 * 41 - 39 * 40), abs=1e-6)
+    wrong = compare_detections(_dets(a[:3]), _dets([(2, 0.9, 10, 10, 50, 50), *a[1:3]]), thr)
+    assert wrong["match"] == pytest.approx(2 / 3) and wrong["precision"] == pytest.approx(2 / 3)
+    gone = compare_detections(_dets(a[:3]), _dets([(0, 0.9, 200, 200, 240, 240), *a[1:3]]), thr)
+    assert gone["match"] == pytest.approx(2 / 3)

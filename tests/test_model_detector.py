@@ -173,19 +173,28 @@ def test_interface_contract():
         model = PrunedDetector(tiny(mode=mode, bands=2)).eval()
         assert isinstance(model, PrunableModel)
         assert model.image_size == (64, 96) and model.patch_size == 16 and model.pruner_mode == mode
+        assert model.class_names == ("car", "truck", "bus")
         x = images(2)
-        with torch.no_grad():
-            ref = model(x)
-            full = model.full_module()(x)
-            pred = model.predictor_module()(x)
-        names = model.output_names("full")
-        assert names[-2:] == ["heatmap", "box"] and ("keep_idx" in names) is (mode != "threshold")
-        assert model.output_names("predictor") == names[:-2]
-        assert len(full) == len(names) and len(pred) == len(names) - 2
-        for name, value in zip(names, full):
-            assert torch.equal(value, ref[name]), name
-        for name, value in zip(names, pred):
-            assert torch.equal(value, ref[name]), name
+        for raw_head in (True, False):
+            model.set_outputs(raw_head=raw_head)
+            with torch.no_grad():
+                ref = model(x)
+                full = model.full_module()(x)
+                pred = model.predictor_module()(x)
+            names = model.output_names("full")
+            pred_names = model.output_names("predictor")
+            assert ("keep_idx" in names) is (mode != "threshold")
+            if raw_head:  # the old maps after the pruner outputs
+                assert names[-2:] == ["heatmap", "box"] and pred_names == names[:-2]
+            else:  # SPEC 6b: the deployed detections first, then the pruner outputs
+                assert names[:4] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
+                assert pred_names == names[4:]
+            assert len(full) == len(names) and len(pred) == len(pred_names)
+            for name, value in zip(names, full):
+                if name in ref:
+                    assert torch.equal(value, ref[name]), name
+            for name, value in zip(pred_names, pred):
+                assert torch.equal(value, ref[name]), name
     with pytest.raises(ConfigError):
         model.output_names("head")
     assert not isinstance(object(), PrunableModel)

@@ -39,7 +39,7 @@ def _export(module: torch.nn.Module, names: list[str], path, batch: int = 2) -> 
 @pytest.mark.parametrize("mode", ["global", "band", "none", "threshold"])
 def test_onnx_round_trip(mode, tmp_path):
     cfg = tiny_model_config(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5)
-    model = PrunedDetector(cfg).eval()
+    model = PrunedDetector(cfg).eval().set_outputs(raw_head=True)
     names = model.output_names("full")
     path = tmp_path / f"{mode}.onnx"
     _export(model.full_module(), names, path)
@@ -61,6 +61,40 @@ def test_onnx_round_trip(mode, tmp_path):
         assert "keep_idx" not in got
     np.testing.assert_allclose(got["heatmap"], ref["heatmap"].numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got["box"], ref["box"].numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["band", "threshold"])
+def test_onnx_deployed_outputs_match_torch(mode, tmp_path):
+    """SPEC 6b: the decode in the graph gives ONNX Runtime the same detections as torch's full module
+    (EfficientNMS dtypes and shapes; padded rows zero) at any batch size."""
+    cfg = tiny_model_config(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5)
+    model = PrunedDetector(cfg).eval().set_outputs(max_dets=20, score_thresh=0.0105)
+    names = model.output_names("full")
+    assert names[:4] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
+    path = tmp_path / f"{mode}.onnx"
+    _export(model.full_module(), names, path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"MaxPool", "TopK"} <= ops and "Mod" not in ops  # peaks, TopK, no Mod (TensorRT-friendly)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    got = dict(zip(names, sess.run(None, {INPUT_NAME: x.numpy()})))
+    with torch.no_grad():
+        ref = dict(zip(names, (t.numpy() for t in model.full_module()(x))))
+    for name, dtype, shape in (
+        ("num_dets", np.int32, (3, 1)),
+        ("det_boxes", np.float32, (3, 20, 4)),
+        ("det_scores", np.float32, (3, 20)),
+        ("det_classes", np.int32, (3, 20)),
+    ):
+        assert got[name].dtype == dtype and got[name].shape == shape, name
+    np.testing.assert_array_equal(got["num_dets"], ref["num_dets"])
+    np.testing.assert_allclose(got["det_scores"], ref["det_scores"], atol=1e-5)
+    np.testing.assert_allclose(got["det_boxes"], ref["det_boxes"], atol=1e-3)
+    np.testing.assert_array_equal(got["det_classes"], ref["det_classes"])
+    rows = np.arange(20)[None, :] >= got["num_dets"]  # padding: zero everywhere
+    assert rows.any() and (got["det_scores"][rows] == 0).all() and (got["det_boxes"][rows] == 0).all()
+    assert (got["det_classes"][rows] == 0).all() and (got["det_scores"][~rows] >= 0.0105).all()
+    assert (np.diff(got["det_scores"], axis=1) <= 0).all()  # descending
 
 
 def test_onnx_predictor_part(tmp_path):

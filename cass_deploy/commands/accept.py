@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: TensorRT when installed, else ONNX Runtime"
     )
-    p.add_argument("--images", type=positive_int, default=None, help="images to validate (default: as many as REF.json)")
+    p.add_argument(
+        "--images", type=positive_int, default=None, help="images to validate (default: as many as REF.json)"
+    )
     p.add_argument("--min-near-recall", type=unit_interval, default=None)
     p.add_argument(
         "--max-recall-drop",
@@ -64,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="where the engine is built when absent (default: EXPORT_DIR-engine)",
     )
-    p.add_argument("--workspace", type=positive_int, default=None, metavar="MIB", help="TensorRT workspace when building")
+    p.add_argument(
+        "--workspace", type=positive_int, default=None, metavar="MIB", help="TensorRT workspace when building"
+    )
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=unit_interval, default=0.5)
     p.add_argument("--score-thr", type=unit_interval, default=0.3)

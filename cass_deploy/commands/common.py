@@ -15,7 +15,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.config import FieldConfig
+from cass_deploy.errors import InputError
+
+# torch is imported only when a --model is loaded (commands stay importable without it)
+adapter = lazy_import("cass_deploy.model.adapter")
 
 #: ``--fields``' default: FieldConfig's split ``(far_max, near_min)``
 DEFAULT_FIELDS = (FieldConfig().far_max, FieldConfig().near_min)
@@ -104,3 +109,43 @@ positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 #: a finite number >= 0 (tolerances, error bounds)
 non_negative_float = _number(float, lambda v: v >= 0.0, "a number >= 0")
+
+
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """``--model SPEC --weights FILE [--model-args FILE|JSON]``: your own PrunableModel instead of a
+    checkpoint (SPEC 6a)."""
+    p.add_argument(
+        "--model",
+        dest="model_spec",  # validate's and profile's positional is called model
+        metavar="SPEC",
+        default=None,
+        help="your own model: package.module:factory or path/to/file.py:factory returning a PrunableModel",
+    )
+    p.add_argument("--weights", metavar="FILE", default=None, help="--model's state dict (.pt or .safetensors)")
+    p.add_argument(
+        "--model-args", metavar="FILE|JSON", default=None, help="the factory's keyword arguments (JSON / YAML)"
+    )
+
+
+def model_source(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
+    """The ``ModelSource`` of ``--model`` (None without it); ``checkpoint`` given too is an error."""
+    spec = args.model_spec
+    if spec is None:
+        if args.weights is not None or args.model_args is not None:
+            raise InputError("--weights and --model-args go with --model SPEC")
+        return None
+    if checkpoint is not None:
+        raise InputError(f"give a checkpoint / model path ({checkpoint}) or --model {spec}, not both")
+    return adapter.source_from(None, spec, args.weights, args.model_args)
+
+
+def add_grid(p: argparse.ArgumentParser) -> None:
+    """``--grid HP WP``: the patch grid of an ONNX file without cass-deploy metadata."""
+    p.add_argument(
+        "--grid",
+        type=int,
+        nargs=2,
+        metavar=("HP", "WP"),
+        default=None,
+        help="patch grid of keep_mask for an ONNX exported elsewhere (when its metadata has no 'grid')",
+    )

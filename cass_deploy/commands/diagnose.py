@@ -7,7 +7,15 @@ import json
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_fields, add_force, add_out, add_overrides, add_seed
+from cass_deploy.commands.common import (
+    add_fields,
+    add_force,
+    add_model_source,
+    add_out,
+    add_overrides,
+    add_seed,
+    model_source,
+)
 from cass_deploy.evaluation import diagnostics as dg
 
 
@@ -17,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="trained checkpoint: use its predictor's scores (default: uniform logits, "
         "which shows the loss's own weighting)",
     )
+    add_model_source(p)
     p.add_argument(
         "--data",
         default="toy",
@@ -49,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     summary, breakdowns = dg.run_diagnose(
         args.out,
         checkpoint=args.checkpoint,
+        source=model_source(args, args.checkpoint),
         data=args.data,
         num_images=args.num_images,
         image_size=args.image_size,

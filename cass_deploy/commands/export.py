@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             "takes any batch in its range (give one of the two)"
         )
     src = values["checkpoint"]
-    if src.is_dir():
+    if src is not None and src.is_dir():
         if not values["engine"]:
             raise InputError(f"{src} is an export directory: add --engine to build its TensorRT engine here")
         engine_from_export(src, values["out"], **with_defaults({k: values[k] for k in _ENGINE_SETTINGS}))

@@ -10,10 +10,12 @@ from rich.console import Console
 from cass_deploy.commands.common import (
     add_device,
     add_force,
+    add_model_source,
     add_out,
     add_providers,
     add_verify_hash,
     keep_ratio,
+    model_source,
     non_negative_int,
     options_from,
     positive_int,
@@ -24,7 +26,10 @@ from cass_deploy.profiling import latency as pf
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine")
+    p.add_argument(
+        "model", nargs="?", default=None, help="checkpoint (.pt), export directory, .onnx or .engine; or give --model"
+    )
+    add_model_source(p)
     p.add_argument(
         "--backend",
         choices=("torch", "onnxruntime", "tensorrt"),
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}"
         ) from None
-    path = Path(args.model)
+    source = model_source(args, args.model)
+    path = Path(args.model) if args.model is not None else None
     opts = options_from(
         pf.ProfileOptions,
         args,
@@ -70,14 +76,15 @@ def run(args: argparse.Namespace) -> int:
         pruner_mode=args.pruner,
         providers=tuple(s for s in args.providers.split(",") if s),
     )
-    results, env = pf.run_profile(path, opts)
+    results, env = pf.run_profile(path, opts, source=source)
+    name = path.name if path is not None else source.describe()
     console = Console(width=max(140, Console().width))
-    console.print(pf.results_table(results, title=f"latency (ms) of {path.name}"))
+    console.print(pf.results_table(results, title=f"latency (ms) of {name}"))
     for w in env.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
     if out:
         with out.writing() as tmp:
-            write_json(tmp / "profile.json", pf.profile_record(path, env, results))
+            write_json(tmp / "profile.json", pf.profile_record(str(path or source.describe()), env, results))
             plot = pf.sweep_plot(results, tmp / "sweep.png")
         console.print(f"wrote {args.out}/profile.json" + (f" and {args.out}/sweep.png" if plot else ""))
     return 0

@@ -10,9 +10,12 @@ from cass_deploy.commands.common import (
     add_device,
     add_fields,
     add_force,
+    add_grid,
+    add_model_source,
     add_providers,
     add_seed,
     add_verify_hash,
+    model_source,
     positive_int,
     unit_interval,
 )
@@ -24,7 +27,15 @@ from cass_deploy.io_utils import Output, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint (.pt), export directory, .onnx or .engine (a --parts full export, or any ONNX with "
+        "num_dets, det_boxes, det_scores, det_classes and keep_mask); omit it with --model",
+    )
+    add_model_source(p)
+    add_grid(p)
     p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
     p.add_argument("--images", type=positive_int, default=64, help="images to evaluate (default 64)")
     p.add_argument(
@@ -46,8 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p, "torch device for checkpoints")
     p.add_argument(
         "--resize",
-        action="store_true",
-        help="resize dataset images to the model input (boxes scaled); without it a size mismatch is an error",
+        nargs="?",
+        const="letterbox",
+        default=None,
+        choices=("letterbox", "stretch"),
+        help="fit dataset images to the model input: letterbox (the default of a bare --resize: aspect kept, "
+        "padded; padding is never scored) or stretch; detections are mapped back to the original image. "
+        "Without it a size mismatch is an error",
     )
     add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
@@ -63,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
         min_near_retention=args.min_near_retention,
         min_map50=args.min_map50,
     )
+    source = model_source(args, args.model)
     run = vr.run_validate(
         args.model,
+        source=source,
+        grid=args.grid,
         data=args.data,
         images=args.images,
         reference=args.reference,
@@ -74,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         gates=gates,
         providers=[s for s in args.providers.split(",") if s],
         device=args.device,
-        resize=args.resize,
+        resize=args.resize or False,
         seed=args.seed,
     )
     console = Console(width=max(120, Console().width))

@@ -8,19 +8,24 @@ from rich.console import Console
 
 from cass_deploy.commands.common import (
     add_force,
+    add_grid,
+    add_model_source,
     add_providers,
     add_verify_hash,
+    model_source,
     non_negative_float,
     positive_int,
     unit_interval,
 )
-from cass_deploy.errors import GateFailed
+from cass_deploy.errors import GateFailed, InputError
 from cass_deploy.evaluation.verify import report_table, run_verify
 from cass_deploy.io_utils import Output, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reference", required=True, help="the trained checkpoint (.pt)")
+    p.add_argument("--reference", default=None, help="the trained checkpoint (.pt); or give --model")
+    add_model_source(p)
+    add_grid(p)
     p.add_argument(
         "--candidate",
         action="append",
@@ -36,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-keep-iou", type=unit_interval, default=None, help="minimum mean tie-aware keep-set IoU")
     p.add_argument("--max-score-err", type=non_negative_float, default=None, help="maximum absolute score error")
+    p.add_argument(
+        "--min-det-match",
+        type=unit_interval,
+        default=None,
+        help="minimum share of the reference's detections the candidate has, and the other way round",
+    )
     p.add_argument("--json", dest="json_out", help="write the report as JSON to this file")
     p.add_argument(
         "--save-polygraphy",
@@ -53,15 +64,21 @@ def run(args: argparse.Namespace) -> int:
     json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
     if args.save_polygraphy:
         Output(args.save_polygraphy, force=args.force, kind="dir", flag="--save-polygraphy").check()
+    source = model_source(args, args.reference)
+    if source is None and args.reference is None:
+        raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
     report, notes = run_verify(
         args.reference,
         args.candidate,
+        source=source,
+        grid=args.grid,
         images=args.images,
         data=args.data,
         providers=[s.strip() for s in args.providers.split(",") if s.strip()],
         tie_tol=args.tie_tol,
         min_keep_iou=args.min_keep_iou,
         max_score_abs=args.max_score_err,
+        min_det_match=args.min_det_match,
         save_polygraphy=args.save_polygraphy,
         force=args.force,
     )

@@ -2,8 +2,10 @@
 
 Only the categories named in the class map are kept (default
 :data:`~cass_deploy.data.classes.DEFAULT_COCO_CLASS_MAP`: car, truck, bus and aliases such as
-``van``); the others are dropped, and so are ``iscrowd = 1`` regions. Boxes become xyxy float
-pixels.
+``van``); the others are dropped. ``iscrowd = 1`` regions are not objects: as in pycocotools they
+become ignore regions (item ``ignore`` / ``ignore_labels``), where a detection of that class is
+neither a hit nor a false positive. Boxes become xyxy float pixels. Category ids may start at 0;
+``file_name`` may hold sub-folders (relative to the image directory).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from cass_deploy.data.common import (
     DatasetBase,
     check_box_bounds,
     check_index,
-    load_rgb,
+    frame_extras,
+    load_fitted,
     resolve_size,
     to_item,
 )
@@ -49,8 +52,10 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
         class_map: Mapping[str, str | None] | None = None,
         image_size: Sequence[int] | None = None,
         max_images: int | None = None,
+        resize_mode: str = "stretch",
     ) -> None:
         self.image_dir = Path(image_dir)
+        self.resize_mode = resize_mode
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
             raise InputError(f"COCO annotation file not found: {self.ann_file}")
@@ -82,13 +87,22 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
 
     def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
+        image, boxes, labels, image_id, _ = self._load(i)
+        return image, boxes, labels, image_id
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
         r = self.records[check_index(i, len(self.records))]
         path = self.image_dir / r["file_name"]
-        image, boxes = load_rgb(path, r["boxes"], expected=(r["height"], r["width"]), image_size=self.image_size)
-        return image, boxes, r["labels"], r["id"]
+        image, boxes, transform = load_fitted(
+            path, r["boxes"], (r["height"], r["width"]), self.image_size, self.resize_mode
+        )
+        return image, boxes, r["labels"], r["id"], transform
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return to_item(*self.get_numpy(i))
+        image, boxes, labels, image_id, transform = self._load(i)
+        r = self.records[check_index(i, len(self.records))]
+        extras = frame_extras((r["height"], r["width"]), r["boxes"], transform, r["ignore"], r["ignore_labels"])
+        return {**to_item(image, boxes, labels, image_id), **extras}
 
 
 def _read_json(path: Path) -> dict:
@@ -126,6 +140,8 @@ def _parse(data: dict, path: Path, label_map: dict[str, int]) -> list[dict[str, 
                 "width": int(im["width"]),
                 "boxes": [],
                 "labels": [],
+                "ignore": [],
+                "ignore_labels": [],
             }
         except (KeyError, TypeError, ValueError):
             raise InputError(
@@ -141,7 +157,7 @@ def _parse(data: dict, path: Path, label_map: dict[str, int]) -> list[dict[str, 
         if not isinstance(ann, dict):
             raise InputError(f"{path}: annotation {ann!r} is not an object")
         label = cat_label.get(ann.get("category_id"))
-        if label is None or ann.get("iscrowd", 0):
+        if label is None:
             continue
         aid = ann.get("id", "?")
         rec = by_id.get(ann.get("image_id"))
@@ -165,11 +181,13 @@ def _parse(data: dict, path: Path, label_map: dict[str, int]) -> list[dict[str, 
             rec["width"],
             where=f"{path}: annotation {aid} (image {rec['file_name']})",
         )
-        rec["boxes"].append(box)
-        rec["labels"].append(label)
+        crowd = "ignore" if ann.get("iscrowd", 0) else ""
+        rec[crowd or "boxes"].append(box)
+        rec[f"{crowd}_labels" if crowd else "labels"].append(label)
     for rec in records:
-        rec["boxes"] = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
-        rec["labels"] = np.asarray(rec["labels"], np.int64).reshape(-1)
+        for key, lab in (("boxes", "labels"), ("ignore", "ignore_labels")):
+            rec[key] = np.asarray(rec[key], np.float32).reshape(-1, 4)
+            rec[lab] = np.asarray(rec[lab], np.int64).reshape(-1)
     return records
 
 

@@ -15,7 +15,9 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Items ``{"image": [3, H, W], "boxes": [M_b, 4], "labels": [M_b], "image_id": int}`` -> batch.
 
     Returns ``{"images": float32 [B, 3, H, W], "boxes": list of float32 [M_b, 4],
-    "labels": list of int64 [M_b], "image_ids": int64 [B]}``. Images of different sizes are an
+    "labels": list of int64 [M_b], "image_ids": int64 [B]}``, and for items of real datasets (see
+    ``data.common.frame_extras``) ``"transforms"`` float32 [B, 4], ``"orig_sizes"`` int64 [B, 2] and the
+    lists ``"orig_boxes"``, ``"ignore"``, ``"ignore_labels"``. Images of different sizes are an
     InputError naming both image ids (resize with the dataset's ``image_size``).
     """
 
@@ -43,7 +45,13 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if b.shape[0] != lab.shape[0]:
             raise InputError(f"image {s['image_id']} has {b.shape[0]} boxes but {lab.shape[0]} labels")
     image_ids = torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.int64)
-    return {"images": images, "boxes": boxes, "labels": labels, "image_ids": image_ids}
+    batch = {"images": images, "boxes": boxes, "labels": labels, "image_ids": image_ids}
+    if all("transform" in s for s in samples):  # real datasets: the way back to the original frame
+        batch["transforms"] = torch.stack([torch.as_tensor(s["transform"], dtype=torch.float32) for s in samples])
+        batch["orig_sizes"] = torch.tensor([list(s["orig_size"]) for s in samples], dtype=torch.int64)
+        for key in ("orig_boxes", "ignore", "ignore_labels"):
+            batch[key] = [s[key] for s in samples]
+    return batch
 
 
 __all__ = ["collate"]

@@ -97,31 +97,108 @@ def image_header_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
+RESIZE_MODES = ("letterbox", "stretch")
+#: the grey of letterbox padding (Ultralytics' 114), uint8
+LETTERBOX_FILL = 114
+
+
+def fit_transform(
+    orig_hw: Sequence[int], target_hw: Sequence[int], mode: str
+) -> tuple[float, float, int, int, int, int]:
+    """How an ``orig_hw = (h, w)`` image fits the network input ``target_hw = (H, W)``.
+
+    Returns ``(sx, sy, px, py, nw, nh)``: the image is resized to ``nw x nh`` and placed at
+    ``(px, py)``, so an input pixel is ``x_in = x * sx + px``, ``y_in = y * sy + py``.
+    ``stretch``: ``nw, nh = W, H`` (aspect changes), no padding. ``letterbox``: one scale
+    ``min(H / h, W / w)`` (aspect kept), centred, the rest padding. A degenerate fit (an image
+    that would shrink to 0 px on a side) is an InputError naming both sizes.
+    """
+    h, w = (int(v) for v in orig_hw)
+    H, W = (int(v) for v in target_hw)
+    if min(h, w, H, W) < 1:
+        raise InputError(f"cannot fit a {h}x{w} image into a {H}x{W} input (sizes must be >= 1)")
+    if mode not in RESIZE_MODES:
+        raise InputError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    if mode == "stretch":
+        return W / w, H / h, 0, 0, W, H
+    scale = min(H / h, W / w)
+    nw, nh = min(W, round(w * scale)), min(H, round(h * scale))
+    if nw < 1 or nh < 1:
+        raise InputError(
+            f"a {h}x{w} image letterboxed into {H}x{W} would be {max(nh, 0)}x{max(nw, 0)} px (aspect "
+            f"{w / h:.3g}:1 is too extreme for this input); crop it or use --resize stretch"
+        )
+    return nw / w, nh / h, (W - nw) // 2, (H - nh) // 2, nw, nh
+
+
 def load_rgb(
-    path: Path, boxes: np.ndarray, expected: tuple[int, int] | None, image_size: tuple[int, int] | None
+    path: Path,
+    boxes: np.ndarray,
+    expected: tuple[int, int] | None,
+    image_size: tuple[int, int] | None,
+    mode: str = "stretch",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``path`` as RGB uint8 [H, W, 3]; resize to ``image_size`` (scaling ``boxes`` [M, 4] xyxy)
-    when given and different. ``expected`` (H, W): the size the labels were written for — a file of
-    another size is an InputError naming it."""
+    """Read ``path`` as RGB uint8 [H, W, 3]; fit it to ``image_size`` (``mode``: stretch or letterbox,
+    see :func:`fit_transform`; ``boxes`` [M, 4] xyxy mapped the same way) when given and different.
+    ``expected`` (H, W): the size the labels were written for — a file of another size is an
+    InputError naming it."""
+    image, boxes, _ = load_fitted(path, boxes, expected, image_size, mode)
+    return image, boxes
+
+
+def load_fitted(
+    path: Path,
+    boxes: np.ndarray,
+    expected: tuple[int, int] | None,
+    image_size: tuple[int, int] | None,
+    mode: str = "stretch",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`load_rgb` plus the transform ``float32 [sx, sy, px, py]`` (identity without fitting)."""
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB")  # palette ('P') and grey PNGs become RGB through their palette
             w, h = im.size
             if expected is not None and (h, w) != tuple(expected):
                 raise InputError(f"{path} is {h}x{w} but its labels say {expected[0]}x{expected[1]}")
             boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            transform = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
             if image_size is not None and (h, w) != tuple(image_size):
                 H, W = image_size
-                im = im.resize((W, H), Image.BILINEAR)
-                scale = np.array([W / w, H / h, W / w, H / h], np.float32)
-                boxes = boxes * scale
+                try:
+                    sx, sy, px, py, nw, nh = fit_transform((h, w), (H, W), mode)
+                except InputError as exc:
+                    raise InputError(f"{path}: {exc}") from None
+                im = im.resize((nw, nh), Image.BILINEAR)
+                if (nw, nh) != (W, H):
+                    canvas = Image.new("RGB", (W, H), (LETTERBOX_FILL,) * 3)
+                    canvas.paste(im, (px, py))
+                    im = canvas
+                transform = np.array([sx, sy, px, py], np.float32)
+                boxes = boxes * transform[[0, 1, 0, 1]] + transform[[2, 3, 2, 3]]
             image = np.array(im, dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
-    return image, boxes
+    return image, boxes, transform
+
+
+def frame_extras(
+    orig_hw: Sequence[int], orig_boxes: np.ndarray, transform: np.ndarray, ignore: np.ndarray, ignore_labels: np.ndarray
+) -> dict[str, Any]:
+    """The item keys that map between the network input and the original frame (real datasets):
+    ``orig_size`` (h, w), ``transform`` float32 [4] (sx, sy, px, py; input = orig * s + p),
+    ``orig_boxes`` float32 [M, 4] (the boxes in the original image), ``ignore`` float32 [K, 4]
+    (regions where a detection is neither a hit nor a false positive: KITTI DontCare, COCO
+    iscrowd; original frame) and ``ignore_labels`` int64 [K] (-1: any class)."""
+    return {
+        "orig_size": (int(orig_hw[0]), int(orig_hw[1])),
+        "transform": torch.from_numpy(np.asarray(transform, np.float32).reshape(4)),
+        "orig_boxes": torch.from_numpy(np.ascontiguousarray(orig_boxes, dtype=np.float32)).reshape(-1, 4),
+        "ignore": torch.from_numpy(np.ascontiguousarray(ignore, dtype=np.float32)).reshape(-1, 4),
+        "ignore_labels": torch.from_numpy(np.ascontiguousarray(ignore_labels, dtype=np.int64)).reshape(-1),
+    }
 
 
 __all__ = [
@@ -134,4 +211,8 @@ __all__ = [
     "check_box_bounds",
     "image_header_size",
     "load_rgb",
+    "load_fitted",
+    "fit_transform",
+    "frame_extras",
+    "RESIZE_MODES",
 ]

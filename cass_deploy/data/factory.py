@@ -29,6 +29,7 @@ def load_dataset(
     seed: int = 0,
     class_map: Mapping[str, str | None] | None = None,
     scene_cfg: SceneConfig | None = None,
+    resize_mode: str = "stretch",
     cache: bool = False,
 ) -> Any:
     """``"synthetic"`` -> :class:`SyntheticRoadside`; a directory -> COCO or KITTI, auto-detected.
@@ -41,8 +42,9 @@ def load_dataset(
       ``image_2/`` + ``label_2/`` or ``images/`` + ``labels/``. COCO wins when both are present.
     - a ``*.json`` file: COCO, images in ``images/`` beside it or its own directory.
     ``cache``: keep generated synthetic scenes in memory (training re-reads them every epoch).
-    For directories ``num_images`` keeps the first N images and ``image_size`` resizes (boxes are
-    scaled). Anything else, or an empty dataset, is an InputError naming the path.
+    For directories ``num_images`` keeps the first N images and ``image_size`` fits every image to
+    it (``resize_mode``: ``stretch``, or ``letterbox`` keeping the aspect; boxes mapped the same
+    way). Anything else, or an empty dataset, is an InputError naming the path.
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -66,7 +68,7 @@ def load_dataset(
     if not path.exists():
         raise InputError(f"dataset {str(spec)!r} not found: no such file or directory; {_EXPECTED}")
     kind, kwargs = detect_format(path, split)
-    kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images)
+    kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images, resize_mode=resize_mode)
     if kind == "coco":
         ds = CocoDataset(**kwargs)
     else:

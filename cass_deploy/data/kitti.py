@@ -6,7 +6,8 @@ One text file per image (``<stem>.txt`` beside ``<stem>.png|.jpg``), one object 
 
 Only the 2-D box (x1 y1 x2 y2, pixels) and the type are used. Types are mapped with the class
 map (default :data:`~cass_deploy.data.classes.DEFAULT_KITTI_CLASS_MAP`: Car/Van -> car,
-Truck -> truck, Bus -> bus, any letter case); ``DontCare`` and unmapped types are dropped.
+Truck -> truck, Bus -> bus, any letter case, so Rope3D's ``car`` / ``van`` / ``truck`` / ``bus``
+read too); unmapped types are dropped; ``DontCare`` boxes become ignore regions (item ``ignore``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from cass_deploy.data.common import (
     DatasetBase,
     check_box_bounds,
     check_index,
+    frame_extras,
     image_header_size,
-    load_rgb,
+    load_fitted,
     resolve_size,
     to_item,
 )
@@ -73,8 +75,10 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
         class_map: Mapping[str, str | None] | None = None,
         image_size: Sequence[int] | None = None,
         max_images: int | None = None,
+        resize_mode: str = "stretch",
     ) -> None:
         self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
+        self.resize_mode = resize_mode
         for what, d in (("image", self.image_dir), ("label", self.label_dir)):
             if not d.is_dir():
                 raise InputError(f"KITTI {what} directory not found: {d}")
@@ -99,7 +103,7 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
             image = images.get(lp.stem)
             if image is None:
                 raise InputError(f"{lp} has no image {lp.stem}.png/.jpg in {self.image_dir}")
-            boxes, labels, lines = parse_label_file(lp, label_map)
+            boxes, labels, lines, ignore = parse_label_file(lp, label_map, with_ignore=True)
             self.records.append(
                 {
                     "image": image,
@@ -107,6 +111,7 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
                     "boxes": boxes,
                     "labels": labels,
                     "lines": lines,
+                    "ignore": ignore,
                     "id": int(lp.stem) if numeric else k,
                 }
             )
@@ -118,6 +123,10 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
 
     def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
+        image, boxes, labels, image_id, _ = self._load(i)
+        return image, boxes, labels, image_id
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict[str, Any]]:
         r = self.records[check_index(i, len(self.records))]
         h, w = image_header_size(r["image"])
         if self._expected is not None and (h, w) != self._expected:
@@ -127,31 +136,41 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
                 f"{self._expected[1]}; pass image_size=(H, W) to resize every image "
                 f"(boxes are scaled with it)"
             )
-        boxes = np.asarray(
+        orig = np.asarray(
             [
                 check_box_bounds(b, h, w, where=f"{r['label']}:{line}")
                 for b, line in zip(r["boxes"].tolist(), r["lines"].tolist())
             ],
             np.float32,
         ).reshape(-1, 4)
-        image, boxes = load_rgb(r["image"], boxes, expected=None, image_size=self.image_size)
-        return image, boxes, r["labels"], r["id"]
+        image, boxes, transform = load_fitted(r["image"], orig, None, self.image_size, self.resize_mode)
+        ignore = np.clip(r["ignore"], 0, [w, h, w, h]).astype(np.float32)
+        extras = dict(orig_hw=(h, w), orig_boxes=orig, transform=transform, ignore=ignore)
+        return image, boxes, r["labels"], r["id"], extras
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return to_item(*self.get_numpy(i))
+        image, boxes, labels, image_id, ex = self._load(i)
+        ign = ex["ignore"]
+        return {
+            **to_item(image, boxes, labels, image_id),
+            **frame_extras(ex["orig_hw"], ex["orig_boxes"], ex["transform"], ign, np.full(len(ign), -1)),
+        }
 
 
-def parse_label_file(path: Path, label_map: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Kept objects of one label file: boxes float32 [M, 4] xyxy, labels int64 [M], line numbers [M].
+def parse_label_file(path: Path, label_map: Mapping[str, int], with_ignore: bool = False) -> tuple[np.ndarray, ...]:
+    """Kept objects of one label file: boxes float32 [M, 4] xyxy, labels int64 [M], line numbers [M]
+    (and, ``with_ignore``, the ``DontCare`` regions float32 [K, 4]: areas where a detection is
+    neither a hit nor a false positive).
 
-    ``label_map``: lower-cased type -> label (see :func:`resolve_class_map`). Every line except
-    blank ones and ``DontCare`` is validated; errors name ``path:line``.
+    ``label_map``: lower-cased type -> label (see :func:`resolve_class_map`); types outside it
+    (Pedestrian, Cyclist, Misc, ...) are dropped. Every non-blank line is validated; errors name
+    ``path:line``.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read KITTI label file {path}: {exc}") from None
-    boxes, labels, lines = [], [], []
+    boxes, labels, lines, ignore = [], [], [], []
     for n, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
         if not fields:
@@ -172,18 +191,20 @@ def parse_label_file(path: Path, label_map: Mapping[str, int]) -> tuple[np.ndarr
                 raise InputError(f"{path}:{n}: field '{name}' must be a finite number, got {v!r}")
             values.append(f)
         kind = fields[0]
-        if kind.lower() == "dontcare":
-            continue
         x1, y1, x2, y2 = values[3:7]
         if not (x2 > x1 and y2 > y1):
             raise InputError(f"{path}:{n}: box x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g} needs x2 > x1 and y2 > y1")
+        if kind.lower() == "dontcare":
+            ignore.append([x1, y1, x2, y2])
+            continue
         label = label_map.get(kind.lower())
         if label is None:
             continue
         boxes.append([x1, y1, x2, y2])
         labels.append(label)
         lines.append(n)
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), np.asarray(lines, np.int64))
+    out = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), np.asarray(lines, np.int64))
+    return out + (np.asarray(ignore, np.float32).reshape(-1, 4),) if with_ignore else out
 
 
 __all__ = ["KittiDataset", "parse_label_file", "KITTI_FIELDS"]

@@ -30,7 +30,7 @@ from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import SIZE_BINS, field_of, size_bin_of
 from cass_deploy.io_utils import atomic_dir, check_writable
-from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.adapter import ModelSource, load_model
 from cass_deploy.model.interface import compute_k
 
 
@@ -288,6 +288,7 @@ def run_diagnose(
     out: str | Path,
     *,
     checkpoint: str | Path | None = None,
+    source: Any = None,
     data: str = "toy",
     num_images: int = 2,
     image_size: Sequence[int] | None = None,
@@ -301,8 +302,9 @@ def run_diagnose(
     """``cass-deploy diagnose``: heat maps (``out/heatmaps/*.png``) and ``out/diagnostics.json``.
 
     ``data`` is ``"toy"`` (boxes only, uniform logits unless a checkpoint is given), ``"synthetic"``
-    or a dataset directory; with ``checkpoint`` its predictor's scores are analysed. Returns the
-    JSON summary and one Breakdown per normalisation.
+    or a dataset directory; with ``checkpoint`` (or ``source``, a ``--model`` adapter's
+    :class:`~cass_deploy.model.adapter.ModelSource`) its predictor's scores are analysed. Returns
+    the JSON summary and one Breakdown per normalisation.
     """
     check_writable(out, force, kind="dir", flag="--out")
     if num_images < 1:
@@ -315,11 +317,12 @@ def run_diagnose(
     model = None
     image_size = tuple(image_size) if image_size is not None else None
     patch_size = 16
-    if image_size is not None and not checkpoint:
+    if image_size is not None and not (checkpoint or source is not None):
         check_image_size(image_size, patch_size, "--image-size")
-    if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
-        model = ckpt.model.eval()
+    if checkpoint and source is not None:
+        raise InputError("give --checkpoint or --model, not both")
+    if checkpoint or source is not None:
+        model = load_model(source or ModelSource(checkpoint=Path(checkpoint))).model
         if image_size and tuple(image_size) != tuple(model.image_size):
             raise InputError(f"--image-size {image_size} differs from the checkpoint's {tuple(model.image_size)}")
         image_size = tuple(model.image_size)
@@ -339,8 +342,8 @@ def run_diagnose(
     if model is not None:
         if images is None:
             raise InputError("--checkpoint needs images: use --data synthetic or a dataset directory")
-        with torch.no_grad():
-            logits = model(images)["scores"].double()
+        with torch.no_grad():  # the predictor part's first output is scores [B, P] (PrunableModel)
+            logits = model.predictor_module()(images)[0].double()
     else:
         logits = torch.zeros(len(boxes), P, dtype=torch.float64)
 

@@ -432,8 +432,10 @@ def map50(
 ) -> dict[str, Any]:
     """COCO-style AP at IoU 0.5 (101-point interpolation, ``max_dets`` per image) via pycocotools.
 
-    preds: per image ``{"boxes", "scores", "labels"}``; gts: per image ``{"boxes", "labels"}``;
-    labels are class ids ``0 .. num_classes-1``. All predictions are used (no score threshold).
+    preds: per image ``{"boxes", "scores", "labels"}``; gts: per image ``{"boxes", "labels"}`` and
+    optionally ``"ignore"`` [K, 4] with ``"ignore_labels"`` [K] (-1: every class): regions given to
+    pycocotools as ``iscrowd`` ground truth, so a detection there is neither a hit nor a false
+    positive. Labels are class ids ``0 .. num_classes-1``. All predictions are used (no score threshold).
     Returns ``{"map50": float, "per_class": {name: float | None}, "n_gt": {name: int}}``: mAP is
     the mean over classes that have GT; a class without GT reports None. No GT at all -> InputError.
     """
@@ -468,9 +470,17 @@ def map50(
         for box, lab in zip(gb.double().tolist(), gl.tolist()):
             gt_anns.append(_coco_annotation(len(gt_anns) + 1, image_id, lab, box))
             n_gt[lab] += 1
+        ign = g.get("ignore") if isinstance(g, Mapping) else None
+        if ign is not None and len(ign):
+            ib = _as_boxes(ign, f"ignore regions of image {i}")
+            il = g.get("ignore_labels")
+            il = torch.full((ib.shape[0],), -1) if il is None else torch.as_tensor(il).reshape(-1)
+            for box, lab in zip(ib.double().tolist(), il.tolist()):
+                for c in range(num_classes) if lab < 0 else [lab]:
+                    gt_anns.append({**_coco_annotation(len(gt_anns) + 1, image_id, c, box), "iscrowd": 1})
         for box, score, lab in zip(pb.double().tolist(), ps.double().tolist(), pl.tolist()):
             dt_anns.append(_coco_annotation(len(dt_anns) + 1, image_id, lab, box, score=score))
-    if not gt_anns:
+    if not any(a["iscrowd"] == 0 for a in gt_anns):
         raise InputError("mAP needs at least one ground-truth box; the evaluation set has none")
     categories = [{"id": c + 1, "name": names[c]} for c in range(num_classes)]
 

@@ -195,6 +195,53 @@ def _split_output(out: Any, B: int, P: int, batch_index: int) -> tuple[list[dict
     return preds, keep
 
 
+def _frames(batch: Mapping[str, Any], B: int, input_hw: tuple[int, int], bi: int) -> list[tuple]:
+    """Per image ``(transform [4] or None, original (h, w), original boxes or None)``."""
+    tfs = batch.get("transforms")
+    if tfs is None:
+        return [(None, input_hw, None)] * B
+    sizes, orig = batch.get("orig_sizes"), batch.get("orig_boxes")
+    if sizes is None or orig is None or len(tfs) != B or len(sizes) != B or len(orig) != B:
+        raise InputError(f"batch {bi}: 'transforms' needs 'orig_sizes' and 'orig_boxes' for each of its {B} images")
+    return [
+        (torch.as_tensor(tfs[b], dtype=torch.float32), tuple(int(v) for v in sizes[b]), torch.as_tensor(orig[b]))
+        for b in range(B)
+    ]
+
+
+def to_original(pred: Mapping[str, Any], transform: Tensor, orig_hw: Sequence[int]) -> dict[str, Any]:
+    """Detections on the network input -> the original image: ``(x - px) / sx``, clipped to it;
+    boxes left with no area (entirely on padding) are dropped. ``pred``: ``boxes [D, 4]``,
+    ``scores [D]``, optional ``labels [D]``."""
+    sx, sy, px, py = (float(v) for v in transform)
+    h, w = (float(v) for v in orig_hw)
+    boxes = torch.as_tensor(pred["boxes"], dtype=torch.float32).reshape(-1, 4)
+    back = (boxes - torch.tensor([px, py, px, py])) / torch.tensor([sx, sy, sx, sy])
+    back = torch.stack(
+        [back[:, 0].clamp(0, w), back[:, 1].clamp(0, h), back[:, 2].clamp(0, w), back[:, 3].clamp(0, h)], dim=1
+    )
+    ok = (back[:, 2] > back[:, 0]) & (back[:, 3] > back[:, 1])
+    out = {"boxes": back[ok], "scores": torch.as_tensor(pred["scores"]).reshape(-1)[ok]}
+    if pred.get("labels") is not None:
+        out["labels"] = torch.as_tensor(pred["labels"]).reshape(-1)[ok]
+    return out
+
+
+def content_patches(
+    transform: Tensor | None, orig_hw: Sequence[int], grid: Sequence[int], input_hw: Sequence[int]
+) -> Tensor:
+    """[P] bool: patches whose centre lies on the image (not on letterbox padding)."""
+    (hp, wp), (H, W) = grid, input_hw
+    if transform is None:
+        return torch.ones(hp * wp, dtype=torch.bool)
+    sx, sy, px, py = (float(v) for v in transform)
+    cy = (torch.arange(hp, dtype=torch.float32) + 0.5) * (H / hp)
+    cx = (torch.arange(wp, dtype=torch.float32) + 0.5) * (W / wp)
+    rows = (cy >= py) & (cy < py + orig_hw[0] * sy)
+    cols = (cx >= px) & (cx < px + orig_hw[1] * sx)
+    return (rows[:, None] & cols[None, :]).reshape(-1)
+
+
 def evaluate(
     predict: Predict,
     batches: Iterable[Mapping[str, Any]],
@@ -234,7 +281,7 @@ def evaluate(
     raw_preds, raw_gts = [], []
     n_images = n_det = 0
     pruned: bool | None = None
-    kept_sum = 0.0
+    kept_sum = content_sum = 0.0
     for bi, batch in enumerate(batches):
         if not isinstance(batch, Mapping) or "images" not in batch or "boxes" not in batch:
             raise InputError(f"batch {bi} must be a mapping with 'images' and 'boxes' (and 'labels')")
@@ -254,27 +301,40 @@ def evaluate(
             pruned = keep is not None
         elif pruned != (keep is not None):
             raise InputError(f"batch {bi}: predict() returned a keep_mask for some batches but not others")
+        frames = _frames(batch, B, (H, W), bi)
         kept_boxes = []
         for b in range(B):
-            gt = {"boxes": gt_boxes[b], **({"labels": gt_labels[b]} if gt_labels[b] is not None else {})}
+            labels_b = {"labels": gt_labels[b]} if gt_labels[b] is not None else {}
             index = n_images + b
-            pr, g = prepare_image(preds[b], gt, index, (H, W), classes)
+            tf, (oh, ow), orig = frames[b]
+            pred_b = preds[b] if tf is None else to_original(preds[b], tf, (oh, ow))
+            gt_orig = {"boxes": gt_boxes[b] if orig is None else orig, **labels_b}
+            pr, g = prepare_image(pred_b, gt_orig, index, (oh, ow), classes)
+            # recall and fields in the original image; size and retention on the network input
+            g_in = (
+                g if tf is None else prepare_image(None, {"boxes": gt_boxes[b], **labels_b}, index, (H, W), classes)[1]
+            )
             matched.append(match_image(pr, g, iou_thr, score_thr, class_aware))
-            fld.append(field_of(g["boxes"], H, fields))
-            size.append(size_bin_of(g["boxes"], patch_size, size_bins))
+            fld.append(field_of(g["boxes"], oh, fields))
+            size.append(size_bin_of(g_in["boxes"], patch_size, size_bins))
             n_det += int((pr["scores"] >= score_thr).sum())
-            kept_boxes.append(g["boxes"])
+            kept_boxes.append(g_in["boxes"])
             if compute_map:
                 if "labels" not in preds[b] or gt_labels[b] is None:
                     raise InputError(
                         f"image {index}: mAP needs labels on predictions and ground truth; "
                         f"pass compute_map=False for a class-agnostic model"
                     )
-                raw_preds.append(preds[b])
-                raw_gts.append({"boxes": torch.as_tensor(gt_boxes[b]), "labels": torch.as_tensor(gt_labels[b])})
+                raw_preds.append(pred_b)
+                gt_map = {"boxes": torch.as_tensor(gt_orig["boxes"]), "labels": torch.as_tensor(gt_labels[b])}
+                if batch.get("ignore") is not None:
+                    gt_map.update(ignore=batch["ignore"][b], ignore_labels=batch["ignore_labels"][b])
+                raw_gts.append(gt_map)
         if keep is not None:
             retention.append(retention_per_object(keep, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center))
-            kept_sum += float(torch.as_tensor(keep).to(torch.float64).sum())
+            content = torch.stack([content_patches(f[0], f[1], (Hp, Wp), (H, W)) for f in frames])  # [B, P]
+            kept_sum += float((torch.as_tensor(keep).bool() & content).to(torch.float64).sum())
+            content_sum += float(content.sum())
         n_images += B
     if n_images == 0:
         raise InputError("the validation set is empty (no batches)")
@@ -307,7 +367,7 @@ def evaluate(
         ret,
         map50=m50,
         map50_per_class=per_class,
-        keep_ratio=(kept_sum / (n_images * P)) if pruned else None,
+        keep_ratio=(kept_sum / max(content_sum, 1.0)) if pruned else None,
         n_images=n_images,
         n_objects=int(matched_t.numel()),
         n_detections=n_det,

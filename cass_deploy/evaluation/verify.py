@@ -20,23 +20,59 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.table import Table
 
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.evaluation.metrics import box_iou, greedy_match
 from cass_deploy.evaluation.reference_outputs import save_reference_outputs
 from cass_deploy.io_utils import sha256_file
-from cass_deploy.model.checkpoint import load_checkpoint
-from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.model.adapter import ModelSource, load_model
+from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME
 from cass_deploy.model.pruner import band_boundaries
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
 from cass_deploy.runtime.torch_runner import TorchRunner
 
 # fp32: identical keep sets outside ties and score error <= 1e-4; fp16 / int8: mean keep-set IoU.
+# Detections (SPEC 6b outputs) are compared by matching, not raw maps: the share of the reference's
+# best detections (its first det_top_share of the N rows) that the candidate has anywhere in its
+# rows (same class, IoU >= det_iou), the same the other way round, the mean IoU of matched pairs
+# and their largest score error.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"tie_tol": 1e-4, "min_keep_iou": 1.0, "min_image_keep_iou": 1.0, "max_score_abs": 1e-4},
-    "fp16": {"tie_tol": 5e-3, "min_keep_iou": 0.99, "min_image_keep_iou": 0.0, "max_score_abs": math.inf},
-    "int8": {"tie_tol": 5e-2, "min_keep_iou": 0.97, "min_image_keep_iou": 0.0, "max_score_abs": math.inf},
+    "fp32": {
+        "tie_tol": 1e-4,
+        "min_keep_iou": 1.0,
+        "min_image_keep_iou": 1.0,
+        "max_score_abs": 1e-4,
+        "det_top_share": 0.5,
+        "det_iou": 0.5,
+        "min_det_match": 0.99,
+        "min_det_matched_iou": 0.99,
+        "max_det_score_abs": 1e-3,
+    },
+    "fp16": {
+        "tie_tol": 5e-3,
+        "min_keep_iou": 0.99,
+        "min_image_keep_iou": 0.0,
+        "max_score_abs": math.inf,
+        "det_top_share": 0.5,
+        "det_iou": 0.5,
+        "min_det_match": 0.95,
+        "min_det_matched_iou": 0.9,
+        "max_det_score_abs": 0.05,
+    },
+    "int8": {
+        "tie_tol": 5e-2,
+        "min_keep_iou": 0.97,
+        "min_image_keep_iou": 0.0,
+        "max_score_abs": math.inf,
+        "det_top_share": 0.5,
+        "det_iou": 0.5,
+        "min_det_match": 0.8,
+        "min_det_matched_iou": 0.75,
+        "max_det_score_abs": math.inf,
+    },
 }
 
 
@@ -114,6 +150,7 @@ class CandidateReport:
     tied_patches_mean: float
     detection_max_abs: dict[str, float] = field(default_factory=dict)
     detection_max_rel: dict[str, float] = field(default_factory=dict)
+    detections: dict[str, float] = field(default_factory=dict)  # matching of the SPEC 6b outputs
     thresholds: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -154,6 +191,7 @@ def compare_outputs(
     err = np.abs(rs - cs)
     scale = np.maximum(np.abs(rs), 1e-6)
     det_abs, det_rel = {}, {}
+    dets = compare_detections(ref, cand, thresholds) if all(k in ref and k in cand for k in DET_OUTPUTS) else {}
     for key in ("heatmap", "box"):
         if key in ref and key in cand:
             e = np.abs(ref[key].astype(np.float64) - cand[key].astype(np.float64))
@@ -172,6 +210,7 @@ def compare_outputs(
         tied_patches_mean=float(tied.mean()),
         detection_max_abs=det_abs,
         detection_max_rel=det_rel,
+        detections=dets,
         thresholds=dict(thresholds),
     )
     t = thresholds
@@ -188,7 +227,91 @@ def compare_outputs(
         )
     if rep.score_max_abs > t["max_score_abs"]:
         rep.failures.append(f"max score error {rep.score_max_abs:.3g} > {t['max_score_abs']:.3g}")
+    if dets:
+        for key, limit, what in (
+            ("match", "min_det_match", "of the reference's detections found"),
+            ("precision", "min_det_match", "of the candidate's detections in the reference"),
+            ("matched_iou_mean", "min_det_matched_iou", "mean IoU of matched detections"),
+        ):
+            if dets[key] < t[limit] - 1e-12:
+                rep.failures.append(f"{dets[key]:.4f} {what} < {t[limit]}")
+        if dets["score_max_abs"] > t["max_det_score_abs"]:
+            rep.failures.append(f"max detection score error {dets['score_max_abs']:.3g} > {t['max_det_score_abs']:.3g}")
     return rep
+
+
+def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float, floor: float) -> tuple[np.ndarray, ...]:
+    n = int(np.asarray(out["num_dets"]).reshape(-1)[b])
+    rows = int(np.asarray(out["det_scores"]).shape[1])
+    boxes = np.asarray(out["det_boxes"][b, :n], np.float64)
+    scores = np.asarray(out["det_scores"][b, :n], np.float64)
+    labels = np.asarray(out["det_classes"][b, :n], np.int64)
+    return boxes, scores, labels, (np.arange(n) < math.ceil(top_share * rows)) & (scores >= floor)
+
+
+def score_floor(out: Mapping[str, np.ndarray]) -> float:
+    """The lowest score a model's outputs show it keeps: the smallest valid score over the images
+    whose rows are not all used (there the export's score threshold, not N, cut the list); 0 when
+    every image fills its N rows. A lower bound of an unknown export's threshold."""
+    num = np.asarray(out["num_dets"]).reshape(-1)
+    scores = np.asarray(out["det_scores"], np.float64)
+    rows = np.arange(scores.shape[1])[None, :]
+    valid = (rows < num[:, None]) & (num[:, None] < scores.shape[1])
+    return float(scores[valid].min()) if valid.any() else 0.0
+
+
+def _one_way(a: tuple, b: tuple, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a's best detections (``above``) matched (greedy, same class, IoU >= iou_thr) among all of b's
+    -> (matched [n_a_above] bool, IoU of each match, |score a - score b| of each match)."""
+    boxes_a, scores_a, labels_a, above = a
+    boxes_b, scores_b, labels_b, _ = b
+    boxes_a, scores_a, labels_a = boxes_a[above], scores_a[above], labels_a[above]
+    if len(boxes_a) == 0 or len(boxes_b) == 0:
+        return np.zeros(len(boxes_a), bool), np.zeros(0), np.zeros(0)
+    iou = box_iou(torch.from_numpy(boxes_b), torch.from_numpy(boxes_a))  # rows: b by score (sorted outputs)
+    allowed = torch.from_numpy(labels_b[:, None] == labels_a[None, :])
+    owner = greedy_match(iou, iou_thr, allowed).numpy()  # [n_a] row of b or -1
+    hit = owner >= 0
+    pair_iou = iou.numpy()[owner[hit], np.nonzero(hit)[0]]
+    return hit, pair_iou, np.abs(scores_a[hit] - scores_b[owner[hit]])
+
+
+def compare_detections(
+    ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], thresholds: Mapping[str, float]
+) -> dict[str, float]:
+    """Detections of two models in SPEC 6b's layout, compared by matching (not raw maps).
+
+    Per image, each of the reference's best detections (its first ``det_top_share`` of the N rows,
+    up to ``num_dets``) is matched to the candidate's (all its valid rows; same class, IoU >=
+    ``det_iou``, greedy by score) and vice versa, so a detection that only crosses the score
+    threshold or the last row in one of them (a tie) costs nothing. Rows scoring below either
+    model's :func:`score_floor` are left out: two exports with different score thresholds (an
+    ONNX from elsewhere records none) are compared where both report detections. Returns
+    ``match`` (share of the reference's found), ``precision`` (share of the candidate's found in
+    the reference), ``matched_iou_mean`` / ``matched_iou_min`` and ``score_max_abs`` over matched
+    pairs, the ``score_floor`` used and the counts.
+    """
+    share, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
+    floor = max(score_floor(ref), score_floor(cand))
+    hits_r, hits_c, ious, errs = [], [], [], []
+    for b in range(int(np.asarray(ref["num_dets"]).shape[0])):
+        r, c = _det_lists(ref, b, share, floor), _det_lists(cand, b, share, floor)
+        hit, pair_iou, err = _one_way(r, c, iou_thr)
+        hits_r.append(hit)
+        ious.append(pair_iou)
+        errs.append(err)
+        hits_c.append(_one_way(c, r, iou_thr)[0])
+    hr, hc, iu, er = (np.concatenate(v) if v else np.zeros(0) for v in (hits_r, hits_c, ious, errs))
+    return {
+        "score_floor": floor,
+        "n_reference": int(hr.size),
+        "n_candidate": int(hc.size),
+        "match": float(hr.mean()) if hr.size else 1.0,
+        "precision": float(hc.mean()) if hc.size else 1.0,
+        "matched_iou_mean": float(iu.mean()) if iu.size else 1.0,
+        "matched_iou_min": float(iu.min()) if iu.size else 1.0,
+        "score_max_abs": float(er.max()) if er.size else 0.0,
+    }
 
 
 @dataclass
@@ -226,18 +349,25 @@ def band_groups(
 
 
 def run_verify(
-    reference: str,
+    reference: str | None,
     candidates: Sequence[str],
     *,
     images: int = 16,
     data: str = "synthetic",
     providers: Sequence[str] = ("cpu",),
     seed: int = 0,
+    source: ModelSource | None = None,
+    grid: Sequence[int] | None = None,
     save_polygraphy: str | Path | None = None,
     force: bool = False,
     **threshold_overrides: float | None,
 ) -> tuple[VerifyReport, list[str]]:
-    """Reference checkpoint vs each candidate on ``images`` images -> (report, notes).
+    """Reference model vs each candidate on ``images`` images -> (report, notes).
+
+    The reference is a checkpoint (``reference``) or a ``--model`` adapter (``source``); the
+    candidates are export directories, ``.onnx`` files (another toolchain's too: ``grid`` gives
+    the patch grid when its metadata has none) or engines. Keep masks are compared tie-aware,
+    the SPEC 6b detections by matching (:func:`compare_detections`).
 
     ``save_polygraphy``: a directory for the reference inputs and torch outputs of the first
     candidate in Polygraphy's JSON format (:mod:`cass_deploy.evaluation.reference_outputs`), for
@@ -246,8 +376,12 @@ def run_verify(
 
     if images < 1:
         raise InputError(f"--images must be >= 1, got {images}")
+    if source is None:
+        if reference is None:
+            raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
+        source = ModelSource(checkpoint=Path(reference))
     notes: list[str] = []
-    cands = resolve_candidates(candidates, providers, notes)
+    cands = resolve_candidates(candidates, providers, notes, grid=grid)
     reports = []
     compared = 0
     cache: dict[tuple, dict[str, np.ndarray]] = {}
@@ -259,18 +393,36 @@ def run_verify(
         n = (images // step) * step
         if n == 0:
             raise InputError(f"--images {images} is smaller than the candidate's fixed batch {step}")
-        key = (size, m.pruner_mode, m.keep_ratio, m.parts, n, step)
-        mkey = (size, m.pruner_mode, m.keep_ratio)
+        out_names = [o["name"] for o in m.outputs]
+        raw_head = set(HEAD_OUTPUTS) <= set(out_names)
+        max_dets = next((o["shape"][1] for o in m.outputs if o["name"] == "det_scores" and "shape" in o), None)
+        thresh = m.extra.get("det_score_thresh")
+        # a checkpoint takes the candidate's pruner and size; an adapter or another toolchain's file is as built
+        as_exported = source.checkpoint is not None and not m.extra.get("foreign")
+        mkey = (size, m.pruner_mode, m.keep_ratio, raw_head, max_dets, thresh) if as_exported else (raw_head, max_dets)
+        key = (*mkey, m.parts, n, step)
         if mkey not in models:
-            models[mkey] = load_checkpoint(
-                reference, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size
+            loaded = (
+                load_model(source, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size)
+                if as_exported
+                else load_model(source)
             )
+            if hasattr(loaded.model, "set_outputs") and m.parts == "full":
+                loaded.model.set_outputs(
+                    max_dets=max_dets if isinstance(max_dets, int) else None, raw_head=raw_head, score_thresh=thresh
+                )
+            models[mkey] = loaded
         ckpt = models[mkey]
+        if tuple(ckpt.model.image_size) != tuple(size):
+            raise InputError(
+                f"candidate {c.path} takes {size[0]}x{size[1]} images but the reference "
+                f"{source.describe()} takes {ckpt.model.image_size[0]}x{ckpt.model.image_size[1]}"
+            )
         src = m.source_checkpoint_sha256
         if src and src != ckpt.sha256:
             notes.append(
-                f"{c.path}: exported from a different checkpoint (sha256 {src[:12]}…) than the "
-                f"reference {reference} ({ckpt.sha256[:12]}…)"
+                f"{c.path}: exported from a different checkpoint / weights (sha256 {src[:12]}…) than the "
+                f"reference {source.describe()} ({ckpt.sha256[:12]}…)"
             )
         if key not in cache:
             ds = load_dataset(data, split="val", num_images=n, image_size=size, seed=seed)
@@ -283,11 +435,7 @@ def run_verify(
         with make_runner(c, providers) as runner:
             cand = run_batches(runner, ref["images"], step)
         thr = thresholds_for(m.precision, **threshold_overrides)
-        pr = ckpt.model.cfg.pruner
-        groups = band_groups(pr.mode, ckpt.model.grid, pr.bands, pr.band_rows)
-        logit = None
-        if pr.mode == "threshold":
-            logit = math.log(pr.threshold / (1 - pr.threshold))
+        groups, logit = ckpt.model.tie_groups() if hasattr(ckpt.model, "tie_groups") else (None, None)
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
         if save_polygraphy is not None and not compared:  # the first candidate's reference
@@ -297,7 +445,7 @@ def run_verify(
                 [{k: v[i : i + step] for k, v in ref.items() if k != "images"} for i in range(0, n, step)],
                 precision=m.precision,
                 source={
-                    "checkpoint": str(reference),
+                    "checkpoint": str(reference) if reference is not None else source.describe(),
                     "checkpoint_sha256": ckpt.sha256,
                     "candidate": str(c.path),
                     "onnx_sha256": sha256_file(c.path) if c.kind == "onnx" else None,
@@ -313,7 +461,7 @@ def run_verify(
                 f"saved the reference of {c.path} for Polygraphy in {save_polygraphy}: {index['commands']['engine']}"
             )
         compared = max(compared, n)
-    return VerifyReport(reference=str(reference), images=compared, candidates=reports), notes
+    return VerifyReport(reference=source.describe(), images=compared, candidates=reports), notes
 
 
 def report_table(report: VerifyReport):
@@ -327,7 +475,7 @@ def report_table(report: VerifyReport):
         "plain IoU",
         "mask agree",
         "score max abs",
-        "heatmap max abs",
+        "detections found / IoU / score err",
         "result",
     ):
         t.add_column(col, overflow="fold")
@@ -339,7 +487,16 @@ def report_table(report: VerifyReport):
             f"{c.plain_iou_mean:.4f}",
             f"{c.mask_agreement:.4f}",
             f"{c.score_max_abs:.2e}",
-            f"{c.detection_max_abs.get('heatmap', float('nan')):.2e}" if c.detection_max_abs else "-",
+            _det_cell(c),
             "[green]pass[/]" if c else "[red]FAIL[/]: " + "; ".join(c.failures),
         )
     return t
+
+
+def _det_cell(c: CandidateReport) -> str:
+    d = c.detections
+    if d:
+        return f"{d['match']:.3f} ({d['n_reference']}) / {d['matched_iou_mean']:.4f} / {d['score_max_abs']:.1e}"
+    if c.detection_max_abs:
+        return f"heatmap max abs {c.detection_max_abs.get('heatmap', float('nan')):.2e}"
+    return "-"

@@ -48,7 +48,7 @@ class GraphFacts:
             pruner_mode=model.pruner_mode,
             k=model.k,
             topk_sizes=list(getattr(model, "topk_sizes", ()) or []),
-            keep_ratio=model.cfg.pruner.keep_ratio,
+            keep_ratio=getattr(model, "keep_ratio", None),
             dynamic_batch=dynamic_batch,
         )
 

@@ -26,7 +26,7 @@ from cass_deploy.export.onnx_export import export_part, io_specs, op_types
 from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import build_engine, onnx_facts, plan_build, trtexec_for
 from cass_deploy.io_utils import Output
-from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.adapter import load_model, source_from
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_engine import device_facts
@@ -54,12 +54,14 @@ def _calibration(req: ExportRequest, image_size, n: int) -> list:
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> ExportResult:
     """Export per ``req``; returns the manifest. Raises before writing anything on bad input."""
 
-    target_dir = Output(req.out, force=req.force, kind="dir", flag="--out", inputs=[req.checkpoint]).check()
+    inputs = [req.checkpoint, req.weights]
+    target_dir = Output(req.out, force=req.force, kind="dir", flag="--out", inputs=inputs).check()
     out = target_dir.path
-    ckpt = load_checkpoint(
-        req.checkpoint, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio, image_size=req.image_size
-    )
+    source = source_from(req.checkpoint, req.model, req.weights, req.model_args)
+    ckpt = load_model(source, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio, image_size=req.image_size)
     model = ckpt.model
+    if req.parts == "full":
+        _set_outputs(model, req)
     if model.pruner_mode == "none":
         raise InputError(
             "this checkpoint's pruner is 'none' (dense); export a pruned model with "
@@ -84,7 +86,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         except InputError as exc:
             notes.append(f"note: a TensorRT build of this export would be refused: {exc}")
 
-    trained_size = tuple(ckpt.raw["model_config"]["image_size"])
+    trained_size = ckpt.trained_image_size
     if tuple(model.image_size) != trained_size:
         notes.append(
             f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
@@ -93,7 +95,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         )
     log(
         f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
-        f"{req.precision}) from {req.checkpoint}"
+        f"{req.precision}) from {source.describe()}"
     )
     proto = export_part(
         model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch, opset=req.opset, simplify=req.simplify
@@ -113,16 +115,17 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     graph.check(target, ops=op_types(proto), dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
 
     inputs, outputs = io_specs(proto)
+    max_dets = next((o["shape"][1] for o in outputs if o["name"] == "det_scores"), None)
     base = dict(
         inputs=inputs,
         outputs=outputs,
         precision=req.precision,
-        source_checkpoint=str(Path(req.checkpoint).resolve()),
+        source_checkpoint=str(Path(ckpt.path).resolve()),
         checkpoint_sha256=ckpt.sha256,
         grid=list(model.grid),
         k=model.k,
         topk_sizes=graph.topk_sizes or None,
-        keep_ratio=model.cfg.pruner.keep_ratio,
+        keep_ratio=getattr(model, "keep_ratio", None),
         pruner_mode=model.pruner_mode,
         image_size=list(model.image_size),
         batch=None if req.dynamic_batch else req.batch,
@@ -136,9 +139,13 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         "notes": notes,
         "profile": req.profile,
         "patch_size": model.patch_size,
-        "num_classes": getattr(model.cfg, "num_classes", None),
-        "head_stride": getattr(model.cfg, "head_stride", None),
+        "num_classes": len(model.class_names),
+        "class_names": list(model.class_names),
+        "head_stride": getattr(getattr(model, "cfg", None), "head_stride", None),
         "trained_image_size": list(trained_size),
+        "model_source": source.to_dict(),
+        "max_dets": max_dets,
+        "det_score_thresh": req.det_score_thresh if max_dets is not None else None,
         **req.extra,
     }
     trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})
@@ -167,6 +174,19 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     for n in notes:
         log(n)
     return ExportResult(out=out, manifest=man, notes=notes)
+
+
+def _set_outputs(model, req: ExportRequest) -> None:
+    """``--max-dets``, ``--raw-head`` and ``--det-score-thresh`` on a model that can change its
+    outputs (``set_outputs``); a model that cannot keeps its own, and asking otherwise is an error."""
+    asked = {"max_dets": req.max_dets, "raw_head": req.raw_head, "score_thresh": req.det_score_thresh}
+    if hasattr(model, "set_outputs"):
+        model.set_outputs(**asked)
+        return
+    if req.raw_head:
+        raise InputError(
+            f"{type(model).__name__} has no set_outputs(): --raw-head needs a model that can change its outputs"
+        )
 
 
 def _trtexec(opts, trt_major: int, has_qdq: bool, is_fp16: bool, notes: list[str]) -> str | None:

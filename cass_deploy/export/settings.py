@@ -102,10 +102,31 @@ def _target_for(profile: ExportProfile) -> str | None:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "checkpoint",
-        Path,
+        Path | None,
+        None,
         flag="checkpoint",
         help="trained checkpoint (.pt), or an export directory to build its engine on this device "
-        "(with --engine; no torch or checkpoint needed)",
+        "(with --engine; no torch or checkpoint needed); omit it with --model",
+    ),
+    Setting(
+        "model",
+        str | None,
+        None,
+        "--model",
+        metavar="SPEC",
+        help="your own model instead of a checkpoint: package.module:factory or path/to/file.py:factory "
+        "returning a PrunableModel (SPEC 6a); needs --weights",
+    ),
+    Setting(
+        "weights", Path | None, None, "--weights", metavar="FILE", help="--model's state dict (.pt or .safetensors)"
+    ),
+    Setting(
+        "model_args",
+        str | None,
+        None,
+        "--model-args",
+        metavar="FILE|JSON",
+        help="keyword arguments of the --model factory: a JSON object or a JSON / YAML file",
     ),
     Setting("out", Path, flag="--out", help="output directory (model.onnx, model.engine, manifest.json)"),
     Setting(
@@ -148,6 +169,27 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("pruner_mode", str | None, None, "--pruner", choices=PRUNER_MODES, profile="global"),
     Setting("keep_ratio", float | None, None, "--keep-ratio", profile=0.5),
+    Setting(
+        "max_dets",
+        int,
+        100,
+        "--max-dets",
+        help="rows N of the deployed outputs num_dets / det_boxes / det_scores / det_classes (default {default})",
+    ),
+    Setting(
+        "raw_head",
+        bool,
+        False,
+        "--raw-head",
+        help="end the full export in the raw heatmap / box maps instead of the decoded detections",
+    ),
+    Setting(
+        "det_score_thresh",
+        float,
+        0.01,
+        "--det-score-thresh",
+        help="detections scoring below this are padding rows (zero) in the deployed outputs (default {default})",
+    ),
     Setting(
         "keep_predictor_fp32",
         bool,
@@ -197,6 +239,20 @@ SETTING: Mapping[str, Setting] = types.MappingProxyType({s.name: s for s in SETT
 
 def _check_request(req: ExportRequest) -> None:
     """Refuse (:class:`InputError`, naming the flag) what no export can do; backend limits come later."""
+    if (req.checkpoint is None) == (req.model is None):
+        raise InputError(
+            "export needs a checkpoint or --model SPEC --weights FILE (one of them)"
+            if req.checkpoint is None
+            else f"give a checkpoint ({req.checkpoint}) or --model {req.model}, not both"
+        )
+    if req.model is not None and req.weights is None:
+        raise InputError(f"--model {req.model} needs --weights FILE (a torch state dict or .safetensors)")
+    if req.model is None and (req.weights is not None or req.model_args is not None):
+        raise InputError("--weights and --model-args go with --model SPEC")
+    if isinstance(req.max_dets, bool) or not isinstance(req.max_dets, int) or not 1 <= req.max_dets <= 3840:
+        raise InputError(f"--max-dets must be an integer in 1..3840 (TensorRT's TopK limit), got {req.max_dets!r}")
+    if not isinstance(req.det_score_thresh, (int, float)) or not 0.0 <= req.det_score_thresh < 1.0:
+        raise InputError(f"--det-score-thresh must be in [0, 1), got {req.det_score_thresh!r}")
     if req.parts not in PARTS:
         raise InputError(f"--parts must be {' or '.join(map(repr, PARTS))}, got {req.parts!r}")
     if req.precision not in PRECISIONS:
@@ -233,6 +289,7 @@ ExportRequest = _dataclass(
     "What to export: one field per ``SETTINGS`` row. ``target`` names a row of ``backends.limits`` "
     "(checked before building); ``profile`` is the name of the deployment profile applied.",
     namespace={"__post_init__": _check_request},
+    kw_only=True,
 )
 
 #: The settings a deployment profile shares with the request, with the profile's defaults: the frozen
@@ -284,6 +341,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         elif base in (int, float):
             kw["type"] = base
         if not s.flag.startswith("-"):
+            if s.default is not REQUIRED:
+                kw.update(nargs="?", default=s.default)
             parser.add_argument(s.flag, **kw)
             continue
         if s.default is REQUIRED:

@@ -22,9 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from cass_deploy.config import from_dict
+from cass_deploy.data.classes import ALL_CLASSES
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.blocks import Block, PatchEmbed, sincos_pos_embed
-from cass_deploy.model.head import DenseHead, decode, detection_loss
+from cass_deploy.model.head import (
+    DEFAULT_DET_SCORE_THRESH,
+    DEFAULT_MAX_DETS,
+    DenseHead,
+    decode,
+    deployed_detections,
+    detection_loss,
+)
 from cass_deploy.model.interface import INPUT_NAME, output_names_for
 from cass_deploy.model.predictor import ImportancePredictor
 from cass_deploy.model.pruner import Pruner, PrunerConfig, band_boundaries
@@ -141,6 +149,8 @@ class PrunedDetector(nn.Module):
         self.num_patches = cfg.num_patches
         self.head_stride = cfg.head_stride
         self.pruner = Pruner(cfg.pruner, self.grid)
+        # what full_module() ends in (SPEC §6b): deployment settings, not weights (see set_outputs)
+        self.max_dets, self.raw_head, self.det_score_thresh = DEFAULT_MAX_DETS, False, DEFAULT_DET_SCORE_THRESH
         if _share is not None:  # with_pruner(): same parameter objects, new pruner
             for name in ("patch_embed", "early", "predictor", "late", "norm", "head"):
                 setattr(self, name, getattr(_share, name))
@@ -166,6 +176,37 @@ class PrunedDetector(nn.Module):
     @property
     def pruner_mode(self) -> str:
         return self.pruner.mode
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.cfg.pruner.keep_ratio
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the ``det_classes`` indices: the fixed label order of ``data.classes``."""
+        n = self.cfg.num_classes
+        return ALL_CLASSES[:n] if n <= len(ALL_CLASSES) else ALL_CLASSES + tuple(f"class{i}" for i in range(4, n))
+
+    def tie_groups(self):
+        """See :meth:`Pruner.tie_groups` (band per patch, threshold logit) for ``verify``."""
+        return self.pruner.tie_groups()
+
+    def set_outputs(
+        self, max_dets: int | None = None, raw_head: bool | None = None, score_thresh: float | None = None
+    ) -> PrunedDetector:
+        """Choose what :meth:`full_module` ends in: the §6b detections (``max_dets`` rows, rows
+        scoring below ``score_thresh`` zero) or, with ``raw_head``, the heatmap / box maps. In place."""
+        if max_dets is not None:
+            if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+                raise ConfigError(f"max_dets must be an integer >= 1, got {max_dets!r}")
+            self.max_dets = max_dets
+        if raw_head is not None:
+            self.raw_head = bool(raw_head)
+        if score_thresh is not None:
+            if not isinstance(score_thresh, (int, float)) or not 0.0 <= score_thresh < 1.0:
+                raise ConfigError(f"det score threshold must be in [0, 1), got {score_thresh!r}")
+            self.det_score_thresh = float(score_thresh)
+        return self
 
     @property
     def topk_sizes(self) -> tuple[int, ...]:
@@ -264,11 +305,13 @@ class PrunedDetector(nn.Module):
         return _PredictorPart(self)
 
     def full_module(self) -> nn.Module:
-        """images → ``(scores, keep_idx, keep_mask, heatmap, box)`` (no keep_idx in threshold mode)."""
+        """images → ``(num_dets, det_boxes, det_scores, det_classes, scores, keep_idx, keep_mask)``
+        (SPEC §6b; the heat-map peaks decoded in the graph), or with ``raw_head`` ``(scores,
+        keep_idx, keep_mask, heatmap, box)``; no keep_idx in threshold mode."""
         return _FullPart(self)
 
     def output_names(self, part: str) -> list[str]:
-        return output_names_for(part, self.pruner.mode)
+        return output_names_for(part, self.pruner.mode, raw_head=self.raw_head)
 
     input_name = INPUT_NAME
 
@@ -288,6 +331,7 @@ class PrunedDetector(nn.Module):
             raise ConfigError(f"bad pruner override {sorted(changes)}: {exc}") from None
         cfg = dataclasses.replace(self.cfg, pruner=pcfg)
         other = PrunedDetector(cfg, _share=self)
+        other.set_outputs(self.max_dets, self.raw_head, self.det_score_thresh)
         other.train(self.training)
         return other
 
@@ -314,6 +358,11 @@ class _FullPart(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.det(images)
+        if not self.det.raw_head:
+            dets = deployed_detections(
+                out["heatmap"], out["box"], self.det.image_size, self.det.max_dets, self.det.det_score_thresh
+            )
+            out.update(zip(("num_dets", "det_boxes", "det_scores", "det_classes"), dets))
         return tuple(out[name] for name in self.det.output_names("full"))
 
 

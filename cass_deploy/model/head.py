@@ -311,6 +311,45 @@ def detection_loss(
 # --------------------------------------------------------------------------- decode
 
 
+def _peak_topk(
+    heat_logits: Tensor, box: Tensor, image_size: tuple[int, int], max_dets: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k = min(max_dets, C * Hh * Wh)`` best 3×3 heat-map peaks per image, as tensors.
+
+    heat_logits ``[B, C, Hh, Wh]``, box ``[B, 4, Hh, Wh]`` ltrb px → (scores ``[B, k]`` sigmoid,
+    descending; labels ``[B, k]`` int64; boxes ``[B, k, 4]`` xyxy input pixels clipped to the image).
+    Export-friendly (MaxPool, Equal, TopK, Gather, integer Div; no Mod), so the same code runs in
+    the Python decode and in the graph.
+    """
+    bsz, c, hh, wh = heat_logits.shape
+    h, w = int(image_size[0]), int(image_size[1])
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise InputError(f"max_dets must be an integer >= 1, got {max_dets!r}")
+    sy, sx = h / hh, w / wh
+    heat = torch.sigmoid(heat_logits.float())
+    peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
+    flat = (heat * peak.to(heat.dtype)).flatten(1)  # [B, C*Hh*Wh]
+    k = min(max_dets, c * hh * wh)
+    scores, idx = flat.topk(k, dim=1)
+    cls = torch.div(idx, hh * wh, rounding_mode="floor")
+    cell = idx - cls * (hh * wh)
+    row = torch.div(cell, wh, rounding_mode="floor")
+    col = cell - row * wh
+    ltrb = box.float().flatten(2).gather(2, cell[:, None].expand(-1, 4, -1))  # [B, 4, k]
+    px = (col.float() + 0.5) * sx
+    py = (row.float() + 0.5) * sy
+    xyxy = torch.stack(
+        [
+            (px - ltrb[:, 0]).clamp(0, w),
+            (py - ltrb[:, 1]).clamp(0, h),
+            (px + ltrb[:, 2]).clamp(0, w),
+            (py + ltrb[:, 3]).clamp(0, h),
+        ],
+        dim=-1,
+    )
+    return scores, cls, xyxy
+
+
 def decode(
     outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thresh: float = 0.05, max_dets: int = 100
 ) -> list[dict[str, Tensor]]:
@@ -320,34 +359,70 @@ def decode(
     kept when ``score >= score_thresh``. Returns per image ``boxes [D, 4]`` float xyxy pixels
     (clipped to the image), ``scores [D]``, ``labels [D]`` int64, sorted by score.
     """
-    heat_logits, box = outputs["heatmap"], outputs["box"]
-    bsz, c, hh, wh = heat_logits.shape
-    h, w = int(image_size[0]), int(image_size[1])
-    if max_dets < 1:
-        raise InputError(f"max_dets must be >= 1, got {max_dets!r}")
-    sy, sx = h / hh, w / wh
     with torch.no_grad():
-        heat = torch.sigmoid(heat_logits.float())
-        peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
-        flat = (heat * peak).flatten(1)  # [B, C*Hh*Wh]
-        k = min(max_dets, flat.shape[1])
-        scores, idx = flat.topk(k, dim=1)
-        cls = idx // (hh * wh)
-        cell = idx % (hh * wh)
-        ltrb = box.float().flatten(2).gather(2, cell[:, None].expand(-1, 4, -1))  # [B, 4, k]
-        px = ((cell % wh).float() + 0.5) * sx
-        py = ((cell // wh).float() + 0.5) * sy
-        xyxy = torch.stack(
-            [
-                (px - ltrb[:, 0]).clamp(0, w),
-                (py - ltrb[:, 1]).clamp(0, h),
-                (px + ltrb[:, 2]).clamp(0, w),
-                (py + ltrb[:, 3]).clamp(0, h),
-            ],
-            dim=-1,
-        )
+        scores, cls, xyxy = _peak_topk(outputs["heatmap"], outputs["box"], image_size, max_dets)
     results = []
-    for b in range(bsz):
+    for b in range(scores.shape[0]):
         keep = scores[b] >= score_thresh
         results.append({"boxes": xyxy[b][keep], "scores": scores[b][keep], "labels": cls[b][keep]})
     return results
+
+
+# --------------------------------------------------------------------------- deployed outputs (SPEC §6b)
+
+#: default ``N`` of the deployed outputs (``--max-dets``) and the score below which rows are padding
+DEFAULT_MAX_DETS = 100
+DEFAULT_DET_SCORE_THRESH = 0.01
+
+
+def pack_detections(
+    scores: Tensor, boxes: Tensor, labels: Tensor, max_dets: int, score_thresh: float = DEFAULT_DET_SCORE_THRESH
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Candidate detections → the EfficientNMS layout of SPEC §6b (export-friendly, any model).
+
+    scores ``[B, M]`` (probabilities), boxes ``[B, M, 4]`` xyxy input pixels, labels ``[B, M]``
+    integer → ``num_dets [B, 1]`` int32, ``det_boxes [B, N, 4]`` float32, ``det_scores [B, N]``
+    float32 (descending), ``det_classes [B, N]`` int32 with ``N = max_dets``: the ``N`` best
+    candidates (TopK), rows with ``score < score_thresh`` and rows past ``M`` set to zero, so the
+    valid rows are the first ``num_dets``.
+    """
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise InputError(f"max_dets must be an integer >= 1, got {max_dets!r}")
+    m = scores.shape[1]
+    k = min(max_dets, m)
+    top, idx = scores.float().topk(k, dim=1)
+    sel_boxes = boxes.float().gather(1, idx[..., None].expand(-1, -1, 4))
+    sel_labels = labels.gather(1, idx)
+    return _pad_packed(top, sel_boxes, sel_labels, max_dets, score_thresh)
+
+
+def _pad_packed(
+    top: Tensor, boxes: Tensor, labels: Tensor, max_dets: int, score_thresh: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sorted candidates ``[B, k]`` (k ≤ N) → the four §6b tensors, invalid rows zero, padded to N."""
+    valid = top >= score_thresh
+    det_scores = torch.where(valid, top, torch.zeros_like(top))
+    det_boxes = boxes * valid[..., None].to(boxes.dtype)
+    det_classes = torch.where(valid, labels, torch.zeros_like(labels)).to(torch.int32)
+    num_dets = valid.to(torch.int32).sum(dim=1, keepdim=True).to(torch.int32)
+    pad = max_dets - top.shape[1]
+    if pad > 0:
+        det_scores = F.pad(det_scores, (0, pad))
+        det_boxes = F.pad(det_boxes, (0, 0, 0, pad))
+        det_classes = F.pad(det_classes, (0, pad))
+    return num_dets, det_boxes, det_scores, det_classes
+
+
+def deployed_detections(
+    heat_logits: Tensor,
+    box: Tensor,
+    image_size: tuple[int, int],
+    max_dets: int = DEFAULT_MAX_DETS,
+    score_thresh: float = DEFAULT_DET_SCORE_THRESH,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The reference head's decode in the graph: heatmap ``[B, C, Hh, Wh]`` logits and box
+    ``[B, 4, Hh, Wh]`` → ``(num_dets, det_boxes, det_scores, det_classes)`` (SPEC §6b, see
+    :func:`pack_detections`). Same peaks, order and boxes as :func:`decode` with the same
+    ``score_thresh`` and ``max_dets``."""
+    scores, cls, xyxy = _peak_topk(heat_logits, box, image_size, max_dets)
+    return _pad_packed(scores, xyxy, cls, max_dets, score_thresh)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -290,6 +291,17 @@ class Pruner(nn.Module):
         else:
             idx = topk_bands(scores, self._starts, self.quotas)
         return idx, mask_from_indices(idx, self.num_patches)
+
+    def tie_groups(self) -> tuple[np.ndarray | None, float | None]:
+        """How ``verify`` finds ties: (band index per patch ``[P]`` int64 for the band pruner, else
+        None; the threshold as a logit for the threshold pruner, else None)."""
+        groups = None
+        if self.mode == "band":
+            hp, wp = self.grid
+            rows = np.searchsorted(np.asarray(self.band_bounds[1:]), np.arange(hp), side="right")
+            groups = np.repeat(rows, wp).astype(np.int64)
+        logit = math.log(self.threshold / (1 - self.threshold)) if self.mode == "threshold" else None
+        return groups, logit
 
     def extra_repr(self) -> str:
         extra = f", quotas={self.quotas}" if self.quotas else ""

@@ -41,7 +41,7 @@ from cass_deploy.runtime.ort_runner import OrtRunner
 torch = lazy_import("torch")
 onnx = lazy_import("onnx")
 onnx_export = lazy_import("cass_deploy.export.onnx_export")
-checkpoint = lazy_import("cass_deploy.model.checkpoint")
+adapter = lazy_import("cass_deploy.model.adapter")
 torch_runner = lazy_import("cass_deploy.runtime.torch_runner")
 mpl_figure = lazy_import("matplotlib.figure")
 
@@ -184,11 +184,17 @@ def profile_runner(
 
 
 def _keep(model) -> float | None:
-    return None if model.pruner_mode == "none" else float(model.cfg.pruner.keep_ratio)
+    ratio = getattr(model, "keep_ratio", None)
+    return None if model.pruner_mode == "none" or ratio is None else float(ratio)
 
 
 def variants(model, keep_ratios: Sequence[float], dense: bool, pruner_mode: str | None = None):
-    """(label, model) pairs sharing ``model``'s weights: dense first, then each keep ratio."""
+    """(label, model) pairs sharing ``model``'s weights: dense first, then each keep ratio. A model
+    without ``with_pruner`` (a ``--model`` adapter may lack it) is timed as it is."""
+    if not hasattr(model, "with_pruner"):
+        if keep_ratios and list(keep_ratios) != [_keep(model)]:
+            raise InputError(f"--sweep needs a model with with_pruner(); {type(model).__name__} has none")
+        return [(f"{model.pruner_mode} keep {_keep(model)}" if _keep(model) else "model", model)]
     out = []
     if dense:
         out.append(("dense", model.with_pruner(mode="none")))
@@ -218,9 +224,10 @@ class ProfileOptions:
 
 
 def profile_checkpoint(
-    ckpt_path: str, opts: ProfileOptions, *, part: str = "full", log: Callable[[str], None] = print
+    ckpt_path: Any, opts: ProfileOptions, *, part: str = "full", log: Callable[[str], None] = print
 ) -> list[Measurement]:
-    """Dense vs pruned (and the keep-ratio ``opts.sweep``) of one checkpoint on torch or ONNX Runtime;
+    """Dense vs pruned (and the keep-ratio ``opts.sweep``) of one checkpoint (a path, or a
+    ``model.adapter.ModelSource`` such as ``--model SPEC --weights FILE``) on torch or ONNX Runtime;
     every variant shares the checkpoint's weights."""
     backend, batch = opts.backend or "torch", opts.batch or 1
     if backend not in ("torch", "onnxruntime"):
@@ -230,8 +237,9 @@ def profile_checkpoint(
         )
 
     device = torch_runner.resolve_device(opts.device)
-    model = checkpoint.load_checkpoint(ckpt_path).model
-    ratios = list(opts.sweep) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
+    source = ckpt_path if hasattr(ckpt_path, "describe") else adapter.ModelSource(checkpoint=Path(ckpt_path))
+    model = adapter.load_model(source).model
+    ratios = list(opts.sweep) or ([_keep(model)] if _keep(model) is not None else [])
     if not ratios and not opts.dense:
         raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
     results = []
@@ -393,22 +401,29 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     return Path(path)
 
 
-def run_profile(model: str | Path, opts: ProfileOptions) -> tuple[list[Measurement], dict[str, Any]]:
-    """``cass-deploy profile``: a checkpoint (dense vs pruned, keep-ratio ``sweep``; torch or ONNX
-    Runtime) or an exported model as it is -> (measurements, environment)."""
+def run_profile(
+    model: str | Path | None, opts: ProfileOptions, source: Any = None
+) -> tuple[list[Measurement], dict[str, Any]]:
+    """``cass-deploy profile``: a checkpoint or a ``--model`` adapter (``source``; dense vs pruned,
+    keep-ratio ``sweep``; torch or ONNX Runtime) or an exported model as it is -> (measurements,
+    environment)."""
     if opts.warmup < 0 or opts.iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {opts.warmup} and {opts.iters}")
     if opts.batch is not None and opts.batch < 1:
         raise InputError(f"--batch must be >= 1, got {opts.batch}")
-    path = Path(model)
-    if not path.exists():
+    if source is None and model is None:
+        raise InputError("profile needs a model path or --model SPEC --weights FILE")
+    path = Path(model) if model is not None else None
+    if path is not None and not path.exists():
         raise InputError(f"model {path} does not exist")
     if opts.threads is not None:
         if opts.threads < 1:
             raise InputError(f"--threads must be >= 1, got {opts.threads}")
         torch.set_num_threads(opts.threads)
     notes: list[str] = []
-    if path.suffix in (".pt", ".pth"):
+    if source is not None:
+        results = profile_checkpoint(source, opts)
+    elif path.suffix in (".pt", ".pth"):
         results = profile_checkpoint(str(path), opts)
     else:
         if opts.sweep:

@@ -23,7 +23,7 @@ import numpy as np
 
 from cass_deploy.backends.probe import is_available
 from cass_deploy.errors import InputError
-from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.model.interface import DEPLOYED_LAYOUT, DEPLOYED_REQUIRED, HEAD_OUTPUTS, INPUT_NAME
 from cass_deploy.runtime.manifest import MANIFEST_NAME, Manifest, check_onnx_graph, load_onnx
 from cass_deploy.runtime.ort_runner import OrtRunner
 from cass_deploy.runtime.trt_runner import TrtRunner
@@ -57,10 +57,80 @@ class Candidate:
     meta: Manifest
 
 
+#: the keys a manifest needs before a candidate can be run and compared
+CANDIDATE_KEYS = ("image_size", "precision", "parts", "pruner_mode")
+
+
+def check_layout(output_names: Sequence[str], where: str) -> None:
+    """Refuse a full model whose outputs are neither SPEC §6b's (``num_dets``, ``det_boxes``,
+    ``det_scores``, ``det_classes`` + ``keep_mask``) nor this project's raw head maps (``--raw-head``),
+    naming what is missing and the layout expected."""
+    names = set(output_names)
+    if set(DEPLOYED_REQUIRED) <= names or (set(HEAD_OUTPUTS) | {"keep_mask"}) <= names:
+        return
+    missing = [n for n in DEPLOYED_REQUIRED if n not in names]
+    raise InputError(
+        f"{where} lacks the output(s) {', '.join(missing)} (it has {', '.join(sorted(names)) or 'none'}); "
+        f"expected the deployed layout of SPEC 6b: {DEPLOYED_LAYOUT}"
+    )
+
+
+def foreign_manifest(path: str | Path, grid: Sequence[int] | None = None) -> Manifest:
+    """The manifest of an ONNX file exported by another toolchain, from its graph: input size and
+    batch from the ``images`` input ``[B, 3, H, W]``, the outputs, and the patch grid from its
+    metadata (``grid``) or ``grid`` (``--grid HP WP``). Checked against SPEC §6b's layout."""
+    path = Path(path)
+    meta = Manifest.from_onnx(path).to_dict()
+    proto = load_onnx(path)
+    init = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in init]
+
+    def dims(v) -> list:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
+
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(dims(inputs[0])) != 4:
+        found = ", ".join(f"{v.name}{dims(v)}" for v in inputs) or "none"
+        raise InputError(f"{path}: expected one input {INPUT_NAME!r} [B, 3, H, W] float32, found {found}")
+    b, c, h, w = dims(inputs[0])
+    if c != 3 or not isinstance(h, int) or not isinstance(w, int) or h < 1 or w < 1:
+        raise InputError(f"{path}: input {INPUT_NAME!r} must be [B, 3, H, W] with fixed H and W, got {dims(inputs[0])}")
+    outputs = [o.name for o in proto.graph.output]
+    check_layout(outputs, str(path))
+    found_grid = grid if grid is not None else meta.get("grid")
+    if found_grid is None:
+        raise InputError(
+            f"{path} has no cass-deploy metadata and no 'grid' in its ONNX metadata: pass --grid HP WP "
+            "(the patch grid of keep_mask)"
+        )
+    hp, wp = (int(v) for v in found_grid)
+    keep = next(o for o in proto.graph.output if o.name == "keep_mask")
+    p = dims(keep)[-1] if dims(keep) else None
+    if isinstance(p, int) and p != hp * wp:
+        raise InputError(f"{path}: keep_mask has {p} patches but the grid {hp}x{wp} has {hp * wp}")
+    meta.update(
+        image_size=[h, w],
+        grid=[hp, wp],
+        parts=meta.get("parts") or "full",
+        precision=meta.get("precision") or "fp32",
+        pruner_mode=meta.get("pruner_mode") or ("global" if "keep_idx" in outputs else "threshold"),
+        batch=meta.get("batch") or ({"dynamic": False, "size": b} if isinstance(b, int) else {"dynamic": False}),
+        outputs=meta.get("outputs") or [{"name": n} for n in outputs],
+    )
+    meta.setdefault("extra", {})
+    meta["extra"].setdefault("foreign", True)
+    return Manifest(meta)
+
+
 def resolve_candidates(
-    paths: Sequence[str], providers: Sequence[str] = ("cpu",), notes: list[str] | None = None
+    paths: Sequence[str],
+    providers: Sequence[str] = ("cpu",),
+    notes: list[str] | None = None,
+    grid: Sequence[int] | None = None,
 ) -> list[Candidate]:
-    """Export dirs, ``.onnx`` files and ``.engine``/``.plan`` files -> candidates with their metadata."""
+    """Export dirs, ``.onnx`` files and ``.engine``/``.plan`` files -> candidates with their metadata.
+
+    A ``.onnx`` without cass-deploy metadata (another toolchain's) is described from its graph
+    (:func:`foreign_manifest`; ``grid``: the patch grid when its metadata has none)."""
 
     out: list[Candidate] = []
     notes = notes if notes is not None else []
@@ -87,7 +157,10 @@ def resolve_candidates(
             model = load_onnx(p)
             if not check_onnx_graph(p, model):
                 notes.append(f"{p}: no manifest beside it and no graph hash in its metadata: not checked")
-            out.append(Candidate(p, "onnx", Manifest.from_onnx(model)))
+            meta = Manifest.from_onnx(model)
+            if grid is not None or any(getattr(meta, key) is None for key in CANDIDATE_KEYS):
+                meta = foreign_manifest(p, grid)
+            out.append(Candidate(p, "onnx", meta))
         elif p.suffix in ENGINE_SUFFIXES:
             if not p.is_file():
                 raise InputError(f"candidate {p} does not exist")
@@ -103,7 +176,7 @@ def resolve_candidates(
     if not out:
         raise InputError("no runnable candidate among " + ", ".join(paths))
     for c in out:
-        for key in ("image_size", "precision", "parts", "pruner_mode"):
+        for key in CANDIDATE_KEYS:
             if getattr(c.meta, key) is None:
                 raise InputError(f"candidate {c.path}: its metadata lacks {key!r}; was it exported by cass-deploy?")
     return out

@@ -1,0 +1,258 @@
+"""Bring your own model: a ViT detector built from Hugging Face ``transformers`` modules, plugged into
+cass-deploy through the ``PrunableModel`` adapter (SPEC §6a) and ending in the deployed outputs of
+SPEC §6b.
+
+The backbone is ``transformers``' own ViT (``ViTEmbeddings`` with its [CLS] token and learned
+position embeddings, ``ViTLayer`` encoder blocks), randomly initialised. After
+``early_layers`` encoder blocks, cass-deploy's importance predictor scores every patch token and
+its pruner keeps the top ``k``; the remaining ``late_layers`` blocks run on [CLS] + the kept
+tokens only, which are scattered back. The head is per token (YOLOS / DETR-style: each patch
+token predicts class logits and a box around its patch centre) — not this project's CenterNet
+head — and its detections are packed into ``num_dets / det_boxes / det_scores / det_classes``
+with ``cass_deploy.model.head.pack_detections``.
+
+Use it from the CLI::
+
+    python examples/vit_detector.py --steps 20 --out runs/vit/weights.safetensors   # CASS steps
+    cass-deploy export --model examples/vit_detector.py:build --weights runs/vit/weights.safetensors \\
+        --out runs/vit/export
+    cass-deploy verify --model examples/vit_detector.py:build --weights runs/vit/weights.safetensors \\
+        --candidate runs/vit/export
+    cass-deploy validate runs/vit/export --data ../shared/data/kitti --resize
+    cass-deploy profile runs/vit/export
+
+``build(**model_args)`` is the factory; ``--model-args '{"keep_ratio": 0.25}'`` passes keyword
+arguments to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers import ViTConfig
+from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
+
+from cass_deploy.cass.losses import CassLoss
+from cass_deploy.config import CassConfig
+from cass_deploy.data.collate import collate
+from cass_deploy.data.synthetic import SyntheticRoadside
+from cass_deploy.model.head import pack_detections
+from cass_deploy.model.interface import DET_OUTPUTS, PREDICTOR_OUTPUTS
+from cass_deploy.model.predictor import ImportancePredictor
+from cass_deploy.model.pruner import Pruner, PrunerConfig
+
+CLASS_NAMES = ("car", "truck", "bus")
+BOX_LOG_RANGE = (-4.0, 4.0)
+
+
+class ViTPruningDetector(nn.Module):
+    """transformers ViT + cass-deploy predictor / pruner + a per-token detection head.
+
+    ``forward(images [B, 3, H, W] in [0, 1])`` -> dict ``scores [B, P]``, ``keep_idx [B, k]``,
+    ``keep_mask [B, P]``, ``logits [B, P, C]``, ``boxes [B, P, 4]`` (x1 y1 x2 y2 input pixels).
+    """
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (128, 224),
+        patch_size: int = 16,
+        hidden_size: int = 48,
+        early_layers: int = 1,
+        late_layers: int = 1,
+        heads: int = 2,
+        keep_ratio: float = 0.5,
+        pruner: str = "global",
+        bands: int = 3,
+        max_dets: int = 100,
+        score_thresh: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.patch_size = int(patch_size)
+        self.grid = (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+        self.class_names = CLASS_NAMES
+        self.max_dets, self.det_score_thresh = int(max_dets), float(score_thresh)
+        self.vit_config = ViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=early_layers + late_layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden_size,
+            attn_implementation="eager",
+        )
+        self.embeddings = ViTEmbeddings(self.vit_config)
+        self.early = nn.ModuleList(ViTLayer(self.vit_config) for _ in range(early_layers))
+        self.late = nn.ModuleList(ViTLayer(self.vit_config) for _ in range(late_layers))
+        self.predictor = ImportancePredictor(hidden_size, hidden_size)
+        self.pruner = Pruner(PrunerConfig(mode=pruner, keep_ratio=keep_ratio, bands=bands), self.grid)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.cls_head = nn.Linear(hidden_size, len(CLASS_NAMES))
+        self.box_head = nn.Linear(hidden_size, 4)
+        nn.init.constant_(self.cls_head.bias, -math.log(99.0))  # foreground prior 0.01
+        nn.init.zeros_(self.box_head.bias)
+
+    # --------------------------------------------------------------------- PrunableModel
+    @property
+    def k(self) -> int | None:
+        return self.pruner.k
+
+    @property
+    def pruner_mode(self) -> str:
+        return self.pruner.mode
+
+    @property
+    def keep_ratio(self) -> float:
+        return self.pruner.cfg.keep_ratio
+
+    @property
+    def topk_sizes(self) -> tuple[int, ...]:
+        return self.pruner.topk_sizes
+
+    def tie_groups(self):
+        return self.pruner.tie_groups()
+
+    def predictor_parameters(self) -> list[nn.Parameter]:
+        return list(self.predictor.parameters())
+
+    def output_names(self, part: str) -> list[str]:
+        names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and self.pruner_mode == "threshold")]
+        return list(DET_OUTPUTS) + names if part == "full" else names
+
+    def predictor_module(self) -> nn.Module:
+        return _Part(self, "predictor")
+
+    def full_module(self) -> nn.Module:
+        return _Part(self, "full")
+
+    def set_outputs(self, max_dets=None, raw_head=None, score_thresh=None) -> ViTPruningDetector:
+        if raw_head:
+            raise ValueError("this detector has no raw head maps; it always ends in the SPEC 6b detections")
+        if max_dets is not None:
+            self.max_dets = int(max_dets)
+        if score_thresh is not None:
+            self.det_score_thresh = float(score_thresh)
+        return self
+
+    def with_pruner(self, mode: str | None = None, keep_ratio: float | None = None) -> ViTPruningDetector:
+        """The same weights with another pruner (``none``: the dense reference)."""
+        cfg = self.pruner.cfg
+        other = copy.copy(self)
+        other._modules = dict(self._modules)  # share every sub-module but the pruner
+        other.pruner = Pruner(
+            PrunerConfig(mode=mode or cfg.mode, keep_ratio=keep_ratio or cfg.keep_ratio, bands=cfg.bands), self.grid
+        )
+        return other
+
+    # --------------------------------------------------------------------- forward
+    def _tokens(self, images: Tensor) -> Tensor:
+        x = (images - 0.45) / 0.25
+        tokens = self.embeddings(x)  # [B, 1 + P, D]: [CLS] + patches
+        for layer in self.early:
+            tokens = layer(tokens)
+        return tokens
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        tokens = self._tokens(images)
+        cls, patches = tokens[:, :1], tokens[:, 1:]
+        scores = self.predictor(patches)  # [B, P]
+        keep_idx, keep_mask = self.pruner(scores)
+        if self.late:
+            idx = keep_idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+            seq = torch.cat([cls, torch.gather(patches, 1, idx)], dim=1)
+            for layer in self.late:
+                seq = layer(seq)
+            patches = torch.scatter(patches, 1, idx, seq[:, 1:])
+        feats = self.norm(patches)
+        logits = self.cls_head(feats)  # [B, P, C]
+        ltrb = self.patch_size * torch.exp(self.box_head(feats).clamp(*BOX_LOG_RANGE))  # [B, P, 4]
+        hp, wp = self.grid
+        p = torch.arange(hp * wp, device=images.device)
+        cx = ((p % wp).float() + 0.5) * self.patch_size
+        cy = (torch.div(p, wp, rounding_mode="floor").float() + 0.5) * self.patch_size
+        h, w = self.image_size
+        boxes = torch.stack(
+            [
+                (cx - ltrb[..., 0]).clamp(0, w),
+                (cy - ltrb[..., 1]).clamp(0, h),
+                (cx + ltrb[..., 2]).clamp(0, w),
+                (cy + ltrb[..., 3]).clamp(0, h),
+            ],
+            dim=-1,
+        )
+        return {"scores": scores, "keep_idx": keep_idx, "keep_mask": keep_mask, "logits": logits, "boxes": boxes}
+
+    def detections(self, out: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """Per-token candidates (every token x class) -> SPEC 6b's four tensors."""
+        b, p, c = out["logits"].shape
+        probs = torch.sigmoid(out["logits"]).reshape(b, p * c)  # candidate m = token * C + class
+        boxes = out["boxes"].repeat_interleave(c, dim=1)  # [B, P*C, 4]
+        labels = torch.arange(c, device=probs.device).repeat(p).unsqueeze(0).expand(b, -1)
+        return pack_detections(probs, boxes, labels, self.max_dets, self.det_score_thresh)
+
+
+class _Part(nn.Module):
+    def __init__(self, det: ViTPruningDetector, part: str) -> None:
+        super().__init__()
+        self.det, self.part = det, part
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.det(images)
+        if self.part == "full":
+            out.update(zip(DET_OUTPUTS, self.det.detections(out)))
+        return tuple(out[n] for n in self.det.output_names(self.part))
+
+
+def build(**model_args) -> ViTPruningDetector:
+    """The factory ``--model examples/vit_detector.py:build`` calls (with ``--model-args``)."""
+    return ViTPruningDetector(**model_args).eval()
+
+
+def train_predictor(model: ViTPruningDetector, steps: int = 10, batch: int = 4, seed: int = 0) -> list[float]:
+    """A few CASS steps on synthetic roadside scenes: only the importance predictor learns (the
+    rest stays at its random initialisation). Returns the loss per step."""
+    torch.manual_seed(seed)
+    ds = SyntheticRoadside(steps * batch, split="train", seed=seed, image_size=model.image_size)
+    loss_fn = CassLoss(CassConfig.preset("corrected"))
+    opt = torch.optim.AdamW(model.predictor.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for s in range(steps):
+        b = collate([ds[i] for i in range(s * batch, (s + 1) * batch)])
+        with torch.no_grad():
+            patches = model._tokens(b["images"])[:, 1:]
+        out = loss_fn(model.predictor(patches), b["boxes"], grid=model.grid, image_size=model.image_size)
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        losses.append(float(out.total.detach()))
+    model.eval()
+    return losses
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="train the ViT example's predictor with CASS and save its weights")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors or .pt)")
+    args = p.parse_args(argv)
+    model = build()
+    losses = train_predictor(model, steps=args.steps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if args.out.suffix == ".safetensors":
+        save_file(state, str(args.out))
+    else:
+        torch.save(state, args.out)
+    print(f"CASS loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

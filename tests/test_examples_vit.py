@@ -1,0 +1,99 @@
+"""examples/vit_detector.py — a transformers ViT this project did not write — through export, verify,
+validate and profile from the CLI (SPEC 6a/6b), after a few CASS steps on its predictor."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cass_deploy.cli import main
+from cass_deploy.runtime.manifest import Manifest
+
+pytest.importorskip("transformers", reason="transformers is in the dev extra: pip install -e .[dev]")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vit_detector.py"
+SPEC = f"{EXAMPLE}:build"
+KITTI = ROOT.parent / "shared" / "data" / "kitti"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("vit_detector_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The example trained for 4 CASS steps, its weights as .safetensors, and its export."""
+    d = tmp_path_factory.mktemp("vit")
+    weights = d / "w.safetensors"
+    assert _example().main(["--steps", "4", "--out", str(weights)]) == 0
+    assert main(["export", "--model", SPEC, "--weights", str(weights), "--out", str(d / "export")]) == 0
+    return d, weights
+
+
+def test_the_example_is_a_transformers_vit_with_a_trained_predictor(trained):
+    _, weights = trained
+    ex = _example()
+    model = ex.build()
+    from transformers.models.vit.modeling_vit import ViTLayer
+
+    assert isinstance(model.early[0], ViTLayer) and model.grid == (8, 14) and model.k == 56
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(weights)))
+    x = torch.rand(2, 3, 128, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scores = model.predictor_module()(x)[0]
+    assert scores.std() > 1e-3  # the predictor is not constant
+    # CASS moves the predictor only: every other weight stays as initialised
+    fresh = ex.build()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    losses = ex.train_predictor(fresh, steps=2, batch=2)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    changed = {k for k, v in fresh.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("predictor.") for k in changed)
+
+
+def test_export_writes_the_deployed_layout(trained):
+    d, weights = trained
+    man = Manifest.read(d / "export")
+    outs = {o["name"]: (o["shape"], o["dtype"]) for o in man.outputs}
+    assert outs["num_dets"] == ([1, 1], "int32") and outs["det_boxes"] == ([1, 100, 4], "float32")
+    assert outs["det_scores"] == ([1, 100], "float32") and outs["det_classes"] == ([1, 100], "int32")
+    assert outs["keep_mask"] == ([1, 112], "bool") and man.k == 56 and man.grid == (8, 14)
+    assert man.extra["model_source"]["kind"] == "adapter" and man.extra["class_names"] == ["car", "truck", "bus"]
+
+
+def test_verify_matches_keep_masks_and_detections(trained, tmp_path):
+    d, weights = trained
+    out = tmp_path / "v.json"
+    argv = ["verify", "--model", SPEC, "--weights", str(weights), "--candidate", str(d / "export")]
+    assert main([*argv, "--images", "4", "--json", str(out)]) == 0
+    cand = json.loads(out.read_text())["candidates"][0]
+    assert cand["keep_iou_mean"] == 1.0 and cand["score_max_abs"] < 1e-4
+    dets = cand["detections"]
+    assert dets["n_reference"] == 4 * 50 and dets["match"] == 1.0 and dets["matched_iou_mean"] > 0.999
+
+
+def test_validate_on_real_kitti_with_letterbox_and_profile(trained, tmp_path, capsys):
+    d, _ = trained
+    data = str(KITTI) if KITTI.is_dir() else "synthetic"
+    if data == "synthetic":
+        print(f"{KITTI} is absent: validating the example on synthetic scenes instead")
+    out = tmp_path / "val.json"
+    argv = ["validate", str(d / "export"), "--data", data, "--images", "2", "--json", str(out)]
+    assert main([*argv, "--resize"] if data != "synthetic" else argv) == 0
+    res = json.loads(out.read_text())
+    assert res["result"]["pruned"] is True and res["reference"]["name"] == "torch:dense"
+    assert res["result"]["by_field"]["all"]["n_gt"] >= 3  # the 3 KITTI cars (Cyclist and DontCare are not objects)
+    assert 0.0 < res["result"]["keep_ratio"] <= 1.0
+    assert main(["profile", str(d / "export"), "--warmup", "1", "--iters", "3"]) == 0
+    assert "onnxruntime/cpu" in capsys.readouterr().out
