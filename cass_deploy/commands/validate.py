@@ -31,6 +31,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-recall-drop", type=float, default=None, help="max recall drop vs the reference, per field")
     p.add_argument("--min-near-retention", type=float, default=None)
     p.add_argument("--min-map50", type=float, default=None)
+    p.add_argument(
+        "--gate-on",
+        choices=("bound", "point"),
+        default="bound",
+        help="bound (default): recall gates decide on the 95%% interval's bound (drop: upper bound <= "
+        "the allowed drop; near recall: lower bound >= the minimum); point: on the point estimates",
+    )
+    p.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="pass a gate the set is too small to decide (reported as inconclusive; default: exit 1)",
+    )
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
+    p.add_argument(
+        "--resamples", type=int, default=2000, help="paired bootstrap resamples for recall drops (default 2000)"
+    )
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
     p.add_argument(
@@ -43,6 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_force(p, "overwrite the --json file")
 
 
+def status_label(check) -> str:
+    """PASS / FAIL / INCONCLUSIVE (allowed or not) / SKIP, coloured for the console."""
+    if check.status == "inconclusive":
+        return "[yellow]INCONCLUSIVE (allowed)[/]" if check.passed else "[red]INCONCLUSIVE -> FAIL[/]"
+    if check.status == "skipped":
+        return "[dim]SKIP[/]"
+    return "[green]PASS[/]" if check.passed else "[red]FAIL[/]"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.json_out:
         check_writable(args.json_out, args.force)
@@ -51,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         max_recall_drop=args.max_recall_drop,
         min_near_retention=args.min_near_retention,
         min_map50=args.min_map50,
+        gate_on=args.gate_on,
+        allow_inconclusive=args.allow_inconclusive,
+        confidence=args.confidence,
+        resamples=args.resamples,
+        seed=args.seed,
     )
     run = vr.run_validate(
         args.model,
@@ -66,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
         resize=args.resize,
         seed=args.seed,
     )
-    console = Console(width=max(120, Console().width))
-    console.print(format_comparison_table(run.result, run.reference))
+    console = Console(width=max(160, Console().width))
+    console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
     for c in run.checks:
-        console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
+        console.print(status_label(c) + " " + c.message)
     if args.json_out:
         write_json(args.json_out, run.to_dict(), force=args.force)
     raise_if_failed(run.checks)

@@ -140,6 +140,27 @@ def wilson_objects_needed(recall: Any, half_width: Any, confidence: float = DEFA
     return int(n) if n.ndim == 0 else n
 
 
+def wilson_objects_to_decide(recall: Any, threshold: Any, confidence: float = DEFAULT_CONFIDENCE) -> Any:
+    """Fewest objects n for which a recall ``recall`` observed on n objects has a Wilson interval
+    that excludes ``threshold`` (lower bound >= threshold when recall > threshold, upper bound <
+    threshold when below) -> int (or an int array); -1 where recall == threshold (no n does).
+
+    The Wilson bounds are the roots of the score test ``(p - r)² = z² r(1-r) / n``, so the bound
+    reaches r exactly at ``n = z² r(1-r) / (p - r)²``.
+    """
+    p = np.asarray(recall, dtype=np.float64)
+    r = np.asarray(threshold, dtype=np.float64)
+    for name, a, v in (("recall", p, recall), ("threshold", r, threshold)):
+        if not (np.isfinite(a).all() and ((a >= 0) & (a <= 1)).all()):
+            raise InputError(f"{name} must be in [0, 1], got {v!r}")
+    z2 = normal_quantile(confidence) ** 2
+    margin = (p - r) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.ceil(z2 * r * (1 - r) / margin - 1e-9)
+    n = np.where(margin == 0, -1, np.maximum(n, 1)).astype(np.int64)
+    return int(n) if n.ndim == 0 else n
+
+
 def objects_to_resolve(n_objects: Any, width: Any, tolerance: Any) -> Any:
     """Objects a set needs for an interval now ``width`` wide over ``n_objects`` objects to shrink
     to ``tolerance`` -> ``ceil(n_objects * (width / tolerance)²)`` (int, or an int array).
