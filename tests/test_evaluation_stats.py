@@ -288,3 +288,10 @@ def test_wilson_objects_to_decide_is_where_the_bound_crosses(p, r):
     assert (
         wilson_objects_to_decide(np.array([0.8, 0.9]), 0.75) == [wilson_objects_to_decide(0.8, 0.75), 33]
     ).all()  # 1.96² 0.1875 / 0.15² = 32.01
+
+
+def test_wilson_interval_always_contains_the_observed_proportion():
+    n = np.arange(1, 400)
+    for k in (np.zeros_like(n), n, n // 3):
+        lo, hi = wilson_interval(k, n)
+        assert (lo <= k / n).all() and (k / n <= hi).all()

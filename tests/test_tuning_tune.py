@@ -124,3 +124,13 @@ def test_pareto_front():
 def test_tune_options_need_a_gate():
     with pytest.raises(Exception, match="at least one gate"):
         TuneOptions(gates=Gates())
+
+
+def test_report_shows_the_tune_with_intervals(tuned, tmp_path):
+    out, _ = tuned
+    html_out = tmp_path / "r.html"
+    assert main(["report", str(out), "--out", str(html_out)]) == 0
+    text = html_out.read_text()
+    assert "Operating point (tune)" in text and "near recall [95% CI]" in text and "recommended" in text
+    assert "p50 speed-up [95% CI]" in text and "interleaved in rounds, paired" in text  # the latency section
+    assert text.count("data:image/png;base64") >= 1  # the Pareto plot is embedded

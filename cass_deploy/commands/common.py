@@ -6,7 +6,11 @@ import argparse
 import dataclasses
 from typing import Any
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.config import FieldConfig
+
+# the gates import torch (through the results they check): only commands that take gates load them
+_gates = lazy_import("cass_deploy.evaluation.gates")
 
 #: ``--fields``' default: FieldConfig's split ``(far_max, near_min)``
 DEFAULT_FIELDS = (FieldConfig().far_max, FieldConfig().near_min)
@@ -59,3 +63,43 @@ def options_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     """
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **given})
+
+
+def add_gate_arguments(p: argparse.ArgumentParser, *, max_recall_drop: float | None, drop_help: str) -> None:
+    """The recall gates and how they are decided (SPEC §7a): ``--min-near-recall``,
+    ``--max-recall-drop``, ``--min-near-retention``, ``--gate-on``, ``--allow-inconclusive``,
+    ``--confidence``, ``--resamples``; :func:`gates_from_args` reads them back."""
+    p.add_argument("--min-near-recall", type=float, default=None, help="gate: near-field recall, on the lower bound")
+    p.add_argument("--max-recall-drop", type=float, default=max_recall_drop, help=drop_help)
+    p.add_argument("--min-near-retention", type=float, default=None)
+    p.add_argument(
+        "--gate-on",
+        choices=("bound", "point"),
+        default="bound",
+        help="bound (default): recall gates decide on the 95%% interval's bound (drop: upper bound <= "
+        "the allowed drop; near recall: lower bound >= the minimum); point: on the point estimates",
+    )
+    p.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="pass a gate the set is too small to decide (reported as inconclusive; default: exit 1)",
+    )
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
+    p.add_argument(
+        "--resamples", type=int, default=2000, help="paired bootstrap resamples for recall drops (default 2000)"
+    )
+
+
+def gates_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """``evaluation.gates.Gates`` from :func:`add_gate_arguments`' values (and ``--seed``)."""
+    return _gates.Gates(
+        min_near_recall=args.min_near_recall,
+        max_recall_drop=args.max_recall_drop,
+        min_near_retention=args.min_near_retention,
+        gate_on=args.gate_on,
+        allow_inconclusive=args.allow_inconclusive,
+        confidence=args.confidence,
+        resamples=args.resamples,
+        seed=args.seed,
+        **extra,
+    )

@@ -6,10 +6,17 @@ import argparse
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_fields, add_force, add_out, add_providers, add_seed
+from cass_deploy.commands.common import (
+    add_fields,
+    add_force,
+    add_gate_arguments,
+    add_out,
+    add_providers,
+    add_seed,
+    gates_from_args,
+)
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import InputError
-from cass_deploy.evaluation.gates import Gates
 from cass_deploy.tuning import tune as tn
 
 
@@ -35,18 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=128, help="validation images (default 128)")
     p.add_argument("--verify-images", type=int, default=8)
     p.add_argument("--calib-images", type=int, default=16, help="int8 calibration images (default 16)")
-    p.add_argument(
-        "--max-recall-drop",
-        type=float,
-        default=0.05,
-        help="gate: recall drop vs the dense reference per field, on the 95%% upper bound (default 0.05)",
+    add_gate_arguments(
+        p,
+        max_recall_drop=0.05,
+        drop_help="gate: recall drop vs the dense reference per field, on the 95%% upper bound (default 0.05)",
     )
-    p.add_argument("--min-near-recall", type=float, default=None, help="gate: near-field recall, on the lower bound")
-    p.add_argument("--min-near-retention", type=float, default=None)
-    p.add_argument("--gate-on", choices=("bound", "point"), default="bound")
-    p.add_argument("--allow-inconclusive", action="store_true", help="count a gate the set cannot decide as passed")
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--resamples", type=int, default=2000)
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
@@ -62,16 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise InputError("tune needs --out DIR (where exports, results and the recommended profile go)")
-    gates = Gates(
-        min_near_recall=args.min_near_recall,
-        max_recall_drop=args.max_recall_drop,
-        min_near_retention=args.min_near_retention,
-        gate_on=args.gate_on,
-        allow_inconclusive=args.allow_inconclusive,
-        confidence=args.confidence,
-        resamples=args.resamples,
-        seed=args.seed,
-    )
+    gates = gates_from_args(args)
     opts = tn.TuneOptions(
         keep_ratios=_floats(args.keep, "--keep"),
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),

@@ -6,10 +6,18 @@ import argparse
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_device, add_fields, add_force, add_providers, add_seed
+from cass_deploy.commands.common import (
+    add_device,
+    add_fields,
+    add_force,
+    add_gate_arguments,
+    add_providers,
+    add_seed,
+    gates_from_args,
+)
 from cass_deploy.config import FieldConfig
 from cass_deploy.evaluation import validate as vr
-from cass_deploy.evaluation.gates import Gates, raise_if_failed
+from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
 from cass_deploy.io_utils import check_writable, write_json
 
@@ -27,26 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold for recall")
-    p.add_argument("--min-near-recall", type=float, default=None)
-    p.add_argument("--max-recall-drop", type=float, default=None, help="max recall drop vs the reference, per field")
-    p.add_argument("--min-near-retention", type=float, default=None)
+    add_gate_arguments(
+        p, max_recall_drop=None, drop_help="gate: max recall drop vs the reference, per field, on the 95%% upper bound"
+    )
     p.add_argument("--min-map50", type=float, default=None)
-    p.add_argument(
-        "--gate-on",
-        choices=("bound", "point"),
-        default="bound",
-        help="bound (default): recall gates decide on the 95%% interval's bound (drop: upper bound <= "
-        "the allowed drop; near recall: lower bound >= the minimum); point: on the point estimates",
-    )
-    p.add_argument(
-        "--allow-inconclusive",
-        action="store_true",
-        help="pass a gate the set is too small to decide (reported as inconclusive; default: exit 1)",
-    )
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
-    p.add_argument(
-        "--resamples", type=int, default=2000, help="paired bootstrap resamples for recall drops (default 2000)"
-    )
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
     p.add_argument(
@@ -71,17 +63,7 @@ def status_label(check) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.json_out:
         check_writable(args.json_out, args.force)
-    gates = Gates(
-        min_near_recall=args.min_near_recall,
-        max_recall_drop=args.max_recall_drop,
-        min_near_retention=args.min_near_retention,
-        min_map50=args.min_map50,
-        gate_on=args.gate_on,
-        allow_inconclusive=args.allow_inconclusive,
-        confidence=args.confidence,
-        resamples=args.resamples,
-        seed=args.seed,
-    )
+    gates = gates_from_args(args, min_map50=args.min_map50)
     run = vr.run_validate(
         args.model,
         data=args.data,

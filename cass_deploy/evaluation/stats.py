@@ -67,8 +67,9 @@ def wilson_interval(hits: Any, total: Any, confidence: float = DEFAULT_CONFIDENC
         centre = (p + z * z / (2 * n)) / denom
         half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     empty = n == 0
-    lo = np.where(empty, math.nan, np.clip(centre - half, 0.0, 1.0))
-    hi = np.where(empty, math.nan, np.clip(centre + half, 0.0, 1.0))
+    # clipped to [0, 1], and never excluding p itself (at k = 0 or n rounding could by ~1e-17)
+    lo = np.where(empty, math.nan, np.minimum(np.clip(centre - half, 0.0, 1.0), p))
+    hi = np.where(empty, math.nan, np.maximum(np.clip(centre + half, 0.0, 1.0), p))
     return _out(lo), _out(hi)
 
 

@@ -394,7 +394,7 @@ def ort_config(
     return TimedConfig(label, "onnxruntime", device, pruner_mode, keep_ratio, batch, lambda: runner.infer(feed), macs)
 
 
-def _checkpoint_configs(model, opts: ProfileOptions, backend: str, batch: int, device: str, part: str, stack):
+def variant_configs(model, opts: ProfileOptions, backend: str, batch: int, device: str, part: str, stack):
     """(TimedConfig per variant of ``model``, sync) for :func:`time_configs`."""
     configs = []
     sync = None
@@ -454,7 +454,7 @@ def profile_checkpoint(
         raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
     if opts.interleave:
         with contextlib.ExitStack() as stack:
-            configs, sync = _checkpoint_configs(model, opts, backend, batch, device, part, stack)
+            configs, sync = variant_configs(model, opts, backend, batch, device, part, stack)
             log(
                 f"profiling {', '.join(c.label for c in configs)} interleaved ({backend}, {device}, batch {batch}, "
                 f"{opts.warmup} warm-up + {opts.iters} rounds)"
