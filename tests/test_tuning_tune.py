@@ -56,6 +56,8 @@ def test_tune_writes_table_plot_and_a_profile_export_accepts(tuned, tiny_checkpo
     assert main(["export", str(tiny_checkpoint), "--profile", str(out / "recommended.yaml"), "--out", str(exp)]) == 0
     man = Manifest.read(exp / "manifest.json")
     assert man.keep_ratio == best["keep_ratio"] and man.precision == "fp32"
+    tuned_man = Manifest.read(out / "exports" / data["recommended"] / "manifest.json")
+    assert man.opset == tuned_man.opset and man.image_size == tuned_man.image_size  # what was validated
     assert man.pruner_mode == json.loads((out / "configs" / f"{data['recommended']}.json").read_text())["pruner_mode"]
 
 

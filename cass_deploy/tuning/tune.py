@@ -565,12 +565,15 @@ def recommended_profile(
             "batch": batch,
             "timing_cache": opts.backend == "tensorrt",
         }
+    # what was validated is what the profile exports: the export's pruner and opset
+    opset = Manifest.read(Path(best.export) / MANIFEST_NAME).opset if best.export else None
     d.update(
         name=f"tuned-{source.name}",
         description=evidence,
         precision=best.precision,
         keep_ratio=float(best.keep_ratio),
         pruner_mode=best.pruner_mode,
+        **({"opset": opset} if opset else {}),
     )
     return profile_from_mapping(d)
 
