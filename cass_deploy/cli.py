@@ -21,13 +21,15 @@ COMMANDS: dict[str, str] = {
     "demo": "end-to-end demo on CPU: train, diagnose, export fp32+int8, verify, profile, validate, report",
     "train": "train the pruning-aware detector with CASS (config file + --set overrides; torchrun for DDP)",
     "diagnose": "CASS bias diagnostics: heat maps and loss/gradient share per band, field, size and object",
-    "ablate": "bias ablation: dense vs CASS variants (patch, object g, area, seed_object, TV, band) by field",
+    "ablate": "bias ablation: dense vs CASS variants trained at each keep ratio, recall by field with intervals",
     "export": "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest",
     "verify": "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)",
     "profile": "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power",
     "validate": "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates",
     "tune": "fastest keep ratio x precision on a backend passing every gate -> a deployment profile YAML",
     "report": "collect heat maps, fidelity, latency and recall-by-field into one self-contained HTML + JSON",
+    "accept": "on the target: build the engine if absent, check it against the saved reference outputs, profile, "
+    "validate with the gates; one report, one verdict",
     "env": "show versions of torch / ONNX / ONNX Runtime / TensorRT / CUDA, GPUs, Jetson board and usable backends",
 }
 

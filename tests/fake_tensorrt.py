@@ -1,12 +1,16 @@
 """Numpy stand-ins for ``tensorrt`` and ``pycuda.driver`` that record the calls made.
 
-They mirror the subset of the TensorRT 10 Python API and pycuda that
+They mirror the subset of the TensorRT 10 / 11 Python API and pycuda that
 ``cass_deploy.export.tensorrt_build``, ``cass_deploy.runtime.trt_engine`` and
-``cass_deploy.runtime.trt_runner`` use (names and signatures checked against the TensorRT Python
-docs and Polygraphy), so those code paths run on machines without a GPU. They do not prove the real
-libraries behave the same: the ``trt``-marked tests do that on a GPU.
+``cass_deploy.runtime.trt_runner`` use, so those code paths run on machines without a GPU. The
+names are tied to the real bindings (``tests/test_trt_api_conformance.py``): every name this
+stand-in declares for a version exists in that version's ``tensorrt.so`` (``tests/fixtures/trt_names``),
+and every TensorRT name the code uses (found by ``tools/trt_api.py``'s static analysis) is declared
+here. They do not prove the real libraries behave the same: the ``trt``-marked tests do that on a GPU.
 
-The "engine" computes the tiny TopK pruner of ``runner_fixtures`` with numpy.
+The "engine" carries the ONNX it was built from and computes its outputs with ONNX Runtime on the
+CPU (so an engine built from a detector export runs the detector), reading and writing the fake
+device memory the runner copies to and from.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ import json
 import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cass_deploy.backends import probe as backends
-
-from runner_fixtures import expected_topk
 
 PLAN_MAGIC = b"FAKEPLAN"
 
@@ -47,6 +50,9 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         def __init__(self) -> None:
             pass
 
+        def log(self, severity: Any, msg: str) -> None:  # the virtual TensorRT calls; subclasses define it
+            raise NotImplementedError
+
     class Logger(ILogger):
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
 
@@ -63,10 +69,12 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt.DeviceType = _Enum("DeviceType", {"GPU": 0, "DLA": 1})
     trt.HardwareCompatibilityLevel = _Enum("HardwareCompatibilityLevel", {"NONE": 0, "AMPERE_PLUS": 1})
     trt.TensorIOMode = _Enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
-    trt.DataType = _Enum("DataType", {"FLOAT": 0, "INT64": 1, "BOOL": 2})
-    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32, trt.DataType.INT64: np.int64, trt.DataType.BOOL: np.bool_}[
-        dt
-    ]
+    # DataType members and values as in TensorRT (FLOAT 0, HALF 1, INT8 2, INT32 3, BOOL 4, UINT8 5, INT64 8)
+    dtypes = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_}
+    dtypes |= {"UINT8": np.uint8, "INT64": np.int64}
+    trt.DataType = _Enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5, "INT64": 8})
+    trt.nptype = lambda dt: dtypes[trt.DataType(dt).name]
+    onnx_dtypes = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 9: "BOOL", 2: "UINT8", 7: "INT64"}
 
     def record(what: str, *args: Any) -> None:
         trt.calls.append((what, args))
@@ -79,7 +87,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         num_inputs, get_input = _list_accessors("inputs")
 
         def __init__(self, flags: int) -> None:
-            self.flags, self.inputs = flags, []
+            self.flags, self.inputs, self.onnx = flags, [], b""
 
     class OnnxParser:
         num_errors, get_error = _list_accessors("errors")
@@ -92,6 +100,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
             record("parse_from_file", path)
             model = onnx.load(path)
+            self.network.onnx = Path(path).read_bytes()
             inits = {t.name for t in model.graph.initializer}
             for v in model.graph.input:
                 if v.name in inits:
@@ -124,6 +133,8 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self.cache = None
             self.default_device_type = trt.DeviceType.GPU
             self.DLA_core = -1
+            self.builder_optimization_level = 3
+            self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
 
         def set_memory_pool_limit(self, pool, size: int) -> None:
             record("set_memory_pool_limit", pool, size)
@@ -169,7 +180,8 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 self.logger.log(Logger.ERROR, "Error Code 4: internal error (fake)")
                 return None
             shapes = config.profiles[0].shapes if config.profiles else {}
-            return PLAN_MAGIC + json.dumps({"profiles": shapes}).encode()
+            header = json.dumps({"profiles": shapes}).encode()
+            return PLAN_MAGIC + len(header).to_bytes(8, "little") + header + network.onnx
 
     trt.fail_build = False
     trt.OnnxParser, trt.Builder = OnnxParser, Builder
@@ -179,36 +191,44 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self.logger = logger
 
         def deserialize_cuda_engine(self, data: bytes):
+            record("deserialize_cuda_engine", len(data))
             if not data.startswith(PLAN_MAGIC):
                 self.logger.log(
                     Logger.ERROR,
                     "The engine plan file is not compatible with this version of TensorRT (magic tag does not match)",
                 )
                 return None
-            return Engine(json.loads(data[len(PLAN_MAGIC) :]))
+            size = int.from_bytes(data[len(PLAN_MAGIC) : len(PLAN_MAGIC) + 8], "little")
+            start = len(PLAN_MAGIC) + 8
+            return Engine(json.loads(data[start : start + size]), bytes(data[start + size :]))
 
     trt.Runtime = Runtime
 
-    p, k = 16, 4
-    io = [
-        ("scores", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
-        ("feats", (-1, p), trt.DataType.FLOAT, trt.TensorIOMode.INPUT),
-        ("values", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
-        ("indices", (-1, k), trt.DataType.INT64, trt.TensorIOMode.OUTPUT),
-        ("kept", (-1, k), trt.DataType.FLOAT, trt.TensorIOMode.OUTPUT),
-        ("keep_mask", (-1, p), trt.DataType.BOOL, trt.TensorIOMode.OUTPUT),
-    ]
-
     class Engine:
-        def __init__(self, plan: dict) -> None:
+        """The engine computes what the ONNX it was built from computes (ONNX Runtime on the CPU)."""
+
+        def __init__(self, plan: dict, onnx_bytes: bytes) -> None:
+            import onnx
+            import onnxruntime as ort
+
             self.plan = plan
-            self.num_io_tensors = len(io)
+            model = onnx.load_from_string(onnx_bytes)
+            inits = {t.name for t in model.graph.initializer}
+
+            def row(v, mode):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+                return (v.name, dims, trt.DataType[onnx_dtypes[v.type.tensor_type.elem_type]], mode)
+
+            self.io = [row(v, trt.TensorIOMode.INPUT) for v in model.graph.input if v.name not in inits]
+            self.io += [row(v, trt.TensorIOMode.OUTPUT) for v in model.graph.output]
+            self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+            self.num_io_tensors = len(self.io)
 
         def get_tensor_name(self, i: int) -> str:
-            return io[i][0]
+            return self.io[i][0]
 
         def _row(self, name: str):
-            return next(r for r in io if r[0] == name)
+            return next(r for r in self.io if r[0] == name)
 
         def get_tensor_shape(self, name: str):
             return self._row(name)[1]
@@ -227,20 +247,29 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     class Context:
         def __init__(self, engine: Engine) -> None:
-            self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.engine, self.shapes, self.addresses, self.out_shapes = engine, {}, {}, {}
 
         def set_input_shape(self, name: str, shape) -> bool:
-            lo, _, hi = self.engine.plan["profiles"][name]
-            if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
-                return False
+            if name in self.engine.plan["profiles"]:
+                lo, _, hi = self.engine.plan["profiles"][name]
+                if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                    return False
             self.shapes[name] = tuple(shape)
+            self.out_shapes = {}
             return True
+
+        def _feed(self, read: Callable[[str, tuple, Any], np.ndarray]) -> dict[str, np.ndarray]:
+            inputs = [r for r in self.engine.io if r[3] == trt.TensorIOMode.INPUT]
+            return {n: read(n, self.shapes[n], trt.nptype(dt)) for n, _, dt, _ in inputs}
 
         def get_tensor_shape(self, name: str):
             if name in self.shapes:
                 return self.shapes[name]
-            batch = self.shapes["scores"][0]
-            return (batch,) + tuple(self.engine._row(name)[1][1:])
+            if not self.out_shapes:  # what the outputs would be for these input shapes
+                outs = self.engine.session.run(None, self._feed(lambda n, shape, dt: np.zeros(shape, dt)))
+                names = [o.name for o in self.engine.session.get_outputs()]
+                self.out_shapes = {n: tuple(o.shape) for n, o in zip(names, outs)}
+            return self.out_shapes[name]
 
         def set_tensor_address(self, name: str, address: int) -> bool:
             self.addresses[name] = address
@@ -248,9 +277,10 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             record("execute_async_v3", stream_handle)
-            read = {n: FAKE_MEMORY.read(self.addresses[n], self.shapes[n], np.float32) for n in ("scores", "feats")}
-            for name, value in expected_topk(read["scores"], read["feats"], k).items():
-                FAKE_MEMORY.write(self.addresses[name], value)
+            feed = self._feed(lambda n, shape, dt: FAKE_MEMORY.read(self.addresses[n], shape, dt))
+            outs = self.engine.session.run(None, feed)
+            for out, value in zip(self.engine.session.get_outputs(), outs):
+                FAKE_MEMORY.write(self.addresses[out.name], value)
             return True
 
     return trt
@@ -312,7 +342,10 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
             return Context()
 
         def name(self) -> str:
-            return "Fake GPU"
+            return driver.gpu_name
+
+        def compute_capability(self) -> tuple[int, int]:
+            return driver.compute_capability
 
     class Stream:
         handle = 42
@@ -340,6 +373,9 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
         dest[...] = FAKE_MEMORY.read(int(src), dest.shape, dest.dtype)
 
     driver.init = lambda: None
+    driver.gpu_name, driver.compute_capability = "Fake GPU", (8, 7)  # tests change them to play another GPU
+    driver.get_version = lambda: (12, 6, 0)
+    driver.get_driver_version = lambda: 12060
     driver.Device, driver.Stream, driver.Event = Device, Stream, Event
     driver.mem_alloc = DeviceAllocation
     driver.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)

@@ -199,6 +199,24 @@ def test_cache_returns_the_same_item():
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
 
 
+def test_cache_is_shared_by_datasets_of_the_same_scenes_only(monkeypatch):
+    import cass_deploy.data.synthetic as syn
+
+    calls = []
+    real = syn.generate_scene
+    monkeypatch.setattr(syn, "generate_scene", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
+    monkeypatch.setattr(syn, "_SCENE_CACHES", {})
+    first = SyntheticRoadside(3, seed=11, image_size=(64, 96), cache=True)
+    first[0], first[1]
+    again = SyntheticRoadside(5, seed=11, image_size=(64, 96), cache=True)  # same scenes, more of them
+    assert torch.equal(again[1]["image"], first[1]["image"]) and len(calls) == 2  # drawn once
+    again[4]
+    SyntheticRoadside(3, seed=12, image_size=(64, 96), cache=True)[0]  # other seed: its own scenes
+    SyntheticRoadside(3, split="val", seed=11, image_size=(64, 96), cache=True)[0]  # other split too
+    SyntheticRoadside(3, seed=11, image_size=(64, 96))[0]  # no cache: drawn again
+    assert len(calls) == 6
+
+
 # --------------------------------------------------------------------------- writer
 
 

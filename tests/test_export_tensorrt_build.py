@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import shlex
 from pathlib import Path
 
 import pytest
 
 from cass_deploy.backends import probe as backends
-from cass_deploy.backends.limits import PRECISIONS
 from cass_deploy.errors import BackendUnavailable, ExportError, InputError, LimitError
 from cass_deploy.export.tensorrt_build import (
     TRTEXEC_ARGS,
@@ -17,6 +15,7 @@ from cass_deploy.export.tensorrt_build import (
     BuildOptions,
     BuildPlan,
     build_engine,
+    enumerate_plans,
     inspect_onnx,
     plan_build,
     plan_settings,
@@ -408,28 +407,7 @@ def test_trtexec_dla_quoting_and_extras():
 
 def _all_plans():
     """Every plan plan_build makes: precision x ONNX x strongly typed x DLA x TRT 10/11 x compat."""
-    onnx_kinds = {
-        "fp32": [(False, False)],
-        "fp16": [(False, False), (False, True)],
-        "int8": [(True, False), (True, True)],
-    }
-    plans = []
-    axes = {
-        "precision": PRECISIONS,
-        "strongly_typed": (None, False, True),
-        "dla_core": (None, 0, 1),
-        "version_compatible": (False, True),
-        "hardware_compatible": (False, True),
-    }
-    for major, combo in itertools.product((10, 11), itertools.product(*axes.values())):
-        settings = dict(zip(axes, combo))
-        for has_qdq, onnx_fp16 in onnx_kinds[settings["precision"]]:
-            opts = BuildOptions(**settings, profiles=FIXED)
-            try:
-                plans.append((opts, plan_build(major, opts, has_qdq, onnx_fp16)))
-            except LimitError:
-                pass
-    return plans
+    return [(opts, plan) for major in (10, 11) for opts, plan in enumerate_plans(major)]
 
 
 def test_every_plan_setting_has_its_trtexec_argument():

@@ -200,6 +200,7 @@ def test_interface_contract():
         dict(early_depth=-1),
         dict(mlp_ratio=0.0),
         dict(num_classes=0),
+        dict(head_context=-1),
         dict(image_size=(64,)),
         dict(pruner=PrunerConfig(mode="band", bands=5)),  # 4 grid rows < 5 bands
         dict(pruner=PrunerConfig(mode="band", bands=2, band_rows=(6,))),  # row 6 outside a 4-row grid
@@ -245,3 +246,33 @@ def test_unknown_stem_is_a_config_error():
         ModelConfig(stem="vit")
     with pytest.raises(ConfigError, match="stem"):
         ModelConfig(image_size=(60, 90), patch_size=6, head_stride=6, stem="conv")
+
+
+def test_head_context_widens_what_the_heat_map_sees(tmp_path):
+    """Context blocks start as the identity (zero-initialised last conv), so a fresh model's
+    outputs do not depend on them; once trained they let a cell read +-7 patches: the heat logit
+    at one cell then changes when a patch 3 patches away changes, which it cannot without them.
+    A checkpoint written before the blocks existed (no ``head_context`` key) loads as 0."""
+    from cass_deploy.config import CassConfig
+    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    base = dataclasses.replace(tiny(), early_depth=0, late_depth=0)  # no attention: only convs mix tokens
+    plain = PrunedDetector(dataclasses.replace(base, head_context=0, pruner=PrunerConfig(mode="none"))).eval()
+    ctx = PrunedDetector(dataclasses.replace(base, head_context=2, pruner=PrunerConfig(mode="none"))).eval()
+    x = images(1)
+    with torch.no_grad():
+        assert len(ctx.head.context) == 2 and ctx.head.context[1].conv2.dilation == (2, 2)
+        for blk in ctx.head.context:
+            torch.nn.init.normal_(blk.conv2.weight, std=0.05)
+        y = x.clone()
+        y[:, :, 0:16, 0:16] = 1.0 - y[:, :, 0:16, 0:16]  # patch (0, 0); probe the head cell of patch (0, 3)
+        probe = (slice(None), slice(None), 0, 3 * 2)
+        assert float((plain(y)["heatmap"] - plain(x)["heatmap"])[probe].abs().max()) == 0.0
+        assert float((ctx(y)["heatmap"] - ctx(x)["heatmap"])[probe].abs().max()) > 0.0
+    old = PrunedDetector(dataclasses.replace(base, head_context=0))
+    path = save_checkpoint(tmp_path / "old.pt", old, CassConfig())
+    raw = torch.load(path, weights_only=True)
+    del raw["model_config"]["head_context"]
+    torch.save(raw, path)
+    assert load_checkpoint(path).model.cfg.head_context == 0

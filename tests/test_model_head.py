@@ -10,6 +10,7 @@ import torch
 from cass_deploy.errors import InputError
 from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.model.head import (
+    INSIDE_BOX_WEIGHT,
     MIN_TARGET_DISTANCE,
     decode,
     detection_loss,
@@ -210,3 +211,19 @@ def test_a_few_steps_lower_the_detection_loss():
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_every_cell_inside_a_large_box_regresses_to_it():
+    # 80 x 48 px box (10 x 6 cells): its Gaussian window has radius r < 5, yet every cell whose
+    # centre lies inside the box regresses to it, with weight max(Gaussian, INSIDE_BOX_WEIGHT)
+    box = torch.tensor([[8.0, 8.0, 88.0, 56.0]])
+    t = detection_targets([box], [torch.tensor([0])], IMAGE, OUT, 3)
+    r = int(gaussian_radius(torch.tensor(6.0), torch.tensor(10.0)).floor())
+    cy = (torch.arange(OUT[0]) + 0.5) * 8
+    cx = (torch.arange(OUT[1]) + 0.5) * 8
+    inside = ((cx[None] >= 8) & (cx[None] <= 88) & (cy[:, None] >= 8) & (cy[:, None] <= 56)).float()
+    torch.testing.assert_close((t["box_weight"][0] > 0).float(), inside)
+    i, j = 1, 1  # a corner cell, outside the window (centre cell (4, 6), radius r)
+    assert abs(j - 6) > r and float(t["box_weight"][0, i, j]) == pytest.approx(INSIDE_BOX_WEIGHT)
+    assert t["box"][0, :, i, j].tolist() == [12.0 - 8.0, 12.0 - 8.0, 88.0 - 12.0, 56.0 - 12.0]
+    assert float(t["box_weight"][0, 4, 6]) == 1.0

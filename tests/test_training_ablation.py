@@ -1,79 +1,125 @@
-"""The ablation's aggregation and the selection rule that sets the corrected preset."""
+"""The ablation's aggregation (intervals from per-image hits) and the rule that sets the corrected preset."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, preset_candidate, run_ablation, select
+from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, plan, run_ablation, select
 
 
-def run(variant, seed, keep, near, far, mid=0.5, map50=0.5, ret=(0.5, 0.5, 0.5)):
+def run(variant, seed, keep, near, far=0.5, mid=0.5, images=200, map50=0.5, ret=(0.9, 0.9, 0.9), rng_seed=None):
+    """A run whose per-image hits realise the given recalls: 200 images with one vehicle per field
+    each; image i is a hit for field f when i < recall * images (so the pairing with another run
+    of the same recall is exact)."""
+    totals = np.ones((images, 3), dtype=int)
+    hits = np.zeros((images, 3), dtype=int)
+    for k, r in enumerate((far, mid, near)):
+        idx = np.arange(images)
+        if rng_seed is not None:
+            idx = np.random.default_rng(rng_seed + k).permutation(images)
+        hits[idx[: int(round(r * images))], k] = 1
+    rec = {f: float(hits[:, k].mean()) for k, f in enumerate(("far", "mid", "near"))}
     return RunResult(
         variant=variant,
         seed=seed,
         keep_ratio=keep,
         train_seconds=10.0,
         map50=map50,
-        recall={"far": far, "mid": mid, "near": near, "all": (far + mid + near) / 3},
+        recall={**rec, "all": sum(rec.values()) / 3},
         retention={"far": ret[0], "mid": ret[1], "near": ret[2]},
         retention_ge_50={"far": 0.5, "mid": 0.5, "near": 0.5},
+        hits=hits.tolist(),
+        totals=totals.tolist(),
     )
 
 
-def test_aggregate_mean_and_spread():
-    agg = aggregate([run("a", 0, 0.5, 0.60, 0.30), run("a", 1, 0.5, 0.70, 0.30)])
+def test_aggregate_mean_spread_pooled_wilson_and_paired_drop():
+    rows = [run("dense", 0, None, near=0.8), run("a", 0, 0.5, near=0.6), run("a", 1, 0.5, near=0.7)]
+    rows.append(run("dense", 1, None, near=0.8))
+    agg = aggregate(rows)
     e = agg[("a", 0.5)]
     assert e["recall_near"]["mean"] == pytest.approx(0.65)
     assert e["recall_near"]["std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.6, 0.7
-    assert e["recall_near"]["n"] == 2
+    p = e["pooled_near"]
+    assert (p["hits"], p["n"]) == (260, 400) and p["lo"] < 0.65 < p["hi"]
+    # Wilson 95 % for 260/400, computed by hand: centre (p + z²/2n)/(1 + z²/n), z = 1.959964
+    z = 1.959964
+    centre = (0.65 + z * z / 800) / (1 + z * z / 400)
+    half = z * np.sqrt(0.65 * 0.35 / 400 + z * z / (4 * 400**2)) / (1 + z * z / 400)
+    assert (p["lo"], p["hi"]) == pytest.approx((centre - half, centre + half), abs=1e-6)
+    d = e["drop_near"]
+    assert d["point"] == pytest.approx(0.15)  # (0.8 - 0.6 + 0.8 - 0.7) / 2
+    assert d["lo"] <= 0.15 <= d["hi"] and d["lo"] > 0  # every pair is (hit, miss) or equal: resolved
+    assert e["drop_far"]["point"] == 0 and e["drop_far"]["lo"] == e["drop_far"]["hi"] == 0
 
 
-def test_select_applies_every_condition():
+def test_select_non_inferiority_ranking_and_resolution():
     rows = [
-        run("dense", 0, None, near=0.80, far=0.40, map50=0.50),
-        # near recall 1.5 points below dense: fails rule 1
-        run("low_near", 0, 0.5, near=0.785, far=0.40, map50=0.50, ret=(0.9, 0.9, 0.9)),
-        # far recall 3 points below dense: fails rule 2
-        run("low_far", 0, 0.5, near=0.80, far=0.37, map50=0.50, ret=(0.9, 0.9, 0.9)),
-        # mAP 2 points below: fails rule 3
-        run("low_map", 0, 0.5, near=0.80, far=0.40, map50=0.48, ret=(0.9, 0.9, 0.9)),
-        # both pass; the higher minimum retention over fields wins
-        run("ok_a", 0, 0.5, near=0.795, far=0.385, map50=0.495, ret=(0.30, 0.9, 0.9)),
-        run("ok_b", 0, 0.5, near=0.80, far=0.39, map50=0.50, ret=(0.45, 0.6, 0.5)),
-        # evaluated at 0.25 only: not considered at keep 0.5
-        run("other_keep", 0, 0.25, near=0.9, far=0.9, map50=0.9, ret=(1, 1, 1)),
+        run("dense", 0, None, near=0.80),
+        # near drop 10 points at keep 0.5: not non-inferior
+        run("object g=0", 0, 0.5, near=0.70),
+        run("object g=0", 0, 0.25, near=0.79),
+        # both non-inferior (equal to dense); g=1 ranks first at keep 0.25, by 15 points
+        run("object g=1", 0, 0.5, near=0.80),
+        run("object g=1", 0, 0.25, near=0.75),
+        run("band + object g=1", 0, 0.5, near=0.80),
+        run("band + object g=1", 0, 0.25, near=0.60),
+        # not eligible (patch normalisation), even though it is best at 0.25
+        run("patch (seed)", 0, 0.5, near=0.80),
+        run("patch (seed)", 0, 0.25, near=0.80),
     ]
-    winner, verdicts = select(aggregate(rows))
-    assert winner == "ok_b"
-    by = {v["variant"]: v for v in verdicts}
-    assert not by["low_near"]["checks"]["near recall within tol"]
-    assert not by["low_far"]["checks"]["far recall within tol"]
-    assert not by["low_map"]["checks"]["mAP within tol"]
-    assert "other_keep" not in by
+    winner, verdict = select(aggregate(rows), rows)
+    assert not verdict["checks"]["object g=0"]["non_inferior"]
+    assert verdict["checks"]["object g=1"]["non_inferior"]
+    assert verdict["ranking"] == ["object g=1", "band + object g=1"]
+    assert winner == "object g=1" and verdict["resolved"]
+    assert verdict["gains"]["band + object g=1"]["lo"] > 0
 
 
-def test_select_none_and_table():
-    rows = [run("dense", 0, None, near=0.8, far=0.4), run("bad", 0, 0.5, near=0.5, far=0.1)]
-    winner, _ = select(aggregate(rows))
-    assert winner is None
-    table = markdown_table(aggregate(rows), [0.5])
-    assert "| dense | dense |" in table and "| bad | 0.5 | 10.0 |" in table
-
-
-def test_preset_is_chosen_among_object_variants_only():
-
+def test_select_keeps_the_incumbent_when_the_lead_is_not_resolved():
     rows = [
-        run("dense", 0, None, near=0.8, far=0.4),
-        run("area", 0, 0.5, near=0.8, far=0.4, ret=(0.99, 0.99, 0.99)),
-        run("object g=1", 0, 0.5, near=0.8, far=0.4, ret=(0.9, 0.9, 0.9)),
-        run("band + object g=1", 0, 0.5, near=0.8, far=0.4, ret=(0.95, 0.93, 0.92)),
+        run("dense", 0, None, near=0.80),
+        run("object g=1", 0, 0.5, near=0.80),
+        run("object g=1", 0, 0.25, near=0.71, rng_seed=1),
+        run("band + object g=1", 0, 0.5, near=0.80),
+        run("band + object g=1", 0, 0.25, near=0.70, rng_seed=2),
     ]
-    assert select(aggregate(rows))[0] == "area"
-    assert select(aggregate(rows), eligible=preset_candidate)[0] == "band + object g=1"
+    winner, verdict = select(aggregate(rows), rows)
+    assert verdict["ranking"][0] == "object g=1"
+    assert not verdict["resolved"] and winner == "band + object g=1"
+    assert verdict["gains"]["band + object g=1"]["lo"] < 0 < verdict["gains"]["band + object g=1"]["hi"]
+
+
+def test_select_none_when_nothing_is_non_inferior_and_table_has_intervals():
+    rows = [run("dense", 0, None, near=0.8), run("object g=0", 0, 0.5, near=0.5, far=0.1)]
+    agg = aggregate(rows)
+    winner, verdict = select(agg, rows)
+    assert winner is None and not verdict["resolved"] and "not measured" in verdict["reason"]
+    rows += [run("band + object g=1", 0, 0.5, near=0.5), run("band + object g=1", 0, 0.25, near=0.5)]
+    winner, verdict = select(aggregate(rows), rows)
+    assert winner is None and not verdict["resolved"] and "no eligible variant" in verdict["reason"]
+    table = markdown_table(agg, [0.5])
+    assert "| dense | dense | 1 |" in table
+    assert "| object g=0 | 0.5 | 1 | 10.0 [" in table and "+40.0 [" in table
+
+
+def test_plan_trains_each_pruned_variant_at_each_keep_ratio():
+    jobs = plan([0, 1], ["object g=1"], (0.5, 0.25))
+    assert [(j[0], j[2], j[3]) for j in jobs[:5]] == [
+        ("dense", 0, None),
+        ("object g=1", 0, 0.5),
+        ("object g=1", 0, 0.25),
+        ("band + object g=1", 0, 0.5),
+        ("band + object g=1", 0, 0.25),
+    ]
+    assert len(jobs) == 10
 
 
 def test_tiny_ablation_end_to_end_and_resume(tmp_path):
-    """Dense + one variant + its band run on the tiny config; a resumed run trains nothing again."""
+    """Dense + one variant + the band run, each pruned one trained at both keep ratios, on the tiny
+    config; the keep ratio a run was trained at is the one it was evaluated at; a resumed run
+    trains nothing again."""
     from conftest import TINY_OVERRIDES
 
     logs = []
@@ -91,11 +137,48 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path):
         ("dense", None),
         ("object g=0", 0.5),
         ("object g=0", 0.25),
-        ("band + object g=0", 0.5),
-        ("band + object g=0", 0.25),
+        ("band + object g=1", 0.5),
+        ("band + object g=1", 0.25),
     }
-    assert (tmp_path / "ablation.md").read_text().startswith("| variant | keep |")
+    for r in first["runs"]:
+        assert np.asarray(r["hits"]).shape == (4, 3) and (np.asarray(r["hits"]) <= np.asarray(r["totals"])).all()
+    assert first["complete"] and first["runs_done"] == 5
+    assert (tmp_path / "ablation.md").read_text().startswith("| variant | keep | seeds |")
+    ck = __import__("torch").load(tmp_path / "object_g_0-k0.25-s0" / "last.pt", weights_only=True)
+    assert ck["model_config"]["pruner"]["keep_ratio"] == 0.25
     logs.clear()
     again = run_ablation(**settings, resume=True)
-    assert logs == ["resuming: 3 runs already in " + str(tmp_path / "runs.json")]
+    assert logs == ["resuming: 5 runs already in " + str(tmp_path / "runs.json")]
     assert again["runs"] == first["runs"]
+    logs.clear()
+    summary = run_ablation(**{**settings, "seeds": [0, 1]}, summarise_only=True)
+    assert logs == ["resuming: 5 runs already in " + str(tmp_path / "runs.json")]  # nothing trained
+    assert summary["runs_done"] == 5 and summary["runs_planned"] == 10 and not summary["complete"]
+
+
+def test_summarise_needs_runs(tmp_path):
+    from cass_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="nothing to summarise"):
+        run_ablation(config=None, base=[], seeds=[0], out=tmp_path, summarise_only=True)
+
+
+def test_evaluate_with_hits_counts_add_up_to_the_result(tiny_checkpoint):
+    from cass_deploy.config import FieldConfig
+    from cass_deploy.model.checkpoint import load_checkpoint
+    from cass_deploy.training.recall import evaluate_with_hits, field_recall
+    from cass_deploy.training.train import build_datasets, load_train_config, make_loader
+
+    from conftest import TINY_OVERRIDES
+
+    cfg = load_train_config(None, TINY_OVERRIDES + ["data.val_images=6"])
+    _, val = build_datasets(cfg)
+    model = load_checkpoint(tiny_checkpoint).model
+    res, hits, totals = evaluate_with_hits(model, make_loader(val, 4, shuffle=False, seed=0), FieldConfig(), 0.05)
+    assert hits.shape == totals.shape == (6, 3) and (hits <= totals).all()
+    for k, f in enumerate(("far", "mid", "near")):
+        assert (int(hits[:, k].sum()), int(totals[:, k].sum())) == (res.by_field[f].n_matched, res.by_field[f].n_gt)
+    rec = field_recall(hits, totals)
+    for f in ("far", "mid", "near"):
+        if rec[f]["n"]:
+            assert rec[f]["lo"] <= rec[f]["recall"] <= rec[f]["hi"]

@@ -159,3 +159,18 @@ def test_train_out_is_a_file_and_resume_mismatch(tiny_checkpoint, tmp_path, caps
     assert main(args) == 2
     assert "another model config" in capsys.readouterr().err
     assert main(["train", "--set", "threads=0", "--out", str(tmp_path / "t")]) == 2
+
+
+def test_lr_schedules_cosine_and_wsd():
+    from cass_deploy.training.train import _lr_lambda
+
+    cos = _lr_lambda(100, 10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    wsd = _lr_lambda(100, 10, "wsd", 0.3)  # peak lr until step 70, then a cosine to 0 at step 100
+    assert wsd(0) == pytest.approx(0.1) and wsd(10) == wsd(69) == 1.0
+    assert wsd(85) == pytest.approx(0.5) and wsd(100) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load_train_config(None, ["lr_schedule=step"])
+    with pytest.raises(ConfigError, match="lr_decay_fraction"):
+        load_train_config(None, ["lr_decay_fraction=0"])

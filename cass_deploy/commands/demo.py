@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-recall-drop",
         type=float,
-        default=0.15,
-        help="gate: recall drop vs the dense model, per field, on the 95%% upper bound (default 0.15)",
+        default=0.10,
+        help="gate: recall drop vs the dense model, per field, on the 95%% upper bound (default 0.10)",
     )
     p.add_argument("--min-near-recall", type=float, default=None)
     p.add_argument("--min-near-retention", type=float, default=None)

@@ -28,13 +28,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-keep-iou", type=float, default=None, help="minimum mean tie-aware keep-set IoU")
     p.add_argument("--max-score-err", type=float, default=None, help="maximum absolute score error")
     p.add_argument("--json", dest="json_out", help="write the report as JSON to this file")
-    add_force(p, "overwrite the --json file")
+    p.add_argument(
+        "--save-polygraphy",
+        metavar="DIR",
+        default=None,
+        help="save the reference inputs and torch outputs in Polygraphy's JSON format (inputs.json, outputs.json, "
+        "keep.json, index.json with the `polygraphy run` commands) for checking the engine on the device",
+    )
+    add_force(p, "overwrite the --json file and the --save-polygraphy directory")
 
 
 def run(args: argparse.Namespace) -> int:
 
     if args.json_out:
         check_writable(args.json_out, args.force)
+    if args.save_polygraphy:
+        check_writable(args.save_polygraphy, args.force)
     report, notes = run_verify(
         args.reference,
         args.candidate,
@@ -44,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         tie_tol=args.tie_tol,
         min_keep_iou=args.min_keep_iou,
         max_score_abs=args.max_score_err,
+        save_polygraphy=args.save_polygraphy,
+        force=args.force,
     )
     console = Console(width=max(140, Console().width))
     console.print(report_table(report))

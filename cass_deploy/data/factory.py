@@ -29,6 +29,7 @@ def load_dataset(
     seed: int = 0,
     class_map: Mapping[str, str | None] | None = None,
     scene_cfg: SceneConfig | None = None,
+    cache: bool = False,
 ) -> Any:
     """``"synthetic"`` -> :class:`SyntheticRoadside`; a directory -> COCO or KITTI, auto-detected.
 
@@ -39,6 +40,7 @@ def load_dataset(
       ``annotations/``; images in ``images/``, ``<split>*/`` or beside the JSON. Else KITTI with
       ``image_2/`` + ``label_2/`` or ``images/`` + ``labels/``. COCO wins when both are present.
     - a ``*.json`` file: COCO, images in ``images/`` beside it or its own directory.
+    ``cache``: keep generated synthetic scenes in memory (training re-reads them every epoch).
     For directories ``num_images`` keeps the first N images and ``image_size`` resizes (boxes are
     scaled). Anything else, or an empty dataset, is an InputError naming the path.
     """
@@ -56,6 +58,7 @@ def load_dataset(
             seed=seed,
             image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size,
             cfg=scene_cfg,
+            cache=cache,
         )
     if scene_cfg is not None:
         raise ConfigError("scene_cfg applies to 'synthetic' data only")

@@ -197,18 +197,23 @@ def evaluate_deployed(
         )
 
 
-def saved_reference(path: str):
+def saved_reference(path: str, section: str | None = None):
     """The reference result stored by an earlier ``validate --json`` run (its ``reference``
-    section, else its ``result``): how a Jetson compares with the workstation's dense model."""
+    section, else its ``result``): how a Jetson compares with the workstation's dense model.
+    ``section`` (``"result"`` or ``"reference"``) picks one; ``accept`` compares with ``result``,
+    the workstation's run of the same export."""
 
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read reference {path}: {exc}") from None
-    section = (data.get("reference") or data.get("result")) if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise InputError(f"{path} is not a validate --json output (no 'reference' or 'result')")
-    return ValidationResult.from_dict(section)
+    if not isinstance(data, dict):
+        data = {}
+    found = data.get(section) if section else (data.get("reference") or data.get("result"))
+    if not isinstance(found, dict):
+        want = repr(section) if section else "'reference' or 'result'"
+        raise InputError(f"{path} is not a validate --json output (no {want} section)")
+    return ValidationResult.from_dict(found)
 
 
 def validation_record(model: str, result, reference, checks, drops=None, gates=None) -> dict[str, Any]:
@@ -309,6 +314,7 @@ def run_validate(
     device: str = "cpu",
     resize: bool = False,
     seed: int = 0,
+    reference_section: str | None = None,
 ) -> ValidateRun:
     """``cass-deploy validate``: ``model`` (checkpoint, export directory, ``.onnx`` or ``.engine``) on
     ``images`` images of ``data``, against ``reference`` (see :func:`reference_model`; a ``.json``
@@ -318,7 +324,7 @@ def run_validate(
     gates = gates or Gates()
     fields = fields or FieldConfig()
     deployed = open_model(model, providers, device)
-    saved = saved_reference(reference) if reference and reference.endswith(".json") else None
+    saved = saved_reference(reference, reference_section) if reference and reference.endswith(".json") else None
     ref = None if saved is not None else reference_model(reference, deployed, device)
     if gates.max_recall_drop is not None and saved is None and ref is None:
         raise InputError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,10 @@ from rich.table import Table
 
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
+from cass_deploy.evaluation.reference_outputs import save_reference_outputs
+from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.model.pruner import band_boundaries
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
 from cass_deploy.runtime.torch_runner import TorchRunner
@@ -229,9 +233,16 @@ def run_verify(
     data: str = "synthetic",
     providers: Sequence[str] = ("cpu",),
     seed: int = 0,
+    save_polygraphy: str | Path | None = None,
+    force: bool = False,
     **threshold_overrides: float | None,
 ) -> tuple[VerifyReport, list[str]]:
-    """Reference checkpoint vs each candidate on ``images`` images -> (report, notes)."""
+    """Reference checkpoint vs each candidate on ``images`` images -> (report, notes).
+
+    ``save_polygraphy``: a directory for the reference inputs and torch outputs of the first
+    candidate in Polygraphy's JSON format (:mod:`cass_deploy.evaluation.reference_outputs`), for
+    ``polygraphy run model.engine --trt --load-inputs ... --load-outputs ...`` and ``accept``.
+    """
 
     if images < 1:
         raise InputError(f"--images must be >= 1, got {images}")
@@ -279,6 +290,28 @@ def run_verify(
             logit = math.log(pr.threshold / (1 - pr.threshold))
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
+        if save_polygraphy is not None and not compared:  # the first candidate's reference
+            index = save_reference_outputs(
+                save_polygraphy,
+                [{INPUT_NAME: ref["images"][i : i + step]} for i in range(0, n, step)],
+                [{k: v[i : i + step] for k, v in ref.items() if k != "images"} for i in range(0, n, step)],
+                precision=m.precision,
+                source={
+                    "checkpoint": str(reference),
+                    "checkpoint_sha256": ckpt.sha256,
+                    "candidate": str(c.path),
+                    "onnx_sha256": sha256_file(c.path) if c.kind == "onnx" else None,
+                    "image_size": list(size),
+                    "data": str(data),
+                    "seed": seed,
+                },
+                groups=groups,
+                threshold_logit=logit,
+                force=force,
+            )
+            notes.append(
+                f"saved the reference of {c.path} for Polygraphy in {save_polygraphy}: {index['commands']['engine']}"
+            )
         compared = max(compared, n)
     return VerifyReport(reference=str(reference), images=compared, candidates=reports), notes
 

@@ -20,6 +20,7 @@ from cass_deploy.export.tensorrt_build import build_engine, inspect_onnx
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
+from cass_deploy.runtime.trt_engine import device_facts
 from cass_deploy.runtime.trt_runner import device_name
 
 #: what the engine's manifest keeps from the export's: ``build_manifest`` parameter -> Manifest property
@@ -81,7 +82,10 @@ def engine_from_export(
             artefacts={"onnx": tmp / ONNX_NAME, "engine": tmp / ENGINE_NAME},
             base_dir=tmp,
             trtexec=result.trtexec,
-            extra={**man.extra, "tensorrt": {**result.to_dict(), "device": device_name()}},
+            extra={
+                **man.extra,
+                "tensorrt": {**result.to_dict(), "device": device_name(), "built_on": device_facts().to_dict()},
+            },
             **{param: getattr(man, prop) for param, prop in _KEPT.items()},
         )
         new.write(tmp, force=True)

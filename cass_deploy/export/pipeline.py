@@ -29,6 +29,7 @@ from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
+from cass_deploy.runtime.trt_engine import device_facts
 from cass_deploy.runtime.trt_runner import device_name
 
 
@@ -151,7 +152,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
             artefacts["engine"] = tmp / ENGINE_NAME
 
-            extra["tensorrt"] = {**result.to_dict(), "device": device_name()}
+            extra["tensorrt"] = {**result.to_dict(), "device": device_name(), "built_on": device_facts().to_dict()}
             trtexec = result.trtexec or trtexec
         man = mf.build_manifest(
             artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base

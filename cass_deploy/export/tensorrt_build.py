@@ -15,6 +15,7 @@ Engines are written as the plain bytes TensorRT serialises, atomically.
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -280,14 +281,73 @@ def _trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def _resolve(enum: Any, names: Sequence[str], what: str, trt: Any) -> list[Any]:
+#: The TensorRT enum each :class:`BuildPlan` field names members of. :func:`build_engine` resolves
+#: the plan through this table only, so the API conformance check (``tools/trt_api.py``) knows every
+#: ``Enum.MEMBER`` a plan can make the builder touch, per TensorRT major version.
+PLAN_ENUMS: Mapping[str, str] = MappingProxyType(
+    {
+        "network_flags": "NetworkDefinitionCreationFlag",
+        "builder_flags": "BuilderFlag",
+        "default_device_type": "DeviceType",
+        "hardware_compatibility_level": "HardwareCompatibilityLevel",
+    }
+)
+
+
+def plan_members(plan: BuildPlan) -> dict[str, tuple[tuple[str, str], ...]]:
+    """``{plan field: ((enum, member), ...)}``: the TensorRT names :func:`build_engine` resolves for
+    ``plan`` (the device type only for a DLA plan: a GPU plan leaves TensorRT's default)."""
+    device = (plan.default_device_type,) if plan.dla_core is not None else ()
+    hardware = (plan.hardware_compatibility_level,) if plan.hardware_compatibility_level is not None else ()
+    values = {
+        "network_flags": plan.network_flags,
+        "builder_flags": plan.builder_flags,
+        "default_device_type": device,
+        "hardware_compatibility_level": hardware,
+    }
+    return {key: tuple((PLAN_ENUMS[key], name) for name in names) for key, names in values.items()}
+
+
+def _resolve(trt: Any, members: Sequence[tuple[str, str]]) -> list[Any]:
+    """``trt.<Enum>.<MEMBER>`` for each ``(enum, member)``; a missing one is an :class:`ExportError`."""
     out = []
-    for name in names:
-        member = getattr(enum, name, None)
+    for enum_name, name in members:
+        member = getattr(getattr(trt, enum_name, None), name, None)
         if member is None:
-            raise ExportError(f"{what} {name} does not exist in TensorRT {trt.__version__}")
+            raise ExportError(f"{enum_name}.{name} does not exist in TensorRT {trt.__version__}")
         out.append(member)
     return out
+
+
+def enumerate_plans(trt_major: int) -> list[tuple[BuildOptions, BuildPlan]]:
+    """Every plan :func:`plan_build` makes for ``trt_major``: precision x the ONNX's precision x
+    strongly typed x DLA core x version / hardware compatibility (refused requests left out).
+
+    The API conformance check resolves each plan's :func:`plan_members` against the real bindings
+    of every TensorRT version of that major, so a name guarded by a version check is exercised.
+    """
+    onnx_kinds = {  # (has Q/DQ, carries fp16) of the ONNX each precision can come with
+        "fp32": [(False, False)],
+        "fp16": [(False, False), (False, True)],
+        "int8": [(True, False), (True, True)],
+    }
+    axes = {
+        "precision": PRECISIONS,
+        "strongly_typed": (None, False, True),
+        "dla_core": (None, 0, 1),
+        "version_compatible": (False, True),
+        "hardware_compatible": (False, True),
+    }
+    plans = []
+    for combo in itertools.product(*axes.values()):
+        settings = dict(zip(axes, combo))
+        for has_qdq, onnx_fp16 in onnx_kinds[settings["precision"]]:
+            opts = BuildOptions(**settings)
+            try:
+                plans.append((opts, plan_build(trt_major, opts, has_qdq, onnx_fp16)))
+            except LimitError:
+                pass
+    return plans
 
 
 @dataclass(frozen=True)
@@ -331,8 +391,9 @@ def build_engine(
     logger = _make_logger(trt, log)
     builder = trt.Builder(logger)
 
+    members = plan_members(plan)
     flags = 0
-    for member in _resolve(trt.NetworkDefinitionCreationFlag, plan.network_flags, "network flag", trt):
+    for member in _resolve(trt, members["network_flags"]):
         flags |= 1 << int(member)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -347,21 +408,21 @@ def build_engine(
     config = builder.create_builder_config()
     if options.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    for member in _resolve(trt.BuilderFlag, plan.builder_flags, "builder flag", trt):
+    for member in _resolve(trt, members["builder_flags"]):
         config.set_flag(member)
-    if plan.default_device_type == "DLA":
+    if plan.dla_core is not None:
         cores = int(getattr(builder, "num_DLA_cores", 0))
-        if plan.dla_core is None or plan.dla_core >= cores:
+        if plan.dla_core >= cores:
             raise LimitError(
                 f"DLA core {plan.dla_core} requested but this device has {cores} "
                 "DLA core(s)" + (" (DLA exists on Jetson Orin/Xavier only)" if cores == 0 else "")
             )
-        config.default_device_type = trt.DeviceType.DLA
+        (config.default_device_type,) = _resolve(trt, members["default_device_type"])
         config.DLA_core = plan.dla_core
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
-    if plan.hardware_compatibility_level is not None:
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, plan.hardware_compatibility_level)
+    if members["hardware_compatibility_level"]:
+        (config.hardware_compatibility_level,) = _resolve(trt, members["hardware_compatibility_level"])
     _add_profiles(trt, builder, network, config, options, onnx_path)
     cache = _load_timing_cache(config, options.timing_cache, log)
 

@@ -122,7 +122,8 @@ def load_checkpoint(
     path = Path(path)
     raw = read_checkpoint(path)
     try:
-        mcfg = from_dict(ModelConfig, raw["model_config"], prefix="model.")
+        # checkpoints written before the head's context blocks (issue 12) have none
+        mcfg = from_dict(ModelConfig, {"head_context": 0, **raw["model_config"]}, prefix="model.")
         ccfg = from_dict(CassConfig, raw["cass_config"], prefix="cass.")
     except CassDeployError as exc:
         raise CheckpointError(f"{path}: incompatible configuration: {exc}") from None

@@ -57,6 +57,7 @@ class ModelConfig:
     num_classes: int = 3
     head_stride: int = 8
     head_channels: int = 64
+    head_context: int = 3
     predictor_hidden: int = 48
     detach_predictor_input: bool = False
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
@@ -89,6 +90,7 @@ class ModelConfig:
         _positive_int("num_classes", self.num_classes)
         _positive_int("head_stride", self.head_stride)
         _positive_int("head_channels", self.head_channels)
+        _positive_int("head_context", self.head_context, 0)
         _positive_int("predictor_hidden", self.predictor_hidden)
         if self.patch_size % self.head_stride:
             raise ConfigError(f"model.head_stride {self.head_stride} must divide model.patch_size {self.patch_size}")
@@ -151,7 +153,9 @@ class PrunedDetector(nn.Module):
         self.predictor = ImportancePredictor(d, cfg.predictor_hidden)
         self.late = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.late_depth))
         self.norm = nn.LayerNorm(d)
-        self.head = DenseHead(d, cfg.num_classes, cfg.patch_size // cfg.head_stride, cfg.head_stride, cfg.head_channels)
+        self.head = DenseHead(
+            d, cfg.num_classes, cfg.patch_size // cfg.head_stride, cfg.head_stride, cfg.head_channels, cfg.head_context
+        )
         self.apply(_init_weights)
 
     # ------------------------------------------------------------------ interface attributes

@@ -46,8 +46,17 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     root = Path(run_dir)
     if not root.is_dir():
         raise InputError(f"run directory {root} does not exist")
-    found: dict[str, list] = {"train": [], "diagnose": [], "verify": [], "profile": [], "validate": [], "tune": []}
+    found: dict[str, list] = {
+        "train": [],
+        "diagnose": [],
+        "verify": [],
+        "profile": [],
+        "validate": [],
+        "accept": [],
+        "tune": [],
+    }
     patterns = {
+        "accept": "accept.json",
         "train": "history.json",
         "diagnose": "diagnostics.json",
         "verify": "verify*.json",
@@ -134,6 +143,22 @@ def _section_train(items) -> str:
         out.append(
             f"<p class=muted>{html.escape(rel)}</p>"
             + _table(["epoch", "loss", "detection", "CASS", "CASS weight", "val mAP@0.5", "s"], rows)
+        )
+    return "".join(out)
+
+
+def _section_accept(items) -> str:
+    """``accept.json``: the verdict and one row per check."""
+    out = []
+    for rel, rec in items:
+        verdict = "ACCEPTED" if rec.get("verdict") == "pass" else "REJECTED"
+        rows = [[c["stage"], "pass" if c["passed"] else "FAIL", c["message"]] for c in rec.get("checks", [])]
+        notes = "".join(f"<li>{html.escape(str(n))}</li>" for n in rec.get("notes", []))
+        out.append(
+            f"<p><b>{verdict}</b>: {html.escape(str(rec.get('candidate')))} ({html.escape(str(rec.get('backend')))}, "
+            f"{html.escape(rel)})</p>"
+            + _table(["stage", "result", "check"], rows)
+            + (f"<ul>{notes}</ul>" if notes else "")
         )
     return "".join(out)
 
@@ -381,7 +406,8 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
     out_json = out_html.with_suffix(".json")
     check_writable(out_html, force)
     check_writable(out_json, force)
-    sections = [
+    sections = [("Acceptance", _section_accept(found["accept"]))] if found["accept"] else []
+    sections += [
         ("Training", _section_train(found["train"])),
         ("Recall and retention by field", _section_validate(found["validate"])),
         ("Keep-mask fidelity", _section_verify(found["verify"])),

@@ -385,6 +385,14 @@ class Manifest:
     built_on_device = _Entry(
         "extra", "tensorrt", "device", doc="The GPU the engine was built on (``extra.tensorrt.device``)."
     )
+    engine_built_on = _Entry(
+        "extra",
+        "tensorrt",
+        "built_on",
+        convert=dict,
+        doc="What built the engine (``extra.tensorrt.built_on``): TensorRT, GPU, compute capability, CUDA, "
+        "Jetson board / L4T / JetPack / power mode (:class:`cass_deploy.runtime.trt_engine.DeviceFacts`).",
+    )
 
     @property
     def inputs(self) -> list[dict[str, Any]]:

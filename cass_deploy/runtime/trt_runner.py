@@ -103,7 +103,7 @@ class TrtRunner(Runner):
         self._ctx = cuda.Device(self.device).retain_primary_context()
         self._ctx.push()
         try:
-            self._loaded = load_engine(self.path)
+            self._loaded = load_engine(self.path, device=self.device)
             engine = self._loaded.engine
             self._context = engine.create_execution_context()
             if self._context is None:

@@ -1,19 +1,34 @@
 """The bias ablation: which CASS setting keeps near-field vehicles after pruning?
 
-Every variant trains on the same synthetic split with the same seeds; each trained model is
-evaluated at keep 0.5 and 0.25 (same weights, pruner swapped) for recall and retention per field
-and per size bin and mAP@0.5, against the dense model of the same seed. ``select`` applies the
-rule that sets the ``corrected`` preset (issue 4):
+Every variant trains on the same synthetic split with the same seeds, and every pruned variant is
+**trained at the keep ratio it is evaluated at** (0.5 and 0.25: two trainings per variant and
+seed). Each run is evaluated on the same validation scenes for recall by field (far / mid / near)
+and size, retention and mAP@0.5, and stores its per-image hit counts, so every cell carries an
+interval: a Wilson 95 % interval on the recall pooled over seeds and images, and a paired
+bootstrap 95 % interval on the recall drop against the dense model of the same seed (units:
+(seed, image) pairs, resampled together).
 
-1. near-field recall within ``near_tol`` (1 point) of dense;
-2. far-field recall at most ``far_tol`` (2 points) below dense;
-3. mAP@0.5 within ``map_tol`` (1 point) of dense;
-4. among those, the highest minimum over fields of mean retention.
+``select`` applies the rule that sets the ``corrected`` preset (issue 12), one the intervals can
+resolve:
 
-The ``corrected`` preset is object normalisation by definition (SPEC §4), so the preset is chosen
-among the ``object`` variants and the band pruner; the other normalisations are measured and
-reported for comparison (``area`` leaves background unsupervised, ``seed_object`` is the seed's
-plan 1 as written).
+1. **non-inferior at keep 0.5**: for every field, the upper end of the paired-bootstrap interval
+   of the recall drop against dense is at most ``drop_tol`` (3 points);
+2. among the eligible variants passing 1, the highest pooled near-field recall at keep 0.25 leads;
+3. the lead is **resolved** when the paired-bootstrap interval of its near-field recall gain at
+   keep 0.25 over each other passing variant excludes 0; if it is not resolved and the incumbent
+   preset (``incumbent``) is among the passing variants tied with the leader, the incumbent stays —
+   the preset changes only on evidence. Without a measurement of the incumbent there is no
+   verdict. The verdict says which case applied.
+
+The ``corrected`` preset is object normalisation by definition (SPEC §4), so it is chosen among
+the ``object`` variants (with the global or the band pruner); ``patch (seed)`` is measured for
+comparison.
+
+Trimmed from the issue-4 ablation (its table, README): ``seed_object`` (near recall 13.7 ± 14.4
+at keep 0.5 against 32.9 dense — ruled out), ``area`` (ablation only: background unsupervised),
+``object g=0 + TV`` (within 0.5 points of ``object g=0`` everywhere), ``object g=0.5`` (between
+g=0 and g=1 in every column) and ``cass_off`` (untrained predictor: spreads of ±10-40 points).
+They stay runnable with ``--variants``.
 """
 
 from __future__ import annotations
@@ -27,11 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import write_json
 from cass_deploy.model.checkpoint import load_checkpoint
-from cass_deploy.training.train import build_datasets, evaluate_model, load_train_config, make_loader, train
+from cass_deploy.training.recall import evaluate_with_hits, paired_bootstrap_drop, wilson_interval
+from cass_deploy.training.train import build_datasets, load_train_config, make_loader, train
 
 # name -> overrides on top of the base training config
 LOSS_VARIANTS: dict[str, list[str]] = {
@@ -44,12 +62,22 @@ LOSS_VARIANTS: dict[str, list[str]] = {
     "seed_object": ["cass.normalization=seed_object", "cass.ensure_center_patch=false"],
     "object g=0 + TV": ["cass.normalization=object", "cass.area_gamma=0.0", "cass.tv_weight=0.1"],
 }
+#: what ``run_ablation`` trains by default (see the module docstring for the trimmed ones)
+DEFAULT_VARIANTS = ("patch (seed)", "object g=0", "object g=1")
 DENSE = ["model.pruner.mode=none", "cass.cass_weight=0.0"]
 BAND = ["model.pruner.mode=band", "model.pruner.band_quotas=proportional"]
+#: the band-pruner run: the current corrected preset (object normalisation, area_gamma 1)
+BAND_LOSS = "object g=1"
+INCUMBENT = "band + object g=1"
 
 
 @dataclass
 class RunResult:
+    """One trained model evaluated at the keep ratio it was trained at (``None``: dense).
+
+    ``hits`` / ``totals``: per validation image ``[far, mid, near]`` vehicles found at IoU 0.5 /
+    present (the bootstrap's units; empty in results written before issue 12)."""
+
     variant: str
     seed: int
     keep_ratio: float | None
@@ -60,12 +88,18 @@ class RunResult:
     retention_ge_50: dict[str, float | None]
     recall_by_size: dict[str, float | None] = field(default_factory=dict)
     retention_by_size: dict[str, float | None] = field(default_factory=dict)
+    hits: list[list[int]] = field(default_factory=list)
+    totals: list[list[int]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, int, float | None]:
+        return (self.variant, self.seed, self.keep_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _summarise(variant: str, seed: int, keep: float | None, seconds: float, res) -> RunResult:
+def _summarise(variant: str, seed: int, keep: float | None, seconds: float, res, hits, totals) -> RunResult:
     bf, bs = res.by_field, res.by_size
     return RunResult(
         variant=variant,
@@ -78,6 +112,8 @@ def _summarise(variant: str, seed: int, keep: float | None, seconds: float, res)
         retention_ge_50={f: bf[f].retention_share_ge_50 for f in FIELDS},
         recall_by_size={s: bs[s].recall for s in bs},
         retention_by_size={s: bs[s].retention_mean for s in bs},
+        hits=np.asarray(hits).tolist(),
+        totals=np.asarray(totals).tolist(),
     )
 
 
@@ -88,41 +124,29 @@ def train_and_evaluate(
     overrides: list[str],
     seed: int,
     out: Path,
-    keep_ratios: Sequence[float],
+    keep_ratio: float | None,
     val_images: int,
     log: Callable[[str], None],
-) -> list[RunResult]:
-    """Train one variant and evaluate it at each keep ratio (or dense once)."""
+) -> RunResult:
+    """Train one variant at ``keep_ratio`` (``None``: dense, pruner off) and evaluate it there."""
 
-    cfg = load_train_config(config, base + overrides + [f"seed={seed}", f"data.val_images={val_images}"])
-    run_dir = out / f"{_slug(variant)}-s{seed}"
-    t0 = time.perf_counter()
+    keep = [] if keep_ratio is None else [f"model.pruner.keep_ratio={keep_ratio}"]
+    cfg = load_train_config(config, base + overrides + keep + [f"seed={seed}"])
+    run_dir = out / f"{_slug(variant)}-k{keep_ratio if keep_ratio is not None else 'dense'}-s{seed}"
     res = train(cfg, run_dir, force=True, progress=False, log=lambda s: None)
-    seconds = time.perf_counter() - t0
+    seconds = res.history[-1]["train_seconds"] if res.history else res.seconds
     model = load_checkpoint(res.last_path).model
-    _, val = build_datasets(cfg)
+    # the final evaluation on val_images scenes (the per-epoch one uses the config's smaller set)
+    _, val = build_datasets(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_images=val_images)))
     loader = make_loader(val, cfg.batch_size, shuffle=False, seed=seed)
-    rows = []
-    if model.pruner_mode == "none":
-        rows.append(
-            _summarise(variant, seed, None, seconds, evaluate_model(model, loader, cfg.fields, cfg.eval_score_thr))
-        )
-    else:
-        for r in keep_ratios:
-            m = model.with_pruner(keep_ratio=r)
-            rows.append(
-                _summarise(variant, seed, r, seconds, evaluate_model(m, loader, cfg.fields, cfg.eval_score_thr))
-            )
+    ev, hits, totals = evaluate_with_hits(model, loader, cfg.fields, cfg.eval_score_thr, name=variant)
+    r = _summarise(variant, seed, keep_ratio, seconds, ev, hits, totals)
     log(
-        f"{variant} seed {seed}: "
-        + ", ".join(
-            f"keep {r.keep_ratio}: recall near {_p(r.recall['near'])} far {_p(r.recall['far'])}, retention near "
-            f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)}"
-            for r in rows
-        )
-        + f" [{seconds:.0f}s]"
+        f"{variant} keep {keep_ratio if keep_ratio is not None else 'dense'} seed {seed}: recall far "
+        f"{_p(r.recall['far'])} mid {_p(r.recall['mid'])} near {_p(r.recall['near'])}, retention near "
+        f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)} [train {seconds:.0f}s]"
     )
-    return rows
+    return r
 
 
 def _slug(name: str) -> str:
@@ -133,11 +157,33 @@ def _p(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[str, Any]]:
-    """Mean and spread (std over seeds) of every metric per (variant, keep ratio)."""
+def _paired(rows: Sequence[RunResult], ref: dict[int, RunResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Concatenate (seed, image) units of ``rows`` and the ``ref`` run of the same seed ->
+    (ref_hits, cand_hits, totals), each ``[U, 3]``; None when a seed lacks its reference or hits."""
+    parts = []
+    for r in rows:
+        q = ref.get(r.seed)
+        if q is None or not r.hits or not q.hits or np.asarray(r.totals).shape != np.asarray(q.totals).shape:
+            return None
+        if not np.array_equal(np.asarray(r.totals), np.asarray(q.totals)):
+            raise InputError(f"{r.variant} seed {r.seed} and its reference were evaluated on different images")
+        parts.append((np.asarray(q.hits), np.asarray(r.hits), np.asarray(r.totals)))
+    if not parts:
+        return None
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def aggregate(
+    rows: Sequence[RunResult], resamples: int = 2000, confidence: float = 0.95
+) -> dict[tuple[str, float | None], dict[str, Any]]:
+    """Per (variant, keep ratio): mean and spread over seeds of every metric (``mean``, ``std``,
+    ``n``); with per-image hits also ``pooled_{field}`` (recall over all seeds and images with its
+    Wilson interval) and ``drop_{field}`` (recall drop against the dense run of the same seed,
+    paired bootstrap over (seed, image) units: ``point``, ``lo``, ``hi``)."""
     groups: dict[tuple[str, float | None], list[RunResult]] = {}
     for r in rows:
         groups.setdefault((r.variant, r.keep_ratio), []).append(r)
+    dense = {r.seed: r for r in groups.get(("dense", None), [])}
 
     def stat(values):
         vals = [v for v in values if v is not None]
@@ -147,9 +193,11 @@ def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[
 
     out = {}
     for key, rs in groups.items():
-        out[key] = {
+        rs = sorted(rs, key=lambda r: r.seed)
+        entry = {
             "map50": stat(r.map50 for r in rs),
             "train_seconds": stat(r.train_seconds for r in rs),
+            "seeds": [r.seed for r in rs],
             **{f"recall_{f}": stat(r.recall[f] for r in rs) for f in FIELDS + ("all",)},
             **{f"retention_{f}": stat(r.retention[f] for r in rs) for f in FIELDS},
             **{f"retention_ge50_{f}": stat(r.retention_ge_50[f] for r in rs) for f in FIELDS},
@@ -159,6 +207,27 @@ def aggregate(rows: Sequence[RunResult]) -> dict[tuple[str, float | None], dict[
                 for s in ("small", "medium", "large")
             },
         }
+        if all(r.hits for r in rs):
+            h = np.concatenate([np.asarray(r.hits) for r in rs]).sum(0)
+            n = np.concatenate([np.asarray(r.totals) for r in rs]).sum(0)
+            lo, hi = wilson_interval(h, n, confidence)
+            for k, f in enumerate(FIELDS):
+                entry[f"pooled_{f}"] = {
+                    "recall": float(h[k] / n[k]) if n[k] else None,
+                    "lo": float(lo[k]) if n[k] else None,
+                    "hi": float(hi[k]) if n[k] else None,
+                    "hits": int(h[k]),
+                    "n": int(n[k]),
+                }
+            paired = _paired(rs, dense) if key[0] != "dense" else None
+            if paired is not None:
+                ref, cand, tot = paired
+                for k, f in enumerate(FIELDS):
+                    point, dlo, dhi = paired_bootstrap_drop(
+                        ref[:, k], cand[:, k], tot[:, k], resamples=resamples, seed=0, confidence=confidence
+                    )
+                    entry[f"drop_{f}"] = {"point": point, "lo": dlo, "hi": dhi}
+        out[key] = entry
     return out
 
 
@@ -169,46 +238,81 @@ def preset_candidate(variant: str) -> bool:
 
 def select(
     agg: dict,
+    rows: Sequence[RunResult],
     keep_ratio: float = 0.5,
-    near_tol: float = 0.01,
-    far_tol: float = 0.02,
-    map_tol: float = 0.01,
-    exclude: Sequence[str] = ("cass_off",),
-    eligible: Callable[[str], bool] = lambda v: True,
-) -> tuple[str | None, list[dict]]:
-    """Apply the selection rule at ``keep_ratio`` -> (winner among ``eligible`` variants or None,
-    verdicts for every variant)."""
-    dense = agg.get(("dense", None))
-    if dense is None:
+    rank_keep: float = 0.25,
+    drop_tol: float = 0.03,
+    eligible: Callable[[str], bool] = preset_candidate,
+    incumbent: str = INCUMBENT,
+    resamples: int = 2000,
+) -> tuple[str | None, dict[str, Any]]:
+    """The rule of the module docstring -> (winner or None, verdict).
+
+    verdict: ``checks`` per variant (the upper drop bound per field at ``keep_ratio`` and whether
+    it is within ``drop_tol``), ``ranking`` (passing eligible variants by pooled near recall at
+    ``rank_keep``), ``gains`` (the leader's near-recall gain over each other passing variant at
+    ``rank_keep``: point, lo, hi) and ``resolved`` / ``reason``."""
+    if ("dense", None) not in agg:
         raise InputError("the ablation needs the dense model to select against")
-
-    def m(entry, key):
-        return entry[key]["mean"]
-
-    verdicts = []
+    checks = {}
     for (variant, keep), entry in agg.items():
-        if keep != keep_ratio or variant in exclude:
+        if keep != keep_ratio or variant == "dense":
             continue
-        checks = {
-            "near recall within tol": m(entry, "recall_near") is not None
-            and m(entry, "recall_near") >= m(dense, "recall_near") - near_tol,
-            "far recall within tol": m(entry, "recall_far") is not None
-            and m(entry, "recall_far") >= m(dense, "recall_far") - far_tol,
-            "mAP within tol": m(entry, "map50") is not None and m(entry, "map50") >= m(dense, "map50") - map_tol,
-        }
-        min_ret = min(
-            (m(entry, f"retention_{f}") for f in FIELDS if m(entry, f"retention_{f}") is not None), default=None
+        bounds = {f: entry.get(f"drop_{f}", {}).get("hi") for f in FIELDS}
+        ok = all(b is not None and b <= drop_tol for b in bounds.values())
+        checks[variant] = {"drop_hi": bounds, "non_inferior": ok}
+    passing = [v for v, c in checks.items() if c["non_inferior"] and eligible(v) and (v, rank_keep) in agg]
+    ranking = sorted(passing, key=lambda v: -(agg[(v, rank_keep)].get("pooled_near", {}).get("recall") or 0.0))
+    verdict: dict[str, Any] = {
+        "rule": (
+            f"non-inferior at keep {keep_ratio} (paired-bootstrap upper bound of every field's recall drop "
+            f"vs dense <= {100 * drop_tol:g} points), then highest near recall at keep {rank_keep}; a lead "
+            f"counts only when its paired-bootstrap gain interval excludes 0, else the incumbent "
+            f"({incumbent}) stays if tied with the leader"
+        ),
+        "checks": checks,
+        "ranking": ranking,
+        "gains": {},
+    }
+    if incumbent not in checks or (incumbent, rank_keep) not in agg:
+        verdict.update(resolved=False, reason=f"the incumbent {incumbent} is not measured (yet): no verdict")
+        return None, verdict
+    if not ranking:
+        verdict.update(resolved=False, reason=f"no eligible variant is non-inferior at keep {keep_ratio}")
+        return None, verdict
+    by = {}
+    for r in rows:
+        if r.keep_ratio == rank_keep:
+            by.setdefault(r.variant, {})[r.seed] = r
+    leader = ranking[0]
+    tied = []
+    for other in ranking[1:]:
+        paired = _paired(list(by[leader].values()), by[other])
+        if paired is None:
+            tied.append(other)
+            continue
+        ref, cand, tot = paired
+        point, lo, hi = paired_bootstrap_drop(ref[:, 2], cand[:, 2], tot[:, 2], resamples=resamples, seed=0)
+        # drop of ``other`` -> ``leader`` as ref - cand, so a gain of the leader is -drop
+        verdict["gains"][other] = {"point": -point, "lo": -hi, "hi": -lo}
+        if hi >= 0:  # the leader's gain interval reaches 0: not resolved against this one
+            tied.append(other)
+    if not tied:
+        verdict.update(resolved=True, reason=f"{leader} leads every other passing variant, intervals exclude 0")
+        return leader, verdict
+    if incumbent in tied or incumbent == leader:
+        verdict.update(
+            resolved=False,
+            reason=f"{leader} leads on the point estimate but is tied with {tied}; the incumbent {incumbent} stays",
         )
-        verdicts.append(
-            {"variant": variant, "checks": checks, "passes": all(checks.values()), "min_field_retention": min_ret}
-        )
-    ok = [v for v in verdicts if v["passes"] and eligible(v["variant"])]
-    winner = max(ok, key=lambda v: v["min_field_retention"] or 0)["variant"] if ok else None
-    return winner, verdicts
+        return incumbent, verdict
+    verdict.update(resolved=False, reason=f"{leader} leads on the point estimate, tied with {tied}; not resolved")
+    return leader, verdict
 
 
 def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
-    """The README table: recall and retention per field, mAP and training time, mean ± std."""
+    """The README tables: recall per field (pooled, Wilson 95 %), its drop against dense (paired
+    bootstrap 95 %), retention, mAP and training time (mean ± std over seeds)."""
 
     def cell(entry, key, scale=100.0, digits=1):
         s = entry[key]
@@ -217,50 +321,57 @@ def markdown_table(agg: dict, keep_ratios: Sequence[float]) -> str:
         txt = f"{scale * s['mean']:.{digits}f}"
         return txt + (f" ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else "")
 
-    order = sorted(agg, key=lambda k: (k[1] is not None, -(k[1] or 0), k[0] != "dense"))
+    def pooled(entry, f):
+        p = entry.get(f"pooled_{f}")
+        if not p or p["recall"] is None:
+            return cell(entry, f"recall_{f}")
+        return f"{100 * p['recall']:.1f} [{100 * p['lo']:.1f}, {100 * p['hi']:.1f}]"
+
+    def drop(entry, f):
+        d = entry.get(f"drop_{f}")
+        if not d:
+            return "-"
+        return f"{100 * d['point']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+    order = sorted(agg, key=lambda k: (k[1] is not None, -(k[1] or 0), k[0] != "dense", k[0]))
     keys = [k for k in order if k[1] is None or k[1] in keep_ratios]
 
-    def table(columns: list[tuple[str, str, float, int]]) -> str:
-        head = "| variant | keep | " + " | ".join(c[0] for c in columns) + " |\n"
-        rule = "|---|---|" + "---|" * len(columns) + "\n"
+    def table(columns) -> str:
+        head = "| variant | keep | seeds | " + " | ".join(c[0] for c in columns) + " |\n"
+        rule = "|---|---|---|" + "---|" * len(columns) + "\n"
         rows = [
-            f"| {v} | {'dense' if keep is None else keep} | "
-            + " | ".join(cell(agg[(v, keep)], key, scale, digits) for _, key, scale, digits in columns)
+            f"| {v} | {'dense' if keep is None else keep} | {len(agg[(v, keep)]['seeds'])} | "
+            + " | ".join(fn(agg[(v, keep)]) for _, fn in columns)
             + " |"
             for v, keep in keys
         ]
         return head + rule + "\n".join(rows) + "\n"
 
-    by_field = (
-        [(f"recall {f}", f"recall_{f}", 100.0, 1) for f in FIELDS]
-        + [(f"retention {f}", f"retention_{f}", 100.0, 1) for f in FIELDS]
-        + [("mAP@0.5", "map50", 100.0, 1), ("train s", "train_seconds", 1.0, 0)]
-    )
-    by_size = [(f"recall {s}", f"recall_size_{s}", 100.0, 1) for s in ("small", "medium", "large")] + [
-        (f"retention {s}", f"retention_size_{s}", 100.0, 1) for s in ("small", "medium", "large")
+    recall_cols = [(f"recall {f}", lambda e, f=f: pooled(e, f)) for f in FIELDS]
+    drop_cols = [(f"drop {f}", lambda e, f=f: drop(e, f)) for f in FIELDS]
+    other = [(f"retention {f}", lambda e, f=f: cell(e, f"retention_{f}")) for f in FIELDS] + [
+        ("mAP@0.5", lambda e: cell(e, "map50")),
+        ("train s", lambda e: cell(e, "train_seconds", 1.0, 0)),
     ]
-    return table(by_field) + "\n" + table(by_size)
+    by_size = [(f"recall {s}", lambda e, s=s: cell(e, f"recall_size_{s}")) for s in ("small", "medium", "large")]
+    return table(recall_cols + drop_cols) + "\n" + table(other + by_size)
 
 
-def band_runs(
-    base: list[str],
-    config: str | None,
-    loss: str,
-    seeds: Sequence[int],
-    out: Path,
-    keep_ratios: Sequence[float],
-    val_images: int,
-    log: Callable[[str], None],
-    done: set[tuple[str, int]] = frozenset(),
-) -> list[RunResult]:
-    """The band pruner (quotas proportional to the training set's positive patches) with ``loss``."""
-    rows: list[RunResult] = []
+def plan(
+    seeds: Sequence[int], variants: Sequence[str], keep_ratios: Sequence[float], band: bool = True
+) -> list[tuple[str, list[str], int, float | None]]:
+    """Every training of the ablation, seed-major (so a partial run has whole seeds first):
+    (variant, overrides, seed, keep ratio or None for dense)."""
+    jobs = []
     for seed in seeds:
-        if (f"band + {loss}", seed) not in done:
-            rows += train_and_evaluate(
-                base, config, f"band + {loss}", LOSS_VARIANTS[loss] + BAND, seed, out, keep_ratios, val_images, log
-            )
-    return rows
+        jobs.append(("dense", DENSE, seed, None))
+        for name in variants:
+            for r in keep_ratios:
+                jobs.append((name, LOSS_VARIANTS[name], seed, r))
+        if band:
+            for r in keep_ratios:
+                jobs.append((f"band + {BAND_LOSS}", LOSS_VARIANTS[BAND_LOSS] + BAND, seed, r))
+    return jobs
 
 
 def run_ablation(
@@ -271,54 +382,66 @@ def run_ablation(
     out: Path,
     variants: Sequence[str] | None = None,
     keep_ratios: Sequence[float] = (0.5, 0.25),
-    val_images: int = 128,
+    val_images: int = 256,
     band: bool = True,
     resume: bool = False,
+    summarise_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Dense + every loss variant (+ the band pruner with the winning loss) over ``seeds``.
+    """Dense + each loss variant (+ the band pruner with ``BAND_LOSS``) over ``seeds``, every pruned
+    variant trained at each keep ratio it is evaluated at.
 
-    ``resume``: keep the runs already in ``out/runs.json`` (same variant and seed) and train
-    only the missing ones, so an interrupted ablation continues where it stopped.
+    ``resume``: keep the runs already in ``out/runs.json`` (same variant, seed and keep ratio) and
+    train only the missing ones, so an interrupted ablation continues where it stopped; the
+    results are rewritten after every run. ``summarise_only``: train nothing, recompute the
+    tables, intervals and verdict from ``out/runs.json`` (e.g. a partial ablation).
     """
 
-    names = list(variants) if variants else list(LOSS_VARIANTS)
+    names = list(variants) if variants else list(DEFAULT_VARIANTS)
     unknown = [n for n in names if n not in LOSS_VARIANTS]
     if unknown:
         raise InputError(f"unknown ablation variant(s) {unknown}; known: {list(LOSS_VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[RunResult] = []
-    if resume and (out / "runs.json").is_file():
+    if summarise_only and not (out / "runs.json").is_file():
+        raise InputError(f"nothing to summarise: {out / 'runs.json'} does not exist")
+    if (resume or summarise_only) and (out / "runs.json").is_file():
         rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
-        log(f"resuming: {len({(r.variant, r.seed) for r in rows})} runs already in {out / 'runs.json'}")
-    done = {(r.variant, r.seed) for r in rows}
+        rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
+        log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
+    done = {r.key for r in rows}
+    jobs = plan(seeds, names, keep_ratios, band)
     t0 = time.perf_counter()
-    for seed in seeds:
-        for name, overrides in [("dense", DENSE)] + [(n, LOSS_VARIANTS[n]) for n in names]:
-            if (name, seed) not in done:
-                rows += train_and_evaluate(base, config, name, overrides, seed, out, keep_ratios, val_images, log)
-                write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
-    agg = aggregate(rows)
-    loss_winner, verdicts = select(agg, eligible=lambda v: v.startswith("object"))
-    objects = [v for v in verdicts if v["variant"].startswith("object")]
-    best_loss = loss_winner or (
-        max(objects, key=lambda v: v["min_field_retention"] or 0)["variant"] if objects else "object g=0"
-    )
-    winner, verdicts = select(agg, eligible=preset_candidate)
-    if band:
-        rows += band_runs(base, config, best_loss, seeds, out, keep_ratios, val_images, log, done)
+    result: dict[str, Any] = {}
+    for name, overrides, seed, keep in jobs:
+        if (name, seed, keep) in done or summarise_only:
+            continue
+        rows.append(train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, log))
         write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
-        agg = aggregate(rows)
-        winner, verdicts = select(agg, eligible=preset_candidate)
+        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(jobs), t0)
+        log(f"[{len(rows)}/{len(jobs)} runs, {(time.perf_counter() - t0) / 60:.1f} min this session]")
+    if not result:
+        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(jobs), t0)
+    return result
+
+
+def _write_results(rows, out, seeds, keep_ratios, val_images, base, config, planned, t0) -> dict[str, Any]:
+    agg = aggregate(rows)
+    winner, verdict = (None, {"reason": "no dense run yet"})
+    if ("dense", None) in agg:
+        winner, verdict = select(agg, rows, keep_ratio=max(keep_ratios), rank_keep=min(keep_ratios))
     result = {
         "seeds": list(seeds),
         "keep_ratios": list(keep_ratios),
         "val_images": val_images,
         "base_overrides": base,
         "config": config,
+        "runs_done": len(rows),
+        "runs_planned": planned,
+        "complete": len(rows) >= planned,
         "winner": winner,
-        "verdicts": verdicts,
-        "aggregate": {f"{k[0]} @ {k[1]}": v for k, v in agg.items()},
+        "verdict": verdict,
+        "aggregate": {f"{k[0]} @ {k[1]}": {kk: vv for kk, vv in v.items()} for k, v in agg.items()},
         "runs": [r.to_dict() for r in rows],
         "seconds": time.perf_counter() - t0,
         "markdown": markdown_table(agg, keep_ratios),

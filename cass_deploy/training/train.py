@@ -47,6 +47,7 @@ class DataConfig:
     train_images: int = 512
     val_images: int = 64
     seed: int = 0
+    cache: bool = True  # keep synthetic scenes in memory: drawing one costs more than a training step
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images"):
@@ -63,11 +64,16 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     lr_warmup_steps: int = 20
+    # "cosine": warm-up, then cosine to 0 over the run. "wsd" (warm-up, stable, decay): warm-up,
+    # the peak lr until the last ``lr_decay_fraction`` of the steps, then cosine to 0 — for short
+    # budgets, where a cosine spends half the run at under half the lr (issue 12: demo, 6 epochs)
+    lr_schedule: str = "cosine"
+    lr_decay_fraction: float = 0.3
     grad_clip: float = 1.0
     seed: int = 0
     threads: int | None = None
     eval_score_thr: float = 0.3
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # training-time budget; per-epoch evaluation does not count
     model: ModelConfig = field(default_factory=ModelConfig)
     cass: CassConfig = field(default_factory=CassConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -84,6 +90,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        f = self.lr_decay_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"lr_decay_fraction must be in (0, 1], got {f!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
@@ -102,9 +113,19 @@ def build_datasets(cfg: TrainConfig):
 
     d = cfg.data
     size = tuple(cfg.model.image_size)
-    train = load_dataset(d.source, split="train", num_images=d.train_images, image_size=size, seed=d.seed)
-    val = load_dataset(d.val_source or d.source, split="val", num_images=d.val_images, image_size=size, seed=d.seed)
+    train = load_dataset(
+        d.source, split="train", num_images=d.train_images, image_size=size, seed=d.seed, cache=cache_ok(d.source, d)
+    )
+    vsrc = d.val_source or d.source
+    val = load_dataset(
+        vsrc, split="val", num_images=d.val_images, image_size=size, seed=d.seed, cache=cache_ok(vsrc, d)
+    )
     return train, val
+
+
+def cache_ok(source: str, d: DataConfig) -> bool:
+    """Whether to cache ``source``'s scenes: synthetic data with ``data.cache`` on."""
+    return bool(d.cache) and source == "synthetic"
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=None):
@@ -126,8 +147,17 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, sampler=N
 
 
 @torch.no_grad()
-def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr: float = 0.3, name: str = "model"):
-    """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult."""
+def evaluate_model(
+    model: PrunedDetector,
+    loader,
+    fields: FieldConfig,
+    score_thr: float = 0.3,
+    name: str = "model",
+    predictions: list | None = None,
+):
+    """Recall / retention by field and mAP@0.5 of ``model`` on ``loader`` -> ValidationResult.
+
+    ``predictions``: a list that receives each batch's decoded predictions (``as_predictions``)."""
 
     was_training = model.training
     model.eval()
@@ -135,7 +165,10 @@ def evaluate_model(model: PrunedDetector, loader, fields: FieldConfig, score_thr
     device = next(model.parameters()).device
 
     def predict(images):
-        return as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        pred = as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        if predictions is not None:
+            predictions.append(pred)
+        return pred
 
     num_classes = model.cfg.num_classes
     result = evaluate(
@@ -169,11 +202,20 @@ def _dist_info() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _lr_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+LR_SCHEDULES = ("cosine", "wsd")
+
+
+def _lr_lambda(total_steps: int, warmup: int, schedule: str = "cosine", decay_fraction: float = 1.0):
+    """lr multiplier per step: linear warm-up over ``warmup`` steps, then a cosine to 0 over the
+    remaining steps (``cosine``) or over their last ``decay_fraction`` only (``wsd``)."""
+    decay_start = warmup if schedule == "cosine" else max(warmup, round(total_steps * (1 - decay_fraction)))
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start) / max(1, total_steps - decay_start)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -187,8 +229,14 @@ def train(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, PrunedDetector, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``."""
+    """Train ``cfg`` writing ``last.pt`` / ``best.pt`` / ``history.json`` into ``out_dir``.
+
+    Each history record holds ``seconds`` (wall time since the start, evaluation included) and
+    ``train_seconds`` (optimisation and data only). ``on_epoch(epoch, model, record)`` is called
+    on rank 0 after each epoch's evaluation (e.g. a learning curve); its time counts in neither.
+    """
 
     rank, world, local_rank = _dist_info()
     out_dir = Path(out_dir)
@@ -245,7 +293,9 @@ def train(
     val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps), cfg.lr_schedule, cfg.lr_decay_fraction)
+    )
     start_epoch, best_map, history = 0, -1.0, []
     if resume:
         raw = read_checkpoint(resume)
@@ -270,6 +320,7 @@ def train(
     grid, image_size = model.grid, model.image_size
     t0 = time.perf_counter()
     deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+    outside = 0.0  # seconds spent in evaluation, checkpoints and on_epoch (not training)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     prog = _progress(progress and rank == 0)
     stopped_early = False
@@ -305,7 +356,7 @@ def train(
                 sums["cass"] += float(c.total.detach())
                 n += 1
                 prog.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / n:.3f}")
-                if deadline and time.perf_counter() > deadline:
+                if deadline and time.perf_counter() - outside > deadline:
                     stopped_early = True
                     break
             record = {
@@ -314,7 +365,9 @@ def train(
                 "cass_weight": cfg.cass.cass_weight_at(epoch),
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - t0,
+                "train_seconds": time.perf_counter() - t0 - outside,
             }
+            t_eval = time.perf_counter()
             if rank == 0:
                 result = evaluate_model(model, val_loader, cfg.fields, cfg.eval_score_thr)
                 record["val"] = result.to_dict()
@@ -346,6 +399,9 @@ def train(
                     f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
                     f"[{record['seconds']:.0f}s]"
                 )
+                if on_epoch is not None:
+                    on_epoch(epoch, model, record)
+            outside += time.perf_counter() - t_eval
             if stopped_early:
                 log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
                 break

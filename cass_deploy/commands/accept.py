@@ -1,0 +1,105 @@
+"""``cass-deploy accept``: on the target, build / check / profile / validate one export, one verdict."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from cass_deploy.commands.common import add_fields, add_force, add_out, add_providers, add_seed
+from cass_deploy.config import FieldConfig
+from cass_deploy.errors import GateFailed
+from cass_deploy.evaluation.gates import Gates
+from cass_deploy.reporting.acceptance import BACKENDS, AcceptOptions, run_accept, verdict_lines
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("export_dir", help="the export directory copied from the workstation (model.onnx, manifest.json)")
+    p.add_argument("--data", required=True, help="'synthetic' or the labelled COCO / KITTI dataset directory")
+    p.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        help="REF.json: the workstation's `validate EXPORT --json REF.json` of this export",
+    )
+    p.add_argument(
+        "--reference-outputs",
+        type=Path,
+        default=None,
+        help="the workstation's `verify --save-polygraphy DIR` (default: reference-outputs/ beside REF.json)",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="auto: TensorRT when installed, else ONNX Runtime"
+    )
+    p.add_argument("--images", type=int, default=None, help="images to validate (default: as many as REF.json)")
+    p.add_argument("--min-near-recall", type=float, default=None)
+    p.add_argument(
+        "--max-recall-drop",
+        type=float,
+        default=0.02,
+        help="max recall drop per field vs the workstation's result in REF.json (default 0.02)",
+    )
+    p.add_argument("--min-near-retention", type=float, default=None)
+    p.add_argument("--min-map50", type=float, default=None)
+    p.add_argument("--max-p50-ms", type=float, default=None, help="latency gate on the p50 (ms)")
+    p.add_argument("--allow-unlocked-clocks", action="store_true", help="on a Jetson, accept without jetson_clocks")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--timing-cache", type=Path, default=None, help="default: EXPORT_DIR.timing.cache beside it")
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="where the engine is built when absent (default: EXPORT_DIR-engine)",
+    )
+    p.add_argument("--workspace", type=int, default=None, metavar="MIB", help="TensorRT workspace when building")
+    add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--score-thr", type=float, default=0.3)
+    add_providers(p, "ONNX Runtime providers for the ONNX candidate (cpu,cuda,tensorrt)")
+    p.add_argument("--resize", action="store_true", help="resize dataset images to the model input (boxes scaled)")
+    add_seed(p)
+    add_out(p, default=None, help="report directory (default: EXPORT_DIR-accept)")
+    add_force(p, "overwrite --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    export = Path(args.export_dir)
+    out = Path(args.out) if args.out else export.parent / f"{export.name}-accept"
+    gates = Gates(
+        min_near_recall=args.min_near_recall,
+        max_recall_drop=args.max_recall_drop,
+        min_near_retention=args.min_near_retention,
+        min_map50=args.min_map50,
+    )
+    opts = AcceptOptions(
+        data=args.data,
+        reference=args.reference,
+        out=out,
+        reference_outputs=args.reference_outputs,
+        backend=args.backend,
+        images=args.images,
+        gates=gates,
+        fields=FieldConfig(*args.fields),
+        iou_thr=args.iou,
+        score_thr=args.score_thr,
+        warmup=args.warmup,
+        iters=args.iters,
+        max_p50_ms=args.max_p50_ms,
+        allow_unlocked_clocks=args.allow_unlocked_clocks,
+        timing_cache=args.timing_cache,
+        engine_dir=args.engine_dir,
+        workspace_mib=args.workspace,
+        providers=tuple(s for s in args.providers.split(",") if s),
+        resize=args.resize,
+        seed=args.seed,
+        force=args.force,
+    )
+    console = Console(width=max(120, Console().width))
+    result = run_accept(export, opts, log=lambda s: console.print(s, highlight=False))
+    for line in verdict_lines(result):
+        console.print(line, highlight=False, markup=False)
+    if not result:
+        raise GateFailed("acceptance failed: " + "; ".join(c.message for c in result.checks if not c.passed))
+    return 0
