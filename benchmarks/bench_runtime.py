@@ -1,11 +1,15 @@
-"""Runtime cost of pruning on ONNX Runtime (CPU) and torch, all ratios from one run (issue 5).
+"""Runtime cost of pruning on ONNX Runtime (CPU) and torch, all ratios from one run (issues 5, 11).
 
     python benchmarks/bench_runtime.py [--device cpu|cuda] [--iters 40] [--json out.json]
 
-One model, one set of (random) weights, every configuration timed back to back:
+One model, one set of (random) weights, the configurations of each backend timed **interleaved in
+rounds** (dense, keep 0.25, 0.5, 0.75, dense, ... — SPEC §7a), so machine noise lands on all of
+them alike; every ratio is a ratio of medians with its 95 % paired bootstrap interval over rounds,
+and each speed-up is printed beside its bound from the multiply-accumulates counted in the ONNX
+graph (``profiling.macs``) and the share of that bound reached:
 
 * dense detector vs the pruned detector at keep 0.25 / 0.5 / 0.75 (ONNX Runtime);
-  target: keep 0.5 at least 1.5x faster than dense;
+  target: keep 0.5 at least 1.5x faster than dense (on the interval's lower bound);
 * predictor + pruner cost as a share of the dense model, measured in torch eager as
   t(embed + early + predictor + pruner) - t(embed + early), and counted in FLOPs;
   target: <= 5 %;
@@ -19,6 +23,7 @@ report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from pathlib import Path
@@ -28,8 +33,9 @@ from common import bench_parser  # also puts the repository on sys.path
 
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
 from cass_deploy.model.pruner import PrunerConfig  # noqa: E402
-from cass_deploy.profiling.latency import profile_onnx_of, profile_torch
-from cass_deploy.profiling.timing import LatencyStats, time_callable
+from cass_deploy.profiling.interleave import time_interleaved
+from cass_deploy.profiling.latency import ProfileOptions, latency_comparison, time_configs, variant_configs
+from cass_deploy.profiling.timing import LatencyStats
 
 
 def bench_model(image_size=(384, 672)) -> PrunedDetector:
@@ -81,70 +87,84 @@ def predictor_flop_share(model: PrunedDetector) -> float:
 
 def main(argv=None) -> int:
     ap = bench_parser(__doc__, threads=2, json=Path("benchmarks/results/runtime.json"))
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=40, help="interleaved rounds (each times every configuration once)")
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--image-size", type=int, nargs=2, default=(384, 672))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = bench_model(args.image_size)
-    it = dict(batch=1, warmup=args.warmup, iters=args.iters)
-    rows = {}
-    dense = model.with_pruner(mode="none")
-    if args.device == "cpu":
-        rows["ORT dense"] = profile_onnx_of(dense, "dense", threads=args.threads, **it)
-        for r in (0.25, 0.5, 0.75):
-            rows[f"ORT keep {r}"] = profile_onnx_of(
-                model.with_pruner(keep_ratio=r), f"keep {r}", threads=args.threads, **it
-            )
-    rows["torch dense"] = profile_torch(dense, "torch dense", device=args.device, **it)
-    rows["torch keep 0.5"] = profile_torch(model, "torch keep 0.5", device=args.device, **it)
+    rows, comparisons = {}, {}
+    ratios_ort = (0.25, 0.5, 0.75)
+    with contextlib.ExitStack() as stack:
+        if args.device == "cpu":
+            opts = ProfileOptions(backend="onnxruntime", sweep=ratios_ort, threads=args.threads)
+            configs, _ = variant_configs(model, opts, "onnxruntime", 1, "cpu", "full", stack)
+            ort = time_configs(configs, warmup=args.warmup, rounds=args.iters)
+            comparisons["ORT"] = latency_comparison(ort)
+            rows.update({f"ORT {m.label.replace('global ', '')}": m for m in ort})
+        opts = ProfileOptions(backend="torch", sweep=(0.5,))
+        configs, sync = variant_configs(model, opts, "torch", 1, args.device, "full", stack)
+        tt = time_configs(configs, warmup=args.warmup, rounds=args.iters, sync=sync)
+        comparisons["torch"] = latency_comparison(tt)
+        rows.update({f"torch {m.label.replace('global ', '')}": m for m in tt})
 
-    # predictor + pruner cost: t(predict) - t(embed) in torch eager, same input, back to back
+    # predictor + pruner cost: t(predict) - t(embed) in torch eager, same input, interleaved
     x = torch.rand(1, 3, *model.image_size, device=args.device)
     model.to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     with torch.no_grad():
-        t_embed = LatencyStats.from_samples(
-            time_callable(lambda: model.embed(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")})
+        ms = time_interleaved(
+            [lambda: model.embed(x), lambda: model.predict(x)], rounds=args.iters, warmup=args.warmup, sync=sync
         )
-        t_pred = LatencyStats.from_samples(
-            time_callable(lambda: model.predict(x), sync=sync, **{k: it[k] for k in ("warmup", "iters")})
-        )
+    t_embed, t_pred = LatencyStats.from_samples(ms[:, 0].tolist()), LatencyStats.from_samples(ms[:, 1].tolist())
     # min over samples: the least-disturbed run of each, since the difference of two noisy medians is noisier
     share_time = max(0.0, t_pred.min - t_embed.min) / rows["torch dense"].latency.min
     share_flops = predictor_flop_share(model.cpu())
 
-    ratios = {}
-    if "ORT dense" in rows:
-        for r in (0.25, 0.5, 0.75):
-            ratios[f"ORT dense / keep {r}"] = rows["ORT dense"].latency.p50 / rows[f"ORT keep {r}"].latency.p50
-        ratios["torch eager / ORT (keep 0.5)"] = rows["torch keep 0.5"].latency.p50 / rows["ORT keep 0.5"].latency.p50
-    ratios["torch dense / keep 0.5"] = rows["torch dense"].latency.p50 / rows["torch keep 0.5"].latency.p50
-    targets = {"ORT dense / keep 0.5": (">=", 1.5)}
     print(
         f"runtime benchmark: {args.image_size[0]}x{args.image_size[1]} input, P={model.num_patches}, "
-        f"device={args.device}, threads={args.threads}, iters={args.iters}"
+        f"device={args.device}, threads={args.threads}, {args.iters} interleaved rounds after {args.warmup} warm-up"
     )
-    print(f"{'configuration':<22}{'p50 ms':>10}{'mean ms':>10}{'p90 ms':>10}")
+    print(f"{'configuration':<20}{'p50 ms':>9}  {'95% CI':<18}{'IQR':>7}{'GMACs':>8}")
     for name, m in rows.items():
-        s = m.latency
-        print(f"{name:<22}{s.p50:>10.2f}{s.mean:>10.2f}{s.p90:>10.2f}")
-    print(f"{'torch embed+early':<22}{t_embed.p50:>10.2f}\n{'torch +predictor+pruner':<22}{t_pred.p50:>10.2f}")
-    print(f"\n{'ratio':<34}{'value':>8}  target")
-    for k, v in ratios.items():
-        t = targets.get(k)
-        met = "" if not t else ("met" if (v >= t[1] if t[0] == ">=" else v <= t[1]) else "NOT met")
-        print(f"{k:<34}{v:>8.2f}  {'' if not t else f'{t[0]} {t[1]} {met}'}")
+        ci = m.median_ci
+        gmacs = f"{m.macs.total / 1e9:.3f}" if m.macs and m.macs.complete else "-"
+        print(f"{name:<20}{m.latency.p50:>9.2f}  [{ci.lo:.2f}, {ci.hi:.2f}]{'':<4}{ci.iqr:>7.2f}{gmacs:>8}")
+    print(f"{'torch embed+early':<20}{t_embed.p50:>9.2f}\n{'torch +predictor+pruner':<20}{t_pred.p50:>6.2f}")
+    print(f"\n{'speed-up (ratio of p50s)':<30}{'value':>7}  {'95% CI':<16}{'MAC bound':>10}{'of bound':>10}  target")
+    out_ratios = {}
+    for backend, comp in comparisons.items():
+        if comp is None:
+            continue
+        for r in comp.speedups:
+            name = f"{backend} {r.a} / {r.b.replace('global ', '')}"
+            bound = comp.mac_bounds.get(r.b)
+            share = comp.share_of_bound(r.b)
+            target = ""
+            if backend == "ORT" and r.b.endswith("keep 0.5"):
+                target = f">= 1.5 {'met' if r.lo >= 1.5 else ('NOT met' if r.hi < 1.5 else 'not resolved')}"
+            print(
+                f"{name:<30}{r.ratio:>7.2f}  [{r.lo:.2f}, {r.hi:.2f}]{'':<4}"
+                f"{(f'{bound:.2f}x' if bound else '-'):>10}{(f'{100 * share:.0f}%' if share else '-'):>10}  {target}"
+            )
+            out_ratios[name] = {**r.to_dict(), "mac_bound": bound, "share_of_mac_bound": share}
+        for w in comp.warnings:
+            print(f"warning ({backend}): {w}")
+    if "ORT keep 0.5" in rows:
+        a, b = rows["torch keep 0.5"].latency.p50, rows["ORT keep 0.5"].latency.p50
+        print(f"{'torch eager / ORT (keep 0.5)':<30}{a / b:>7.2f}  (different runs of the two backends: no interval)")
     met_share = share_time <= 0.05
     print(
-        f"{'predictor+pruner / dense (time)':<34}{100 * share_time:>7.2f}%  <= 5% {'met' if met_share else 'NOT met'}"
+        f"{'predictor+pruner / dense (time)':<30}{100 * share_time:>6.2f}%  <= 5% {'met' if met_share else 'NOT met'}"
     )
-    print(f"{'predictor MLP / dense (FLOPs)':<34}{100 * share_flops:>7.2f}%")
+    print(f"{'predictor MLP / dense (FLOPs)':<30}{100 * share_flops:>6.2f}%")
     out = {
         "setup": {
             "device": args.device,
             "threads": args.threads,
-            "iters": args.iters,
+            "rounds": args.iters,
+            "warmup": args.warmup,
+            "interleaved": True,
             "image_size": list(args.image_size),
             "patches": model.num_patches,
             "machine": platform.processor() or platform.machine(),
@@ -152,9 +172,10 @@ def main(argv=None) -> int:
             "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         },
         "latency": {k: v.to_dict() for k, v in rows.items()},
+        "comparisons": {k: v.to_dict() for k, v in comparisons.items() if v is not None},
         "torch_embed_ms": t_embed.to_dict(),
         "torch_predict_ms": t_pred.to_dict(),
-        "ratios": ratios,
+        "ratios": out_ratios,
         "predictor_share_time": share_time,
         "predictor_share_flops": share_flops,
     }

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "verify": "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)",
     "profile": "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power",
     "validate": "recall@IoU0.5 and pruner retention by field (near/mid/far) vs a reference, with release gates",
+    "tune": "fastest keep ratio x precision on a backend passing every gate -> a deployment profile YAML",
     "report": "collect heat maps, fidelity, latency and recall-by-field into one self-contained HTML + JSON",
     "accept": "on the target: build the engine if absent, check it against the saved reference outputs, profile, "
     "validate with the gates; one report, one verdict",

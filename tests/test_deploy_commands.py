@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -298,3 +299,35 @@ def test_every_reader_takes_the_batch_from_the_manifest(tiny_checkpoint, tmp_pat
     built = engine_from_export(out, tmp_path / "eng", log=lambda s: None)
     assert (built.fixed_batch, built.dynamic_batch, built.batch_step) == (man.fixed_batch, man.dynamic_batch, 2)
     assert ("--optShapes=images:2x3x96x160" in built.trtexec) == (man.dynamic_batch is not None)
+
+
+def test_validate_decides_on_intervals_and_fails_closed_when_inconclusive(fp32_export, tmp_path, capsys):
+    out = tmp_path / "val.json"
+    rc = main(
+        ["validate", str(fp32_export), "--images", "8", "--json", str(out), "--max-recall-drop", "0.02"]
+        + ["--allow-inconclusive"]
+    )
+    data = json.loads(out.read_text())
+    assert data["statistics"]["gate_on"] == "bound" and data["statistics"]["resamples"] == 2000
+    for d in data["drops"].values():  # every field's drop carries its paired interval
+        if d["point"] is not None:
+            assert d["method"] == "paired bootstrap" and d["lo"] <= d["point"] <= d["hi"]
+    near = data["result"]["by_field"]["near"]
+    assert near["recall_lo"] <= near["recall"] <= near["recall_hi"]
+    for c in data["gates"]:  # the decision follows the bounds (module docstring of gates)
+        if c["status"] == "pass":
+            assert c["hi"] <= 0.02 + 1e-9
+        elif c["status"] == "inconclusive":
+            assert c["lo"] <= 0.02 < c["hi"] and c["hi"] - c["lo"] > 0.02 and c["passed"]
+            assert c["objects_needed"] > c["n_objects"]
+    assert rc == (1 if any(c["status"] == "fail" for c in data["gates"]) else 0)
+    text = capsys.readouterr().out
+    assert "CI" in text and "paired" in text  # the interval columns (headers may wrap)
+    # a minimum at the measured near recall itself cannot be decided by 8 images: exit 1, says so
+    r = f"{math.floor(near['recall'] * 1e6) / 1e6:.6f}"  # at (or just below) the measured recall
+    if 0 < near["recall"] < 1:
+        assert main(["validate", str(fp32_export), "--images", "8", "--min-near-recall", r]) == 1
+        err = capsys.readouterr().err
+        assert "inconclusive" in err and "--allow-inconclusive" in err
+        assert "would be needed" in err or "no finite set" in err
+        assert main(["validate", str(fp32_export), "--images", "8", "--min-near-recall", r, "--gate-on", "point"]) == 0

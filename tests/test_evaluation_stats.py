@@ -17,6 +17,7 @@ from cass_deploy.evaluation.stats import (
     paired_bootstrap_drop,
     wilson_interval,
     wilson_objects_needed,
+    wilson_objects_to_decide,
 )
 from cass_deploy.resampling import normal_quantile, percentile_interval, resample_counts, resample_indices
 
@@ -272,3 +273,25 @@ def test_objects_to_resolve_scales_with_the_square_of_the_width():
     assert (objects_to_resolve(np.array([10, 20]), 0.2, 0.1) == [40, 80]).all()
     with pytest.raises(InputError):
         objects_to_resolve(10, 0.2, 0)
+
+
+@pytest.mark.parametrize("p,r", [(0.8, 0.75), (0.8, 0.85), (0.33, 0.3), (0.95, 0.9), (0.1, 0.2)])
+def test_wilson_objects_to_decide_is_where_the_bound_crosses(p, r):
+    n = wilson_objects_to_decide(p, r)
+
+    def excludes(m):
+        lo, hi = wilson_interval(p * m, m)
+        return lo >= r if p > r else hi < r
+
+    assert excludes(n) and not excludes(n - 1)
+    assert wilson_objects_to_decide(0.5, 0.5) == -1
+    assert (
+        wilson_objects_to_decide(np.array([0.8, 0.9]), 0.75) == [wilson_objects_to_decide(0.8, 0.75), 33]
+    ).all()  # 1.96² 0.1875 / 0.15² = 32.01
+
+
+def test_wilson_interval_always_contains_the_observed_proportion():
+    n = np.arange(1, 400)
+    for k in (np.zeros_like(n), n, n // 3):
+        lo, hi = wilson_interval(k, n)
+        assert (lo <= k / n).all() and (k / n <= hi).all()

@@ -189,13 +189,21 @@ def _result(
 
 
 def test_min_near_recall_pass_and_fail_with_numbers():
-    ok = check_gates(_result({"far": (8, 10), "mid": (5, 5), "near": (17, 20)}), None, Gates(min_near_recall=0.85))
+    point = dict(gate_on="point")  # the point estimates decide (the bound-based default: test_evaluation_gates.py)
+    ok = check_gates(
+        _result({"far": (8, 10), "mid": (5, 5), "near": (17, 20)}), None, Gates(min_near_recall=0.85, **point)
+    )
     assert len(ok) == 1 and ok[0].passed and ok[0].value == 0.85 and all_passed(ok)  # equal to the minimum passes
-    bad = check_gates(_result({"far": (8, 10), "mid": (5, 5), "near": (15, 20)}), None, Gates(min_near_recall=0.8))
+    bad = check_gates(
+        _result({"far": (8, 10), "mid": (5, 5), "near": (15, 20)}), None, Gates(min_near_recall=0.8, **point)
+    )
     assert not all_passed(bad) and not bad[0]
     assert bad[0].field == "near" and bad[0].value == 0.75 and bad[0].threshold == 0.8
     assert "0.7500" in bad[0].message and "0.8000" in bad[0].message and "15/20" in bad[0].message
-    with pytest.raises(GateFailed, match="near-field recall 0.7500 \\(15/20 found\\) is below the minimum 0.8000") as e:
+    with pytest.raises(
+        GateFailed,
+        match=r"near-field recall 0.7500 \(15/20 found\) \[95 % 0.5313, 0.8881\] is below the minimum 0.8000",
+    ) as e:
         raise_if_failed(bad)
     assert e.value.exit_code == 1
     raise_if_failed(ok)  # no exception
@@ -204,22 +212,25 @@ def test_min_near_recall_pass_and_fail_with_numbers():
 def test_max_recall_drop_per_field_against_reference():
     ref = _result({"far": (18, 20), "mid": (9, 10), "near": (10, 10)}, retention_near=None, name="dense")
     cand = _result({"far": (16, 20), "mid": (9, 10), "near": (10, 10)})
-    checks = check_gates(cand, ref, Gates(max_recall_drop=0.05))
+    checks = check_gates(cand, ref, Gates(max_recall_drop=0.05, gate_on="point"))
     by = {c.field: c for c in checks}
     assert set(by) == {"far", "mid", "near", "all"}
     assert not by["far"].passed and by["far"].value == pytest.approx(0.1) and by["far"].reference == 0.9
-    assert "0.1000 (0.9000 -> 0.8000, 18/20 -> 16/20), more than the allowed 0.0500" in by["far"].message
+    assert "0.1000 (0.9000 -> 0.8000, 18/20 -> 16/20) [95 % " in by["far"].message
+    assert "], more than the allowed 0.0500" in by["far"].message
     assert by["mid"].passed and by["near"].passed and by["mid"].value == 0.0
     assert by["all"].passed and by["all"].value == pytest.approx(37 / 40 - 35 / 40)  # 0.05: at the limit
     assert not all_passed(checks)
     # a candidate that beats the reference passes (negative drop)
-    assert all_passed(check_gates(ref, cand, Gates(max_recall_drop=0.0)))
+    assert all_passed(check_gates(ref, cand, Gates(max_recall_drop=0.0, gate_on="point")))
 
 
 def test_field_without_gt_is_skipped_not_silently_passed():
     ref = _result({"far": (9, 10), "mid": (0, 0), "near": (0, 0)})
     cand = _result({"far": (9, 10), "mid": (0, 0), "near": (0, 0)})
-    checks = check_gates(cand, ref, Gates(min_near_recall=0.9, max_recall_drop=0.01, min_near_retention=0.5))
+    checks = check_gates(
+        cand, ref, Gates(min_near_recall=0.9, max_recall_drop=0.01, min_near_retention=0.5, gate_on="point")
+    )
     skipped = [c for c in checks if c.skipped]
     assert {(c.name, c.field) for c in skipped} == {
         ("min_near_recall", "near"),

@@ -89,7 +89,11 @@ def test_profile_and_validate_exits_with_the_gates_verdict(export_dir, tmp_path)
     failed = _run("profile_and_validate.sh", str(export_dir), str(reference), "synthetic", "strict",
                   MIN_NEAR_RECALL="1.0", **kw)  # fmt: skip
     assert failed.returncode == 1, failed.stderr
-    assert re.search(r"near-field recall [0-9.]+ \(\d+/\d+ found\) is below the minimum 1.0000", failed.stderr)
+    assert re.search(
+        r"near-field recall [0-9.]+ \(\d+/\d+ found\) \[95 % [0-9.]+, [0-9.]+\] "
+        r"upper bound is below the minimum 1.0000",
+        failed.stderr,
+    )
 
     again = _run("profile_and_validate.sh", str(export_dir), str(reference), "synthetic", "ok", **kw)
     assert again.returncode == 2 and "already exists" in again.stderr

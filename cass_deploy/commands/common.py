@@ -22,6 +22,9 @@ from cass_deploy.errors import InputError
 # torch is imported only when a --model is loaded (commands stay importable without it)
 adapter = lazy_import("cass_deploy.model.adapter")
 
+# the gates import torch (through the results they check): only commands that take gates load them
+_gates = lazy_import("cass_deploy.evaluation.gates")
+
 #: ``--fields``' default: FieldConfig's split ``(far_max, near_min)``
 DEFAULT_FIELDS = (FieldConfig().far_max, FieldConfig().near_min)
 
@@ -109,6 +112,8 @@ positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 #: a finite number >= 0 (tolerances, error bounds)
 non_negative_float = _number(float, lambda v: v >= 0.0, "a number >= 0")
+#: a confidence level: in (0, 1)
+confidence = _number(float, lambda v: 0.0 < v < 1.0, "a confidence in (0, 1)")
 
 
 def add_model_source(p: argparse.ArgumentParser) -> None:
@@ -148,4 +153,49 @@ def add_grid(p: argparse.ArgumentParser) -> None:
         metavar=("HP", "WP"),
         default=None,
         help="patch grid of keep_mask for an ONNX exported elsewhere (when its metadata has no 'grid')",
+    )
+
+
+def add_gate_arguments(p: argparse.ArgumentParser, *, max_recall_drop: float | None, drop_help: str) -> None:
+    """The recall gates and how they are decided (SPEC §7a): ``--min-near-recall``,
+    ``--max-recall-drop``, ``--min-near-retention``, ``--gate-on``, ``--allow-inconclusive``,
+    ``--confidence``, ``--resamples``; :func:`gates_from_args` reads them back."""
+    p.add_argument(
+        "--min-near-recall", type=unit_interval, default=None, help="gate: near-field recall, on the lower bound"
+    )
+    p.add_argument("--max-recall-drop", type=unit_interval, default=max_recall_drop, help=drop_help)
+    p.add_argument("--min-near-retention", type=unit_interval, default=None)
+    p.add_argument(
+        "--gate-on",
+        choices=("bound", "point"),
+        default="bound",
+        help="bound (default): recall gates decide on the 95%% interval's bound (drop: upper bound <= "
+        "the allowed drop; near recall: lower bound >= the minimum); point: on the point estimates",
+    )
+    p.add_argument(
+        "--allow-inconclusive",
+        action="store_true",
+        help="pass a gate the set is too small to decide (reported as inconclusive; default: exit 1)",
+    )
+    p.add_argument("--confidence", type=confidence, default=0.95, help="confidence of the intervals (default 0.95)")
+    p.add_argument(
+        "--resamples",
+        type=positive_int,
+        default=2000,
+        help="paired bootstrap resamples for recall drops (default 2000)",
+    )
+
+
+def gates_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """``evaluation.gates.Gates`` from :func:`add_gate_arguments`' values (and ``--seed``)."""
+    return _gates.Gates(
+        min_near_recall=args.min_near_recall,
+        max_recall_drop=args.max_recall_drop,
+        min_near_retention=args.min_near_retention,
+        gate_on=args.gate_on,
+        allow_inconclusive=args.allow_inconclusive,
+        confidence=args.confidence,
+        resamples=args.resamples,
+        seed=args.seed,
+        **extra,
     )

@@ -50,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pruner for the sweep (default: the checkpoint's)",
     )
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch and ONNX Runtime)")
+    p.add_argument(
+        "--sequential",
+        dest="interleave",
+        action="store_false",
+        help="time one configuration after another instead of interleaved in rounds (default: interleaved, "
+        "ABCABC...; sequential gives power per configuration on a Jetson)",
+    )
+    p.add_argument(
+        "--order",
+        choices=("fixed", "rotate"),
+        default="fixed",
+        help="interleaving order: fixed (ABC ABC ...) or rotate (ABC BCA CAB ...)",
+    )
     add_providers(p, "ONNX Runtime providers for an exported model")
     add_out(p, help="directory for profile.json and the sweep plot")
     add_force(p, "overwrite --out")
@@ -78,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
     results, env = pf.run_profile(path, opts, source=source)
     name = path.name if path is not None else source.describe()
-    console = Console(width=max(140, Console().width))
+    console = Console(width=max(200, Console().width))
     console.print(pf.results_table(results, title=f"latency (ms) of {name}"))
     for w in env.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")

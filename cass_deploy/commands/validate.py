@@ -10,18 +10,20 @@ from cass_deploy.commands.common import (
     add_device,
     add_fields,
     add_force,
+    add_gate_arguments,
     add_grid,
     add_model_source,
     add_providers,
     add_seed,
     add_verify_hash,
+    gates_from_args,
     model_source,
     positive_int,
     unit_interval,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.evaluation import validate as vr
-from cass_deploy.evaluation.gates import Gates, raise_if_failed
+from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
 from cass_deploy.io_utils import Output, write_json
 
@@ -47,11 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=unit_interval, default=0.5)
     p.add_argument("--score-thr", type=unit_interval, default=0.3, help="detection score threshold for recall")
-    p.add_argument("--min-near-recall", type=unit_interval, default=None)
-    p.add_argument(
-        "--max-recall-drop", type=unit_interval, default=None, help="max recall drop vs the reference, per field"
+    add_gate_arguments(
+        p, max_recall_drop=None, drop_help="gate: max recall drop vs the reference, per field, on the 95%% upper bound"
     )
-    p.add_argument("--min-near-retention", type=unit_interval, default=None)
     p.add_argument("--min-map50", type=unit_interval, default=None)
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
@@ -71,14 +71,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_verify_hash(p)
 
 
+def status_label(check) -> str:
+    """PASS / FAIL / INCONCLUSIVE (allowed or not) / SKIP, coloured for the console."""
+    if check.status == "inconclusive":
+        return "[yellow]INCONCLUSIVE (allowed)[/]" if check.passed else "[red]INCONCLUSIVE -> FAIL[/]"
+    if check.status == "skipped":
+        return "[dim]SKIP[/]"
+    return "[green]PASS[/]" if check.passed else "[red]FAIL[/]"
+
+
 def run(args: argparse.Namespace) -> int:
     json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    gates = Gates(
-        min_near_recall=args.min_near_recall,
-        max_recall_drop=args.max_recall_drop,
-        min_near_retention=args.min_near_retention,
-        min_map50=args.min_map50,
-    )
+    gates = gates_from_args(args, min_map50=args.min_map50)
     source = model_source(args, args.model)
     run = vr.run_validate(
         args.model,
@@ -96,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
         resize=args.resize or False,
         seed=args.seed,
     )
-    console = Console(width=max(120, Console().width))
-    console.print(format_comparison_table(run.result, run.reference))
+    console = Console(width=max(160, Console().width))
+    console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
     for c in run.checks:
-        console.print(("[green]PASS[/] " if c.passed else "[red]FAIL[/] ") + c.message)
+        console.print(status_label(c) + " " + c.message)
     if json_out:
         with json_out.writing() as tmp:
             write_json(tmp, run.to_dict(), force=True)

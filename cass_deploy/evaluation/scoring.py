@@ -35,6 +35,7 @@ from cass_deploy.evaluation.metrics import (
     retention_summary,
     size_bin_of,
 )
+from cass_deploy.evaluation.stats import wilson_interval
 
 GROUPS = FIELDS + ("all",)
 
@@ -49,6 +50,8 @@ class FieldReport:
     """Recall and retention of one group of objects (a field, "all", or a size bin).
 
     recall / retention values are None when undefined (no objects, or a model that does not prune).
+    ``recall_lo`` / ``recall_hi``: the 95 % Wilson interval of the recall (SPEC §7a), filled from
+    the counts when not given (None without objects).
     """
 
     name: str
@@ -59,6 +62,12 @@ class FieldReport:
     retention_share_ge_50: float | None = None
     n_retention: int = 0
     n_retention_unmeasured: int = 0
+    recall_lo: float | None = None
+    recall_hi: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.recall_lo is None and self.n_gt > 0:
+            self.recall_lo, self.recall_hi = wilson_interval(self.n_matched, self.n_gt)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,7 +78,10 @@ class ValidationResult:
     """Everything ``validate`` measures on one model; ``to_dict()`` is JSON-ready.
 
     by_field: far / mid / near / all; by_size: small / medium / large. ``pruned`` is False for a
-    dense model (no keep mask), whose retention entries are then None.
+    dense model (no keep mask), whose retention entries are then None. ``per_image``: the counts
+    the paired bootstrap of a drop needs (SPEC §7a), ``{"fields": ["far", "mid", "near"],
+    "totals": [n_images][3], "hits": [n_images][3]}`` (ground-truth objects and found objects of
+    each field in each image, in evaluation order); None in results saved before it existed.
     """
 
     by_field: dict[str, FieldReport]
@@ -87,6 +99,7 @@ class ValidationResult:
     size_bins: SizeBins = field(default_factory=SizeBins)
     classes: list[int] | None = None
     name: str = "model"
+    per_image: dict[str, Any] | None = None
 
     def recall(self, group: str) -> float | None:
         return self.by_field[group].recall if group in self.by_field else self.by_size[group].recall
@@ -340,6 +353,7 @@ def evaluate(
         raise InputError("the validation set is empty (no batches)")
     matched_t = torch.cat(matched)
     fld_t, size_t = torch.cat(fld), torch.cat(size)
+    image_t = torch.repeat_interleave(torch.arange(n_images), torch.tensor([len(m) for m in matched]))
     if matched_t.numel() == 0:
         which = f" of classes {list(classes)}" if classes is not None else ""
         raise InputError(f"no ground-truth objects{which} in {n_images} validation images; nothing to measure")
@@ -377,7 +391,21 @@ def evaluate(
         size_bins=size_bins,
         classes=None if classes is None else [int(c) for c in classes],
         name=name,
+        per_image=per_image_counts(matched_t, fld_t, image_t, n_images),
     )
+
+
+def per_image_counts(matched: Tensor, field: Tensor, image: Tensor, n_images: int) -> dict[str, Any]:
+    """Per-image, per-field object counts -> ``ValidationResult.per_image``.
+
+    matched [N] bool, field [N] int64 into FIELDS, image [N] int64 (each object's image index).
+    One ``bincount`` over ``image * 3 + field``: no loop over objects or images.
+    """
+    F = len(FIELDS)
+    key = image.to(torch.int64) * F + field.to(torch.int64)
+    totals = torch.bincount(key, minlength=n_images * F).reshape(n_images, F)
+    hits = torch.bincount(key[matched.to(torch.bool)], minlength=n_images * F).reshape(n_images, F)
+    return {"fields": list(FIELDS), "totals": totals.tolist(), "hits": hits.tolist()}
 
 
 # --------------------------------------------------------------------------- table
@@ -391,14 +419,25 @@ def _delta(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{a - b:+.3f}"
 
 
+def _ci(r: FieldReport) -> str:
+    return "n/a" if r.recall_lo is None else f"[{r.recall_lo:.3f}, {r.recall_hi:.3f}]"
+
+
 def format_comparison_table(
-    result: ValidationResult, reference: ValidationResult | None = None, *, title: str | None = None
+    result: ValidationResult,
+    reference: ValidationResult | None = None,
+    *,
+    title: str | None = None,
+    drops: Mapping[str, Any] | None = None,
 ):
     """Side-by-side recall and retention per field and size bin -> rich ``Table``.
 
-    Columns: group, n_gt, recall (matched/n_gt) of the result, and, with a reference, its recall
-    and the difference; then mean retention and the share of objects keeping >= 50% of their
-    patches for each model that prunes. mAP@0.5 and keep ratio go in the caption.
+    Columns: group, n_gt, recall (matched/n_gt) of the result and its 95 % Wilson interval, and,
+    with a reference, its recall and interval and the difference (result - reference); with
+    ``drops`` (``gates.recall_drops``: objects with ``lo`` / ``hi`` of the drop reference -
+    result, per field) the difference's paired interval. Then mean retention and the share of
+    objects keeping >= 50% of their patches for each model that prunes. mAP@0.5 and keep ratio go
+    in the caption.
     """
 
     models = [result] + ([reference] if reference is not None else [])
@@ -406,9 +445,13 @@ def format_comparison_table(
     table.add_column("group")
     table.add_column("n_gt", justify="right")
     table.add_column(f"recall {result.name}", justify="right")
+    table.add_column("95% CI", justify="right")
     if reference is not None:
         table.add_column(f"recall {reference.name}", justify="right")
+        table.add_column("95% CI ", justify="right")
         table.add_column("Δ recall", justify="right")
+        if drops is not None:
+            table.add_column("Δ 95% CI (paired)", justify="right")
     for m in models:
         if m.pruned:
             table.add_column(f"retention {m.name}", justify="right")
@@ -416,10 +459,14 @@ def format_comparison_table(
 
     def row(group: str, get: Callable[[ValidationResult], FieldReport], end_section: bool = False) -> None:
         r = get(result)
-        cells = [group, str(r.n_gt), f"{_fmt(r.recall)} ({counts(r)})"]
+        cells = [group, str(r.n_gt), f"{_fmt(r.recall)} ({counts(r)})", _ci(r)]
         if reference is not None:
             q = get(reference)
-            cells += [f"{_fmt(q.recall)} ({counts(q)})", _delta(r.recall, q.recall)]
+            cells += [f"{_fmt(q.recall)} ({counts(q)})", _ci(q), _delta(r.recall, q.recall)]
+            if drops is not None:
+                d = drops.get(group)
+                ok = d is not None and d.lo is not None
+                cells.append(f"[{-d.hi:+.3f}, {-d.lo:+.3f}]" if ok else "")
         for m in models:
             if m.pruned:
                 f = get(m)

@@ -67,8 +67,9 @@ def wilson_interval(hits: Any, total: Any, confidence: float = DEFAULT_CONFIDENC
         centre = (p + z * z / (2 * n)) / denom
         half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     empty = n == 0
-    lo = np.where(empty, math.nan, np.clip(centre - half, 0.0, 1.0))
-    hi = np.where(empty, math.nan, np.clip(centre + half, 0.0, 1.0))
+    # clipped to [0, 1], and never excluding p itself (at k = 0 or n rounding could by ~1e-17)
+    lo = np.where(empty, math.nan, np.minimum(np.clip(centre - half, 0.0, 1.0), p))
+    hi = np.where(empty, math.nan, np.maximum(np.clip(centre + half, 0.0, 1.0), p))
     return _out(lo), _out(hi)
 
 
@@ -137,6 +138,27 @@ def wilson_objects_needed(recall: Any, half_width: Any, confidence: float = DEFA
     u = (-b - np.sqrt(b * b - 4 * a * hh)) / (2 * a)
     n = np.ceil(1 / u - 1e-9)
     n = np.where(h >= 0.5, 1, np.maximum(n, 1)).astype(np.int64)
+    return int(n) if n.ndim == 0 else n
+
+
+def wilson_objects_to_decide(recall: Any, threshold: Any, confidence: float = DEFAULT_CONFIDENCE) -> Any:
+    """Fewest objects n for which a recall ``recall`` observed on n objects has a Wilson interval
+    that excludes ``threshold`` (lower bound >= threshold when recall > threshold, upper bound <
+    threshold when below) -> int (or an int array); -1 where recall == threshold (no n does).
+
+    The Wilson bounds are the roots of the score test ``(p - r)² = z² r(1-r) / n``, so the bound
+    reaches r exactly at ``n = z² r(1-r) / (p - r)²``.
+    """
+    p = np.asarray(recall, dtype=np.float64)
+    r = np.asarray(threshold, dtype=np.float64)
+    for name, a, v in (("recall", p, recall), ("threshold", r, threshold)):
+        if not (np.isfinite(a).all() and ((a >= 0) & (a <= 1)).all()):
+            raise InputError(f"{name} must be in [0, 1], got {v!r}")
+    z2 = normal_quantile(confidence) ** 2
+    margin = (p - r) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.ceil(z2 * r * (1 - r) / margin - 1e-9)
+    n = np.where(margin == 0, -1, np.maximum(n, 1)).astype(np.int64)
     return int(n) if n.ndim == 0 else n
 
 

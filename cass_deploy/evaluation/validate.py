@@ -22,7 +22,7 @@ from cass_deploy.data.collate import collate
 from cass_deploy.data.common import RESIZE_MODES
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
-from cass_deploy.evaluation.gates import GateCheck, Gates, all_passed, check_gates
+from cass_deploy.evaluation.gates import GateCheck, Gates, RecallDrop, all_passed, check_gates, recall_drops
 from cass_deploy.evaluation.scoring import ValidationResult, evaluate
 from cass_deploy.model.adapter import LoadedModel, ModelSource, load_model, model_source_of
 from cass_deploy.model.head import decode
@@ -310,14 +310,39 @@ def saved_reference(path: str, section: str | None = None):
     return ValidationResult.from_dict(found)
 
 
-def validation_record(model: str, result, reference, checks) -> dict[str, Any]:
-    """The ``validate*.json`` document (read by ``report`` and by ``--reference FILE.json``)."""
-    return {
+def validation_record(model: str, result, reference, checks, drops=None, gates=None) -> dict[str, Any]:
+    """The ``validate*.json`` document (read by ``report`` and by ``--reference FILE.json``).
+
+    ``drops``: :func:`gates.recall_drops` (the recall drop of every field with its interval);
+    ``gates``: the Gates, whose decision rule and interval settings are recorded."""
+    out = {
         "model": str(model),
         "result": result.to_dict(),
         "reference": reference.to_dict() if reference is not None else None,
         "gates": [c.to_dict() for c in checks],
+        "drops": {g: d.to_dict() for g, d in drops.items()} if drops else None,
     }
+    if gates is not None:
+        out["statistics"] = {
+            "recall_interval": "wilson",
+            "drop_interval": "paired bootstrap over images",
+            "confidence": gates.confidence,
+            "resamples": gates.resamples,
+            "seed": gates.seed,
+            "gate_on": gates.gate_on,
+            "allow_inconclusive": gates.allow_inconclusive,
+        }
+    return out
+
+
+def compare(result, reference, gates: Gates) -> tuple[dict[str, RecallDrop] | None, list[GateCheck]]:
+    """The drops of ``result`` against ``reference`` (None without one) and the gate checks."""
+    drops = (
+        recall_drops(result, reference, confidence=gates.confidence, resamples=gates.resamples, seed=gates.seed)
+        if reference is not None
+        else None
+    )
+    return drops, check_gates(result, reference, gates, drops=drops)
 
 
 def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:
@@ -373,13 +398,15 @@ class ValidateRun:
     result: ValidationResult
     reference: ValidationResult | None
     checks: list[GateCheck]
+    drops: dict[str, RecallDrop] | None = None
+    gates: Gates | None = None
 
     def __bool__(self) -> bool:
         return all_passed(self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``validate*.json`` document."""
-        return validation_record(self.model, self.result, self.reference, self.checks)
+        return validation_record(self.model, self.result, self.reference, self.checks, self.drops, self.gates)
 
 
 def run_validate(
@@ -424,4 +451,5 @@ def run_validate(
     result = evaluate_deployed(deployed, batches, **kw)
     ref_result = saved if saved is not None else (evaluate_deployed(ref, batches, **kw) if ref is not None else None)
     name = str(model) if model is not None else source.describe()  # type: ignore[union-attr]
-    return ValidateRun(name, result, ref_result, check_gates(result, ref_result, gates))
+    drops, checks = compare(result, ref_result, gates)
+    return ValidateRun(name, result, ref_result, checks, drops, gates)

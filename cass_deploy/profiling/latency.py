@@ -1,7 +1,13 @@
 """Latency profiling: torch / ONNX Runtime / TensorRT, dense vs pruned, keep-ratio sweeps.
 
-Each measurement is ``warmup`` untimed calls then ``iters`` timed calls of one backend on one
-fixed input batch; statistics come from :class:`cass_deploy.profiling.timing.LatencyStats`. On a CUDA
+Several configurations (dense and each keep ratio) are timed **interleaved in rounds** by default
+(:mod:`cass_deploy.profiling.interleave`, SPEC §7a): ``warmup`` untimed calls of each, then
+``iters`` rounds that time each configuration once; every median carries a bootstrap interval,
+every speed-up against the first configuration a paired interval, and its bound from the
+multiply-accumulates counted in the ONNX graph (:mod:`cass_deploy.profiling.macs`); rankings whose
+intervals overlap are reported as not supported. ``interleave=False`` times one configuration
+after another (``warmup`` then ``iters`` calls each) — on a Jetson that is what gives power per
+configuration. Statistics come from :class:`cass_deploy.profiling.timing.LatencyStats`. On a CUDA
 device torch is timed with CUDA events twice: with host↔device copies (``end_to_end``) and on
 an input already on the device (``device_only``); TensorRT reports the same split. On a Jetson
 the power mode and clocks are recorded and power, GPU load and RAM are sampled during the run.
@@ -9,6 +15,7 @@ the power mode and clocks are recorded and power, GPU load and RAM are sampled d
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import tempfile
 import time
@@ -25,6 +32,15 @@ from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import latency_cells, latency_headers
 from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.profiling.interleave import (
+    MedianCI,
+    RatioCI,
+    median_intervals,
+    ranking_warnings,
+    ratio_intervals,
+    time_interleaved,
+)
+from cass_deploy.profiling.macs import MacCount, count_macs, mac_bound
 from cass_deploy.profiling.power import make_sampler
 from cass_deploy.profiling.timing import (
     CudaEventTimer,
@@ -33,6 +49,7 @@ from cass_deploy.profiling.timing import (
     reset_cuda_peak_memory,
     time_callable,
 )
+from cass_deploy.resampling import percentile_interval, resample_indices
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 from cass_deploy.runtime.ort_runner import OrtRunner
 
@@ -62,9 +79,17 @@ class Measurement:
     device_only: LatencyStats | None = None
     memory: dict[str, Any] = field(default_factory=dict)
     power: dict[str, Any] | None = None
+    median_ci: MedianCI | None = None
+    macs: MacCount | None = None
+    interleaved: bool = False
+    samples_ms: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "p50_ci_ms": self.median_ci.to_dict() if self.median_ci else None,
+            "macs": self.macs.to_dict() if self.macs else None,
+            "interleaved": self.interleaved,
+            "samples_ms": self.samples_ms,
             "label": self.label,
             "backend": self.backend,
             "device": self.device,
@@ -93,7 +118,7 @@ def _timed(
     sync=None,
     timer="perf_counter",
     sample_power: bool = True,
-) -> tuple[LatencyStats, dict | None]:
+) -> tuple[LatencyStats, dict | None, MedianCI]:
     sampler = _sampler(sample_power)
     if sampler is not None:
         sampler.start()
@@ -104,7 +129,7 @@ def _timed(
         if sampler is not None:
             sampler.stop()
     power = sampler.summarise(time.perf_counter() - t0, (warmup + iters) * batch) if sampler is not None else None
-    return LatencyStats.from_samples(ms, batch=batch), power
+    return LatencyStats.from_samples(ms, batch=batch), power, median_intervals(ms)[0]
 
 
 def profile_torch(
@@ -129,15 +154,15 @@ def profile_torch(
             with torch.no_grad():
                 return module(on_dev)
 
-        lat, power = _timed(end_to_end, warmup, iters, batch, sync=torch.cuda.synchronize)
-        dev, _ = _timed(dev_only, warmup, iters, batch, timer=CudaEventTimer(device), sample_power=False)
+        lat, power, ci = _timed(end_to_end, warmup, iters, batch, sync=torch.cuda.synchronize)
+        dev, _, _ = _timed(dev_only, warmup, iters, batch, timer=CudaEventTimer(device), sample_power=False)
     else:
 
         def run():
             with torch.no_grad():
                 return module(host)
 
-        lat, power = _timed(run, warmup, iters, batch)
+        lat, power, ci = _timed(run, warmup, iters, batch)
         dev = None
     return Measurement(
         label,
@@ -150,6 +175,7 @@ def profile_torch(
         dev,
         peak_memory(device if cuda else None),
         power,
+        median_ci=ci,
     )
 
 
@@ -169,7 +195,7 @@ def profile_runner(
     H, W = image_size
     feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
     runner.activate()
-    lat, power = _timed(lambda: runner.infer(feed), warmup, iters, batch)
+    lat, power, ci = _timed(lambda: runner.infer(feed), warmup, iters, batch)
     dev = None
     backend = "onnxruntime"
     device = "cpu"
@@ -180,7 +206,9 @@ def profile_runner(
         dev = LatencyStats.from_samples(dev_ms, batch=batch)
     elif hasattr(runner, "providers_in_use"):
         device = "cuda" if any("CUDA" in p or "Tensorrt" in p for p in runner.providers_in_use()) else "cpu"
-    return Measurement(label, backend, device, pruner_mode, keep_ratio, batch, lat, dev, peak_memory(), power)
+    return Measurement(
+        label, backend, device, pruner_mode, keep_ratio, batch, lat, dev, peak_memory(), power, median_ci=ci
+    )
 
 
 def _keep(model) -> float | None:
@@ -221,6 +249,196 @@ class ProfileOptions:
     pruner_mode: str | None = None
     threads: int | None = None
     providers: tuple[str, ...] = ("cpu",)
+    interleave: bool = True
+    order: str = "fixed"
+    count_macs: bool = True
+
+
+# --------------------------------------------------------------------------- interleaved comparison
+
+
+@dataclass
+class TimedConfig:
+    """One configuration to time interleaved with others: what it is and one call of it."""
+
+    label: str
+    backend: str
+    device: str
+    pruner_mode: str
+    keep_ratio: float | None
+    batch: int
+    run: Callable[[], Any]
+    macs: MacCount | None = None
+
+
+@dataclass
+class Comparison:
+    """Speed-ups of every configuration over the first (the baseline, usually dense), with their
+    intervals, the MAC bound beside each, and the warnings where the data do not support a
+    ranking. ``paired``: the configurations were timed interleaved (ratios resample rounds)."""
+
+    baseline: str
+    speedups: list[RatioCI]
+    mac_bounds: dict[str, float | None]
+    warnings: list[str]
+    paired: bool
+
+    def share_of_bound(self, label: str) -> float | None:
+        """Measured speed-up / MAC bound of ``label`` (None without a bound)."""
+        r = next((x for x in self.speedups if x.b == label), None)
+        bound = self.mac_bounds.get(label)
+        return None if r is None or not bound else r.ratio / bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline,
+            "paired": self.paired,
+            "speedups": [
+                {**r.to_dict(), "mac_bound": self.mac_bounds.get(r.b), "share_of_mac_bound": self.share_of_bound(r.b)}
+                for r in self.speedups
+            ],
+            "warnings": list(self.warnings),
+        }
+
+
+def latency_comparison(results: Sequence[Measurement], *, resamples: int = 2000, seed: int = 0) -> Comparison | None:
+    """:class:`Comparison` of ``results`` against ``results[0]`` (None with fewer than two, or
+    without stored samples). Interleaved results of equal length are compared paired by round;
+    otherwise each configuration's rounds are resampled independently (and a warning says so)."""
+    rs = [r for r in results if r.samples_ms]
+    if len(rs) < 2 or len(rs) != len(results):
+        return None
+    labels = [r.label for r in rs]
+    n = {len(r.samples_ms) for r in rs}
+    paired = all(r.interleaved for r in rs) and len(n) == 1
+    warnings = []
+    if paired:
+        ms = np.array([r.samples_ms for r in rs]).T
+        speedups = ratio_intervals(ms, labels, [(0, j) for j in range(1, len(rs))], resamples=resamples, seed=seed)
+    else:
+        warnings.append(
+            "configurations were timed one after another, not interleaved: their ratios are not paired and "
+            "machine noise between them is not cancelled"
+        )
+        speedups = []
+        base = np.asarray(rs[0].samples_ms)
+        base_meds = np.median(base[resample_indices(len(base), resamples, seed)], axis=1)
+        for j in range(1, len(rs)):
+            other = np.asarray(rs[j].samples_ms)
+            meds_j = np.median(other[resample_indices(len(other), resamples, seed + j)], axis=1)
+            lo, hi = percentile_interval(base_meds / meds_j)
+            speedups.append(RatioCI(labels[0], labels[j], float(np.median(base) / np.median(other)), lo, hi))
+    meds = [r.median_ci for r in rs]
+    if all(m is not None for m in meds):
+        warnings += ranking_warnings(labels, meds)
+    base_macs = rs[0].macs
+    bounds = {r.label: (mac_bound(base_macs, r.macs) if base_macs and r.macs else None) for r in rs[1:]}
+    return Comparison(labels[0], speedups, bounds, warnings, paired)
+
+
+def time_configs(
+    configs: Sequence[TimedConfig],
+    *,
+    warmup: int,
+    rounds: int,
+    order: str = "fixed",
+    sync: Callable[[], Any] | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> list[Measurement]:
+    """Time ``configs`` interleaved (:func:`~cass_deploy.profiling.interleave.time_interleaved`)
+    -> one Measurement each, with its median interval and samples (for :func:`latency_comparison`)."""
+    ms = time_interleaved(
+        [c.run for c in configs], rounds=rounds, warmup=warmup, order=order, sync=sync, on_round=on_round
+    )
+    meds = median_intervals(ms)
+    mem = peak_memory()
+    return [
+        Measurement(
+            c.label,
+            c.backend,
+            c.device,
+            c.pruner_mode,
+            c.keep_ratio,
+            c.batch,
+            LatencyStats.from_samples(ms[:, i].tolist(), batch=c.batch),
+            None,
+            mem,
+            None,
+            median_ci=meds[i],
+            macs=c.macs,
+            interleaved=True,
+            samples_ms=ms[:, i].tolist(),
+        )
+        for i, c in enumerate(configs)
+    ]
+
+
+def ort_config(
+    proto: Any,
+    stack: contextlib.ExitStack,
+    *,
+    label: str,
+    pruner_mode: str,
+    keep_ratio: float | None,
+    image_size: Sequence[int],
+    batch: int,
+    providers: Sequence[str] = ("cpu",),
+    threads: int | None = None,
+    path: str | Path | None = None,
+) -> TimedConfig:
+    """A TimedConfig of an ONNX model (a proto, saved to a temporary file, or ``path``) in an ONNX
+    Runtime session kept open by ``stack``; MACs counted from the graph."""
+    if path is None:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        path = tmp / "model.onnx"
+        onnx.save(proto, path)
+    runner = stack.enter_context(OrtRunner(path, providers=providers, intra_op_threads=threads))
+    H, W = image_size
+    feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
+    device = "cuda" if any("CUDA" in p or "Tensorrt" in p for p in runner.providers_in_use()) else "cpu"
+    macs = count_macs(proto if proto is not None else path, {"batch": batch})
+    return TimedConfig(label, "onnxruntime", device, pruner_mode, keep_ratio, batch, lambda: runner.infer(feed), macs)
+
+
+def variant_configs(model, opts: ProfileOptions, backend: str, batch: int, device: str, part: str, stack):
+    """(TimedConfig per variant of ``model``, sync) for :func:`time_configs`."""
+    configs = []
+    sync = None
+    for label, m in variants(model, _ratios(model, opts), opts.dense, opts.pruner_mode):
+        needs_proto = backend == "onnxruntime" or opts.count_macs
+        proto = onnx_export.export_part(m, part, batch=batch, simplify=True) if needs_proto else None
+        if backend == "onnxruntime":
+            configs.append(
+                ort_config(
+                    proto,
+                    stack,
+                    label=label,
+                    pruner_mode=m.pruner_mode,
+                    keep_ratio=_keep(m),
+                    image_size=m.image_size,
+                    batch=batch,
+                    providers=("cuda", "cpu") if device.startswith("cuda") else ("cpu",),
+                    threads=opts.threads,
+                )
+            )
+            continue
+        module = (m.full_module() if part == "full" else m.predictor_module()).to(device).eval()
+        host = torch.rand(batch, 3, *m.image_size)
+        if device.startswith("cuda"):
+            sync = torch.cuda.synchronize
+
+        def run(module=module, host=host):
+            with torch.no_grad():
+                out = module(host.to(device))
+            return out
+
+        macs = count_macs(proto) if proto is not None else None
+        configs.append(TimedConfig(label, "torch", device, m.pruner_mode, _keep(m), batch, run, macs))
+    return configs, sync
+
+
+def _ratios(model, opts: ProfileOptions) -> list[float]:
+    return list(opts.sweep) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
 
 
 def profile_checkpoint(
@@ -239,9 +457,17 @@ def profile_checkpoint(
     device = torch_runner.resolve_device(opts.device)
     source = ckpt_path if hasattr(ckpt_path, "describe") else adapter.ModelSource(checkpoint=Path(ckpt_path))
     model = adapter.load_model(source).model
-    ratios = list(opts.sweep) or ([_keep(model)] if _keep(model) is not None else [])
+    ratios = _ratios(model, opts)
     if not ratios and not opts.dense:
         raise InputError(f"nothing to profile: {ckpt_path} is a dense model and --no-dense was given without --sweep")
+    if opts.interleave:
+        with contextlib.ExitStack() as stack:
+            configs, sync = variant_configs(model, opts, backend, batch, device, part, stack)
+            log(
+                f"profiling {', '.join(c.label for c in configs)} interleaved ({backend}, {device}, batch {batch}, "
+                f"{opts.warmup} warm-up + {opts.iters} rounds)"
+            )
+            return time_configs(configs, warmup=opts.warmup, rounds=opts.iters, order=opts.order, sync=sync)
     results = []
     for label, m in variants(model, ratios, opts.dense, opts.pruner_mode):
         log(f"profiling {label} ({backend}, {device}, batch {batch})")
@@ -357,40 +583,74 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def profile_record(model: str, env: dict[str, Any], results: Sequence[Measurement]) -> dict[str, Any]:
-    """The ``profile.json`` document (read by ``report``)."""
-    return {"model": str(model), "environment": env, "results": [r.to_dict() for r in results]}
+    """The ``profile.json`` document (read by ``report``): environment, every measurement and the
+    :func:`latency_comparison` of the measurements against the first."""
+    comparison = latency_comparison(results)
+    return {
+        "model": str(model),
+        "environment": env,
+        "results": [r.to_dict() for r in results],
+        "comparison": comparison.to_dict() if comparison else None,
+    }
 
 
 def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
-    """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first row."""
+    """rich Table with mean / p50 / p90 / p95 / p99 / max, throughput and speed-up vs the first
+    row, then the p50's 95 % bootstrap interval, the interquartile range, the speed-up of the p50
+    with its interval (paired by round when interleaved), the MAC bound and the share of it."""
 
     t = Table(title=title)
-    for col in ("config", "backend", "batch", *latency_headers("mean", "vs first"), "device-only mean"):
+    device_only = any(r.device_only for r in results)
+    cols = ("config", "backend", "batch", *latency_headers("mean", "vs first"))
+    cols += ("device-only mean",) if device_only else ()
+    cols += ("p50 95% CI", "IQR", "p50 speed-up [95% CI]", "MAC bound", "of bound", "GMACs")
+    for col in cols:
         t.add_column(col, justify="right" if col not in ("config", "backend") else "left")
     base = results[0].latency.mean if results else None
+    comp = latency_comparison(results)
+    speedups = {r.b: r for r in comp.speedups} if comp else {}
     for r in results:
+        ci = r.median_ci
+        sp = speedups.get(r.label)
+        bound = comp.mac_bounds.get(r.label) if comp else None
+        share = comp.share_of_bound(r.label) if comp else None
         t.add_row(
             r.label,
             f"{r.backend}/{r.device}",
             str(r.batch),
             *latency_cells(r.latency.to_dict(), base),
-            f"{r.device_only.mean:.3f}" if r.device_only else "-",
+            *([f"{r.device_only.mean:.3f}" if r.device_only else "-"] if device_only else []),
+            f"[{ci.lo:.3f}, {ci.hi:.3f}]" if ci else "-",
+            f"{ci.iqr:.3f}" if ci else "-",
+            f"{sp.ratio:.2f}x [{sp.lo:.2f}, {sp.hi:.2f}]" if sp else ("baseline" if comp and r is results[0] else "-"),
+            f"{bound:.2f}x" if bound else "-",
+            f"{100 * share:.0f}%" if share is not None else "-",
+            f"{r.macs.total / 1e9:.3f}" if r.macs and r.macs.complete else "-",
         )
+    if comp and comp.warnings:
+        t.caption = "\n".join(f"warning: {w}" for w in comp.warnings)
     return t
 
 
 def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
-    """Latency against keep ratio (dense as a horizontal line) -> PNG."""
-    pts = [(r.keep_ratio, r.latency.p50) for r in results if r.keep_ratio is not None]
+    """Latency p50 (with its 95 % interval as error bars) against keep ratio, dense as a
+    horizontal line with its interval as a band -> PNG."""
+    pts = sorted((r.keep_ratio, r) for r in results if r.keep_ratio is not None)
     if not pts:
         return None
-    pts.sort()
     fig = mpl_figure.Figure(figsize=(5, 3.4))
     ax = fig.subplots()
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="pruned (p50)")
+    xs = [p[0] for p in pts]
+    ys = [p[1].latency.p50 for p in pts]
+    err = None
+    if all(p[1].median_ci for p in pts):
+        err = [[y - p[1].median_ci.lo for y, p in zip(ys, pts)], [p[1].median_ci.hi - y for y, p in zip(ys, pts)]]
+    ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label="pruned (p50, 95% CI)")
     for r in results:
         if r.keep_ratio is None:
             ax.axhline(r.latency.p50, color="grey", linestyle="--", label=f"{r.label} (p50)")
+            if r.median_ci:
+                ax.axhspan(r.median_ci.lo, r.median_ci.hi, color="grey", alpha=0.2)
     ax.set_xlabel("keep ratio")
     ax.set_ylabel("latency p50 (ms)")
     ax.set_title(f"{results[0].backend} / {results[0].device}, batch {results[0].batch}")

@@ -2,7 +2,9 @@
 
 It collects what the other commands wrote under ``RUN_DIR`` (any depth):
 ``history.json`` (train), ``diagnostics.json`` + ``heatmaps/*.png`` (diagnose), ``verify*.json``,
-``profile.json`` + ``sweep.png``, ``validate*.json``; missing sections are listed, not invented.
+``profile.json`` + ``sweep.png``, ``validate*.json``, ``tune.json`` + ``pareto.png`` (tune);
+missing sections are listed, not invented. Recall is shown with its 95 % interval (bars with error
+bars), drops with their paired interval, latency medians and speed-ups with theirs (SPEC §7a).
 """
 
 from __future__ import annotations
@@ -176,7 +178,15 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     root = Path(run_dir)
     if not root.is_dir():
         raise InputError(f"run directory {root} does not exist")
-    found: dict[str, list] = {"train": [], "diagnose": [], "verify": [], "profile": [], "validate": [], "accept": []}
+    found: dict[str, list] = {
+        "train": [],
+        "diagnose": [],
+        "verify": [],
+        "profile": [],
+        "validate": [],
+        "accept": [],
+        "tune": [],
+    }
     patterns = {
         "accept": "accept.json",
         "train": "history.json",
@@ -184,6 +194,7 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         "verify": "verify*.json",
         "profile": "profile.json",
         "validate": "validate*.json",
+        "tune": "tune.json",
     }
     for section, pattern in patterns.items():
         for p in sorted(root.rglob(pattern)):
@@ -232,11 +243,19 @@ def _field_chart(results: list[tuple[str, dict]], key: str, title: str) -> str:
     ax = fig.subplots()
     width = 0.8 / max(1, len(results))
     for n, (label, res) in enumerate(results):
-        vals = [((res.get("by_field") or {}).get(f) or {}).get(key) for f in FIELDS]
-        ax.bar(np.arange(3) + n * width, [v if v is not None else 0 for v in vals], width, label=label)
+        reps = [((res.get("by_field") or {}).get(f) or {}) for f in FIELDS]
+        vals = [r.get(key) for r in reps]
+        heights = [v if v is not None else 0 for v in vals]
+        err = None
+        if key == "recall":  # the Wilson interval as an error bar (none where a field has no objects)
+            err = [
+                [max(0.0, h - r["recall_lo"]) if r.get("recall_lo") is not None else 0 for h, r in zip(heights, reps)],
+                [max(0.0, r["recall_hi"] - h) if r.get("recall_hi") is not None else 0 for h, r in zip(heights, reps)],
+            ]
+        ax.bar(np.arange(3) + n * width, heights, width, label=label, yerr=err, capsize=3 if err else 0)
     ax.set_xticks(np.arange(3) + width * (len(results) - 1) / 2, FIELDS)
     ax.set_ylim(0, 1.05)
-    ax.set_title(title)
+    ax.set_title(title + (" (95% CI)" if key == "recall" else ""))
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -329,14 +348,34 @@ def _section_profile(items, root: Path) -> str:
         rows = []
         res = prof.get("results", [])
         base = res[0]["latency_ms"]["mean"] if res else None
+        comp = prof.get("comparison") or {}
+        speed = {x["b"]: x for x in comp.get("speedups", [])}
         for r in res:
             s = r["latency_ms"]
-            rows.append([r["label"], f"{r['backend']}/{r['device']}", r["batch"], *latency_cells(s, base)])
+            ci = r.get("p50_ci_ms") or {}
+            sp = speed.get(r["label"])
+            rows.append(
+                [
+                    r["label"],
+                    f"{r['backend']}/{r['device']}",
+                    r["batch"],
+                    *latency_cells(s, base),
+                    _ci(ci.get("lo"), ci.get("hi")),
+                    f"{sp['ratio']:.2f}x {_ci(sp['lo'], sp['hi'], 2)}" if sp else "-",
+                    f"{sp['mac_bound']:.2f}x" if sp and sp.get("mac_bound") else "-",
+                    f"{100 * sp['share_of_mac_bound']:.0f}%" if sp and sp.get("share_of_mac_bound") else "-",
+                ]
+            )
         env = prof.get("environment", {})
+        mode = "interleaved in rounds, paired" if comp.get("paired") else "one configuration after another"
+        headers = ["config", "backend", "batch", *latency_headers("mean ms", "speed-up vs first")]
+        headers += ["p50 95% CI", "p50 speed-up [95% CI]", "MAC bound", "of bound"]
         out.append(
-            f"<p class=muted>{html.escape(rel)}: {html.escape(json.dumps(env))}</p>"
-            + _table(["config", "backend", "batch", *latency_headers("mean ms", "speed-up vs first")], rows)
+            f"<p class=muted>{html.escape(rel)} ({mode}): {html.escape(json.dumps(env))}</p>" + _table(headers, rows)
         )
+        warns = comp.get("warnings") or []
+        if warns:
+            out.append("<ul>" + "".join(f"<li class=muted>{html.escape(w)}</li>" for w in warns) + "</ul>")
         sweep = (root / rel).parent / "sweep.png"
         if sweep.is_file():
             out.append(_img(sweep))
@@ -352,15 +391,18 @@ def _section_validate(items) -> str:
         if res.get("pruned"):
             retention_series.append((label, res))
         rows = []
+        drops = v.get("drops") or {}
         for f in FIELDS + ("all",):
             r = (res.get("by_field") or {}).get(f) or {}
             rr = ((ref or {}).get("by_field") or {}).get(f) or {}
+            d = drops.get(f) or {}
             rows.append(
                 [
                     f,
                     r.get("n_gt", "-"),
-                    cell(r.get("recall")),
-                    cell(rr.get("recall")),
+                    f"{cell(r.get('recall'))} {_ci(r.get('recall_lo'), r.get('recall_hi'))}",
+                    f"{cell(rr.get('recall'))} {_ci(rr.get('recall_lo'), rr.get('recall_hi'))}" if rr else "-",
+                    f"{cell(d.get('point'))} {_ci(d.get('lo'), d.get('hi'))}" if d.get("point") is not None else "-",
                     cell(r.get("retention_mean")),
                     cell(r.get("retention_share_ge_50")),
                 ]
@@ -368,13 +410,24 @@ def _section_validate(items) -> str:
         gates = v.get("gates") or []
         gate_html = "".join(
             f"<li class={'pass' if g.get('passed') else 'fail'}>"
-            f"{'PASS' if g.get('passed') else 'FAIL'}: {html.escape(str(g.get('message')))}</li>"
+            f"{_gate_label(g)}: {html.escape(str(g.get('message')))}</li>"
             for g in gates
         )
         out.append(
             f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(v.get('model')))}; mAP@0.5 "
             f"{cell(res.get('map50'))} (reference {cell((ref or {}).get('map50'))})</p>"
-            + _table(["field", "objects", "recall", "reference recall", "retention mean", "objects >= 50% kept"], rows)
+            + _table(
+                [
+                    "field",
+                    "objects",
+                    "recall [95% CI]",
+                    "reference recall [95% CI]",
+                    "drop [95% CI, paired]",
+                    "retention mean",
+                    "objects >= 50% kept",
+                ],
+                rows,
+            )
             + (f"<ul>{gate_html}</ul>" if gate_html else "")
         )
         ref_label = f"reference ({ref.get('name', '?')})" if ref else None
@@ -386,6 +439,66 @@ def _section_validate(items) -> str:
     if retention_series:
         charts += _field_chart(retention_series, "retention_mean", "pruner retention by field")
     return f"<div class=grid>{charts}</div>" + "".join(out)
+
+
+def _ci(lo: Any, hi: Any, digits: int = 3) -> str:
+    return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _gate_label(g: dict) -> str:
+    status = g.get("status") or ("pass" if g.get("passed") else "fail")
+    if status == "inconclusive":
+        return "INCONCLUSIVE (allowed)" if g.get("passed") else "INCONCLUSIVE (fails closed)"
+    return {"pass": "PASS", "skipped": "SKIP"}.get(status, "FAIL")
+
+
+def _section_tune(items, root: Path) -> str:
+    out = []
+    for rel, t in items:
+        rows = []
+        for r in t.get("table", []):
+            sp = r.get("speedup")
+            rows.append(
+                [
+                    r["config"],
+                    cell(r.get("keep_iou"), 4),
+                    f"{cell(r.get('near_recall'))} {_ci(*(r.get('near_recall_ci') or [None, None]))}",
+                    f"{cell(r.get('near_drop'))} {_ci(*(r.get('near_drop_ci') or [None, None]))}",
+                    f"{cell(r.get('p50_ms'))} {_ci(*(r.get('p50_ci') or [None, None]))}",
+                    "-" if sp is None else f"{sp:.2f}x {_ci(*(r.get('speedup_ci') or [None, None]), 2)}",
+                    "-" if not r.get("mac_bound") else f"{r['mac_bound']:.2f}x",
+                    _Raw(
+                        f'<span class="{"pass" if r["status"] == "pass" else "fail"}">{html.escape(r["status"])}</span>'
+                        + (" <b>recommended</b>" if r.get("recommended") else "")
+                    ),
+                ]
+            )
+        rec = t.get("recommended")
+        out.append(
+            f"<p class=muted>{html.escape(rel)}: recommended {html.escape(str(rec))}"
+            + (f", profile {html.escape(str(t.get('profile_yaml')))}" if t.get("profile_yaml") else "")
+            + "</p>"
+            + _table(
+                [
+                    "config",
+                    "keep IoU",
+                    "near recall [95% CI]",
+                    "near drop [95% CI]",
+                    "p50 ms [95% CI]",
+                    "speed-up vs dense [95% CI]",
+                    "MAC bound",
+                    "gates",
+                ],
+                rows,
+            )
+        )
+        notes = t.get("notes") or []
+        if notes:
+            out.append("<ul>" + "".join(f"<li class=muted>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        plot = (root / rel).parent / "pareto.png"
+        if plot.is_file():
+            out.append(_img(plot))
+    return "".join(out)
 
 
 def _section_diagnose(items, root: Path) -> str:
@@ -435,6 +548,7 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
         ("Recall and retention by field", _section_validate(found["validate"])),
         ("Keep-mask fidelity", _section_verify(found["verify"])),
         ("Latency", _section_profile(found["profile"], root)),
+        ("Operating point (tune)", _section_tune(found["tune"], root)),
         ("CASS bias diagnostics", _section_diagnose(found["diagnose"], root)),
     ]
     missing = [name for name, body in sections if not body]

@@ -1,0 +1,99 @@
+"""``cass-deploy tune``: the fastest keep ratio x precision on a backend that passes every gate (SPEC §7b)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from cass_deploy.commands.common import (
+    add_fields,
+    add_force,
+    add_gate_arguments,
+    add_out,
+    add_providers,
+    add_seed,
+    gates_from_args,
+)
+from cass_deploy.config import FieldConfig
+from cass_deploy.errors import InputError
+from cass_deploy.tuning import tune as tn
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{flag} must be a comma list of numbers, e.g. 0.25,0.5,0.75; got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="trained checkpoint (.pt)")
+    add_out(p, help="tune directory (resumable: run the same command again to continue)")
+    p.add_argument("--keep", default="0.25,0.5,0.75", help="keep ratios to try (default 0.25,0.5,0.75)")
+    p.add_argument("--precision", default="fp32", help="precisions to try, e.g. fp32,fp16,int8 (default fp32)")
+    p.add_argument("--backend", choices=tn.BACKENDS, default="onnxruntime", help="runtime to export for and time on")
+    p.add_argument(
+        "--profile", default=None, help="deployment profile (name or YAML): target, input size, batch, pruner"
+    )
+    p.add_argument("--target", default=None, help="backend limits to check at export (see cass-deploy export)")
+    p.add_argument("--pruner", dest="pruner_mode", choices=("global", "band", "threshold"), default=None)
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
+    p.add_argument("--images", type=int, default=128, help="validation images (default 128)")
+    p.add_argument("--verify-images", type=int, default=8)
+    p.add_argument("--calib-images", type=int, default=16, help="int8 calibration images (default 16)")
+    add_gate_arguments(
+        p,
+        max_recall_drop=0.05,
+        drop_help="gate: recall drop vs the dense reference per field, on the 95%% upper bound (default 0.05)",
+    )
+    add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
+    p.add_argument("--order", choices=("fixed", "rotate"), default="fixed")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
+    p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
+    add_seed(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_force(p, "start the tune directory again (default: resume it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise InputError("tune needs --out DIR (where exports, results and the recommended profile go)")
+    gates = gates_from_args(args)
+    opts = tn.TuneOptions(
+        keep_ratios=_floats(args.keep, "--keep"),
+        precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
+        backend=args.backend,
+        profile=args.profile,
+        target=args.target,
+        pruner_mode=args.pruner_mode,
+        data=args.data,
+        images=args.images,
+        verify_images=args.verify_images,
+        calib_images=args.calib_images,
+        gates=gates,
+        fields=FieldConfig(*args.fields),
+        warmup=args.warmup,
+        rounds=args.rounds,
+        order=args.order,
+        threads=args.threads,
+        providers=tuple(s for s in args.providers.split(",") if s),
+        seed=args.seed,
+        resize=args.resize,
+    )
+    console = Console(width=max(160, Console().width))
+    res = tn.run_tune(args.model, args.out, opts, force=args.force, progress=args.progress, log=console.print)
+    console.print(tn.tune_table(res))
+    for n in res.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    if res.recommended is not None:
+        console.print(
+            f"recommended: {res.recommended.label} -> {res.profile_yaml} "
+            f"(cass-deploy export {args.model} --profile {res.profile_yaml} --out EXPORT_DIR)"
+        )
+    console.print(f"wrote {args.out}/tune.json, {args.out}/pareto.png")
+    tn.raise_if_none_passed(res)
+    return 0

@@ -1,0 +1,749 @@
+"""``cass-deploy tune`` (SPEC §7b): for one model, every keep ratio × precision on one backend —
+export (reused when present), verify, validate with intervals against the dense reference,
+profile interleaved — then a table, a Pareto plot (p50 latency vs near-field recall, pass / fail
+marked) and the recommended configuration, the fastest one passing every gate, written as a
+deployment profile YAML that ``cass-deploy export --profile`` accepts.
+
+Layout of ``OUT`` (every file written atomically; a run that stops is resumed by running the same
+command again, which reuses every finished step and refuses other settings):
+
+    tune-state.json            the settings of this tune (the resume check)
+    exports/keep0.5-fp32/      one export directory per configuration (model.onnx, manifest.json)
+    configs/keep0.5-fp32.json  its verify and validate results and its verdict
+    reference.json             the dense reference's validation result (same weights, no pruning)
+    profile/profile.json       the interleaved timing of dense + every configuration (report reads it)
+    tune.json, pareto.png      the table and the plot (``cass-deploy report OUT`` shows both)
+    recommended.yaml           the deployment profile of the recommended configuration
+
+Statistics (SPEC §7a): recall intervals are Wilson, drops against the dense reference paired
+bootstrap over the same images, latency medians bootstrap over interleaved rounds; a ranking of
+two configurations whose latency intervals overlap is reported as not supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cass_deploy.backends.limits import PRECISIONS
+from cass_deploy.config import FieldConfig
+from cass_deploy.errors import GateFailed, InputError
+from cass_deploy.evaluation import validate as vr
+from cass_deploy.evaluation.gates import INCONCLUSIVE, Gates
+from cass_deploy.evaluation.scoring import ValidationResult
+from cass_deploy.evaluation.verify import run_verify
+from cass_deploy.export.onnx_export import export_part
+from cass_deploy.export.pipeline import run_export
+from cass_deploy.export.profiles import ExportProfile, load_profile, profile_from_mapping
+from cass_deploy.export.settings import apply_profile, request_from
+from cass_deploy.io_utils import atomic_path, write_json
+from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.profiling.latency import (
+    TimedConfig,
+    environment,
+    ort_config,
+    profile_record,
+    time_configs,
+)
+from cass_deploy.profiling.macs import count_macs
+from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
+from cass_deploy.runtime.manifest import MANIFEST_NAME, ONNX_NAME, Manifest
+from cass_deploy.runtime.torch_runner import TorchRunner
+
+BACKENDS = ("onnxruntime", "tensorrt")
+STATE = "tune-state.json"
+PASS, FAIL = "pass", "fail"
+
+
+# --------------------------------------------------------------------------- what to tune
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``tune`` sweeps and how it decides. ``profile``: a deployment profile (name or YAML)
+    giving the target, input size, batch and pruner; ``gates``: the release gates every
+    configuration must pass (decided on the intervals, :mod:`cass_deploy.evaluation.gates`)."""
+
+    keep_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    precisions: tuple[str, ...] = ("fp32",)
+    backend: str = "onnxruntime"
+    profile: str | None = None
+    target: str | None = None
+    pruner_mode: str | None = None
+    data: str = "synthetic"
+    images: int = 64
+    verify_images: int = 8
+    calib_images: int = 16
+    gates: Gates = field(default_factory=lambda: Gates(max_recall_drop=0.05))
+    fields: FieldConfig = field(default_factory=FieldConfig)
+    warmup: int = 5
+    rounds: int = 30
+    order: str = "fixed"
+    threads: int | None = None
+    providers: tuple[str, ...] = ("cpu",)
+    seed: int = 0
+    resize: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.keep_ratios:
+            raise InputError("--keep needs at least one keep ratio, e.g. 0.25,0.5,0.75")
+        for r in self.keep_ratios:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+                raise InputError(f"keep ratio must be in (0, 1], got {r!r}")
+        if len(set(self.keep_ratios)) != len(self.keep_ratios):
+            raise InputError(f"--keep lists a keep ratio twice: {list(self.keep_ratios)}")
+        if not self.precisions:
+            raise InputError("--precision needs at least one of fp32, fp16, int8")
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise InputError(f"precision must be one of {list(PRECISIONS)}, got {p!r}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        for name, minimum in (("images", 1), ("verify_images", 1), ("rounds", 2), ("warmup", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+        if not self.gates.active():
+            raise InputError(
+                "tune needs at least one gate to decide what passes: --max-recall-drop and/or --min-near-recall"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share (JSON-able)."""
+        d = dataclasses.asdict(self)
+        d["keep_ratios"] = list(self.keep_ratios)
+        d["precisions"] = list(self.precisions)
+        d["providers"] = list(self.providers)
+        for k in ("warmup", "rounds", "order", "threads"):  # timing is redone freely
+            d.pop(k)
+        return json.loads(json.dumps(d))
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One point of the sweep."""
+
+    keep_ratio: float
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return f"keep{self.keep_ratio:g}-{self.precision}"
+
+    @property
+    def label(self) -> str:
+        return f"keep {self.keep_ratio:g} {self.precision}"
+
+
+@dataclass
+class TuneSource:
+    """The model being tuned: where its weights are and what they are."""
+
+    checkpoint: Path
+    sha256: str
+    name: str
+    image_size: tuple[int, int]
+    pruner_mode: str
+
+    def export_fields(self) -> dict[str, Any]:
+        """The ExportRequest fields that name the model."""
+        return {"checkpoint": self.checkpoint}
+
+    def dense_model(self, image_size: Sequence[int]):
+        """The same weights without pruning (the reference and the latency baseline)."""
+        return load_checkpoint(self.checkpoint, pruner_mode="none", image_size=tuple(image_size)).model
+
+
+def open_source(model: str | Path) -> TuneSource:
+    """The model to tune -> :class:`TuneSource`. Every other step goes through what this returns,
+    so loading a bring-your-own model (``--model SPEC --weights``) is this one call."""
+    ck = load_checkpoint(model)
+    m = ck.model
+    return TuneSource(Path(model).resolve(), ck.sha256, Path(model).stem, tuple(m.image_size), m.pruner_mode)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ConfigResult:
+    """What ``tune`` measured for one configuration (``configs/<name>.json``)."""
+
+    name: str
+    keep_ratio: float
+    precision: str
+    export: str
+    pruner_mode: str
+    verify: dict[str, Any]
+    validation: dict[str, Any]
+    status: str
+    reasons: list[str]
+    latency: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        return TuneConfig(self.keep_ratio, self.precision).label
+
+    def near(self) -> dict[str, Any]:
+        return self.validation["result"]["by_field"]["near"]
+
+    def near_drop(self) -> dict[str, Any] | None:
+        return (self.validation.get("drops") or {}).get("near")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TuneResult:
+    """The table, the recommendation and where everything was written."""
+
+    out: Path
+    configs: list[ConfigResult]
+    recommended: ConfigResult | None
+    profile_yaml: Path | None
+    notes: list[str]
+    reference: dict[str, Any]
+    comparison: dict[str, Any] | None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "configs": [c.to_dict() for c in self.configs],
+            "recommended": self.recommended.name if self.recommended else None,
+            "profile_yaml": str(self.profile_yaml) if self.profile_yaml else None,
+            "notes": list(self.notes),
+            "reference": self.reference,
+            "comparison": self.comparison,
+            "seconds": self.seconds,
+        }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, *a, **k):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullProgress()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def _prepare_out(out: Path, state: dict[str, Any], force: bool) -> bool:
+    """Create ``out`` or check it holds a tune with the same settings -> True when resuming."""
+    if out.exists() and force:
+        if not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a directory")
+        shutil.rmtree(out)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a directory")
+        path = out / STATE
+        if not path.is_file():
+            raise InputError(f"{out} exists and is not a tune directory (no {STATE}); pass --force or another --out")
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}; pass --force to start again") from None
+        diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+        if diff:
+            raise InputError(
+                f"{out} holds a tune with other settings ({', '.join(diff)} differ); "
+                "pass --force to start again or choose another --out"
+            )
+        return True
+    out.mkdir(parents=True)
+    write_json(out / STATE, state)
+    return False
+
+
+def _export(
+    source: TuneSource, cfg: TuneConfig, directory: Path, opts: TuneOptions, profile: ExportProfile | None, log
+) -> None:
+    """Export ``cfg`` into ``directory`` unless a finished export of the same weights and settings is there."""
+    man_path = directory / MANIFEST_NAME
+    if man_path.is_file():
+        man = Manifest.read(man_path)
+        same = (
+            man.source_checkpoint_sha256 == source.sha256
+            and man.precision == cfg.precision
+            and man.keep_ratio is not None
+            and abs(man.keep_ratio - cfg.keep_ratio) < 1e-12
+        )
+        check = man.verify(directory)
+        if same and check.ok:
+            log(f"{cfg.label}: reusing {directory}")
+            return
+        why = "other settings" if check.ok else f"hash mismatch: {check.summary()}"
+        raise InputError(f"{directory} holds another export ({why}); pass --force to start again")
+    values = {
+        **source.export_fields(),
+        "out": directory,
+        "precision": cfg.precision,
+        "keep_ratio": cfg.keep_ratio,
+        "pruner_mode": opts.pruner_mode,
+        "target": opts.target,
+        "calib_images": opts.calib_images,
+        "engine": True if opts.backend == "tensorrt" else None,
+        "force": True,  # an unfinished export leaves nothing (atomic), so nothing is lost here
+    }
+    run_export(request_from(**apply_profile(values, profile)), log=log)
+
+
+def _status(verify: dict[str, Any], checks: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    reasons = []
+    if not verify.get("passed"):
+        reasons.append("verify: " + "; ".join(verify.get("failures") or ["failed"]))
+    failed = [c for c in checks if not c["passed"]]
+    reasons += [c["message"] for c in failed]
+    if any(c["status"] == "fail" for c in failed) or not verify.get("passed"):
+        return FAIL, reasons
+    if failed:
+        return INCONCLUSIVE, reasons
+    allowed = [c["message"] for c in checks if c["status"] == INCONCLUSIVE]
+    return PASS, [f"allowed inconclusive: {m}" for m in allowed]
+
+
+def _timed_config(cfg: ConfigResult, stack: ExitStack, opts: TuneOptions, batch: int, size) -> TimedConfig:
+    d = Path(cfg.export)
+    if opts.backend == "onnxruntime":
+        return ort_config(
+            None,
+            stack,
+            label=cfg.label,
+            pruner_mode=cfg.pruner_mode,
+            keep_ratio=cfg.keep_ratio,
+            image_size=size,
+            batch=batch,
+            providers=opts.providers,
+            threads=opts.threads,
+            path=d / ONNX_NAME,
+        )
+    cand = resolve_candidates([str(d)], opts.providers)[-1]
+    runner = stack.enter_context(make_runner(cand, opts.providers))
+    feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)}
+    macs = count_macs(d / ONNX_NAME, {"batch": batch})
+    return TimedConfig(
+        cfg.label, "tensorrt", "cuda", cfg.pruner_mode, cfg.keep_ratio, batch, lambda: runner.infer(feed), macs
+    )
+
+
+def run_tune(
+    model: str | Path,
+    out: str | Path,
+    opts: TuneOptions,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TuneResult:
+    """``cass-deploy tune`` (module docstring). Returns the result; raises GateFailed (exit 1)
+    after writing everything when no configuration passes every gate."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    source = open_source(model)
+    profile = load_profile(opts.profile) if opts.profile else None
+    if profile is not None and profile.target != opts.backend:
+        raise InputError(
+            f"profile {profile.name!r} targets {profile.target} but --backend is {opts.backend}; "
+            f"pass --backend {profile.target}"
+        )
+    size = tuple(profile.image_size) if profile is not None else source.image_size
+    batch = profile.batch if profile is not None else 1
+    state = {"source_sha256": source.sha256, "image_size": list(size), "batch": batch, **opts.settings()}
+    resumed = _prepare_out(out, state, force)
+    if resumed:
+        log(f"resuming the tune in {out}")
+    grid = [TuneConfig(r, p) for r in opts.keep_ratios for p in opts.precisions]
+    notes: list[str] = []
+    batches = vr.load_batches(opts.data, size, opts.images, seed=opts.seed, resize=opts.resize)
+    kw = dict(fields=opts.fields)
+    ref_path = out / "reference.json"
+    results: list[ConfigResult] = []
+    with _progress(progress) as bar:
+        task = bar.add_task("tune", total=3 * len(grid) + opts.rounds + 1)
+        if ref_path.is_file():
+            reference = ValidationResult.from_dict(json.loads(ref_path.read_text()))
+        else:
+            bar.update(task, description="validate dense reference")
+            dense_model = source.dense_model(size)
+            dense = vr.Deployed(
+                "torch:dense",
+                TorchRunner(dense_model, "full"),
+                size,
+                tuple(dense_model.grid),
+                None,
+                False,
+                source.checkpoint,
+                "none",
+                None,
+                dense_model.cfg.num_classes,
+            )
+            reference = vr.evaluate_deployed(dense, batches, **kw)
+            write_json(ref_path, reference.to_dict())
+        bar.advance(task)
+        for cfg in grid:
+            rec_path = out / "configs" / f"{cfg.name}.json"
+            if rec_path.is_file():
+                results.append(ConfigResult(**json.loads(rec_path.read_text())))
+                log(f"{cfg.label}: done earlier ({results[-1].status})")
+                bar.advance(task, 3)
+                continue
+            directory = out / "exports" / cfg.name
+            bar.update(task, description=f"{cfg.label}: export")
+            _export(source, cfg, directory, opts, profile, log)
+            bar.advance(task)
+            bar.update(task, description=f"{cfg.label}: verify")
+            report, vnotes = run_verify(
+                str(source.checkpoint),
+                [str(directory)],
+                images=opts.verify_images,
+                data=opts.data,
+                providers=opts.providers,
+                seed=opts.seed,
+            )
+            verify = report.candidates[0].to_dict()
+            verify["passed"] = bool(report.candidates[0])
+            bar.advance(task)
+            bar.update(task, description=f"{cfg.label}: validate")
+            deployed = vr.open_model(str(directory), opts.providers)
+            result = vr.evaluate_deployed(deployed, batches, **kw)
+            drops, checks = vr.compare(result, reference, opts.gates)
+            validation = vr.validation_record(directory, result, reference, checks, drops, opts.gates)
+            status, reasons = _status(verify, validation["gates"])
+            man = Manifest.read(directory / MANIFEST_NAME)
+            rec = ConfigResult(
+                cfg.name,
+                cfg.keep_ratio,
+                cfg.precision,
+                str(directory),
+                man.pruner_mode,
+                verify,
+                validation,
+                status,
+                reasons,
+            )
+            write_json(rec_path, rec.to_dict())
+            results.append(rec)
+            log(f"{cfg.label}: {status}" + (f" ({reasons[0]})" if reasons and status != PASS else ""))
+            bar.advance(task)
+        # timing: dense + every configuration, interleaved in rounds
+        bar.update(task, description=f"profile {len(results) + 1} configurations interleaved")
+        with ExitStack() as stack:
+            timed = []
+            if opts.backend == "onnxruntime":
+                dense_model = source.dense_model(size)
+                timed.append(
+                    ort_config(
+                        export_part(dense_model, "full", batch=batch, simplify=True),
+                        stack,
+                        label="dense",
+                        pruner_mode="none",
+                        keep_ratio=None,
+                        image_size=size,
+                        batch=batch,
+                        providers=opts.providers,
+                        threads=opts.threads,
+                    )
+                )
+            else:
+                notes.append("tensorrt: no dense engine is built, so speed-ups are against the first configuration")
+            timed += [_timed_config(r, stack, opts, batch, size) for r in results]
+            measurements = time_configs(
+                timed,
+                warmup=opts.warmup,
+                rounds=opts.rounds,
+                order=opts.order,
+                on_round=lambda r: bar.advance(task),
+            )
+    prof = profile_record(model, environment("cuda" if opts.backend == "tensorrt" else "cpu"), measurements)
+    write_json(out / "profile" / "profile.json", prof, force=True)
+    comparison = prof["comparison"]
+    speed = {s["b"]: s for s in (comparison or {}).get("speedups", [])}
+    for r, m in zip(results, measurements[len(measurements) - len(results) :]):
+        r.latency = {
+            "p50": m.latency.p50,
+            "p50_ci": [m.median_ci.lo, m.median_ci.hi],
+            "iqr": m.median_ci.iqr,
+            "mean": m.latency.mean,
+            "macs": m.macs.total if m.macs else None,
+            "speedup": speed.get(m.label),
+        }
+        write_json(out / "configs" / f"{r.name}.json", r.to_dict(), force=True)
+    notes += (comparison or {}).get("warnings", [])
+    recommended, why = recommend(results)
+    notes += why
+    yaml_path = None
+    if recommended is not None:
+        yaml_path = out / "recommended.yaml"
+        write_profile_yaml(yaml_path, recommended_profile(profile, source, recommended, opts, size, batch))
+    res = TuneResult(
+        out, results, recommended, yaml_path, notes, reference.to_dict(), comparison, time.perf_counter() - t0
+    )
+    pareto_plot(res, out / "pareto.png", opts.gates)
+    write_json(out / "tune.json", {**res.to_dict(), "options": opts.settings(), "table": table_rows(res)}, force=True)
+    return res
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+def recommend(results: Sequence[ConfigResult]) -> tuple[ConfigResult | None, list[str]]:
+    """The fastest configuration (lowest p50 median) that passes every gate, and notes: which
+    passing configurations it cannot be told apart from (overlapping latency intervals)."""
+    passing = [r for r in results if r.status == PASS and r.latency]
+    if not passing:
+        return None, ["no configuration passes every gate: nothing is recommended"]
+    best = min(passing, key=lambda r: r.latency["p50"])
+    lo, hi = best.latency["p50_ci"]
+    ties = [r.label for r in passing if r is not best and r.latency["p50_ci"][0] <= hi]
+    notes = []
+    if ties:
+        notes.append(
+            f"{best.label} has the lowest median latency of the passing configurations, but its interval "
+            f"[{lo:.3f}, {hi:.3f}] ms overlaps {', '.join(ties)}: the data do not rank them"
+        )
+    return best, notes
+
+
+def recommended_profile(
+    base: ExportProfile | None,
+    source: TuneSource,
+    best: ConfigResult,
+    opts: TuneOptions,
+    size: Sequence[int],
+    batch: int,
+) -> ExportProfile:
+    """The deployment profile of ``best``: the ``--profile`` given (or one for this backend and
+    input size) with the tuned keep ratio, precision and the export's pruner."""
+    near = best.near()
+    p50 = best.latency["p50"]
+    lo, hi = best.latency["p50_ci"]
+    evidence = (
+        f"tuned by cass-deploy tune on {source.name}: keep {best.keep_ratio:g}, {best.precision}; near recall "
+        f"{near['recall']:.3f} [{near['recall_lo']:.3f}, {near['recall_hi']:.3f}], p50 {p50:.2f} ms "
+        f"[{lo:.2f}, {hi:.2f}] on {opts.backend}"
+    )
+    if base is not None:
+        d = {k: v for k, v in base.to_dict().items() if k not in ("grid", "num_patches", "k")}
+    else:
+        d = {
+            "target": opts.backend,
+            "device": "cpu" if opts.backend == "onnxruntime" else "x86-gpu",
+            "image_size": list(size),
+            "batch": batch,
+            "timing_cache": opts.backend == "tensorrt",
+        }
+    # what was validated is what the profile exports: the export's pruner and opset
+    opset = Manifest.read(Path(best.export) / MANIFEST_NAME).opset if best.export else None
+    d.update(
+        name=f"tuned-{source.name}",
+        description=evidence,
+        precision=best.precision,
+        keep_ratio=float(best.keep_ratio),
+        pruner_mode=best.pruner_mode,
+        **({"opset": opset} if opset else {}),
+    )
+    return profile_from_mapping(d)
+
+
+def write_profile_yaml(path: Path, profile: ExportProfile) -> Path:
+    """The profile as YAML (the keys ``export --profile`` reads), written atomically."""
+    d = {k: v for k, v in profile.to_dict().items() if k not in ("grid", "num_patches", "k")}
+    header = f"# {profile.description}\n# use: cass-deploy export CHECKPOINT --profile {path.name} --out EXPORT_DIR\n"
+    with atomic_path(path, force=True) as tmp:
+        tmp.write_text(header + yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- table and plot
+
+
+def _ci(lo: float | None, hi: float | None, digits: int = 3) -> str:
+    return "n/a" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def table_rows(res: TuneResult) -> list[dict[str, Any]]:
+    """One JSON-able row per configuration: what the table shows."""
+    rows = []
+    for r in res.configs:
+        near, drop = r.near(), r.near_drop() or {}
+        lat = r.latency or {}
+        sp = lat.get("speedup") or {}
+        rows.append(
+            {
+                "config": r.label,
+                "keep_ratio": r.keep_ratio,
+                "precision": r.precision,
+                "keep_iou": r.verify.get("keep_iou_mean"),
+                "verify": bool(r.verify.get("passed")),
+                "near_recall": near.get("recall"),
+                "near_recall_ci": [near.get("recall_lo"), near.get("recall_hi")],
+                "near_objects": near.get("n_gt"),
+                "near_drop": drop.get("point"),
+                "near_drop_ci": [drop.get("lo"), drop.get("hi")],
+                "p50_ms": lat.get("p50"),
+                "p50_ci": lat.get("p50_ci"),
+                "speedup": sp.get("ratio"),
+                "speedup_ci": [sp.get("lo"), sp.get("hi")] if sp else None,
+                "mac_bound": sp.get("mac_bound"),
+                "share_of_mac_bound": sp.get("share_of_mac_bound"),
+                "status": r.status,
+                "recommended": res.recommended is not None and r.name == res.recommended.name,
+            }
+        )
+    return rows
+
+
+def tune_table(res: TuneResult, title: str | None = None) -> Table:
+    """rich Table of :func:`table_rows`."""
+    t = Table(title=title or f"tune: {res.out}")
+    cols = ["config", "keep IoU", "near recall [95% CI]", "near drop [95% CI]", "p50 ms [95% CI]"]
+    cols += ["speed-up vs dense [95% CI]", "MAC bound", "gates"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("config", "gates") else "right")
+    for row in table_rows(res):
+        nr, nd = row["near_recall"], row["near_drop"]
+        sp = row["speedup"]
+        status = row["status"] + (" <- recommended" if row["recommended"] else "")
+        t.add_row(
+            row["config"],
+            "n/a" if row["keep_iou"] is None else f"{row['keep_iou']:.4f}",
+            "n/a" if nr is None else f"{nr:.3f} {_ci(*row['near_recall_ci'])} ({row['near_objects']})",
+            "n/a" if nd is None else f"{nd:+.3f} {_ci(*row['near_drop_ci'])}",
+            "-" if row["p50_ms"] is None else f"{row['p50_ms']:.3f} {_ci(*row['p50_ci'])}",
+            "-" if sp is None else f"{sp:.2f}x {_ci(*row['speedup_ci'], digits=2)}",
+            "-" if not row["mac_bound"] else f"{row['mac_bound']:.2f}x",
+            status,
+        )
+    return t
+
+
+MARKERS = {PASS: ("o", "tab:green"), FAIL: ("X", "tab:red"), INCONCLUSIVE: ("^", "tab:orange")}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points (lower latency x, higher recall y), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -np.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def pareto_plot(res: TuneResult, path: Path, gates: Gates) -> Path | None:
+    """p50 latency (x, 95 % interval) vs near-field recall (y, Wilson interval), one marker per
+    configuration by verdict, the Pareto front, the dense reference's recall and the
+    recommendation -> PNG."""
+    rows = [r for r in table_rows(res) if r["p50_ms"] is not None and r["near_recall"] is not None]
+    if not rows:
+        return None
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for status, (marker, colour) in MARKERS.items():
+        sel = [r for r in rows if r["status"] == status]
+        if not sel:
+            continue
+        x = np.array([r["p50_ms"] for r in sel])
+        y = np.array([r["near_recall"] for r in sel])
+        xerr = np.array([[r["p50_ms"] - r["p50_ci"][0], r["p50_ci"][1] - r["p50_ms"]] for r in sel]).T
+        yerr = np.array(
+            [[r["near_recall"] - r["near_recall_ci"][0], r["near_recall_ci"][1] - r["near_recall"]] for r in sel]
+        ).T
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, color=colour, capsize=3, label=status, markersize=8)
+        for r in sel:
+            ax.annotate(
+                r["config"], (r["p50_ms"], r["near_recall"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+    pts = [(r["p50_ms"], r["near_recall"]) for r in rows]
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="grey", lw=1, label="Pareto front")
+    ref = res.reference["by_field"]["near"]
+    if ref.get("recall") is not None:
+        ax.axhline(ref["recall"], color="black", lw=1, label=f"dense near recall {ref['recall']:.3f}")
+        if ref.get("recall_lo") is not None:
+            ax.axhspan(ref["recall_lo"], ref["recall_hi"], color="black", alpha=0.08)
+    if gates.min_near_recall is not None:
+        ax.axhline(
+            gates.min_near_recall, color="tab:red", lw=1, ls=":", label=f"min near recall {gates.min_near_recall:g}"
+        )
+    best = next((r for r in rows if r["recommended"]), None)
+    if best is not None:
+        ax.plot(
+            [best["p50_ms"]],
+            [best["near_recall"]],
+            "*",
+            color="gold",
+            markersize=18,
+            markeredgecolor="k",
+            label="recommended",
+            zorder=5,
+        )
+    ax.set_xlabel("p50 latency (ms), 95% CI")
+    ax.set_ylabel("near-field recall, 95% CI")
+    ax.set_title("tune: latency vs near-field recall")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return path
+
+
+def raise_if_none_passed(res: TuneResult) -> None:
+    """GateFailed (exit 1) naming why each configuration failed, when nothing is recommended."""
+    if res.recommended is None:
+        why = "; ".join(f"{r.label}: {r.status} ({r.reasons[0] if r.reasons else '?'})" for r in res.configs)
+        raise GateFailed(f"no configuration passes every gate: {why}")
+
+
+__all__ = [
+    "TuneOptions",
+    "TuneConfig",
+    "TuneSource",
+    "ConfigResult",
+    "TuneResult",
+    "open_source",
+    "run_tune",
+    "recommend",
+    "recommended_profile",
+    "write_profile_yaml",
+    "table_rows",
+    "tune_table",
+    "pareto_front",
+    "pareto_plot",
+    "raise_if_none_passed",
+]
