@@ -88,12 +88,15 @@ def test_tune_bad_input(tiny_checkpoint, tmp_path, capsys):
         (["--keep", "0.5,abc"], "--keep"),
         (["--keep", "1.5"], "keep ratio"),
         (["--precision", "fp8"], "precision"),
-        (["--max-recall-drop", "2"], "fraction"),
+        (["--max-recall-drop", "2"], "--max-recall-drop"),
         (["--rounds", "1"], "--rounds"),
         (["--profile", "jetson-orin-nx"], "--backend tensorrt"),
     ]
     for extra, needle in cases:
-        rc = main(["tune", str(tiny_checkpoint), "--out", str(tmp_path / "x"), *extra, "--no-progress"])
+        try:
+            rc = main(["tune", str(tiny_checkpoint), "--out", str(tmp_path / "x"), *extra, "--no-progress"])
+        except SystemExit as exc:  # argparse's usage error for a value its type refuses
+            rc = exc.code
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err, (extra, err)
     assert main(["tune", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y")]) == 2

@@ -253,6 +253,17 @@ def _cases() -> list[Case]:
     add("accept/out-exists", acc + " --out {exp}", needle="--force")
     add("accept/iters-0", acc.replace("--iters 1", "--iters 0") + " --out {w}/o", needle="--iters")
     add("accept/drop-2", acc + " --max-recall-drop 2 --out {w}/o", needle="--max-recall-drop")
+    # tune
+    tune = "tune {ckpt} --images 2 --verify-images 2 --no-progress"
+    add("tune/ckpt-missing", "tune {w}/none.pt --out {w}/o --no-progress", needle="none.pt")
+    add("tune/ckpt-garbage", "tune {garbage} --out {w}/o --no-progress", needle="garbage.pt")
+    add("tune/keep-text", tune + " --keep 0.5,abc --out {w}/o", needle="--keep")
+    add("tune/keep-1.5", tune + " --keep 1.5 --out {w}/o", needle="keep")
+    add("tune/precision", tune + " --precision fp8 --out {w}/o", needle="fp8")
+    add("tune/drop-2", tune + " --max-recall-drop 2 --out {w}/o", needle="--max-recall-drop")
+    add("tune/confidence-1", tune + " --confidence 1 --out {w}/o", needle="--confidence")
+    add("tune/out-under-file", tune + " --out {plain}/o", needle="plain")
+    add("tune/out-not-tune-dir", tune + " --out {exp}", needle="tune")
     # the command line itself
     add("cli/unknown-command", "frobnicate")
     add("cli/unknown-flag", "export {ckpt} --frob")

@@ -75,6 +75,10 @@ SCHEMAS: dict[str, Any] = {
         "checks": Opt([{"stage": str, "passed": bool, "message": str}]),
         "notes": Opt([str]),
     },
+    "tune": {
+        "table": Opt([{"config": str, "status": str, "speedup": Opt(NUM), "mac_bound": Opt(NUM)}]),
+        "profile_yaml": Opt(str),
+    },
     "train": [
         {
             "epoch": Opt(int),
