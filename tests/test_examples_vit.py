@@ -97,3 +97,19 @@ def test_validate_on_real_kitti_with_letterbox_and_profile(trained, tmp_path, ca
     assert 0.0 < res["result"]["keep_ratio"] <= 1.0
     assert main(["profile", str(d / "export"), "--warmup", "1", "--iters", "3"]) == 0
     assert "onnxruntime/cpu" in capsys.readouterr().out
+
+
+def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, capsys):
+    """``tune --model SPEC --weights`` (SPEC 6a, 7b): export, verify, validate and time the example."""
+    _, weights = trained
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", SPEC, "--weights", str(weights), "--out", str(out), "--keep", "0.5"]
+    fast = ["--images", "4", "--verify-images", "2", "--warmup", "1", "--rounds", "3", "--resamples", "200"]
+    rc = main([*argv, *fast, "--max-recall-drop", "1.0", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    record = json.loads((out / "tune.json").read_text())
+    assert [r["config"] for r in record["table"]] == ["keep 0.5 fp32"]
+    assert record["table"][0]["status"] == "pass" and "--model" in text
+    man = Manifest.read(out / "exports" / "keep0.5-fp32" / "manifest.json")
+    assert man.extra["model_source"]["spec"] == SPEC

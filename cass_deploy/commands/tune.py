@@ -10,10 +10,12 @@ from cass_deploy.commands.common import (
     add_fields,
     add_force,
     add_gate_arguments,
+    add_model_source,
     add_out,
     add_providers,
     add_seed,
     gates_from_args,
+    model_source,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import InputError
@@ -28,7 +30,8 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="trained checkpoint (.pt)")
+    p.add_argument("model", nargs="?", default=None, help="trained checkpoint (.pt); omit it with --model")
+    add_model_source(p)
     add_out(p, help="tune directory (resumable: run the same command again to continue)")
     p.add_argument("--keep", default="0.25,0.5,0.75", help="keep ratios to try (default 0.25,0.5,0.75)")
     p.add_argument("--precision", default="fp32", help="precisions to try, e.g. fp32,fp16,int8 (default fp32)")
@@ -63,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise InputError("tune needs --out DIR (where exports, results and the recommended profile go)")
     gates = gates_from_args(args)
+    source = model_source(args, args.model)
+    if source is None and args.model is None:
+        raise InputError("tune needs a checkpoint or --model SPEC --weights FILE")
     opts = tn.TuneOptions(
         keep_ratios=_floats(args.keep, "--keep"),
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
@@ -85,14 +91,17 @@ def run(args: argparse.Namespace) -> int:
         resize=args.resize,
     )
     console = Console(width=max(160, Console().width))
-    res = tn.run_tune(args.model, args.out, opts, force=args.force, progress=args.progress, log=console.print)
+    res = tn.run_tune(
+        args.model, args.out, opts, model_source=source, force=args.force, progress=args.progress, log=console.print
+    )
     console.print(tn.tune_table(res))
     for n in res.notes:
         console.print(f"[yellow]note:[/] {n}")
     if res.recommended is not None:
         console.print(
             f"recommended: {res.recommended.label} -> {res.profile_yaml} "
-            f"(cass-deploy export {args.model} --profile {res.profile_yaml} --out EXPORT_DIR)"
+            f"(cass-deploy export {args.model or '--model ' + source.spec + ' --weights ' + str(source.weights)} "
+            f"--profile {res.profile_yaml} --out EXPORT_DIR)"
         )
     console.print(f"wrote {args.out}/tune.json, {args.out}/pareto.png")
     tn.raise_if_none_passed(res)

@@ -50,6 +50,7 @@ from cass_deploy.export.pipeline import run_export
 from cass_deploy.export.profiles import ExportProfile, load_profile, profile_from_mapping
 from cass_deploy.export.settings import apply_profile, request_from
 from cass_deploy.io_utils import atomic_path, write_json
+from cass_deploy.model.adapter import ModelSource, load_model
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.profiling.latency import (
@@ -151,26 +152,54 @@ class TuneConfig:
 
 @dataclass
 class TuneSource:
-    """The model being tuned: where its weights are and what they are."""
+    """The model being tuned: where its weights are and what they are. ``model_source`` is the
+    ``--model SPEC --weights`` adapter (SPEC 6a), None for this project's checkpoint."""
 
     checkpoint: Path
     sha256: str
     name: str
     image_size: tuple[int, int]
     pruner_mode: str
+    model_source: ModelSource | None = None
 
     def export_fields(self) -> dict[str, Any]:
         """The ExportRequest fields that name the model."""
-        return {"checkpoint": self.checkpoint}
+        if self.model_source is None:
+            return {"checkpoint": self.checkpoint}
+        src = self.model_source
+        return {"checkpoint": None, "model": src.spec, "weights": src.weights, "model_args": dict(src.args)}
+
+    def verify_reference(self) -> dict[str, Any]:
+        """``run_verify``'s reference arguments: the checkpoint, or the adapter's ``source``."""
+        if self.model_source is None:
+            return {"reference": str(self.checkpoint)}
+        return {"reference": None, "source": self.model_source}
 
     def dense_model(self, image_size: Sequence[int]):
         """The same weights without pruning (the reference and the latency baseline)."""
-        return load_checkpoint(self.checkpoint, pruner_mode="none", image_size=tuple(image_size)).model
+        if self.model_source is None:
+            return load_checkpoint(self.checkpoint, pruner_mode="none", image_size=tuple(image_size)).model
+        if tuple(image_size) != self.image_size:
+            raise InputError(
+                f"--model {self.model_source.spec} is built for {self.image_size[0]}x{self.image_size[1]}; "
+                "another input size comes through its factory (--model-args), not a profile"
+            )
+        model = load_model(self.model_source).model
+        if not hasattr(model, "with_pruner"):
+            raise InputError(f"tune needs with_pruner(mode='none') on the --model {self.model_source.spec} object")
+        return model.with_pruner(mode="none")
 
 
-def open_source(model: str | Path) -> TuneSource:
-    """The model to tune -> :class:`TuneSource`. Every other step goes through what this returns,
-    so loading a bring-your-own model (``--model SPEC --weights``) is this one call."""
+def open_source(model: str | Path | None, source: ModelSource | None = None) -> TuneSource:
+    """The model to tune -> :class:`TuneSource`: a checkpoint path, or ``source`` (a ``--model``
+    adapter). Every other step goes through what this returns."""
+    if source is not None:
+        loaded = load_model(source)
+        m = loaded.model
+        name = Path(str(source.spec).split(":")[0]).stem
+        return TuneSource(
+            Path(source.weights).resolve(), loaded.sha256, name, tuple(m.image_size), m.pruner_mode, source
+        )
     ck = load_checkpoint(model)
     m = ck.model
     return TuneSource(Path(model).resolve(), ck.sha256, Path(model).stem, tuple(m.image_size), m.pruner_mode)
@@ -360,10 +389,11 @@ def _timed_config(cfg: ConfigResult, stack: ExitStack, opts: TuneOptions, batch:
 
 
 def run_tune(
-    model: str | Path,
+    model: str | Path | None,
     out: str | Path,
     opts: TuneOptions,
     *,
+    model_source: ModelSource | None = None,
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -372,7 +402,7 @@ def run_tune(
     after writing everything when no configuration passes every gate."""
     t0 = time.perf_counter()
     out = Path(out)
-    source = open_source(model)
+    source = open_source(model, model_source)
     profile = load_profile(opts.profile) if opts.profile else None
     if profile is not None and profile.target != opts.backend:
         raise InputError(
@@ -408,7 +438,8 @@ def run_tune(
                 source.checkpoint,
                 "none",
                 None,
-                dense_model.cfg.num_classes,
+                len(dense_model.class_names),
+                class_names=tuple(dense_model.class_names),
             )
             reference = vr.evaluate_deployed(dense, batches, **kw)
             write_json(ref_path, reference.to_dict())
@@ -426,8 +457,8 @@ def run_tune(
             bar.advance(task)
             bar.update(task, description=f"{cfg.label}: verify")
             report, vnotes = run_verify(
-                str(source.checkpoint),
-                [str(directory)],
+                candidates=[str(directory)],
+                **source.verify_reference(),
                 images=opts.verify_images,
                 data=opts.data,
                 providers=opts.providers,
