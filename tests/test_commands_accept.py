@@ -133,3 +133,17 @@ def test_clock_check_on_and_off_a_jetson():
     assert clock_check(jetson, True).passed
     assert clock_check({"jetson": {"nvpmodel": "MAXN", "clocks_locked": True}}, False).message.endswith("clocks locked")
     assert "unknown" in clock_check({"jetson": {"nvpmodel": "15W", "clocks_locked": None}}, False).message
+
+
+def test_accept_decides_gates_like_validate(workstation, tmp_path, capsys):
+    """accept takes validate's gate flags (SPEC 7a): the tiny model finds no near vehicle, so a 1 %
+    near-recall minimum fails on the point, is inconclusive on the Wilson bound (fails closed), and
+    passes only with --allow-inconclusive."""
+    export, ws = workstation / "export", workstation / "ws"
+    gate = ["--backend", "onnxruntime", "--min-near-recall", "0.01"]
+    assert _accept(export, ws, tmp_path / "point", *gate, "--gate-on", "point") == 1
+    assert _accept(export, ws, tmp_path / "bound", *gate) == 1
+    assert "inconclusive" in json.dumps(_record(tmp_path / "bound")["checks"]).lower()
+    capsys.readouterr()
+    assert _accept(export, ws, tmp_path / "allowed", *gate, "--allow-inconclusive") == 0
+    assert _record(tmp_path / "allowed")["verdict"] == "pass"

@@ -10,10 +10,12 @@ from rich.console import Console
 from cass_deploy.commands.common import (
     add_fields,
     add_force,
+    add_gate_arguments,
     add_out,
     add_providers,
     add_seed,
     add_verify_hash,
+    gates_from_args,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -21,7 +23,6 @@ from cass_deploy.commands.common import (
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import GateFailed
-from cass_deploy.evaluation.gates import Gates
 from cass_deploy.reporting.acceptance import BACKENDS, AcceptOptions, run_accept, verdict_lines
 
 
@@ -46,14 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images", type=positive_int, default=None, help="images to validate (default: as many as REF.json)"
     )
-    p.add_argument("--min-near-recall", type=unit_interval, default=None)
-    p.add_argument(
-        "--max-recall-drop",
-        type=unit_interval,
-        default=0.02,
-        help="max recall drop per field vs the workstation's result in REF.json (default 0.02)",
+    add_gate_arguments(
+        p,
+        max_recall_drop=0.02,
+        drop_help="max recall drop per field vs the workstation's result in REF.json, on the 95%% upper bound "
+        "(default 0.02)",
     )
-    p.add_argument("--min-near-retention", type=unit_interval, default=None)
     p.add_argument("--min-map50", type=unit_interval, default=None)
     p.add_argument("--max-p50-ms", type=non_negative_float, default=None, help="latency gate on the p50 (ms)")
     p.add_argument("--allow-unlocked-clocks", action="store_true", help="on a Jetson, accept without jetson_clocks")
@@ -83,12 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     export = Path(args.export_dir)
     out = Path(args.out) if args.out else export.parent / f"{export.name}-accept"
-    gates = Gates(
-        min_near_recall=args.min_near_recall,
-        max_recall_drop=args.max_recall_drop,
-        min_near_retention=args.min_near_retention,
-        min_map50=args.min_map50,
-    )
+    gates = gates_from_args(args, min_map50=args.min_map50)
     opts = AcceptOptions(
         data=args.data,
         reference=args.reference,
