@@ -182,3 +182,28 @@ def test_evaluate_with_hits_counts_add_up_to_the_result(tiny_checkpoint):
     for f in ("far", "mid", "near"):
         if rec[f]["n"]:
             assert rec[f]["lo"] <= rec[f]["recall"] <= rec[f]["hi"]
+
+
+def test_ablation_in_two_worker_processes_gives_every_run_once(tmp_path):
+    """--jobs 2: the trainings run in spawned workers; every planned run comes back once, is
+    evaluated at the keep ratio it was trained at, and a resume afterwards trains nothing."""
+    from conftest import TINY_OVERRIDES
+
+    logs = []
+    settings = dict(
+        config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, variants=["object g=0"], val_images=4, band=False
+    )
+    res = run_ablation(**settings, jobs=2, log=logs.append)
+    keys = sorted((r["variant"], r["keep_ratio"] or 0.0) for r in res["runs"])
+    assert keys == [("dense", 0.0), ("object g=0", 0.25), ("object g=0", 0.5)]
+    assert res["complete"] and logs[0] == "3 trainings in 2 worker processes of 1 thread(s) each"
+    assert sum(line.startswith("object g=0 keep ") for line in logs) == 2  # the workers' lines reach the log
+    for r in res["runs"]:
+        if r["keep_ratio"] is not None:
+            slug = f"object_g_0-k{r['keep_ratio']}-s0"
+            ck = __import__("torch").load(tmp_path / slug / "last.pt", weights_only=True)
+            assert ck["model_config"]["pruner"]["keep_ratio"] == r["keep_ratio"]
+    logs.clear()
+    again = run_ablation(**settings, jobs=2, resume=True, log=logs.append)
+    assert logs == ["resuming: 3 runs already in " + str(tmp_path / "runs.json")]
+    assert again["runs"] == res["runs"]

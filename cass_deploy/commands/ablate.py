@@ -25,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-ratios", default="0.5,0.25", help="each pruned variant is trained at each of these")
     p.add_argument("--val-images", type=positive_int, default=256)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="trainings side by side in this many worker processes, the config's threads split between "
+        "them (default 1; 2 on a 2-core CPU gets ~1.4x more trainings done per hour)",
+    )
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
     p.add_argument(
         "--summarise",
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         band=not args.no_band,
         resume=args.resume,
         summarise_only=args.summarise,
+        jobs=args.jobs,
     )
     print(res["markdown"])
     verdict = res["verdict"]

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,6 +388,7 @@ def run_ablation(
     band: bool = True,
     resume: bool = False,
     summarise_only: bool = False,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Dense + each loss variant (+ the band pruner with ``BAND_LOSS``) over ``seeds``, every pruned
@@ -395,6 +398,9 @@ def run_ablation(
     train only the missing ones, so an interrupted ablation continues where it stopped; the
     results are rewritten after every run. ``summarise_only``: train nothing, recompute the
     tables, intervals and verdict from ``out/runs.json`` (e.g. a partial ablation).
+    ``jobs``: trainings run side by side in that many worker processes (spawned), each with
+    ``threads // jobs`` torch threads (at least 1) — on a small CPU two one-thread trainings get
+    more done than one two-thread training; the results are the same kind, in completion order.
     """
 
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
@@ -413,19 +419,52 @@ def run_ablation(
         rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
         log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
     done = {r.key for r in rows}
-    jobs = plan(seeds, names, keep_ratios, band)
+    planned = plan(seeds, names, keep_ratios, band)
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
-    for name, overrides, seed, keep in jobs:
-        if (name, seed, keep) in done or summarise_only:
-            continue
-        rows.append(train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, log))
+    todo = [] if summarise_only else [j for j in planned if (j[0], j[2], j[3]) not in done]
+
+    def finished(row: RunResult) -> None:
+        nonlocal result
+        rows.append(row)
         write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
-        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(jobs), t0)
-        log(f"[{len(rows)}/{len(jobs)} runs, {(time.perf_counter() - t0) / 60:.1f} min this session]")
+        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
+        log(f"[{len(rows)}/{len(planned)} runs, {(time.perf_counter() - t0) / 60:.1f} min this session]")
+
+    if jobs <= 1 or len(todo) <= 1:
+        for name, overrides, seed, keep in todo:
+            finished(train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, log))
+    else:
+        threads = max(1, (load_train_config(config, base).threads or multiprocessing.cpu_count()) // jobs)
+        wbase = [*base, f"threads={threads}"]
+        log(f"{len(todo)} trainings in {jobs} worker processes of {threads} thread(s) each")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending = {
+                pool.submit(_train_in_worker, wbase, config, name, overrides, seed, out, keep, val_images)
+                for name, overrides, seed, keep in todo
+            }
+            try:
+                while pending:
+                    ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in ready:
+                        row, lines = fut.result()
+                        for line in lines:
+                            log(line)
+                        finished(row)
+            except BaseException:  # interrupted or a run failed: what finished is in runs.json (--resume)
+                for fut in pending:
+                    fut.cancel()
+                raise
     if not result:
-        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(jobs), t0)
+        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
     return result
+
+
+def _train_in_worker(base, config, name, overrides, seed, out, keep, val_images) -> tuple[RunResult, list[str]]:
+    """One ablation training in a worker process: the row and its log lines (for the parent)."""
+    lines: list[str] = []
+    row = train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, lines.append)
+    return row, lines
 
 
 def _write_results(rows, out, seeds, keep_ratios, val_images, base, config, planned, t0) -> dict[str, Any]:
