@@ -90,6 +90,9 @@ def test_tune_bad_input(tiny_checkpoint, tmp_path, capsys):
         (["--precision", "fp8"], "precision"),
         (["--max-recall-drop", "2"], "--max-recall-drop"),
         (["--rounds", "1"], "--rounds"),
+        (["--images", "0"], "--images"),
+        (["--threads", "0"], "--threads"),
+        (["--warmup", "-1"], "--warmup"),
         (["--profile", "jetson-orin-nx"], "--backend tensorrt"),
     ]
     for extra, needle in cases:

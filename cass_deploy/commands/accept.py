@@ -18,6 +18,7 @@ from cass_deploy.commands.common import (
     gates_from_args,
     non_negative_float,
     non_negative_int,
+    options_from,
     positive_int,
     unit_interval,
 )
@@ -83,28 +84,15 @@ def run(args: argparse.Namespace) -> int:
     export = Path(args.export_dir)
     out = Path(args.out) if args.out else export.parent / f"{export.name}-accept"
     gates = gates_from_args(args, min_map50=args.min_map50)
-    opts = AcceptOptions(
-        data=args.data,
-        reference=args.reference,
+    opts = options_from(
+        AcceptOptions,
+        args,
         out=out,
-        reference_outputs=args.reference_outputs,
-        backend=args.backend,
-        images=args.images,
         gates=gates,
         fields=FieldConfig(*args.fields),
         iou_thr=args.iou,
-        score_thr=args.score_thr,
-        warmup=args.warmup,
-        iters=args.iters,
-        max_p50_ms=args.max_p50_ms,
-        allow_unlocked_clocks=args.allow_unlocked_clocks,
-        timing_cache=args.timing_cache,
-        engine_dir=args.engine_dir,
         workspace_mib=args.workspace,
         providers=tuple(s for s in args.providers.split(",") if s),
-        resize=args.resize,
-        seed=args.seed,
-        force=args.force,
     )
     console = Console(width=max(120, Console().width))
     result = run_accept(export, opts, log=lambda s: console.print(s, highlight=False))

@@ -16,6 +16,9 @@ from cass_deploy.commands.common import (
     add_seed,
     gates_from_args,
     model_source,
+    non_negative_int,
+    options_from,
+    positive_int,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import InputError
@@ -42,19 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="backend limits to check at export (see cass-deploy export)")
     p.add_argument("--pruner", dest="pruner_mode", choices=("global", "band", "threshold"), default=None)
     p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
-    p.add_argument("--images", type=int, default=128, help="validation images (default 128)")
-    p.add_argument("--verify-images", type=int, default=8)
-    p.add_argument("--calib-images", type=int, default=16, help="int8 calibration images (default 16)")
+    p.add_argument("--images", type=positive_int, default=128, help="validation images (default 128)")
+    p.add_argument("--verify-images", type=positive_int, default=8)
+    p.add_argument("--calib-images", type=positive_int, default=16, help="int8 calibration images (default 16)")
     add_gate_arguments(
         p,
         max_recall_drop=0.05,
         drop_help="gate: recall drop vs the dense reference per field, on the 95%% upper bound (default 0.05)",
     )
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
+    p.add_argument("--warmup", type=non_negative_int, default=5)
+    p.add_argument("--rounds", type=positive_int, default=30, help="interleaved timing rounds (default 30)")
     p.add_argument("--order", choices=("fixed", "rotate"), default="fixed")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
     add_seed(p)
@@ -69,26 +72,14 @@ def run(args: argparse.Namespace) -> int:
     source = model_source(args, args.model)
     if source is None and args.model is None:
         raise InputError("tune needs a checkpoint or --model SPEC --weights FILE")
-    opts = tn.TuneOptions(
+    opts = options_from(
+        tn.TuneOptions,
+        args,
         keep_ratios=_floats(args.keep, "--keep"),
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
-        backend=args.backend,
-        profile=args.profile,
-        target=args.target,
-        pruner_mode=args.pruner_mode,
-        data=args.data,
-        images=args.images,
-        verify_images=args.verify_images,
-        calib_images=args.calib_images,
         gates=gates,
         fields=FieldConfig(*args.fields),
-        warmup=args.warmup,
-        rounds=args.rounds,
-        order=args.order,
-        threads=args.threads,
         providers=tuple(s for s in args.providers.split(",") if s),
-        seed=args.seed,
-        resize=args.resize,
     )
     console = Console(width=max(160, Console().width))
     res = tn.run_tune(
