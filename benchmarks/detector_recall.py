@@ -11,7 +11,9 @@ epoch evaluates the weights on ``--val-images`` synthetic validation scenes (spl
 at its config's keep ratio). Training minutes (wall) and training CPU seconds exclude this
 evaluation; on a shared machine the CPU seconds are the better measure of cost (uncontended wall
 lies between CPU s / threads and CPU s). Prints the curve (recall
-by field and mAP@0.5 against training minutes), then the final table with intervals.
+by field and mAP@0.5 against training minutes), then the final table with intervals and the
+decode's cap: the recall of the head's own decode fed a perfect heat map with exact boxes, and an
+upper bound on it (``evaluation.diagnostics.decode_limits``) — what no training budget exceeds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import common
 import torch  # noqa: E402
 
 from cass_deploy.config import FIELDS  # noqa: E402
+from cass_deploy.evaluation.diagnostics import decode_limits  # noqa: E402
 from cass_deploy.io_utils import write_json  # noqa: E402
 from cass_deploy.model.checkpoint import load_checkpoint  # noqa: E402
 from cass_deploy.training.recall import evaluate_with_hits, field_recall, format_recall  # noqa: E402
@@ -43,6 +46,11 @@ def evaluate_all(model, batches, fields, keep_ratios, score_thr):
         res, hits, totals = evaluate_with_hits(m, batches, fields, score_thr, name=name)
         out[name] = {"recall": field_recall(hits, totals), "map50": res.map50}
     return out
+
+
+def _cap(v: dict) -> str:
+    text = f"{v['oracle_recall']:.3f} (<= {v['bound']:.3f})"
+    return f"{text:>21s}"
 
 
 def row(minutes, epoch, entry):
@@ -109,10 +117,27 @@ def main() -> int:
         print(
             f"{name:<10s} " + " ".join(f"{format_recall(e['recall'][f]):>21s}" for f in FIELDS) + f"  {e['map50']:.3f}"
         )
+    lim = decode_limits(
+        [b for batch in batches for b in batch["boxes"]],
+        [x for batch in batches for x in batch["labels"]],
+        model.image_size,
+        model.cfg.head_size,
+        model.cfg.num_classes,
+        cfg.fields,
+    )
+    print(
+        f"{'oracle':<10s} "
+        + " ".join(_cap(lim[f]) for f in FIELDS)
+        + "  (decode cap: a perfect heat map with exact boxes through this head's decode; bound)"
+    )
     wall, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
     print(f"[wall {wall:.0f} s, process CPU {cpu_total:.0f} s, load average {os.getloadavg()[0]:.1f}]")
     if args.json:
-        write_json(args.json, {**info, "val_images": len(val), "curve": curve, "final": final}, force=True)
+        write_json(
+            args.json,
+            {**info, "val_images": len(val), "curve": curve, "final": final, "decode_limits": lim},
+            force=True,
+        )
     return 0
 
 

@@ -12,6 +12,9 @@
 - the training targets of each field: Gaussian radius and regression cells per object, whether the
   target peak lies inside the (clipped) box, and each field's share of the heat-map loss's
   positive cells;
+- what the decode can find at all: upper bounds on recall from one box per head cell and one
+  3x3 peak per 2x2 block of cells per class, and the recall of the decode fed an oracle heat map
+  with the exact boxes (``evaluation.diagnostics.decode_limits``);
 - the effective receptive field: for a sample of vehicles, the share of the input-gradient
   mass of the heat logit at the GT centre cell that falls inside the vehicle's box, and the
   radius holding half of it, against the box size.
@@ -32,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cass_deploy.config import FIELDS, FieldConfig  # noqa: E402
+from cass_deploy.evaluation.diagnostics import decode_limits  # noqa: E402
 from cass_deploy.evaluation.metrics import box_iou, field_of, greedy_match  # noqa: E402
 from cass_deploy.evaluation.stats import wilson_interval  # noqa: E402
 from cass_deploy.evaluation.validate import load_batches  # noqa: E402
@@ -41,6 +45,13 @@ from cass_deploy.model.head import decode, detection_targets, gaussian_radius  #
 
 IOU = 0.5
 CLASS_NAMES = ("car", "truck", "bus")
+
+
+def limits_of(model, batches, fields: FieldConfig) -> dict[str, dict[str, float]]:
+    """:func:`decode_limits` of the reference head on these batches' ground truth."""
+    boxes = [b for batch in batches for b in batch["boxes"]]
+    labels = [x for batch in batches for x in batch["labels"]]
+    return decode_limits(boxes, labels, model.image_size, model.cfg.head_size, model.cfg.num_classes, fields)
 
 
 def rate(mask: torch.Tensor, of: torch.Tensor | None = None) -> str:
@@ -305,6 +316,15 @@ def main() -> int:
             f"regression cells per object median {v['regression_cells_median']:.0f}, "
             f"share of heat-map positives (loss terms) {v['share_of_positive_peaks']:.3f}"
         )
+    lim = limits_of(model, batches, fields)
+    print("\n== what the decode can find at all (stride-8 cells, one box per cell, 3x3 peaks per class)")
+    for name, v in lim.items():
+        print(
+            f"  {name}: {v['objects']} vehicles; upper bound on recall {v['bound']:.3f} (one per cell "
+            f"{v['one_per_cell']:.3f}, one peak per 2x2 block {v['one_peak_per_block']:.3f}); an oracle heat map "
+            f"with exact boxes finds {rate(torch.arange(v['objects']) < v['oracle_found'])}"
+        )
+    report["decode_limits"] = lim
     rf = receptive_field(model, batches, fields)
     print("\n== effective receptive field of the heat logit at the GT centre cell (median over vehicles)")
     for name, v in rf.items():

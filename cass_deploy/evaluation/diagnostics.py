@@ -28,9 +28,10 @@ from cass_deploy.cass.targets import BoxList, check_geometry, grid_for, patch_ow
 from cass_deploy.config import FIELDS, CassConfig, FieldConfig, apply_overrides, from_dict
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import ConfigError, InputError
-from cass_deploy.evaluation.metrics import SIZE_BINS, field_of, size_bin_of
+from cass_deploy.evaluation.metrics import SIZE_BINS, box_iou, field_of, greedy_match, size_bin_of
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.adapter import ModelSource, load_model
+from cass_deploy.model.head import decode
 from cass_deploy.model.interface import compute_k
 
 
@@ -182,6 +183,140 @@ def analyse(
         "contribution": out.contribution.float(),
     }
     return bd, maps
+
+
+def decode_ceiling(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: Sequence[int],
+    head_size: Sequence[int],
+    fields: FieldConfig | None = None,
+) -> dict[str, dict[str, float]]:
+    """How many ground-truth vehicles per field the decode can return at all, whatever the training.
+
+    The reference head decodes one box per head cell (the regression is class-agnostic) at the
+    3×3 max-pool peaks of each class's heat map, so even a perfect heat map and perfect boxes
+    find at most (a) one vehicle per cell holding its centre (the cell of its centre, as in the
+    targets) and (b) per class, one peak in any 2×2 block of cells (two cells of a block are
+    neighbours: only the higher is a peak, barring exact ties). For each field the count of
+    distinct (image, cell) and the smallest count of distinct (image, class, 2×2 block) over the
+    four block tilings are upper bounds on the detections; divided by the field's objects they
+    bound its recall.
+
+    boxes: per image ``[M_i, 4]`` xyxy input pixels; labels: per image ``[M_i]`` int64;
+    image_size ``(H, W)``; head_size ``(Hh, Wh)`` -> ``{field: {"objects", "one_per_cell",
+    "one_peak_per_block", "bound"}}`` (recall bounds in [0, 1]; ``bound`` the smaller; a field
+    without objects is left out).
+    """
+    fields = fields or FieldConfig()
+    h, w = int(image_size[0]), int(image_size[1])
+    hh, wh = int(head_size[0]), int(head_size[1])
+    if len(boxes) != len(labels):
+        raise InputError(f"decode_ceiling needs labels per image: {len(boxes)} box lists, {len(labels)} label lists")
+    if not boxes:
+        return {}
+    gt = torch.cat([torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) for b in boxes])
+    lab = torch.cat([torch.as_tensor(x, dtype=torch.int64).reshape(-1) for x in labels])
+    img = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([int(len(x)) for x in labels]))
+    if gt.shape[0] != lab.shape[0]:
+        raise InputError(f"decode_ceiling: {gt.shape[0]} boxes but {lab.shape[0]} labels")
+    f = field_of(gt, h, fields)
+    row = ((gt[:, 1] + gt[:, 3]) / 2 / (h / hh)).floor().clamp(0, hh - 1).long()
+    col = ((gt[:, 0] + gt[:, 2]) / 2 / (w / wh)).floor().clamp(0, wh - 1).long()
+    cell = (img * hh + row) * wh + col
+    n_cls = int(lab.max()) + 1 if lab.numel() else 1
+    blocks = []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the four tilings of 2×2 blocks
+        by, bx = torch.div(row + dy, 2, rounding_mode="floor"), torch.div(col + dx, 2, rounding_mode="floor")
+        blocks.append(((img * n_cls + lab) * (hh // 2 + 1) + by) * (wh // 2 + 1) + bx)
+    out: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(FIELDS):
+        sel = f == k
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        per_cell = cell[sel].unique().numel() / n
+        per_block = min(b[sel].unique().numel() for b in blocks) / n
+        out[name] = {
+            "objects": n,
+            "one_per_cell": per_cell,
+            "one_peak_per_block": per_block,
+            "bound": min(per_cell, per_block),
+        }
+    return out
+
+
+def oracle_head_outputs(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: Sequence[int],
+    head_size: Sequence[int],
+    num_classes: int,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Head outputs of a perfect detector in the reference head's format, for measuring its decode.
+
+    At each vehicle's centre cell (as in the targets), in its class channel, a heat logit of
+    5 + U(0, 1) (distinct, so neighbouring peaks do not tie) and the exact ``(l, t, r, b)`` of its
+    box; -20 elsewhere. Where vehicles share a cell, one of them holds it. Feeding this to
+    :func:`cass_deploy.model.head.decode` measures what the decode itself can find
+    (:func:`decode_ceiling` bounds it).
+
+    boxes / labels: per image ``[M_i, 4]`` xyxy px / ``[M_i]`` -> ``heatmap [B, C, Hh, Wh]``,
+    ``box [B, 4, Hh, Wh]``.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    hh, wh = int(head_size[0]), int(head_size[1])
+    gt = torch.cat([torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes])
+    lab = torch.cat([torch.as_tensor(x, dtype=torch.int64).reshape(-1) for x in labels])
+    img = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([int(len(x)) for x in labels]))
+    if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+        raise InputError(f"labels must be in [0, {num_classes}), got {lab.min().item()}..{lab.max().item()}")
+    sy, sx = h / hh, w / wh
+    row = ((gt[:, 1] + gt[:, 3]) / 2 / sy).floor().clamp(0, hh - 1).long()
+    col = ((gt[:, 0] + gt[:, 2]) / 2 / sx).floor().clamp(0, wh - 1).long()
+    heat = torch.full((len(boxes), num_classes, hh, wh), -20.0)
+    box = torch.zeros(len(boxes), 4, hh, wh)
+    gen = torch.Generator().manual_seed(seed)
+    heat[img, lab, row, col] = 5.0 + torch.rand(len(gt), generator=gen)
+    px, py = (col.float() + 0.5) * sx, (row.float() + 0.5) * sy
+    box.permute(0, 2, 3, 1)[img, row, col] = torch.stack(
+        [px - gt[:, 0], py - gt[:, 1], gt[:, 2] - px, gt[:, 3] - py], 1
+    )
+    return {"heatmap": heat, "box": box}
+
+
+def decode_limits(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: Sequence[int],
+    head_size: Sequence[int],
+    num_classes: int,
+    fields: FieldConfig | None = None,
+    iou_thr: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Per field: :func:`decode_ceiling`'s bounds and the recall (IoU ``iou_thr``, same class) of
+    the reference decode fed :func:`oracle_head_outputs` (``oracle_found`` of ``objects``,
+    ``oracle_recall``) — what no amount of training of this head can exceed."""
+    fields = fields or FieldConfig()
+    h = int(image_size[0])
+    out = decode_ceiling(boxes, labels, image_size, head_size, fields)
+    found = torch.zeros(len(FIELDS))
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
+        lab = torch.as_tensor(lab, dtype=torch.int64).reshape(-1)
+        if b.shape[0] == 0:
+            continue
+        oracle = oracle_head_outputs([b], [lab], image_size, head_size, num_classes, seed=i)
+        det = decode(oracle, (h, int(image_size[1])), score_thresh=0.5, max_dets=int(head_size[0] * head_size[1]))[0]
+        same = det["labels"][:, None] == lab[None, :]
+        hit = greedy_match(box_iou(det["boxes"], b), iou_thr, allowed=same) >= 0
+        found += torch.bincount(field_of(b, h, fields)[hit], minlength=len(FIELDS)).float()
+    for k, name in enumerate(FIELDS):
+        if name in out:
+            out[name]["oracle_found"] = int(found[k])
+            out[name]["oracle_recall"] = float(found[k]) / out[name]["objects"]
+    return out
 
 
 def keep_mask_topk(logits: Tensor, keep_ratio: float) -> Tensor:
