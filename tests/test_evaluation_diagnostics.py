@@ -84,6 +84,12 @@ def test_decode_ceiling_counts_cells_and_peak_blocks_by_hand():
     assert set(c) == {"far", "near"}
     assert c["far"] == {"objects": 4, "one_per_cell": 0.75, "one_peak_per_block": 0.5, "bound": 0.5}
     assert c["near"]["bound"] == 1.0
+    from cass_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="one label per box"):
+        decode_ceiling(boxes, [torch.tensor([0, 0]), labels[1]], (64, 64), (8, 8))
+    with pytest.raises(InputError, match="labels are needed per image"):
+        decode_ceiling(boxes, labels[:1], (64, 64), (8, 8))
 
 
 def test_decode_ceiling_bounds_the_real_decode_with_an_oracle_heat_map():

@@ -185,6 +185,18 @@ def analyse(
     return bd, maps
 
 
+def _flat_gt(boxes: Sequence[Tensor], labels: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image boxes / labels -> (boxes ``[N, 4]``, labels ``[N]``, image index ``[N]``) of all images."""
+    if len(boxes) != len(labels):
+        raise InputError(f"labels are needed per image: {len(boxes)} box lists, {len(labels)} label lists")
+    gt = torch.cat([torch.as_tensor(b, dtype=dtype).reshape(-1, 4) for b in boxes])
+    lab = torch.cat([torch.as_tensor(x, dtype=torch.int64).reshape(-1) for x in labels])
+    counts = torch.tensor([torch.as_tensor(b).reshape(-1, 4).shape[0] for b in boxes])
+    if gt.shape[0] != lab.shape[0] or any(int(torch.as_tensor(x).numel()) != int(c) for x, c in zip(labels, counts)):
+        raise InputError(f"each image needs one label per box: {counts.tolist()} boxes, labels of other lengths")
+    return gt, lab, torch.repeat_interleave(torch.arange(len(boxes)), counts)
+
+
 def decode_ceiling(
     boxes: Sequence[Tensor],
     labels: Sequence[Tensor],
@@ -211,15 +223,9 @@ def decode_ceiling(
     fields = fields or FieldConfig()
     h, w = int(image_size[0]), int(image_size[1])
     hh, wh = int(head_size[0]), int(head_size[1])
-    if len(boxes) != len(labels):
-        raise InputError(f"decode_ceiling needs labels per image: {len(boxes)} box lists, {len(labels)} label lists")
     if not boxes:
         return {}
-    gt = torch.cat([torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) for b in boxes])
-    lab = torch.cat([torch.as_tensor(x, dtype=torch.int64).reshape(-1) for x in labels])
-    img = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([int(len(x)) for x in labels]))
-    if gt.shape[0] != lab.shape[0]:
-        raise InputError(f"decode_ceiling: {gt.shape[0]} boxes but {lab.shape[0]} labels")
+    gt, lab, img = _flat_gt(boxes, labels, torch.float64)
     f = field_of(gt, h, fields)
     row = ((gt[:, 1] + gt[:, 3]) / 2 / (h / hh)).floor().clamp(0, hh - 1).long()
     col = ((gt[:, 0] + gt[:, 2]) / 2 / (w / wh)).floor().clamp(0, wh - 1).long()
@@ -267,9 +273,7 @@ def oracle_head_outputs(
     """
     h, w = int(image_size[0]), int(image_size[1])
     hh, wh = int(head_size[0]), int(head_size[1])
-    gt = torch.cat([torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes])
-    lab = torch.cat([torch.as_tensor(x, dtype=torch.int64).reshape(-1) for x in labels])
-    img = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([int(len(x)) for x in labels]))
+    gt, lab, img = _flat_gt(boxes, labels, torch.float32)
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
         raise InputError(f"labels must be in [0, {num_classes}), got {lab.min().item()}..{lab.max().item()}")
     sy, sx = h / hh, w / wh
