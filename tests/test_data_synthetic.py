@@ -217,6 +217,25 @@ def test_cache_is_shared_by_datasets_of_the_same_scenes_only(monkeypatch):
     assert len(calls) == 6
 
 
+def test_prefill_in_two_processes_draws_the_same_scenes(monkeypatch):
+    """prefill(2) draws the missing scenes in forked workers: byte-identical to drawing them one
+    by one, only the missing ones, and nothing when the cache is off or one worker is asked for."""
+    import cass_deploy.data.synthetic as syn
+
+    monkeypatch.setattr(syn, "_SCENE_CACHES", {})
+    ds = SyntheticRoadside(10, seed=5, image_size=(64, 96), cache=True)
+    ds[3]  # already cached: not drawn again
+    assert ds.prefill(2) == 9
+    assert sorted(ds._cache) == list(range(10))
+    for i in (0, 3, 9):
+        img, boxes, labels = generate_scene(ds.scene_seed, i, (64, 96))
+        c = ds._cache[i]
+        assert np.array_equal(c[0], img) and np.array_equal(c[1], boxes) and np.array_equal(c[2], labels)
+    assert ds.prefill(2) == 0  # complete
+    assert SyntheticRoadside(10, seed=6, image_size=(64, 96)).prefill(2) == 0  # no cache
+    assert SyntheticRoadside(10, seed=7, image_size=(64, 96), cache=True).prefill(1) == 0
+
+
 # --------------------------------------------------------------------------- writer
 
 

@@ -29,7 +29,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,6 +371,26 @@ class SyntheticRoadside(DatasetBase):  # type: ignore[misc,valid-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return to_item(*self.get_numpy(i))
+
+    def prefill(self, workers: int) -> int:
+        """Draw every scene the cache lacks now, in ``workers`` forked processes (numpy only; a
+        scene is a pure function of its seed and index, so the result is the same as drawing them
+        one by one). Returns how many were drawn; without a cache or with one worker, nothing is
+        done here (scenes are drawn when first read)."""
+        if self._cache is None or workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return 0
+        todo = [i for i in range(self.num_images) if i not in self._cache]
+        if len(todo) < 4 * workers:  # not worth starting processes
+            return 0
+        args = [(self.scene_seed, i, self.image_size, self.cfg) for i in todo]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for i, scene in zip(todo, pool.map(_draw, args, chunksize=max(1, len(todo) // (4 * workers)))):
+                self._cache[i] = scene
+        return len(todo)
+
+
+def _draw(a: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return generate_scene(*a)
 
 
 def write_synthetic_dataset(

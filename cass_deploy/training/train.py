@@ -361,6 +361,10 @@ def _train(
     train_ds, val_ds = build_datasets(cfg)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"empty dataset: {len(train_ds)} training and {len(val_ds)} validation images")
+    if world == 1 and (cfg.threads or 1) > 1:  # cached synthetic scenes: draw them on every thread's core
+        for ds in (train_ds, val_ds):
+            if hasattr(ds, "prefill"):
+                ds.prefill(cfg.threads)
     mcfg = cfg.model
     if (
         mcfg.pruner.mode == "band"
