@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1,
         help="trainings side by side in this many worker processes, the config's threads split between "
-        "them (default 1; 2 on a 2-core CPU gets ~1.4x more trainings done per hour)",
+        "them (default 1; on a 2-core CPU, 2: small models use a second thread poorly, see README)",
     )
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
     p.add_argument(
