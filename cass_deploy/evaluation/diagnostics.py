@@ -290,6 +290,24 @@ def oracle_head_outputs(
     return {"heatmap": heat, "box": box}
 
 
+def oracle_detections(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    image_size: Sequence[int],
+    head_size: Sequence[int],
+    num_classes: int,
+) -> list[dict[str, Tensor]]:
+    """Per image, the reference decode of :func:`oracle_head_outputs` (seed = image index): the
+    detections of a perfect heat map with exact boxes — ``boxes [D, 4]``, ``scores [D]``,
+    ``labels [D]`` as :func:`cass_deploy.model.head.decode` returns them (e.g. for an mAP cap)."""
+    size = (int(image_size[0]), int(image_size[1]))
+    cells = int(head_size[0]) * int(head_size[1])
+    return [
+        decode(oracle_head_outputs([b], [lab], size, head_size, num_classes, seed=i), size, 0.5, cells)[0]
+        for i, (b, lab) in enumerate(zip(boxes, labels))
+    ]
+
+
 def decode_limits(
     boxes: Sequence[Tensor],
     labels: Sequence[Tensor],
@@ -306,13 +324,9 @@ def decode_limits(
     h = int(image_size[0])
     out = decode_ceiling(boxes, labels, image_size, head_size, fields)
     found = torch.zeros(len(FIELDS))
-    for i, (b, lab) in enumerate(zip(boxes, labels)):
+    for det, b, lab in zip(oracle_detections(boxes, labels, image_size, head_size, num_classes), boxes, labels):
         b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
         lab = torch.as_tensor(lab, dtype=torch.int64).reshape(-1)
-        if b.shape[0] == 0:
-            continue
-        oracle = oracle_head_outputs([b], [lab], image_size, head_size, num_classes, seed=i)
-        det = decode(oracle, (h, int(image_size[1])), score_thresh=0.5, max_dets=int(head_size[0] * head_size[1]))[0]
         same = det["labels"][:, None] == lab[None, :]
         hit = greedy_match(box_iou(det["boxes"], b), iou_thr, allowed=same) >= 0
         found += torch.bincount(field_of(b, h, fields)[hit], minlength=len(FIELDS)).float()
