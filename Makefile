@@ -11,19 +11,22 @@ DEMO_ARGS ?=
 
 .PHONY: demo test lint venv clean
 
-$(VENV)/.installed: pyproject.toml
+# .base: what `make demo` needs (torch + the package); .installed: + the test / lint extras
+$(VENV)/.base: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required, found " + sys.version'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# --no-compile: Python compiles what is imported on first use; pip would compile every file
-	# of torch and transformers (most of the install time here)
-	$(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
+	# of torch (most of the install time here). One pip call: one resolver pass.
+	$(PY) -m pip install -q --no-compile "$(TORCH_SPEC)" -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base
 	$(PY) -m pip install -q --no-compile -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.base
 	$(VENV)/bin/cass-deploy demo $(DEMO_ARGS)
 
 test: $(VENV)/.installed
