@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.tiny import TINY_OVERRIDES  # one definition for the tests and tools/failure_sweep.py
 
 from cass_deploy.model.detector import ModelConfig
 from cass_deploy.model.pruner import PrunerConfig
@@ -113,24 +114,6 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out
-
-
-TINY_OVERRIDES = [
-    "epochs=1",
-    "batch_size=4",
-    "threads=1",
-    "lr_warmup_steps=2",
-    "data.train_images=8",
-    "data.val_images=4",
-    "model.image_size=[96,160]",
-    "model.embed_dim=32",
-    "model.num_heads=2",
-    "model.early_depth=1",
-    "model.late_depth=1",
-    "model.head_channels=16",
-    "model.predictor_hidden=16",
-    "cass.warmup_epochs=0",
-]
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -34,23 +35,16 @@ from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: the tiny training run the fixtures use (seconds on a CPU)
-TINY = [
-    "epochs=1",
-    "batch_size=4",
-    "threads=1",
-    "lr_warmup_steps=2",
-    "data.train_images=8",
-    "data.val_images=4",
-    "model.image_size=[96,160]",
-    "model.embed_dim=32",
-    "model.num_heads=2",
-    "model.early_depth=1",
-    "model.late_depth=1",
-    "model.head_channels=16",
-    "model.predictor_hidden=16",
-    "cass.warmup_epochs=0",
-]
+
+def _load_tiny() -> list[str]:
+    """The tiny training run the test fixtures use (tests/fixtures/tiny.py, seconds on a CPU)."""
+    spec = importlib.util.spec_from_file_location("cass_deploy_tiny_fixture", REPO / "tests" / "fixtures" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.TINY_OVERRIDES)
+
+
+TINY = _load_tiny()
 SETS = " ".join(f"--set {o}" for o in TINY)
 
 
