@@ -31,7 +31,7 @@ from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import SIZE_BINS, box_iou, field_of, greedy_match, size_bin_of
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.adapter import ModelSource, load_model
-from cass_deploy.model.head import decode
+from cass_deploy.model.head import centre_cells, decode
 from cass_deploy.model.interface import compute_k
 
 
@@ -227,8 +227,7 @@ def decode_ceiling(
         return {}
     gt, lab, img = _flat_gt(boxes, labels, torch.float64)
     f = field_of(gt, h, fields)
-    row = ((gt[:, 1] + gt[:, 3]) / 2 / (h / hh)).floor().clamp(0, hh - 1).long()
-    col = ((gt[:, 0] + gt[:, 2]) / 2 / (w / wh)).floor().clamp(0, wh - 1).long()
+    row, col = (c.long() for c in centre_cells(gt, (h, w), (hh, wh)))
     cell = (img * hh + row) * wh + col
     n_cls = int(lab.max()) + 1 if lab.numel() else 1
     blocks = []
@@ -277,8 +276,7 @@ def oracle_head_outputs(
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
         raise InputError(f"labels must be in [0, {num_classes}), got {lab.min().item()}..{lab.max().item()}")
     sy, sx = h / hh, w / wh
-    row = ((gt[:, 1] + gt[:, 3]) / 2 / sy).floor().clamp(0, hh - 1).long()
-    col = ((gt[:, 0] + gt[:, 2]) / 2 / sx).floor().clamp(0, wh - 1).long()
+    row, col = (c.long() for c in centre_cells(gt, (h, w), (hh, wh)))
     heat = torch.full((len(boxes), num_classes, hh, wh), -20.0)
     box = torch.zeros(len(boxes), 4, hh, wh)
     gen = torch.Generator().manual_seed(seed)

@@ -151,6 +151,19 @@ def _pad_boxes(
     return out, lab, valid
 
 
+def centre_cells(boxes: Tensor, image_size: Sequence[int], out_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """The head cell holding each box's centre — the cell its heat-map peak is trained at.
+
+    boxes ``[..., 4]`` xyxy input pixels; image_size ``(H, W)``; out_size ``(Hh, Wh)`` -> (row, col),
+    each ``[...]`` in the boxes' float dtype (floored, clamped to the grid).
+    """
+    hh, wh = int(out_size[0]), int(out_size[1])
+    sy, sx = int(image_size[0]) / hh, int(image_size[1]) / wh
+    row = ((boxes[..., 1] + boxes[..., 3]) / 2 / sy).floor().clamp(0, hh - 1)
+    col = ((boxes[..., 0] + boxes[..., 2]) / 2 / sx).floor().clamp(0, wh - 1)
+    return row, col
+
+
 def detection_targets(
     boxes: Sequence[Tensor],
     labels: Sequence[Tensor],
@@ -188,9 +201,7 @@ def detection_targets(
     bx, lab, valid = _pad_boxes(boxes, labels, (h, w), num_classes, dev)
     sy, sx = h / hh, w / wh
     x1, y1, x2, y2 = bx.unbind(-1)  # [B, M]
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    ci = (cy / sy).floor().clamp(0, hh - 1)
-    cj = (cx / sx).floor().clamp(0, wh - 1)
+    ci, cj = centre_cells(bx, (h, w), (hh, wh))
     radius = gaussian_radius((y2 - y1) / sy, (x2 - x1) / sx).floor().clamp(min=0)
     sigma = (2 * radius + 1) / 6
     ii = torch.arange(hh, dtype=torch.float32, device=dev).view(1, 1, hh, 1)
