@@ -200,6 +200,7 @@ def _cases() -> list[Case]:
     add("ablate/config", "ablate --config {badyaml} --out {w}/o", needle="bad.yaml")
     add("ablate/out-under-file", "ablate --out {plain}/o", needle="plain")
     add("ablate/val-images", "ablate --val-images 0 --out {w}/o", needle="--val-images")
+    add("ablate/jobs-0", "ablate --jobs 0 --out {w}/o", needle="--jobs")
     add("demo/config", "demo --config {w}/nope.yaml --out {w}/o", needle="nope.yaml")
     add("demo/set", "demo --set lr=abc --out {w}/o", needle="lr")
     add("demo/out-under-file", "demo --out {plain}/o", needle="plain")
