@@ -359,3 +359,20 @@ def test_check_on_a_plain_onnx_and_bad_inputs(tmp_path, capsys):
         assert code == 2, argv
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_int32_bias_dequantize_is_refused_as_in_onnxruntime_int8_exports():
+    """ORT's quantize_static stores biases as INT32 behind a DequantizeLinear; the 10.x matrices list
+    INT8 / FP8 / FP4 / INT4 only for it (TensorRT's parser rejects it: onnx-tensorrt#850)."""
+    bias = numpy_helper.from_array(np.array([7, -3], np.int32), "b_q")
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "b_s")
+    node = helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="bias_dq")
+    m = _model(
+        [node, helper.make_node("Add", ["x", "b"], ["y"], name="add")],
+        [_vi("x", shape=(1, 2))],
+        [_vi("y", shape=(1, 2))],
+        [bias, scale],
+    )
+    for v in check_targets(m, ["tensorrt10.3", "tensorrt10"]):
+        assert [(f.node, f.what) for f in v.errors()] == [("bias_dq", "type")]
+        assert "INT32 is not among DequantizeLinear's supported types" in v.errors()[0].detail

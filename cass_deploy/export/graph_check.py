@@ -367,45 +367,20 @@ def _check_inputs(g: _Graph, target: limits.TargetLimits, dynamic_batch: Sequenc
     """Dynamic input dimensions against the optimisation profile (cass-deploy's covers the batch only)."""
     out = []
     for v in g.model.graph.input:
-        if v.name in g.values:
+        dyn = [i for i, d in enumerate(g.shape(v.name) or []) if d is None]
+        if v.name in g.values or not dyn:
             continue
-        shape = g.shape(v.name) or []
-        dyn = [i for i, d in enumerate(shape) if d is None]
-        if not dyn:
-            continue
-        other = [i for i in dyn if i != 0]
-        if other:
-            out.append(
-                Finding(
-                    v.name,
-                    "input",
-                    ERROR,
-                    "dynamic shape",
-                    f"dimensions {other} of {v.name} are dynamic; "
-                    "cass-deploy builds an optimisation profile for the batch (dimension 0) only: export a fixed size",
-                )
+        problems = []
+        if [i for i in dyn if i != 0]:
+            problems.append(
+                f"dimensions {[i for i in dyn if i != 0]} of {v.name} are dynamic; cass-deploy builds an "
+                "optimisation profile for the batch (dimension 0) only: export a fixed size"
             )
         if 0 in dyn and dynamic_batch is None:
-            out.append(
-                Finding(
-                    v.name,
-                    "input",
-                    ERROR,
-                    "dynamic shape",
-                    f"{v.name} has a dynamic batch but no optimisation "
-                    "profile is given: pass --dynamic-batch MIN OPT MAX",
-                )
-            )
+            problems.append(f"{v.name} has a dynamic batch but no optimisation profile is given: pass --dynamic-batch")
         elif 0 in dyn and target.dla and dynamic_batch[0] != dynamic_batch[-1]:
-            out.append(
-                Finding(
-                    v.name,
-                    "input",
-                    ERROR,
-                    "dynamic shape",
-                    f"DLA has no dynamic dimensions; profile {list(dynamic_batch)} must have min = opt = max",
-                )
-            )
+            problems.append(f"DLA has no dynamic dimensions; profile {list(dynamic_batch)} must have min = opt = max")
+        out += [Finding(v.name, "input", ERROR, "dynamic shape", p) for p in problems]
     return out
 
 
@@ -512,17 +487,13 @@ def disagreements(verdict: TargetVerdict, parser_rejects: dict[str, str]) -> lis
 
 
 def refuse_unbuildable(
-    model: onnx.ModelProto,
-    target: str,
-    *,
-    dynamic_batch: Sequence[int] | None = None,
-    gpu_fallback: bool = True,
-    log: Callable[[str], None] = print,
+    model: onnx.ModelProto, target: str, log: Callable[[str], None] = print, **check: Any
 ) -> TargetVerdict:
-    """``export --target tensorrt*``: the check of ``cass-deploy check`` first; a :class:`LimitError`
-    naming every node that stops ``target``. Where TensorRT is installed, ``polygraphy inspect
-    capability`` runs too and every disagreement with the matrix check is printed."""
-    verdict = check_graph(model, target, dynamic_batch=dynamic_batch, gpu_fallback=gpu_fallback)
+    """``export --target tensorrt*``: the check of ``cass-deploy check`` first (``check``: the keyword
+    arguments of :func:`check_graph`); a :class:`LimitError` naming every node that stops ``target``.
+    Where TensorRT is installed, ``polygraphy inspect capability`` runs too and every disagreement with
+    the matrix check is printed."""
+    verdict = check_graph(model, target, **check)
     if is_available("tensorrt"):
         with tempfile.TemporaryDirectory(prefix="cass-deploy-check-") as tmp:
             path = Path(tmp) / "model.onnx"
