@@ -174,8 +174,11 @@ def report_tables(report: CheckReport) -> list[Any]:
     tables = []
     for v in report.verdicts:
         verdict = "can build" if v.can_build else f"CANNOT build ({len(v.errors())} error(s))"
-        where = f"; matrix: {v.matrix}" if v.matrix else "; no operator matrix (ONNX Runtime)"
-        t = Table(title=f"{v.target}: {verdict} — {v.nodes} nodes, {v.checked} restrictions checked and met{where}")
+        if v.matrix:
+            where = f"{v.nodes} nodes, {v.checked} restrictions checked and met; matrix: {v.matrix}"
+        else:
+            where = f"{v.nodes} nodes; no operator matrix (ONNX Runtime: custom-domain ops only)"
+        t = Table(title=f"{v.target}: {verdict} — {where}")
         for col in ("node", "op", "level", "what", "detail"):
             t.add_column(col, overflow="fold")
         for row in _rows(v):

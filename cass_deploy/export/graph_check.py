@@ -332,12 +332,10 @@ def _check_node(g: _Graph, node: onnx.NodeProto, target: limits.TargetLimits, ma
         return 0
     row = matrix.row(op)
     if row is None:
-        out.append(
-            Finding(name, op, ERROR, "unsupported op", f"not in the operator matrix of TensorRT {matrix.tensorrt}")
-        )
+        out.append(Finding(name, op, ERROR, "unsupported op", f"not in the operator matrix of {matrix.label}"))
         return 0
     if not row["supported"]:
-        detail = f"marked N (unsupported) in TensorRT {matrix.tensorrt}'s operator matrix"
+        detail = f"marked N (unsupported) in the operator matrix of {matrix.label}"
         out.append(
             Finding(
                 name, op, ERROR, "unsupported op", detail + (f": {row['restrictions']}" if row["restrictions"] else "")

@@ -61,6 +61,12 @@ class OpMatrix:
         """Ops the matrix marks N."""
         return frozenset(op for op, row in self.operators.items() if not row["supported"])
 
+    @property
+    def label(self) -> str:
+        """Short name: the branch (``onnx-tensorrt 10.1-GA``), else the version its header states."""
+        branch = self.source.get("branch")
+        return f"onnx-tensorrt {branch}" if branch else f"TensorRT {self.tensorrt}"
+
     def cite(self) -> str:
         """``onnx-tensorrt <branch> docs/operators.md (<commit>, <date>)``: where the rows come from."""
         s = self.source
