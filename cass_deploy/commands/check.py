@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs=3,
         type=positive_int,
         metavar=("MIN", "OPT", "MAX"),
-        help="the optimisation profile of a plain .onnx with a dynamic batch (an export's comes from its manifest)",
+        help="a dynamic batch: a model is exported with it; a plain .onnx is checked against this profile "
+        "(an export directory uses its manifest's)",
     )
     p.add_argument("--no-gpu-fallback", action="store_true", help="DLA without GPU fallback: non-DLA layers fail")
     p.add_argument("--image-size", nargs=2, type=positive_int, metavar=("H", "W"), help="export a model at this size")

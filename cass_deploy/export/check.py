@@ -126,7 +126,8 @@ def run_check(
         if model is not None or (source.is_file() and source.suffix != ".onnx"):
             log(f"checking {model or source}: protocol, trace, export to a temporary directory")
             ckpt = source if model is None else None
-            path, protocol = _from_model(ckpt, model, weights, model_args, export_args or {}, Path(tmp))
+            exp = {**(export_args or {}), "dynamic_batch": tuple(dynamic_batch) if dynamic_batch else None}
+            path, protocol = _from_model(ckpt, model, weights, model_args, exp, Path(tmp))
         if path.is_dir():
             man = Manifest.read(path / mf.MANIFEST_NAME)
             man.check_artefacts(path, ["onnx"])
