@@ -166,7 +166,8 @@ def evaluate_model(
     device = next(model.parameters()).device
 
     def predict(images):
-        pred = as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        out = model(images.to(device))
+        pred = as_predictions(out, model.image_size, model.pruner_mode != "none", decode_settings=model.decode_settings)
         if predictions is not None:
             predictions.append(pred)
         return pred
