@@ -411,7 +411,9 @@ def fast_nms_keep(boxes: Tensor, labels: Tensor, iou_thr: float) -> Tensor:
     pos = torch.arange(m, device=boxes.device)
     earlier = pos[None, :] < pos[:, None]  # [M, M]: column j ranks above row i
     clash = (iou > iou_thr) & (labels[:, :, None] == labels[:, None, :]) & earlier
-    return ~clash.any(dim=2)
+    # a sum of 0/1 (exact), not any()/amax(): ReduceSum takes its axes as an input from opset 13 on,
+    # so the graph converts between opsets 17 and 18 (ReduceMax's axes moved in 18)
+    return clash.to(torch.float32).sum(dim=2) == 0
 
 
 def _peak_topk(
