@@ -26,11 +26,11 @@ from cass_deploy.data.classes import ALL_CLASSES
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.blocks import Block, PatchEmbed, sincos_pos_embed
 from cass_deploy.model.head import (
+    DECODES,
     DEFAULT_DET_SCORE_THRESH,
     DEFAULT_MAX_DETS,
     DEFAULT_NMS_CANDIDATES,
     DEFAULT_NMS_IOU,
-    DECODES,
     DenseHead,
     decode,
     deployed_detections,

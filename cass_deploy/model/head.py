@@ -373,7 +373,9 @@ def _check_decode(method: str, candidates: int, iou: float) -> None:
         raise InputError(f"NMS IoU threshold must be in (0, 1], got {iou!r}")
 
 
-def _cells_to_boxes(idx: Tensor, box: Tensor, hw: tuple[int, int], image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _cells_to_boxes(
+    idx: Tensor, box: Tensor, hw: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
     """Flat (class, cell) indices ``[B, k]`` → (labels ``[B, k]`` int64, boxes ``[B, k, 4]`` xyxy px)."""
     hh, wh = hw
     h, w = int(image_size[0]), int(image_size[1])
