@@ -165,6 +165,15 @@ def test_topk_k_and_sorted_per_the_matrix():
     assert dynamic.can_build and [f.what for f in _by(dynamic, RESTRICTED)] == ["K"]
 
 
+def test_topk_limit_reads_only_topk_nodes():
+    """A Reshape whose shape (its second input) holds 8160 is no TopK: the k <= 3840 limit of
+    TensorRT's TopK does not apply to it (a 1088x1920 export's token reshapes were refused)."""
+    inits = [numpy_helper.from_array(np.array([1, 8160], np.int64), "shape")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="node_view")]
+    m = _model(nodes, [_vi("x", shape=(1, 68, 120))], [_vi("y", shape=(1, 8160))], inits)
+    assert check_graph(m, "tensorrt10").can_build
+
+
 def _slice_and_unsqueeze(runtime_axes: bool):
     inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("st", [0]), ("en", [2]))]
     nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["s"], name="slice")]

@@ -302,7 +302,7 @@ def _value(g: _Graph, name: str | None):
 
 def _check_topk_limit(g: _Graph, node: onnx.NodeProto, row, target: limits.TargetLimits, out: list[Finding]) -> int:
     """TopK's k against the target's ITopKLayer limit (k <= 3840) when the matrix states no bound."""
-    if (row.get("rules") or {}).get("input_less_than") or target.max_topk_k is None:
+    if node.op_type != "TopK" or (row.get("rules") or {}).get("input_less_than") or target.max_topk_k is None:
         return 0
     k = _value(g, node.input[1]) if len(node.input) > 1 else _attr(node, "k", None)
     if k is None:
