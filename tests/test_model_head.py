@@ -173,6 +173,22 @@ def test_nms_decode_keeps_neighbours_with_their_own_boxes():
     assert peak["labels"].tolist() == [0, 1]  # the peak decode loses the lower neighbour
 
 
+def test_vehicle_decode_scores_any_class_by_noisy_or():
+    """decode 'vehicle': one candidate per cell scored 1 - prod_c (1 - p_c), labelled with the
+    most likely class, class-agnostic NMS. p = 0.25 (truck) and 0.2 (bus) at one cell -> 0.4,
+    labelled truck; the 'nms' decode reports the two classes apart, both under 0.3."""
+    out = _outputs_with_peak(1, (2, 4), [16.0, 8.0, 8.0, 10.0], batch=1)
+    out["heatmap"][0, 1, 2, 4] = math.log(0.25 / 0.75)
+    out["heatmap"][0, 2, 2, 4] = math.log(0.2 / 0.8)
+    background = 1 / (1 + math.exp(10.0))  # the other cells' logits are -10 in every class
+    dets = decode(out, IMAGE, score_thresh=0.3, max_dets=5, method="vehicle")[0]
+    assert dets["labels"].tolist() == [1]
+    expected = 1 - (1 - 0.25) * (1 - 0.2) * (1 - background)
+    assert float(dets["scores"][0]) == pytest.approx(expected, abs=1e-6)
+    assert dets["boxes"].tolist() == [[20.0, 12.0, 44.0, 30.0]]
+    assert decode(out, IMAGE, score_thresh=0.3, max_dets=5, method="nms")[0]["labels"].numel() == 0
+
+
 def test_fast_nms_matches_greedy_nms_without_chains():
     """On candidates where no suppressed box would itself suppress another, Fast NMS equals
     torchvision-style greedy NMS (computed here by hand, box by box)."""

@@ -86,7 +86,7 @@ class ModelConfig:
     head_context: int = 3
     head_separable: bool = True
     head_skip: bool = True
-    decode: Literal["peak", "nms"] = "nms"
+    decode: Literal["peak", "nms", "vehicle"] = "vehicle"
     nms_candidates: int = DEFAULT_NMS_CANDIDATES
     nms_iou: float = DEFAULT_NMS_IOU
     predictor_hidden: int = 48

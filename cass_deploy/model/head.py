@@ -358,8 +358,12 @@ def detection_loss(
 #: the decodes: ``peak`` (v1: 3×3 max-pool peaks, one peak per 2×2 block of cells per class) and
 #: ``nms`` (v2: the best cells, then class-aware Fast NMS on their boxes — neighbouring cells can
 #: both be detections when their boxes do not overlap, as crowded far-field cars need)
-DECODES = ("peak", "nms")
-DEFAULT_DECODE = "nms"
+#: ``vehicle``: like ``nms`` on one class-agnostic map, the probability that a vehicle of any
+#: class is centred at a cell, ``1 - prod_c (1 - p_c)`` (noisy-OR of the per-class heat maps),
+#: labelled with its most likely class — a truck the head splits between "truck" 0.25 and "bus"
+#: 0.2 scores 0.4, not 0.25 (recall by field counts vehicles whatever their class)
+DECODES = ("peak", "nms", "vehicle")
+DEFAULT_DECODE = "vehicle"
 DEFAULT_NMS_CANDIDATES = 512  # cells ranked before NMS, per image
 DEFAULT_NMS_IOU = 0.5
 
@@ -446,6 +450,16 @@ def _peak_topk(
         scores, idx = (heat * peak.to(heat.dtype)).flatten(1).topk(min(max_dets, c * hh * wh), dim=1)
         cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
         return scores, cls, xyxy
+    if method == "vehicle":
+        # log(1 - p_c) = -softplus(logit_c): stable, and Softplus / ReduceSum / ArgMax export
+        any_class = 1.0 - torch.exp(-F.softplus(heat_logits.float()).sum(dim=1))  # [B, Hh, Wh]
+        cand, idx = any_class.flatten(1).topk(min(candidates, hh * wh), dim=1)  # [B, M] cells
+        best = heat_logits.argmax(dim=1).flatten(1).gather(1, idx)  # [B, M] most likely class
+        _, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
+        cls = best.to(torch.int64)
+        kept = cand * fast_nms_keep(xyxy, torch.zeros_like(cls), iou).to(cand.dtype)  # class-agnostic
+        scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
+        return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
     cand, idx = heat.flatten(1).topk(min(candidates, c * hh * wh), dim=1)  # [B, M]
     cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
     kept = cand * fast_nms_keep(xyxy, cls, iou).to(cand.dtype)
