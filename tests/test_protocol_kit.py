@@ -108,7 +108,7 @@ def test_a_broken_adapter_is_one_exit_2_line_in_every_command(broken, command, w
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_weights_with_missing_extra_or_misshaped_keys_in_every_command(command, weights, candidate, tmp_path, capsys):
-    for fault, (path, message) in kit.bad_weights(weights["reference"], tmp_path / "w").items():
+    for path, message in kit.bad_weights(weights["reference"], tmp_path / "w").values():
         argv = [*COMMANDS[command](tmp_path, candidate), "--model", kit.spec("reference_plain"), "--weights", str(path)]
         _refused(argv, message, tmp_path, capsys)
 
@@ -120,3 +120,46 @@ def test_the_report_lists_every_output_the_probe_saw():
     assert report.outputs["predictor"]["keep_idx"] == ([2, 56], "int64")
     several = check_protocol(kit.wrong_k(), "x", probe=False)
     assert several.problems == ["k=25 does not match keep_ratio 0.5 of P=60 patches (ceil(0.5 * 60) = 30)"]
+
+
+def _validate(tmp_path, name, weights, *extra):
+    out = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.json"
+    argv = ["validate", "--model", kit.spec(name), "--weights", str(weights), "--images", "4", "--score-thr", "0"]
+    assert main([*argv, "--iou", "0.1", "--reference", "none", "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_class_names_no_dataset_has_are_noted_and_class_map_maps_them(tiny_checkpoint, tmp_path, capsys):
+    """A model whose classes are 'vehicle', 'lorry', 'coach': without a map every detection drops out
+    of scoring and a note names the classes; mapped (pairs or a YAML file) it scores exactly as the
+    same weights under the names car, truck, bus."""
+    same = _validate(tmp_path, "reference_plain", tiny_checkpoint)
+    assert same["notes"] == [] and same["result"]["n_detections"] > 0
+    unmapped = _validate(tmp_path, "own_class_names", tiny_checkpoint)
+    assert unmapped["result"]["n_detections"] == 0 and unmapped["result"]["by_field"]["all"]["n_matched"] == 0
+    assert "model classes 'vehicle', 'lorry', 'coach' match no dataset class" in unmapped["notes"][0]
+    assert "note: model classes 'vehicle', 'lorry', 'coach'" in capsys.readouterr().out
+    (tmp_path / "map.yaml").write_text("vehicle: car\nlorry: truck\ncoach: bus\n")
+    for cmap in ("vehicle=car,lorry=truck,coach=bus", str(tmp_path / "map.yaml")):
+        mapped = _validate(tmp_path, "own_class_names", tiny_checkpoint, "--class-map", cmap)
+        assert mapped["notes"] == [] and mapped["result"]["by_field"] == same["result"]["by_field"]
+        assert mapped["result"]["n_detections"] == same["result"]["n_detections"]
+    part = _validate(tmp_path, "own_class_names", tiny_checkpoint, "--class-map", "vehicle=car,lorry=none")
+    assert "model class 'coach' matches no dataset class" in part["notes"][0]
+    assert 0 < part["result"]["n_detections"] < same["result"]["n_detections"]
+
+
+@pytest.mark.parametrize(
+    "cmap, message",
+    [
+        ("van=car", "--class-map names 'van', not a class of"),
+        ("vehicle=tram", "--class-map vehicle=tram: 'tram' is not a class"),
+        ("vehicle", "neither NAME=CLASS pairs, a JSON object nor a JSON / YAML file"),
+        ("vehicle=car,=bus", "--class-map entry '=bus' is not NAME=CLASS"),
+    ],
+)
+def test_bad_class_maps_exit_2(cmap, message, weights, tmp_path, capsys):
+    argv = ["validate", "--model", kit.spec("own_class_names"), "--weights", str(weights["reference"])]
+    _refused(
+        [*argv, "--images", "1", "--class-map", cmap, "--json", str(tmp_path / "out.json")], message, tmp_path, capsys
+    )

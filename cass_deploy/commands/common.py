@@ -156,6 +156,17 @@ def add_grid(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_class_map(p: argparse.ArgumentParser) -> None:
+    """``--class-map``: model class names -> dataset classes (car, truck, bus, pedestrian)."""
+    p.add_argument(
+        "--class-map",
+        default=None,
+        metavar="MAP",
+        help="score model classes under dataset classes: NAME=CLASS pairs (vehicle=car,lorry=truck), a JSON "
+        "object or a JSON / YAML file; CLASS none leaves one unscored. Unmapped classes no dataset has are noted",
+    )
+
+
 def add_gate_arguments(p: argparse.ArgumentParser, *, max_recall_drop: float | None, drop_help: str) -> None:
     """The recall gates and how they are decided (SPEC §7a): ``--min-near-recall``,
     ``--max-recall-drop``, ``--min-near-retention``, ``--gate-on``, ``--allow-inconclusive``,

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_class_map,
     add_device,
     add_fields,
     add_force,
@@ -22,6 +23,7 @@ from cass_deploy.commands.common import (
     unit_interval,
 )
 from cass_deploy.config import FieldConfig
+from cass_deploy.data.classes import parse_class_map
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
@@ -65,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "padded; padding is never scored) or stretch; detections are mapped back to the original image. "
         "Without it a size mismatch is an error",
     )
+    add_class_map(p)
     add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
     add_force(p, "overwrite the --json file")
@@ -99,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         resize=args.resize or False,
         seed=args.seed,
+        class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(160, Console().width))
     console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
+    for n in run.notes:
+        console.print(f"note: {n}")
     for c in run.checks:
         console.print(status_label(c) + " " + c.message)
     if json_out:
