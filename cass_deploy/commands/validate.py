@@ -15,6 +15,7 @@ from cass_deploy.commands.common import (
     add_grid,
     add_model_source,
     add_providers,
+    add_resize,
     add_seed,
     add_verify_hash,
     gates_from_args,
@@ -57,16 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-map50", type=unit_interval, default=None)
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
-    p.add_argument(
-        "--resize",
-        nargs="?",
-        const="letterbox",
-        default=None,
-        choices=("letterbox", "stretch"),
-        help="fit dataset images to the model input: letterbox (the default of a bare --resize: aspect kept, "
-        "padded; padding is never scored) or stretch; detections are mapped back to the original image. "
-        "Without it a size mismatch is an error",
-    )
+    add_resize(p)
     add_class_map(p)
     add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")

@@ -466,6 +466,7 @@ def run_tune(
                 data=opts.data,
                 providers=opts.providers,
                 seed=opts.seed,
+                resize=opts.resize,
             )
             verify = report.candidates[0].to_dict()
             verify["passed"] = bool(report.candidates[0])
