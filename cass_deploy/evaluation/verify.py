@@ -25,6 +25,7 @@ from rich.table import Table
 
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.metrics import box_iou, greedy_match
+from cass_deploy.evaluation.polygraphy_judge import score_floor
 from cass_deploy.evaluation.reference_outputs import save_reference_outputs
 from cass_deploy.evaluation.validate import load_batches
 from cass_deploy.io_utils import sha256_file
@@ -247,17 +248,6 @@ def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float, floor: f
     scores = np.asarray(out["det_scores"][b, :n], np.float64)
     labels = np.asarray(out["det_classes"][b, :n], np.int64)
     return boxes, scores, labels, (np.arange(n) < math.ceil(top_share * rows)) & (scores >= floor)
-
-
-def score_floor(out: Mapping[str, np.ndarray]) -> float:
-    """The lowest score a model's outputs show it keeps: the smallest valid score over the images
-    whose rows are not all used (there the export's score threshold, not N, cut the list); 0 when
-    every image fills its N rows. A lower bound of an unknown export's threshold."""
-    num = np.asarray(out["num_dets"]).reshape(-1)
-    scores = np.asarray(out["det_scores"], np.float64)
-    rows = np.arange(scores.shape[1])[None, :]
-    valid = (rows < num[:, None]) & (num[:, None] < scores.shape[1])
-    return float(scores[valid].min()) if valid.any() else 0.0
 
 
 def _one_way(a: tuple, b: tuple, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
