@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cass_deploy.model.detector import ModelConfig, PrunedDetector
-from cass_deploy.model.pruner import PrunerConfig
+from cass_deploy.model.detector import PrunedDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = Path(__file__).resolve()
@@ -41,31 +40,21 @@ def spec(name: str) -> str:
 # --------------------------------------------------------------------------- conforming
 
 
-def reference(image_size=(96, 160), keep_ratio=0.5, **pruner) -> PrunedDetector:
-    """The tiny reference detector (tests/fixtures/tiny.py's architecture), an nn.Module."""
-    cfg = ModelConfig(
-        image_size=tuple(image_size),
-        embed_dim=32,
-        num_heads=2,
-        early_depth=1,
-        late_depth=1,
-        head_channels=16,
-        predictor_hidden=16,
-        pruner=PrunerConfig(keep_ratio=keep_ratio, **pruner),
-    )
-    return PrunedDetector(cfg).eval()
-
-
-def _vit_module():
-    mod_spec = importlib.util.spec_from_file_location("cass_kit_vit_example", EXAMPLE)
+def _load(path: Path, name: str):
+    mod_spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     return mod
 
 
+def reference(**kw) -> PrunedDetector:
+    """The tiny reference detector (tests/fixtures/adapters/ref_adapter.py's factory), an nn.Module."""
+    return _load(ROOT / "tests" / "fixtures" / "adapters" / "ref_adapter.py", "cass_kit_ref_adapter").build(**kw).eval()
+
+
 def vit(**kw) -> nn.Module:
     """examples/vit_detector.py's model (an nn.Module adapter)."""
-    return _vit_module().build(**kw)
+    return _load(EXAMPLE, "cass_kit_vit_example").build(**kw)
 
 
 class Plain:
