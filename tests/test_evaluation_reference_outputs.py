@@ -49,8 +49,8 @@ def _polygraphy(base: Path, command: str) -> subprocess.CompletedProcess:
 def test_outputs_are_split_into_elementwise_and_tie_dependent():
     names = ["scores", "keep_idx", "keep_mask", "heatmap", "box", "num_dets", "det_boxes", "det_scores", "det_classes"]
     compared, index = split_outputs(names)
-    assert compared == ["scores", "heatmap", "box", "det_scores"]
-    assert index == ["keep_idx", "keep_mask", "num_dets", "det_boxes", "det_classes"]
+    assert compared == ["scores", "heatmap", "box", "num_dets", "det_boxes", "det_scores", "det_classes"]
+    assert index == ["keep_idx", "keep_mask"]
     assert polygraphy_args("fp16", ["scores", "det_scores"]) == [
         "--atol",
         "scores:0.005",
@@ -68,22 +68,20 @@ def test_outputs_are_split_into_elementwise_and_tie_dependent():
 
 def test_polygraphy_reads_our_files_and_passes_the_export(saved):
     index = json.loads((saved / "ref" / INDEX_FILE).read_text())
-    # the export ends in SPEC 6b's outputs: det_scores is compared (sorted, tie-free), the rest are indices
-    assert index["compared_outputs"] == ["det_scores", "scores"] and index["index_outputs"] == [
-        "num_dets",
-        "det_boxes",
-        "det_classes",
-        "keep_idx",
-        "keep_mask",
-    ]
+    # the export ends in SPEC 6b's outputs: every one carrying values is judged (the detections by
+    # matching, det_scores and scores element-wise); only the keep set's order-dependent indices are not
+    assert index["compared_outputs"] == ["num_dets", "det_boxes", "det_scores", "det_classes", "scores"]
+    assert index["index_outputs"] == ["keep_idx", "keep_mask"]
+    assert sorted(index["judge"]["elementwise"]) == ["det_scores", "scores"]
     command = index["commands"]["onnx"].replace(str(saved / "ref"), "ref")
     assert command.startswith("polygraphy run model.onnx --onnxrt --load-inputs ref/inputs.json --load-outputs")
     assert index["commands"]["engine"].startswith("polygraphy run model.engine --model-type engine --trt --load-inputs")
     out = _polygraphy(saved, command)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
-    assert "Passed: 4/4 iterations" in log and "All outputs matched | Outputs: ['det_scores', 'scores']" in log
-    assert "keep_idx" not in log.split("Accuracy Comparison")[1]  # index outputs are not compared
+    assert "Passed: 4/4 iterations" in log and "PASSED" in log
+    assert log.count("cass-deploy judge | det_boxes: 1.000 of the reference's") == 4
+    assert "keep_idx" not in log.split("Iteration: 0")[1]  # index outputs are not compared
 
 
 def test_polygraphy_fails_a_wrong_reference(saved, tmp_path):
@@ -121,3 +119,33 @@ def test_verify_cli_refuses_an_existing_directory(saved, tiny_checkpoint, capsys
     args = ["verify", "--reference", str(tiny_checkpoint), "--candidate", str(saved / "export"), "--images", "1"]
     assert main([*args, "--save-polygraphy", str(saved / "ref")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_polygraphy_fails_wrong_boxes_and_passes_right_ones_swapped_in_a_tie(saved, tmp_path):
+    """The judge compares det_boxes by matched detections: reference boxes moved by 2 px (8x the fp32
+    limit) fail Polygraphy's run; the same detections with rows swapped (as a tie in scores does) pass."""
+    from polygraphy.comparator import RunResults
+
+    index = json.loads((saved / "ref" / INDEX_FILE).read_text())
+    command = index["commands"]["onnx"].replace(str(saved / "ref"), "ref")
+    results = RunResults.load(str(saved / "ref" / OUTPUTS_FILE))
+    assert all(int(it["num_dets"].reshape(-1)[0]) >= 2 for it in results[RUNNER_NAME])  # something to match
+    for case, change in (("wrong", "shift"), ("right", "swap")):
+        d = tmp_path / case
+        shutil.copytree(saved / "export", d / "export")
+        shutil.copytree(saved / "ref", d / "ref")
+        edited = RunResults.load(str(saved / "ref" / OUTPUTS_FILE))
+        for it in edited[RUNNER_NAME]:
+            boxes, classes = it["det_boxes"].copy(), it["det_classes"].copy()
+            if change == "shift":
+                boxes[:, :, [0, 2]] += np.float32(2.0)
+            else:
+                boxes[:, [0, 1]], classes[:, [0, 1]] = boxes[:, [1, 0]], classes[:, [1, 0]]
+            it["det_boxes"], it["det_classes"] = boxes, classes
+        edited.save(str(d / "ref" / OUTPUTS_FILE))
+        out = _polygraphy(d, command)
+        log = out.stdout + out.stderr
+        if case == "wrong":
+            assert out.returncode != 0 and "largest corner error 2 px (limit 0.25)" in log, log
+        else:
+            assert out.returncode == 0 and "largest corner error 0 px" in log, log

@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+import torch
+
 from cass_deploy.cli import main as cli_main
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
@@ -57,6 +60,19 @@ class Case:
     argv: str
     codes: tuple[int, ...] = (2,)
     needle: str | None = None
+
+
+KIT = REPO / "tests" / "protocol_kit.py"
+KITTI = REPO.parent / "shared" / "data" / "kitti"
+#: one command line per command for the broken adapters (the model flags are appended)
+ADAPTER_ARGV = {
+    "export": "export --out {w}/o",
+    "verify": "verify --candidate {exp} --images 1",
+    "validate": "validate --images 1",
+    "profile": "profile --iters 1",
+    "tune": "tune --images 2 --verify-images 2 --no-progress --out {w}/o",
+    "diagnose": "diagnose --data synthetic --out {w}/o",
+}
 
 
 def _cases() -> list[Case]:
@@ -274,6 +290,33 @@ def _cases() -> list[Case]:
     add("tune/confidence-1", tune + " --confidence 1 --out {w}/o", needle="--confidence")
     add("tune/out-under-file", tune + " --out {plain}/o", needle="plain")
     add("tune/out-not-tune-dir", tune + " --out {exp}", needle="tune")
+    # --model adapters that break the protocol (tests/protocol_kit.py), weights that do not fit, --class-map
+    broken = {
+        "lacks_class_names": ("export", "lacks class_names"),
+        "wrong_output_names": ("verify", "output_names('full') must hold"),
+        "wrong_shape": ("validate", "keep_mask has shape [2, 6, 10]"),
+        "wrong_dtype": ("profile", "det_classes is int64, expected int32"),
+        "wrong_k": ("tune", "k=25 does not match keep_ratio 0.5"),
+        "nondeterministic": ("diagnose", "not deterministic in eval mode"),
+        "not_a_module": ("export", "returned a function, not a torch nn.Module"),
+    }
+    for name, (command, needle) in broken.items():
+        argv = f"{ADAPTER_ARGV[command]} --model {{kit}}:{name} --weights {{ckpt}}"
+        add(f"{command}/adapter-{name.replace('_', '-')}", argv, needle=needle)
+    for fault, needle in (("missing", "missing keys: head.cls.bias"), ("extra", "unexpected keys: extra.weight")):
+        add(f"validate/adapter-weights-{fault}", f"validate --model {{kit}}:reference_plain --weights {{w}}/{fault}.pt",
+            needle=needle)  # fmt: skip
+    own = "validate --model {kit}:own_class_names --weights {ckpt} --images 1 --class-map"
+    add("validate/class-map-unknown-name", own + " van=car", needle="'van', not a class of")
+    add("validate/class-map-unknown-class", own + " vehicle=tram", needle="'tram' is not a class")
+    add("validate/class-map-no-pairs", own + " vehicle", needle="vehicle")
+    add("tune/class-map-unknown-class", tune + " --class-map lorry=tram --out {w}/o", needle="'tram' is not a class")
+    add("profile/outputs-not-declared", "profile {renamed} --iters 1 --no-verify-hash", needle="not declared: boxes")
+    add("verify/outputs-not-declared", "verify --reference {ckpt} --candidate {renamed} --no-verify-hash",
+        needle="declared but missing: det_boxes")  # fmt: skip
+    if KITTI.is_dir():
+        add("verify/kitti-size", "verify --reference {ckpt} --candidate {exp} --data {kitti} --images 1",
+            needle="375x1242 images but the model takes 96x160")  # fmt: skip
     # the command line itself
     add("cli/unknown-command", "frobnicate")
     add("cli/unknown-flag", "export {ckpt} --frob")
@@ -384,6 +427,7 @@ def build_fixtures(root: Path, checkpoint: Path | None = None) -> dict[str, str]
     rehashed["artefacts"]["onnx"]["sha256"] = hashlib.sha256(b"not an onnx model at all").hexdigest()
     (w / "rehashed" / "manifest.json").write_text(json.dumps(rehashed))
     f["rehashed"] = str(w / "rehashed")
+    _adapter_fixtures(w, f)
     coco = w / "coco"
     (coco / "images").mkdir(parents=True)
     (coco / "annotations.json").write_text('{"images": [{"id": 1, "file_name": "a.png"}], "annotations": 7}')
@@ -396,6 +440,21 @@ def build_fixtures(root: Path, checkpoint: Path | None = None) -> dict[str, str]
         ro.chmod(0o555)
     f["ro"] = str(ro)
     return f
+
+
+def _adapter_fixtures(w: Path, f: dict[str, str]) -> None:
+    """The protocol kit, weights with a missing / an extra key, and an export whose ONNX renames an output."""
+    f["kit"], f["kitti"] = str(KIT), str(KITTI)
+    state = {k: v for k, v in load_checkpoint(f["ckpt"]).model.state_dict().items()}
+    torch.save({k: v for k, v in state.items() if k != "head.cls.bias"}, w / "missing.pt")
+    torch.save({**state, "extra.weight": torch.zeros(1)}, w / "extra.pt")
+    shutil.copytree(w / "exp", w / "renamed")
+    m = onnx.load(str(w / "renamed" / "model.onnx"))
+    for node in m.graph.node:
+        node.output[:] = ["boxes" if o == "det_boxes" else o for o in node.output]
+    next(o for o in m.graph.output if o.name == "det_boxes").name = "boxes"
+    onnx.save(m, str(w / "renamed" / "model.onnx"))
+    f["renamed"] = str(w / "renamed")
 
 
 # --------------------------------------------------------------------------- running

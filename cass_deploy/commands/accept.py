@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_class_map,
     add_fields,
     add_force,
     add_gate_arguments,
@@ -23,6 +24,7 @@ from cass_deploy.commands.common import (
     unit_interval,
 )
 from cass_deploy.config import FieldConfig
+from cass_deploy.data.classes import parse_class_map
 from cass_deploy.errors import GateFailed
 from cass_deploy.reporting.acceptance import BACKENDS, AcceptOptions, run_accept, verdict_lines
 
@@ -74,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thr", type=unit_interval, default=0.3)
     add_providers(p, "ONNX Runtime providers for the ONNX candidate (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input (boxes scaled)")
+    add_class_map(p)
     add_seed(p)
     add_out(p, default=None, help="report directory (default: EXPORT_DIR-accept)")
     add_force(p, "overwrite --out")
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         iou_thr=args.iou,
         workspace_mib=args.workspace,
         providers=tuple(s for s in args.providers.split(",") if s),
+        class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(120, Console().width))
     result = run_accept(export, opts, log=lambda s: console.print(s, highlight=False))

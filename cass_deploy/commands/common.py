@@ -156,6 +156,31 @@ def add_grid(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_resize(p: argparse.ArgumentParser) -> None:
+    """``--resize [letterbox|stretch]`` (SPEC 6b: never a quiet change of image size)."""
+    p.add_argument(
+        "--resize",
+        nargs="?",
+        const="letterbox",
+        default=None,
+        choices=("letterbox", "stretch"),
+        help="fit dataset images to the model input: letterbox (the default of a bare --resize: aspect kept, "
+        "padded; padding is never scored) or stretch; detections are mapped back to the original image. "
+        "Without it a size mismatch is an error",
+    )
+
+
+def add_class_map(p: argparse.ArgumentParser) -> None:
+    """``--class-map``: model class names -> dataset classes (car, truck, bus, pedestrian)."""
+    p.add_argument(
+        "--class-map",
+        default=None,
+        metavar="MAP",
+        help="score model classes under dataset classes: NAME=CLASS pairs (vehicle=car,lorry=truck), a JSON "
+        "object or a JSON / YAML file; CLASS none leaves one unscored. Unmapped classes no dataset has are noted",
+    )
+
+
 def add_gate_arguments(p: argparse.ArgumentParser, *, max_recall_drop: float | None, drop_help: str) -> None:
     """The recall gates and how they are decided (SPEC §7a): ``--min-near-recall``,
     ``--max-recall-drop``, ``--min-near-retention``, ``--gate-on``, ``--allow-inconclusive``,

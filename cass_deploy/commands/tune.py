@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_class_map,
     add_fields,
     add_force,
     add_gate_arguments,
@@ -21,6 +22,7 @@ from cass_deploy.commands.common import (
     positive_int,
 )
 from cass_deploy.config import FieldConfig
+from cass_deploy.data.classes import parse_class_map
 from cass_deploy.errors import InputError
 from cass_deploy.tuning import tune as tn
 
@@ -60,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
+    add_class_map(p)
     add_seed(p)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_force(p, "start the tune directory again (default: resume it)")
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         gates=gates,
         fields=FieldConfig(*args.fields),
         providers=tuple(s for s in args.providers.split(",") if s),
+        class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(160, Console().width))
     res = tn.run_tune(

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_class_map,
     add_device,
     add_fields,
     add_force,
@@ -14,6 +15,7 @@ from cass_deploy.commands.common import (
     add_grid,
     add_model_source,
     add_providers,
+    add_resize,
     add_seed,
     add_verify_hash,
     gates_from_args,
@@ -22,6 +24,7 @@ from cass_deploy.commands.common import (
     unit_interval,
 )
 from cass_deploy.config import FieldConfig
+from cass_deploy.data.classes import parse_class_map
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
@@ -55,16 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-map50", type=unit_interval, default=None)
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     add_device(p, "torch device for checkpoints")
-    p.add_argument(
-        "--resize",
-        nargs="?",
-        const="letterbox",
-        default=None,
-        choices=("letterbox", "stretch"),
-        help="fit dataset images to the model input: letterbox (the default of a bare --resize: aspect kept, "
-        "padded; padding is never scored) or stretch; detections are mapped back to the original image. "
-        "Without it a size mismatch is an error",
-    )
+    add_resize(p)
+    add_class_map(p)
     add_seed(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
     add_force(p, "overwrite the --json file")
@@ -99,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         resize=args.resize or False,
         seed=args.seed,
+        class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(160, Console().width))
     console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
+    for n in run.notes:
+        console.print(f"note: {n}")
     for c in run.checks:
         console.print(status_label(c) + " " + c.message)
     if json_out:

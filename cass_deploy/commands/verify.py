@@ -11,6 +11,7 @@ from cass_deploy.commands.common import (
     add_grid,
     add_model_source,
     add_providers,
+    add_resize,
     add_verify_hash,
     model_source,
     non_negative_float,
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--images", type=positive_int, default=16, help="images to compare (default 16)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
+    add_resize(p)
     add_providers(p, "ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
     p.add_argument(
         "--tie-tol", type=non_negative_float, default=None, help="score tolerance that makes patches interchangeable"
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         min_det_match=args.min_det_match,
         save_polygraphy=args.save_polygraphy,
         force=args.force,
+        resize=args.resize or False,
     )
     console = Console(width=max(140, Console().width))
     console.print(report_table(report))

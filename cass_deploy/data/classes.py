@@ -6,9 +6,13 @@ trained on synthetic scenes is evaluated on COCO or KITTI data with the same lab
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
-from cass_deploy.errors import ConfigError
+import yaml
+
+from cass_deploy.errors import ConfigError, InputError
 
 CLASSES: tuple[str, ...] = ("car", "truck", "bus")
 """The vehicle classes (labels 0, 1, 2); the default class list everywhere."""
@@ -84,3 +88,50 @@ def classes_of(label_map: Mapping[str, int]) -> tuple[str, ...]:
     """The class names a resolved map can produce, in label order (``car, truck, bus[, pedestrian]``)."""
     top = max(label_map.values())
     return ALL_CLASSES[: max(top + 1, len(CLASSES))]
+
+
+#: a ``--class-map`` value that leaves a model class unscored on purpose (no note)
+UNSCORED = ("none", "null", "-")
+
+
+def parse_class_map(text: str | Mapping[str, str | None] | None) -> dict[str, str | None] | None:
+    """``--class-map``: ``"vehicle=car,lorry=truck"``, an inline JSON object, or a JSON / YAML file
+    of ``model class name -> dataset class`` (one of :data:`ALL_CLASSES`; ``none`` / ``null`` /
+    ``-`` leaves that class unscored on purpose). Returns the mapping (target None: unscored), or
+    None for no map. InputError (exit 2) names a malformed entry or an unknown class."""
+    if text is None:
+        return None
+    raw: object
+    if isinstance(text, Mapping):
+        raw = dict(text)
+    elif str(text).strip().startswith("{"):
+        try:
+            raw = json.loads(str(text))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--class-map {text!r} is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    elif "=" in str(text):
+        pairs = [p.strip() for p in str(text).split(",") if p.strip()]
+        bad = [p for p in pairs if p.count("=") != 1 or not p.split("=")[0].strip()]
+        if bad:
+            raise InputError(f"--class-map entry {bad[0]!r} is not NAME=CLASS (e.g. vehicle=car)")
+        raw = {a.strip(): b.strip() for a, b in (p.split("=") for p in pairs)}
+    else:
+        raw = _read_map_file(Path(str(text)))
+    if not isinstance(raw, Mapping) or not raw:
+        raise InputError(f"--class-map must map model class names to classes, got {raw!r}")
+    out: dict[str, str | None] = {}
+    for src, dst in raw.items():
+        target = None if dst is None or str(dst).lower() in UNSCORED else str(dst).lower()
+        if target is not None and target not in ALL_CLASSES:
+            raise InputError(f"--class-map {src}={dst}: {dst!r} is not a class; classes are {list(ALL_CLASSES)}")
+        out[str(src)] = target
+    return out
+
+
+def _read_map_file(path: Path) -> object:
+    if not path.is_file():
+        raise InputError(f"--class-map {str(path)!r}: neither NAME=CLASS pairs, a JSON object nor a JSON / YAML file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"--class-map file {path} cannot be read: {str(exc).splitlines()[0]}") from None

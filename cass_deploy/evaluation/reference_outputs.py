@@ -5,20 +5,22 @@
 - ``inputs.json``: the input batches, a list of feed dicts (``polygraphy.json.save_json``), read by
   ``polygraphy run ... --load-inputs``;
 - ``outputs.json``: a ``polygraphy.pcomparator.RunResults`` (runner ``torch-reference``, one
-  iteration per batch) holding only the outputs that can be compared element by element:
-  ``scores`` (the predictor, before any selection) and the detection outputs (``heatmap`` /
-  ``box`` maps, or ``det_scores``, which is sorted and so does not depend on tie order);
-- ``keep.json``: the same RunResults with the **index outputs** (``keep_idx``, ``keep_mask``,
-  ``num_dets``, ``det_boxes``, ``det_classes``). Equal scores are ordered differently by torch, ONNX
-  Runtime and TensorRT, so these are not given to Polygraphy; ``accept`` compares them tie-aware;
-- ``index.json``: SHA-256 of the three files, precision, tolerances, band groups, and the exact
-  Polygraphy commands (for the engine on the device, and for the ONNX with ONNX Runtime).
+  iteration per batch) holding every output that carries values: ``scores`` (the predictor,
+  before any selection), the raw ``heatmap`` / ``box`` maps or the SPEC 6b detections
+  (``num_dets``, ``det_boxes``, ``det_scores``, ``det_classes``);
+- ``keep.json``: the same RunResults with the **index outputs** (``keep_idx``, ``keep_mask``).
+  Equal scores are ordered differently by torch, ONNX Runtime and TensorRT, so these are not given
+  to Polygraphy; ``accept`` compares them tie-aware;
+- ``cass_deploy_judge.py``: the comparison Polygraphy runs (``--compare-func-script``, a copy of
+  :mod:`cass_deploy.evaluation.polygraphy_judge`): element-wise tolerances for ``scores`` (largest
+  error), ``det_scores`` and the maps (median), and the detections **matched** (class, IoU, corner
+  error in pixels), so a wrong box fails while rows swapped by a tie do not;
+- ``index.json``: SHA-256 of the four files, precision, tolerances (``judge``: what the script
+  reads), band groups, and the exact Polygraphy commands (for the engine on the device, and for
+  the ONNX with ONNX Runtime).
 
 Polygraphy compares only the outputs present in the loaded file, so the engine's index outputs
-are left out of its comparison. ``scores`` is checked on the largest element error
-(``--check-error-stat scores:max``); the detection maps on the median (a patch chosen
-differently inside a tie changes a few cells, not the median). Imports no torch; Polygraphy is
-imported when used.
+are left out of its comparison. Imports no torch; Polygraphy is imported when used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import BackendUnavailable, InputError
+from cass_deploy.evaluation import polygraphy_judge
 from cass_deploy.io_utils import atomic_dir, sha256_file
 
 pjson = lazy_import("polygraphy.json")
@@ -41,14 +45,21 @@ pcomparator = lazy_import("polygraphy.comparator")
 plogger = lazy_import("polygraphy.logger")
 
 INPUTS_FILE, OUTPUTS_FILE, KEEP_FILE, INDEX_FILE = "inputs.json", "outputs.json", "keep.json", "index.json"
+JUDGE_FILE = "cass_deploy_judge.py"
 RUNNER_NAME = "torch-reference"
 #: outputs whose values move with the order of equal scores: compared tie-aware, never element-wise
-INDEX_OUTPUTS = ("keep_idx", "keep_mask", "num_dets", "det_boxes", "det_classes")
+INDEX_OUTPUTS = ("keep_idx", "keep_mask")
 #: per precision: (atol, rtol, error statistic) for ``scores`` and for the detection outputs
 TOLERANCES: dict[str, dict[str, tuple[float, float, str]]] = {
     "fp32": {"scores": (1e-4, 1e-3, "max"), "detections": (1e-3, 1e-3, "median")},
     "fp16": {"scores": (5e-3, 1e-2, "max"), "detections": (2e-2, 2e-2, "median")},
     "int8": {"scores": (5e-2, 5e-2, "max"), "detections": (1e-1, 1e-1, "median")},
+}
+#: per precision: matched detections (IoU to match, best rows' share, share matched, corner error px)
+BOX_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"iou": 0.5, "top_share": 0.5, "min_match": 0.99, "atol_px": 0.25},
+    "fp16": {"iou": 0.5, "top_share": 0.5, "min_match": 0.95, "atol_px": 1.0},
+    "int8": {"iou": 0.5, "top_share": 0.5, "min_match": 0.9, "atol_px": 4.0},
 }
 
 
@@ -62,7 +73,8 @@ def _require_polygraphy() -> Any:
 
 
 def split_outputs(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(element-wise, index)`` output names: what Polygraphy compares and what is compared tie-aware."""
+    """``(compared, index)`` output names: what Polygraphy's judge compares (element-wise, or the
+    detections by matching) and what is compared tie-aware."""
     index = [n for n in names if n in INDEX_OUTPUTS]
     return [n for n in names if n not in INDEX_OUTPUTS], index
 
@@ -80,8 +92,23 @@ def polygraphy_args(precision: str, compared: Sequence[str]) -> list[str]:
     return ["--atol", *atol, "--rtol", *rtol, "--check-error-stat", *stat]
 
 
+def judge_settings(precision: str, compared: Sequence[str]) -> dict[str, Any]:
+    """The ``judge`` entry of ``index.json`` that ``cass_deploy_judge.py`` reads: element-wise
+    ``[atol, rtol, stat]`` per output, and the matched-detection settings (:data:`BOX_TOLERANCES`)."""
+    if precision not in TOLERANCES:
+        raise InputError(f"unknown precision {precision!r}; expected one of {sorted(TOLERANCES)}")
+    elementwise = [n for n in compared if n not in ("num_dets", "det_boxes", "det_classes")]
+    return {
+        "elementwise": {
+            n: list(TOLERANCES[precision]["scores" if n == "scores" else "detections"]) for n in elementwise
+        },
+        "boxes": dict(BOX_TOLERANCES[precision]),
+    }
+
+
 def polygraphy_command(model: str, directory: str, precision: str, compared: Sequence[str]) -> list[str]:
-    """``polygraphy run MODEL --trt|--onnxrt --load-inputs DIR/inputs.json --load-outputs DIR/outputs.json ...``."""
+    """``polygraphy run MODEL --trt|--onnxrt --load-inputs DIR/inputs.json --load-outputs DIR/outputs.json
+    --compare-func-script DIR/cass_deploy_judge.py`` (the judge reads its tolerances from ``DIR/index.json``)."""
     backend = ["--onnxrt"] if str(model).endswith(".onnx") else ["--model-type", "engine", "--trt"]
     return [
         "polygraphy",
@@ -92,7 +119,8 @@ def polygraphy_command(model: str, directory: str, precision: str, compared: Seq
         f"{directory}/{INPUTS_FILE}",
         "--load-outputs",
         f"{directory}/{OUTPUTS_FILE}",
-        *polygraphy_args(precision, compared),
+        "--compare-func-script",
+        f"{directory}/{JUDGE_FILE}",
     ]
 
 
@@ -116,6 +144,7 @@ def save_reference_outputs(
     if not feeds or len(feeds) != len(outputs):
         raise InputError(f"need one output dict per input batch, got {len(feeds)} inputs and {len(outputs)} outputs")
     compared, index_names = split_outputs(list(outputs[0]))
+    judge = judge_settings(precision, compared)
     directory = Path(directory)
     with quiet, atomic_dir(directory, force=force) as tmp:
         pjson.save_json([{k: np.ascontiguousarray(v) for k, v in f.items()} for f in feeds], str(tmp / INPUTS_FILE))
@@ -123,6 +152,7 @@ def save_reference_outputs(
             results = pcomparator.RunResults()
             results.add([{n: np.asarray(o[n]) for n in names} for o in outputs], runner_name=RUNNER_NAME)
             results.save(str(tmp / file))
+        shutil.copyfile(Path(polygraphy_judge.__file__), tmp / JUDGE_FILE)
         index = {
             "format": "polygraphy",
             "precision": precision,
@@ -130,11 +160,12 @@ def save_reference_outputs(
             "inputs": sorted(feeds[0]),
             "compared_outputs": compared,
             "index_outputs": index_names,
-            "tolerances": {n: polygraphy_args(precision, [n]) for n in compared},
+            "judge": judge,
+            "tolerances": {n: polygraphy_args(precision, [n]) for n in judge["elementwise"]},
             "groups": None if groups is None else np.asarray(groups).astype(int).tolist(),
             "threshold_logit": threshold_logit,
             "source": dict(source),
-            "files": {f: sha256_file(tmp / f) for f in (INPUTS_FILE, OUTPUTS_FILE, KEEP_FILE)},
+            "files": {f: sha256_file(tmp / f) for f in (INPUTS_FILE, OUTPUTS_FILE, KEEP_FILE, JUDGE_FILE)},
             "commands": {
                 "engine": shlex.join(polygraphy_command("model.engine", str(directory), precision, compared)),
                 "onnx": shlex.join(polygraphy_command("model.onnx", str(directory), precision, compared)),

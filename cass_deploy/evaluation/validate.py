@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Deployed:
     manifest: Manifest | None = None  # an export's; None for a checkpoint
     class_names: tuple[str, ...] | None = None
     source: ModelSource | None = None  # where the weights came from (checkpoint or --model), when known
+    class_map: Mapping[str, str | None] | None = None  # --class-map: model class name -> dataset class
 
 
 def _torch_deployed(name: str, loaded: LoadedModel, device: str, pruned: bool, keep_ratio: float | None) -> Deployed:
@@ -175,13 +176,50 @@ def as_predictions(
     return res
 
 
-def label_map(model_names: Sequence[str] | None) -> torch.Tensor | None:
-    """Model class index -> dataset label (``data.classes``' fixed order, by name; -1: a class the
-    datasets do not have), or None when the model's names already are that order."""
-    if not model_names or tuple(model_names) == ALL_CLASSES[: len(model_names)]:
+def label_map(
+    model_names: Sequence[str] | None, class_map: Mapping[str, str | None] | None = None
+) -> torch.Tensor | None:
+    """Model class index -> dataset label (``data.classes``' fixed order, by name or through
+    ``class_map``, see :func:`~cass_deploy.data.classes.parse_class_map`; -1: a class the datasets
+    do not have), or None when the model's names already are that order and there is no map."""
+    if not model_names or (not class_map and tuple(model_names) == ALL_CLASSES[: len(model_names)]):
         return None
     lookup = {n: i for i, n in enumerate(ALL_CLASSES)}
-    return torch.tensor([lookup.get(str(n).lower(), -1) for n in model_names], dtype=torch.int64)
+    cmap = {str(k).lower(): v for k, v in (class_map or {}).items()}
+    names = [str(n).lower() for n in model_names]
+    return torch.tensor(
+        [(lookup[cmap[n]] if cmap[n] else -1) if n in cmap else lookup.get(n, -1) for n in names], dtype=torch.int64
+    )
+
+
+def class_notes(model_names: Sequence[str] | None, class_map: Mapping[str, str | None] | None = None) -> list[str]:
+    """A note naming the model classes that match no dataset class and that ``class_map`` does not
+    map (their detections drop out of scoring); empty when every class is scored or unscored on purpose."""
+    cmap = {str(k).lower() for k in (class_map or {})}
+    unmatched = [str(n) for n in model_names or () if str(n).lower() not in cmap and str(n).lower() not in ALL_CLASSES]
+    if not unmatched:
+        return []
+    these = "class " + repr(unmatched[0]) if len(unmatched) == 1 else "classes " + ", ".join(map(repr, unmatched))
+    return [
+        f"model {these} match{'es' if len(unmatched) == 1 else ''} no dataset class ({', '.join(ALL_CLASSES)}), "
+        f"so {'its' if len(unmatched) == 1 else 'their'} detections are not scored; map with --class-map "
+        f"{unmatched[0]}=car (or {unmatched[0]}=none to leave it out without this note)"
+    ]
+
+
+def check_class_map(model_names: Sequence[str] | None, class_map: Mapping[str, str | None] | None, name: str) -> None:
+    """InputError when ``class_map`` names a class ``name``'s model does not have (or it has no class names)."""
+    if not class_map:
+        return
+    if not model_names:
+        raise InputError(f"--class-map needs the class names of {name}, which its metadata does not record")
+    have = {str(n).lower() for n in model_names}
+    unknown = [k for k in class_map if str(k).lower() not in have]
+    if unknown:
+        raise InputError(
+            f"--class-map names {', '.join(map(repr, unknown))}, not a class of {name} "
+            f"(its classes: {', '.join(model_names)})"
+        )
 
 
 def _relabel(res: dict, mapping: torch.Tensor | None) -> dict:
@@ -197,7 +235,7 @@ def _relabel(res: dict, mapping: torch.Tensor | None) -> dict:
 
 def make_predict(d: Deployed, score_floor: float = 0.01) -> Callable:
     """predict(images [B,3,H,W] torch) -> {"boxes", "scores", "labels", "keep_mask"} for evaluate()."""
-    mapping = label_map(d.class_names)
+    mapping = label_map(d.class_names, d.class_map)
 
     def predict(images):
         x = images.detach().cpu().numpy().astype(np.float32)
@@ -274,8 +312,9 @@ def evaluate_deployed(
 ):
     """ValidationResult of a Deployed model on collated ``batches`` (classes from its metadata)."""
 
-    if num_classes is None and label_map(d.class_names) is not None:  # scored in the datasets' label space
-        num_classes = max(3, int(label_map(d.class_names).max()) + 1)
+    mapping = label_map(d.class_names, d.class_map)
+    if num_classes is None and mapping is not None:  # scored in the datasets' label space
+        num_classes = max(3, int(mapping.max()) + 1)
     num_classes = min(max(3, int(num_classes or d.num_classes or 3)), len(ALL_CLASSES))
     if not d.grid:
         raise InputError(f"{d.name}: its metadata lacks the patch grid")
@@ -403,13 +442,15 @@ class ValidateRun:
     checks: list[GateCheck]
     drops: dict[str, RecallDrop] | None = None
     gates: Gates | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return all_passed(self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``validate*.json`` document."""
-        return validation_record(self.model, self.result, self.reference, self.checks, self.drops, self.gates)
+        return {**validation_record(self.model, self.result, self.reference, self.checks, self.drops, self.gates),
+                "notes": list(self.notes)}  # fmt: skip
 
 
 def run_validate(
@@ -429,6 +470,7 @@ def run_validate(
     source: ModelSource | None = None,
     grid: Sequence[int] | None = None,
     reference_section: str | None = None,
+    class_map: Mapping[str, str | None] | None = None,
 ) -> ValidateRun:
     """``cass-deploy validate``: ``model`` (checkpoint, export directory, ``.onnx`` or ``.engine``) on
     ``images`` images of ``data``, against ``reference`` (see :func:`reference_model`; a ``.json``
@@ -436,14 +478,20 @@ def run_validate(
 
     ``source``: validate a ``--model SPEC --weights FILE`` model (in torch) instead of ``model``;
     ``grid``: the patch grid of an ONNX file without cass-deploy metadata; ``resize``: ``False``
-    (images must have the input size), ``"letterbox"`` (``True``) or ``"stretch"``."""
+    (images must have the input size), ``"letterbox"`` (``True``) or ``"stretch"``; ``class_map``:
+    model class name -> dataset class (``--class-map``). Model classes matching no dataset class
+    are named in ``notes``."""
     if images < 1:
         raise InputError(f"--images must be >= 1, got {images}")
     gates = gates or Gates()
     fields = fields or FieldConfig()
     deployed = open_model(model, providers, device, source=source, grid=grid)
+    check_class_map(deployed.class_names, class_map, deployed.name)
+    deployed.class_map = class_map
     saved = saved_reference(reference, reference_section) if reference and reference.endswith(".json") else None
     ref = None if saved is not None else reference_model(reference, deployed, device)
+    if ref is not None and ref.class_names == deployed.class_names:
+        ref.class_map = class_map
     if gates.max_recall_drop is not None and saved is None and ref is None:
         raise InputError(
             "--max-recall-drop needs a reference, but the source checkpoint of this model is not "
@@ -455,4 +503,4 @@ def run_validate(
     ref_result = saved if saved is not None else (evaluate_deployed(ref, batches, **kw) if ref is not None else None)
     name = str(model) if model is not None else source.describe()  # type: ignore[union-attr]
     drops, checks = compare(result, ref_result, gates)
-    return ValidateRun(name, result, ref_result, checks, drops, gates)
+    return ValidateRun(name, result, ref_result, checks, drops, gates, class_notes(deployed.class_names, class_map))

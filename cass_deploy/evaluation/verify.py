@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.metrics import box_iou, greedy_match
+from cass_deploy.evaluation.polygraphy_judge import score_floor
 from cass_deploy.evaluation.reference_outputs import save_reference_outputs
+from cass_deploy.evaluation.validate import load_batches
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.adapter import ModelSource, load_model
 from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME
@@ -254,17 +255,6 @@ def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float, floor: f
     return boxes, scores, labels, (np.arange(n) < math.ceil(top_share * rows)) & (scores >= floor)
 
 
-def score_floor(out: Mapping[str, np.ndarray]) -> float:
-    """The lowest score a model's outputs show it keeps: the smallest valid score over the images
-    whose rows are not all used (there the export's score threshold, not N, cut the list); 0 when
-    every image fills its N rows. A lower bound of an unknown export's threshold."""
-    num = np.asarray(out["num_dets"]).reshape(-1)
-    scores = np.asarray(out["det_scores"], np.float64)
-    rows = np.arange(scores.shape[1])[None, :]
-    valid = (rows < num[:, None]) & (num[:, None] < scores.shape[1])
-    return float(scores[valid].min()) if valid.any() else 0.0
-
-
 def _one_way(a: tuple, b: tuple, iou_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """a's best detections (``above``) matched (greedy, same class, IoU >= iou_thr) among all of b's
     -> (matched [n_a_above] bool, IoU of each match, |score a - score b| of each match)."""
@@ -365,6 +355,7 @@ def run_verify(
     grid: Sequence[int] | None = None,
     save_polygraphy: str | Path | None = None,
     force: bool = False,
+    resize: bool | str = False,
     **threshold_overrides: float | None,
 ) -> tuple[VerifyReport, list[str]]:
     """Reference model vs each candidate on ``images`` images -> (report, notes).
@@ -377,6 +368,8 @@ def run_verify(
     ``save_polygraphy``: a directory for the reference inputs and torch outputs of the first
     candidate in Polygraphy's JSON format (:mod:`cass_deploy.evaluation.reference_outputs`), for
     ``polygraphy run model.engine --trt --load-inputs ... --load-outputs ...`` and ``accept``.
+    ``resize``: images of a dataset directory must have the candidate's input size unless
+    ``"letterbox"`` (``True``) or ``"stretch"`` (as ``validate``'s ``--resize``).
     """
 
     if images < 1:
@@ -430,10 +423,11 @@ def run_verify(
                 f"reference {source.describe()} ({ckpt.sha256[:12]}…)"
             )
         if key not in cache:
-            ds = load_dataset(data, split="val", num_images=n, image_size=size, seed=seed)
-            if len(ds) < n:
-                raise InputError(f"dataset {data!r} has {len(ds)} images, fewer than the {n} asked for")
-            imgs = np.stack([ds[i]["image"].numpy() for i in range(n)]).astype(np.float32)
+            # validate's loader: another image size is an error naming both unless --resize (SPEC 6b)
+            imgs = load_batches(data, size, n, batch_size=n, seed=seed, resize=resize)[0]["images"].numpy()
+            if len(imgs) < n:
+                raise InputError(f"dataset {data!r} has {len(imgs)} images, fewer than the {n} asked for")
+            imgs = imgs.astype(np.float32)
             with TorchRunner(ckpt.model, part=m.parts) as ref_runner:
                 cache[key] = {"images": imgs, **run_batches(ref_runner, imgs, step)}
         ref = cache[key]

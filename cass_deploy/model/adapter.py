@@ -32,14 +32,13 @@ from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
-from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, PREDICTOR_OUTPUTS, missing_members
+from cass_deploy.model.protocol import PRUNER_MODES, require_protocol
 
 safetensors = lazy_import("safetensors")
 safetensors_torch = lazy_import("safetensors.torch")
 
 #: how many keys of each kind a weight-mismatch message lists
 SHOW_KEYS = 5
-PRUNER_MODES = ("global", "band", "threshold", "none")
 
 
 @dataclass(frozen=True)
@@ -187,47 +186,9 @@ def import_factory(spec: str):
 
 def check_adapter(obj: Any, spec: str) -> None:
     """Refuse an object that does not implement PrunableModel, naming every missing member and
-    every member with a value the tools cannot use."""
-    missing = missing_members(obj)
-    if missing:
-        raise InputError(
-            f"--model {spec}: the factory returned a {type(obj).__name__} that lacks "
-            f"{', '.join(missing)} (see cass_deploy/model/interface.py PrunableModel)"
-        )
-    bad = []
-    size, grid, patch = obj.image_size, obj.grid, obj.patch_size
-    if not _int_pair(size):
-        bad.append(f"image_size must be (H, W) positive ints, got {size!r}")
-    if not _int_pair(grid):
-        bad.append(f"grid must be (Hp, Wp) positive ints, got {grid!r}")
-    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-        bad.append(f"patch_size must be a positive int, got {patch!r}")
-    if obj.pruner_mode not in PRUNER_MODES:
-        bad.append(f"pruner_mode must be one of {list(PRUNER_MODES)}, got {obj.pruner_mode!r}")
-    k = obj.k
-    if obj.pruner_mode != "threshold" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        bad.append(f"k must be a positive int (None only in threshold mode), got {k!r}")
-    names = obj.class_names
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
-        bad.append(f"class_names must be a non-empty list of strings, got {names!r}")
-    if not bad:
-        full = list(obj.output_names("full"))
-        pred = list(obj.output_names("predictor"))
-        need = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and obj.pruner_mode == "threshold")]
-        if [n for n in need if n not in pred]:
-            bad.append(f"output_names('predictor') must hold {need}, got {pred}")
-        if not (set(DET_OUTPUTS) <= set(full) or set(HEAD_OUTPUTS) <= set(full)) or "keep_mask" not in full:
-            bad.append(f"output_names('full') must hold {list(DET_OUTPUTS)} and keep_mask, got {full}")
-    if bad:
-        raise InputError(f"--model {spec}: the factory's {type(obj).__name__}: " + "; ".join(bad))
-
-
-def _int_pair(v: Any) -> bool:
-    return (
-        isinstance(v, (list, tuple))
-        and len(v) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
-    )
+    every member with a value the tools cannot use (the static half of
+    :func:`cass_deploy.model.protocol.check_protocol`; no forward pass)."""
+    require_protocol(obj, f"--model {spec}", probe=False)
 
 
 # --------------------------------------------------------------------------- weights
@@ -318,8 +279,9 @@ def load_model(
             f"({image_size[0]}x{image_size[1]}) must come from the factory: pass it in --model-args"
         )
     obj = _with_pruner(obj, spec, pruner_mode, keep_ratio)
-    if hasattr(obj, "eval"):
+    if isinstance(obj, torch.nn.Module):  # a plain adapter's parts are put in eval mode where they run
         obj.eval()
+    require_protocol(obj, f"--model {spec}")  # the probe: shapes, dtypes, determinism (SPEC 6a)
     return LoadedModel(source, obj, sha256_file(source.weights), trained)  # type: ignore[arg-type]
 
 
@@ -356,6 +318,7 @@ __all__ = [
     "parse_model_args",
     "import_factory",
     "check_adapter",
+    "PRUNER_MODES",
     "read_weights",
     "load_weights_strict",
     "model_source_of",

@@ -212,7 +212,10 @@ def profile_runner(
 
 
 def _keep(model) -> float | None:
+    """The keep ratio of a pruned model: its ``keep_ratio`` (optional in the protocol), else ``k / P``."""
     ratio = getattr(model, "keep_ratio", None)
+    if ratio is None and model.k:
+        ratio = model.k / (model.grid[0] * model.grid[1])
     return None if model.pruner_mode == "none" or ratio is None else float(ratio)
 
 
@@ -438,7 +441,8 @@ def variant_configs(model, opts: ProfileOptions, backend: str, batch: int, devic
 
 
 def _ratios(model, opts: ProfileOptions) -> list[float]:
-    return list(opts.sweep) or ([model.cfg.pruner.keep_ratio] if model.pruner_mode != "none" else [])
+    keep = _keep(model)
+    return list(opts.sweep) or ([keep] if keep is not None else [])
 
 
 def profile_checkpoint(

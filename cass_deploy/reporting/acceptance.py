@@ -29,7 +29,7 @@ and writes ``accept.json`` + ``verify.json`` + ``profile.json`` + ``validate.jso
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class AcceptOptions:
     resize: bool = False
     seed: int = 0
     force: bool = False
+    class_map: Mapping[str, str | None] | None = None  # --class-map: model class -> dataset class
 
 
 @dataclass
@@ -276,7 +277,9 @@ def run_accept(export_dir: str | Path, opts: AcceptOptions, log: Callable[[str],
         providers=opts.providers,
         resize=opts.resize,
         seed=opts.seed,
+        class_map=opts.class_map,
     )
+    notes += run.notes
     checks += [Check("validate", c.passed, c.message) for c in run.checks]
     if not run.checks:
         notes.append("validate: no gate asked; recall and retention reported only")

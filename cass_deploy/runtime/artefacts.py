@@ -179,7 +179,27 @@ def resolve_candidates(
         for key in CANDIDATE_KEYS:
             if getattr(c.meta, key) is None:
                 raise InputError(f"candidate {c.path}: its metadata lacks {key!r}; was it exported by cass-deploy?")
+        if c.kind == "onnx":
+            check_declared_outputs(c)
     return out
+
+
+def check_declared_outputs(c: Candidate) -> None:
+    """Refuse an ONNX whose graph outputs are not the ones its manifest declares (a file replaced
+    after export, e.g. used with ``--no-verify-hash``), naming the missing and the undeclared ones."""
+    declared = [o.get("name") for o in c.meta.outputs]
+    if not declared:
+        return
+    graph = [o.name for o in load_onnx(c.path).graph.output]
+    missing = [n for n in declared if n not in graph]
+    extra = [n for n in graph if n not in declared]
+    if missing or extra:
+        what = [f"declared but missing: {', '.join(missing)}"] if missing else []
+        what += [f"not declared: {', '.join(extra)}"] if extra else []
+        raise InputError(
+            f"{c.path}: its outputs differ from what its manifest declares ({'; '.join(what)}); "
+            "re-export it or use the export's own file"
+        )
 
 
 def _listed_in_manifest(p: Path, kind: str) -> Manifest | None:

@@ -50,8 +50,9 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         self.device = resolve_device(self.device)
-        self.model.to(self.device).eval()
-        self._module = self.model.predictor_module() if self.part == "predictor" else self.model.full_module()
+        # only the part's module moves (SPEC 6a: the adapter itself need not be an nn.Module)
+        module = self.model.predictor_module() if self.part == "predictor" else self.model.full_module()
+        self._module = module.to(self.device).eval()
 
     def _deactivate(self) -> None:
         self._module = None

@@ -98,6 +98,7 @@ class TuneOptions:
     providers: tuple[str, ...] = ("cpu",)
     seed: int = 0
     resize: bool = False
+    class_map: dict[str, str | None] | None = None  # --class-map: model class -> dataset class
 
     def __post_init__(self) -> None:
         if not self.keep_ratios:
@@ -440,7 +441,9 @@ def run_tune(
                 None,
                 len(dense_model.class_names),
                 class_names=tuple(dense_model.class_names),
+                class_map=opts.class_map,
             )
+            vr.check_class_map(dense.class_names, opts.class_map, f"the model of {source.name}")
             reference = vr.evaluate_deployed(dense, batches, **kw)
             write_json(ref_path, reference.to_dict())
         bar.advance(task)
@@ -463,12 +466,16 @@ def run_tune(
                 data=opts.data,
                 providers=opts.providers,
                 seed=opts.seed,
+                resize=opts.resize,
             )
             verify = report.candidates[0].to_dict()
             verify["passed"] = bool(report.candidates[0])
             bar.advance(task)
             bar.update(task, description=f"{cfg.label}: validate")
             deployed = vr.open_model(str(directory), opts.providers)
+            deployed.class_map = opts.class_map
+            vr.check_class_map(deployed.class_names, opts.class_map, deployed.name)
+            notes += [n for n in vr.class_notes(deployed.class_names, opts.class_map) if n not in notes]
             result = vr.evaluate_deployed(deployed, batches, **kw)
             drops, checks = vr.compare(result, reference, opts.gates)
             validation = vr.validation_record(directory, result, reference, checks, drops, opts.gates)
