@@ -87,7 +87,8 @@ _HINTS: dict[str, str] = {
     "(tegrastats is used instead when it is absent)",
     "cuda": "no CUDA GPU is visible to torch; run on a machine with an NVIDIA GPU and a CUDA build "
     "of torch, or choose a CPU backend",
-    "ray": "Ray is not installed; pip install 'cass-deploy[distributed]' (or run the sweep in this process with --jobs 1)",
+    "ray": "Ray is not installed; pip install 'cass-deploy[distributed]' (or run the sweep in this process "
+    "with --jobs 1)",
 }
 
 

@@ -170,9 +170,7 @@ def add_sweep(p: argparse.ArgumentParser, unit: str) -> None:
         default=None,
         help=f"CPUs (and threads) per {unit} (default: the config's threads split between the {unit}s at once)",
     )
-    p.add_argument(
-        "--gpus-per-run", type=non_negative_float, default=0.0, help=f"GPUs per {unit} (Ray; default 0)"
-    )
+    p.add_argument("--gpus-per-run", type=non_negative_float, default=0.0, help=f"GPUs per {unit} (Ray; default 0)")
     p.add_argument(
         "--retries",
         type=non_negative_int,

@@ -14,11 +14,13 @@ from cass_deploy.commands.common import (
     add_out,
     add_providers,
     add_seed,
+    add_sweep,
     gates_from_args,
     model_source,
     non_negative_int,
     options_from,
     positive_int,
+    sweep_from,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.errors import InputError
@@ -61,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
     add_seed(p)
+    add_sweep(p, "configuration")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_force(p, "start the tune directory again (default: resume it)")
 
@@ -83,7 +86,14 @@ def run(args: argparse.Namespace) -> int:
     )
     console = Console(width=max(160, Console().width))
     res = tn.run_tune(
-        args.model, args.out, opts, model_source=source, force=args.force, progress=args.progress, log=console.print
+        args.model,
+        args.out,
+        opts,
+        model_source=source,
+        force=args.force,
+        progress=args.progress,
+        sweep=sweep_from(args),
+        log=console.print,
     )
     console.print(tn.tune_table(res))
     for n in res.notes:

@@ -190,7 +190,8 @@ class Executor:
         g, c = self.opts.gpus_per_run, self.opts.cpus_per_run
         if g > most["GPU"]:
             raise InputError(
-                f"--gpus-per-run {g:g}: no node of {self.where} has {g:g} GPU(s) (the most on one node: {most['GPU']:g})"
+                f"--gpus-per-run {g:g}: no node of {self.where} has {g:g} GPU(s) "
+                f"(the most on one node: {most['GPU']:g})"
             )
         if c is not None and c > most["CPU"]:
             raise InputError(
@@ -241,7 +242,7 @@ class Executor:
     def _run_here(self, units: Sequence[Unit], on_result) -> list[UnitFailure]:
         failures = []
         for u in units:
-            for attempt in range(1, self.opts.retries + 2):
+            for attempt in range(1, self.opts.retries + 2):  # noqa: B007 - reported below
                 try:
                     status, value = _call(u.fn, u.args)
                     break

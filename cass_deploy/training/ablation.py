@@ -434,7 +434,8 @@ def run_ablation(
 
     failures = []
     if todo:
-        with Executor(sweep or SweepOptions(), log=log) as ex:  # bad --address / resources refused before anything is written
+        # a bad --address or resources are refused here, before anything is written
+        with Executor(sweep or SweepOptions(), log=log) as ex:
             threads = ex.unit_threads(load_train_config(config, base).threads)
             wbase = [*base, f"threads={threads}"] if threads else list(base)
             cfg_path = str(Path(config).resolve()) if config else None
