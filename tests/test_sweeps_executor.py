@@ -79,18 +79,17 @@ def test_ctrl_c_cancels_the_units_in_flight(ray_session, tmp_path):
         return "quick"
 
     def slow():
-        time.sleep(1.5)
+        (tmp_path / "slow-started").write_text("")
+        time.sleep(2)
         (tmp_path / "slow-finished").write_text("")
         return "slow"
 
     def interrupt(key, value):
         raise KeyboardInterrupt
 
-    t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt), Executor(SweepOptions(jobs=2, retries=0), log=lambda s: None) as ex:
         ex.run([Unit("slow", slow), Unit("quick", quick)], interrupt)
-    assert time.perf_counter() - t0 < 1.5
-    time.sleep(2)  # a unit that was not cancelled would have finished by now
+    time.sleep(3)  # a unit that was not cancelled would have finished by now
     assert not (tmp_path / "slow-finished").exists()
 
 
