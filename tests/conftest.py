@@ -135,6 +135,7 @@ def ray_session():
     from cass_deploy.sweeps.executor import PROFILE_SLOT
 
     ray.init(
+        address="local",  # a Ray of its own, even when a cluster runs on this machine
         num_cpus=2,
         resources={PROFILE_SLOT: 1},
         include_dashboard=False,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cass_deploy.backends.probe import is_available, lazy_import
-from cass_deploy.errors import InputError
+from cass_deploy.errors import BackendUnavailable, InputError
 from cass_deploy.io_utils import atomic_dir
 
 ray = lazy_import("ray", backend="ray", purpose="sweeps on Ray")
@@ -172,13 +172,19 @@ class Executor:
         if ray.is_initialized():  # e.g. the test session's local Ray
             self.where = "the Ray of this process"
             return
-        kw: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-        if address is None:
+        kw: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
+        if address is None:  # "local": a new Ray of our own, even when a cluster runs on this machine
             kw.update(num_cpus=os.cpu_count() or 1, resources={PROFILE_SLOT: 1}, object_store_memory=512 << 20)
+            kw.update(include_dashboard=False)
         try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, TimeoutError, RuntimeError) as exc:
-            raise InputError(f"cannot join the Ray cluster at --address {address}: {_one_line(exc)}") from None
+            ray.init(address=address or "local", **kw)
+        except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its local node does not start
+            if address is None:
+                raise BackendUnavailable(
+                    f"the local Ray did not start ({_one_line(exc)}); --jobs 1 runs the units in this process"
+                ) from None
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else " (token authentication? set RAY_AUTH_MODE=token)"
+            raise InputError(f"cannot join the Ray cluster at --address {address}: {_one_line(exc)}{hint}") from None
         self._owned = True
         self.where = f"the Ray cluster at {address}" if address else "a local Ray"
 
