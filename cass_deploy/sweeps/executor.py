@@ -177,7 +177,7 @@ class Executor:
             kw.update(num_cpus=os.cpu_count() or 1, resources={PROFILE_SLOT: 1}, object_store_memory=512 << 20)
             kw.update(include_dashboard=False)
         try:
-            ray.init(address=address or "local", **kw)
+            self._init(address, kw)
         except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when its local node does not start
             if address is None:
                 raise BackendUnavailable(
@@ -187,6 +187,19 @@ class Executor:
             raise InputError(f"cannot join the Ray cluster at --address {address}: {_one_line(exc)}{hint}") from None
         self._owned = True
         self.where = f"the Ray cluster at {address}" if address else "a local Ray"
+
+    @staticmethod
+    def _init(address: str | None, kw: dict[str, Any], tries: int = 3) -> None:
+        """``ray.init``; a local Ray is started again (``tries`` in all) when its node does not come
+        up within Ray's fixed 30 s (seen on a starved 2-core machine), a cluster is asked once."""
+        for attempt in range(1, tries + 1):
+            try:
+                ray.init(address=address or "local", **kw)
+                return
+            except Exception:
+                if address is not None or attempt == tries:
+                    raise
+                ray.shutdown()
 
     def _check_resources(self) -> None:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
