@@ -180,14 +180,8 @@ def add_sweep(p: argparse.ArgumentParser, unit: str) -> None:
 
 
 def sweep_from(args: argparse.Namespace) -> Any:
-    """``sweeps.executor.SweepOptions`` from :func:`add_sweep`'s values."""
-    return _sweeps.SweepOptions(
-        jobs=args.jobs,
-        address=args.address,
-        cpus_per_run=args.cpus_per_run,
-        gpus_per_run=args.gpus_per_run,
-        retries=args.retries,
-    )
+    """``sweeps.executor.SweepOptions`` from :func:`add_sweep`'s values (same names)."""
+    return options_from(_sweeps.SweepOptions, args)
 
 
 def add_grid(p: argparse.ArgumentParser) -> None:
