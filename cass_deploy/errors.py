@@ -49,6 +49,13 @@ class TrainingError(CassDeployError):
     exit_code = 1
 
 
+class SweepFailed(CassDeployError):
+    """Units of a sweep (``ablate``, ``tune``) still failed after their retries; the results of the
+    others are written (``--resume`` runs the failed ones again)."""
+
+    exit_code = 1
+
+
 class GateFailed(CassDeployError):
     """A verification or validation gate failed; the message names the failing numbers."""
 

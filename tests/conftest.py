@@ -123,3 +123,25 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "train"
     res = train(load_train_config(None, TINY_OVERRIDES), out, progress=False, log=lambda s: None)
     return res.best_path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray of 2 CPUs with the profile slot, started once for the session (the sweeps'
+    executor reuses a Ray already initialised in its process); skips without Ray installed."""
+    import logging
+
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'cass-deploy[distributed]')")
+    from cass_deploy.sweeps.executor import PROFILE_SLOT
+
+    ray.init(
+        address="local",  # a Ray of its own, even when a cluster runs on this machine
+        num_cpus=2,
+        resources={PROFILE_SLOT: 1},
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        object_store_memory=256 << 20,
+    )
+    yield ray
+    ray.shutdown()

@@ -99,8 +99,11 @@ def test_validate_on_real_kitti_with_letterbox_and_profile(trained, tmp_path, ca
     assert "onnxruntime/cpu" in capsys.readouterr().out
 
 
-def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, capsys):
-    """``tune --model SPEC --weights`` (SPEC 6a, 7b): export, verify, validate and time the example."""
+def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, capsys, request):
+    """``tune --model SPEC --weights`` (SPEC 6a, 7b): export, verify, validate and time the example
+    (as Ray units on the session's local Ray when Ray is installed, SPEC 7d; else in this process)."""
+    if importlib.util.find_spec("ray") is not None:
+        request.getfixturevalue("ray_session")
     _, weights = trained
     out = tmp_path / "tune"
     argv = ["tune", "--model", SPEC, "--weights", str(weights), "--out", str(out), "--keep", "0.5"]

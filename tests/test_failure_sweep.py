@@ -29,8 +29,10 @@ def test_the_sweep_covers_every_subcommand():
     assert len(sweep.CASES) >= 150 and len({c.name for c in sweep.CASES}) == len(sweep.CASES)
 
 
-def test_every_bad_input_is_one_clear_line_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+def test_every_bad_input_is_one_clear_line_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch, request):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    if importlib.util.find_spec("ray") is not None:  # the --jobs 2 cases reuse the session's Ray (no start each)
+        request.getfixturevalue("ray_session")
     fixtures = sweep.build_fixtures(tmp_path, checkpoint=tiny_checkpoint)
     failures = []
     for case in sweep.CASES:

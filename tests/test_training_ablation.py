@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, plan, run_ablation, select
+from cass_deploy.training.ablation import RunResult, aggregate, markdown_table, plan, run_ablation, run_name, select
 
 
 def run(variant, seed, keep, near, far=0.5, mid=0.5, images=200, map50=0.5, ret=(0.9, 0.9, 0.9), rng_seed=None):
@@ -184,29 +186,48 @@ def test_evaluate_with_hits_counts_add_up_to_the_result(tiny_checkpoint):
             assert rec[f]["lo"] <= rec[f]["recall"] <= rec[f]["hi"]
 
 
-def test_ablation_in_two_worker_processes_gives_every_run_once(tmp_path):
-    """--jobs 2: the trainings run in spawned workers; every planned run comes back once, is
-    evaluated at the keep ratio it was trained at, and a resume afterwards trains nothing."""
+def test_ablation_on_ray_interrupted_resumed_and_a_failing_training_reported(ray_session, tmp_path, monkeypatch):
+    """Two tiny trainings on the session's local Ray: Ctrl-C after the first arrives leaves it in
+    runs.json (the other is cancelled); --resume trains only the missing one, beside a training
+    that diverges: that one is reported (SweepFailed, exit 1) and the other's result is kept."""
+    from cass_deploy.errors import SweepFailed
+    from cass_deploy.sweeps.executor import SweepOptions
+    from cass_deploy.training.ablation import LOSS_VARIANTS
+
     from conftest import TINY_OVERRIDES
 
-    logs = []
+    monkeypatch.setitem(LOSS_VARIANTS, "diverges", ["lr=1e30"])
     settings = dict(
-        config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, variants=["object g=0"], val_images=4, band=False
+        config=None, base=TINY_OVERRIDES, seeds=[0], out=tmp_path, keep_ratios=(0.5,), val_images=4, band=False
     )
-    res = run_ablation(**settings, jobs=2, log=logs.append)
-    keys = sorted((r["variant"], r["keep_ratio"] or 0.0) for r in res["runs"])
-    assert keys == [("dense", 0.0), ("object g=0", 0.25), ("object g=0", 0.5)]
-    assert res["complete"] and logs[0] == "3 trainings in 2 worker processes of 1 thread(s) each"
-    assert sum(line.startswith("object g=0 keep ") for line in logs) == 2  # the workers' lines reach the log
-    for r in res["runs"]:
-        if r["keep_ratio"] is not None:
-            slug = f"object_g_0-k{r['keep_ratio']}-s0"
-            ck = __import__("torch").load(tmp_path / slug / "last.pt", weights_only=True)
-            assert ck["model_config"]["pruner"]["keep_ratio"] == r["keep_ratio"]
+    on_ray = SweepOptions(jobs=2, retries=0)
+    logs = []
+
+    def ctrl_c_after_the_first(line):
+        logs.append(line)
+        if line.startswith("[1/2 runs"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(**settings, variants=["object g=0"], sweep=on_ray, log=ctrl_c_after_the_first)
+    assert logs[0] == "2 trainings on the Ray of this process (2 CPUs): up to 2 at a time, 1 thread(s) each"
+    first = json.loads((tmp_path / "runs.json").read_text())
+    assert len(first) == 1 and (tmp_path / run_name(first[0]["variant"], first[0]["keep_ratio"], 0)).is_dir()
     logs.clear()
-    again = run_ablation(**settings, jobs=2, resume=True, log=logs.append)
-    assert logs == ["resuming: 3 runs already in " + str(tmp_path / "runs.json")]
-    assert again["runs"] == res["runs"]
+    with pytest.raises(SweepFailed, match=r"1 of 2 trainings failed \(diverges-k0.5-s0: TrainingError: .*diverged"):
+        run_ablation(**settings, variants=["object g=0", "diverges"], sweep=on_ray, resume=True, log=logs.append)
+    assert logs[:2] == [
+        "resuming: 1 runs already in " + str(tmp_path / "runs.json"),
+        "2 trainings on the Ray of this process (2 CPUs): up to 2 at a time, 1 thread(s) each",
+    ]
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert runs[0] == first[0] and sorted((r["variant"], r["keep_ratio"] or 0.0) for r in runs) == [
+        ("dense", 0.0),
+        ("object g=0", 0.5),
+    ]
+    ck = __import__("torch").load(tmp_path / "object_g_0-k0.5-s0" / "last.pt", weights_only=True)
+    assert ck["model_config"]["pruner"]["keep_ratio"] == 0.5  # the run directory came back from the worker
+    assert not (tmp_path / "diverges-k0.5-s0").exists()
 
 
 def test_the_committed_ablation_selects_the_corrected_preset_it_documents(tmp_path):

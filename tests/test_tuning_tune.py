@@ -15,7 +15,8 @@ from cass_deploy.runtime.manifest import Manifest
 from cass_deploy.tuning.tune import ConfigResult, TuneOptions, pareto_front, recommend
 
 TUNE = ["--keep", "0.5,1.0", "--precision", "fp32", "--images", "6", "--verify-images", "2"]
-FAST = ["--warmup", "1", "--rounds", "4", "--no-progress", "--resamples", "200"]
+# in this process (no Ray); test_tune_on_ray runs the same tune on the session's local Ray
+FAST = ["--warmup", "1", "--rounds", "4", "--no-progress", "--resamples", "200", "--jobs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,27 @@ def test_tune_resumes_and_refuses_other_settings(tuned, tiny_checkpoint, capsys)
     assert (out / "configs" / "keep0.5-fp32.json").stat().st_mtime_ns >= before  # latency refreshed
     rc = main(["tune", str(tiny_checkpoint), "--out", str(out), "--max-recall-drop", "0.5", *TUNE, *FAST])
     assert rc == 2 and "other settings (gates differ)" in capsys.readouterr().err
+
+
+def test_tune_on_ray_gives_the_in_process_results(ray_session, tuned, tiny_checkpoint, tmp_path, capsys):
+    """The two candidates as Ray units (exports and records returned and written in OUT), the
+    timing as the exclusive unit: the same verify and validation figures as in this process."""
+    out = tmp_path / "t"
+    rc = main(
+        ["tune", str(tiny_checkpoint), "--out", str(out), "--max-recall-drop", "1.0", *TUNE, *FAST, "--jobs", "2"]
+    )
+    assert rc == 0 and "2 configurations on the Ray of this process" in capsys.readouterr().out
+    here = {r["config"]: r for r in json.loads((tuned[0] / "tune.json").read_text())["table"]}
+    for row in json.loads((out / "tune.json").read_text())["table"]:
+        same = here[row["config"]]
+        for k in ("keep_iou", "near_recall", "near_recall_ci", "near_drop", "status"):
+            assert row[k] == same[k], k
+        assert row["p50_ci"][0] <= row["p50_ms"] <= row["p50_ci"][1]
+    for name in ("keep0.5-fp32", "keep1-fp32"):
+        rec = json.loads((out / "configs" / f"{name}.json").read_text())
+        assert rec["export"] == rec["validation"]["model"] == str(out / "exports" / name)
+        assert Manifest.read(out / "exports" / name / "manifest.json").verify(out / "exports" / name).ok
+    assert json.loads((out / "profile" / "profile.json").read_text())["comparison"]["paired"] is True
 
 
 def test_tune_fails_closed_when_nothing_passes(tiny_checkpoint, tmp_path, capsys):

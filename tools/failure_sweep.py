@@ -33,6 +33,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from cass_deploy.backends.probe import is_available
 from cass_deploy.cli import main as cli_main
 from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 
@@ -317,6 +318,17 @@ def _cases() -> list[Case]:
     if KITTI.is_dir():
         add("verify/kitti-size", "verify --reference {ckpt} --candidate {exp} --data {kitti} --images 1",
             needle="375x1242 images but the model takes 96x160")  # fmt: skip
+    # where a sweep's units run (SPEC 7d): a cluster that is not there, resources that are not there
+    for cmd, head in (("ablate", f"ablate {SETS} --seeds 0 --no-band"), ("tune", tune)):
+        add(f"{cmd}/address-unreachable", head + " --address 127.0.0.1:1 --out {w}/o", needle="127.0.0.1:1")
+        add(f"{cmd}/address-format", head + " --address nohost --out {w}/o", needle="nohost")
+        add(f"{cmd}/gpus-negative", head + " --gpus-per-run -1 --out {w}/o", needle="--gpus-per-run")
+        add(f"{cmd}/cpus-0", head + " --cpus-per-run 0 --out {w}/o", needle="--cpus-per-run")
+        add(f"{cmd}/retries-negative", head + " --retries -1 --out {w}/o", needle="--retries")
+        if not is_available("cuda"):  # GPUs asked on a machine without them: in this process, and on Ray
+            add(f"{cmd}/gpus-none-here", head + " --jobs 1 --gpus-per-run 1 --out {w}/o", needle="--gpus-per-run")
+            if is_available("ray"):
+                add(f"{cmd}/gpus-none-ray", head + " --jobs 2 --gpus-per-run 1 --out {w}/o", needle="--gpus-per-run")
     # the command line itself
     add("cli/unknown-command", "frobnicate")
     add("cli/unknown-flag", "export {ckpt} --frob")

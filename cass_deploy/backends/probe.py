@@ -71,6 +71,7 @@ MODULES: dict[str, str] = {
     "pycuda": "pycuda",
     "jtop": "jtop",
     "cuda": "torch",  # torch with a visible CUDA device
+    "ray": "ray",  # ablate / tune units on Ray (SPEC 7d)
 }
 
 _HINTS: dict[str, str] = {
@@ -86,6 +87,8 @@ _HINTS: dict[str, str] = {
     "(tegrastats is used instead when it is absent)",
     "cuda": "no CUDA GPU is visible to torch; run on a machine with an NVIDIA GPU and a CUDA build "
     "of torch, or choose a CPU backend",
+    "ray": "Ray is not installed; pip install 'cass-deploy[distributed]' (or run the sweep in this process "
+    "with --jobs 1)",
 }
 
 
@@ -109,6 +112,7 @@ VERSIONS: dict[str, tuple[str, ...]] = {
     ),
     "pycuda": ("pycuda",),
     "jetson-stats": ("jetson-stats",),
+    "ray": ("ray",),
 }
 #: labels whose module is asked for ``__version__`` when no distribution metadata exists
 MODULE_FALLBACK: dict[str, str] = {"tensorrt": "tensorrt", "pycuda": "pycuda"}

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides, keep_ratio, positive_int
+from cass_deploy.commands.common import (
+    add_config,
+    add_force,
+    add_out,
+    add_overrides,
+    add_sweep,
+    keep_ratio,
+    positive_int,
+    sweep_from,
+)
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import check_writable
 from cass_deploy.training.ablation import run_ablation
@@ -25,13 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-ratios", default="0.5,0.25", help="each pruned variant is trained at each of these")
     p.add_argument("--val-images", type=positive_int, default=256)
     p.add_argument("--no-band", action="store_true", help="skip the band-pruner run")
-    p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=1,
-        help="trainings side by side in this many worker processes, the config's threads split between "
-        "them (default 1; on a 2-core CPU, 2: small models use a second thread poorly, see README)",
-    )
+    add_sweep(p, "training")
     p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.json, train only missing ones")
     p.add_argument(
         "--summarise",
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         band=not args.no_band,
         resume=args.resume,
         summarise_only=args.summarise,
-        jobs=args.jobs,
+        sweep=sweep_from(args),
     )
     print(res["markdown"])
     verdict = res["verdict"]

@@ -22,6 +22,9 @@ from cass_deploy.errors import InputError
 # torch is imported only when a --model is loaded (commands stay importable without it)
 adapter = lazy_import("cass_deploy.model.adapter")
 
+# the sweep options check their values (no Ray import: that happens only when a sweep runs on Ray)
+_sweeps = lazy_import("cass_deploy.sweeps.executor")
+
 # the gates import torch (through the results they check): only commands that take gates load them
 _gates = lazy_import("cass_deploy.evaluation.gates")
 
@@ -112,6 +115,8 @@ positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 #: a finite number >= 0 (tolerances, error bounds)
 non_negative_float = _number(float, lambda v: v >= 0.0, "a number >= 0")
+#: a finite number > 0 (CPUs per unit)
+positive_float = _number(float, lambda v: v > 0.0, "a number > 0")
 #: a confidence level: in (0, 1)
 confidence = _number(float, lambda v: 0.0 < v < 1.0, "a confidence in (0, 1)")
 
@@ -142,6 +147,41 @@ def model_source(args: argparse.Namespace, checkpoint: str | None = None) -> Any
     if checkpoint is not None:
         raise InputError(f"give a checkpoint / model path ({checkpoint}) or --model {spec}, not both")
     return adapter.source_from(None, spec, args.weights, args.model_args)
+
+
+def add_sweep(p: argparse.ArgumentParser, unit: str) -> None:
+    """Where a sweep's units run (SPEC §7d): ``--jobs``, ``--address``, ``--cpus-per-run``,
+    ``--gpus-per-run``, ``--retries``; :func:`sweep_from` reads them back."""
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help=f"{unit}s at a time (default: as many as the CPUs hold, on a local Ray or the --address cluster; "
+        "1 without --address: one after the other in this process, no Ray)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to run on: host:6379, ray://host:10001 or auto (default: RAY_ADDRESS, else a local Ray)",
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=positive_float,
+        default=None,
+        help=f"CPUs (and threads) per {unit} (default: the config's threads split between the {unit}s at once)",
+    )
+    p.add_argument("--gpus-per-run", type=non_negative_float, default=0.0, help=f"GPUs per {unit} (Ray; default 0)")
+    p.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=2,
+        help=f"tries again a {unit} that raised or whose worker died, this many times, then reports it (default 2)",
+    )
+
+
+def sweep_from(args: argparse.Namespace) -> Any:
+    """``sweeps.executor.SweepOptions`` from :func:`add_sweep`'s values (same names)."""
+    return options_from(_sweeps.SweepOptions, args)
 
 
 def add_grid(p: argparse.ArgumentParser) -> None:

@@ -15,11 +15,13 @@ from cass_deploy.commands.common import (
     add_out,
     add_providers,
     add_seed,
+    add_sweep,
     gates_from_args,
     model_source,
     non_negative_int,
     options_from,
     positive_int,
+    sweep_from,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.data.classes import parse_class_map
@@ -64,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
     add_class_map(p)
     add_seed(p)
+    add_sweep(p, "configuration")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     add_force(p, "start the tune directory again (default: resume it)")
 
@@ -87,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
     )
     console = Console(width=max(160, Console().width))
     res = tn.run_tune(
-        args.model, args.out, opts, model_source=source, force=args.force, progress=args.progress, log=console.print
+        args.model,
+        args.out,
+        opts,
+        model_source=source,
+        force=args.force,
+        progress=args.progress,
+        sweep=sweep_from(args),
+        log=console.print,
     )
     console.print(tn.tune_table(res))
     for n in res.notes:

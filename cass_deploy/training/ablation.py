@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +45,10 @@ from typing import Any
 import numpy as np
 
 from cass_deploy.config import FIELDS
-from cass_deploy.errors import InputError
+from cass_deploy.errors import InputError, SweepFailed
 from cass_deploy.io_utils import atomic_path, write_json
 from cass_deploy.model.checkpoint import load_checkpoint
+from cass_deploy.sweeps.executor import Executor, SweepOptions, Unit, collect_files, scratch, write_files
 from cass_deploy.training.recall import evaluate_with_hits, paired_bootstrap_drop, wilson_interval
 from cass_deploy.training.train import build_datasets, load_train_config, make_loader, train
 
@@ -134,7 +133,7 @@ def train_and_evaluate(
 
     keep = [] if keep_ratio is None else [f"model.pruner.keep_ratio={keep_ratio}"]
     cfg = load_train_config(config, base + overrides + keep + [f"seed={seed}"])
-    run_dir = out / f"{_slug(variant)}-k{keep_ratio if keep_ratio is not None else 'dense'}-s{seed}"
+    run_dir = out / run_name(variant, keep_ratio, seed)
     res = train(cfg, run_dir, force=True, progress=False, log=lambda s: None)
     seconds = res.history[-1]["train_seconds"] if res.history else res.seconds
     model = load_checkpoint(res.last_path).model
@@ -149,6 +148,11 @@ def train_and_evaluate(
         f"{_p(r.retention['near'])} far {_p(r.retention['far'])}, mAP {_p(r.map50)} [train {seconds:.0f}s]"
     )
     return r
+
+
+def run_name(variant: str, keep_ratio: float | None, seed: int) -> str:
+    """The directory of one training under the ablation's ``out`` (also its unit's key)."""
+    return f"{_slug(variant)}-k{keep_ratio if keep_ratio is not None else 'dense'}-s{seed}"
 
 
 def _slug(name: str) -> str:
@@ -388,7 +392,7 @@ def run_ablation(
     band: bool = True,
     resume: bool = False,
     summarise_only: bool = False,
-    jobs: int = 1,
+    sweep: SweepOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Dense + each loss variant (+ the band pruner with ``BAND_LOSS``) over ``seeds``, every pruned
@@ -398,73 +402,82 @@ def run_ablation(
     train only the missing ones, so an interrupted ablation continues where it stopped; the
     results are rewritten after every run. ``summarise_only``: train nothing, recompute the
     tables, intervals and verdict from ``out/runs.json`` (e.g. a partial ablation).
-    ``jobs``: trainings run side by side in that many worker processes (spawned), each with
-    ``threads // jobs`` torch threads (at least 1) — on a small CPU two one-thread trainings get
-    more done than one two-thread training; the results are the same kind, in completion order.
+    ``sweep``: where the trainings run (:mod:`cass_deploy.sweeps.executor`; default: in this process, or
+    on a local Ray / a cluster, the config's threads split between the trainings that run at
+    once); each arrives as a returned object (its row, log lines and run directory's files),
+    written to ``out`` at once. Trainings that still fail after their retries are reported
+    (SweepFailed, exit 1) after the others are written.
     """
 
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
     unknown = [n for n in names if n not in LOSS_VARIANTS]
     if unknown:
         raise InputError(f"unknown ablation variant(s) {unknown}; known: {list(LOSS_VARIANTS)}")
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[RunResult] = []
     if summarise_only and not (out / "runs.json").is_file():
         raise InputError(f"nothing to summarise: {out / 'runs.json'} does not exist")
-    if (resume or summarise_only) and (out / "runs.json").is_file():
-        try:
-            rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise InputError(f"{out / 'runs.json'} is not a runs file of this ablation: {exc}") from None
-        rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
-        log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
+    rows = _resumed_rows(out, log) if resume or summarise_only else []
     done = {r.key for r in rows}
     planned = plan(seeds, names, keep_ratios, band)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {}
     todo = [] if summarise_only else [j for j in planned if (j[0], j[2], j[3]) not in done]
+    state: dict[str, Any] = {}
 
-    def finished(row: RunResult) -> None:
-        nonlocal result
+    def finished(key: str, value: tuple[RunResult, list[str], dict[str, bytes]]) -> None:
+        row, lines, files = value
+        for line in lines:
+            log(line)
+        write_files(out / key, files)
         rows.append(row)
         write_json(out / "runs.json", [r.to_dict() for r in rows], force=True)
-        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
+        state["result"] = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
         log(f"[{len(rows)}/{len(planned)} runs, {(time.perf_counter() - t0) / 60:.1f} min this session]")
 
-    if jobs <= 1 or len(todo) <= 1:
-        for name, overrides, seed, keep in todo:
-            finished(train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, log))
-    else:
-        threads = max(1, (load_train_config(config, base).threads or multiprocessing.cpu_count()) // jobs)
-        wbase = [*base, f"threads={threads}"]
-        log(f"{len(todo)} trainings in {jobs} worker processes of {threads} thread(s) each")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pending = {
-                pool.submit(_train_in_worker, wbase, config, name, overrides, seed, out, keep, val_images)
-                for name, overrides, seed, keep in todo
-            }
-            try:
-                while pending:
-                    ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in ready:
-                        row, lines = fut.result()
-                        for line in lines:
-                            log(line)
-                        finished(row)
-            except BaseException:  # interrupted or a run failed: what finished is in runs.json (--resume)
-                for fut in pending:
-                    fut.cancel()
-                raise
-    if not result:
-        result = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
+    failures = []
+    if todo:
+        # a bad --address or resources are refused here, before anything is written
+        with Executor(sweep or SweepOptions(), log=log) as ex:
+            threads = ex.unit_threads(load_train_config(config, base).threads)
+            wbase = [*base, f"threads={threads}"] if threads else list(base)
+            cfg_path = str(Path(config).resolve()) if config else None
+            units = [
+                Unit(run_name(n, k, s), _train_unit, (wbase, cfg_path, n, o, s, k, val_images)) for n, o, s, k in todo
+            ]
+            log(ex.describe(len(units), "trainings", threads))
+            out.mkdir(parents=True, exist_ok=True)
+            failures = ex.run(units, finished)
+    if not state:  # nothing arrived (all done earlier, --summarise, or every unit failed)
+        out.mkdir(parents=True, exist_ok=True)
+        state["result"] = _write_results(rows, out, seeds, keep_ratios, val_images, base, config, len(planned), t0)
+    result = state["result"]
+    if failures:
+        raise SweepFailed(
+            f"{len(failures)} of {len(todo)} trainings failed ({'; '.join(f.line() for f in failures)}); "
+            f"the other results are in {out}; --resume trains the failed ones again"
+        )
     return result
 
 
-def _train_in_worker(base, config, name, overrides, seed, out, keep, val_images) -> tuple[RunResult, list[str]]:
-    """One ablation training in a worker process: the row and its log lines (for the parent)."""
+def _resumed_rows(out: Path, log: Callable[[str], None]) -> list[RunResult]:
+    """The runs of ``out/runs.json`` that carry per-image hits (none when it does not exist)."""
+    if not (out / "runs.json").is_file():
+        return []
+    try:
+        rows = [RunResult(**r) for r in json.loads((out / "runs.json").read_text())]
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"{out / 'runs.json'} is not a runs file of this ablation: {exc}") from None
+    rows = [r for r in rows if r.hits]  # runs of the issue-4 format lack hits: train again
+    log(f"resuming: {len(rows)} runs already in {out / 'runs.json'}")
+    return rows
+
+
+def _train_unit(base, config, name, overrides, seed, keep, val_images) -> tuple[RunResult, list[str], dict[str, bytes]]:
+    """One ablation training, wherever the executor runs it: trained in a scratch directory of that
+    node -> (its row, its log lines, the files of its run directory) for the driver to write."""
     lines: list[str] = []
-    row = train_and_evaluate(base, config, name, overrides, seed, out, keep, val_images, lines.append)
-    return row, lines
+    with scratch("cass-ablate-") as tmp:
+        row = train_and_evaluate(base, config, name, overrides, seed, tmp, keep, val_images, lines.append)
+        files = collect_files(tmp / run_name(name, keep, seed))
+    return row, lines, files
 
 
 def _write_results(rows, out, seeds, keep_ratios, val_images, base, config, planned, t0) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from rich.table import Table
 
 from cass_deploy.backends.limits import PRECISIONS
 from cass_deploy.config import FieldConfig
-from cass_deploy.errors import GateFailed, InputError
+from cass_deploy.errors import GateFailed, InputError, SweepFailed
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import INCONCLUSIVE, Gates
 from cass_deploy.evaluation.scoring import ValidationResult
@@ -64,6 +64,7 @@ from cass_deploy.profiling.macs import count_macs
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 from cass_deploy.runtime.manifest import MANIFEST_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.torch_runner import TorchRunner
+from cass_deploy.sweeps.executor import Executor, SweepOptions, Unit, collect_files, place_files, scratch, write_files
 
 BACKENDS = ("onnxruntime", "tensorrt")
 STATE = "tune-state.json"
@@ -290,11 +291,14 @@ def _progress(enabled: bool):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def _prepare_out(out: Path, state: dict[str, Any], force: bool) -> bool:
-    """Create ``out`` or check it holds a tune with the same settings -> True when resuming."""
+def _prepare_out(out: Path, state: dict[str, Any], force: bool, check_only: bool = False) -> bool:
+    """Create ``out`` or check it holds a tune with the same settings -> True when resuming
+    (``check_only``: refuse a wrong ``out`` but write nothing)."""
     if out.exists() and force:
         if not out.is_dir():
             raise InputError(f"--out {out} is a file, not a directory")
+        if check_only:
+            return False
         shutil.rmtree(out)
     if out.exists():
         if not out.is_dir():
@@ -313,8 +317,9 @@ def _prepare_out(out: Path, state: dict[str, Any], force: bool) -> bool:
                 "pass --force to start again or choose another --out"
             )
         return True
-    out.mkdir(parents=True)
-    write_json(out / STATE, state)
+    if not check_only:
+        out.mkdir(parents=True)
+        write_json(out / STATE, state)
     return False
 
 
@@ -397,10 +402,18 @@ def run_tune(
     model_source: ModelSource | None = None,
     force: bool = False,
     progress: bool = True,
+    sweep: SweepOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> TuneResult:
     """``cass-deploy tune`` (module docstring). Returns the result; raises GateFailed (exit 1)
-    after writing everything when no configuration passes every gate."""
+    after writing everything when no configuration passes every gate.
+
+    ``sweep``: where the units run (:mod:`cass_deploy.sweeps.executor`; default: in this
+    process): one unit per configuration (export -> verify -> validate, in a scratch directory of
+    its node; the export's files and the record come back and are written to ``OUT`` as each
+    arrives), then the timing of dense + every configuration, interleaved, as one exclusive unit
+    (it holds the profile slot and every CPU of its node, so its figures compare with a plain
+    ``profile`` run)."""
     t0 = time.perf_counter()
     out = Path(out)
     source = open_source(model, model_source)
@@ -413,119 +426,183 @@ def run_tune(
     size = tuple(profile.image_size) if profile is not None else source.image_size
     batch = profile.batch if profile is not None else 1
     state = {"source_sha256": source.sha256, "image_size": list(size), "batch": batch, **opts.settings()}
-    resumed = _prepare_out(out, state, force)
-    if resumed:
-        log(f"resuming the tune in {out}")
     grid = [TuneConfig(r, p) for r in opts.keep_ratios for p in opts.precisions]
     notes: list[str] = []
-    batches = vr.load_batches(opts.data, size, opts.images, seed=opts.seed, resize=opts.resize)
-    kw = dict(fields=opts.fields)
-    ref_path = out / "reference.json"
-    results: list[ConfigResult] = []
-    with _progress(progress) as bar:
+    _prepare_out(out, state, force, check_only=True)  # a wrong --out is refused before Ray starts
+    with Executor(sweep or SweepOptions(), exclusive=True, log=log) as ex, _progress(progress) as bar:
+        if _prepare_out(out, state, force):  # after the executor: a bad --address leaves nothing
+            log(f"resuming the tune in {out}")
         task = bar.add_task("tune", total=3 * len(grid) + opts.rounds + 1)
-        if ref_path.is_file():
-            reference = ValidationResult.from_dict(json.loads(ref_path.read_text()))
-        else:
-            bar.update(task, description="validate dense reference")
-            dense_model = source.dense_model(size)
-            dense = vr.Deployed(
-                "torch:dense",
-                TorchRunner(dense_model, "full"),
-                size,
-                tuple(dense_model.grid),
-                None,
-                False,
-                source.checkpoint,
-                "none",
-                None,
-                len(dense_model.class_names),
-                class_names=tuple(dense_model.class_names),
-                class_map=opts.class_map,
-            )
-            vr.check_class_map(dense.class_names, opts.class_map, f"the model of {source.name}")
-            reference = vr.evaluate_deployed(dense, batches, **kw)
-            write_json(ref_path, reference.to_dict())
-        bar.advance(task)
-        for cfg in grid:
-            rec_path = out / "configs" / f"{cfg.name}.json"
-            if rec_path.is_file():
-                results.append(ConfigResult(**json.loads(rec_path.read_text())))
-                log(f"{cfg.label}: done earlier ({results[-1].status})")
-                bar.advance(task, 3)
-                continue
-            directory = out / "exports" / cfg.name
-            bar.update(task, description=f"{cfg.label}: export")
-            _export(source, cfg, directory, opts, profile, log)
-            bar.advance(task)
-            bar.update(task, description=f"{cfg.label}: verify")
-            report, vnotes = run_verify(
-                candidates=[str(directory)],
-                **source.verify_reference(),
-                images=opts.verify_images,
-                data=opts.data,
-                providers=opts.providers,
-                seed=opts.seed,
-                resize=opts.resize,
-            )
-            verify = report.candidates[0].to_dict()
-            verify["passed"] = bool(report.candidates[0])
-            bar.advance(task)
-            bar.update(task, description=f"{cfg.label}: validate")
-            deployed = vr.open_model(str(directory), opts.providers)
-            deployed.class_map = opts.class_map
-            vr.check_class_map(deployed.class_names, opts.class_map, deployed.name)
-            notes += [n for n in vr.class_notes(deployed.class_names, opts.class_map) if n not in notes]
-            result = vr.evaluate_deployed(deployed, batches, **kw)
-            drops, checks = vr.compare(result, reference, opts.gates)
-            validation = vr.validation_record(directory, result, reference, checks, drops, opts.gates)
-            status, reasons = _status(verify, validation["gates"])
-            man = Manifest.read(directory / MANIFEST_NAME)
-            rec = ConfigResult(
-                cfg.name,
-                cfg.keep_ratio,
-                cfg.precision,
-                str(directory),
-                man.pruner_mode,
-                verify,
-                validation,
-                status,
-                reasons,
-            )
-            write_json(rec_path, rec.to_dict())
-            results.append(rec)
-            log(f"{cfg.label}: {status}" + (f" ({reasons[0]})" if reasons and status != PASS else ""))
-            bar.advance(task)
-        # timing: dense + every configuration, interleaved in rounds
+        reference = _reference(source, opts, size, out / "reference.json", bar, task)
+        results = _candidates(ex, source, grid, opts, profile, size, reference, out, bar, task, log)
         bar.update(task, description=f"profile {len(results) + 1} configurations interleaved")
-        with ExitStack() as stack:
-            timed = []
-            if opts.backend == "onnxruntime":
-                dense_model = source.dense_model(size)
-                timed.append(
-                    ort_config(
-                        export_part(dense_model, "full", batch=batch, simplify=True),
-                        stack,
-                        label="dense",
-                        pruner_mode="none",
-                        keep_ratio=None,
-                        image_size=size,
-                        batch=batch,
-                        providers=opts.providers,
-                        threads=opts.threads,
-                    )
-                )
-            else:
-                notes.append("tensorrt: no dense engine is built, so speed-ups are against the first configuration")
-            timed += [_timed_config(r, stack, opts, batch, size) for r in results]
-            measurements = time_configs(
-                timed,
-                warmup=opts.warmup,
-                rounds=opts.rounds,
-                order=opts.order,
-                on_round=lambda r: bar.advance(task),
+        exports = {r.name: collect_files(Path(r.export)) for r in results}
+        unit = Unit("profile", _profile_unit, (source, opts, size, batch, [r.to_dict() for r in results], exports))
+        timed: dict[str, Any] = {}
+        failed = ex.run([unit], lambda key, value: timed.update(value=value))
+        if failed:
+            raise SweepFailed(f"the timing unit failed: {failed[0].line()}; run the same command again to resume")
+        measurements, env, tnotes = timed["value"]
+        notes += tnotes
+        bar.advance(task, opts.rounds)
+    return _finish(model, out, source, opts, profile, size, batch, results, reference, measurements, env, notes, t0)
+
+
+def _reference(source: TuneSource, opts: TuneOptions, size, ref_path: Path, bar, task) -> ValidationResult:
+    """The dense reference's validation result (read back when a resumed tune has it)."""
+    if ref_path.is_file():
+        reference = ValidationResult.from_dict(json.loads(ref_path.read_text()))
+    else:
+        bar.update(task, description="validate dense reference")
+        dense_model = source.dense_model(size)
+        dense = vr.Deployed(
+            "torch:dense",
+            TorchRunner(dense_model, "full"),
+            size,
+            tuple(dense_model.grid),
+            None,
+            False,
+            source.checkpoint,
+            "none",
+            None,
+            len(dense_model.class_names),
+            class_names=tuple(dense_model.class_names),
+            class_map=opts.class_map,
+        )
+        vr.check_class_map(dense.class_names, opts.class_map, f"the model of {source.name}")
+        batches = vr.load_batches(opts.data, size, opts.images, seed=opts.seed, resize=opts.resize)
+        reference = vr.evaluate_deployed(dense, batches, fields=opts.fields)
+        write_json(ref_path, reference.to_dict())
+    bar.advance(task)
+    return reference
+
+
+def _candidates(ex, source, grid, opts, profile, size, reference, out: Path, bar, task, log) -> list[ConfigResult]:
+    """Every configuration's export -> verify -> validate: read back when done earlier, else one
+    unit each; each arriving one is written (its export directory, ``configs/<name>.json``) at
+    once. -> the results in grid order."""
+    done: dict[str, ConfigResult] = {}
+    units = []
+    for cfg in grid:
+        rec_path = out / "configs" / f"{cfg.name}.json"
+        if rec_path.is_file():
+            done[cfg.name] = ConfigResult(**json.loads(rec_path.read_text()))
+            log(f"{cfg.label}: done earlier ({done[cfg.name].status})")
+            bar.advance(task, 3)
+            continue
+        earlier = out / "exports" / cfg.name  # an export of an interrupted run: sent along, reused if it fits
+        files = collect_files(earlier) if (earlier / MANIFEST_NAME).is_file() else None
+        args = (source, cfg, opts, profile, size, reference.to_dict(), files, str(earlier))
+        units.append(Unit(cfg.name, _candidate_unit, args))
+
+    def arrived(name: str, value: tuple[dict[str, Any], list[str], dict[str, bytes]]) -> None:
+        record, lines, files = value
+        for line in lines:
+            log(line)
+        directory = write_files(out / "exports" / name, files)
+        rec = ConfigResult(**{**record, "export": str(directory)})
+        rec.validation["model"] = str(directory)
+        write_json(out / "configs" / f"{name}.json", rec.to_dict())
+        done[name] = rec
+        bar.advance(task, 3)
+
+    if units:
+        log(ex.describe(len(units), "configurations", None))
+        failures = ex.run(units, arrived)
+        if failures:
+            raise SweepFailed(
+                f"{len(failures)} of {len(units)} configurations failed ({'; '.join(f.line() for f in failures)}); "
+                f"the others are in {out}; run the same command again to retry them"
             )
-    prof = profile_record(model, environment("cuda" if opts.backend == "tensorrt" else "cpu"), measurements)
+    return [done[cfg.name] for cfg in grid]
+
+
+def _candidate_unit(
+    source: TuneSource,
+    cfg: TuneConfig,
+    opts: TuneOptions,
+    profile: ExportProfile | None,
+    size: tuple[int, int],
+    reference: dict[str, Any],
+    earlier: dict[str, bytes] | None,
+    shown: str,
+) -> tuple[dict[str, Any], list[str], dict[str, bytes]]:
+    """One configuration, wherever the executor runs it: export (reusing ``earlier``'s files when
+    they are the same export), verify, validate against ``reference``, in a scratch directory
+    -> (its ConfigResult as a dict, its log lines naming ``shown`` for the scratch directory, the
+    export's files)."""
+    lines: list[str] = []
+    with scratch("cass-tune-") as tmp:
+        directory = place_files(tmp / cfg.name, earlier) if earlier else tmp / cfg.name
+        _export(source, cfg, directory, opts, profile, lines.append)
+        report, _ = run_verify(
+            candidates=[str(directory)],
+            **source.verify_reference(),
+            images=opts.verify_images,
+            data=opts.data,
+            providers=opts.providers,
+            seed=opts.seed,
+            resize=opts.resize,
+        )
+        verify = report.candidates[0].to_dict()
+        verify["passed"] = bool(report.candidates[0])
+        batches = vr.load_batches(opts.data, size, opts.images, seed=opts.seed, resize=opts.resize)
+        deployed = vr.open_model(str(directory), opts.providers)
+        deployed.class_map = opts.class_map
+        vr.check_class_map(deployed.class_names, opts.class_map, deployed.name)
+        lines += vr.class_notes(deployed.class_names, opts.class_map)
+        result = vr.evaluate_deployed(deployed, batches, fields=opts.fields)
+        ref = ValidationResult.from_dict(reference)
+        drops, checks = vr.compare(result, ref, opts.gates)
+        validation = vr.validation_record(directory, result, ref, checks, drops, opts.gates)
+        status, reasons = _status(verify, validation["gates"])
+        man = Manifest.read(directory / MANIFEST_NAME)
+        args = (cfg.name, cfg.keep_ratio, cfg.precision, str(directory), man.pruner_mode, verify, validation)
+        rec = ConfigResult(*args, status=status, reasons=reasons)
+        lines.append(f"{cfg.label}: {status}" + (f" ({reasons[0]})" if reasons and status != PASS else ""))
+        return rec.to_dict(), [line.replace(str(directory), shown) for line in lines], collect_files(directory)
+
+
+def _profile_unit(
+    source: TuneSource,
+    opts: TuneOptions,
+    size: tuple[int, int],
+    batch: int,
+    records: list[dict[str, Any]],
+    exports: dict[str, dict[str, bytes]],
+) -> tuple[list[Any], dict[str, Any], list[str]]:
+    """The timing of dense + every configuration, interleaved in rounds, on the node that holds the
+    profile slot (the exports placed in a scratch directory there) -> (measurements, that node's
+    environment, notes)."""
+    notes = []
+    with scratch("cass-tune-profile-") as tmp, ExitStack() as stack:
+        placed = {name: place_files(tmp / name, files) for name, files in exports.items()}
+        results = [ConfigResult(**{**r, "export": str(placed[r["name"]])}) for r in records]
+        timed = []
+        if opts.backend == "onnxruntime":
+            timed.append(
+                ort_config(
+                    export_part(source.dense_model(size), "full", batch=batch, simplify=True),
+                    stack,
+                    label="dense",
+                    pruner_mode="none",
+                    keep_ratio=None,
+                    image_size=size,
+                    batch=batch,
+                    providers=opts.providers,
+                    threads=opts.threads,
+                )
+            )
+        else:
+            notes.append("tensorrt: no dense engine is built, so speed-ups are against the first configuration")
+        timed += [_timed_config(r, stack, opts, batch, size) for r in results]
+        measurements = time_configs(timed, warmup=opts.warmup, rounds=opts.rounds, order=opts.order)
+    return measurements, environment("cuda" if opts.backend == "tensorrt" else "cpu"), notes
+
+
+def _finish(model, out, source, opts, profile, size, batch, results, reference, measurements, env, notes, t0):
+    """Latencies into the records, the recommendation, its profile YAML, the plot and tune.json -> TuneResult."""
+    prof = profile_record(model, env, measurements)
     write_json(out / "profile" / "profile.json", prof, force=True)
     comparison = prof["comparison"]
     speed = {s["b"]: s for s in (comparison or {}).get("speedups", [])}
