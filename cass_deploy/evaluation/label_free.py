@@ -339,38 +339,63 @@ def run_label_free(
         teacher, deployed, device=device, providers=providers, source=teacher_source, names=teacher_names
     )
     frames = load_frames(data, deployed.image_size, images, every=every, fps=fps, resize=mode, seed=seed)
+    run = agreement_run(
+        deployed,
+        tname,
+        tmodel,
+        frames,
+        teacher_score=teacher_score,
+        mode=mode,
+        fields=fields,
+        iou_thr=iou_thr,
+        score_thr=score_thr,
+        gates=gates,
+        draw=draw,
+    )
+    run.model = str(model) if model is not None else source.describe()  # type: ignore[union-attr]
+    return run
+
+
+def agreement_run(
+    deployed: Deployed,
+    tname: str,
+    tmodel: Deployed,
+    frames: Frames,
+    *,
+    teacher_score: float,
+    mode: str | None,
+    fields: FieldConfig,
+    iou_thr: float,
+    score_thr: float,
+    gates: Gates,
+    draw: int = 4,
+) -> LabelFreeRun:
+    """The measurement of :func:`run_label_free` on opened models and read frames."""
     if mode is None and tuple(tmodel.image_size) != tuple(deployed.image_size):
         mode = "letterbox"  # the teacher's own input size: its detections are mapped back to the frame
+    if not deployed.grid:
+        raise InputError(f"{deployed.name}: its metadata lacks the patch grid (pass --grid HP WP)")
     dep_batches = fit_batches(frames, deployed.image_size, mode)
     same = tuple(tmodel.image_size) == tuple(deployed.image_size)
     t_batches = dep_batches if same else fit_batches(frames, tmodel.image_size, mode)
     vehicles = vehicle_labels(tmodel.class_names) & vehicle_labels(deployed.class_names)
-    tp = run_teacher(tmodel, t_batches, teacher_score, vehicles, same and tuple(tmodel.grid) == tuple(deployed.grid))
+    same_grid = same and tuple(tmodel.grid or ()) == tuple(deployed.grid)
+    tp = run_teacher(tmodel, t_batches, teacher_score, vehicles, same_grid)
     if not sum(len(p["labels"]) for p in tp.pseudo):
         raise InputError(
             f"teacher {tname} found no vehicle scoring >= {teacher_score} in {len(frames.images)} frames of "
-            f"{data}: nothing to agree with (lower --teacher-score or check the teacher)"
+            f"{frames.source}: nothing to agree with (lower --teacher-score or check the teacher)"
         )
     batches = with_pseudo_truth(dep_batches, tp.pseudo)
     kw = dict(fields=fields, iou_thr=iou_thr, score_thr=score_thr, classes=sorted(vehicles), compute_map=False)
     outputs: list = []
-    if not deployed.grid:
-        raise InputError(f"{deployed.name}: its metadata lacks the patch grid (pass --grid HP WP)")
+    size, grid = deployed.image_size, deployed.grid
     with deployed.runner:
-        result = evaluate(
-            recording(make_predict(deployed), outputs),
-            batches,
-            deployed.image_size,
-            deployed.grid,
-            name=deployed.name,
-            **kw,
-        )
-    ref = evaluate(replay(tp, batches), batches, deployed.image_size, deployed.grid, name=f"teacher {tname}", **kw)
-    measure = measure_name(tname)
-    drops, checks = compare(result, ref, gates, measure=measure)
-    drawn = draw_data(frames, batches, outputs, result, deployed.grid, deployed.image_size, score_thr, draw)
-    name = str(model) if model is not None else source.describe()  # type: ignore[union-attr]
-    return LabelFreeRun(name, tname, teacher_score, result, ref, checks, drops, gates, frames.summary(), drawn)
+        result = evaluate(recording(make_predict(deployed), outputs), batches, size, grid, name=deployed.name, **kw)
+    ref = evaluate(replay(tp, batches), batches, size, grid, name=f"teacher {tname}", **kw)
+    drops, checks = compare(result, ref, gates, measure=measure_name(tname))
+    drawn = draw_data(frames, batches, outputs, result, grid, size, score_thr, draw)
+    return LabelFreeRun(deployed.name, tname, teacher_score, result, ref, checks, drops, gates, frames.summary(), drawn)
 
 
 def thumbnail(image: np.ndarray, width: int = DRAW_THUMB_WIDTH) -> tuple[str, float]:
