@@ -63,6 +63,21 @@ class Case:
     needle: str | None = None
 
 
+def _label_free_cases(add) -> None:
+    """validate, label-free (issue 20): frames, teacher and video inputs."""
+    add("validate/frames-none", "validate {exp} --data {w}/empty --teacher dense --json {w}/lf.json", needle="empty")
+    add("validate/frames-mixed", "validate {exp} --data {mixed} --json {w}/lf.json", needle="mixed sizes")
+    add("validate/teacher-score-0", "validate {exp} --teacher dense --teacher-score 0", needle="--teacher-score")
+    add("validate/teacher-score-1", "validate {exp} --teacher dense --teacher-score 1", needle="--teacher-score")
+    add(
+        "validate/teacher-classes",
+        "validate {exp} --teacher dense --teacher-classes person,bicycle --json {w}/lf.json",
+        needle="share no vehicle class",
+    )
+    add("validate/every-0", "validate {exp} --data {video} --every 0", needle="--every")
+    add("validate/video-truncated", "validate {exp} --data {badvideo} --json {w}/lf.json", needle="bad.mp4")
+
+
 def _cases() -> list[Case]:
     c = []
 
@@ -166,18 +181,7 @@ def _cases() -> list[Case]:
     add("validate/data-missing", "validate {exp} --data {w}/nodata --images 2", needle="nodata")
     add("validate/json-under-file", "validate {exp} --images 2 --json {plain}/v.json", needle="plain")
     add("validate/json-read-only", "validate {exp} --images 2 --json {ro}/v.json", needle="v.json")
-    # validate, label-free (issue 20)
-    add("validate/frames-none", "validate {exp} --data {w}/empty --teacher dense --json {w}/lf.json", needle="empty")
-    add("validate/frames-mixed", "validate {exp} --data {mixed} --json {w}/lf.json", needle="mixed sizes")
-    add("validate/teacher-score-0", "validate {exp} --teacher dense --teacher-score 0", needle="--teacher-score")
-    add("validate/teacher-score-1", "validate {exp} --teacher dense --teacher-score 1", needle="--teacher-score")
-    add(
-        "validate/teacher-classes",
-        "validate {exp} --teacher dense --teacher-classes person,bicycle --json {w}/lf.json",
-        needle="share no vehicle class",
-    )
-    add("validate/every-0", "validate {exp} --data {video} --every 0", needle="--every")
-    add("validate/video-truncated", "validate {exp} --data {badvideo} --json {w}/lf.json", needle="bad.mp4")
+    _label_free_cases(add)
     add("validate/reference-json", "validate {exp} --images 2 --reference {plainjson}", needle="plain.json")
     add("validate/reference-missing", "validate {exp} --images 2 --reference {w}/none.pt", needle="none.pt")
     add("validate/predictor-part", "validate {predexp} --images 2", needle="full")

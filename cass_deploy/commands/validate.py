@@ -140,9 +140,24 @@ def run_label_free(args: argparse.Namespace, gates, source) -> int:
         teacher_source=teacher_source,
         teacher_names=lf.teacher_classes(args.teacher_classes),
         teacher_score=args.teacher_score,
-        images=args.images,
         every=args.every,
         fps=args.fps,
+        draw=max(0, args.draw),
+        **shared_options(args, gates, source),
+    )
+    console = Console(width=max(160, Console().width))
+    console.print(format_comparison_table(run.result, run.reference, drops=run.drops, measure=run.measure))
+    frames = run.frames
+    console.print(f"{frames['n_frames']} frames of {frames['source']}; teacher boxes scoring >= {run.teacher_score:g}")
+    for f in frames["failures"]:
+        console.print(f"[yellow]frame {f['frame']} did not decode:[/] {f['error']}")
+    return finish(console, run, json_out)
+
+
+def shared_options(args: argparse.Namespace, gates, source) -> dict:
+    """The options labelled and label-free validation take alike."""
+    return dict(
+        images=args.images,
         fields=FieldConfig(*args.fields),
         iou_thr=args.iou,
         score_thr=args.score_thr,
@@ -153,14 +168,11 @@ def run_label_free(args: argparse.Namespace, gates, source) -> int:
         seed=args.seed,
         source=source,
         grid=args.grid,
-        draw=max(0, args.draw),
     )
-    console = Console(width=max(160, Console().width))
-    console.print(format_comparison_table(run.result, run.reference, drops=run.drops, measure=run.measure))
-    frames = run.frames
-    console.print(f"{frames['n_frames']} frames of {frames['source']}; teacher boxes scoring >= {run.teacher_score:g}")
-    for f in frames["failures"]:
-        console.print(f"[yellow]frame {f['frame']} did not decode:[/] {f['error']}")
+
+
+def finish(console: Console, run, json_out) -> int:
+    """Print the gate checks, write the JSON, exit 1 on a failed gate."""
     for c in run.checks:
         console.print(status_label(c) + " " + c.message)
     if json_out:
@@ -187,28 +199,7 @@ def run(args: argparse.Namespace) -> int:
     if args.every is not None or args.fps is not None:
         raise InputError("--every / --fps sample a video, which is validated label-free (see --teacher)")
     json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    run = vr.run_validate(
-        args.model,
-        source=source,
-        grid=args.grid,
-        data=args.data,
-        images=args.images,
-        reference=args.reference,
-        fields=FieldConfig(*args.fields),
-        iou_thr=args.iou,
-        score_thr=args.score_thr,
-        gates=gates,
-        providers=[s for s in args.providers.split(",") if s],
-        device=args.device,
-        resize=args.resize or False,
-        seed=args.seed,
-    )
+    run = vr.run_validate(args.model, data=args.data, reference=args.reference, **shared_options(args, gates, source))
     console = Console(width=max(160, Console().width))
     console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
-    for c in run.checks:
-        console.print(status_label(c) + " " + c.message)
-    if json_out:
-        with json_out.writing() as tmp:
-            write_json(tmp, run.to_dict(), force=True)
-    raise_if_failed(run.checks)
-    return 0
+    return finish(console, run, json_out)
