@@ -23,6 +23,7 @@ from cass_deploy.evaluation.gates import Gates
 from cass_deploy.evaluation.label_free import agreement_run
 from cass_deploy.evaluation.validate import Deployed
 from cass_deploy.model.interface import INPUT_NAME
+from cass_deploy.reporting.report import build_report
 
 OTLABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "otlabels-frames"
 SIZE, GRID = (96, 160), (6, 10)
@@ -154,7 +155,7 @@ def test_with_a_perfect_teacher_the_label_free_drop_is_the_labelled_drop_in_ever
     assert run.drops["near"].point > 0.2 and run.drops["far"].point == 0.0
 
 
-def test_the_json_says_agreement_never_recall_and_the_gate_applies_to_it():
+def test_the_json_says_agreement_never_recall_and_the_gate_applies_to_it(tmp_path):
     frames, gts = _scenes(8)
     keep = np.ones(GRID[0] * GRID[1], bool)
     keep[-GRID[1] :] = False  # the bottom row of patches dropped
@@ -176,6 +177,11 @@ def test_the_json_says_agreement_never_recall_and_the_gate_applies_to_it():
     drawn = doc["camera_frames"]
     assert len(drawn) == 2 and drawn[0]["dropped_patches"] and drawn[0]["teacher_boxes"]
     assert drawn[0]["missed"] >= drawn[1]["missed"]
+    (tmp_path / "validate-camera.json").write_text(text)
+    html_path, _ = build_report(tmp_path)
+    page = html_path.read_text()
+    assert "Camera frames" in page and "agreement with teacher T" in page
+    assert page.count("<img") == 2  # the two drawn frames
 
 
 # --------------------------------------------------------------------------- video

@@ -149,7 +149,7 @@ def _read_video(path: Path, max_frames: int, every: int | None, fps: float | Non
     index, next_t = 0, 0.0
     with container:
         if not container.streams.video:
-            raise InputError(f"{path} has no video stream")
+            raise InputError(f"video {path}: no video stream could be read at frame 0 (corrupt or truncated?)")
         stream = container.streams.video[0]
         try:
             for packet in container.demux(stream):
