@@ -33,6 +33,10 @@ def _ci(d) -> str:
     return "n/a" if d.point is None else f"{d.point:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"
 
 
+def _wilson(a) -> str:
+    return "n/a" if a.recall is None else f"{a.recall:.3f} [{a.recall_lo:.3f}, {a.recall_hi:.3f}]"
+
+
 def _rank(xs: list[float]) -> list[float]:
     order = sorted(range(len(xs)), key=lambda i: xs[i])
     r = [0.0] * len(xs)
@@ -50,7 +54,7 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / var if var else float("nan")
 
 
-def measure(ckpt: Path, keep: float, precision: str, images: int, work: Path) -> dict:
+def measure(ckpt: Path, keep: float, precision: str, images: int, work: Path, teacher_score: float = 0.5) -> dict:
     out = work / f"k{keep}-{precision}"
     run_export(
         ExportRequest(
@@ -60,7 +64,9 @@ def measure(ckpt: Path, keep: float, precision: str, images: int, work: Path) ->
     )
     gates = Gates(resamples=2000)
     lab = vr.run_validate(str(out), data="synthetic", images=images, reference="dense", gates=gates)
-    free = run_label_free(str(out), data="synthetic", images=images, teacher="dense", gates=gates, draw=0)
+    free = run_label_free(
+        str(out), data="synthetic", images=images, teacher="dense", gates=gates, draw=0, teacher_score=teacher_score
+    )
     row = {"keep": keep, "precision": precision}
     for g in GROUPS:
         a = free.result.by_field[g]
@@ -73,7 +79,7 @@ def measure(ckpt: Path, keep: float, precision: str, images: int, work: Path) ->
         }
         print(
             f"| {keep:g} | {precision} | {g} | {_ci(lab.drops[g])} | {_ci(free.drops[g])} | "
-            f"{a.recall:.3f} [{a.recall_lo:.3f}, {a.recall_hi:.3f}] | {a.n_gt} / {lab.result.by_field[g].n_gt} |",
+            f"{_wilson(a)} | {a.n_gt} / {lab.result.by_field[g].n_gt} |",
             flush=True,
         )
     return row
@@ -85,6 +91,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--keep", default="0.25,0.5,0.75")
     ap.add_argument("--precision", default="fp32,int8")
+    ap.add_argument("--teacher-score", type=float, default=0.5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -96,14 +103,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for keep in (float(k) for k in args.keep.split(",")):
             for prec in args.precision.split(","):
-                rows.append(measure(args.checkpoint, keep, prec, args.images, Path(tmp)))
+                rows.append(measure(args.checkpoint, keep, prec, args.images, Path(tmp), args.teacher_score))
     summary = {}
     for g in GROUPS:
-        lab = [r[g]["labelled_drop"]["point"] for r in rows]
-        free = [r[g]["label_free_drop"]["point"] for r in rows]
-        summary[g] = {"spearman": spearman(lab, free), "mean_gap": sum(f - b for f, b in zip(free, lab)) / len(rows)}
+        ok = [
+            r
+            for r in rows
+            if r[g]["labelled_drop"]["point"] is not None and r[g]["label_free_drop"]["point"] is not None
+        ]
+        lab = [r[g]["labelled_drop"]["point"] for r in ok]
+        free = [r[g]["label_free_drop"]["point"] for r in ok]
+        if not ok:
+            continue
+        summary[g] = {"spearman": spearman(lab, free), "mean_gap": sum(f - b for f, b in zip(free, lab)) / len(ok)}
         print(
-            f"{g}: Spearman rank correlation {summary[g]['spearman']:+.2f} over {len(rows)} configurations; "
+            f"{g}: Spearman rank correlation {summary[g]['spearman']:+.2f} over {len(ok)} configurations; "
             f"label-free minus labelled drop, mean {summary[g]['mean_gap']:+.3f}"
         )
     if args.json:
