@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import io
 import json
@@ -30,8 +31,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from PIL import Image
 
 from cass_deploy.backends.probe import is_available
 from cass_deploy.cli import main as cli_main
@@ -74,6 +77,21 @@ ADAPTER_ARGV = {
     "tune": "tune --images 2 --verify-images 2 --no-progress --out {w}/o",
     "diagnose": "diagnose --data synthetic --out {w}/o",
 }
+
+
+def _label_free_cases(add) -> None:
+    """validate, label-free (issue 20): frames, teacher and video inputs."""
+    add("validate/frames-none", "validate {exp} --data {w}/empty --teacher dense --json {w}/lf.json", needle="empty")
+    add("validate/frames-mixed", "validate {exp} --data {mixed} --json {w}/lf.json", needle="mixed sizes")
+    add("validate/teacher-score-0", "validate {exp} --teacher dense --teacher-score 0", needle="--teacher-score")
+    add("validate/teacher-score-1", "validate {exp} --teacher dense --teacher-score 1", needle="--teacher-score")
+    add(
+        "validate/teacher-classes",
+        "validate {exp} --teacher dense --teacher-classes person,bicycle --json {w}/lf.json",
+        needle="share no vehicle class",
+    )
+    add("validate/every-0", "validate {exp} --data {video} --every 0", needle="--every")
+    add("validate/video-truncated", "validate {exp} --data {badvideo} --json {w}/lf.json", needle="bad.mp4")
 
 
 def _cases() -> list[Case]:
@@ -179,6 +197,7 @@ def _cases() -> list[Case]:
     add("validate/data-missing", "validate {exp} --data {w}/nodata --images 2", needle="nodata")
     add("validate/json-under-file", "validate {exp} --images 2 --json {plain}/v.json", needle="plain")
     add("validate/json-read-only", "validate {exp} --images 2 --json {ro}/v.json", needle="v.json")
+    _label_free_cases(add)
     add("validate/reference-json", "validate {exp} --images 2 --reference {plainjson}", needle="plain.json")
     add("validate/reference-missing", "validate {exp} --images 2 --reference {w}/none.pt", needle="none.pt")
     add("validate/predictor-part", "validate {predexp} --images 2", needle="full")
@@ -444,6 +463,7 @@ def build_fixtures(root: Path, checkpoint: Path | None = None) -> dict[str, str]
     (coco / "images").mkdir(parents=True)
     (coco / "annotations.json").write_text('{"images": [{"id": 1, "file_name": "a.png"}], "annotations": 7}')
     f["badcoco"] = str(coco)
+    f.update(label_free_fixtures(w))
     ro = root / "read-only"
     if os.geteuid() == 0:
         ro = Path("/sys")  # root ignores file modes; /sys refuses new files
@@ -467,6 +487,31 @@ def _adapter_fixtures(w: Path, f: dict[str, str]) -> None:
     next(o for o in m.graph.output if o.name == "det_boxes").name = "boxes"
     onnx.save(m, str(w / "renamed" / "model.onnx"))
     f["renamed"] = str(w / "renamed")
+
+
+def label_free_fixtures(w: Path) -> dict[str, str]:
+    """Frames of mixed sizes, a two-frame video (PyAV) and the same video cut in half."""
+    mixed = w / "mixed"
+    mixed.mkdir()
+    Image.new("RGB", (160, 96)).save(mixed / "a.png")
+    Image.new("RGB", (120, 90)).save(mixed / "b.png")
+    video = w / "v.mp4"
+    try:
+        av = importlib.import_module("av")
+        with av.open(str(video), "w") as c:
+            st = c.add_stream("mpeg4", rate=5)
+            st.width, st.height, st.pix_fmt = 160, 96, "yuv420p"
+            for i in range(2):
+                frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 40 * i, np.uint8), format="rgb24")
+                for pkt in st.encode(frame):
+                    c.mux(pkt)
+            for pkt in st.encode():
+                c.mux(pkt)
+    except ImportError:  # without PyAV the video cases still refuse (no PyAV is an input error too)
+        video.write_bytes(b"\x00" * 64)
+    data = video.read_bytes()
+    (w / "bad.mp4").write_bytes(data[: len(data) // 2])
+    return {"mixed": str(mixed), "video": str(video), "badvideo": str(w / "bad.mp4")}
 
 
 # --------------------------------------------------------------------------- running

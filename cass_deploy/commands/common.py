@@ -119,6 +119,10 @@ non_negative_float = _number(float, lambda v: v >= 0.0, "a number >= 0")
 positive_float = _number(float, lambda v: v > 0.0, "a number > 0")
 #: a confidence level: in (0, 1)
 confidence = _number(float, lambda v: 0.0 < v < 1.0, "a confidence in (0, 1)")
+#: a score strictly between 0 and 1 (a teacher's score threshold)
+open_unit = _number(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+#: a finite number > 0 (frames a second)
+positive_float = _number(float, lambda v: v > 0.0, "a number > 0")
 
 
 def add_model_source(p: argparse.ArgumentParser) -> None:

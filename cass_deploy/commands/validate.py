@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    adapter,
     add_class_map,
     add_device,
     add_fields,
@@ -20,11 +21,16 @@ from cass_deploy.commands.common import (
     add_verify_hash,
     gates_from_args,
     model_source,
+    open_unit,
+    positive_float,
     positive_int,
     unit_interval,
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.data.classes import parse_class_map
+from cass_deploy.data.frames import is_unlabelled
+from cass_deploy.errors import InputError
+from cass_deploy.evaluation import label_free as lf
 from cass_deploy.evaluation import validate as vr
 from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
@@ -41,7 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_model_source(p)
     add_grid(p)
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a COCO / KITTI dataset directory")
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic', a COCO / KITTI / YOLO dataset directory, or (label-free, see --teacher) a folder "
+        "of camera frames or a video file",
+    )
     p.add_argument("--images", type=positive_int, default=64, help="images to evaluate (default 64)")
     p.add_argument(
         "--reference",
@@ -61,9 +72,109 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_resize(p)
     add_class_map(p)
     add_seed(p)
+    add_label_free_arguments(p)
     p.add_argument("--json", dest="json_out", help="write the results and gate checks as JSON")
     add_force(p, "overwrite the --json file")
     add_verify_hash(p)
+
+
+def add_label_free_arguments(p: argparse.ArgumentParser) -> None:
+    """Label-free validation: the teacher, its score threshold, video sampling, drawn frames."""
+    g = p.add_argument_group("label-free validation (agreement with a teacher on unlabelled frames)")
+    g.add_argument(
+        "--teacher",
+        default=None,
+        help="the teacher whose detections are the pseudo ground truth: dense (the export's source with the "
+        "pruner off; the default for unlabelled data), a checkpoint, an export directory, or an ONNX / engine "
+        "with num_dets / det_boxes / det_scores / det_classes; giving it makes validation label-free",
+    )
+    g.add_argument("--teacher-model", metavar="SPEC", default=None, help="a --model SPEC as the teacher")
+    g.add_argument("--teacher-weights", metavar="FILE", default=None, help="--teacher-model's weights")
+    g.add_argument("--teacher-model-args", metavar="FILE|JSON", default=None, help="--teacher-model's arguments")
+    g.add_argument(
+        "--teacher-classes",
+        default=None,
+        help="the teacher's class names in id order when its file has none: coco, or a comma list",
+    )
+    g.add_argument(
+        "--teacher-score",
+        type=open_unit,
+        default=0.5,
+        help="teacher detections scoring at least this become pseudo ground truth (default 0.5)",
+    )
+    g.add_argument(
+        "--labels",
+        choices=("auto", "none"),
+        default="auto",
+        help="none: ignore the dataset's labels and validate label-free against the teacher",
+    )
+    g.add_argument("--every", type=positive_int, default=None, help="video: take every N-th frame")
+    g.add_argument("--fps", type=positive_float, default=None, help="video: take this many frames a second")
+    g.add_argument(
+        "--draw", type=int, default=4, help="frames drawn for the report's camera-frames section (default 4)"
+    )
+
+
+def is_label_free(args: argparse.Namespace) -> bool:
+    """Label-free when a teacher is named, --labels none, or the data has no labels (frames, video)."""
+    return bool(args.teacher or args.teacher_model or args.labels == "none" or is_unlabelled(args.data))
+
+
+def run_label_free(args: argparse.Namespace, gates, source) -> int:
+    """``validate`` against a teacher: the agreement table, frame failures, gates, JSON."""
+    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
+    teacher_source = (
+        adapter.source_from(None, args.teacher_model, args.teacher_weights, args.teacher_model_args)
+        if args.teacher_model
+        else None
+    )
+    run = lf.run_label_free(
+        args.model,
+        data=args.data,
+        teacher=args.teacher,
+        teacher_source=teacher_source,
+        teacher_names=lf.teacher_classes(args.teacher_classes),
+        teacher_score=args.teacher_score,
+        every=args.every,
+        fps=args.fps,
+        draw=max(0, args.draw),
+        **shared_options(args, gates, source),
+    )
+    console = Console(width=max(160, Console().width))
+    console.print(format_comparison_table(run.result, run.reference, drops=run.drops, measure=run.measure))
+    frames = run.frames
+    console.print(f"{frames['n_frames']} frames of {frames['source']}; teacher boxes scoring >= {run.teacher_score:g}")
+    for f in frames["failures"]:
+        console.print(f"[yellow]frame {f['frame']} did not decode:[/] {f['error']}")
+    return finish(console, run, json_out)
+
+
+def shared_options(args: argparse.Namespace, gates, source) -> dict:
+    """The options labelled and label-free validation take alike."""
+    return dict(
+        images=args.images,
+        fields=FieldConfig(*args.fields),
+        iou_thr=args.iou,
+        score_thr=args.score_thr,
+        gates=gates,
+        providers=[s for s in args.providers.split(",") if s],
+        device=args.device,
+        resize=args.resize or False,
+        seed=args.seed,
+        source=source,
+        grid=args.grid,
+    )
+
+
+def finish(console: Console, run, json_out) -> int:
+    """Print the gate checks, write the JSON, exit 1 on a failed gate."""
+    for c in run.checks:
+        console.print(status_label(c) + " " + c.message)
+    if json_out:
+        with json_out.writing() as tmp:
+            write_json(tmp, run.to_dict(), force=True)
+    raise_if_failed(run.checks)
+    return 0
 
 
 def status_label(check) -> str:
@@ -76,34 +187,19 @@ def status_label(check) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
     gates = gates_from_args(args, min_map50=args.min_map50)
     source = model_source(args, args.model)
+    if is_label_free(args):
+        return run_label_free(args, gates, source)
+    if args.every is not None or args.fps is not None:
+        raise InputError("--every / --fps sample a video, which is validated label-free (see --teacher)")
+    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
+    opts = shared_options(args, gates, source)
     run = vr.run_validate(
-        args.model,
-        source=source,
-        grid=args.grid,
-        data=args.data,
-        images=args.images,
-        reference=args.reference,
-        fields=FieldConfig(*args.fields),
-        iou_thr=args.iou,
-        score_thr=args.score_thr,
-        gates=gates,
-        providers=[s for s in args.providers.split(",") if s],
-        device=args.device,
-        resize=args.resize or False,
-        seed=args.seed,
-        class_map=parse_class_map(args.class_map),
+        args.model, data=args.data, reference=args.reference, class_map=parse_class_map(args.class_map), **opts
     )
     console = Console(width=max(160, Console().width))
     console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
     for n in run.notes:
         console.print(f"note: {n}")
-    for c in run.checks:
-        console.print(status_label(c) + " " + c.message)
-    if json_out:
-        with json_out.writing() as tmp:
-            write_json(tmp, run.to_dict(), force=True)
-    raise_if_failed(run.checks)
-    return 0
+    return finish(console, run, json_out)

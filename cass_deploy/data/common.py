@@ -161,27 +161,36 @@ def load_fitted(
             w, h = im.size
             if expected is not None and (h, w) != tuple(expected):
                 raise InputError(f"{path} is {h}x{w} but its labels say {expected[0]}x{expected[1]}")
-            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-            transform = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
-            if image_size is not None and (h, w) != tuple(image_size):
-                H, W = image_size
-                try:
-                    sx, sy, px, py, nw, nh = fit_transform((h, w), (H, W), mode)
-                except InputError as exc:
-                    raise InputError(f"{path}: {exc}") from None
-                im = im.resize((nw, nh), Image.BILINEAR)
-                if (nw, nh) != (W, H):
-                    canvas = Image.new("RGB", (W, H), (LETTERBOX_FILL,) * 3)
-                    canvas.paste(im, (px, py))
-                    im = canvas
-                transform = np.array([sx, sy, px, py], np.float32)
-                boxes = boxes * transform[[0, 1, 0, 1]] + transform[[2, 3, 2, 3]]
-            image = np.array(im, dtype=np.uint8)
+            return fit_image(im, boxes, image_size, mode, where=str(path))
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
-    return image, boxes, transform
+
+
+def fit_image(
+    im: Image.Image, boxes: np.ndarray, image_size: tuple[int, int] | None, mode: str = "stretch", where: str = "image"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An RGB PIL image and its ``boxes`` [M, 4] xyxy -> ``(image uint8 [H, W, 3], boxes [M, 4],
+    transform float32 [sx, sy, px, py])`` fitted to ``image_size`` (see :func:`fit_transform`;
+    identity when None or equal). ``where`` names the image in errors."""
+    w, h = im.size
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    transform = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
+    if image_size is not None and (h, w) != tuple(image_size):
+        H, W = image_size
+        try:
+            sx, sy, px, py, nw, nh = fit_transform((h, w), (H, W), mode)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        im = im.resize((nw, nh), Image.BILINEAR)
+        if (nw, nh) != (W, H):
+            canvas = Image.new("RGB", (W, H), (LETTERBOX_FILL,) * 3)
+            canvas.paste(im, (px, py))
+            im = canvas
+        transform = np.array([sx, sy, px, py], np.float32)
+        boxes = boxes * transform[[0, 1, 0, 1]] + transform[[2, 3, 2, 3]]
+    return np.array(im, dtype=np.uint8), boxes, transform
 
 
 def frame_extras(
@@ -212,6 +221,7 @@ __all__ = [
     "image_header_size",
     "load_rgb",
     "load_fitted",
+    "fit_image",
     "fit_transform",
     "frame_extras",
     "RESIZE_MODES",

@@ -9,6 +9,7 @@ from typing import Any
 from cass_deploy.data.coco import CocoDataset
 from cass_deploy.data.kitti import KittiDataset
 from cass_deploy.data.synthetic import DEFAULT_IMAGE_SIZE, SPLITS, SceneConfig, SyntheticRoadside
+from cass_deploy.data.yolo import YoloDataset, is_yolo_label_dir
 from cass_deploy.errors import ConfigError, InputError
 
 DEFAULT_SYNTHETIC_IMAGES = {"train": 512, "val": 128}
@@ -16,7 +17,8 @@ DEFAULT_SYNTHETIC_IMAGES = {"train": 512, "val": 128}
 
 _EXPECTED = (
     "expected 'synthetic', a COCO directory (annotations.json, or one *.json, with the "
-    "images in images/), or a KITTI directory (image_2/ + label_2/, or images/ + labels/), "
+    "images in images/), a KITTI directory (image_2/ + label_2/, or images/ + labels/), or a YOLO "
+    "directory (images/ + labels/*.txt with 'class cx cy w h' lines), "
     "either directly or in a <split>/ subdirectory"
 )
 
@@ -71,6 +73,8 @@ def load_dataset(
     kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images, resize_mode=resize_mode)
     if kind == "coco":
         ds = CocoDataset(**kwargs)
+    elif kind == "yolo":
+        ds = YoloDataset(**kwargs)
     else:
         ds = KittiDataset(**kwargs)
     if len(ds) == 0:  # the dataset classes refuse this already; kept as the contract
@@ -79,7 +83,8 @@ def load_dataset(
 
 
 def detect_format(path: str | Path, split: str = "val") -> tuple[str, dict[str, Path]]:
-    """``("coco", {"image_dir", "ann_file"})`` or ``("kitti", {"image_dir", "label_dir"})``.
+    """``("coco", {"image_dir", "ann_file"})``, ``("kitti", {"image_dir", "label_dir"})`` or
+    ``("yolo", {"image_dir", "label_dir"})`` (``images/`` + ``labels/`` whose lines have 5 fields).
 
     InputError naming ``path`` and what was expected when neither layout is found.
     """
@@ -99,7 +104,8 @@ def detect_format(path: str | Path, split: str = "val") -> tuple[str, dict[str, 
             return "coco", {"image_dir": _coco_images(root, ann, split), "ann_file": ann}
         for images, labels in (("image_2", "label_2"), ("images", "labels")):
             if (root / images).is_dir() and (root / labels).is_dir():
-                return "kitti", {"image_dir": root / images, "label_dir": root / labels}
+                kind = "yolo" if images == "images" and is_yolo_label_dir(root / labels) else "kitti"
+                return kind, {"image_dir": root / images, "label_dir": root / labels}
     raise InputError(f"dataset directory {path} has no recognised layout; {_EXPECTED}")
 
 

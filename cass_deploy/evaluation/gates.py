@@ -307,9 +307,11 @@ def check_gates(
     reference: ValidationResult | None,
     gates: Gates,
     drops: dict[str, RecallDrop] | None = None,
+    measure: str = "recall",
 ) -> list[GateCheck]:
     """Evaluate every active gate -> one GateCheck per gate and field (see module docstring).
-    ``drops``: :func:`recall_drops` when already computed (else computed here when needed)."""
+    ``drops``: :func:`recall_drops` when already computed (else computed here when needed);
+    ``measure``: what the messages call the measure (``"agreement with teacher T"`` label-free)."""
     checks: list[GateCheck] = []
     bound = gates.gate_on == "bound"
     pct = f"{100 * gates.confidence:g} %"
@@ -352,7 +354,7 @@ def check_gates(
                     r.recall,
                     thr,
                     settle(status),
-                    f"near-field recall {r.recall:.4f} ({counts(r)} found){ci} {verdict} the minimum {thr:.4f}"
+                    f"near-field {measure} {r.recall:.4f} ({counts(r)} found){ci} {verdict} the minimum {thr:.4f}"
                     + _needed_text(status, need, r.n_gt, "near-field"),
                     status=status,
                     lo=r.recall_lo,
@@ -406,7 +408,7 @@ def check_gates(
                     drop,
                     thr,
                     settle(status),
-                    f"{g} recall dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
+                    f"{g} {measure} dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
                     f"{counts(ref)} -> {counts(cand)}) [{pct} {dr.lo:.4f}, {dr.hi:.4f}{paired}], "
                     f"{verdict} the allowed {thr:.4f}" + _needed_text(status, need, dr.n_objects, f"{g}-field"),
                     reference=ref.recall,

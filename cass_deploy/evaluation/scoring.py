@@ -429,6 +429,7 @@ def format_comparison_table(
     *,
     title: str | None = None,
     drops: Mapping[str, Any] | None = None,
+    measure: str = "recall",
 ):
     """Side-by-side recall and retention per field and size bin -> rich ``Table``.
 
@@ -437,19 +438,20 @@ def format_comparison_table(
     ``drops`` (``gates.recall_drops``: objects with ``lo`` / ``hi`` of the drop reference -
     result, per field) the difference's paired interval. Then mean retention and the share of
     objects keeping >= 50% of their patches for each model that prunes. mAP@0.5 and keep ratio go
-    in the caption.
+    in the caption. ``measure`` names the measure in the title and headers (label-free
+    validation: ``"agreement with teacher T"``).
     """
 
     models = [result] + ([reference] if reference is not None else [])
-    table = Table(title=title or "recall and retention by field", show_lines=False)
+    table = Table(title=title or f"{measure} and retention by field", show_lines=False)
     table.add_column("group")
     table.add_column("n_gt", justify="right")
-    table.add_column(f"recall {result.name}", justify="right")
+    table.add_column(f"{measure} {result.name}", justify="right")
     table.add_column("95% CI", justify="right")
     if reference is not None:
-        table.add_column(f"recall {reference.name}", justify="right")
+        table.add_column(f"{measure} {reference.name}", justify="right")
         table.add_column("95% CI ", justify="right")
-        table.add_column("Δ recall", justify="right")
+        table.add_column(f"Δ {measure}", justify="right")
         if drops is not None:
             table.add_column("Δ 95% CI (paired)", justify="right")
     for m in models:

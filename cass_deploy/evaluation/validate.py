@@ -377,14 +377,17 @@ def validation_record(model: str, result, reference, checks, drops=None, gates=N
     return out
 
 
-def compare(result, reference, gates: Gates) -> tuple[dict[str, RecallDrop] | None, list[GateCheck]]:
-    """The drops of ``result`` against ``reference`` (None without one) and the gate checks."""
+def compare(
+    result, reference, gates: Gates, measure: str = "recall"
+) -> tuple[dict[str, RecallDrop] | None, list[GateCheck]]:
+    """The drops of ``result`` against ``reference`` (None without one) and the gate checks
+    (``measure``: what their messages call the measure)."""
     drops = (
         recall_drops(result, reference, confidence=gates.confidence, resamples=gates.resamples, seed=gates.seed)
         if reference is not None
         else None
     )
-    return drops, check_gates(result, reference, gates, drops=drops)
+    return drops, check_gates(result, reference, gates, drops=drops, measure=measure)
 
 
 def reference_model(spec: str | None, d: Deployed, device: str = "cpu") -> Deployed | None:

@@ -3,6 +3,9 @@
 It collects what the other commands wrote under ``RUN_DIR`` (any depth):
 ``history.json`` (train), ``diagnostics.json`` + ``heatmaps/*.png`` (diagnose), ``verify*.json``,
 ``profile.json`` + ``sweep.png``, ``validate*.json``, ``tune.json`` + ``pareto.png`` (tune);
+label-free ``validate --json`` results (``kind: "label-free"``, any ``validate*.json`` or
+``label-free*.json``) make the "camera frames" section: agreement with the teacher and a few
+frames drawn with the teacher's boxes, the deployed model's boxes and the dropped patches shaded;
 missing sections are listed, not invented. Recall is shown with its 95 % interval (bars with error
 bars), drops with their paired interval, latency medians and speed-ups with theirs (SPEC §7a).
 """
@@ -19,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError
@@ -120,6 +126,20 @@ SCHEMAS: dict[str, Any] = {
         "reference": Opt({"by_field": Opt({f: Opt({"recall": Opt(NUM)}) for f in FIELDS}), "name": Opt(str)}),
         "gates": Opt([{"message": Opt(str)}]),
     },
+    "camera": {
+        "kind": str,
+        "measure": str,
+        "agreement": Opt({"by_field": Opt({f: Opt({"agreement": Opt(NUM)}) for f in FIELDS})}),
+        "camera_frames": Opt(
+            [
+                {
+                    "name": str,
+                    "jpeg_base64": str,
+                    **{k: [[NUM]] for k in ("teacher_boxes", "deployed_boxes", "dropped_patches")},
+                }
+            ]
+        ),
+    },
     "diagnose": {
         "breakdowns": Opt(
             [
@@ -190,8 +210,10 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         "validate": [],
         "accept": [],
         "tune": [],
+        "camera": [],
     }
     patterns = {
+        "camera": "label-free*.json",
         "accept": "accept.json",
         "train": "history.json",
         "diagnose": "diagnostics.json",
@@ -205,6 +227,8 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             if any(part.startswith(".") for part in p.relative_to(root).parts):
                 continue
             data = _load(p)
+            if section == "validate" and isinstance(data, dict) and data.get("kind") == "label-free":
+                section = "camera"  # noqa: PLW2901 - a label-free result is read by the camera section
             try:
                 check_structure(data, SCHEMAS[section])
             except ValueError as exc:
@@ -445,6 +469,76 @@ def _section_validate(items) -> str:
     return f"<div class=grid>{charts}</div>" + "".join(out)
 
 
+def _section_camera(items) -> str:
+    """Label-free results: agreement with the teacher by field, then the drawn frames."""
+    out = []
+    for rel, v in items:
+        res, ref, drops = v.get("agreement") or {}, v.get("teacher_agreement") or {}, v.get("drops") or {}
+        rows = []
+        for f in FIELDS + ("all",):
+            r, d = (res.get("by_field") or {}).get(f) or {}, drops.get(f) or {}
+            rows.append(
+                [
+                    f,
+                    r.get("n_gt", "-"),
+                    f"{cell(r.get('agreement'))} {_ci(r.get('agreement_lo'), r.get('agreement_hi'))}",
+                    cell(((ref.get("by_field") or {}).get(f) or {}).get("agreement")),
+                    f"{cell(d.get('point'))} {_ci(d.get('lo'), d.get('hi'))}" if d.get("point") is not None else "-",
+                    cell(r.get("retention_mean")),
+                ]
+            )
+        frames = v.get("frames") or {}
+        fails = frames.get("failures") or []
+        gates = "".join(
+            f"<li class={'pass' if g.get('passed') else 'fail'}>{_gate_label(g)}: "
+            f"{html.escape(str(g.get('message')))}</li>"
+            for g in v.get("gates") or []
+        )
+        measure = html.escape(v["measure"])
+        out.append(
+            f"<h3>{html.escape(Path(rel).stem)}: {measure}</h3><p class=muted>{html.escape(str(v.get('model')))} on "
+            f"{frames.get('n_frames', '?')} frames of {html.escape(str(frames.get('source')))}; teacher boxes scoring "
+            f">= {v.get('teacher_score')} are the pseudo ground truth"
+            + (f"; {len(fails)} frame(s) did not decode" if fails else "")
+            + ". The teacher's own misses are invisible here.</p>"
+            + _table(
+                ["field", "teacher boxes", f"{measure} [95% CI]", "teacher self", "drop [95% CI, paired]", "retention"],
+                rows,
+            )
+            + (f"<ul>{gates}</ul>" if gates else "")
+            + "<div class=grid>"
+            + "".join(_camera_frame(fr) for fr in v.get("camera_frames") or [])
+            + "</div>"
+        )
+    return "".join(out)
+
+
+def _camera_frame(fr: dict) -> str:
+    """One drawn frame: dropped patches shaded, teacher boxes green, deployed boxes dashed orange."""
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(fr["jpeg_base64"]))).convert("RGB"))
+    fig = Figure(figsize=(5.2, 5.2 * image.shape[0] / image.shape[1] + 0.4))
+    ax = fig.subplots()
+    ax.imshow(image)
+
+    def rects(boxes, **style):
+        b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        patches = [Rectangle((x1, y1), x2 - x1, y2 - y1) for x1, y1, x2, y2 in b]
+        ax.add_collection(PatchCollection(patches, **style))
+
+    rects(fr["dropped_patches"], facecolor="black", alpha=0.35, edgecolor="none")
+    rects(fr["teacher_boxes"], facecolor="none", edgecolor="#2ecc40", linewidth=1.6)
+    rects(fr["deployed_boxes"], facecolor="none", edgecolor="#ff851b", linewidth=1.2, linestyle="--")
+    ax.set_axis_off()
+    when = f" at {fr['timestamp']:.2f} s" if fr.get("timestamp") is not None else ""
+    ax.set_title(
+        f"{fr['name']}{when}: {fr.get('missed', '?')} of {fr.get('teacher_objects', '?')} teacher boxes missed\n"
+        "green teacher, dashed orange deployed, shaded: dropped patches",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return _fig_img(fig)
+
+
 def _ci(lo: Any, hi: Any, digits: int = 3) -> str:
     return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
@@ -550,6 +644,7 @@ def build_report(run_dir: str | Path, out_html: str | Path | None = None, force:
     sections += [
         ("Training", _section_train(found["train"])),
         ("Recall and retention by field", _section_validate(found["validate"])),
+        ("Camera frames (label-free: agreement with a teacher)", _section_camera(found["camera"])),
         ("Keep-mask fidelity", _section_verify(found["verify"])),
         ("Latency", _section_profile(found["profile"], root)),
         ("Operating point (tune)", _section_tune(found["tune"], root)),
