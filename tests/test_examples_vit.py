@@ -1,5 +1,6 @@
 """examples/vit_detector.py — a transformers ViT this project did not write — through export, verify,
-validate and profile from the CLI (SPEC 6a/6b), after a few CASS steps on its predictor."""
+validate and profile from the CLI (SPEC 6a/6b), after brief training (CASS on its predictor, a
+detection loss on its head)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _example():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The example trained for 4 CASS steps, its weights as .safetensors, and its export."""
+    """The example trained for a few steps (CASS + detection), its weights as .safetensors, and its export."""
     d = tmp_path_factory.mktemp("vit")
     weights = d / "w.safetensors"
     assert _example().main(["--steps", "4", "--out", str(weights)]) == 0
@@ -80,7 +81,7 @@ def test_verify_matches_keep_masks_and_detections(trained, tmp_path):
     cand = json.loads(out.read_text())["candidates"][0]
     assert cand["keep_iou_mean"] == 1.0 and cand["score_max_abs"] < 1e-4
     dets = cand["detections"]
-    assert dets["n_reference"] == 4 * 50 and dets["match"] == 1.0 and dets["matched_iou_mean"] > 0.999
+    assert dets["n_reference"] > 0 and dets["match"] == 1.0 and dets["matched_iou_mean"] > 0.999
 
 
 def test_validate_on_real_kitti_with_letterbox_and_profile(trained, tmp_path, capsys):

@@ -32,7 +32,14 @@ from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
-from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, PREDICTOR_OUTPUTS, missing_members
+from cass_deploy.model.interface import (
+    DET_OUTPUTS,
+    HEAD_OUTPUTS,
+    final_keep_mask,
+    missing_members,
+    model_stages,
+    stage_output_names,
+)
 
 safetensors = lazy_import("safetensors")
 safetensors_torch = lazy_import("safetensors.torch")
@@ -213,11 +220,13 @@ def check_adapter(obj: Any, spec: str) -> None:
     if not bad:
         full = list(obj.output_names("full"))
         pred = list(obj.output_names("predictor"))
-        need = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and obj.pruner_mode == "threshold")]
+        stages = model_stages(obj)  # SPEC 6c: one set of pruner outputs per stage
+        need = stage_output_names(len(stages), [st.pruner_mode for st in stages])
         if [n for n in need if n not in pred]:
             bad.append(f"output_names('predictor') must hold {need}, got {pred}")
-        if not (set(DET_OUTPUTS) <= set(full) or set(HEAD_OUTPUTS) <= set(full)) or "keep_mask" not in full:
-            bad.append(f"output_names('full') must hold {list(DET_OUTPUTS)} and keep_mask, got {full}")
+        mask = need[-1]
+        if not (set(DET_OUTPUTS) <= set(full) or set(HEAD_OUTPUTS) <= set(full)) or final_keep_mask(full) != mask:
+            bad.append(f"output_names('full') must hold {list(DET_OUTPUTS)} and {mask}, got {full}")
     if bad:
         raise InputError(f"--model {spec}: the factory's {type(obj).__name__}: " + "; ".join(bad))
 
