@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
@@ -43,14 +42,20 @@ from cass_deploy.config import CassConfig
 from cass_deploy.model.interface import DET_OUTPUTS, Stage, compute_k, stage_output_names
 from cass_deploy.model.predictor import ImportancePredictor
 from cass_deploy.model.pruner import mask_from_indices, topk_global
-from cass_deploy.model.token_head import TokenHead, fit_token_detector, token_detection_loss
+from cass_deploy.model.token_head import (
+    TokenDetectorParts,
+    TokenHead,
+    fit_token_detector,
+    save_weights,
+    token_detection_loss,
+)
 
 CLASS_NAMES = ("car", "truck", "bus")
 #: the score a stage reports for a patch an earlier stage dropped (finite: fp16-safe, no NaN checks)
 DROPPED_SCORE = -1.0e4
 
 
-class EViTDetector(nn.Module):
+class EViTDetector(TokenDetectorParts, nn.Module):
     """transformers ViT blocks, three pruning stages with token fusion, and a per-token head.
 
     ``forward(images [B, 3, H, W] in [0, 1])`` -> dict ``scores_s [B, P]``, ``keep_idx_s [B, k_s]``,
@@ -126,21 +131,6 @@ class EViTDetector(nn.Module):
         names = stage_output_names(len(self.prune_at))
         return list(DET_OUTPUTS) + names if part == "full" else names
 
-    def predictor_module(self) -> nn.Module:
-        return _Part(self, "predictor")
-
-    def full_module(self) -> nn.Module:
-        return _Part(self, "full")
-
-    def set_outputs(self, max_dets=None, raw_head=None, score_thresh=None) -> EViTDetector:
-        if raw_head:
-            raise ValueError("this detector has no raw head maps; it always ends in the SPEC 6b detections")
-        if max_dets is not None:
-            self.max_dets = int(max_dets)
-        if score_thresh is not None:
-            self.det_score_thresh = float(score_thresh)
-        return self
-
     def with_pruner(self, mode: str | None = None, keep_ratio=None) -> EViTDetector:
         """The same weights with another keep schedule (a tuple, one ratio per stage; a float: the
         same ratio at every stage); ``mode="none"`` keeps every token (the dense reference)."""
@@ -210,23 +200,6 @@ class EViTDetector(nn.Module):
         return det, cass
 
 
-class _Part(nn.Module):
-    def __init__(self, det: EViTDetector, part: str) -> None:
-        super().__init__()
-        self.det, self.part = det, part
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        out = self.det(images)
-        if self.part == "full":
-            out.update(
-                zip(
-                    DET_OUTPUTS,
-                    self.det.head.detections(out["logits"], out["boxes"], self.det.max_dets, self.det.det_score_thresh),
-                )
-            )
-        return tuple(out[n] for n in self.det.output_names(self.part))
-
-
 def build(**model_args) -> EViTDetector:
     """The factory ``--model examples/evit_detector.py:build`` calls (with ``--model-args``)."""
     return EViTDetector(**model_args).eval()
@@ -239,12 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = build()
     losses = fit_token_detector(model, steps=args.steps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if args.out.suffix == ".safetensors":
-        save_file(state, str(args.out))
-    else:
-        torch.save(state, args.out)
+    save_weights(model, args.out)
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
     return 0
 

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
@@ -46,12 +45,18 @@ from cass_deploy.data.synthetic import SyntheticRoadside
 from cass_deploy.model.interface import DET_OUTPUTS, PREDICTOR_OUTPUTS
 from cass_deploy.model.predictor import ImportancePredictor
 from cass_deploy.model.pruner import Pruner, PrunerConfig
-from cass_deploy.model.token_head import TokenHead, fit_token_detector, token_detection_loss
+from cass_deploy.model.token_head import (
+    TokenDetectorParts,
+    TokenHead,
+    fit_token_detector,
+    save_weights,
+    token_detection_loss,
+)
 
 CLASS_NAMES = ("car", "truck", "bus")
 
 
-class ViTPruningDetector(nn.Module):
+class ViTPruningDetector(TokenDetectorParts, nn.Module):
     """transformers ViT + cass-deploy predictor / pruner + a per-token detection head.
 
     ``forward(images [B, 3, H, W] in [0, 1])`` -> dict ``scores [B, P]``, ``keep_idx [B, k]``,
@@ -122,21 +127,6 @@ class ViTPruningDetector(nn.Module):
         names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and self.pruner_mode == "threshold")]
         return list(DET_OUTPUTS) + names if part == "full" else names
 
-    def predictor_module(self) -> nn.Module:
-        return _Part(self, "predictor")
-
-    def full_module(self) -> nn.Module:
-        return _Part(self, "full")
-
-    def set_outputs(self, max_dets=None, raw_head=None, score_thresh=None) -> ViTPruningDetector:
-        if raw_head:
-            raise ValueError("this detector has no raw head maps; it always ends in the SPEC 6b detections")
-        if max_dets is not None:
-            self.max_dets = int(max_dets)
-        if score_thresh is not None:
-            self.det_score_thresh = float(score_thresh)
-        return self
-
     def with_pruner(self, mode: str | None = None, keep_ratio: float | None = None) -> ViTPruningDetector:
         """The same weights with another pruner (``none``: the dense reference)."""
         cfg = self.pruner.cfg
@@ -176,10 +166,6 @@ class ViTPruningDetector(nn.Module):
             "raw": raw,
         }
 
-    def detections(self, out: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """Per-token candidates (every token x class) -> SPEC 6b's four tensors."""
-        return self.head.detections(out["logits"], out["boxes"], self.max_dets, self.det_score_thresh)
-
     def training_losses(self, images: Tensor, boxes, labels) -> tuple[Tensor, Tensor]:
         """(detection loss of the head, CASS of the predictor on detached tokens) for one batch."""
         out = self(images)
@@ -187,18 +173,6 @@ class ViTPruningDetector(nn.Module):
         scores = self.predictor(self._tokens(images)[:, 1:].detach())
         cass = CassLoss(CassConfig.preset("corrected"))(scores, boxes, grid=self.grid, image_size=self.image_size)
         return det, cass.total
-
-
-class _Part(nn.Module):
-    def __init__(self, det: ViTPruningDetector, part: str) -> None:
-        super().__init__()
-        self.det, self.part = det, part
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        out = self.det(images)
-        if self.part == "full":
-            out.update(zip(DET_OUTPUTS, self.det.detections(out)))
-        return tuple(out[n] for n in self.det.output_names(self.part))
 
 
 def build(**model_args) -> ViTPruningDetector:
@@ -236,12 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = build()
     losses = (train_predictor if args.predictor_only else fit_token_detector)(model, steps=args.steps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if args.out.suffix == ".safetensors":
-        save_file(state, str(args.out))
-    else:
-        torch.save(state, args.out)
+    save_weights(model, args.out)
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
     return 0
 

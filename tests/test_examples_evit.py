@@ -4,13 +4,13 @@ and profile from the CLI, after brief training (CASS on each stage + a detection
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures.examples import load_example, train_and_export
 
 from cass_deploy.cass.losses import cass_loss, per_patch_loss, stage_cass_loss
 from cass_deploy.cli import main
@@ -28,25 +28,25 @@ STEPS = 6
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("evit_detector_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("evit_detector")
 
 
 @pytest.fixture(scope="session")
 def evit(tmp_path_factory):
     """The example trained for a few steps (weights cached once per session) and its export."""
     d = tmp_path_factory.mktemp("evit")
-    weights = d / "w.safetensors"
-    assert _example().main(["--steps", str(STEPS), "--out", str(weights)]) == 0
-    assert main(["export", "--model", SPEC, "--weights", str(weights), "--out", str(d / "export")]) == 0
-    return d, weights
+    return d, train_and_export("evit_detector", d, STEPS, main)
 
 
 def test_stage_names_single_stage_unchanged():
     assert stage_output_names(1) == ["scores", "keep_idx", "keep_mask"]
-    assert stage_output_names(2, ["global", "threshold"]) == ["scores_1", "keep_idx_1", "keep_mask_1", "scores_2", "keep_mask_2"]
+    assert stage_output_names(2, ["global", "threshold"]) == [
+        "scores_1",
+        "keep_idx_1",
+        "keep_mask_1",
+        "scores_2",
+        "keep_mask_2",
+    ]
     assert stage_names_in(["num_dets", "scores", "keep_mask"]) == [{"scores": "scores", "keep_mask": "keep_mask"}]
     names = ["keep_mask_2", "scores_10", "scores_2", "keep_mask_10"]
     assert [st["keep_mask"] for st in stage_names_in(names)] == ["keep_mask_2", "keep_mask_10"]

@@ -4,13 +4,13 @@ detection loss on its head)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures.examples import load_example, train_and_export
 
 from cass_deploy.cli import main
 from cass_deploy.runtime.manifest import Manifest
@@ -20,24 +20,19 @@ pytest.importorskip("transformers", reason="transformers is in the dev extra: pi
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vit_detector.py"
 SPEC = f"{EXAMPLE}:build"
+STEPS = 30  # CASS + detection steps: enough for the head to find cars (recall > 0), seconds on a CPU
 KITTI = ROOT.parent / "shared" / "data" / "kitti"
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("vit_detector_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("vit_detector")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The example trained for a few steps (CASS + detection), its weights as .safetensors, and its export."""
     d = tmp_path_factory.mktemp("vit")
-    weights = d / "w.safetensors"
-    assert _example().main(["--steps", "4", "--out", str(weights)]) == 0
-    assert main(["export", "--model", SPEC, "--weights", str(weights), "--out", str(d / "export")]) == 0
-    return d, weights
+    return d, train_and_export("vit_detector", d, STEPS, main)
 
 
 def test_the_example_is_a_transformers_vit_with_a_trained_predictor(trained):

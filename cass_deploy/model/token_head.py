@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cass_deploy.backends.probe import lazy_import
 from cass_deploy.data.collate import collate
 from cass_deploy.data.synthetic import SyntheticRoadside
 from cass_deploy.model.head import pack_detections
+from cass_deploy.model.interface import DET_OUTPUTS
+
+safetensors_torch = lazy_import("safetensors.torch")
 
 #: clamp of the predicted log box distances (in patches): e^4 = 55 patches at most
 BOX_LOG_RANGE = (-4.0, 4.0)
@@ -154,3 +159,54 @@ def fit_token_detector(
         losses.append(float(total.detach()))
     model.eval()
     return losses
+
+
+class TokenDetectorParts:
+    """The PrunableModel parts of a token-head detector (mixed into an ``nn.Module`` with ``head``
+    (a :class:`TokenHead`), ``max_dets``, ``det_score_thresh``, ``output_names(part)`` and a
+    ``forward`` returning a dict with ``logits`` / ``boxes`` and the pruner outputs)."""
+
+    def predictor_module(self) -> nn.Module:
+        return TokenPart(self, "predictor")
+
+    def full_module(self) -> nn.Module:
+        return TokenPart(self, "full")
+
+    def set_outputs(self, max_dets=None, raw_head=None, score_thresh=None):
+        if raw_head:
+            raise ValueError("this detector has no raw head maps; it always ends in the SPEC 6b detections")
+        if max_dets is not None:
+            self.max_dets = int(max_dets)
+        if score_thresh is not None:
+            self.det_score_thresh = float(score_thresh)
+        return self
+
+    def detections(self, out: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """Per-token candidates (every token x class) -> SPEC 6b's four tensors."""
+        return self.head.detections(out["logits"], out["boxes"], self.max_dets, self.det_score_thresh)
+
+
+class TokenPart(nn.Module):
+    """``predictor_module()`` / ``full_module()`` of a :class:`TokenDetectorParts` detector: images ->
+    the tuple named by ``output_names(part)``."""
+
+    def __init__(self, det: nn.Module, part: str) -> None:
+        super().__init__()
+        self.det, self.part = det, part
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.det(images)
+        if self.part == "full":
+            out.update(zip(DET_OUTPUTS, self.det.detections(out)))
+        return tuple(out[n] for n in self.det.output_names(self.part))
+
+
+def save_weights(model: nn.Module, path) -> None:
+    """``model``'s state dict to ``path`` (``.safetensors``, else ``torch.save``), parents created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        safetensors_torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)

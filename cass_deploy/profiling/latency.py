@@ -541,7 +541,7 @@ def profile_artefact(
     else:
         runner = make_runner(c)
     with runner:
-        return profile_runner(
+        res = profile_runner(
             runner,
             f"{c.kind} {m.precision}",
             batch=size,
@@ -551,6 +551,9 @@ def profile_artefact(
             keep_ratio=m.keep_ratio,
             image_size=m.image_size,
         )
+    if c.kind == "onnx" and res.macs is None:  # the graph's MACs (per stage for a multi-stage model)
+        res.macs = count_macs(c.path, {"batch": size})
+    return res
 
 
 def environment(device: str) -> dict[str, Any]:
