@@ -185,3 +185,24 @@ def test_profile_counts_macs_per_stage(evit, capsys):
     assert macs.by_stage["stage 1"] > macs.by_stage["stage 2"] > 0
     assert main(["profile", str(d / "export"), "--warmup", "1", "--iters", "3"]) == 0
     assert "MMACs by stage" in capsys.readouterr().out
+
+
+def test_tune_sweeps_a_per_stage_keep_schedule(evit, tmp_path, capsys):
+    """``tune --keep 0.7/0.7/0.7,0.9/0.6/0.5`` (SPEC 6c, 7b): each schedule exported, verified per stage,
+    validated and timed; a schedule of the wrong length is a one-line exit 2."""
+    _, weights = evit
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", SPEC, "--weights", str(weights), "--out", str(out)]
+    fast = ["--images", "4", "--verify-images", "2", "--warmup", "1", "--rounds", "3", "--resamples", "200"]
+    rc = main([*argv, "--keep", "0.7/0.7/0.7,0.9/0.6/0.5", *fast, "--max-recall-drop", "1.0", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    record = json.loads((out / "tune.json").read_text())
+    assert [r["config"] for r in record["table"]] == ["keep 0.7/0.7/0.7 fp32", "keep 0.9/0.6/0.5 fp32"]
+    man = Manifest.read(out / "exports" / "keep0.9_0.6_0.5-fp32" / "manifest.json")
+    assert [st["k"] for st in man.extra["stages"]] == [101, 61, 31] and man.k == 31  # ceil(0.9*112), ...
+    cfg = json.loads((out / "configs" / "keep0.9_0.6_0.5-fp32.json").read_text())
+    assert [st["kept_mean"] for st in cfg["verify"]["stages"]] == [101.0, 61.0, 31.0]
+    bad = main([*argv[:-1], str(tmp_path / "t2"), "--keep", "0.7/0.5", *fast, "--max-recall-drop", "1.0"])
+    err = capsys.readouterr().err
+    assert bad == 2 and "keep schedule [0.7, 0.5] has 2 ratios but the model has 3" in err

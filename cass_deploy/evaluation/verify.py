@@ -444,13 +444,17 @@ def run_verify(
         thresh = m.extra.get("det_score_thresh")
         # a checkpoint takes the candidate's pruner and size; an adapter or another toolchain's file is as built
         as_exported = source.checkpoint is not None and not m.extra.get("foreign")
+        # an adapter takes the candidate's keep ratio, or per-stage schedule (SPEC 6c), as exported
+        stages = (m.extra.get("stages") or []) if not m.extra.get("foreign") else []
+        keep = tuple(st["keep_ratio"] for st in stages) if stages else m.keep_ratio
         mkey = (size, m.pruner_mode, m.keep_ratio, raw_head, max_dets, thresh) if as_exported else (raw_head, max_dets)
+        mkey = mkey if as_exported or m.extra.get("foreign") else (*mkey, keep)
         key = (*mkey, m.parts, n, step)
         if mkey not in models:
             loaded = (
                 load_model(source, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size)
                 if as_exported
-                else load_model(source)
+                else load_model(source, keep_ratio=None if m.extra.get("foreign") else keep)
             )
             if hasattr(loaded.model, "set_outputs") and m.parts == "full":
                 loaded.model.set_outputs(
