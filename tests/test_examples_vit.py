@@ -119,3 +119,18 @@ def test_the_trained_head_finds_cars(trained, tmp_path):
     assert main(["validate", str(d / "export"), "--data", "synthetic", "--images", "16", "--json", str(out)]) == 0
     res = json.loads(out.read_text())["result"]["by_field"]["all"]
     assert res["n_gt"] > 100 and res["n_matched"] > 0
+
+
+def test_check_the_example_per_target(trained, capsys):
+    """`check` (SPEC 7c) on the transformers ViT's export: every GPU target can take it; the fp32
+    export is refused for DLA, whose table lists the ViT layers that fall back to the GPU."""
+    d, _ = trained
+    targets = ["tensorrt10.3", "tensorrt10", "tensorrt11", "tensorrt10-dla", "onnxruntime-cpu"]
+    assert main(["check", str(d / "export"), *[a for t in targets for a in ("--target", t)], "--json", "-"]) == 1
+    report = {t["target"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    can = [t for t in targets if report[t]["can_build"]]
+    assert can == ["tensorrt10.3", "tensorrt10", "tensorrt11", "onnxruntime-cpu"]
+    assert report["tensorrt10"]["restrictions_checked_and_met"] > 100 and not report["tensorrt10"]["findings"]
+    dla = report["tensorrt10-dla"]["findings"]
+    assert [f["what"] for f in dla if f["level"] == "error"] == ["limit"]
+    assert {"LayerNormalization", "MatMul", "TopK"} <= {f["op"] for f in dla if f["level"] == "gpu-fallback"}
