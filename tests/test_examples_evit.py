@@ -206,3 +206,20 @@ def test_tune_sweeps_a_per_stage_keep_schedule(evit, tmp_path, capsys):
     bad = main([*argv[:-1], str(tmp_path / "t2"), "--keep", "0.7/0.5", *fast, "--max-recall-drop", "1.0"])
     err = capsys.readouterr().err
     assert bad == 2 and "keep schedule [0.7, 0.5] has 2 ratios but the model has 3" in err
+
+
+def test_check_the_example_per_target(evit, capsys):
+    """`check` (SPEC 7c) on the three-stage export: every GPU target takes its three TopKs and the
+    fusion; the fp32 export is refused for DLA (its layers fall back to the GPU)."""
+    d, _ = evit
+    targets = ["tensorrt10.3", "tensorrt10", "tensorrt11", "tensorrt10-dla", "onnxruntime-cpu"]
+    assert main(["check", str(d / "export"), *[a for t in targets for a in ("--target", t)], "--json", "-"]) == 1
+    report = {t["target"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    assert [t for t in targets if report[t]["can_build"]] == [
+        "tensorrt10.3",
+        "tensorrt10",
+        "tensorrt11",
+        "onnxruntime-cpu",
+    ]
+    dla = report["tensorrt10-dla"]["findings"]
+    assert "TopK" in {f["op"] for f in dla if f["level"] == "gpu-fallback"}
