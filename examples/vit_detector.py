@@ -7,13 +7,14 @@ position embeddings, ``ViTLayer`` encoder blocks), randomly initialised. After
 ``early_layers`` encoder blocks, cass-deploy's importance predictor scores every patch token and
 its pruner keeps the top ``k``; the remaining ``late_layers`` blocks run on [CLS] + the kept
 tokens only, which are scattered back. The head is per token (YOLOS / DETR-style: each patch
-token predicts class logits and a box around its patch centre) — not this project's CenterNet
-head — and its detections are packed into ``num_dets / det_boxes / det_scores / det_classes``
-with ``cass_deploy.model.head.pack_detections``.
+token predicts class logits and a box around its patch centre; ``cass_deploy.model.token_head``)
+— not this project's CenterNet head — and its detections are packed into ``num_dets /
+det_boxes / det_scores / det_classes``. ``main`` trains it briefly: CASS on the predictor and a
+detection loss on everything else, so its validate numbers mean something.
 
 Use it from the CLI::
 
-    python examples/vit_detector.py --steps 20 --out runs/vit/weights.safetensors   # CASS steps
+    python examples/vit_detector.py --steps 60 --out runs/vit/weights.safetensors   # CASS + detection
     cass-deploy export --model examples/vit_detector.py:build --weights runs/vit/weights.safetensors \\
         --out runs/vit/export
     cass-deploy verify --model examples/vit_detector.py:build --weights runs/vit/weights.safetensors \\
@@ -29,12 +30,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
@@ -43,20 +42,26 @@ from cass_deploy.cass.losses import CassLoss
 from cass_deploy.config import CassConfig
 from cass_deploy.data.collate import collate
 from cass_deploy.data.synthetic import SyntheticRoadside
-from cass_deploy.model.head import pack_detections
 from cass_deploy.model.interface import DET_OUTPUTS, PREDICTOR_OUTPUTS
 from cass_deploy.model.predictor import ImportancePredictor
 from cass_deploy.model.pruner import Pruner, PrunerConfig
+from cass_deploy.model.token_head import (
+    TokenDetectorParts,
+    TokenHead,
+    fit_token_detector,
+    save_weights,
+    token_detection_loss,
+)
 
 CLASS_NAMES = ("car", "truck", "bus")
-BOX_LOG_RANGE = (-4.0, 4.0)
 
 
-class ViTPruningDetector(nn.Module):
+class ViTPruningDetector(TokenDetectorParts, nn.Module):
     """transformers ViT + cass-deploy predictor / pruner + a per-token detection head.
 
     ``forward(images [B, 3, H, W] in [0, 1])`` -> dict ``scores [B, P]``, ``keep_idx [B, k]``,
-    ``keep_mask [B, P]``, ``logits [B, P, C]``, ``boxes [B, P, 4]`` (x1 y1 x2 y2 input pixels).
+    ``keep_mask [B, P]``, ``logits [B, P, C]``, ``boxes [B, P, 4]`` (x1 y1 x2 y2 input pixels),
+    ``raw [B, P, 4]`` (the head's log box distances, for its loss).
     """
 
     def __init__(
@@ -93,11 +98,7 @@ class ViTPruningDetector(nn.Module):
         self.late = nn.ModuleList(ViTLayer(self.vit_config) for _ in range(late_layers))
         self.predictor = ImportancePredictor(hidden_size, hidden_size)
         self.pruner = Pruner(PrunerConfig(mode=pruner, keep_ratio=keep_ratio, bands=bands), self.grid)
-        self.norm = nn.LayerNorm(hidden_size)
-        self.cls_head = nn.Linear(hidden_size, len(CLASS_NAMES))
-        self.box_head = nn.Linear(hidden_size, 4)
-        nn.init.constant_(self.cls_head.bias, -math.log(99.0))  # foreground prior 0.01
-        nn.init.zeros_(self.box_head.bias)
+        self.head = TokenHead(hidden_size, len(CLASS_NAMES), self.grid, self.patch_size, self.image_size)
 
     # --------------------------------------------------------------------- PrunableModel
     @property
@@ -125,21 +126,6 @@ class ViTPruningDetector(nn.Module):
     def output_names(self, part: str) -> list[str]:
         names = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and self.pruner_mode == "threshold")]
         return list(DET_OUTPUTS) + names if part == "full" else names
-
-    def predictor_module(self) -> nn.Module:
-        return _Part(self, "predictor")
-
-    def full_module(self) -> nn.Module:
-        return _Part(self, "full")
-
-    def set_outputs(self, max_dets=None, raw_head=None, score_thresh=None) -> ViTPruningDetector:
-        if raw_head:
-            raise ValueError("this detector has no raw head maps; it always ends in the SPEC 6b detections")
-        if max_dets is not None:
-            self.max_dets = int(max_dets)
-        if score_thresh is not None:
-            self.det_score_thresh = float(score_thresh)
-        return self
 
     def with_pruner(self, mode: str | None = None, keep_ratio: float | None = None) -> ViTPruningDetector:
         """The same weights with another pruner (``none``: the dense reference)."""
@@ -170,44 +156,23 @@ class ViTPruningDetector(nn.Module):
             for layer in self.late:
                 seq = layer(seq)
             patches = torch.scatter(patches, 1, idx, seq[:, 1:])
-        feats = self.norm(patches)
-        logits = self.cls_head(feats)  # [B, P, C]
-        ltrb = self.patch_size * torch.exp(self.box_head(feats).clamp(*BOX_LOG_RANGE))  # [B, P, 4]
-        hp, wp = self.grid
-        p = torch.arange(hp * wp, device=images.device)
-        cx = ((p % wp).float() + 0.5) * self.patch_size
-        cy = (torch.div(p, wp, rounding_mode="floor").float() + 0.5) * self.patch_size
-        h, w = self.image_size
-        boxes = torch.stack(
-            [
-                (cx - ltrb[..., 0]).clamp(0, w),
-                (cy - ltrb[..., 1]).clamp(0, h),
-                (cx + ltrb[..., 2]).clamp(0, w),
-                (cy + ltrb[..., 3]).clamp(0, h),
-            ],
-            dim=-1,
-        )
-        return {"scores": scores, "keep_idx": keep_idx, "keep_mask": keep_mask, "logits": logits, "boxes": boxes}
+        logits, boxes, raw = self.head(patches)
+        return {
+            "scores": scores,
+            "keep_idx": keep_idx,
+            "keep_mask": keep_mask,
+            "logits": logits,
+            "boxes": boxes,
+            "raw": raw,
+        }
 
-    def detections(self, out: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """Per-token candidates (every token x class) -> SPEC 6b's four tensors."""
-        b, p, c = out["logits"].shape
-        probs = torch.sigmoid(out["logits"]).reshape(b, p * c)  # candidate m = token * C + class
-        boxes = out["boxes"].repeat_interleave(c, dim=1)  # [B, P*C, 4]
-        labels = torch.arange(c, device=probs.device).repeat(p).unsqueeze(0).expand(b, -1)
-        return pack_detections(probs, boxes, labels, self.max_dets, self.det_score_thresh)
-
-
-class _Part(nn.Module):
-    def __init__(self, det: ViTPruningDetector, part: str) -> None:
-        super().__init__()
-        self.det, self.part = det, part
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        out = self.det(images)
-        if self.part == "full":
-            out.update(zip(DET_OUTPUTS, self.det.detections(out)))
-        return tuple(out[n] for n in self.det.output_names(self.part))
+    def training_losses(self, images: Tensor, boxes, labels) -> tuple[Tensor, Tensor]:
+        """(detection loss of the head, CASS of the predictor on detached tokens) for one batch."""
+        out = self(images)
+        det = token_detection_loss(out["logits"], out["raw"], boxes, labels, self.grid, self.patch_size)
+        scores = self.predictor(self._tokens(images)[:, 1:].detach())
+        cass = CassLoss(CassConfig.preset("corrected"))(scores, boxes, grid=self.grid, image_size=self.image_size)
+        return det, cass.total
 
 
 def build(**model_args) -> ViTPruningDetector:
@@ -238,19 +203,15 @@ def train_predictor(model: ViTPruningDetector, steps: int = 10, batch: int = 4, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="train the ViT example's predictor with CASS and save its weights")
-    p.add_argument("--steps", type=int, default=20)
+    p = argparse.ArgumentParser(description="train the ViT example briefly (CASS + detection) and save its weights")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--predictor-only", action="store_true", help="CASS steps on the predictor only (head untrained)")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors or .pt)")
     args = p.parse_args(argv)
     model = build()
-    losses = train_predictor(model, steps=args.steps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if args.out.suffix == ".safetensors":
-        save_file(state, str(args.out))
-    else:
-        torch.save(state, args.out)
-    print(f"CASS loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
+    losses = (train_predictor if args.predictor_only else fit_token_detector)(model, steps=args.steps)
+    save_weights(model, args.out)
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
     return 0
 
 

@@ -1,15 +1,16 @@
 """examples/vit_detector.py — a transformers ViT this project did not write — through export, verify,
-validate and profile from the CLI (SPEC 6a/6b), after a few CASS steps on its predictor."""
+validate and profile from the CLI (SPEC 6a/6b), after brief training (CASS on its predictor, a
+detection loss on its head)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures.examples import load_example, train_and_export
 
 from cass_deploy.cli import main
 from cass_deploy.runtime.manifest import Manifest
@@ -19,24 +20,19 @@ pytest.importorskip("transformers", reason="transformers is in the dev extra: pi
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vit_detector.py"
 SPEC = f"{EXAMPLE}:build"
+STEPS = 30  # CASS + detection steps: enough for the head to find cars (recall > 0), seconds on a CPU
 KITTI = ROOT.parent / "shared" / "data" / "kitti"
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("vit_detector_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("vit_detector")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """The example trained for 4 CASS steps, its weights as .safetensors, and its export."""
+    """The example trained for a few steps (CASS + detection), its weights as .safetensors, and its export."""
     d = tmp_path_factory.mktemp("vit")
-    weights = d / "w.safetensors"
-    assert _example().main(["--steps", "4", "--out", str(weights)]) == 0
-    assert main(["export", "--model", SPEC, "--weights", str(weights), "--out", str(d / "export")]) == 0
-    return d, weights
+    return d, train_and_export("vit_detector", d, STEPS, main)
 
 
 def test_the_example_is_a_transformers_vit_with_a_trained_predictor(trained):
@@ -80,7 +76,7 @@ def test_verify_matches_keep_masks_and_detections(trained, tmp_path):
     cand = json.loads(out.read_text())["candidates"][0]
     assert cand["keep_iou_mean"] == 1.0 and cand["score_max_abs"] < 1e-4
     dets = cand["detections"]
-    assert dets["n_reference"] == 4 * 50 and dets["match"] == 1.0 and dets["matched_iou_mean"] > 0.999
+    assert dets["n_reference"] > 0 and dets["match"] == 1.0 and dets["matched_iou_mean"] > 0.999
 
 
 def test_validate_on_real_kitti_with_letterbox_and_profile(trained, tmp_path, capsys):
@@ -116,6 +112,16 @@ def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, cap
     assert record["table"][0]["status"] == "pass" and "--model" in text
     man = Manifest.read(out / "exports" / "keep0.5-fp32" / "manifest.json")
     assert man.extra["model_source"]["spec"] == SPEC
+
+
+def test_the_trained_head_finds_cars(trained, tmp_path):
+    """The head is trained (detection loss), so recall on synthetic scenes is above zero; an
+    untrained head (the example before issue 23) found nothing."""
+    d, _ = trained
+    out = tmp_path / "val.json"
+    assert main(["validate", str(d / "export"), "--data", "synthetic", "--images", "16", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["result"]["by_field"]["all"]
+    assert res["n_gt"] > 100 and res["n_matched"] > 0
 
 
 def test_check_the_example_per_target(trained, capsys):

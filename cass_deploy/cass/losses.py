@@ -30,7 +30,7 @@ from cass_deploy.cass.targets import (
     owner_from_pairs,
 )
 from cass_deploy.config import CassConfig
-from cass_deploy.errors import InputError
+from cass_deploy.errors import ConfigError, InputError
 
 # --------------------------------------------------------------------------- per-patch losses
 
@@ -116,10 +116,12 @@ class CassLossOutput:
 # --------------------------------------------------------------------------- normalisations
 
 
-def _patch_norm(loss: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Seed baseline: plain mean over all B*P patches, split into positive / background parts."""
-    n = loss.numel()
+def _patch_norm(loss: Tensor, target: Tensor, scored: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Seed baseline: plain mean over all B*P patches (the ``scored`` ones), split into positive /
+    background parts."""
+    n = loss.numel() if scored is None else scored.sum().clamp(min=1)
     pos = target > 0
+    loss = loss if scored is None else torch.where(scored, loss, torch.zeros_like(loss))
     obj = torch.where(pos, loss, torch.zeros_like(loss)).sum() / n
     bg = torch.where(pos, torch.zeros_like(loss), loss).sum() / n
     return obj, bg
@@ -162,10 +164,11 @@ def _object_norm(loss: Tensor, owner: Tensor, flat: FlatBoxes, cfg: CassConfig) 
     lf = loss.reshape(-1)
     of = owner.reshape(-1)
     owned = of >= 0
+    background = of == -1  # -2: a patch no stage scores (multi-stage CASS), in neither term
     idx = of.clamp(min=0)
     zero = lf.sum() * 0
-    bg_count = (~owned).sum()
-    l_bg = torch.where(owned, torch.zeros_like(lf), lf).sum() / bg_count.clamp(min=1)
+    bg_count = background.sum()
+    l_bg = torch.where(background, lf, torch.zeros_like(lf)).sum() / bg_count.clamp(min=1)
     if N == 0:
         return zero, l_bg, 0
     sums = lf.new_zeros(N).index_add(0, idx, torch.where(owned, lf, torch.zeros_like(lf)))
@@ -212,15 +215,24 @@ def cass_loss(
     cfg: CassConfig | None = None,
     *,
     contributions: bool = False,
+    scored: Tensor | None = None,
 ) -> CassLossOutput:
     """CASS loss of ``logits [B, P]`` against the soft target of ``boxes`` (SPEC §2–§4).
 
     ``contributions=True`` also returns each patch's contribution to the data term (for
-    diagnostics; costs a few extra kernels).
+    diagnostics; costs a few extra kernels). ``scored`` [B, P] bool: only these patches count
+    (a later pruning stage scores only the tokens the earlier one kept, SPEC §6c); the target is
+    the same soft target, an object owning no scored patch is unsupervised. ``patch`` and
+    ``object`` normalisation only.
     """
     cfg = cfg or CassConfig()
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
     _check_logits(logits, boxes, (Hp, Wp))
+    if scored is not None and (cfg.normalization not in ("patch", "object") or contributions):
+        raise ConfigError(
+            f"CASS on a later stage's kept tokens needs 'patch' or 'object' normalisation without "
+            f"contributions, got {cfg.normalization!r}"
+        )
     B, P = logits.shape
     geo_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     with torch.no_grad():
@@ -235,6 +247,8 @@ def cass_loss(
         )
         target = merge_max(pairs, B, P)
         owner = owner_from_pairs(pairs, flat, target) if cfg.normalization == "object" else None
+        if owner is not None and scored is not None:
+            owner = torch.where(scored.to(owner.device), owner, torch.full_like(owner, -2))
     target_l = target.to(logits.dtype)
     loss = per_patch_loss(logits, target_l, cfg)
     zero = logits.sum() * 0
@@ -246,10 +260,13 @@ def cass_loss(
     else:
         with torch.no_grad():
             pos = torch.zeros(N, dtype=torch.int64, device=logits.device)
-            pos.index_add_(0, pairs.box, (pairs.value > 0).long())
+            live = pairs.value > 0
+            if scored is not None:
+                live = live & scored.reshape(-1).index_select(0, pairs.flat)
+            pos.index_add_(0, pairs.box, live.long())
             n_sup = int((pos > 0).sum())
         if cfg.normalization == "patch":
-            obj_term, bg_term = _patch_norm(loss, target_l)
+            obj_term, bg_term = _patch_norm(loss, target_l, scored)
         elif cfg.normalization == "area":
             obj_term, bg_term = _area_norm(loss, pairs, flat), zero
         else:  # seed_object
@@ -322,6 +339,29 @@ def _contributions(
         per_obj = _object_weights(supervised, flat, cfg, lf.dtype) / counts.clamp(min=1) / n_sup
         out = out + torch.where(owned, per_obj.index_select(0, idx) * lf, torch.zeros_like(lf))
     return out.view(B, P)
+
+
+def stage_cass_loss(
+    stage_logits: Sequence[Tensor],
+    stage_masks: Sequence[Tensor],
+    boxes: BoxList,
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    cfg: CassConfig | None = None,
+) -> tuple[Tensor, list[CassLossOutput]]:
+    """CASS on every pruning stage (SPEC §6c) -> (mean of the stages' totals, per-stage outputs).
+
+    stage_logits: S tensors [B, P] over the original grid (``scores_s``); stage_masks: S tensors
+    [B, P] bool (``keep_mask_s``, nested). Stage 1 is supervised on every patch, stage ``s`` on
+    the patches stage ``s - 1`` kept, each against the same soft target of ``boxes``.
+    """
+    if len(stage_logits) != len(stage_masks) or not stage_logits:
+        raise InputError(f"got {len(stage_logits)} stage score maps and {len(stage_masks)} keep masks")
+    outs = [
+        cass_loss(logits, boxes, grid, image_size, cfg, scored=None if s == 0 else stage_masks[s - 1].bool())
+        for s, logits in enumerate(stage_logits)
+    ]
+    return torch.stack([o.total for o in outs]).mean(), outs
 
 
 class CassLoss(nn.Module):

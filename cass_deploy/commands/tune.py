@@ -29,18 +29,29 @@ from cass_deploy.errors import InputError
 from cass_deploy.tuning import tune as tn
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
+def _keeps(text: str) -> tuple:
+    """``--keep``: keep ratios, each a number or a per-stage schedule ``0.7/0.5/0.3`` (SPEC 6c)."""
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        return tuple(
+            tuple(float(v) for v in x.split("/")) if "/" in x else float(x) for x in text.split(",") if x.strip()
+        )
     except ValueError:
-        raise InputError(f"{flag} must be a comma list of numbers, e.g. 0.25,0.5,0.75; got {text!r}") from None
+        raise InputError(
+            f"--keep must be a comma list of keep ratios or per-stage schedules, e.g. 0.25,0.5 or 0.7/0.5/0.3; "
+            f"got {text!r}"
+        ) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None, help="trained checkpoint (.pt); omit it with --model")
     add_model_source(p)
     add_out(p, help="tune directory (resumable: run the same command again to continue)")
-    p.add_argument("--keep", default="0.25,0.5,0.75", help="keep ratios to try (default 0.25,0.5,0.75)")
+    p.add_argument(
+        "--keep",
+        default="0.25,0.5,0.75",
+        help="keep ratios to try (default 0.25,0.5,0.75); a multi-stage model (SPEC 6c) takes per-stage "
+        "schedules, e.g. 0.7/0.5/0.3,0.8/0.6/0.4",
+    )
     p.add_argument("--precision", default="fp32", help="precisions to try, e.g. fp32,fp16,int8 (default fp32)")
     p.add_argument("--backend", choices=tn.BACKENDS, default="onnxruntime", help="runtime to export for and time on")
     p.add_argument(
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     opts = options_from(
         tn.TuneOptions,
         args,
-        keep_ratios=_floats(args.keep, "--keep"),
+        keep_ratios=_keeps(args.keep),
         precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
         gates=gates,
         fields=FieldConfig(*args.fields),

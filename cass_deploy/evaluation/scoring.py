@@ -100,6 +100,9 @@ class ValidationResult:
     classes: list[int] | None = None
     name: str = "model"
     per_image: dict[str, Any] | None = None
+    #: multi-stage pruning (SPEC 6c): per stage ``{"stage": s, "by_field": {group: {"mean",
+    #: "share_ge_50", "n", "n_unmeasured"}}, "by_size": ...}`` (retention_summary); None otherwise
+    by_stage: list[dict[str, Any]] | None = None
 
     def recall(self, group: str) -> float | None:
         return self.by_field[group].recall if group in self.by_field else self.by_size[group].recall
@@ -205,6 +208,12 @@ def _split_output(out: Any, B: int, P: int, batch_index: int) -> tuple[list[dict
     keep = torch.as_tensor(keep).detach().cpu()
     if keep.dim() != 2 or tuple(keep.shape) != (B, P):
         raise InputError(f"batch {batch_index}: keep_mask must have shape [{B}, {P}], got {list(keep.shape)}")
+    stages = out.get("stage_keep_masks")
+    if stages is not None:
+        stages = torch.as_tensor(stages).detach().cpu()
+        if stages.dim() != 3 or tuple(stages.shape[1:]) != (B, P):
+            raise InputError(f"batch {batch_index}: stage_keep_masks must be [S, {B}, {P}], got {list(stages.shape)}")
+        return preds, torch.cat([stages, keep.unsqueeze(0)])  # [S + 1, B, P]
     return preds, keep
 
 
@@ -290,7 +299,7 @@ def evaluate(
     size_bins = size_bins or SizeBins()
     patch_size = (H / Hp, W / Wp)
     P = Hp * Wp
-    matched, fld, size, retention = [], [], [], []
+    matched, fld, size, retention, stage_ret = [], [], [], [], []
     raw_preds, raw_gts = [], []
     n_images = n_det = 0
     pruned: bool | None = None
@@ -343,6 +352,11 @@ def evaluate(
                 if batch.get("ignore") is not None:
                     gt_map.update(ignore=batch["ignore"][b], ignore_labels=batch["ignore_labels"][b])
                 raw_gts.append(gt_map)
+        if keep is not None and keep.dim() == 3:  # per-stage masks, then the final one
+            stage_ret.append(
+                [retention_per_object(m, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center) for m in keep[:-1]]
+            )
+            keep = keep[-1]
         if keep is not None:
             retention.append(retention_per_object(keep, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center))
             content = torch.stack([content_patches(f[0], f[1], (Hp, Wp), (H, W)) for f in frames])  # [B, P]
@@ -392,7 +406,18 @@ def evaluate(
         classes=None if classes is None else [int(c) for c in classes],
         name=name,
         per_image=per_image_counts(matched_t, fld_t, image_t, n_images),
+        by_stage=_stage_retention(stage_ret, fld_t, size_t),
     )
+
+
+def _stage_retention(per_batch: list[list[Tensor]], fld: Tensor, size: Tensor) -> list[dict[str, Any]] | None:
+    """Per-batch lists of S per-object retentions -> one :func:`retention_summary` per stage."""
+    if not per_batch or len({len(b) for b in per_batch}) != 1:
+        return None
+    return [
+        {"stage": s + 1, **retention_summary(torch.cat([b[s] for b in per_batch]), fld, size)}
+        for s in range(len(per_batch[0]))
+    ]
 
 
 def per_image_counts(matched: Tensor, field: Tensor, image: Tensor, n_images: int) -> dict[str, Any]:
@@ -484,6 +509,11 @@ def format_comparison_table(
         part = f"{m.name}: mAP@0.5 {_fmt(m.map50)}"
         if m.pruned:
             part += f", keep ratio {_fmt(m.keep_ratio)}"
+        if m.by_stage:  # SPEC 6c: mean retention of each stage, far / mid / near
+            cells = ("/".join(_fmt(st["by_field"][g]["mean"]) for g in FIELDS) for st in m.by_stage)
+            part += ", retention by stage (far/mid/near) " + ", ".join(
+                f"{st['stage']}: {c}" for st, c in zip(m.by_stage, cells)
+            )
         caption.append(part)
     table.caption = "; ".join(caption) + f" (IoU {result.iou_thr:g}, score >= {result.score_thr:g})"
     return table

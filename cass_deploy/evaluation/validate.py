@@ -26,7 +26,7 @@ from cass_deploy.evaluation.gates import GateCheck, Gates, RecallDrop, all_passe
 from cass_deploy.evaluation.scoring import ValidationResult, evaluate
 from cass_deploy.model.adapter import LoadedModel, ModelSource, load_model, model_source_of
 from cass_deploy.model.head import decode
-from cass_deploy.model.interface import DET_OUTPUTS, INPUT_NAME
+from cass_deploy.model.interface import DET_OUTPUTS, INPUT_NAME, stage_names_in
 from cass_deploy.runtime.artefacts import check_layout, make_runner, resolve_candidates
 from cass_deploy.runtime.manifest import Manifest
 from cass_deploy.runtime.torch_runner import TorchRunner
@@ -171,8 +171,11 @@ def as_predictions(
         maps = {"heatmap": out["heatmap"].float(), "box": out["box"].float()}
         dets = decode(maps, tuple(image_size), score_thresh=score_floor, **(decode_settings or {}))
         res = {key: [det[key].cpu() for det in dets] for key in ("boxes", "scores", "labels")}
-    if pruned and "keep_mask" in out:
-        res["keep_mask"] = out["keep_mask"].bool().cpu()
+    stages = [st["keep_mask"] for st in stage_names_in(list(out)) if "keep_mask" in st]
+    if pruned and stages:
+        res["keep_mask"] = out[stages[-1]].bool().cpu()  # the last stage's (SPEC 6c: nested)
+        if len(stages) > 1:
+            res["stage_keep_masks"] = torch.stack([out[n].bool().cpu() for n in stages])  # [S, B, P]
     return res
 
 

@@ -30,7 +30,7 @@ from cass_deploy.evaluation.reference_outputs import save_reference_outputs
 from cass_deploy.evaluation.validate import load_batches
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.adapter import ModelSource, load_model
-from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME
+from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME, model_stages, stage_names_in
 from cass_deploy.model.pruner import band_boundaries
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates, run_batches
 from cass_deploy.runtime.torch_runner import TorchRunner
@@ -158,6 +158,7 @@ class CandidateReport:
     detection_max_rel: dict[str, float] = field(default_factory=dict)
     detections: dict[str, float] = field(default_factory=dict)  # matching of the SPEC 6b outputs
     thresholds: dict[str, float] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per pruning stage (SPEC 6c; multi-stage only)
     failures: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -185,17 +186,18 @@ def compare_outputs(
 ) -> CandidateReport:
     """Compare concatenated outputs (``scores`` [N, P], ``keep_mask`` [N, P], optional
     ``heatmap`` / ``box``) of a reference and a candidate."""
-    for key in ("scores", "keep_mask"):
+    stage_keys = stage_names_in(list(ref))
+    for key in [n for st in stage_keys for n in (st.get("scores"), st.get("keep_mask"))]:
         if key not in cand:
             raise InputError(f"candidate {name} has no {key!r} output; it has {sorted(cand)}")
-    rs, cs = ref["scores"].astype(np.float64), cand["scores"].astype(np.float64)
-    if rs.shape != cs.shape:
-        raise InputError(f"candidate {name}: scores shape {cs.shape} differs from the reference's {rs.shape}")
-    iou, plain = tie_aware_iou(rs, ref["keep_mask"], cand["keep_mask"], thresholds["tie_tol"], groups, threshold_logit)
-    bound = boundary_scores(rs, np.asarray(ref["keep_mask"], bool), groups, threshold_logit)
-    tied = (np.abs(rs - bound) <= thresholds["tie_tol"]).sum(1)
-    err = np.abs(rs - cs)
-    scale = np.maximum(np.abs(rs), 1e-6)
+    per_groups = groups if isinstance(groups, list) else [groups] * len(stage_keys)
+    stages, prev = [], None
+    for st, g in zip(stage_keys, per_groups):
+        stages.append(stage_fidelity(name, ref, cand, st, prev, thresholds["tie_tol"], g, threshold_logit))
+        rm, cm = np.asarray(ref[st["keep_mask"]], bool), np.asarray(cand[st["keep_mask"]], bool)
+        prev = rm & cm if prev is None else prev & rm & cm
+    worst = min(range(len(stages)), key=lambda i: stages[i]["keep_iou_mean"])
+    iou, plain = stages[worst]["iou"], stages[worst]["plain"]
     det_abs, det_rel = {}, {}
     dets = compare_detections(ref, cand, thresholds) if all(k in ref and k in cand for k in DET_OUTPUTS) else {}
     for key in ("heatmap", "box"):
@@ -206,29 +208,32 @@ def compare_outputs(
     rep = CandidateReport(
         name=name,
         precision=precision,
-        images=int(rs.shape[0]),
+        images=int(iou.shape[0]),
         keep_iou_mean=float(iou.mean()),
-        keep_iou_min=float(iou.min()),
+        keep_iou_min=min(float(st["iou"].min()) for st in stages),
         plain_iou_mean=float(plain.mean()),
-        mask_agreement=float((np.asarray(ref["keep_mask"]) == np.asarray(cand["keep_mask"])).mean()),
-        score_max_abs=float(err.max()),
-        score_max_rel=float((err / scale).max()),
-        tied_patches_mean=float(tied.mean()),
+        mask_agreement=min(st["mask_agreement"] for st in stages),
+        score_max_abs=max(st["score_max_abs"] for st in stages),
+        score_max_rel=max(st["score_max_rel"] for st in stages),
+        tied_patches_mean=float(sum(st["tied_patches_mean"] for st in stages)),
         detection_max_abs=det_abs,
         detection_max_rel=det_rel,
         detections=dets,
         thresholds=dict(thresholds),
+        stages=[{k: v for k, v in st.items() if k not in ("iou", "plain")} for st in stages] if len(stages) > 1 else [],
     )
     t = thresholds
     bad = [k for k, v in cand.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
     if bad:
         rep.failures.append(f"non-finite values (NaN/inf) in the candidate's {', '.join(sorted(bad))}")
     if rep.keep_iou_mean < t["min_keep_iou"] - 1e-12:
-        rep.failures.append(f"mean tie-aware keep-set IoU {rep.keep_iou_mean:.4f} < {t['min_keep_iou']}")
+        where = f" at stage {stages[worst]['stage']}" if len(stages) > 1 else ""
+        rep.failures.append(f"mean tie-aware keep-set IoU{where} {rep.keep_iou_mean:.4f} < {t['min_keep_iou']}")
     if rep.keep_iou_min < t["min_image_keep_iou"] - 1e-12:
-        worst = int(np.argmin(iou))
+        at = min(stages, key=lambda st: float(st["iou"].min()))
+        where = f"stage {at['stage']}, " if len(stages) > 1 else ""
         rep.failures.append(
-            f"image {worst}: tie-aware keep-set IoU {rep.keep_iou_min:.4f} < "
+            f"{where}image {int(np.argmin(at['iou']))}: tie-aware keep-set IoU {rep.keep_iou_min:.4f} < "
             f"{t['min_image_keep_iou']} (keep sets differ outside ties)"
         )
     if rep.score_max_abs > t["max_score_abs"]:
@@ -244,6 +249,46 @@ def compare_outputs(
         if dets["score_max_abs"] > t["max_det_score_abs"]:
             rep.failures.append(f"max detection score error {dets['score_max_abs']:.3g} > {t['max_det_score_abs']:.3g}")
     return rep
+
+
+def stage_fidelity(
+    name: str,
+    ref: Mapping[str, np.ndarray],
+    cand: Mapping[str, np.ndarray],
+    keys: Mapping[str, str],
+    given: np.ndarray | None,
+    tie_tol: float,
+    groups: np.ndarray | None = None,
+    threshold_logit: float | None = None,
+) -> dict[str, Any]:
+    """Keep-set fidelity of one pruning stage (``keys``: its ``scores`` / ``keep_mask`` output
+    names). ``given`` [N, P] bool: the patches both models kept at the earlier stages (SPEC 6c: a
+    later stage is compared given the earlier stage's kept set), None for the first stage; only
+    those patches are compared. Returns per-image ``iou`` / ``plain`` [N] and the summaries."""
+    rs, cs = ref[keys["scores"]].astype(np.float64), cand[keys["scores"]].astype(np.float64)
+    if rs.shape != cs.shape:
+        raise InputError(f"candidate {name}: {keys['scores']} shape {cs.shape} differs from the reference's {rs.shape}")
+    rm, cm = np.asarray(ref[keys["keep_mask"]], bool), np.asarray(cand[keys["keep_mask"]], bool)
+    live = np.ones(rs.shape, bool) if given is None else given
+    iou, plain = tie_aware_iou(rs, rm & live, cm & live, tie_tol, groups, threshold_logit)
+    bound = boundary_scores(rs, rm & live, groups, threshold_logit)
+    tied = ((np.abs(rs - bound) <= tie_tol) & live).sum(1)
+    err = np.where(live, np.abs(rs - cs), 0.0)
+    scale = np.maximum(np.abs(rs), 1e-6)
+    suffix = keys["keep_mask"].rpartition("_")[2]
+    return {
+        "stage": int(suffix) if suffix.isdigit() else 1,
+        "iou": iou,
+        "plain": plain,
+        "keep_iou_mean": float(iou.mean()),
+        "keep_iou_min": float(iou.min()),
+        "plain_iou_mean": float(plain.mean()),
+        "mask_agreement": float(((rm == cm) | ~live).mean()),
+        "score_max_abs": float(err.max()),
+        "score_max_rel": float((err / scale).max()),
+        "tied_patches_mean": float(tied.mean()),
+        "kept_mean": float(rm.sum(1).mean()),
+    }
 
 
 def _det_lists(out: Mapping[str, np.ndarray], b: int, top_share: float, floor: float) -> tuple[np.ndarray, ...]:
@@ -397,13 +442,17 @@ def run_verify(
         thresh = m.extra.get("det_score_thresh")
         # a checkpoint takes the candidate's pruner and size; an adapter or another toolchain's file is as built
         as_exported = source.checkpoint is not None and not m.extra.get("foreign")
+        # an adapter takes the candidate's keep ratio, or per-stage schedule (SPEC 6c), as exported
+        stages = (m.extra.get("stages") or []) if not m.extra.get("foreign") else []
+        keep = tuple(st["keep_ratio"] for st in stages) if stages else m.keep_ratio
         mkey = (size, m.pruner_mode, m.keep_ratio, raw_head, max_dets, thresh) if as_exported else (raw_head, max_dets)
+        mkey = mkey if as_exported or m.extra.get("foreign") else (*mkey, keep)
         key = (*mkey, m.parts, n, step)
         if mkey not in models:
             loaded = (
                 load_model(source, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size)
                 if as_exported
-                else load_model(source)
+                else load_model(source, keep_ratio=None if m.extra.get("foreign") else keep)
             )
             if hasattr(loaded.model, "set_outputs") and m.parts == "full":
                 loaded.model.set_outputs(
@@ -435,6 +484,8 @@ def run_verify(
             cand = run_batches(runner, ref["images"], step)
         thr = thresholds_for(m.precision, **threshold_overrides)
         groups, logit = ckpt.model.tie_groups() if hasattr(ckpt.model, "tie_groups") else (None, None)
+        if len(model_stages(ckpt.model)) > 1:  # SPEC 6c: the band groups of each stage's own pruner
+            groups, logit = [band_groups(st.pruner_mode, st.grid) for st in model_stages(ckpt.model)], None
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
         if save_polygraphy is not None and not compared:  # the first candidate's reference
@@ -452,7 +503,7 @@ def run_verify(
                     "data": str(data),
                     "seed": seed,
                 },
-                groups=groups,
+                groups=None if isinstance(groups, list) else groups,
                 threshold_logit=logit,
                 force=force,
             )
@@ -482,7 +533,10 @@ def report_table(report: VerifyReport):
         t.add_row(
             c.name,
             c.precision,
-            f"{c.keep_iou_mean:.4f} / {c.keep_iou_min:.4f}",
+            f"{c.keep_iou_mean:.4f} / {c.keep_iou_min:.4f}"
+            + "".join(
+                f"\nstage {st['stage']}: {st['keep_iou_mean']:.4f} / {st['keep_iou_min']:.4f}" for st in c.stages
+            ),
             f"{c.plain_iou_mean:.4f}",
             f"{c.mask_agreement:.4f}",
             f"{c.score_max_abs:.2e}",

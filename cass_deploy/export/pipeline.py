@@ -28,6 +28,7 @@ from cass_deploy.export.settings import ExportRequest
 from cass_deploy.export.tensorrt_build import build_engine, onnx_facts, plan_build, trtexec_for
 from cass_deploy.io_utils import Output
 from cass_deploy.model.adapter import load_model, source_from
+from cass_deploy.model.interface import model_stages, stages_record
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.trt_engine import device_facts
@@ -95,7 +96,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             "validate at this size before deploying"
         )
     log(
-        f"exporting {req.parts} ({model.pruner_mode}, k={model.k}, {model.image_size[0]}x{model.image_size[1]}, "
+        f"exporting {req.parts} ({model.pruner_mode}, k={'/'.join(str(st.k) for st in model_stages(model))}, "
+        f"{model.image_size[0]}x{model.image_size[1]}, "
         f"{req.precision}) from {source.describe()}"
     )
     proto = export_part(
@@ -149,6 +151,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         "model_source": source.to_dict(),
         "max_dets": max_dets,
         "det_score_thresh": req.det_score_thresh if max_dets is not None else None,
+        **stages_record(model),
         **req.extra,
     }
     trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})

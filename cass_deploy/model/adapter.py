@@ -32,6 +32,7 @@ from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.io_utils import sha256_file
 from cass_deploy.model.checkpoint import load_checkpoint, read_checkpoint
+from cass_deploy.model.interface import model_stages
 from cass_deploy.model.protocol import PRUNER_MODES, require_protocol
 
 safetensors = lazy_import("safetensors")
@@ -258,6 +259,8 @@ def load_model(
     An adapter model takes a pruner change through its ``with_pruner`` when it has one; another
     input size must come through its factory (``--model-args``), so asking for one is an error.
     """
+    if isinstance(keep_ratio, (tuple, list)) and source.checkpoint is not None:
+        raise InputError(f"keep schedule {list(keep_ratio)} is per stage (SPEC 6c); {source.checkpoint} prunes once")
     if source.checkpoint is not None:
         ck = load_checkpoint(source.checkpoint, pruner_mode=pruner_mode, keep_ratio=keep_ratio, image_size=image_size)
         trained = tuple(int(v) for v in ck.raw["model_config"]["image_size"])
@@ -290,6 +293,11 @@ def _with_pruner(obj: Any, spec: str, pruner_mode: str | None, keep_ratio: float
     same_ratio = keep_ratio is None or getattr(obj, "keep_ratio", None) == keep_ratio
     if same_mode and same_ratio:
         return obj
+    if isinstance(keep_ratio, (tuple, list)) and len(keep_ratio) != len(model_stages(obj)):
+        raise InputError(
+            f"--model {spec}: keep schedule {list(keep_ratio)} has {len(keep_ratio)} ratios but the model has "
+            f"{len(model_stages(obj))} pruning stage(s)"
+        )
     if not hasattr(obj, "with_pruner"):
         raise InputError(
             f"--model {spec}: its model has no with_pruner(), so pruner {pruner_mode or obj.pruner_mode} "

@@ -45,9 +45,11 @@ from cass_deploy.errors import InputError
 from cass_deploy.model.interface import (
     DET_OUTPUTS,
     HEAD_OUTPUTS,
-    PREDICTOR_OUTPUTS,
     compute_k,
+    final_keep_mask,
     missing_members,
+    model_stages,
+    stage_output_names,
 )
 
 PRUNER_MODES = ("global", "band", "threshold", "none")
@@ -159,6 +161,8 @@ def _static_problems(obj: Any) -> list[str]:
 
 
 def _k_problems(obj: Any, grid: Sequence[int], mode: str, k: int) -> list[str]:
+    if len(model_stages(obj)) > 1:  # a multi-stage model's k per stage: its keep schedule (SPEC 6c)
+        return []
     P = grid[0] * grid[1]
     if mode in ("global", "band") and k > P:
         return [f"k={k} exceeds the {P} patches of its {grid[0]}x{grid[1]} grid"]
@@ -180,11 +184,13 @@ def _name_problems(obj: Any, mode: str) -> list[str]:
         pred, full = list(obj.output_names("predictor")), list(obj.output_names("full"))
     except Exception as exc:
         return [f"output_names() raised {type(exc).__name__}: {exc}"]
-    need = [n for n in PREDICTOR_OUTPUTS if not (n == "keep_idx" and mode == "threshold")]
+    stages = model_stages(obj)  # SPEC 6c: one set of pruner outputs per stage (unsuffixed for one)
+    need = stage_output_names(len(stages), [st.pruner_mode for st in stages])
     if [n for n in need if n not in pred]:
         bad.append(f"output_names('predictor') must hold {need}, got {pred}")
-    if not (set(DET_OUTPUTS) <= set(full) or set(HEAD_OUTPUTS) <= set(full)) or "keep_mask" not in full:
-        bad.append(f"output_names('full') must hold {list(DET_OUTPUTS)} and keep_mask, got {full}")
+    mask = need[-1]
+    if not (set(DET_OUTPUTS) <= set(full) or set(HEAD_OUTPUTS) <= set(full)) or final_keep_mask(full) != mask:
+        bad.append(f"output_names('full') must hold {list(DET_OUTPUTS)} and {mask}, got {full}")
     for part, names in (("predictor", pred), ("full", full)):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

@@ -29,6 +29,7 @@ from typing import Any
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
+from cass_deploy.model.interface import stage_names_in
 
 onnx = lazy_import("onnx")
 
@@ -47,6 +48,9 @@ class MacCount:
     by_op: dict[str, int] = field(default_factory=dict)
     nodes: int = 0
     unresolved: list[str] = field(default_factory=list)
+    #: SPEC 6c: MACs by the pruning stage whose tokens they run on: ``"dense"`` (before the first
+    #: pruner), ``"stage 1"``, ... — a node counts for the latest stage among its ancestors
+    by_stage: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -59,6 +63,7 @@ class MacCount:
             "by_op": dict(self.by_op),
             "nodes": self.nodes,
             "unresolved": list(self.unresolved),
+            "by_stage": dict(self.by_stage),
         }
 
 
@@ -110,6 +115,8 @@ def count_macs(model: Any, symbols: Mapping[str, int] | None = None) -> MacCount
         raise InputError(f"ONNX shape inference failed: {exc}") from None
     shapes = _shapes(inferred, symbols)
     total, by_op, nodes, unresolved = 0, {}, 0, []
+    stage_of = _stage_levels(inferred.graph)
+    by_stage: dict[str, int] = {}
 
     def shape(name: str) -> tuple[int, ...] | None:
         return shapes.get(name)
@@ -145,7 +152,29 @@ def count_macs(model: Any, symbols: Mapping[str, int] | None = None) -> MacCount
         nodes += 1
         total += int(macs)
         by_op[op] = by_op.get(op, 0) + int(macs)
-    return MacCount(total, by_op, nodes, unresolved)
+        if stage_of:
+            level = max((stage_of.get(t, 0) for t in node.input), default=0)
+            key = f"stage {level}" if level else "dense"
+            by_stage[key] = by_stage.get(key, 0) + int(macs)
+    return MacCount(total, by_op, nodes, unresolved, by_stage)
+
+
+def _stage_levels(graph: Any) -> dict[str, int]:
+    """Tensor name -> the latest pruning stage among its ancestors (0: none), from the graph's
+    ``keep_idx`` / ``keep_idx_s`` outputs (``keep_mask`` ones in threshold mode); ``{}`` for a
+    graph without pruner outputs. Nodes are in topological order (ONNX requires it)."""
+    names = [o.name for o in graph.output]
+    stages = stage_names_in(names)
+    marks = {st.get("keep_idx") or st.get("keep_mask"): s for s, st in enumerate(stages, start=1)}
+    marks.pop(None, None)
+    if not marks:
+        return {}
+    level: dict[str, int] = {}
+    for node in graph.node:
+        lv = max((level.get(t, 0) for t in node.input), default=0)
+        for t in node.output:
+            level[t] = max(lv, marks.get(t, 0))
+    return level
 
 
 def mac_bound(reference: MacCount, candidate: MacCount) -> float | None:

@@ -23,7 +23,13 @@ import numpy as np
 
 from cass_deploy.backends.probe import is_available
 from cass_deploy.errors import InputError
-from cass_deploy.model.interface import DEPLOYED_LAYOUT, DEPLOYED_REQUIRED, HEAD_OUTPUTS, INPUT_NAME
+from cass_deploy.model.interface import (
+    DEPLOYED_LAYOUT,
+    DEPLOYED_REQUIRED,
+    HEAD_OUTPUTS,
+    INPUT_NAME,
+    final_keep_mask,
+)
 from cass_deploy.runtime.manifest import MANIFEST_NAME, Manifest, check_onnx_graph, load_onnx
 from cass_deploy.runtime.ort_runner import OrtRunner
 from cass_deploy.runtime.trt_runner import TrtRunner
@@ -66,6 +72,8 @@ def check_layout(output_names: Sequence[str], where: str) -> None:
     ``det_scores``, ``det_classes`` + ``keep_mask``) nor this project's raw head maps (``--raw-head``),
     naming what is missing and the layout expected."""
     names = set(output_names)
+    if final_keep_mask(output_names):  # keep_mask, or keep_mask_S of a multi-stage model (SPEC 6c)
+        names.add("keep_mask")
     if set(DEPLOYED_REQUIRED) <= names or (set(HEAD_OUTPUTS) | {"keep_mask"}) <= names:
         return
     missing = [n for n in DEPLOYED_REQUIRED if n not in names]
@@ -103,7 +111,7 @@ def foreign_manifest(path: str | Path, grid: Sequence[int] | None = None) -> Man
             "(the patch grid of keep_mask)"
         )
     hp, wp = (int(v) for v in found_grid)
-    keep = next(o for o in proto.graph.output if o.name == "keep_mask")
+    keep = next(o for o in proto.graph.output if o.name == final_keep_mask(outputs))
     p = dims(keep)[-1] if dims(keep) else None
     if isinstance(p, int) and p != hp * wp:
         raise InputError(f"{path}: keep_mask has {p} patches but the grid {hp}x{wp} has {hp * wp}")

@@ -104,9 +104,10 @@ class TuneOptions:
     def __post_init__(self) -> None:
         if not self.keep_ratios:
             raise InputError("--keep needs at least one keep ratio, e.g. 0.25,0.5,0.75")
-        for r in self.keep_ratios:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
-                raise InputError(f"keep ratio must be in (0, 1], got {r!r}")
+        for entry in self.keep_ratios:  # a keep ratio, or a per-stage schedule (SPEC 6c): a tuple of them
+            for r in entry if isinstance(entry, (tuple, list)) else (entry,):
+                if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+                    raise InputError(f"keep ratio must be in (0, 1], got {r!r} (in --keep {keep_text(entry)})")
         if len(set(self.keep_ratios)) != len(self.keep_ratios):
             raise InputError(f"--keep lists a keep ratio twice: {list(self.keep_ratios)}")
         if not self.precisions:
@@ -136,20 +137,26 @@ class TuneOptions:
         return json.loads(json.dumps(d))
 
 
+def keep_text(keep: float | Sequence[float], sep: str = "/") -> str:
+    """A keep ratio (``0.5``) or a per-stage keep schedule (``0.7/0.5/0.3``, SPEC 6c) as text."""
+    return sep.join(f"{float(r):g}" for r in keep) if isinstance(keep, (tuple, list)) else f"{keep:g}"
+
+
 @dataclass(frozen=True)
 class TuneConfig:
-    """One point of the sweep."""
+    """One point of the sweep: a keep ratio, or a per-stage keep schedule (a tuple, one ratio per
+    stage of a multi-stage model, SPEC 6c), and a precision."""
 
-    keep_ratio: float
+    keep_ratio: float | tuple[float, ...]
     precision: str
 
     @property
     def name(self) -> str:
-        return f"keep{self.keep_ratio:g}-{self.precision}"
+        return f"keep{keep_text(self.keep_ratio, '_')}-{self.precision}"
 
     @property
     def label(self) -> str:
-        return f"keep {self.keep_ratio:g} {self.precision}"
+        return f"keep {keep_text(self.keep_ratio)} {self.precision}"
 
 
 @dataclass
@@ -215,7 +222,7 @@ class ConfigResult:
     """What ``tune`` measured for one configuration (``configs/<name>.json``)."""
 
     name: str
-    keep_ratio: float
+    keep_ratio: float | list[float]  # a list: a per-stage keep schedule (SPEC 6c)
     precision: str
     export: str
     pruner_mode: str
@@ -228,6 +235,13 @@ class ConfigResult:
     @property
     def label(self) -> str:
         return TuneConfig(self.keep_ratio, self.precision).label
+
+    @property
+    def final_keep_ratio(self) -> float | None:
+        """The share of the patches the last stage keeps (the keep ratio itself for one stage)."""
+        if not isinstance(self.keep_ratio, (tuple, list)):
+            return self.keep_ratio
+        return Manifest.read(Path(self.export) / MANIFEST_NAME).keep_ratio
 
     def near(self) -> dict[str, Any]:
         return self.validation["result"]["by_field"]["near"]
@@ -330,12 +344,7 @@ def _export(
     man_path = directory / MANIFEST_NAME
     if man_path.is_file():
         man = Manifest.read(man_path)
-        same = (
-            man.source_checkpoint_sha256 == source.sha256
-            and man.precision == cfg.precision
-            and man.keep_ratio is not None
-            and abs(man.keep_ratio - cfg.keep_ratio) < 1e-12
-        )
+        same = man.source_checkpoint_sha256 == source.sha256 and man.precision == cfg.precision and _same_keep(man, cfg)
         check = man.verify(directory)
         if same and check.ok:
             log(f"{cfg.label}: reusing {directory}")
@@ -354,6 +363,16 @@ def _export(
         "force": True,  # an unfinished export leaves nothing (atomic), so nothing is lost here
     }
     run_export(request_from(**apply_profile(values, profile)), log=log)
+
+
+def _same_keep(man: Manifest, cfg: TuneConfig) -> bool:
+    """Whether an export was made at ``cfg``'s keep ratio (or per-stage schedule: its manifest's stages)."""
+    if isinstance(cfg.keep_ratio, (tuple, list)):
+        got = [st.get("keep_ratio") for st in man.extra.get("stages") or []]
+        return len(got) == len(cfg.keep_ratio) and all(
+            g is not None and abs(g - r) < 1e-12 for g, r in zip(got, cfg.keep_ratio)
+        )
+    return man.keep_ratio is not None and abs(man.keep_ratio - cfg.keep_ratio) < 1e-12
 
 
 def _status(verify: dict[str, Any], checks: list[dict[str, Any]]) -> tuple[str, list[str]]:
@@ -378,7 +397,7 @@ def _timed_config(cfg: ConfigResult, stack: ExitStack, opts: TuneOptions, batch:
             stack,
             label=cfg.label,
             pruner_mode=cfg.pruner_mode,
-            keep_ratio=cfg.keep_ratio,
+            keep_ratio=cfg.final_keep_ratio,
             image_size=size,
             batch=batch,
             providers=opts.providers,
@@ -390,7 +409,7 @@ def _timed_config(cfg: ConfigResult, stack: ExitStack, opts: TuneOptions, batch:
     feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)}
     macs = count_macs(d / ONNX_NAME, {"batch": batch})
     return TimedConfig(
-        cfg.label, "tensorrt", "cuda", cfg.pruner_mode, cfg.keep_ratio, batch, lambda: runner.infer(feed), macs
+        cfg.label, "tensorrt", "cuda", cfg.pruner_mode, cfg.final_keep_ratio, batch, lambda: runner.infer(feed), macs
     )
 
 
@@ -620,7 +639,12 @@ def _finish(model, out, source, opts, profile, size, batch, results, reference, 
     recommended, why = recommend(results)
     notes += why
     yaml_path = None
-    if recommended is not None:
+    if recommended is not None and isinstance(recommended.keep_ratio, (tuple, list)):
+        notes.append(
+            f"{recommended.label} is a per-stage keep schedule: a deployment profile carries one keep ratio, so "
+            "no recommended.yaml is written; export it with --model-args giving the schedule to the factory"
+        )
+    elif recommended is not None:
         yaml_path = out / "recommended.yaml"
         write_profile_yaml(yaml_path, recommended_profile(profile, source, recommended, opts, size, batch))
     res = TuneResult(
@@ -666,7 +690,7 @@ def recommended_profile(
     p50 = best.latency["p50"]
     lo, hi = best.latency["p50_ci"]
     evidence = (
-        f"tuned by cass-deploy tune on {source.name}: keep {best.keep_ratio:g}, {best.precision}; near recall "
+        f"tuned by cass-deploy tune on {source.name}: keep {keep_text(best.keep_ratio)}, {best.precision}; near recall "
         f"{near['recall']:.3f} [{near['recall_lo']:.3f}, {near['recall_hi']:.3f}], p50 {p50:.2f} ms "
         f"[{lo:.2f}, {hi:.2f}] on {opts.backend}"
     )
