@@ -4,6 +4,7 @@ detection loss on its head)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
