@@ -403,20 +403,30 @@ def _cells_to_boxes(
     return cls, xyxy
 
 
-def fast_nms_keep(boxes: Tensor, labels: Tensor, iou_thr: float) -> Tensor:
-    """Fast NMS (YOLACT): candidates sorted by score descending, ``boxes [B, M, 4]`` xyxy,
-    ``labels [B, M]`` → keep ``[B, M]`` bool: a candidate is dropped when a higher-scored candidate
-    of the same class overlaps it with IoU > ``iou_thr``. One matrix, no loop (export-friendly)."""
+def fast_nms_keep(
+    boxes: Tensor, labels: Tensor | None, iou_thr: float, scores: Tensor | None = None, keys: Tensor | None = None
+) -> Tensor:
+    """Fast NMS (YOLACT): ``boxes [B, M, 4]`` xyxy, ``labels [B, M]`` (None: class-agnostic) →
+    keep ``[B, M]`` bool: a candidate is dropped when a better one of the same class overlaps it
+    with IoU > ``iou_thr``.
+    "Better": a higher ``scores [B, M]``, ties broken by a lower ``keys [B, M]`` (unique, e.g. the
+    flat cell index), compared at run time so the graph holds no ``[M, M]`` constant; without
+    scores, an earlier position (candidates sorted by score). One matrix, no loop."""
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # [B, M]
     lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
     rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]  # [B, M, M]
     iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-6)
-    m = boxes.shape[1]
-    pos = torch.arange(m, device=boxes.device)
-    earlier = pos[None, :] < pos[:, None]  # [M, M]: column j ranks above row i
-    clash = (iou > iou_thr) & (labels[:, :, None] == labels[:, None, :]) & earlier
+    if scores is None:
+        pos = torch.arange(boxes.shape[1], device=boxes.device)
+        better = pos[None, None, :] < pos[None, :, None]  # [1, M, M]: column j ranks above row i
+    else:
+        sj, si = scores[:, None, :], scores[:, :, None]
+        better = (sj > si) | ((sj == si) & (keys[:, None, :] < keys[:, :, None]))
+    clash = (iou > iou_thr) & better
+    if labels is not None:
+        clash = clash & (labels[:, :, None] == labels[:, None, :])
     # a sum of 0/1 (exact), not any()/amax(): ReduceSum takes its axes as an input from opset 13 on,
     # so the graph converts between opsets 17 and 18 (ReduceMax's axes moved in 18)
     return clash.to(torch.float32).sum(dim=2) == 0
@@ -457,12 +467,13 @@ def _peak_topk(
         best = heat_logits.argmax(dim=1).flatten(1).gather(1, idx)  # [B, M] most likely class
         _, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
         cls = best.to(torch.int64)
-        kept = cand * fast_nms_keep(xyxy, torch.zeros_like(cls), iou).to(cand.dtype)  # class-agnostic
+        keep = fast_nms_keep(xyxy, None, iou, cand, idx)  # class-agnostic
+        kept = cand * keep.to(cand.dtype)
         scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
         return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
     cand, idx = heat.flatten(1).topk(min(candidates, c * hh * wh), dim=1)  # [B, M]
     cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
-    kept = cand * fast_nms_keep(xyxy, cls, iou).to(cand.dtype)
+    kept = cand * fast_nms_keep(xyxy, cls, iou, cand, idx).to(cand.dtype)
     scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
     return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
 
