@@ -36,8 +36,8 @@ from cass_deploy.profiling.interleave import (
     MedianCI,
     RatioCI,
     median_intervals,
+    paired_speedups,
     ranking_warnings,
-    ratio_intervals,
     time_interleaved,
 )
 from cass_deploy.profiling.macs import MacCount, count_macs, mac_bound
@@ -314,7 +314,8 @@ def latency_comparison(results: Sequence[Measurement], *, resamples: int = 2000,
     warnings = []
     if paired:
         ms = np.array([r.samples_ms for r in rs]).T
-        speedups = ratio_intervals(ms, labels, [(0, j) for j in range(1, len(rs))], resamples=resamples, seed=seed)
+        # median of per-round log-ratios (each round timed both back to back), bootstrap over rounds
+        speedups = paired_speedups(ms, labels, [(0, j) for j in range(1, len(rs))], resamples=resamples, seed=seed)
     else:
         warnings.append(
             "configurations were timed one after another, not interleaved: their ratios are not paired and "
