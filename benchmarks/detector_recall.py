@@ -121,8 +121,8 @@ def main() -> int:
     gt_boxes = [b for batch in batches for b in batch["boxes"]]
     gt_labels = [x for batch in batches for x in batch["labels"]]
     head = (model.image_size, model.cfg.head_size, model.cfg.num_classes)
-    lim = decode_limits(gt_boxes, gt_labels, *head, cfg.fields)
-    oracle = oracle_detections(gt_boxes, gt_labels, *head)
+    lim = decode_limits(gt_boxes, gt_labels, *head, cfg.fields, method=model.cfg.decode)
+    oracle = oracle_detections(gt_boxes, gt_labels, *head, method=model.cfg.decode)
     lim["map50"] = map50(oracle, [{"boxes": b, "labels": x} for b, x in zip(gt_boxes, gt_labels)], head[2])["map50"]
     print(
         f"{'oracle':<10s} "

@@ -51,7 +51,8 @@ def limits_of(model, batches, fields: FieldConfig) -> dict[str, dict[str, float]
     """:func:`decode_limits` of the reference head on these batches' ground truth."""
     boxes = [b for batch in batches for b in batch["boxes"]]
     labels = [x for batch in batches for x in batch["labels"]]
-    return decode_limits(boxes, labels, model.image_size, model.cfg.head_size, model.cfg.num_classes, fields)
+    cfg = model.cfg
+    return decode_limits(boxes, labels, model.image_size, cfg.head_size, cfg.num_classes, fields, method=cfg.decode)
 
 
 def rate(mask: torch.Tensor, of: torch.Tensor | None = None) -> str:
@@ -78,7 +79,7 @@ def per_object(model, batches, thresholds: tuple[float, ...], fields: FieldConfi
         out = model(batch["images"])
         heat = torch.sigmoid(out["heatmap"]).amax(1)  # [B, Hh, Wh] class-agnostic
         peak = heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]
-        dets = decode(out, (H, W), score_thresh=min(thresholds), max_dets=100)
+        dets = decode(out, (H, W), score_thresh=min(thresholds), max_dets=100, **model.decode_settings)
         hh, wh = heat.shape[1:]
         cy = (torch.arange(hh) + 0.5) * s
         cx = (torch.arange(wh) + 0.5) * s

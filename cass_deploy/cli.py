@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the pruning-aware detector with CASS (config file + --set overrides; torchrun for DDP)",
     "diagnose": "CASS bias diagnostics: heat maps and loss/gradient share per band, field, size and object",
     "ablate": "bias ablation: dense vs CASS variants trained at each keep ratio, recall by field with intervals",
+    "check": "first command on a new model or ONNX: protocol, trace, per target every node it cannot take or restricts",
     "export": "export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with a manifest",
     "verify": "compare a reference checkpoint with exported ONNX / TensorRT candidates (tie-aware keep sets)",
     "profile": "latency mean/p50/p90/p95/p99/max and throughput; dense vs pruned; keep-ratio sweep; Jetson power",

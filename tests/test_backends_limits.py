@@ -19,7 +19,10 @@ def test_table_encodes_the_documented_limits():
     assert t10.implicit_int8_calibrator and not t11.implicit_int8_calibrator
     assert dla.dla and not t10.dla and not t11.dla
     assert dla.precisions == ("fp16", "int8") and dla.dla_requires_gpu_fallback
-    assert "NonZero" in t10.unsupported_ops and "TopK" in dla.gpu_fallback_ops
+    # op support is data (backends/trt_ops): NonZero is Y in the 10.x matrices, Det / Unique N in all
+    assert "NonZero" not in t10.unsupported_ops and {"Det", "Unique", "BitShift"} <= set(t10.unsupported_ops)
+    assert "TopK" not in dla.dla_ops and "Conv" in dla.dla_ops and not t10.dla_ops
+    assert limits.TARGETS["tensorrt10.3"].op_matrix == dla.op_matrix == "trt_10_1" and t10.op_matrix == "trt_10_15"
     assert set(t11.to_dict()) >= {"name", "precisions", "max_topk_k", "dla"}
 
 
@@ -97,10 +100,11 @@ def test_unknown_target_lists_known_ones():
         check_request("openvino", k=10)
 
 
-def test_nonzero_is_refused_for_tensorrt_only():
-    with pytest.raises(LimitError, match="NonZero: its output shape depends on the data"):
-        check_request("tensorrt11", ops={"TopK", "NonZero"})
-    assert check_request("onnxruntime-cpu", ops={"NonZero"}) == []
+def test_ops_the_matrix_marks_unsupported_are_refused_for_tensorrt_only():
+    with pytest.raises(LimitError, match=r"Det: marked unsupported \(N\) in onnx-tensorrt"):
+        check_request("tensorrt11", ops={"TopK", "Det"})
+    assert check_request("tensorrt10", ops={"TopK", "NonZero"}) == []  # NonZero is Y in 10.x
+    assert check_request("onnxruntime-cpu", ops={"Det"}) == []
 
 
 def test_dla_rules():

@@ -113,3 +113,18 @@ def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, cap
     assert record["table"][0]["status"] == "pass" and "--model" in text
     man = Manifest.read(out / "exports" / "keep0.5-fp32" / "manifest.json")
     assert man.extra["model_source"]["spec"] == SPEC
+
+
+def test_check_the_example_per_target(trained, capsys):
+    """`check` (SPEC 7c) on the transformers ViT's export: every GPU target can take it; the fp32
+    export is refused for DLA, whose table lists the ViT layers that fall back to the GPU."""
+    d, _ = trained
+    targets = ["tensorrt10.3", "tensorrt10", "tensorrt11", "tensorrt10-dla", "onnxruntime-cpu"]
+    assert main(["check", str(d / "export"), *[a for t in targets for a in ("--target", t)], "--json", "-"]) == 1
+    report = {t["target"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    can = [t for t in targets if report[t]["can_build"]]
+    assert can == ["tensorrt10.3", "tensorrt10", "tensorrt11", "onnxruntime-cpu"]
+    assert report["tensorrt10"]["restrictions_checked_and_met"] > 100 and not report["tensorrt10"]["findings"]
+    dla = report["tensorrt10-dla"]["findings"]
+    assert [f["what"] for f in dla if f["level"] == "error"] == ["limit"]
+    assert {"LayerNormalization", "MatMul", "TopK"} <= {f["op"] for f in dla if f["level"] == "gpu-fallback"}

@@ -84,7 +84,8 @@ x86-gpu, cpu); explicit flags override it
                         int8 calibration images: 'synthetic' or a dataset dir
   --calib-images CALIB_IMAGES
   --calib-method {minmax,entropy,percentile}
-  --target TARGET       limits to check: onnxruntime-cpu, onnxruntime-cuda, tensorrt10, tensorrt11, tensorrt10-dla
+  --target TARGET       limits to check: onnxruntime-cpu, onnxruntime-cuda, tensorrt10.3, tensorrt10, tensorrt11,
+                        tensorrt10-dla
   --engine              also build a TensorRT engine (needs TensorRT)
   --workspace WORKSPACE_MIB
                         TensorRT workspace in MiB

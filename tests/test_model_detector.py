@@ -43,8 +43,9 @@ def test_output_shapes_and_keep_set(mode, size, batch):
     assert sorted(out) == sorted(expected_keys)
     assert out["scores"].shape == (batch, p) and out["scores"].dtype == torch.float32
     assert out["keep_mask"].shape == (batch, p) and out["keep_mask"].dtype == torch.bool
-    assert out["heatmap"].shape == (batch, 3, size[0] // 8, size[1] // 8)
-    assert out["box"].shape == (batch, 4, size[0] // 8, size[1] // 8)
+    hh, wh = size[0] // model.cfg.head_stride, size[1] // model.cfg.head_stride
+    assert out["heatmap"].shape == (batch, 3, hh, wh)
+    assert out["box"].shape == (batch, 4, hh, wh)
     assert bool((out["box"] > 0).all())
     assert model.grid == (hp, wp)
     if mode == "threshold":
@@ -206,6 +207,12 @@ def test_interface_contract():
         dict(image_size=(100, 96)),
         dict(embed_dim=30, num_heads=4),
         dict(head_stride=6),
+        dict(head_stride=8),  # the stem skip arrives at stride patch / 4 = 4
+        dict(head_skip=True, stem="patch"),
+        dict(decode="maxpool"),
+        dict(nms_iou=0.0),
+        dict(nms_candidates=0),
+        dict(head_separable="yes"),
         dict(early_depth=-1),
         dict(mlp_ratio=0.0),
         dict(num_classes=0),
@@ -241,7 +248,7 @@ def test_wrong_image_shape_is_an_input_error():
 
 @pytest.mark.parametrize("stem", ["conv", "patch"])
 def test_each_token_sees_only_its_own_patch(stem):
-    model = PrunedDetector(dataclasses.replace(tiny(), stem=stem)).eval()
+    model = PrunedDetector(dataclasses.replace(tiny(), stem=stem, head_skip=stem == "conv")).eval()
     x = images(1)
     y = x.clone()
     y[:, :, 16:32, 32:48] = 1.0 - y[:, :, 16:32, 32:48]  # patch (row 1, column 2) of a 4 x 6 grid
@@ -271,12 +278,12 @@ def test_head_context_widens_what_the_heat_map_sees(tmp_path):
     ctx = PrunedDetector(dataclasses.replace(base, head_context=2, pruner=PrunerConfig(mode="none"))).eval()
     x = images(1)
     with torch.no_grad():
-        assert len(ctx.head.context) == 2 and ctx.head.context[1].conv2.dilation == (2, 2)
+        assert len(ctx.head.context) == 2 and ctx.head.context[1].conv1.dilation == (2, 2)  # separable: dw first
         for blk in ctx.head.context:
             torch.nn.init.normal_(blk.conv2.weight, std=0.05)
         y = x.clone()
         y[:, :, 0:16, 0:16] = 1.0 - y[:, :, 0:16, 0:16]  # patch (0, 0); probe the head cell of patch (0, 3)
-        probe = (slice(None), slice(None), 0, 3 * 2)
+        probe = (slice(None), slice(None), 0, 3 * (16 // base.head_stride))
         assert float((plain(y)["heatmap"] - plain(x)["heatmap"])[probe].abs().max()) == 0.0
         assert float((ctx(y)["heatmap"] - ctx(x)["heatmap"])[probe].abs().max()) > 0.0
     old = PrunedDetector(dataclasses.replace(base, head_context=0))
@@ -285,3 +292,21 @@ def test_head_context_widens_what_the_heat_map_sees(tmp_path):
     del raw["model_config"]["head_context"]
     torch.save(raw, path)
     assert load_checkpoint(path).model.cfg.head_context == 0
+
+
+def test_v1_checkpoint_loads_as_the_v1_model(tmp_path):
+    """A checkpoint written before the v2 head (no head_separable / head_skip / decode keys) loads
+    as what it was trained as: dense context convs, no stem skip, the 3×3 peak decode."""
+    from cass_deploy.config import CassConfig
+    from cass_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+
+    v1 = dataclasses.replace(
+        tiny(), head_stride=8, head_context=2, head_separable=False, head_skip=False, decode="peak"
+    )
+    path = save_checkpoint(tmp_path / "v1.pt", PrunedDetector(v1), CassConfig())
+    raw = torch.load(path, weights_only=True)
+    for key in ("head_separable", "head_skip", "decode", "nms_candidates", "nms_iou"):
+        del raw["model_config"][key]
+    torch.save(raw, path)
+    cfg = load_checkpoint(path).model.cfg
+    assert (cfg.head_separable, cfg.head_skip, cfg.decode, cfg.head_stride) == (False, False, "peak", 8)

@@ -145,10 +145,45 @@ def test_decode_suppresses_non_peaks_and_clips():
     out = _outputs_with_peak(0, (0, 0), [30.0, 30.0, 8.0, 8.0], batch=1)
     out["heatmap"][0, 0, 0, 1] = 4.0  # neighbour of the peak: not a local maximum
     out["heatmap"][0, 2, 5, 9] = 3.0  # another class far away: its own peak
-    dets = decode(out, IMAGE, score_thresh=0.5, max_dets=10)[0]
+    dets = decode(out, IMAGE, score_thresh=0.5, max_dets=10, method="peak")[0]
     assert dets["labels"].tolist() == [0, 2]
     assert dets["boxes"][0].tolist() == [0.0, 0.0, 12.0, 12.0]  # clipped at the image edge
     assert bool((dets["scores"][:-1] >= dets["scores"][1:]).all())
+
+
+def test_nms_decode_keeps_neighbours_with_their_own_boxes():
+    """Fast NMS: a neighbouring cell whose box overlaps the best one (IoU > 0.5, same class) is
+    dropped; a neighbour with a disjoint box (a second far-field car) survives, which the 3×3
+    peak decode cannot do; another class at the same place survives (class-aware)."""
+    stride = IMAGE[0] / OUT[0]
+    out = _outputs_with_peak(0, (3, 3), [6.0, 6.0, 6.0, 6.0], batch=1)  # box 12 px around cell (3, 3)
+    out["heatmap"][0, 0, 3, 4] = 4.0  # right neighbour, same box shifted by one cell: IoU 0.33 -> kept?
+    out["box"][0, :, 3, 4] = torch.tensor([6.0 + stride, 6.0, 6.0 - stride, 6.0])  # -> identical box: IoU 1
+    out["heatmap"][0, 0, 4, 3] = 3.0  # lower neighbour with a small box of its own: IoU 0
+    out["box"][0, :, 4, 3] = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    out["heatmap"][0, 1, 3, 3] = 2.0  # class 1 at the same cell and box: another class, kept
+    out["box"][0, :, 3, 3] = torch.tensor([6.0, 6.0, 6.0, 6.0])
+    dets = decode(out, IMAGE, score_thresh=0.5, max_dets=10, method="nms")[0]
+    centre = (3 + 0.5) * stride
+    assert dets["labels"].tolist() == [0, 0, 1]
+    assert dets["boxes"][0].tolist() == [centre - 6, centre - 6, centre + 6, centre + 6]
+    lower = (4 + 0.5) * stride
+    assert dets["boxes"][1].tolist() == [centre - 1, lower - 1, centre + 1, lower + 1]
+    peak = decode(out, IMAGE, score_thresh=0.5, max_dets=10, method="peak")[0]
+    assert peak["labels"].tolist() == [0, 1]  # the peak decode loses the lower neighbour
+
+
+def test_fast_nms_matches_greedy_nms_without_chains():
+    """On candidates where no suppressed box would itself suppress another, Fast NMS equals
+    torchvision-style greedy NMS (computed here by hand, box by box)."""
+    from cass_deploy.model.head import fast_nms_keep
+
+    boxes = torch.tensor([[[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10.5], [40, 0, 50, 9]]])
+    labels = torch.tensor([[0, 0, 0, 1, 0]])
+    keep = fast_nms_keep(boxes.float(), labels, 0.5)
+    # greedy: box 0 kept; box 1 IoU(0,1) = 81/119 = 0.68 > 0.5 -> dropped; box 2 disjoint -> kept;
+    # box 3 other class -> kept; box 4 disjoint -> kept
+    assert keep.tolist() == [[True, False, True, True, True]]
 
 
 def test_decode_of_targets_round_trips_boxes():

@@ -69,12 +69,14 @@ def test_onnx_deployed_outputs_match_torch(mode, tmp_path):
     (EfficientNMS dtypes and shapes; padded rows zero) at any batch size."""
     cfg = tiny_model_config(mode=mode, keep_ratio=0.4, bands=2, threshold=0.5)
     model = PrunedDetector(cfg).eval().set_outputs(max_dets=20, score_thresh=0.0105)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.head.cls.weight, std=0.1)  # spread the scores: no near-ties for TopK to order
     names = model.output_names("full")
     assert names[:4] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
     path = tmp_path / f"{mode}.onnx"
     _export(model.full_module(), names, path)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert {"MaxPool", "TopK"} <= ops and "Mod" not in ops  # peaks, TopK, no Mod (TensorRT-friendly)
+    assert "TopK" in ops and not {"Mod", "NonZero", "NonMaxSuppression"} & ops  # TensorRT-friendly Fast NMS
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, 64, 96, generator=torch.Generator().manual_seed(5))
     got = dict(zip(names, sess.run(None, {INPUT_NAME: x.numpy()})))

@@ -106,6 +106,25 @@ def test_training_is_deterministic(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_dense_every_runs_the_late_blocks_on_every_token_at_that_step():
+    """dense_every=2: steps 1, 3, ... of an epoch run the same weights with the pruner off; the
+    others the pruned model. Measured by what each step's module returns (a dense model keeps
+    every patch)."""
+    from cass_deploy.training.train import _step_models
+
+    model = PrunedDetector(load_train_config(None, TINY_OVERRIDES).model).eval()
+    pick = _step_models(model, model, 2, world=1)
+    x = torch.rand(1, 3, *model.image_size)
+    kept = [bool(pick(step)(x)["keep_mask"].all()) for step in range(4)]
+    assert kept == [False, True, False, True]
+    assert pick(1).late is model.late  # the same weights, not a copy
+    assert _step_models(model, model, 0, world=1)(1) is model
+    with pytest.raises(ConfigError, match="dense_every"):
+        _step_models(model, model, 2, world=2)
+    with pytest.raises(ConfigError, match="dense_every"):
+        load_train_config(None, ["dense_every=-1"])
+
+
 def test_config_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="bogus"):
         load_train_config(None, ["bogus=1"])

@@ -4,20 +4,22 @@ One row per deployment target (like Ultralytics' export-format table). :func:`ch
 refuses a request that a target cannot run, naming the offending value and the fixes; it never
 clamps ``k`` or changes the precision.
 
-Sources: TensorRT operator docs (TopK ``k <= 3840``; NonZero has a data-dependent output shape),
-the TensorRT 10.x -> 11.x migration guide (11 removed the FP16/INT8 builder flags and the
-implicit INT8 calibrator; networks are always strongly typed; DLA is absent from 11.0), and the
-DLA layer-support tables (TopK, Gather, Scatter* are not DLA layers and run on the GPU only
-with GPU fallback; DLA has no dynamic dimensions).
+Sources: TensorRT operator docs (TopK ``k <= 3840``), the TensorRT 10.x -> 11.x migration guide (11
+removed the FP16/INT8 builder flags and the implicit INT8 calibrator; networks are always strongly
+typed; DLA is absent from 11.0) and DLA's lack of dynamic dimensions. Which ONNX ops a TensorRT
+version takes, and which are DLA layers, is data: ``backends/trt_ops`` (NVIDIA's onnx-tensorrt
+operator matrix per release branch, and the DLA supported-layer list); each TensorRT target names
+its matrix (``op_matrix``). ``cass-deploy check`` (``backends.graph_check``) applies all of it per node.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
+from cass_deploy.backends import trt_ops
 from cass_deploy.errors import ConfigError, InputError, LimitError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -25,36 +27,6 @@ PRUNER_MODES = ("global", "band", "threshold")
 
 #: TensorRT ITopKLayer: k must not exceed this (TensorRT 8.x - 11.x).
 TENSORRT_MAX_TOPK = 3840
-
-_TRT_UNSUPPORTED = MappingProxyType(
-    {
-        "NonZero": "its output shape depends on the data; TensorRT needs static or "
-        "profile-bound shapes (use a keep mask or a fixed-k TopK instead)",
-    }
-)
-
-#: ONNX ops that are not DLA layers: with GPU fallback they run on the GPU, without it the
-#: build fails. The pruner always contains TopK and Gather*, so DLA needs GPU fallback.
-_DLA_GPU_ONLY_OPS = MappingProxyType(
-    {
-        op: "not a DLA layer"
-        for op in (
-            "TopK",
-            "Gather",
-            "GatherElements",
-            "GatherND",
-            "ScatterElements",
-            "ScatterND",
-            "NonZero",
-            "Cast",
-            "Where",
-            "CumSum",
-            "LayerNormalization",
-            "Erf",
-            "ArgMax",
-        )
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -70,8 +42,22 @@ class TargetLimits:
     strongly_typed_required: bool = False
     implicit_int8_calibrator: bool = False  # we never use it: int8 is explicit QDQ only
     dla: bool = False
-    unsupported_ops: Mapping[str, str] = field(default_factory=dict)
-    gpu_fallback_ops: Mapping[str, str] = field(default_factory=dict)
+    op_matrix: str | None = None  # backends/trt_ops/<op_matrix>.json: the operator matrix this target uses
+    matrix_note: str = ""  # why that matrix stands for this version, when it is not the version's own
+
+    @property
+    def unsupported_ops(self) -> Mapping[str, str]:
+        """ONNX ops the target's operator matrix marks N (op -> where that is said)."""
+        if self.op_matrix is None:
+            return {}
+        m = trt_ops.load_matrix(self.op_matrix)
+        return {op: f"marked unsupported (N) in {m.cite()}" for op in sorted(m.unsupported)}
+
+    @property
+    def dla_ops(self) -> frozenset[str]:
+        """On a DLA target, the ONNX ops that map to DLA layers (``trt_ops/dla_layers.json``); every
+        other op runs on the GPU through GPU fallback. Empty for a target without DLA."""
+        return frozenset(trt_ops.dla_layers()["ops"]) if self.dla else frozenset()
 
     @property
     def dla_requires_gpu_fallback(self) -> bool:
@@ -96,10 +82,16 @@ class TargetLimits:
             "dla": self.dla,
             "dla_requires_gpu_fallback": self.dla_requires_gpu_fallback,
             "dynamic_shapes": self.dynamic_shapes,
-            "unsupported_ops": dict(self.unsupported_ops),
-            "gpu_fallback_ops": sorted(self.gpu_fallback_ops),
+            "op_matrix": self.op_matrix,
+            "matrix_note": self.matrix_note,
         }
 
+
+#: why the JetPack 6.2 targets use the 10.1 matrix
+_OLDER_10 = (
+    "the onnx-tensorrt snapshot here has no 10.3 branch; its newest 10.x matrix at or below 10.3 (branch "
+    "10.1-GA) stands in: operators added in 10.2-10.3 show as unsupported (conservative)"
+)
 
 TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
     {
@@ -120,15 +112,26 @@ TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
                 max_topk_k=None,
             ),
             TargetLimits(
-                name="tensorrt10",
+                name="tensorrt10.3",
                 backend="tensorrt",
-                description="TensorRT 10.x on a GPU (JetPack 6 ships 10.3): FP16/INT8 builder flags "
+                description="TensorRT 10.3 as JetPack 6.2 ships it (Jetson Orin): FP16/INT8 builder flags "
                 "or a strongly typed network",
                 precisions=PRECISIONS,
                 max_topk_k=TENSORRT_MAX_TOPK,
                 trt_major=10,
                 implicit_int8_calibrator=True,
-                unsupported_ops=_TRT_UNSUPPORTED,
+                op_matrix="trt_10_1",
+                matrix_note=_OLDER_10,
+            ),
+            TargetLimits(
+                name="tensorrt10",
+                backend="tensorrt",
+                description="the newest TensorRT 10.x on a GPU: FP16/INT8 builder flags or a strongly typed network",
+                precisions=PRECISIONS,
+                max_topk_k=TENSORRT_MAX_TOPK,
+                trt_major=10,
+                implicit_int8_calibrator=True,
+                op_matrix="trt_10_15",
             ),
             TargetLimits(
                 name="tensorrt11",
@@ -138,19 +141,21 @@ TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
                 max_topk_k=TENSORRT_MAX_TOPK,
                 trt_major=11,
                 strongly_typed_required=True,
-                unsupported_ops=_TRT_UNSUPPORTED,
+                op_matrix="trt_10_15",
+                matrix_note="no 11.x operator matrix could be obtained here; the newest 10.x matrix (10.15) "
+                "stands in: confirm on the device with `polygraphy inspect capability`",
             ),
             TargetLimits(
                 name="tensorrt10-dla",
                 backend="tensorrt",
-                description="TensorRT 10.x on a Jetson DLA core with GPU fallback (fp16/int8 only)",
+                description="TensorRT 10.3 (JetPack 6.2) on a Jetson DLA core with GPU fallback (fp16/int8 only)",
                 precisions=("fp16", "int8"),
                 max_topk_k=TENSORRT_MAX_TOPK,
                 trt_major=10,
                 implicit_int8_calibrator=True,
                 dla=True,
-                unsupported_ops=_TRT_UNSUPPORTED,
-                gpu_fallback_ops=_DLA_GPU_ONLY_OPS,
+                op_matrix="trt_10_1",
+                matrix_note=_OLDER_10,
             ),
         )
     }
@@ -380,7 +385,7 @@ def _check_dla(
                 f"DLA has no dynamic dimensions, but dynamic batch {lo}..{hi} was "
                 "requested; export a fixed batch for DLA (min = opt = max)"
             )
-    on_gpu = sorted(ops & set(limits.gpu_fallback_ops))
+    on_gpu = sorted(ops - limits.dla_ops)
     notes = [f"DLA core {dla_core}: fp16/int8 layers run on DLA, the rest on the GPU"]
     if on_gpu:
         notes.append(f"these ops run on the GPU (not DLA layers): {', '.join(on_gpu)}")

@@ -31,7 +31,7 @@ from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.evaluation.metrics import SIZE_BINS, box_iou, field_of, greedy_match, size_bin_of
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.model.adapter import ModelSource, load_model
-from cass_deploy.model.head import centre_cells, decode
+from cass_deploy.model.head import DEFAULT_DECODE, centre_cells, decode
 from cass_deploy.model.interface import compute_k
 
 
@@ -203,17 +203,19 @@ def decode_ceiling(
     image_size: Sequence[int],
     head_size: Sequence[int],
     fields: FieldConfig | None = None,
+    method: str = DEFAULT_DECODE,
 ) -> dict[str, dict[str, float]]:
     """How many ground-truth vehicles per field the decode can return at all, whatever the training.
 
-    The reference head decodes one box per head cell (the regression is class-agnostic) at the
-    3×3 max-pool peaks of each class's heat map, so even a perfect heat map and perfect boxes
-    find at most (a) one vehicle per cell holding its centre (the cell of its centre, as in the
-    targets) and (b) per class, one peak in any 2×2 block of cells (two cells of a block are
-    neighbours: only the higher is a peak, barring exact ties). For each field the count of
-    distinct (image, cell) and the smallest count of distinct (image, class, 2×2 block) over the
-    four block tilings are upper bounds on the detections; divided by the field's objects they
-    bound its recall.
+    The reference head decodes one box per head cell (the regression is class-agnostic), so even
+    a perfect heat map and perfect boxes find at most (a) one vehicle per cell holding its centre
+    (the cell of its centre, as in the targets). The ``peak`` decode (3×3 max-pool peaks of each
+    class's heat map) also finds at most (b) per class, one peak in any 2×2 block of cells (two
+    cells of a block are neighbours: only the higher is a peak, barring exact ties); the ``nms``
+    decode has no such limit (neighbouring cells survive when their boxes do not overlap). For
+    each field the count of distinct (image, cell) and, for ``peak``, the smallest count of
+    distinct (image, class, 2×2 block) over the four block tilings are upper bounds on the
+    detections; divided by the field's objects they bound its recall.
 
     boxes: per image ``[M_i, 4]`` xyxy input pixels; labels: per image ``[M_i]`` int64;
     image_size ``(H, W)``; head_size ``(Hh, Wh)`` -> ``{field: {"objects", "one_per_cell",
@@ -241,7 +243,7 @@ def decode_ceiling(
         if n == 0:
             continue
         per_cell = cell[sel].unique().numel() / n
-        per_block = min(b[sel].unique().numel() for b in blocks) / n
+        per_block = min(b[sel].unique().numel() for b in blocks) / n if method == "peak" else 1.0
         out[name] = {
             "objects": n,
             "one_per_cell": per_cell,
@@ -294,14 +296,23 @@ def oracle_detections(
     image_size: Sequence[int],
     head_size: Sequence[int],
     num_classes: int,
+    method: str = DEFAULT_DECODE,
 ) -> list[dict[str, Tensor]]:
-    """Per image, the reference decode of :func:`oracle_head_outputs` (seed = image index): the
-    detections of a perfect heat map with exact boxes — ``boxes [D, 4]``, ``scores [D]``,
-    ``labels [D]`` as :func:`cass_deploy.model.head.decode` returns them (e.g. for an mAP cap)."""
+    """Per image, the reference decode (``method``) of :func:`oracle_head_outputs` (seed = image
+    index): the detections of a perfect heat map with exact boxes — ``boxes [D, 4]``,
+    ``scores [D]``, ``labels [D]`` as :func:`cass_deploy.model.head.decode` returns them (e.g. for
+    an mAP cap). Every vehicle's cell is a candidate (``nms``: up to 1024 per image)."""
     size = (int(image_size[0]), int(image_size[1]))
     cells = int(head_size[0]) * int(head_size[1])
     return [
-        decode(oracle_head_outputs([b], [lab], size, head_size, num_classes, seed=i), size, 0.5, cells)[0]
+        decode(
+            oracle_head_outputs([b], [lab], size, head_size, num_classes, seed=i),
+            size,
+            0.5,
+            cells,
+            method=method,
+            candidates=min(1024, cells * num_classes),
+        )[0]
         for i, (b, lab) in enumerate(zip(boxes, labels))
     ]
 
@@ -314,15 +325,17 @@ def decode_limits(
     num_classes: int,
     fields: FieldConfig | None = None,
     iou_thr: float = 0.5,
+    method: str = DEFAULT_DECODE,
 ) -> dict[str, dict[str, float]]:
     """Per field: :func:`decode_ceiling`'s bounds and the recall (IoU ``iou_thr``, same class) of
     the reference decode fed :func:`oracle_head_outputs` (``oracle_found`` of ``objects``,
     ``oracle_recall``) — what no amount of training of this head can exceed."""
     fields = fields or FieldConfig()
     h = int(image_size[0])
-    out = decode_ceiling(boxes, labels, image_size, head_size, fields)
+    out = decode_ceiling(boxes, labels, image_size, head_size, fields, method)
     found = torch.zeros(len(FIELDS))
-    for det, b, lab in zip(oracle_detections(boxes, labels, image_size, head_size, num_classes), boxes, labels):
+    dets = oracle_detections(boxes, labels, image_size, head_size, num_classes, method)
+    for det, b, lab in zip(dets, boxes, labels):
         b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
         lab = torch.as_tensor(lab, dtype=torch.int64).reshape(-1)
         same = det["labels"][:, None] == lab[None, :]

@@ -155,17 +155,20 @@ def deployed_to_lists(out: Mapping[str, Any]) -> dict[str, list]:
     }
 
 
-def as_predictions(out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01) -> dict:
+def as_predictions(
+    out: dict, image_size: Sequence[int], pruned: bool, score_floor: float = 0.01, decode_settings: dict | None = None
+) -> dict:
     """Detector outputs (SPEC §6b's ``num_dets`` / ``det_*``, or the raw ``heatmap`` / ``box`` maps,
     and ``keep_mask``) -> what :func:`cass_deploy.evaluation.scoring.evaluate` takes: per-image
-    ``boxes`` / ``scores`` / ``labels`` on the CPU, plus ``keep_mask`` [B, P] for a pruned model."""
+    ``boxes`` / ``scores`` / ``labels`` on the CPU, plus ``keep_mask`` [B, P] for a pruned model.
+    Raw maps are decoded with ``decode_settings`` (:func:`cass_deploy.model.head.decode`'s keywords;
+    the reference model's ``decode_settings``), by default the v2 decode."""
 
     if all(k in out for k in DET_OUTPUTS):
         res = deployed_to_lists(out)
     else:
-        dets = decode(
-            {"heatmap": out["heatmap"].float(), "box": out["box"].float()}, tuple(image_size), score_thresh=score_floor
-        )
+        maps = {"heatmap": out["heatmap"].float(), "box": out["box"].float()}
+        dets = decode(maps, tuple(image_size), score_thresh=score_floor, **(decode_settings or {}))
         res = {key: [det[key].cpu() for det in dets] for key in ("boxes", "scores", "labels")}
     if pruned and "keep_mask" in out:
         res["keep_mask"] = out["keep_mask"].bool().cpu()

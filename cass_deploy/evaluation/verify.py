@@ -50,6 +50,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
         "min_det_match": 0.99,
         "min_det_matched_iou": 0.99,
         "max_det_score_abs": 1e-3,
+        "det_min_score": 0.0,
     },
     "fp16": {
         "tie_tol": 5e-3,
@@ -61,6 +62,7 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
         "min_det_match": 0.95,
         "min_det_matched_iou": 0.9,
         "max_det_score_abs": 0.05,
+        "det_min_score": 0.0,
     },
     "int8": {
         "tie_tol": 5e-2,
@@ -72,6 +74,9 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
         "min_det_match": 0.8,
         "min_det_matched_iou": 0.75,
         "max_det_score_abs": math.inf,
+        # int8 detections are compared from score 0.1 up: below it an (under-)trained model's
+        # rows are near-ties of the heat-map prior whose order int8 rounding reshuffles
+        "det_min_score": 0.1,
     },
 }
 
@@ -292,7 +297,7 @@ def compare_detections(
     pairs, the ``score_floor`` used and the counts.
     """
     share, iou_thr = thresholds["det_top_share"], thresholds["det_iou"]
-    floor = max(score_floor(ref), score_floor(cand))
+    floor = max(score_floor(ref), score_floor(cand), thresholds.get("det_min_score", 0.0))
     hits_r, hits_c, ious, errs = [], [], [], []
     for b in range(int(np.asarray(ref["num_dets"]).shape[0])):
         r, c = _det_lists(ref, b, share, floor), _det_lists(cand, b, share, floor)

@@ -15,11 +15,12 @@ from pathlib import Path
 from cass_deploy.backends import limits
 from cass_deploy.backends.probe import require, trt_major_version
 from cass_deploy.errors import InputError
+from cass_deploy.export.graph_check import refuse_unbuildable
 from cass_deploy.export.graph_facts import GraphFacts
 from cass_deploy.export.tensorrt_build import build_engine, inspect_onnx
 from cass_deploy.io_utils import atomic_dir, check_writable
 from cass_deploy.runtime import manifest as mf
-from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest
+from cass_deploy.runtime.manifest import ENGINE_NAME, ONNX_NAME, Manifest, load_onnx
 from cass_deploy.runtime.trt_engine import device_facts
 from cass_deploy.runtime.trt_runner import device_name
 
@@ -65,6 +66,7 @@ def engine_from_export(
     # request no TensorRT can build says so before "TensorRT is not installed"
     target = limits.target_for("tensorrt", trt_major=trt_major or 10, dla_core=dla_core)
     graph = GraphFacts.from_manifest(man)
+    refuse_unbuildable(load_onnx(onnx_src), target, dynamic_batch=man.dynamic_batch, gpu_fallback=gpu_fallback, log=log)
     graph.check(target, ops=inspect_onnx(onnx_src).op_types, dla_core=dla_core, gpu_fallback=gpu_fallback)
     require("tensorrt", "building an engine")
     require("pycuda", "building an engine")

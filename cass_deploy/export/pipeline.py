@@ -21,6 +21,7 @@ from cass_deploy.backends.probe import require, trt_major_version
 from cass_deploy.data.factory import load_dataset
 from cass_deploy.errors import CassDeployError, InputError
 from cass_deploy.export import precision as prec
+from cass_deploy.export.graph_check import refuse_unbuildable
 from cass_deploy.export.graph_facts import BUILD_SETTINGS, GraphFacts
 from cass_deploy.export.onnx_export import export_part, io_specs, op_types
 from cass_deploy.export.settings import ExportRequest
@@ -112,6 +113,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         proto = prec.to_int8(
             proto, calib, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params, method=req.calib_method
         )
+    if target.startswith("tensorrt"):  # every node the target cannot take, named (SPEC 7c)
+        refuse_unbuildable(proto, target, dynamic_batch=req.dynamic_batch, gpu_fallback=req.gpu_fallback, log=log)
     graph.check(target, ops=op_types(proto), dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
 
     inputs, outputs = io_specs(proto)

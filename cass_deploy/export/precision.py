@@ -213,7 +213,9 @@ def to_int8(
                     op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                     nodes_to_exclude=exclude,
                     calibrate_method=getattr(ort_quant.CalibrationMethod, CALIB_METHODS[method]),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                    # biases stay fp32: ORT would store them as INT32 behind a DequantizeLinear,
+                    # which TensorRT's ONNX parser rejects (found by `cass-deploy check`)
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
                 )
         except Exception as exc:
             raise ExportError(f"int8 quantisation failed: {exc}") from exc

@@ -60,9 +60,22 @@ class PatchEmbed(nn.Module):
         else:
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
 
+    @property
+    def skip_channels(self) -> int:
+        """Channels of the stride-``patch/4`` features :meth:`forward_with_skip` returns (0: none)."""
+        return 0 if self.stem is None else self.stem[0].out_channels
+
     def forward(self, images: Tensor) -> Tensor:
-        x = images if self.stem is None else self.stem(images)
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.forward_with_skip(images)[0]
+
+    def forward_with_skip(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """images → (tokens ``[B, P, D]``, the conv stem's first features ``[B, S, H/(patch/4), W/(patch/4)]``
+        after GELU, or None for the patch stem)."""
+        if self.stem is None:
+            return self.proj(images).flatten(2).transpose(1, 2), None
+        skip = self.stem[1](self.stem[0](images))
+        x = self.stem[3](self.stem[2](skip))
+        return self.proj(x).flatten(2).transpose(1, 2), skip
 
 
 class Attention(nn.Module):
@@ -104,16 +117,25 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    ``layer_scale > 0``: each branch is multiplied by a learned per-channel scale starting at that
+    value (CaiT's LayerScale), so a deep stack starts close to the identity and trains like a
+    shallow one in a short budget; 0 leaves the branches unscaled (and adds no parameters).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, layer_scale: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, max(1, int(round(dim * mlp_ratio))))
+        self.ls1 = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale > 0 else None
+        self.ls2 = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale > 0 else None
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """x ``[B, N, D]``, key_mask ``[B, N]`` bool or None → ``[B, N, D]``."""
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
+        a = self.attn(self.norm1(x), key_mask)
+        x = x + (a if self.ls1 is None else a * self.ls1)
+        m = self.mlp(self.norm2(x))
+        return x + (m if self.ls2 is None else m * self.ls2)

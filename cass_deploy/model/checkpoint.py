@@ -21,7 +21,7 @@ from cass_deploy.backends.limits import check_image_size
 from cass_deploy.config import CassConfig, from_dict, to_dict
 from cass_deploy.errors import CassDeployError, CheckpointError
 from cass_deploy.io_utils import atomic_path, sha256_file
-from cass_deploy.model.detector import ModelConfig, PrunedDetector
+from cass_deploy.model.detector import V1_MODEL_DEFAULTS, ModelConfig, PrunedDetector
 
 FORMAT = "cass-deploy-checkpoint"
 FORMAT_VERSION = 1
@@ -123,8 +123,8 @@ def load_checkpoint(
     path = Path(path)
     raw = read_checkpoint(path)
     try:
-        # checkpoints written before the head's context blocks (issue 12) have none
-        mcfg = from_dict(ModelConfig, {"head_context": 0, **raw["model_config"]}, prefix="model.")
+        # checkpoints written before the v2 head (issues 12, 22) lack its fields: they load as v1
+        mcfg = from_dict(ModelConfig, {**V1_MODEL_DEFAULTS, **raw["model_config"]}, prefix="model.")
         ccfg = from_dict(CassConfig, raw["cass_config"], prefix="cass.")
     except CassDeployError as exc:
         raise CheckpointError(f"{path}: incompatible configuration: {exc}") from None

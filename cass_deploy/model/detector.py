@@ -26,8 +26,11 @@ from cass_deploy.data.classes import ALL_CLASSES
 from cass_deploy.errors import ConfigError, InputError
 from cass_deploy.model.blocks import Block, PatchEmbed, sincos_pos_embed
 from cass_deploy.model.head import (
+    DECODES,
     DEFAULT_DET_SCORE_THRESH,
     DEFAULT_MAX_DETS,
+    DEFAULT_NMS_CANDIDATES,
+    DEFAULT_NMS_IOU,
     DenseHead,
     decode,
     deployed_detections,
@@ -42,6 +45,15 @@ from cass_deploy.model.pruner import Pruner, PrunerConfig, band_boundaries
 PIXEL_MEAN = 0.45
 PIXEL_STD = 0.25
 STEMS = ("conv", "patch")
+#: fields a checkpoint written before the v2 head (issue 22) lacks, with the values it was trained
+#: with: such a checkpoint loads as the v1 model it is (``model.checkpoint``)
+V1_MODEL_DEFAULTS = {
+    "head_context": 0,
+    "head_separable": False,
+    "head_skip": False,
+    "decode": "peak",
+    "layer_scale": 0.0,
+}
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -52,21 +64,33 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
 
 @dataclass
 class ModelConfig:
-    """Architecture of :class:`PrunedDetector`. ``head_stride`` must divide ``patch_size``."""
+    """Architecture of :class:`PrunedDetector`. ``head_stride`` must divide ``patch_size``.
+
+    v2 proportions (SPEC §6 "Proportions"): one early block, then the predictor, then six late
+    blocks on the kept tokens — most multiply-accumulates run after the pruner — and a lean head
+    (separable context convolutions, a stride-4 map fed by the stem's stride-4 features through a
+    1×1 skip, Fast-NMS decode) that resolves crowded far-field cars.
+    """
 
     image_size: tuple[int, int] = (256, 448)
     patch_size: int = 16
     stem: Literal["conv", "patch"] = "conv"
     embed_dim: int = 96
-    early_depth: int = 2
-    late_depth: int = 2
+    early_depth: int = 1
+    late_depth: int = 6
     num_heads: int = 4
     mlp_ratio: float = 2.0
     num_classes: int = 3
-    head_stride: int = 8
-    head_channels: int = 64
+    head_stride: int = 4
+    head_channels: int = 24
     head_context: int = 3
+    head_separable: bool = True
+    head_skip: bool = True
+    decode: Literal["peak", "nms"] = "nms"
+    nms_candidates: int = DEFAULT_NMS_CANDIDATES
+    nms_iou: float = DEFAULT_NMS_IOU
     predictor_hidden: int = 48
+    layer_scale: float = 0.1
     detach_predictor_input: bool = False
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
 
@@ -102,6 +126,7 @@ class ModelConfig:
         _positive_int("predictor_hidden", self.predictor_hidden)
         if self.patch_size % self.head_stride:
             raise ConfigError(f"model.head_stride {self.head_stride} must divide model.patch_size {self.patch_size}")
+        self._check_head()
         ratio = self.mlp_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be a number > 0, got {ratio!r}")
@@ -115,6 +140,25 @@ class ModelConfig:
             raise ConfigError(f"model.pruner must be a PrunerConfig, got {type(self.pruner).__name__}")
         if self.pruner.mode == "band":
             band_boundaries(self.grid[0], self.pruner.bands, self.pruner.band_rows)
+
+    def _check_head(self) -> None:
+        for name in ("head_separable", "head_skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.head_skip and (self.stem != "conv" or self.head_stride != self.patch_size // 4):
+            raise ConfigError(
+                f"model.head_skip needs the conv stem and model.head_stride = patch_size / 4 "
+                f"({self.patch_size // 4}), got stem {self.stem!r}, head_stride {self.head_stride}"
+            )
+        if self.decode not in DECODES:
+            raise ConfigError(f"model.decode must be one of {list(DECODES)}, got {self.decode!r}")
+        _positive_int("nms_candidates", self.nms_candidates)
+        ls = self.layer_scale
+        if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0.0 <= ls <= 1.0:
+            raise ConfigError(f"model.layer_scale must be a number in [0, 1] (0: off), got {ls!r}")
+        iou = self.nms_iou
+        if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 < iou <= 1.0:
+            raise ConfigError(f"model.nms_iou must be a number in (0, 1], got {iou!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -161,10 +205,19 @@ class PrunedDetector(nn.Module):
         self.pos_embed = nn.Parameter(sincos_pos_embed(self.grid, d).unsqueeze(0) * 0.5)
         self.early = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.early_depth))
         self.predictor = ImportancePredictor(d, cfg.predictor_hidden)
-        self.late = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.late_depth))
+        self.late = nn.ModuleList(
+            Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.layer_scale) for _ in range(cfg.late_depth)
+        )
         self.norm = nn.LayerNorm(d)
         self.head = DenseHead(
-            d, cfg.num_classes, cfg.patch_size // cfg.head_stride, cfg.head_stride, cfg.head_channels, cfg.head_context
+            d,
+            cfg.num_classes,
+            cfg.patch_size // cfg.head_stride,
+            cfg.head_stride,
+            cfg.head_channels,
+            cfg.head_context,
+            separable=cfg.head_separable,
+            skip_channels=self.patch_embed.skip_channels if cfg.head_skip else 0,
         )
         self.apply(_init_weights)
 
@@ -225,11 +278,17 @@ class PrunedDetector(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         """images ``[B, 3, H, W]`` → early tokens ``[B, P, D]`` (embedding + early blocks)."""
+        return self._embed(images)[0]
+
+    def _embed(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """images → (early tokens ``[B, P, D]``, the stem's stride-4 features ``[B, S, H/4, W/4]``
+        when the head takes them, else None)."""
         self._check_images(images)
-        x = self.patch_embed((images - PIXEL_MEAN) / PIXEL_STD) + self.pos_embed
+        x, skip = self.patch_embed.forward_with_skip((images - PIXEL_MEAN) / PIXEL_STD)
+        x = x + self.pos_embed
         for blk in self.early:
             x = blk(x)
-        return x
+        return x, (skip if self.cfg.head_skip else None)
 
     def score(self, tokens: Tensor) -> Tensor:
         """early tokens ``[B, P, D]`` → scores ``[B, P]``."""
@@ -256,24 +315,25 @@ class PrunedDetector(nn.Module):
 
     def forward_features(self, images: Tensor) -> dict[str, Tensor]:
         """Everything up to the head: ``early`` and ``tokens`` ``[B, P, D]``, scores, keep set."""
-        early = self.embed(images)
+        early, skip = self._embed(images)
         scores = self.score(early)
         keep_idx, keep_mask = self.pruner(scores)
         tokens = self.run_late(early, keep_idx, keep_mask)
-        out = {"early": early, "tokens": tokens, "scores": scores, "keep_mask": keep_mask}
+        out = {"early": early, "tokens": tokens, "scores": scores, "keep_mask": keep_mask, "skip": skip}
         if keep_idx is not None:
             out["keep_idx"] = keep_idx
         return out
 
-    def forward_head(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens ``[B, P, D]`` → (heatmap ``[B, C, Hh, Wh]``, box ``[B, 4, Hh, Wh]``)."""
+    def forward_head(self, tokens: Tensor, skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens ``[B, P, D]`` (+ the stem's stride-4 features with ``head_skip``) → (heatmap
+        ``[B, C, Hh, Wh]``, box ``[B, 4, Hh, Wh]``)."""
         hp, wp = self.grid
         x = self.norm(tokens).transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], hp, wp)
-        return self.head(x)
+        return self.head(x, skip)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         f = self.forward_features(images)
-        heatmap, box = self.forward_head(f["tokens"])
+        heatmap, box = self.forward_head(f["tokens"], f["skip"])
         out = {"scores": f["scores"]}
         if "keep_idx" in f:
             out["keep_idx"] = f["keep_idx"]
@@ -296,8 +356,13 @@ class PrunedDetector(nn.Module):
     def decode(
         self, outputs: Mapping[str, Tensor], score_thresh: float = 0.05, max_dets: int = 100
     ) -> list[dict[str, Tensor]]:
-        """:func:`head.decode` with this model's image size."""
-        return decode(outputs, self.image_size, score_thresh=score_thresh, max_dets=max_dets)
+        """:func:`head.decode` with this model's image size and decode settings."""
+        return decode(outputs, self.image_size, score_thresh, max_dets, **self.decode_settings)
+
+    @property
+    def decode_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`head.decode` / :func:`head.deployed_detections` for this model."""
+        return {"method": self.cfg.decode, "candidates": self.cfg.nms_candidates, "iou": self.cfg.nms_iou}
 
     # ------------------------------------------------------------------ interface methods
     def predictor_module(self) -> nn.Module:
@@ -359,8 +424,9 @@ class _FullPart(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.det(images)
         if not self.det.raw_head:
+            det = self.det
             dets = deployed_detections(
-                out["heatmap"], out["box"], self.det.image_size, self.det.max_dets, self.det.det_score_thresh
+                out["heatmap"], out["box"], det.image_size, det.max_dets, det.det_score_thresh, **det.decode_settings
             )
             out.update(zip(("num_dets", "det_boxes", "det_scores", "det_classes"), dets))
         return tuple(out[name] for name in self.det.output_names("full"))

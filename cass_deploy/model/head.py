@@ -30,46 +30,74 @@ INSIDE_BOX_WEIGHT = 0.05  # regression weight floor of a box's cells outside its
 
 
 class ContextBlock(nn.Module):
-    """Residual dilated 3×3 convolution on the token grid: ``x + GELU(conv_d(GELU(conv_1(x))))``.
+    """Residual dilated 3×3 convolution on the token grid. ``[B, D, Hp, Wp]`` → same shape.
 
-    ``[B, D, Hp, Wp]`` → same shape. A stack with dilations 1, 2, 4 lets the head read ±7 patches
-    (±112 px at patch 16) around a cell: the centre of a near-field truck is a flat panel that
-    looks locally like road, and only its edges say where the truck is.
+    ``separable=False`` (v1): ``x + GELU(conv_d(GELU(conv_1(x))))`` with a dense 3×3 (``10 D²`` MACs
+    per token). ``separable=True`` (v2, lean): ``x + conv_1(GELU(dwconv_d(x)))``, a depthwise
+    dilated 3×3 then a pointwise convolution (``D² + 9 D`` per token). A stack with dilations
+    1, 2, 4 lets the head read ±7 patches (±112 px at patch 16) around a cell: the centre of a
+    near-field truck is a flat panel that looks locally like road, and only its edges say where
+    the truck is.
     """
 
-    def __init__(self, dim: int, dilation: int) -> None:
+    def __init__(self, dim: int, dilation: int, separable: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(dim, dim, kernel_size=1)
-        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=dilation, dilation=dilation)
+        self.separable = separable
+        if separable:
+            self.conv1 = nn.Conv2d(dim, dim, kernel_size=3, padding=dilation, dilation=dilation, groups=dim)
+            self.conv2 = nn.Conv2d(dim, dim, kernel_size=1)
+        else:
+            self.conv1 = nn.Conv2d(dim, dim, kernel_size=1)
+            self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=dilation, dilation=dilation)
         self.act = nn.GELU()
         nn.init.zeros_(self.conv2.weight)  # starts as the identity: training decides how much context to add
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.separable:
+            return x + self.conv2(self.act(self.conv1(x)))
         return x + self.act(self.conv2(self.act(self.conv1(x))))
 
 
 class DenseHead(nn.Module):
-    """token grid ``[B, D, Hp, Wp]`` → (heatmap ``[B, C, Hh, Wh]`` logits, box ``[B, 4, Hh, Wh]`` px).
+    """token grid ``[B, D, Hp, Wp]`` (+ optional stem features ``[B, S, Hh, Wh]`` at the head stride)
+    → (heatmap ``[B, C, Hh, Wh]`` logits, box ``[B, 4, Hh, Wh]`` px).
 
     ``context`` residual dilated convolutions on the token grid (dilations 1, 2, 4, ...; see
     :class:`ContextBlock`), then ``upsample = patch_size // head_stride``: a stride-``upsample``
     transposed convolution brings the token grid to the head stride (each token learns its
-    sub-patch layout, so two far-field cars in one 16-px patch get separate peaks at stride 8),
-    then one 3×3 conv.
+    sub-patch layout), plus, with ``skip_channels > 0``, a 1×1 projection of the stem's features
+    at that stride (v2: where a far-field car sits inside its patch, which one 16-px token cannot
+    say for four cars), then one 3×3 conv (depthwise + pointwise when ``separable``).
     """
 
     def __init__(
-        self, dim: int, num_classes: int, upsample: int, head_stride: int, channels: int = 64, context: int = 0
+        self,
+        dim: int,
+        num_classes: int,
+        upsample: int,
+        head_stride: int,
+        channels: int = 64,
+        context: int = 0,
+        *,
+        separable: bool = False,
+        skip_channels: int = 0,
     ) -> None:
         super().__init__()
         self.head_stride = head_stride
-        self.context = nn.Sequential(*(ContextBlock(dim, 2**i) for i in range(context)))
+        self.context = nn.Sequential(*(ContextBlock(dim, 2**i, separable) for i in range(context)))
         if upsample > 1:
             self.up = nn.ConvTranspose2d(dim, channels, kernel_size=upsample, stride=upsample)
         else:
             self.up = nn.Conv2d(dim, channels, kernel_size=1)
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.skip = nn.Conv2d(skip_channels, channels, kernel_size=1) if skip_channels else None
+        if separable:
+            self.conv = nn.Sequential(
+                nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels),
+                nn.Conv2d(channels, channels, kernel_size=1),
+            )
+        else:
+            self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.act = nn.GELU()
         self.cls = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.reg = nn.Conv2d(channels, 4, kernel_size=1)
@@ -77,8 +105,13 @@ class DenseHead(nn.Module):
         nn.init.normal_(self.reg.weight, std=0.01)
         nn.init.constant_(self.reg.bias, 0.0)
 
-    def forward(self, grid: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.act(self.up(self.context(grid)))
+    def forward(self, grid: Tensor, skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.up(self.context(grid))
+        if self.skip is not None:
+            if skip is None:
+                raise InputError("this head adds the stem's features at its stride: pass skip [B, S, Hh, Wh]")
+            x = x + self.skip(skip)
+        x = self.act(x)
         x = self.act(self.conv(x))
         raw = self.reg(x).clamp(min=BOX_LOG_RANGE[0], max=BOX_LOG_RANGE[1])
         return self.cls(x), torch.exp(raw) * float(self.head_stride)
@@ -322,26 +355,31 @@ def detection_loss(
 # --------------------------------------------------------------------------- decode
 
 
-def _peak_topk(
-    heat_logits: Tensor, box: Tensor, image_size: tuple[int, int], max_dets: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``k = min(max_dets, C * Hh * Wh)`` best 3×3 heat-map peaks per image, as tensors.
+#: the decodes: ``peak`` (v1: 3×3 max-pool peaks, one peak per 2×2 block of cells per class) and
+#: ``nms`` (v2: the best cells, then class-aware Fast NMS on their boxes — neighbouring cells can
+#: both be detections when their boxes do not overlap, as crowded far-field cars need)
+DECODES = ("peak", "nms")
+DEFAULT_DECODE = "nms"
+DEFAULT_NMS_CANDIDATES = 512  # cells ranked before NMS, per image
+DEFAULT_NMS_IOU = 0.5
 
-    heat_logits ``[B, C, Hh, Wh]``, box ``[B, 4, Hh, Wh]`` ltrb px → (scores ``[B, k]`` sigmoid,
-    descending; labels ``[B, k]`` int64; boxes ``[B, k, 4]`` xyxy input pixels clipped to the image).
-    Export-friendly (MaxPool, Equal, TopK, Gather, integer Div; no Mod), so the same code runs in
-    the Python decode and in the graph.
-    """
-    bsz, c, hh, wh = heat_logits.shape
+
+def _check_decode(method: str, candidates: int, iou: float) -> None:
+    if method not in DECODES:
+        raise InputError(f"decode must be one of {list(DECODES)}, got {method!r}")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise InputError(f"decode candidates must be an integer >= 1, got {candidates!r}")
+    if not isinstance(iou, (int, float)) or not 0.0 < iou <= 1.0:
+        raise InputError(f"NMS IoU threshold must be in (0, 1], got {iou!r}")
+
+
+def _cells_to_boxes(
+    idx: Tensor, box: Tensor, hw: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Flat (class, cell) indices ``[B, k]`` → (labels ``[B, k]`` int64, boxes ``[B, k, 4]`` xyxy px)."""
+    hh, wh = hw
     h, w = int(image_size[0]), int(image_size[1])
-    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
-        raise InputError(f"max_dets must be an integer >= 1, got {max_dets!r}")
     sy, sx = h / hh, w / wh
-    heat = torch.sigmoid(heat_logits.float())
-    peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
-    flat = (heat * peak.to(heat.dtype)).flatten(1)  # [B, C*Hh*Wh]
-    k = min(max_dets, c * hh * wh)
-    scores, idx = flat.topk(k, dim=1)
     cls = torch.div(idx, hh * wh, rounding_mode="floor")
     cell = idx - cls * (hh * wh)
     row = torch.div(cell, wh, rounding_mode="floor")
@@ -358,20 +396,83 @@ def _peak_topk(
         ],
         dim=-1,
     )
-    return scores, cls, xyxy
+    return cls, xyxy
+
+
+def fast_nms_keep(boxes: Tensor, labels: Tensor, iou_thr: float) -> Tensor:
+    """Fast NMS (YOLACT): candidates sorted by score descending, ``boxes [B, M, 4]`` xyxy,
+    ``labels [B, M]`` → keep ``[B, M]`` bool: a candidate is dropped when a higher-scored candidate
+    of the same class overlaps it with IoU > ``iou_thr``. One matrix, no loop (export-friendly)."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # [B, M]
+    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # [B, M, M]
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-6)
+    m = boxes.shape[1]
+    pos = torch.arange(m, device=boxes.device)
+    earlier = pos[None, :] < pos[:, None]  # [M, M]: column j ranks above row i
+    clash = (iou > iou_thr) & (labels[:, :, None] == labels[:, None, :]) & earlier
+    # a sum of 0/1 (exact), not any()/amax(): ReduceSum takes its axes as an input from opset 13 on,
+    # so the graph converts between opsets 17 and 18 (ReduceMax's axes moved in 18)
+    return clash.to(torch.float32).sum(dim=2) == 0
+
+
+def _peak_topk(
+    heat_logits: Tensor,
+    box: Tensor,
+    image_size: tuple[int, int],
+    max_dets: int,
+    method: str = DEFAULT_DECODE,
+    candidates: int = DEFAULT_NMS_CANDIDATES,
+    iou: float = DEFAULT_NMS_IOU,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k = min(max_dets, ...)`` best detections per image, as tensors.
+
+    heat_logits ``[B, C, Hh, Wh]``, box ``[B, 4, Hh, Wh]`` ltrb px → (scores ``[B, k]`` sigmoid,
+    descending; labels ``[B, k]`` int64; boxes ``[B, k, 4]`` xyxy input pixels clipped to the image).
+    ``peak``: the best 3×3 max-pool peaks. ``nms``: the ``candidates`` best (class, cell) pairs,
+    class-aware Fast NMS at ``iou``, then the best survivors (suppressed ones score 0).
+    Export-friendly (MaxPool, TopK, Gather, integer Div; no Mod, no NonZero), so the same code
+    runs in the Python decode and in the graph.
+    """
+    bsz, c, hh, wh = heat_logits.shape
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise InputError(f"max_dets must be an integer >= 1, got {max_dets!r}")
+    _check_decode(method, candidates, iou)
+    heat = torch.sigmoid(heat_logits.float())
+    if method == "peak":
+        peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
+        scores, idx = (heat * peak.to(heat.dtype)).flatten(1).topk(min(max_dets, c * hh * wh), dim=1)
+        cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
+        return scores, cls, xyxy
+    cand, idx = heat.flatten(1).topk(min(candidates, c * hh * wh), dim=1)  # [B, M]
+    cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
+    kept = cand * fast_nms_keep(xyxy, cls, iou).to(cand.dtype)
+    scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
+    return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
 
 
 def decode(
-    outputs: Mapping[str, Tensor], image_size: tuple[int, int], score_thresh: float = 0.05, max_dets: int = 100
+    outputs: Mapping[str, Tensor],
+    image_size: tuple[int, int],
+    score_thresh: float = 0.05,
+    max_dets: int = 100,
+    *,
+    method: str = DEFAULT_DECODE,
+    candidates: int = DEFAULT_NMS_CANDIDATES,
+    iou: float = DEFAULT_NMS_IOU,
 ) -> list[dict[str, Tensor]]:
-    """Heat-map peaks → detections per image.
+    """Head maps → detections per image (``method``: see :func:`_peak_topk`).
 
-    3×3 max-pool peak suppression, then the ``max_dets`` best (class, cell) pairs per image,
-    kept when ``score >= score_thresh``. Returns per image ``boxes [D, 4]`` float xyxy pixels
-    (clipped to the image), ``scores [D]``, ``labels [D]`` int64, sorted by score.
+    The ``max_dets`` best detections per image, kept when ``score >= score_thresh``. Returns per
+    image ``boxes [D, 4]`` float xyxy pixels (clipped to the image), ``scores [D]``, ``labels [D]``
+    int64, sorted by score.
     """
     with torch.no_grad():
-        scores, cls, xyxy = _peak_topk(outputs["heatmap"], outputs["box"], image_size, max_dets)
+        scores, cls, xyxy = _peak_topk(
+            outputs["heatmap"], outputs["box"], image_size, max_dets, method, candidates, iou
+        )
     results = []
     for b in range(scores.shape[0]):
         keep = scores[b] >= score_thresh
@@ -430,10 +531,14 @@ def deployed_detections(
     image_size: tuple[int, int],
     max_dets: int = DEFAULT_MAX_DETS,
     score_thresh: float = DEFAULT_DET_SCORE_THRESH,
+    *,
+    method: str = DEFAULT_DECODE,
+    candidates: int = DEFAULT_NMS_CANDIDATES,
+    iou: float = DEFAULT_NMS_IOU,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The reference head's decode in the graph: heatmap ``[B, C, Hh, Wh]`` logits and box
     ``[B, 4, Hh, Wh]`` → ``(num_dets, det_boxes, det_scores, det_classes)`` (SPEC §6b, see
     :func:`pack_detections`). Same peaks, order and boxes as :func:`decode` with the same
-    ``score_thresh`` and ``max_dets``."""
-    scores, cls, xyxy = _peak_topk(heat_logits, box, image_size, max_dets)
+    ``score_thresh``, ``max_dets`` and decode settings."""
+    scores, cls, xyxy = _peak_topk(heat_logits, box, image_size, max_dets, method, candidates, iou)
     return _pad_packed(scores, xyxy, cls, max_dets, score_thresh)

@@ -74,6 +74,10 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     eval_score_thr: float = 0.3
+    # every n-th step runs the late blocks on all tokens (pruner off; 0: never): the dense model
+    # that gates compare against then stays in the distribution it is evaluated in (issue 22:
+    # trained only pruned, the v2 detector's dense far-field recall fell below its pruned one)
+    dense_every: int = 0
     max_minutes: float | None = None  # training-time budget; per-epoch evaluation does not count
     model: ModelConfig = field(default_factory=ModelConfig)
     cass: CassConfig = field(default_factory=CassConfig)
@@ -96,6 +100,8 @@ class TrainConfig:
         f = self.lr_decay_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise ConfigError(f"lr_decay_fraction must be in (0, 1], got {f!r}")
+        if isinstance(self.dense_every, bool) or not isinstance(self.dense_every, int) or self.dense_every < 0:
+            raise ConfigError(f"dense_every must be an integer >= 0 (0: never), got {self.dense_every!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
@@ -166,7 +172,8 @@ def evaluate_model(
     device = next(model.parameters()).device
 
     def predict(images):
-        pred = as_predictions(model(images.to(device)), model.image_size, model.pruner_mode != "none")
+        out = model(images.to(device))
+        pred = as_predictions(out, model.image_size, model.pruner_mode != "none", decode_settings=model.decode_settings)
         if predictions is not None:
             predictions.append(pred)
         return pred
@@ -333,6 +340,17 @@ def train(
     return result
 
 
+def _step_models(ddp_model, model: PrunedDetector, dense_every: int, world: int):
+    """step index within the epoch -> the module to run: every ``dense_every``-th step the same
+    weights with the pruner off (late blocks on every token), else the pruned model."""
+    if not dense_every or model.pruner_mode == "none":
+        return lambda step: ddp_model
+    if world > 1:
+        raise ConfigError(f"dense_every={dense_every} is not supported with DDP ({world} processes); set it to 0")
+    dense = model.with_pruner(mode="none")
+    return lambda step: dense if step % dense_every == dense_every - 1 else ddp_model
+
+
 def _train(
     cfg: TrainConfig,
     run: RunDir,
@@ -418,6 +436,7 @@ def _train(
     ddp_model = model
     if world > 1:
         ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    step_model = _step_models(ddp_model, model, cfg.dense_every, world)
 
     grid, image_size = model.grid, model.image_size
     t0 = time.perf_counter()
@@ -439,7 +458,7 @@ def _train(
                 images = batch["images"].to(device)
                 boxes = [b.to(device) for b in batch["boxes"]]
                 labels = [lb.to(device) for lb in batch["labels"]]
-                out = ddp_model(images)
+                out = step_model(n)(images)
                 if not torch.isfinite(out["scores"]).all():  # weights blown up by the last step
                     raise TrainingError(
                         f"training diverged: the model's outputs are no longer finite at epoch {epoch}; "
