@@ -115,3 +115,14 @@ def test_stopping_rule_without_target_times_min_rounds():
     timer = FakeTimer(clock, {dense: 20.0, keep: 10.0}, noise=2.0)
     res = time_until_resolved([dense, keep], ["d", "k"], target=0, min_rounds=6, timer=timer, clock=clock)
     assert res.rounds == 6 and not res.capped
+
+
+def test_profile_until_ci_reports_its_stop_and_rejects_bad_values(tiny_checkpoint, capsys):
+    from cass_deploy.cli import main
+
+    args = ["profile", str(tiny_checkpoint), "--backend", "onnxruntime", "--sweep", "0.5", "--threads", "1"]
+    assert main([*args, "--warmup", "1", "--iters", "4", "--until-ci", "0.05", "--max-time", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "stopping rule:" in out and ("within +-5%" in out or "TIME CAP HIT" in out)
+    assert main([*args, "--until-ci", "1.5"]) == 2
+    assert "--until-ci" in capsys.readouterr().err
