@@ -16,6 +16,7 @@ in milliseconds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,16 @@ from cass_deploy.errors import InputError
 from cass_deploy.profiling.timing import PerfCounterTimer, Timer
 from cass_deploy.resampling import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, percentile_interval, resample_indices
 
-ORDERS = ("fixed", "rotate")
+ORDERS = ("fixed", "rotate", "alternate")
+ESTIMATORS = ("median", "trimmed")
 
 
 def round_order(n_configs: int, rounds: int, order: str = "fixed") -> np.ndarray:
     """``[rounds, n_configs]`` configuration indices in the order each round runs them.
 
-    fixed: every round ``0, 1, ..., C-1`` (ABCABC...); rotate: round r starts at ``r mod C``.
+    fixed: every round ``0, 1, ..., C-1`` (ABCABC...); rotate: round r starts at ``r mod C``;
+    alternate: even rounds forward, odd rounds reversed (AB BA AB ...: every configuration holds
+    every position equally often, so "runs first after a pause" favours none).
     """
     if order not in ORDERS:
         raise InputError(f"interleaving order must be one of {list(ORDERS)}, got {order!r}")
@@ -41,6 +45,8 @@ def round_order(n_configs: int, rounds: int, order: str = "fixed") -> np.ndarray
     base = np.arange(n_configs)
     if order == "fixed":
         return np.tile(base, (rounds, 1))
+    if order == "alternate":
+        return np.where((np.arange(rounds) % 2 == 0)[:, None], base[None, :], base[::-1][None, :])
     return (base[None, :] + np.arange(rounds)[:, None]) % n_configs
 
 
@@ -218,4 +224,135 @@ __all__ = [
     "median_intervals",
     "ratio_intervals",
     "ranking_warnings",
+    "ESTIMATORS",
+    "paired_speedups",
+    "relative_halfwidth",
+    "StoppedTiming",
+    "time_until_resolved",
 ]
+
+
+# --------------------------------------------------------------------------- paired per-round ratios
+
+
+def _robust_centre(x: np.ndarray, estimator: str, trim: float) -> np.ndarray:
+    """Centre of ``x`` along its last axis: the median, or the mean after dropping ``trim`` of the
+    values at each end (sorted; vectorised over the leading axes)."""
+    if estimator == "median":
+        return np.median(x, axis=-1)
+    n = x.shape[-1]
+    cut = int(np.floor(trim * n))
+    return np.sort(x, axis=-1)[..., cut : n - cut].mean(axis=-1)
+
+
+def paired_speedups(
+    ms: Any,
+    labels: Sequence[str],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    estimator: str = "median",
+    trim: float = 0.2,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[RatioCI]:
+    """Speed-up of ``b`` over ``a`` for each ``(a, b)`` in ``pairs`` from **per-round** ratios.
+
+    Each round ``r`` timed both configurations back to back, so ``d_r = log(ms[r, a] / ms[r, b])``
+    cancels what the round shared (a load burst, a frequency change). The speed-up is
+    ``exp(centre(d))`` with centre the median (``estimator="median"``) or the ``trim``-trimmed mean
+    (``"trimmed"``) of ``d`` ``[rounds]``; its interval is the percentile bootstrap over rounds
+    (one ``[resamples, rounds]`` index matrix, all resamples at once).
+    """
+    if estimator not in ESTIMATORS:
+        raise InputError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
+    if not 0 <= trim < 0.5:
+        raise InputError(f"trim must be in [0, 0.5), got {trim!r}")
+    a = _samples(ms)
+    if len(labels) != a.shape[1]:
+        raise InputError(f"{len(labels)} labels for {a.shape[1]} configurations")
+    if (a <= 0).any():
+        raise InputError("paired ratios need latencies > 0")
+    logs = np.log(a)
+    idx = resample_indices(a.shape[0], resamples, seed)
+    out = []
+    for i, j in pairs:
+        d = logs[:, i] - logs[:, j]  # [rounds]
+        boot = _robust_centre(d[idx], estimator, trim)  # [resamples]
+        lo, hi = percentile_interval(np.exp(boot), confidence)
+        point = float(np.exp(_robust_centre(d, estimator, trim)))
+        out.append(RatioCI(labels[i], labels[j], point, float(lo), float(hi), confidence))
+    return out
+
+
+def relative_halfwidth(r: RatioCI) -> float:
+    """The larger of ``hi / ratio - 1`` and ``1 - lo / ratio``: the interval is within +-this of the ratio."""
+    return max(r.hi / r.ratio - 1.0, 1.0 - r.lo / r.ratio)
+
+
+@dataclass
+class StoppedTiming:
+    """What :func:`time_until_resolved` measured: ``ms`` ``[rounds, C]``, the speed-ups of every
+    configuration over the first, and why it stopped (``resolved``: every interval within the
+    target; ``capped``: the time cap or ``max_rounds`` came first)."""
+
+    ms: np.ndarray
+    speedups: list[RatioCI]
+    rounds: int
+    seconds: float
+    resolved: bool
+    capped: bool
+    target: float
+
+    def summary(self) -> str:
+        worst = max((relative_halfwidth(r) for r in self.speedups), default=0.0)
+        why = (
+            f"every speed-up interval within +-{100 * self.target:g}%"
+            if self.resolved
+            else f"TIME CAP HIT before every speed-up interval was within +-{100 * self.target:g}% "
+            f"(widest +-{100 * worst:.1f}%)"
+        )
+        return f"{self.rounds} rounds in {self.seconds:.1f} s: {why}"
+
+
+def time_until_resolved(
+    fns: Sequence[Callable[[], Any]],
+    labels: Sequence[str],
+    *,
+    target: float = 0.05,
+    max_seconds: float = 120.0,
+    min_rounds: int = 20,
+    step: int = 10,
+    max_rounds: int | None = None,
+    warmup: int = 2,
+    order: str = "alternate",
+    estimator: str = "median",
+    sync: Callable[[], Any] | None = None,
+    timer: Timer | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> StoppedTiming:
+    """Stopping rule: time ``fns`` interleaved (``order``) in blocks of ``step`` rounds until the
+    paired speed-up of every configuration over ``fns[0]`` has its interval within ``+-target`` of
+    the ratio (after at least ``min_rounds``), or ``max_seconds`` of ``clock`` (or ``max_rounds``)
+    have passed: then ``capped`` is True and the caller must say so. ``target <= 0``: exactly
+    ``min_rounds`` rounds."""
+    if len(fns) < 2:
+        raise InputError("the stopping rule needs a baseline and at least one other configuration")
+    if step < 1 or min_rounds < 2:
+        raise InputError(f"step must be >= 1 and min_rounds >= 2, got {step} and {min_rounds}")
+    step += step % 2  # whole alternate pairs, so the order keeps alternating across blocks
+    t0 = clock()
+    blocks = [time_interleaved(fns, rounds=min_rounds, warmup=warmup, order=order, sync=sync, timer=timer)]
+    pairs = [(0, j) for j in range(1, len(fns))]
+    while True:
+        ms = np.concatenate(blocks)
+        speed = paired_speedups(ms, labels, pairs, estimator=estimator, resamples=resamples, seed=seed)
+        resolved = target > 0 and all(relative_halfwidth(r) <= target for r in speed)
+        elapsed = clock() - t0
+        out_of_rounds = max_rounds is not None and len(ms) >= max_rounds
+        if resolved or target <= 0 or elapsed >= max_seconds or out_of_rounds:
+            capped = not resolved and target > 0
+            return StoppedTiming(ms, speed, len(ms), elapsed, resolved, capped, target)
+        blocks.append(time_interleaved(fns, rounds=step, warmup=0, order=order, sync=sync, timer=timer))

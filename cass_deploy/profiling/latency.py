@@ -36,9 +36,10 @@ from cass_deploy.profiling.interleave import (
     MedianCI,
     RatioCI,
     median_intervals,
+    paired_speedups,
     ranking_warnings,
-    ratio_intervals,
     time_interleaved,
+    time_until_resolved,
 )
 from cass_deploy.profiling.macs import MacCount, count_macs, mac_bound
 from cass_deploy.profiling.power import make_sampler
@@ -255,6 +256,8 @@ class ProfileOptions:
     interleave: bool = True
     order: str = "fixed"
     count_macs: bool = True
+    until_ci: float = 0.0
+    max_time: float = 120.0
 
 
 # --------------------------------------------------------------------------- interleaved comparison
@@ -317,7 +320,8 @@ def latency_comparison(results: Sequence[Measurement], *, resamples: int = 2000,
     warnings = []
     if paired:
         ms = np.array([r.samples_ms for r in rs]).T
-        speedups = ratio_intervals(ms, labels, [(0, j) for j in range(1, len(rs))], resamples=resamples, seed=seed)
+        # median of per-round log-ratios (each round timed both back to back), bootstrap over rounds
+        speedups = paired_speedups(ms, labels, [(0, j) for j in range(1, len(rs))], resamples=resamples, seed=seed)
     else:
         warnings.append(
             "configurations were timed one after another, not interleaved: their ratios are not paired and "
@@ -347,12 +351,32 @@ def time_configs(
     order: str = "fixed",
     sync: Callable[[], Any] | None = None,
     on_round: Callable[[int], None] | None = None,
+    until_ci: float = 0.0,
+    max_time: float = 120.0,
+    log: Callable[[str], None] | None = None,
 ) -> list[Measurement]:
     """Time ``configs`` interleaved (:func:`~cass_deploy.profiling.interleave.time_interleaved`)
-    -> one Measurement each, with its median interval and samples (for :func:`latency_comparison`)."""
-    ms = time_interleaved(
-        [c.run for c in configs], rounds=rounds, warmup=warmup, order=order, sync=sync, on_round=on_round
-    )
+    -> one Measurement each, with its median interval and samples (for :func:`latency_comparison`).
+    ``until_ci > 0``: the stopping rule (:func:`~cass_deploy.profiling.interleave.time_until_resolved`):
+    at least ``rounds`` rounds, then more until every speed-up over ``configs[0]`` is within
+    ``+-until_ci`` or ``max_time`` seconds have passed (``log`` says which)."""
+    fns = [c.run for c in configs]
+    if until_ci > 0 and len(configs) > 1:
+        stopped = time_until_resolved(
+            fns,
+            [c.label for c in configs],
+            target=until_ci,
+            max_seconds=max_time,
+            min_rounds=max(rounds, 2),
+            warmup=warmup,
+            order=order,
+            sync=sync,
+        )
+        ms = stopped.ms
+        if log is not None:
+            log(f"stopping rule: {stopped.summary()}")
+    else:
+        ms = time_interleaved(fns, rounds=rounds, warmup=warmup, order=order, sync=sync, on_round=on_round)
     meds = median_intervals(ms)
     mem = peak_memory()
     return [
@@ -471,7 +495,16 @@ def profile_checkpoint(
                 f"profiling {', '.join(c.label for c in configs)} interleaved ({backend}, {device}, batch {batch}, "
                 f"{opts.warmup} warm-up + {opts.iters} rounds)"
             )
-            return time_configs(configs, warmup=opts.warmup, rounds=opts.iters, order=opts.order, sync=sync)
+            return time_configs(
+                configs,
+                warmup=opts.warmup,
+                rounds=opts.iters,
+                order=opts.order,
+                sync=sync,
+                until_ci=opts.until_ci,
+                max_time=opts.max_time,
+                log=log,
+            )
     results = []
     for label, m in variants(model, ratios, opts.dense, opts.pruner_mode):
         log(f"profiling {label} ({backend}, {device}, batch {batch})")
@@ -681,6 +714,8 @@ def run_profile(
     environment)."""
     if opts.warmup < 0 or opts.iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {opts.warmup} and {opts.iters}")
+    if not (0 <= opts.until_ci < 1) or not opts.max_time > 0:
+        raise InputError(f"--until-ci must be in [0, 1) and --max-time > 0, got {opts.until_ci} and {opts.max_time}")
     if opts.batch is not None and opts.batch < 1:
         raise InputError(f"--batch must be >= 1, got {opts.batch}")
     if source is None and model is None:

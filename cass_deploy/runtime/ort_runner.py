@@ -125,7 +125,12 @@ class OrtRunner(Runner):
         full = resolve_providers(self.providers)
         options = ort.SessionOptions()
         if self.intra_op_threads is not None:
+            # pinned for timing: a fixed pool, no inter-op pool, nodes run in order, and no
+            # spin-waiting (a spinning idle pool of one session steals the core of the next)
             options.intra_op_num_threads = self.intra_op_threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=full)
         except Exception as exc:  # onnxruntime raises pybind classes (InvalidProtobuf, Fail...)
