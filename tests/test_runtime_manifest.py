@@ -305,9 +305,11 @@ def test_from_onnx_of_a_foreign_model_has_no_facts(tmp_path):
 def test_candidates_carry_a_manifest(export_dir):
     from cass_deploy.runtime.artefacts import resolve_candidates
 
-    m = _manifest(export_dir, dynamic_batch=None, batch=2)
+    # the tiny graph's one output: readers refuse an ONNX whose outputs differ from its manifest's
+    kw = dict(dynamic_batch=None, batch=2, outputs=[("y", ["batch", 4], "float32")])
+    m = _manifest(export_dir, **kw)
     mf.embed_onnx_metadata(export_dir / "model.onnx", m.onnx_metadata())
-    m = _manifest(export_dir, dynamic_batch=None, batch=2)  # rehash after embedding
+    m = _manifest(export_dir, **kw)  # rehash after embedding
     m.write(export_dir)
     notes: list[str] = []
     by_dir = resolve_candidates([str(export_dir)], notes=notes)
