@@ -48,6 +48,10 @@ class DemoOptions:
     # ~7 points wide, so the 10-point gate is one the set resolves (SPEC §7a; README "How to read it")
     validate_images: int = 160
     profile_iters: int = 30
+    # the sweep's stopping rule (issue 22): after profile_iters rounds, more until every speed-up's
+    # paired interval is within +-5 % or 45 s have passed (0: exactly profile_iters rounds)
+    profile_until_ci: float = 0.05
+    profile_max_time: float = 45.0
     calib_images: int = 16
     min_near_recall: float | None = None
     max_recall_drop: float | None = 0.10
@@ -126,7 +130,16 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
     done("verify")
 
     step("profile")
-    timing = ProfileOptions(backend="onnxruntime", sweep=(0.25, 0.5, 0.75), warmup=5, iters=opts.profile_iters)
+    timing = ProfileOptions(
+        backend="onnxruntime",
+        sweep=(0.25, 0.5, 0.75),
+        warmup=5,
+        iters=opts.profile_iters,
+        threads=2,  # pinned ORT sessions (fixed threads, sequential, no spinning): docs/latency-method.md
+        order="alternate",
+        until_ci=opts.profile_until_ci,
+        max_time=opts.profile_max_time,
+    )
     sweep = profile_checkpoint(str(ckpt), timing, log=log)
     with contextlib.ExitStack() as stack:  # the deployed exports, interleaved with each other
         timed = []

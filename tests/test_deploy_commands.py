@@ -148,6 +148,8 @@ def test_demo_smoke(tmp_path, capsys):
         "2",
         "--profile-iters",
         "2",
+        "--profile-until-ci",
+        "0",
         "--max-recall-drop",
         "1.0",
         "--no-progress",

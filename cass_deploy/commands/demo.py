@@ -20,7 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--validate-images", type=int, default=160, help="validation scenes (default 160: ~320 near-field objects)"
     )
     p.add_argument("--verify-images", type=int, default=16)
-    p.add_argument("--profile-iters", type=int, default=30)
+    p.add_argument("--profile-iters", type=int, default=30, help="interleaved rounds before the stopping rule")
+    p.add_argument(
+        "--profile-until-ci",
+        type=float,
+        default=0.05,
+        help="time more rounds until every speed-up's 95%% interval is within +-this fraction (0: fixed rounds)",
+    )
+    p.add_argument("--profile-max-time", type=float, default=45.0, help="the stopping rule's time cap, seconds")
     p.add_argument(
         "--max-recall-drop",
         type=float,
