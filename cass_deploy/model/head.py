@@ -364,7 +364,7 @@ def detection_loss(
 #: 0.2 scores 0.4, not 0.25 (recall by field counts vehicles whatever their class)
 DECODES = ("peak", "nms", "vehicle")
 DEFAULT_DECODE = "vehicle"
-DEFAULT_NMS_CANDIDATES = 512  # cells ranked before NMS, per image
+DEFAULT_NMS_CANDIDATES = 256  # cells ranked before NMS, per image (512: same recall, 4x the NMS matrix)
 DEFAULT_NMS_IOU = 0.5
 
 
