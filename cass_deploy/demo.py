@@ -24,6 +24,7 @@ from cass_deploy.export.settings import ExportRequest
 from cass_deploy.io_utils import Output, write_json
 from cass_deploy.profiling.latency import (
     ProfileOptions,
+    check_stopping_rule,
     environment,
     latency_comparison,
     ort_config,
@@ -57,6 +58,9 @@ class DemoOptions:
     max_recall_drop: float | None = 0.10
     min_near_retention: float | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:  # before training, not after it
+        check_stopping_rule(self.profile_until_ci, self.profile_max_time, ("--profile-until-ci", "--profile-max-time"))
 
 
 def default_out() -> Path:

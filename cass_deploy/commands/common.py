@@ -121,8 +121,6 @@ positive_float = _number(float, lambda v: v > 0.0, "a number > 0")
 confidence = _number(float, lambda v: 0.0 < v < 1.0, "a confidence in (0, 1)")
 #: a score strictly between 0 and 1 (a teacher's score threshold)
 open_unit = _number(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
-#: a finite number > 0 (frames a second)
-positive_float = _number(float, lambda v: v > 0.0, "a number > 0")
 
 
 def add_model_source(p: argparse.ArgumentParser) -> None:
@@ -222,6 +220,26 @@ def add_class_map(p: argparse.ArgumentParser) -> None:
         metavar="MAP",
         help="score model classes under dataset classes: NAME=CLASS pairs (vehicle=car,lorry=truck), a JSON "
         "object or a JSON / YAML file; CLASS none leaves one unscored. Unmapped classes no dataset has are noted",
+    )
+
+
+def add_stopping_rule(p: argparse.ArgumentParser, prefix: str, *, until_ci: float, max_time: float) -> None:
+    """``--{prefix}until-ci`` (a fraction in [0, 1); 0: exactly the rounds asked) and
+    ``--{prefix}max-time`` (seconds > 0): the latency stopping rule of
+    :func:`cass_deploy.profiling.interleave.time_until_resolved`, for ``profile`` and ``demo``."""
+    p.add_argument(
+        f"--{prefix}until-ci",
+        type=float,  # checked by the options it lands in (profiling.latency.check_stopping_rule)
+        default=until_ci,
+        help="stopping rule: after the rounds asked, keep timing until every speed-up's 95%% interval is "
+        "within +-this fraction of it (e.g. 0.05), or the time cap passes (said when it does); "
+        f"0: exactly the rounds asked (default {until_ci:g})",
+    )
+    p.add_argument(
+        f"--{prefix}max-time",
+        type=float,
+        default=max_time,
+        help=f"time cap of the stopping rule, seconds (default {max_time:g})",
     )
 
 

@@ -6,7 +6,14 @@ import argparse
 
 from rich.console import Console
 
-from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides, options_from
+from cass_deploy.commands.common import (
+    add_config,
+    add_force,
+    add_out,
+    add_overrides,
+    add_stopping_rule,
+    options_from,
+)
 from cass_deploy.demo import DemoOptions, run_demo, summary_table
 from cass_deploy.errors import GateFailed
 
@@ -21,13 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--verify-images", type=int, default=16)
     p.add_argument("--profile-iters", type=int, default=30, help="interleaved rounds before the stopping rule")
-    p.add_argument(
-        "--profile-until-ci",
-        type=float,
-        default=0.05,
-        help="time more rounds until every speed-up's 95%% interval is within +-this fraction (0: fixed rounds)",
-    )
-    p.add_argument("--profile-max-time", type=float, default=45.0, help="the stopping rule's time cap, seconds")
+    add_stopping_rule(p, "profile-", until_ci=0.05, max_time=45.0)
     p.add_argument(
         "--max-recall-drop",
         type=float,

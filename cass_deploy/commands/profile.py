@@ -13,6 +13,7 @@ from cass_deploy.commands.common import (
     add_model_source,
     add_out,
     add_providers,
+    add_stopping_rule,
     add_verify_hash,
     keep_ratio,
     model_source,
@@ -63,14 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fixed",
         help="interleaving order: fixed (ABC ABC ...), rotate (ABC BCA CAB ...) or alternate (ABC CBA ...)",
     )
-    p.add_argument(
-        "--until-ci",
-        type=float,
-        default=0.0,
-        help="stopping rule: after --iters rounds keep timing until every speed-up's 95%% interval is within "
-        "+-this fraction of it (e.g. 0.05), or --max-time passes (said when it does); 0: exactly --iters rounds",
-    )
-    p.add_argument("--max-time", type=float, default=120.0, help="time cap of the stopping rule, seconds")
+    add_stopping_rule(p, "", until_ci=0.0, max_time=120.0)
     add_providers(p, "ONNX Runtime providers for an exported model")
     add_out(p, help="directory for profile.json and the sweep plot")
     add_force(p, "overwrite --out")

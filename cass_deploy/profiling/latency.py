@@ -259,6 +259,18 @@ class ProfileOptions:
     until_ci: float = 0.0
     max_time: float = 120.0
 
+    def __post_init__(self) -> None:
+        check_stopping_rule(self.until_ci, self.max_time)
+
+
+def check_stopping_rule(
+    until_ci: float, max_time: float, flags: tuple[str, str] = ("--until-ci", "--max-time")
+) -> None:
+    """The stopping rule's settings (``until_ci`` in [0, 1), 0: off; ``max_time`` > 0 s), checked
+    where they are given (``flags`` name them in the message), not after the work before the timing."""
+    if not (0 <= until_ci < 1) or not max_time > 0:
+        raise InputError(f"{flags[0]} must be in [0, 1) and {flags[1]} > 0, got {until_ci} and {max_time}")
+
 
 # --------------------------------------------------------------------------- interleaved comparison
 
@@ -714,8 +726,6 @@ def run_profile(
     environment)."""
     if opts.warmup < 0 or opts.iters < 1:
         raise InputError(f"--warmup must be >= 0 and --iters >= 1, got {opts.warmup} and {opts.iters}")
-    if not (0 <= opts.until_ci < 1) or not opts.max_time > 0:
-        raise InputError(f"--until-ci must be in [0, 1) and --max-time > 0, got {opts.until_ci} and {opts.max_time}")
     if opts.batch is not None and opts.batch < 1:
         raise InputError(f"--batch must be >= 1, got {opts.batch}")
     if source is None and model is None:
