@@ -310,7 +310,8 @@ def main() -> int:
             "recall_whole": float(hit[sel & ~tb & ~ts].float().mean()) if int((sel & ~tb & ~ts).sum()) else None,
         }
     ts = target_stats(model, batches, fields)
-    print("\n== training targets (CenterNet heat map at stride 8), first 64 scenes")
+    stride, dec = model.cfg.head_stride, model.cfg.decode
+    print(f"\n== training targets (CenterNet heat map at stride {stride}), first 64 scenes")
     for name, v in ts.items():
         print(
             f"  {name}: {v['objects']} objects, Gaussian radius median {v['radius_cells_median']:.0f} cells, "
@@ -318,7 +319,7 @@ def main() -> int:
             f"share of heat-map positives (loss terms) {v['share_of_positive_peaks']:.3f}"
         )
     lim = limits_of(model, batches, fields)
-    print("\n== what the decode can find at all (stride-8 cells, one box per cell, 3x3 peaks per class)")
+    print(f"\n== what the decode can find at all (stride-{stride} cells, one box per cell, decode {dec!r})")
     for name, v in lim.items():
         print(
             f"  {name}: {v['objects']} vehicles; upper bound on recall {v['bound']:.3f} (one per cell "
