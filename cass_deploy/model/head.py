@@ -454,8 +454,8 @@ def _peak_topk(
     if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
         raise InputError(f"max_dets must be an integer >= 1, got {max_dets!r}")
     _check_decode(method, candidates, iou)
-    heat = torch.sigmoid(heat_logits.float())
     if method == "peak":
+        heat = torch.sigmoid(heat_logits.float())
         peak = heat == F.max_pool2d(heat, kernel_size=3, stride=1, padding=1)
         scores, idx = (heat * peak.to(heat.dtype)).flatten(1).topk(min(max_dets, c * hh * wh), dim=1)
         cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
@@ -464,17 +464,14 @@ def _peak_topk(
         # log(1 - p_c) = -softplus(logit_c): stable, and Softplus / ReduceSum / ArgMax export
         any_class = 1.0 - torch.exp(-F.softplus(heat_logits.float()).sum(dim=1))  # [B, Hh, Wh]
         cand, idx = any_class.flatten(1).topk(min(candidates, hh * wh), dim=1)  # [B, M] cells
-        best = heat_logits.argmax(dim=1).flatten(1).gather(1, idx)  # [B, M] most likely class
+        cls = heat_logits.argmax(dim=1).flatten(1).gather(1, idx).to(torch.int64)  # [B, M] most likely class
         _, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
-        cls = best.to(torch.int64)
         keep = fast_nms_keep(xyxy, None, iou, cand, idx)  # class-agnostic
-        kept = cand * keep.to(cand.dtype)
-        scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
-        return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
-    cand, idx = heat.flatten(1).topk(min(candidates, c * hh * wh), dim=1)  # [B, M]
-    cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
-    kept = cand * fast_nms_keep(xyxy, cls, iou, cand, idx).to(cand.dtype)
-    scores, order = kept.topk(min(max_dets, cand.shape[1]), dim=1)
+    else:
+        cand, idx = torch.sigmoid(heat_logits.float()).flatten(1).topk(min(candidates, c * hh * wh), dim=1)
+        cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
+        keep = fast_nms_keep(xyxy, cls, iou, cand, idx)
+    scores, order = (cand * keep.to(cand.dtype)).topk(min(max_dets, cand.shape[1]), dim=1)
     return scores, cls.gather(1, order), xyxy.gather(1, order[..., None].expand(-1, -1, 4))
 
 
