@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,227 +95,261 @@ def _label_free_cases(add) -> None:
     add("validate/video-truncated", "validate {exp} --data {badvideo} --json {w}/lf.json", needle="bad.mp4")
 
 
+#: shorthands of :data:`TABLE`, put in when it is read (the other ``{...}`` are fixtures of :func:`build_fixtures`)
+SHORTHANDS = {
+    "{sets}": SETS,
+    "{acc}": "accept {exp} --data synthetic --reference {refjson} --iters 1 --warmup 0",
+    "{tune}": "tune {ckpt} --images 2 --verify-images 2 --no-progress",
+    "{own}": "validate --model {kit}:own_class_names --weights {ckpt} --images 1 --class-map",
+}
+
+#: the plain cases, a row each: ``name | argv | needle | exit code`` (no needle: the error line may name anything;
+#: no exit code: 2); an indented line goes on with the row above it, a ``#`` line is a comment
+TABLE = """
+# train
+train/missing-config | train --config {w}/nope.yaml --out {w}/o | nope.yaml
+train/yaml-syntax | train --config {badyaml} --out {w}/o | bad.yaml:
+train/yaml-list | train --config {listyaml} --out {w}/o | mapping
+train/unknown-key | train --set no.such=1 --out {w}/o | unknown config key
+train/lr-text | train {sets} --set lr=abc --out {w}/o | lr
+train/epochs-0 | train {sets} --set epochs=0 --out {w}/o | epochs
+train/size-0 | train {sets} --set model.image_size=[0,0] --out {w}/o | image_size
+train/size-odd | train {sets} --set model.image_size=[100,100] --out {w}/o | image_size
+train/data-missing | train {sets} --set data.source={w}/nodata --out {w}/o | nodata
+train/resume-garbage | train {sets} --resume {garbage} --out {w}/o | garbage.pt
+train/resume-missing | train {sets} --resume {w}/none.pt --out {w}/o | none.pt
+train/out-under-file | train {sets} --out {plain}/o | plain
+train/out-read-only | train {sets} --out {ro}/o | o
+train/out-is-file | train {sets} --out {plain} | plain
+train/out-has-files | train {sets} --out {exp} | --force
+train/diverges | train {sets} --set lr=1e30 --out {w}/o | diverged | 1
+train/pruner-mode | train {sets} --set model.pruner.mode=foo --out {w}/o | foo
+train/keep-ratio | train {sets} --set model.pruner.keep_ratio=0 --out {w}/o | keep_ratio
+# diagnose
+diagnose/size-0 | diagnose --image-size 0 0 --out {w}/o | --image-size
+diagnose/size-negative | diagnose --image-size -16 32 --out {w}/o | -16
+diagnose/size-odd | diagnose --image-size 100 100 --out {w}/o | 100 100
+diagnose/images-0 | diagnose --num-images 0 --out {w}/o | --num-images
+diagnose/keep-2 | diagnose --keep-ratio 2 --out {w}/o | --keep-ratio
+diagnose/norm | diagnose --normalizations bogus --out {w}/o | bogus
+diagnose/ckpt-missing | diagnose --checkpoint {w}/none.pt --out {w}/o | none.pt
+diagnose/ckpt-garbage | diagnose --checkpoint {garbage} --out {w}/o | garbage.pt
+diagnose/data-missing | diagnose --data {w}/nodata --out {w}/o | nodata
+diagnose/out-under-file | diagnose --out {plain}/o | plain
+diagnose/out-read-only | diagnose --out {ro}/o | o
+diagnose/out-exists | diagnose --out {exp} | --force
+diagnose/size-vs-ckpt | diagnose --checkpoint {ckpt} --image-size 32 32 --data synthetic --out {w}/o
+# export
+export/ckpt-missing | export {w}/none.pt --out {w}/o | none.pt
+export/ckpt-garbage | export {garbage} --out {w}/o | garbage.pt
+export/ckpt-is-json | export {plainjson} --out {w}/o | plain.json
+export/size-0 | export {ckpt} --out {w}/o --image-size 0 0 | --image-size
+export/size-odd | export {ckpt} --out {w}/o --image-size 100 160 | 100 160
+export/keep-0 | export {ckpt} --out {w}/o --keep-ratio 0 | keep_ratio
+export/keep-1.5 | export {ckpt} --out {w}/o --keep-ratio 1.5 | keep_ratio
+export/batch-0 | export {ckpt} --out {w}/o --batch 0 | --batch
+export/dynamic-order | export {ckpt} --out {w}/o --dynamic-batch 4 2 1 | --dynamic-batch
+export/opset | export {ckpt} --out {w}/o --opset 99 | opset
+export/int8-calib-0 | export {ckpt} --out {w}/o --precision int8 --calib-images 0 | --calib-images
+export/calib-data | export {ckpt} --out {w}/o --precision int8 --calib-data {w}/nodata | nodata
+export/target | export {ckpt} --out {w}/o --target bogus | bogus
+export/profile-missing | export {ckpt} --out {w}/o --profile nope | nope
+export/profile-bad-yaml | export {ckpt} --out {w}/o --profile {badyaml} | bad.yaml
+export/engine-no-trt | export {ckpt} --out {w}/o --engine | TensorRT
+export/engine-topk | export {ckpt} --out {w}/o --engine --image-size 4096 4096 | 3840
+export/profile-topk | export {ckpt} --out {w}/o --profile jetson-orin-nx --image-size 4096 4096 | 3840
+export/dla-on-11 | export {ckpt} --out {w}/o --target tensorrt11 --dla-core 0 | DLA
+export/out-exists | export {ckpt} --out {exp} | --force
+export/out-under-file | export {ckpt} --out {plain}/o | plain
+export/out-read-only | export {ckpt} --out {ro}/o | o
+export/out-over-input | export {ckpt} --out {w} --force | input
+export/dir-without-engine | export {exp} --out {w}/o | --engine
+export/dir-tampered | export {badexp} --engine --out {w}/o | SHA-256
+export/dir-no-manifest | export {emptydir} --engine --out {w}/o | manifest.json
+export/dense | export {dense} --out {w}/o | dense
+# verify
+verify/tampered | verify --reference {ckpt} --candidate {badexp} | SHA-256
+verify/dropped-onnx | verify --reference {ckpt} --candidate {exp}/other.onnx | other.onnx
+verify/lone-engine | verify --reference {ckpt} --candidate {lone_engine} | manifest.json
+verify/missing | verify --reference {ckpt} --candidate {w}/none.onnx | none.onnx
+verify/ref-garbage | verify --reference {garbage} --candidate {exp} | garbage.pt
+verify/ref-missing | verify --reference {w}/none.pt --candidate {exp} | none.pt
+verify/iou-1.5 | verify --reference {ckpt} --candidate {exp} --min-keep-iou 1.5 | --min-keep-iou
+verify/err-negative | verify --reference {ckpt} --candidate {exp} --max-score-err -1 | --max-score-err
+verify/images-0 | verify --reference {ckpt} --candidate {exp} --images 0 | --images
+verify/json-under-file | verify --reference {ckpt} --candidate {exp} --json {plain}/v.json | plain
+verify/json-read-only | verify --reference {ckpt} --candidate {exp} --json {ro}/v.json | v.json
+verify/json-exists | verify --reference {ckpt} --candidate {exp} --json {plain} | --force
+verify/json-is-dir | verify --reference {ckpt} --candidate {exp} --json {exp} --force | directory
+verify/manifest-bad-json | verify --reference {ckpt} --candidate {badmanifest} | manifest.json
+verify/manifest-lists-missing | verify --reference {ckpt} --candidate {nofile} | model.onnx
+verify/data-missing | verify --reference {ckpt} --candidate {exp} --data {w}/nodata | nodata
+verify/not-an-artefact | verify --reference {ckpt} --candidate {plainjson} | plain.json
+# validate
+validate/tampered | validate {badexp} --images 2 | SHA-256
+validate/lone-engine | validate {lone_engine} | manifest.json
+validate/missing | validate {w}/none.onnx | none.onnx
+validate/iou-2 | validate {exp} --iou 2 | --iou
+validate/gate-1.5 | validate {exp} --min-near-recall 1.5 | --min-near-recall
+validate/images-0 | validate {exp} --images 0 | --images
+validate/data-missing | validate {exp} --data {w}/nodata --images 2 | nodata
+validate/json-under-file | validate {exp} --images 2 --json {plain}/v.json | plain
+validate/json-read-only | validate {exp} --images 2 --json {ro}/v.json | v.json
+validate/reference-json | validate {exp} --images 2 --reference {plainjson} | plain.json
+validate/reference-missing | validate {exp} --images 2 --reference {w}/none.pt | none.pt
+validate/predictor-part | validate {predexp} --images 2 | full
+validate/garbage-ckpt | validate {garbage} --images 2 | garbage.pt
+# profile
+profile/tampered | profile {badexp} --iters 1 | SHA-256
+profile/tampered-onnx | profile {badexp}/model.onnx --iters 1 | SHA-256
+profile/dropped-onnx | profile {exp}/other.onnx --iters 1 | other.onnx
+profile/lone-engine | profile {lone_engine} | manifest.json
+profile/iters-0 | profile {exp} --iters 0 | --iters
+profile/warmup-negative | profile {exp} --warmup -1 | --warmup
+profile/until-ci-negative | profile {exp} --until-ci -0.1 | --until-ci
+profile/max-time-0 | profile {exp} --max-time 0 | --max-time
+demo/profile-until-ci-negative | demo --profile-until-ci -1 --out {w}/o | --profile-until-ci
+demo/profile-max-time-nan | demo --profile-max-time nan --out {w}/o | --profile-max-time
+profile/batch-0 | profile {exp} --batch 0 | --batch
+profile/batch-vs-fixed | profile {exp} --batch 4 --iters 1 | batch
+profile/sweep-2 | profile {ckpt} --sweep 0.5,2 --iters 1 | --sweep
+profile/sweep-text | profile {ckpt} --sweep abc --iters 1 | --sweep
+profile/sweep-on-export | profile {exp} --sweep 0.5 --iters 1 | --sweep
+profile/backend-trt-ckpt | profile {ckpt} --backend tensorrt --iters 1 | tensorrt
+profile/device | profile {ckpt} --device foo --iters 1 | foo
+profile/out-under-file | profile {exp} --iters 1 --out {plain}/o | plain
+profile/out-read-only | profile {exp} --iters 1 --out {ro}/o | o
+profile/out-over-input | profile {exp} --iters 1 --out {exp} | input
+profile/out-exists | profile {exp} --iters 1 --out {plain} | --force
+profile/garbage-ckpt | profile {garbage} --iters 1 | garbage.pt
+profile/unknown-suffix | profile {plainjson} --iters 1 | plain.json
+# report
+report/missing | report {w}/nope | nope
+report/empty | report {emptydir} | history.json
+report/out-not-html | report {run_ok} --out {w}/r.txt | .html
+report/out-under-file | report {run_ok} --out {plain}/r.html | plain
+report/out-read-only | report {run_ok} --out {ro}/r.html | r.html
+# ablate, demo
+ablate/seeds | ablate --seeds a,b --out {w}/o | --seeds
+ablate/keep | ablate --keep-ratios 2 --out {w}/o | --keep-ratios
+ablate/config | ablate --config {badyaml} --out {w}/o | bad.yaml
+ablate/out-under-file | ablate --out {plain}/o | plain
+ablate/val-images | ablate --val-images 0 --out {w}/o | --val-images
+ablate/jobs-0 | ablate --jobs 0 --out {w}/o | --jobs
+demo/config | demo --config {w}/nope.yaml --out {w}/o | nope.yaml
+demo/set | demo --set lr=abc --out {w}/o | lr
+demo/out-under-file | demo --out {plain}/o | plain
+demo/out-exists | demo --out {exp} | --force
+# more of the same, as a careless user types them
+train/fields | train {sets} --set fields.far_max=2 --out {w}/o | far_max
+train/train-images-0 | train {sets} --set data.train_images=0 --out {w}/o | train_images
+train/bands | train {sets} --set model.pruner.mode=band --set model.pruner.bands=100 --out {w}/o
+train/heads | train {sets} --set model.num_heads=5 --out {w}/o | num_heads
+train/threads-0 | train {sets} --set threads=0 --out {w}/o | threads
+train/max-minutes | train {sets} --set max_minutes=-1 --out {w}/o | max_minutes
+train/config-dir | train --config {emptydir} --out {w}/o | empty
+train/config-bad-json | train --config {badjson} --out {w}/o | bad.json
+train/set-no-equals | train --set lr --out {w}/o | lr
+train/section-scalar | train --set model=3 --out {w}/o | model
+diagnose/fields | diagnose --fields 0.9 0.1 --out {w}/o | 0.9
+diagnose/set | diagnose --set bogus=1 --out {w}/o | bogus
+validate/fields | validate {exp} --images 2 --fields 0.9 0.1 | 0.9
+validate/fields-range | validate {exp} --images 2 --fields 2 3 | 2
+validate/providers | validate {exp} --images 2 --providers bogus | bogus
+verify/providers | verify --reference {ckpt} --candidate {exp} --providers bogus | bogus
+profile/providers | profile {exp} --iters 1 --providers bogus | bogus
+export/workspace | export {ckpt} --out {w}/o --workspace -1 | workspace
+export/dla-negative | export {ckpt} --out {w}/o --target tensorrt10-dla --dla-core -1 | dla
+export/batch-and-dynamic | export {ckpt} --out {w}/o --batch 3 --dynamic-batch 1 2 4 | batch
+# check (SPEC 7c): nothing written, one error line
+check/missing | check {w}/none.onnx | none.onnx
+check/nothing | check | check needs one of
+check/both | check {ckpt} --model {w}/m.py:build --weights {ckpt} | check needs one of
+check/model-no-weights | check --model {w}/m.py:build | --weights
+check/ckpt-garbage | check {garbage} | garbage.pt
+check/plain-file | check {plain} | plain
+check/badexp | check {badexp} | model.onnx
+check/badmanifest | check {badmanifest} | manifest.json
+check/nofile | check {nofile} | model.onnx
+check/emptydir | check {emptydir} | manifest.json
+check/target | check {exp} --target bogus | bogus
+check/dynamic-batch-0 | check {exp} --dynamic-batch 0 1 2 | --dynamic-batch
+check/size-odd | check {ckpt} --image-size 100 160 | 100 160
+check/json-exists | check {exp} --json {plainjson} | --force
+ablate/variants | ablate --variants bogus --out {w}/o | bogus
+report/exists | report {run_done} | --force
+verify/not-onnx | verify --reference {ckpt} --candidate {textonnx} | text.onnx
+profile/not-onnx | profile {textonnx} --iters 1 | text.onnx
+profile/schema-2 | profile {schema2} --iters 1 | schema_version
+profile/manifest-bad-values | profile {badvalues} --iters 1 | manifest
+validate/manifest-bad-values | validate {badvalues} --images 2 | manifest
+verify/manifest-bad-values | verify --reference {ckpt} --candidate {badvalues} | manifest
+profile/manifest-bad-artefacts | profile {badartefacts} --iters 1 | manifest
+profile/unreadable-onnx-rehashed | profile {rehashed} --iters 1 | model.onnx
+validate/coco-bad | validate {exp} --images 2 --data {badcoco} | annotations
+# accept
+accept/export-missing | accept {w}/nothere --data synthetic --reference {refjson} --iters 1 --warmup 0
+    --out {w}/o | nothere
+accept/reference-missing | accept {exp} --data synthetic --reference {w}/none.json --iters 1 --warmup 0
+    --out {w}/o | none.json
+accept/reference-bad-json | accept {exp} --data synthetic --reference {badjson} --iters 1 --warmup 0
+    --out {w}/o | bad.json
+accept/reference-not-validate | accept {exp} --data synthetic --reference {plainjson} --iters 1 --warmup 0
+    --out {w}/o | plain.json
+accept/tampered-onnx | accept {badexp} --data synthetic --reference {refjson} --iters 1 --warmup 0
+    --out {w}/o | model.onnx
+accept/out-under-file | {acc} --out {plain}/o | plain
+accept/out-exists | {acc} --out {exp} | --force
+accept/iters-0 | accept {exp} --data synthetic --reference {refjson} --iters 0 --warmup 0 --out {w}/o | --iters
+accept/drop-2 | {acc} --max-recall-drop 2 --out {w}/o | --max-recall-drop
+# tune
+tune/ckpt-missing | tune {w}/none.pt --out {w}/o --no-progress | none.pt
+tune/ckpt-garbage | tune {garbage} --out {w}/o --no-progress | garbage.pt
+tune/keep-text | {tune} --keep 0.5,abc --out {w}/o | --keep
+tune/keep-1.5 | {tune} --keep 1.5 --out {w}/o | keep
+tune/precision | {tune} --precision fp8 --out {w}/o | fp8
+tune/drop-2 | {tune} --max-recall-drop 2 --out {w}/o | --max-recall-drop
+tune/confidence-1 | {tune} --confidence 1 --out {w}/o | --confidence
+tune/out-under-file | {tune} --out {plain}/o | plain
+tune/out-not-tune-dir | {tune} --out {exp} | tune
+# --class-map that does not fit the adapter's classes
+validate/class-map-unknown-name | {own} van=car | 'van', not a class of
+validate/class-map-unknown-class | {own} vehicle=tram | 'tram' is not a class
+validate/class-map-no-pairs | {own} vehicle | vehicle
+tune/class-map-unknown-class | {tune} --class-map lorry=tram --out {w}/o | 'tram' is not a class
+# an export whose ONNX renames an output the manifest declares
+profile/outputs-not-declared | profile {renamed} --iters 1 --no-verify-hash | not declared: boxes
+verify/outputs-not-declared | verify --reference {ckpt} --candidate {renamed}
+    --no-verify-hash | declared but missing: det_boxes
+# the command line itself
+cli/unknown-command | frobnicate
+cli/unknown-flag | export {ckpt} --frob
+"""
+
+
+def _table_cases(table: str) -> list[Case]:
+    """The cases of a table laid out as :data:`TABLE`, in its order."""
+    cases = []
+    for row in re.sub(r"\n +", " ", table).splitlines():
+        if not row.strip() or row.startswith("#"):
+            continue
+        name, argv, needle, code = (row.split(" | ") + [None, None])[:4]
+        for short, text in SHORTHANDS.items():
+            argv = argv.replace(short, text)
+        cases.append(Case(name, argv, (int(code),) if code else (2,), needle))
+    return cases
+
+
 def _cases() -> list[Case]:
-    c = []
+    c = _table_cases(TABLE)
 
     def add(name, argv, codes=(2,), needle=None):
         c.append(Case(name, argv, codes, needle))
 
-    # train
-    add("train/missing-config", "train --config {w}/nope.yaml --out {w}/o", needle="nope.yaml")
-    add("train/yaml-syntax", "train --config {badyaml} --out {w}/o", needle="bad.yaml:")
-    add("train/yaml-list", "train --config {listyaml} --out {w}/o", needle="mapping")
-    add("train/unknown-key", "train --set no.such=1 --out {w}/o", needle="unknown config key")
-    add("train/lr-text", f"train {SETS} --set lr=abc --out {{w}}/o", needle="lr")
-    add("train/epochs-0", f"train {SETS} --set epochs=0 --out {{w}}/o", needle="epochs")
-    add("train/size-0", f"train {SETS} --set model.image_size=[0,0] --out {{w}}/o", needle="image_size")
-    add("train/size-odd", f"train {SETS} --set model.image_size=[100,100] --out {{w}}/o", needle="image_size")
-    add("train/data-missing", f"train {SETS} --set data.source={{w}}/nodata --out {{w}}/o", needle="nodata")
-    add("train/resume-garbage", f"train {SETS} --resume {{garbage}} --out {{w}}/o", needle="garbage.pt")
-    add("train/resume-missing", f"train {SETS} --resume {{w}}/none.pt --out {{w}}/o", needle="none.pt")
-    add("train/out-under-file", f"train {SETS} --out {{plain}}/o", needle="plain")
-    add("train/out-read-only", f"train {SETS} --out {{ro}}/o", needle="o")
-    add("train/out-is-file", f"train {SETS} --out {{plain}}", needle="plain")
-    add("train/out-has-files", f"train {SETS} --out {{exp}}", needle="--force")
-    add("train/diverges", f"train {SETS} --set lr=1e30 --out {{w}}/o", codes=(1,), needle="diverged")
-    add("train/pruner-mode", f"train {SETS} --set model.pruner.mode=foo --out {{w}}/o", needle="foo")
-    add("train/keep-ratio", f"train {SETS} --set model.pruner.keep_ratio=0 --out {{w}}/o", needle="keep_ratio")
-    # diagnose
-    add("diagnose/size-0", "diagnose --image-size 0 0 --out {w}/o", needle="--image-size")
-    add("diagnose/size-negative", "diagnose --image-size -16 32 --out {w}/o", needle="-16")
-    add("diagnose/size-odd", "diagnose --image-size 100 100 --out {w}/o", needle="100 100")
-    add("diagnose/images-0", "diagnose --num-images 0 --out {w}/o", needle="--num-images")
-    add("diagnose/keep-2", "diagnose --keep-ratio 2 --out {w}/o", needle="--keep-ratio")
-    add("diagnose/norm", "diagnose --normalizations bogus --out {w}/o", needle="bogus")
-    add("diagnose/ckpt-missing", "diagnose --checkpoint {w}/none.pt --out {w}/o", needle="none.pt")
-    add("diagnose/ckpt-garbage", "diagnose --checkpoint {garbage} --out {w}/o", needle="garbage.pt")
-    add("diagnose/data-missing", "diagnose --data {w}/nodata --out {w}/o", needle="nodata")
-    add("diagnose/out-under-file", "diagnose --out {plain}/o", needle="plain")
-    add("diagnose/out-read-only", "diagnose --out {ro}/o", needle="o")
-    add("diagnose/out-exists", "diagnose --out {exp}", needle="--force")
-    add("diagnose/size-vs-ckpt", "diagnose --checkpoint {ckpt} --image-size 32 32 --data synthetic --out {w}/o")
-    # export
-    add("export/ckpt-missing", "export {w}/none.pt --out {w}/o", needle="none.pt")
-    add("export/ckpt-garbage", "export {garbage} --out {w}/o", needle="garbage.pt")
-    add("export/ckpt-is-json", "export {plainjson} --out {w}/o", needle="plain.json")
-    add("export/size-0", "export {ckpt} --out {w}/o --image-size 0 0", needle="--image-size")
-    add("export/size-odd", "export {ckpt} --out {w}/o --image-size 100 160", needle="100 160")
-    add("export/keep-0", "export {ckpt} --out {w}/o --keep-ratio 0", needle="keep_ratio")
-    add("export/keep-1.5", "export {ckpt} --out {w}/o --keep-ratio 1.5", needle="keep_ratio")
-    add("export/batch-0", "export {ckpt} --out {w}/o --batch 0", needle="--batch")
-    add("export/dynamic-order", "export {ckpt} --out {w}/o --dynamic-batch 4 2 1", needle="--dynamic-batch")
-    add("export/opset", "export {ckpt} --out {w}/o --opset 99", needle="opset")
-    add("export/int8-calib-0", "export {ckpt} --out {w}/o --precision int8 --calib-images 0", needle="--calib-images")
-    add("export/calib-data", "export {ckpt} --out {w}/o --precision int8 --calib-data {w}/nodata", needle="nodata")
-    add("export/target", "export {ckpt} --out {w}/o --target bogus", needle="bogus")
-    add("export/profile-missing", "export {ckpt} --out {w}/o --profile nope", needle="nope")
-    add("export/profile-bad-yaml", "export {ckpt} --out {w}/o --profile {badyaml}", needle="bad.yaml")
-    add("export/engine-no-trt", "export {ckpt} --out {w}/o --engine", needle="TensorRT")
-    add("export/engine-topk", "export {ckpt} --out {w}/o --engine --image-size 4096 4096", needle="3840")
-    add(
-        "export/profile-topk",
-        "export {ckpt} --out {w}/o --profile jetson-orin-nx --image-size 4096 4096",
-        needle="3840",
-    )
-    add("export/dla-on-11", "export {ckpt} --out {w}/o --target tensorrt11 --dla-core 0", needle="DLA")
-    add("export/out-exists", "export {ckpt} --out {exp}", needle="--force")
-    add("export/out-under-file", "export {ckpt} --out {plain}/o", needle="plain")
-    add("export/out-read-only", "export {ckpt} --out {ro}/o", needle="o")
-    add("export/out-over-input", "export {ckpt} --out {w} --force", needle="input")
-    add("export/dir-without-engine", "export {exp} --out {w}/o", needle="--engine")
-    add("export/dir-tampered", "export {badexp} --engine --out {w}/o", needle="SHA-256")
-    add("export/dir-no-manifest", "export {emptydir} --engine --out {w}/o", needle="manifest.json")
-    add("export/dense", "export {dense} --out {w}/o", needle="dense")
-    # verify
-    add("verify/tampered", "verify --reference {ckpt} --candidate {badexp}", needle="SHA-256")
-    add("verify/dropped-onnx", "verify --reference {ckpt} --candidate {exp}/other.onnx", needle="other.onnx")
-    add("verify/lone-engine", "verify --reference {ckpt} --candidate {lone_engine}", needle="manifest.json")
-    add("verify/missing", "verify --reference {ckpt} --candidate {w}/none.onnx", needle="none.onnx")
-    add("verify/ref-garbage", "verify --reference {garbage} --candidate {exp}", needle="garbage.pt")
-    add("verify/ref-missing", "verify --reference {w}/none.pt --candidate {exp}", needle="none.pt")
-    add("verify/iou-1.5", "verify --reference {ckpt} --candidate {exp} --min-keep-iou 1.5", needle="--min-keep-iou")
-    add(
-        "verify/err-negative",
-        "verify --reference {ckpt} --candidate {exp} --max-score-err -1",
-        needle="--max-score-err",
-    )
-    add("verify/images-0", "verify --reference {ckpt} --candidate {exp} --images 0", needle="--images")
-    add("verify/json-under-file", "verify --reference {ckpt} --candidate {exp} --json {plain}/v.json", needle="plain")
-    add("verify/json-read-only", "verify --reference {ckpt} --candidate {exp} --json {ro}/v.json", needle="v.json")
-    add("verify/json-exists", "verify --reference {ckpt} --candidate {exp} --json {plain}", needle="--force")
-    add("verify/json-is-dir", "verify --reference {ckpt} --candidate {exp} --json {exp} --force", needle="directory")
-    add("verify/manifest-bad-json", "verify --reference {ckpt} --candidate {badmanifest}", needle="manifest.json")
-    add("verify/manifest-lists-missing", "verify --reference {ckpt} --candidate {nofile}", needle="model.onnx")
-    add("verify/data-missing", "verify --reference {ckpt} --candidate {exp} --data {w}/nodata", needle="nodata")
-    add("verify/not-an-artefact", "verify --reference {ckpt} --candidate {plainjson}", needle="plain.json")
-    # validate
-    add("validate/tampered", "validate {badexp} --images 2", needle="SHA-256")
-    add("validate/lone-engine", "validate {lone_engine}", needle="manifest.json")
-    add("validate/missing", "validate {w}/none.onnx", needle="none.onnx")
-    add("validate/iou-2", "validate {exp} --iou 2", needle="--iou")
-    add("validate/gate-1.5", "validate {exp} --min-near-recall 1.5", needle="--min-near-recall")
-    add("validate/images-0", "validate {exp} --images 0", needle="--images")
-    add("validate/data-missing", "validate {exp} --data {w}/nodata --images 2", needle="nodata")
-    add("validate/json-under-file", "validate {exp} --images 2 --json {plain}/v.json", needle="plain")
-    add("validate/json-read-only", "validate {exp} --images 2 --json {ro}/v.json", needle="v.json")
     _label_free_cases(add)
-    add("validate/reference-json", "validate {exp} --images 2 --reference {plainjson}", needle="plain.json")
-    add("validate/reference-missing", "validate {exp} --images 2 --reference {w}/none.pt", needle="none.pt")
-    add("validate/predictor-part", "validate {predexp} --images 2", needle="full")
-    add("validate/garbage-ckpt", "validate {garbage} --images 2", needle="garbage.pt")
-    # profile
-    add("profile/tampered", "profile {badexp} --iters 1", needle="SHA-256")
-    add("profile/tampered-onnx", "profile {badexp}/model.onnx --iters 1", needle="SHA-256")
-    add("profile/dropped-onnx", "profile {exp}/other.onnx --iters 1", needle="other.onnx")
-    add("profile/lone-engine", "profile {lone_engine}", needle="manifest.json")
-    add("profile/iters-0", "profile {exp} --iters 0", needle="--iters")
-    add("profile/warmup-negative", "profile {exp} --warmup -1", needle="--warmup")
-    add("profile/until-ci-negative", "profile {exp} --until-ci -0.1", needle="--until-ci")
-    add("profile/max-time-0", "profile {exp} --max-time 0", needle="--max-time")
-    add("demo/profile-until-ci-negative", "demo --profile-until-ci -1 --out {w}/o", needle="--profile-until-ci")
-    add("demo/profile-max-time-nan", "demo --profile-max-time nan --out {w}/o", needle="--profile-max-time")
-    add("profile/batch-0", "profile {exp} --batch 0", needle="--batch")
-    add("profile/batch-vs-fixed", "profile {exp} --batch 4 --iters 1", needle="batch")
-    add("profile/sweep-2", "profile {ckpt} --sweep 0.5,2 --iters 1", needle="--sweep")
-    add("profile/sweep-text", "profile {ckpt} --sweep abc --iters 1", needle="--sweep")
-    add("profile/sweep-on-export", "profile {exp} --sweep 0.5 --iters 1", needle="--sweep")
-    add("profile/backend-trt-ckpt", "profile {ckpt} --backend tensorrt --iters 1", needle="tensorrt")
-    add("profile/device", "profile {ckpt} --device foo --iters 1", needle="foo")
-    add("profile/out-under-file", "profile {exp} --iters 1 --out {plain}/o", needle="plain")
-    add("profile/out-read-only", "profile {exp} --iters 1 --out {ro}/o", needle="o")
-    add("profile/out-over-input", "profile {exp} --iters 1 --out {exp}", needle="input")
-    add("profile/out-exists", "profile {exp} --iters 1 --out {plain}", needle="--force")
-    add("profile/garbage-ckpt", "profile {garbage} --iters 1", needle="garbage.pt")
-    add("profile/unknown-suffix", "profile {plainjson} --iters 1", needle="plain.json")
-    # report
-    add("report/missing", "report {w}/nope", needle="nope")
-    add("report/empty", "report {emptydir}", needle="history.json")
-    add("report/out-not-html", "report {run_ok} --out {w}/r.txt", needle=".html")
-    add("report/out-under-file", "report {run_ok} --out {plain}/r.html", needle="plain")
-    add("report/out-read-only", "report {run_ok} --out {ro}/r.html", needle="r.html")
     for name in ("history-dict", "history-items", "verify-list", "profile-latency", "validate-list", "diag", "json"):
         add(f"report/bad-{name}", f"report {{run_{name.replace('-', '_')}}}", needle=".json")
-    # ablate, demo
-    add("ablate/seeds", "ablate --seeds a,b --out {w}/o", needle="--seeds")
-    add("ablate/keep", "ablate --keep-ratios 2 --out {w}/o", needle="--keep-ratios")
-    add("ablate/config", "ablate --config {badyaml} --out {w}/o", needle="bad.yaml")
-    add("ablate/out-under-file", "ablate --out {plain}/o", needle="plain")
-    add("ablate/val-images", "ablate --val-images 0 --out {w}/o", needle="--val-images")
-    add("ablate/jobs-0", "ablate --jobs 0 --out {w}/o", needle="--jobs")
-    add("demo/config", "demo --config {w}/nope.yaml --out {w}/o", needle="nope.yaml")
-    add("demo/set", "demo --set lr=abc --out {w}/o", needle="lr")
-    add("demo/out-under-file", "demo --out {plain}/o", needle="plain")
-    add("demo/out-exists", "demo --out {exp}", needle="--force")
-    # more of the same, as a careless user types them
-    add("train/fields", f"train {SETS} --set fields.far_max=2 --out {{w}}/o", needle="far_max")
-    add("train/train-images-0", f"train {SETS} --set data.train_images=0 --out {{w}}/o", needle="train_images")
-    add("train/bands", f"train {SETS} --set model.pruner.mode=band --set model.pruner.bands=100 --out {{w}}/o")
-    add("train/heads", f"train {SETS} --set model.num_heads=5 --out {{w}}/o", needle="num_heads")
-    add("train/threads-0", f"train {SETS} --set threads=0 --out {{w}}/o", needle="threads")
-    add("train/max-minutes", f"train {SETS} --set max_minutes=-1 --out {{w}}/o", needle="max_minutes")
-    add("train/config-dir", "train --config {emptydir} --out {w}/o", needle="empty")
-    add("train/config-bad-json", "train --config {badjson} --out {w}/o", needle="bad.json")
-    add("train/set-no-equals", "train --set lr --out {w}/o", needle="lr")
-    add("train/section-scalar", "train --set model=3 --out {w}/o", needle="model")
-    add("diagnose/fields", "diagnose --fields 0.9 0.1 --out {w}/o", needle="0.9")
-    add("diagnose/set", "diagnose --set bogus=1 --out {w}/o", needle="bogus")
-    add("validate/fields", "validate {exp} --images 2 --fields 0.9 0.1", needle="0.9")
-    add("validate/fields-range", "validate {exp} --images 2 --fields 2 3", needle="2")
-    add("validate/providers", "validate {exp} --images 2 --providers bogus", needle="bogus")
-    add("verify/providers", "verify --reference {ckpt} --candidate {exp} --providers bogus", needle="bogus")
-    add("profile/providers", "profile {exp} --iters 1 --providers bogus", needle="bogus")
-    add("export/workspace", "export {ckpt} --out {w}/o --workspace -1", needle="workspace")
-    add("export/dla-negative", "export {ckpt} --out {w}/o --target tensorrt10-dla --dla-core -1", needle="dla")
-    add("export/batch-and-dynamic", "export {ckpt} --out {w}/o --batch 3 --dynamic-batch 1 2 4", needle="batch")
-    # check (SPEC 7c): nothing written, one error line
-    add("check/missing", "check {w}/none.onnx", needle="none.onnx")
-    add("check/nothing", "check", needle="check needs one of")
-    add("check/both", "check {ckpt} --model {w}/m.py:build --weights {ckpt}", needle="check needs one of")
-    add("check/model-no-weights", "check --model {w}/m.py:build", needle="--weights")
-    add("check/ckpt-garbage", "check {garbage}", needle="garbage.pt")
-    add("check/plain-file", "check {plain}", needle="plain")
-    add("check/badexp", "check {badexp}", needle="model.onnx")
-    add("check/badmanifest", "check {badmanifest}", needle="manifest.json")
-    add("check/nofile", "check {nofile}", needle="model.onnx")
-    add("check/emptydir", "check {emptydir}", needle="manifest.json")
-    add("check/target", "check {exp} --target bogus", needle="bogus")
-    add("check/dynamic-batch-0", "check {exp} --dynamic-batch 0 1 2", needle="--dynamic-batch")
-    add("check/size-odd", "check {ckpt} --image-size 100 160", needle="100 160")
-    add("check/json-exists", "check {exp} --json {plainjson}", needle="--force")
-    add("ablate/variants", "ablate --variants bogus --out {w}/o", needle="bogus")
-    add("report/exists", "report {run_done}", needle="--force")
-    add("verify/not-onnx", "verify --reference {ckpt} --candidate {textonnx}", needle="text.onnx")
-    add("profile/not-onnx", "profile {textonnx} --iters 1", needle="text.onnx")
-    add("profile/schema-2", "profile {schema2} --iters 1", needle="schema_version")
-    add("profile/manifest-bad-values", "profile {badvalues} --iters 1", needle="manifest")
-    add("validate/manifest-bad-values", "validate {badvalues} --images 2", needle="manifest")
-    add("verify/manifest-bad-values", "verify --reference {ckpt} --candidate {badvalues}", needle="manifest")
-    add("profile/manifest-bad-artefacts", "profile {badartefacts} --iters 1", needle="manifest")
-    add("profile/unreadable-onnx-rehashed", "profile {rehashed} --iters 1", needle="model.onnx")
-    add("validate/coco-bad", "validate {exp} --images 2 --data {badcoco}", needle="annotations")
-    # accept
-    acc = "accept {exp} --data synthetic --reference {refjson} --iters 1 --warmup 0"
-    add("accept/export-missing", acc.replace("{exp}", "{w}/nothere") + " --out {w}/o", needle="nothere")
-    add("accept/reference-missing", acc.replace("{refjson}", "{w}/none.json") + " --out {w}/o", needle="none.json")
-    add("accept/reference-bad-json", acc.replace("{refjson}", "{badjson}") + " --out {w}/o", needle="bad.json")
-    add("accept/reference-not-validate", acc.replace("{refjson}", "{plainjson}") + " --out {w}/o", needle="plain.json")
-    add("accept/tampered-onnx", acc.replace("{exp}", "{badexp}") + " --out {w}/o", needle="model.onnx")
-    add("accept/out-under-file", acc + " --out {plain}/o", needle="plain")
-    add("accept/out-exists", acc + " --out {exp}", needle="--force")
-    add("accept/iters-0", acc.replace("--iters 1", "--iters 0") + " --out {w}/o", needle="--iters")
-    add("accept/drop-2", acc + " --max-recall-drop 2 --out {w}/o", needle="--max-recall-drop")
-    # tune
-    tune = "tune {ckpt} --images 2 --verify-images 2 --no-progress"
-    add("tune/ckpt-missing", "tune {w}/none.pt --out {w}/o --no-progress", needle="none.pt")
-    add("tune/ckpt-garbage", "tune {garbage} --out {w}/o --no-progress", needle="garbage.pt")
-    add("tune/keep-text", tune + " --keep 0.5,abc --out {w}/o", needle="--keep")
-    add("tune/keep-1.5", tune + " --keep 1.5 --out {w}/o", needle="keep")
-    add("tune/precision", tune + " --precision fp8 --out {w}/o", needle="fp8")
-    add("tune/drop-2", tune + " --max-recall-drop 2 --out {w}/o", needle="--max-recall-drop")
-    add("tune/confidence-1", tune + " --confidence 1 --out {w}/o", needle="--confidence")
-    add("tune/out-under-file", tune + " --out {plain}/o", needle="plain")
-    add("tune/out-not-tune-dir", tune + " --out {exp}", needle="tune")
-    # --model adapters that break the protocol (tests/protocol_kit.py), weights that do not fit, --class-map
+    # --model adapters that break the protocol (tests/protocol_kit.py), weights that do not fit
     broken = {
         "lacks_class_names": ("export", "lacks class_names"),
         "wrong_output_names": ("verify", "output_names('full') must hold"),
@@ -330,18 +365,11 @@ def _cases() -> list[Case]:
     for fault, needle in (("missing", "missing keys: head.cls.bias"), ("extra", "unexpected keys: extra.weight")):
         add(f"validate/adapter-weights-{fault}", f"validate --model {{kit}}:reference_plain --weights {{w}}/{fault}.pt",
             needle=needle)  # fmt: skip
-    own = "validate --model {kit}:own_class_names --weights {ckpt} --images 1 --class-map"
-    add("validate/class-map-unknown-name", own + " van=car", needle="'van', not a class of")
-    add("validate/class-map-unknown-class", own + " vehicle=tram", needle="'tram' is not a class")
-    add("validate/class-map-no-pairs", own + " vehicle", needle="vehicle")
-    add("tune/class-map-unknown-class", tune + " --class-map lorry=tram --out {w}/o", needle="'tram' is not a class")
-    add("profile/outputs-not-declared", "profile {renamed} --iters 1 --no-verify-hash", needle="not declared: boxes")
-    add("verify/outputs-not-declared", "verify --reference {ckpt} --candidate {renamed} --no-verify-hash",
-        needle="declared but missing: det_boxes")  # fmt: skip
     if KITTI.is_dir():
         add("verify/kitti-size", "verify --reference {ckpt} --candidate {exp} --data {kitti} --images 1",
             needle="375x1242 images but the model takes 96x160")  # fmt: skip
     # where a sweep's units run (SPEC 7d): a cluster that is not there, resources that are not there
+    tune = SHORTHANDS["{tune}"]
     for cmd, head in (("ablate", f"ablate {SETS} --seeds 0 --no-band"), ("tune", tune)):
         add(f"{cmd}/address-unreachable", head + " --address 127.0.0.1:1 --out {w}/o", needle="127.0.0.1:1")
         add(f"{cmd}/address-format", head + " --address nohost --out {w}/o", needle="nohost")
@@ -352,9 +380,6 @@ def _cases() -> list[Case]:
             add(f"{cmd}/gpus-none-here", head + " --jobs 1 --gpus-per-run 1 --out {w}/o", needle="--gpus-per-run")
             if is_available("ray"):
                 add(f"{cmd}/gpus-none-ray", head + " --jobs 2 --gpus-per-run 1 --out {w}/o", needle="--gpus-per-run")
-    # the command line itself
-    add("cli/unknown-command", "frobnicate")
-    add("cli/unknown-flag", "export {ckpt} --frob")
     return c
 
 
