@@ -247,6 +247,12 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
+def _notes_and_plot(notes: list[str], plot: Path) -> str:
+    """A section's notes as a muted list, then its plot where the run drew one ("" for what is not there)."""
+    listed = "<ul>" + "".join(f"<li class=muted>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+    return listed + (_img(plot) if plot.is_file() else "")
+
+
 def _fig_img(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -328,28 +334,22 @@ def _section_accept(items) -> str:
     return "".join(out)
 
 
+#: verify.json's fidelity figures of a candidate, shown to 4 decimals
+_VERIFY_FIDELITY = ("keep_iou_mean", "keep_iou_min", "plain_iou_mean", "mask_agreement")
+
+
+def _verify_row(c: dict) -> list[Any]:
+    """One candidate of verify.json as a row of :func:`_section_verify`'s table."""
+    row = [c["name"], c["precision"], *(cell(c[k], 4) for k in _VERIFY_FIDELITY), f"{c['score_max_abs']:.2e}"]
+    if c.get("passed"):
+        return [*row, _Raw('<span class="pass">pass</span>')]
+    return [*row, _Raw(f'<span class="fail">FAIL</span> {html.escape("; ".join(c.get("failures", [])))}')]
+
+
 def _section_verify(items) -> str:
     out = []
     for rel, rep in items:
-        rows = []
-        for c in rep.get("candidates", []):
-            ok = c.get("passed")
-            rows.append(
-                [
-                    c["name"],
-                    c["precision"],
-                    cell(c["keep_iou_mean"], 4),
-                    cell(c["keep_iou_min"], 4),
-                    cell(c["plain_iou_mean"], 4),
-                    cell(c["mask_agreement"], 4),
-                    f"{c['score_max_abs']:.2e}",
-                    _Raw(
-                        '<span class="pass">pass</span>'
-                        if ok
-                        else f'<span class="fail">FAIL</span> {html.escape("; ".join(c.get("failures", [])))}'
-                    ),
-                ]
-            )
+        rows = [_verify_row(c) for c in rep.get("candidates", [])]
         out.append(
             f"<p class=muted>{html.escape(rel)}: reference {html.escape(str(rep.get('reference')))}, "
             f"{rep.get('images')} images</p>"
@@ -401,12 +401,7 @@ def _section_profile(items, root: Path) -> str:
         out.append(
             f"<p class=muted>{html.escape(rel)} ({mode}): {html.escape(json.dumps(env))}</p>" + _table(headers, rows)
         )
-        warns = comp.get("warnings") or []
-        if warns:
-            out.append("<ul>" + "".join(f"<li class=muted>{html.escape(w)}</li>" for w in warns) + "</ul>")
-        sweep = (root / rel).parent / "sweep.png"
-        if sweep.is_file():
-            out.append(_img(sweep))
+        out.append(_notes_and_plot(comp.get("warnings") or [], (root / rel).parent / "sweep.png"))
     return "".join(out)
 
 
@@ -550,27 +545,30 @@ def _gate_label(g: dict) -> str:
     return {"pass": "PASS", "skipped": "SKIP"}.get(status, "FAIL")
 
 
+#: tune.json's estimates with their 95% intervals: (figure, its interval)
+_TUNE_ESTIMATES = (("near_recall", "near_recall_ci"), ("near_drop", "near_drop_ci"), ("p50_ms", "p50_ci"))
+
+
+def _tune_row(r: dict) -> list[Any]:
+    """One operating point of tune.json's table as a row of :func:`_section_tune`'s table."""
+    sp, status = r.get("speedup"), r["status"]
+    return [
+        r["config"],
+        cell(r.get("keep_iou"), 4),
+        *(f"{cell(r.get(k))} {_ci(*(r.get(ci) or [None, None]))}" for k, ci in _TUNE_ESTIMATES),
+        "-" if sp is None else f"{sp:.2f}x {_ci(*(r.get('speedup_ci') or [None, None]), 2)}",
+        "-" if not r.get("mac_bound") else f"{r['mac_bound']:.2f}x",
+        _Raw(
+            f'<span class="{"pass" if status == "pass" else "fail"}">{html.escape(status)}</span>'
+            + (" <b>recommended</b>" if r.get("recommended") else "")
+        ),
+    ]
+
+
 def _section_tune(items, root: Path) -> str:
     out = []
     for rel, t in items:
-        rows = []
-        for r in t.get("table", []):
-            sp = r.get("speedup")
-            rows.append(
-                [
-                    r["config"],
-                    cell(r.get("keep_iou"), 4),
-                    f"{cell(r.get('near_recall'))} {_ci(*(r.get('near_recall_ci') or [None, None]))}",
-                    f"{cell(r.get('near_drop'))} {_ci(*(r.get('near_drop_ci') or [None, None]))}",
-                    f"{cell(r.get('p50_ms'))} {_ci(*(r.get('p50_ci') or [None, None]))}",
-                    "-" if sp is None else f"{sp:.2f}x {_ci(*(r.get('speedup_ci') or [None, None]), 2)}",
-                    "-" if not r.get("mac_bound") else f"{r['mac_bound']:.2f}x",
-                    _Raw(
-                        f'<span class="{"pass" if r["status"] == "pass" else "fail"}">{html.escape(r["status"])}</span>'
-                        + (" <b>recommended</b>" if r.get("recommended") else "")
-                    ),
-                ]
-            )
+        rows = [_tune_row(r) for r in t.get("table", [])]
         rec = t.get("recommended")
         out.append(
             f"<p class=muted>{html.escape(rel)}: recommended {html.escape(str(rec))}"
@@ -590,12 +588,7 @@ def _section_tune(items, root: Path) -> str:
                 rows,
             )
         )
-        notes = t.get("notes") or []
-        if notes:
-            out.append("<ul>" + "".join(f"<li class=muted>{html.escape(n)}</li>" for n in notes) + "</ul>")
-        plot = (root / rel).parent / "pareto.png"
-        if plot.is_file():
-            out.append(_img(plot))
+        out.append(_notes_and_plot(t.get("notes") or [], (root / rel).parent / "pareto.png"))
     return "".join(out)
 
 
