@@ -93,68 +93,68 @@ _OLDER_10 = (
     "10.1-GA) stands in: operators added in 10.2-10.3 show as unsupported (conservative)"
 )
 
+
+def _onnxruntime(name: str, description: str) -> TargetLimits:
+    """An ONNX Runtime target: every precision, no documented TopK limit."""
+    return TargetLimits(
+        name=name, backend="onnxruntime", description=description, precisions=PRECISIONS, max_topk_k=None
+    )
+
+
+def _tensorrt(
+    name: str, trt_major: int, op_matrix: str, description: str, precisions: tuple[str, ...] = PRECISIONS, **rest
+) -> TargetLimits:
+    """A TensorRT target: TopK ``k <= 3840``; 10.x keeps the implicit INT8 calibrator, 11.x removed it and is
+    always strongly typed. ``rest``: ``dla``, ``matrix_note``."""
+    return TargetLimits(
+        name=name,
+        backend="tensorrt",
+        description=description,
+        precisions=precisions,
+        max_topk_k=TENSORRT_MAX_TOPK,
+        trt_major=trt_major,
+        strongly_typed_required=trt_major >= 11,
+        implicit_int8_calibrator=trt_major < 11,
+        op_matrix=op_matrix,
+        **rest,
+    )
+
+
 TARGETS: Mapping[str, TargetLimits] = MappingProxyType(
     {
         t.name: t
         for t in (
-            TargetLimits(
-                name="onnxruntime-cpu",
-                backend="onnxruntime",
-                description="ONNX Runtime, CPU execution provider",
-                precisions=PRECISIONS,
-                max_topk_k=None,
-            ),
-            TargetLimits(
-                name="onnxruntime-cuda",
-                backend="onnxruntime",
-                description="ONNX Runtime, CUDA execution provider (onnxruntime-gpu)",
-                precisions=PRECISIONS,
-                max_topk_k=None,
-            ),
-            TargetLimits(
-                name="tensorrt10.3",
-                backend="tensorrt",
-                description="TensorRT 10.3 as JetPack 6.2 ships it (Jetson Orin): FP16/INT8 builder flags "
+            _onnxruntime("onnxruntime-cpu", "ONNX Runtime, CPU execution provider"),
+            _onnxruntime("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)"),
+            _tensorrt(
+                "tensorrt10.3",
+                10,
+                "trt_10_1",
+                "TensorRT 10.3 as JetPack 6.2 ships it (Jetson Orin): FP16/INT8 builder flags "
                 "or a strongly typed network",
-                precisions=PRECISIONS,
-                max_topk_k=TENSORRT_MAX_TOPK,
-                trt_major=10,
-                implicit_int8_calibrator=True,
-                op_matrix="trt_10_1",
                 matrix_note=_OLDER_10,
             ),
-            TargetLimits(
-                name="tensorrt10",
-                backend="tensorrt",
-                description="the newest TensorRT 10.x on a GPU: FP16/INT8 builder flags or a strongly typed network",
-                precisions=PRECISIONS,
-                max_topk_k=TENSORRT_MAX_TOPK,
-                trt_major=10,
-                implicit_int8_calibrator=True,
-                op_matrix="trt_10_15",
+            _tensorrt(
+                "tensorrt10",
+                10,
+                "trt_10_15",
+                "the newest TensorRT 10.x on a GPU: FP16/INT8 builder flags or a strongly typed network",
             ),
-            TargetLimits(
-                name="tensorrt11",
-                backend="tensorrt",
-                description="TensorRT 11.x on a GPU: always strongly typed, precision comes from the ONNX",
-                precisions=PRECISIONS,
-                max_topk_k=TENSORRT_MAX_TOPK,
-                trt_major=11,
-                strongly_typed_required=True,
-                op_matrix="trt_10_15",
+            _tensorrt(
+                "tensorrt11",
+                11,
+                "trt_10_15",
+                "TensorRT 11.x on a GPU: always strongly typed, precision comes from the ONNX",
                 matrix_note="no 11.x operator matrix could be obtained here; the newest 10.x matrix (10.15) "
                 "stands in: confirm on the device with `polygraphy inspect capability`",
             ),
-            TargetLimits(
-                name="tensorrt10-dla",
-                backend="tensorrt",
-                description="TensorRT 10.3 (JetPack 6.2) on a Jetson DLA core with GPU fallback (fp16/int8 only)",
+            _tensorrt(
+                "tensorrt10-dla",
+                10,
+                "trt_10_1",
+                "TensorRT 10.3 (JetPack 6.2) on a Jetson DLA core with GPU fallback (fp16/int8 only)",
                 precisions=("fp16", "int8"),
-                max_topk_k=TENSORRT_MAX_TOPK,
-                trt_major=10,
-                implicit_int8_calibrator=True,
                 dla=True,
-                op_matrix="trt_10_1",
                 matrix_note=_OLDER_10,
             ),
         )
@@ -225,16 +225,16 @@ def check_request(
     target: str,
     *,
     k: int | None = None,
-    precision: str = "fp32",
-    ops: Iterable[str] = (),
-    dla_core: int | None = None,
-    gpu_fallback: bool = True,
-    image_size: Sequence[int] | None = None,
-    patch_size: int | None = None,
     pruner_mode: str | None = None,
     topk_sizes: Sequence[int] | None = None,
     keep_ratio: float | None = None,
+    precision: str = "fp32",
+    ops: Iterable[str] = (),
+    image_size: Sequence[int] | None = None,
+    patch_size: int | None = None,
     dynamic_batch: Sequence[int] | None = None,
+    gpu_fallback: bool = True,
+    dla_core: int | None = None,
 ) -> list[str]:
     """Refuse (:class:`LimitError`) what ``target`` cannot run; return informational notes.
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,13 @@ def build_manifest(
     )
 
 
+def _unreadable(file: Path, exc: ValueError) -> str:
+    """Why ``file`` cannot be read as a manifest: not valid JSON (where), or not text at all."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); re-export or restore it"
+    return f"{file} is not a text file: {exc}"
+
+
 @dataclass
 class ArtefactCheck:
     """Result of :meth:`Manifest.verify`; truthy when every listed file matches its hash."""
@@ -219,12 +226,8 @@ class ArtefactCheck:
         return bool(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checked": list(self.checked),
-            "mismatches": list(self.mismatches),
-            "missing": list(self.missing),
-        }
+        """``ok``, then the fields (copies): checked, mismatches, missing."""
+        return {"ok": self.ok, **asdict(self)}
 
     def summary(self) -> str:
         if self:
@@ -306,12 +309,8 @@ class Manifest:
             raise InputError(f"{where}; export artefacts with `cass-deploy export` to get one")
         try:
             data = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); re-export or restore it"
-            ) from exc
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{file} is not a text file: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(_unreadable(file, exc)) from exc
         if not isinstance(data, dict):
             raise InputError(f"{file} must hold a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
