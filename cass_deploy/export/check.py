@@ -52,15 +52,10 @@ class CheckReport:
         return 0 if all(v.can_build for v in self.verdicts) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "protocol": self.protocol,
-            "facts": self.facts,
-            "all_targets_can_build": self.exit_code == 0,
-            "targets": [v.to_dict() for v in self.verdicts],
-            "notes": self.notes,
-        }
+        """JSON-ready: what was checked (source, kind, protocol, facts), then the verdict per target and the notes."""
+        checked = {key: getattr(self, key) for key in ("source", "kind", "protocol", "facts")}
+        verdicts = {"all_targets_can_build": self.exit_code == 0, "targets": [v.to_dict() for v in self.verdicts]}
+        return {**checked, **verdicts, "notes": self.notes}
 
 
 def _targets(targets: Sequence[str] | None) -> list[str]:

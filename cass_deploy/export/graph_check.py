@@ -90,15 +90,11 @@ class TargetVerdict:
         return [f for f in self.findings if f.level == ERROR]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "can_build": self.can_build,
-            "matrix": self.matrix,
-            "matrix_note": self.matrix_note,
-            "nodes": self.nodes,
-            "restrictions_checked_and_met": self.checked,
-            "findings": [asdict(f) for f in self.findings],
-        }
+        """JSON-ready: the target and its verdict, the operator matrix used, then what was checked and found."""
+        verdict = {"target": self.target, "can_build": self.can_build}
+        matrix = {"matrix": self.matrix, "matrix_note": self.matrix_note}
+        found = {"restrictions_checked_and_met": self.checked, "findings": [asdict(f) for f in self.findings]}
+        return {**verdict, **matrix, "nodes": self.nodes, **found}
 
 
 class _Graph:
