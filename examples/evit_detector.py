@@ -39,16 +39,11 @@ from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
 from cass_deploy.cass.losses import stage_cass_loss
 from cass_deploy.config import CassConfig
+from cass_deploy.model import token_head
 from cass_deploy.model.interface import DET_OUTPUTS, Stage, compute_k, stage_output_names
 from cass_deploy.model.predictor import ImportancePredictor
 from cass_deploy.model.pruner import mask_from_indices, topk_global
-from cass_deploy.model.token_head import (
-    TokenDetectorParts,
-    TokenHead,
-    fit_token_detector,
-    save_weights,
-    token_detection_loss,
-)
+from cass_deploy.model.token_head import TokenDetectorParts, TokenHead
 
 CLASS_NAMES = ("car", "truck", "bus")
 #: the score a stage reports for a patch an earlier stage dropped (finite: fp16-safe, no NaN checks)
@@ -64,13 +59,13 @@ class EViTDetector(TokenDetectorParts, nn.Module):
 
     def __init__(
         self,
-        image_size: Sequence[int] = (128, 224),
-        patch_size: int = 16,
-        hidden_size: int = 48,
         depth: int = 6,
+        heads: int = 2,
+        hidden_size: int = 48,
         prune_at: Sequence[int] = (1, 3, 5),
         keep: Sequence[float] = (0.7, 0.7, 0.7),
-        heads: int = 2,
+        image_size: Sequence[int] = (128, 224),
+        patch_size: int = 16,
         max_dets: int = 100,
         score_thresh: float = 0.01,
     ) -> None:
@@ -194,7 +189,7 @@ class EViTDetector(TokenDetectorParts, nn.Module):
     def training_losses(self, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> tuple:
         """(detection loss of the head, CASS on every stage's kept tokens) for one batch."""
         out = self(images)
-        det = token_detection_loss(out["logits"], out["raw"], boxes, labels, self.grid, self.patch_size)
+        det = token_head.token_detection_loss(out["logits"], out["raw"], boxes, labels, self.grid, self.patch_size)
         scores, masks = self.stage_outputs(out, "scores"), self.stage_outputs(out, "keep_mask")
         cass, _ = stage_cass_loss(scores, masks, boxes, self.grid, self.image_size, CassConfig.preset("corrected"))
         return det, cass
@@ -211,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors or .pt)")
     args = p.parse_args(argv)
     model = build()
-    losses = fit_token_detector(model, steps=args.steps)
-    save_weights(model, args.out)
+    losses = token_head.fit_token_detector(model, steps=args.steps)
+    token_head.save_weights(model, args.out)
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; wrote {args.out}")
     return 0
 

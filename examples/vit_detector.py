@@ -101,21 +101,11 @@ class ViTPruningDetector(TokenDetectorParts, nn.Module):
         self.head = TokenHead(hidden_size, len(CLASS_NAMES), self.grid, self.patch_size, self.image_size)
 
     # --------------------------------------------------------------------- PrunableModel
-    @property
-    def k(self) -> int | None:
-        return self.pruner.k
-
-    @property
-    def pruner_mode(self) -> str:
-        return self.pruner.mode
-
-    @property
-    def keep_ratio(self) -> float:
-        return self.pruner.cfg.keep_ratio
-
-    @property
-    def topk_sizes(self) -> tuple[int, ...]:
-        return self.pruner.topk_sizes
+    # the pruning facts the tools read are the pruner's (with_pruner swaps it): k, mode, keep ratio, TopK sizes
+    k = property(lambda self: self.pruner.k)
+    pruner_mode = property(lambda self: self.pruner.mode)
+    keep_ratio = property(lambda self: self.pruner.cfg.keep_ratio)
+    topk_sizes = property(lambda self: self.pruner.topk_sizes)
 
     def tie_groups(self):
         return self.pruner.tie_groups()

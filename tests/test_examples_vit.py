@@ -25,10 +25,6 @@ STEPS = 30  # CASS + detection steps: enough for the head to find cars (recall >
 KITTI = ROOT.parent / "shared" / "data" / "kitti"
 
 
-def _example():
-    return load_example("vit_detector")
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The example trained for a few steps (CASS + detection), its weights as .safetensors, and its export."""
@@ -38,7 +34,7 @@ def trained(tmp_path_factory):
 
 def test_the_example_is_a_transformers_vit_with_a_trained_predictor(trained):
     _, weights = trained
-    ex = _example()
+    ex = load_example("vit_detector")
     model = ex.build()
     from transformers.models.vit.modeling_vit import ViTLayer
 
