@@ -365,6 +365,7 @@ def test_label_free_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpo
     )
     # --class-map on the label-free path: it reaches the model and the dense teacher (same class names)
     no_vehicles = ["--class-map", "car=none,truck=none,bus=none"]
-    refused(["validate", tiny_checkpoint, "--labels", "none", *no_vehicles, *j], capsys, "share no", root=tmp_path)
+    after = "after --class-map"
+    refused(["validate", tiny_checkpoint, "--labels", "none", *no_vehicles, *j], capsys, after, root=tmp_path)
     refused(["validate", tiny_checkpoint, "--teacher", "dense", "--class-map", "lorry=car", *j], capsys, "'lorry'")
     assert not (tmp_path / "lf.json").exists()

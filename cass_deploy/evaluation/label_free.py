@@ -116,7 +116,8 @@ def open_teacher(
     if not shared_vehicles(teacher, deployed):
         raise InputError(
             f"teacher {name}'s classes {list(teacher.class_names or [])[:12]} share no vehicle class with the "
-            f"model's {list(deployed.class_names or CLASSES)}; pass --teacher-classes (e.g. coco) or --class-map"
+            f"model's {list(deployed.class_names or CLASSES)}{' after --class-map' if deployed.class_map else ''}; "
+            "pass --teacher-classes (e.g. coco) or --class-map"
         )
     return name, teacher
 
