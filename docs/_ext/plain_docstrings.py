@@ -40,7 +40,7 @@ def _first_paragraph(lines: list[str]) -> int:
     return next((i for i, ln in enumerate(lines) if not ln.strip()), len(lines))
 
 
-def process(app, what, name, obj, options, lines: list[str]) -> None:  # noqa: ARG001 (Sphinx's signature)
+def process(app, what, name, obj, options, lines: list[str]) -> None:
     if not lines:
         return
     escaped = [_escape_bars(ln) for ln in lines]
