@@ -11,7 +11,9 @@ A detection is a 3×3 local maximum of the heat map; its box is read at the same
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -464,8 +466,10 @@ def _peak_topk(
         cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
         return scores, cls, xyxy
     if method == "vehicle":
-        # log(1 - p_c) = -softplus(logit_c): stable, and Softplus / ReduceSum / ArgMax export
-        any_class = 1.0 - torch.exp(-F.softplus(heat_logits.float()).sum(dim=1))  # [B, Hh, Wh]
+        # 1 - prod_c (1 - p_c), with 1 - p_c = sigmoid(-logit_c): Sigmoid and Mul, which ONNX Runtime
+        # vectorises (its Softplus, the log-space form, ran at ~9 ns per cell: 2 % of a CPU run)
+        no_vehicle = torch.sigmoid(-heat_logits.float()).unbind(dim=1)  # C x [B, Hh, Wh]
+        any_class = 1.0 - functools.reduce(operator.mul, no_vehicle)  # [B, Hh, Wh]
         cand, idx = any_class.flatten(1).topk(min(candidates, hh * wh), dim=1)  # [B, M] cells
         cls = heat_logits.argmax(dim=1).flatten(1).gather(1, idx).to(torch.int64)  # [B, M] most likely class
         _, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
