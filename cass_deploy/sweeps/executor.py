@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -312,6 +313,44 @@ class Executor:
         return failures
 
 
+# --------------------------------------------------------------------------- a quiet node for timing
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (None where there is none: not Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def node_busy(window_s: float = 0.5) -> float | None:
+    """Fraction of this node's CPU time spent busy over the next ``window_s`` seconds, by every
+    process (the caller sleeps meanwhile, so: by the others); None where it cannot be read."""
+    a = _cpu_times()
+    time.sleep(window_s)
+    b = _cpu_times()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def wait_until_quiet(
+    busy_below: float = 0.15, max_wait_s: float = 60.0, window_s: float = 0.5
+) -> tuple[float, float | None]:
+    """Before timing: wait until the other processes of this node use less than ``busy_below`` of
+    its CPUs (a just-started local Ray spends its first seconds starting and importing its
+    workers; another unit may be finishing), at most ``max_wait_s`` -> (seconds waited, the busy
+    fraction last seen; None where /proc/stat cannot be read)."""
+    t0 = time.monotonic()
+    busy = node_busy(window_s)
+    while busy is not None and busy >= busy_below and time.monotonic() - t0 < max_wait_s:
+        busy = node_busy(window_s)
+    return time.monotonic() - t0, busy
+
+
 # --------------------------------------------------------------------------- files as returned objects
 
 
@@ -353,4 +392,6 @@ __all__ = [
     "place_files",
     "write_files",
     "scratch",
+    "node_busy",
+    "wait_until_quiet",
 ]
