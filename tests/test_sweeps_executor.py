@@ -169,3 +169,17 @@ def test_node_busy_and_waiting_for_a_quiet_node(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(ex, "_cpu_times", lambda: None)
     assert ex.node_busy(0.01) is None and ex.wait_until_quiet(0.15, 5.0)[1] is None  # no /proc/stat: no wait
+
+
+def test_units_of_our_local_ray_run_at_the_drivers_priority(ray_session, monkeypatch):
+    """Ray starts workers 15 nice levels down unless told otherwise; a timing unit there loses the
+    CPU to every other process. Ours start at the driver's priority, and a lowered one is noted."""
+    import os
+
+    import cass_deploy.sweeps.executor as ex
+
+    assert ray_session.get(ray_session.remote(lambda: os.nice(0)).remote()) == os.nice(0)
+    monkeypatch.setattr(ex.os, "nice", lambda inc: 15)
+    assert "nice 15" in ex.niceness_note() and "RAY_worker_niceness=0" in ex.niceness_note()
+    monkeypatch.setattr(ex.os, "nice", lambda inc: 0)
+    assert ex.niceness_note() is None

@@ -69,6 +69,7 @@ from cass_deploy.sweeps.executor import (
     SweepOptions,
     Unit,
     collect_files,
+    niceness_note,
     place_files,
     scratch,
     wait_until_quiet,
@@ -613,6 +614,7 @@ def _profile_unit(
     environment, notes)."""
     waited, busy = wait_until_quiet(BUSY_BELOW, quiet_wait) if quiet_wait > 0 else (0.0, None)
     notes = [] if busy is None or busy < BUSY_BELOW else [_busy_note(waited, busy)]
+    notes += [n for n in (niceness_note(),) if n]
     with scratch("cass-tune-profile-") as tmp, ExitStack() as stack:
         placed = {name: place_files(tmp / name, files) for name, files in exports.items()}
         results = [ConfigResult(**{**r, "export": str(placed[r["name"]])}) for r in records]
