@@ -16,6 +16,9 @@ import re
 
 import sphinx.ext.autosummary as autosummary
 from docutils.core import publish_doctree
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
 
 #: docutils alone does not know Sphinx's roles (:func:, :class:, ...): those messages are not problems
 _SPHINX_ROLE = re.compile(r'(Unknown interpreted text role|No role entry for) "[\w:]+"|Trying "[\w:]+" as canonical')
@@ -47,6 +50,7 @@ def process(app, what, name, obj, options, lines: list[str]) -> None:
     if not _problems("\n".join(escaped), app.env):
         lines[:] = escaped
         return
+    logger.verbose("plain_docstrings: the docstring of %s is shown verbatim (not valid RST)", name)
     cut = _first_paragraph(escaped)
     head = escaped[:cut] if not _problems("\n".join(escaped[:cut]), app.env) else []
     body = lines[len(head) :]
