@@ -40,20 +40,26 @@ from cass_deploy.training.train import load_train_config, train
 
 @dataclass
 class DemoOptions:
+    """What ``cass-deploy demo`` runs (one field per flag of the same name)."""
+
     config: str | None = "configs/demo.yaml"
+    """the training config; ``overrides`` (``--set KEY=VALUE``) apply on top"""
     out: str | None = None
     force: bool = False
     overrides: list[str] = field(default_factory=list)
     verify_images: int = 16
-    # 160 scenes hold ~320 near-field objects: the paired interval on a near-field drop is then
-    # ~7 points wide, so the 10-point gate is one the set resolves (SPEC §7a; README "How to read it")
+    """scenes on which each export's keep masks and scores are compared with the checkpoint's"""
     validate_images: int = 160
+    """160 scenes hold ~320 near-field objects: the paired interval on a near-field drop is then
+    ~7 points wide, so the 10-point gate is one the set resolves (SPEC §7a; README "How to read it")"""
     profile_iters: int = 30
-    # the sweep's stopping rule (issue 22): after profile_iters rounds, more until every speed-up's
-    # paired interval is within +-5 % or 45 s have passed (0: exactly profile_iters rounds)
     profile_until_ci: float = 0.05
+    """the sweep's stopping rule (issue 22): after ``profile_iters`` rounds, more until every
+    speed-up's paired interval is within +-5 % or ``profile_max_time`` (45 s) has passed
+    (0: exactly ``profile_iters`` rounds)"""
     profile_max_time: float = 45.0
     calib_images: int = 16
+    """int8 calibration scenes"""
     min_near_recall: float | None = None
     max_recall_drop: float | None = 0.10
     min_near_retention: float | None = None

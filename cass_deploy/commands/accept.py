@@ -61,16 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unlocked-clocks", action="store_true", help="on a Jetson, accept without jetson_clocks")
     p.add_argument("--warmup", type=non_negative_int, default=20)
     p.add_argument("--iters", type=positive_int, default=200)
-    p.add_argument("--timing-cache", type=Path, default=None, help="default: EXPORT_DIR.timing.cache beside it")
-    p.add_argument(
-        "--engine-dir",
-        type=Path,
-        default=None,
-        help="where the engine is built when absent (default: EXPORT_DIR-engine)",
-    )
-    p.add_argument(
-        "--workspace", type=positive_int, default=None, metavar="MIB", help="TensorRT workspace when building"
-    )
+    # the engine build when the export has none (argparse's default: None)
+    p.add_argument("--timing-cache", type=Path, help="default: EXPORT_DIR.timing.cache beside it")
+    p.add_argument("--engine-dir", type=Path, help="where the engine is built when absent (default: EXPORT_DIR-engine)")
+    p.add_argument("--workspace", type=positive_int, metavar="MIB", help="TensorRT workspace when building")
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=unit_interval, default=0.5)
     p.add_argument("--score-thr", type=unit_interval, default=0.3)

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_data,
     add_force,
     add_grid,
     add_model_source,
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="export directory, .onnx or .engine (repeatable)",
     )
     p.add_argument("--images", type=positive_int, default=16, help="images to compare (default 16)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
+    add_data(p, "'synthetic' or a dataset directory")
     add_resize(p)
     add_providers(p, "ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
     p.add_argument(
