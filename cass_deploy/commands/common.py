@@ -122,6 +122,19 @@ def _number(kind: type, test: Callable[[Any], bool], wanted: str) -> Callable[[s
 unit_interval = _number(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
 #: a keep ratio: in (0, 1]
 keep_ratio = _number(float, lambda v: 0.0 < v <= 1.0, "a keep ratio in (0, 1]")
+
+
+def keep_ratio_list(text: str) -> tuple[float, ...]:
+    """``--sweep 0.25,0.5,0.75`` -> keep ratios, each in (0, 1]."""
+    try:
+        return tuple(keep_ratio(x) for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {text!r}"
+        ) from None
+
+
+keep_ratio_list.__name__ = "a comma list of keep ratios"
 #: an integer >= 1 (images, iterations, batch, threads)
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 #: an integer >= 0 (warm-up iterations)
