@@ -23,7 +23,7 @@ from rich.table import Table
 from torch import Tensor
 
 from cass_deploy.backends.limits import check_image_size
-from cass_deploy.cass.losses import cass_loss
+from cass_deploy.cass.losses import cass_loss, target_options
 from cass_deploy.cass.targets import BoxList, check_geometry, grid_for, patch_owner
 from cass_deploy.config import FIELDS, CassConfig, FieldConfig, apply_overrides, from_dict
 from cass_deploy.data.factory import load_dataset
@@ -106,15 +106,7 @@ def analyse(
     out.total.backward()
     grad = x.grad.abs().reshape(-1)
     contrib = out.contribution.reshape(-1)
-    owner = patch_owner(
-        boxes,
-        grid,
-        image_size,
-        expansion_ratio=cfg.expansion_ratio,
-        context_peak=cfg.context_peak,
-        decay=cfg.decay,
-        ensure_center_patch=cfg.ensure_center_patch,
-    ).reshape(-1)
+    owner = patch_owner(boxes, grid, image_size, **target_options(cfg)).reshape(-1)
     loss_total, grad_total = float(contrib.sum()), float(grad.sum())
     bands = row_bands(grid, image_size, fields).repeat(x.shape[0])
     by_band = {
