@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint docs venv clean
 
 # .base: what `make demo` needs (torch + the package); .installed: + the test / lint extras
 $(VENV)/.base: pyproject.toml
@@ -22,6 +22,10 @@ $(VENV)/.base: pyproject.toml
 
 $(VENV)/.installed: $(VENV)/.base
 	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	touch $@
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install -q --no-compile -e ".[docs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -38,5 +42,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# the documentation site, strict: any warning fails (docs/conf.py; the command references are generated
+# from cass_deploy/cli.py's parsers, the API pages from the docstrings). Open docs/_build/html/index.html.
+docs: $(VENV)/.docs
+	rm -rf docs/_build docs/_api
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build docs/_api

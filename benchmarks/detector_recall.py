@@ -97,7 +97,7 @@ def main() -> int:
 
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint).model
-        info = {"checkpoint": args.checkpoint}
+        info = {"checkpoint": args.checkpoint, "config": args.config, "overrides": args.overrides}
     else:
         print(
             f"training {args.config} {' '.join(args.overrides)} ({cfg.epochs} epochs, {cfg.data.train_images} scenes)"
@@ -112,7 +112,8 @@ def main() -> int:
             "train_seconds": res.history[-1]["train_seconds"] if res.history else None,
         }
     final = evaluate_all(model, batches, cfg.fields, keep, cfg.eval_score_thr)
-    print(f"\nrecall by field (Wilson 95 %), {len(val)} val scenes, {'last epoch' if not args.checkpoint else ''}")
+    what = f"{args.checkpoint}" if args.checkpoint else "last epoch"
+    print(f"\nrecall by field (Wilson 95 %), {len(val)} val scenes of seed {cfg.data.seed}, {what}")
     print(f"{'model':<10s} " + " ".join(f"{f:>21s}" for f in FIELDS) + "  mAP@0.5")
     for name, e in final.items():
         print(

@@ -142,6 +142,7 @@ def ray_session():
         log_to_driver=False,
         logging_level=logging.ERROR,
         object_store_memory=256 << 20,
+        _system_config={"worker_niceness": 0},  # as the executor starts its own local Ray
     )
     yield ray
     ray.shutdown()

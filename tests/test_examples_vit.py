@@ -104,7 +104,20 @@ def test_tune_takes_the_example_through_model_and_weights(trained, tmp_path, cap
     _, weights = trained
     out = tmp_path / "tune"
     argv = ["tune", "--model", SPEC, "--weights", str(weights), "--out", str(out), "--keep", "0.5"]
-    fast = ["--images", "4", "--verify-images", "2", "--warmup", "1", "--rounds", "3", "--resamples", "200"]
+    fast = [
+        "--images",
+        "4",
+        "--verify-images",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "3",
+        "--resamples",
+        "200",
+        "--quiet-wait",
+        "1",
+    ]
     rc = main([*argv, *fast, "--max-recall-drop", "1.0", "--no-progress"])
     text = capsys.readouterr().out
     assert rc == 0, text

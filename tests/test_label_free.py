@@ -20,7 +20,7 @@ from cass_deploy.data.frames import Frames, read_frames
 from cass_deploy.data.synthetic import SyntheticRoadside
 from cass_deploy.errors import InputError
 from cass_deploy.evaluation.gates import Gates
-from cass_deploy.evaluation.label_free import agreement_run
+from cass_deploy.evaluation.label_free import agreement_run, shared_vehicles
 from cass_deploy.evaluation.validate import Deployed
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.reporting.report import build_report
@@ -153,6 +153,26 @@ def test_with_a_perfect_teacher_the_label_free_drop_is_the_labelled_drop_in_ever
         assert run.result.by_field[g].n_gt == n
         assert math.isclose(run.drops[g].point, (n - k) / n)  # labelled drop of a perfect teacher
     assert run.drops["near"].point > 0.2 and run.drops["far"].point == 0.0
+
+
+def test_a_class_map_renames_the_model_classes_for_the_pseudo_truth_and_the_agreement():
+    frames, gts = _scenes(8)
+    model = _subset(gts, lambda s, i, b: i % 2 == 1)
+    plain = _run(frames, _deployed("T", _table(frames, gts)), _deployed("D", _table(frames, model)))
+    names = ("vehicle", "lorry", "coach")  # the same classes under names no dataset uses
+    teacher, deployed = _deployed("T", _table(frames, gts)), _deployed("D", _table(frames, model))
+    teacher.class_names = deployed.class_names = names
+    assert shared_vehicles(teacher, deployed) == set()  # unmapped: nothing to agree on
+    teacher.class_map = deployed.class_map = {"vehicle": "car", "lorry": "truck", "coach": "bus"}
+    assert shared_vehicles(teacher, deployed) == {0, 1, 2}
+    mapped = _run(frames, teacher, deployed)
+    for g in ("near", "all"):
+        assert mapped.result.by_field[g].n_gt == plain.result.by_field[g].n_gt > 0
+        assert mapped.drops[g].point == plain.drops[g].point
+    assert 0 < plain.drops["all"].point < 1
+    deployed.class_map = {"vehicle": "car", "lorry": None, "coach": None}  # only cars scored
+    n_cars = sum(int((labels == CLASSES.index("car")).sum()) for _, labels in gts)
+    assert _run(frames, teacher, deployed).result.by_field["all"].n_gt == n_cars
 
 
 def test_the_json_says_agreement_never_recall_and_the_gate_applies_to_it(tmp_path):
@@ -343,4 +363,9 @@ def test_label_free_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_checkpo
         "share no vehicle class",
         root=tmp_path,
     )
+    # --class-map on the label-free path: it reaches the model and the dense teacher (same class names)
+    no_vehicles = ["--class-map", "car=none,truck=none,bus=none"]
+    after = "after --class-map"
+    refused(["validate", tiny_checkpoint, "--labels", "none", *no_vehicles, *j], capsys, after, root=tmp_path)
+    refused(["validate", tiny_checkpoint, "--teacher", "dense", "--class-map", "lorry=car", *j], capsys, "'lorry'")
     assert not (tmp_path / "lf.json").exists()

@@ -151,3 +151,35 @@ def test_jobs_1_runs_in_this_process_and_never_imports_ray():
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_node_busy_and_waiting_for_a_quiet_node(monkeypatch):
+    """The timing unit's wait: /proc/stat read twice; it stops when the others go quiet, or at its cap."""
+    import cass_deploy.sweeps.executor as ex
+
+    busy = ex.node_busy(0.05)
+    assert busy is None or 0.0 <= busy <= 1.0
+    seen = iter([0.9, 0.8, 0.1, 0.0])
+    monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: next(seen))
+    waited, last = ex.wait_until_quiet(0.15, max_wait_s=30.0)
+    assert last == 0.1 and waited < 5.0  # three looks, not the cap
+    monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: 0.95)
+    waited, last = ex.wait_until_quiet(0.15, max_wait_s=0.2)
+    assert last == 0.95 and 0.2 <= waited < 5.0  # the cap, and it says how busy the node still was
+    monkeypatch.undo()
+    monkeypatch.setattr(ex, "_cpu_times", lambda: None)
+    assert ex.node_busy(0.01) is None and ex.wait_until_quiet(0.15, 5.0)[1] is None  # no /proc/stat: no wait
+
+
+def test_units_of_our_local_ray_run_at_the_drivers_priority(ray_session, monkeypatch):
+    """Ray starts workers 15 nice levels down unless told otherwise; a timing unit there loses the
+    CPU to every other process. Ours start at the driver's priority, and a lowered one is noted."""
+    import os
+
+    import cass_deploy.sweeps.executor as ex
+
+    assert ray_session.get(ray_session.remote(lambda: os.nice(0)).remote()) == os.nice(0)
+    monkeypatch.setattr(ex.os, "nice", lambda inc: 15)
+    assert "nice 15" in ex.niceness_note() and "RAY_worker_niceness=0" in ex.niceness_note()
+    monkeypatch.setattr(ex.os, "nice", lambda inc: 0)
+    assert ex.niceness_note() is None

@@ -80,7 +80,20 @@ def test_tune_on_ray_gives_the_in_process_results(ray_session, tuned, tiny_check
     timing as the exclusive unit: the same verify and validation figures as in this process."""
     out = tmp_path / "t"
     rc = main(
-        ["tune", str(tiny_checkpoint), "--out", str(out), "--max-recall-drop", "1.0", *TUNE, *FAST, "--jobs", "2"]
+        [
+            "tune",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--max-recall-drop",
+            "1.0",
+            *TUNE,
+            *FAST,
+            "--jobs",
+            "2",
+            "--quiet-wait",
+            "1",
+        ]
     )
     assert rc == 0 and "2 configurations on the Ray of this process" in capsys.readouterr().out
     here = {r["config"]: r for r in json.loads((tuned[0] / "tune.json").read_text())["table"]}

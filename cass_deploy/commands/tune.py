@@ -18,6 +18,7 @@ from cass_deploy.commands.common import (
     add_sweep,
     gates_from_args,
     model_source,
+    non_negative_float,
     non_negative_int,
     options_from,
     positive_int,
@@ -73,6 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=positive_int, default=30, help="interleaved timing rounds (default 30)")
     p.add_argument("--order", choices=("fixed", "rotate"), default="fixed")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--quiet-wait",
+        type=non_negative_float,
+        default=20.0,
+        metavar="SECONDS",
+        help="on Ray, the timing waits at most this long for its node's CPUs to be idle (default 20; 0: at once)",
+    )
     add_providers(p, "ONNX Runtime providers (cpu,cuda,tensorrt)")
     p.add_argument("--resize", action="store_true", help="resize dataset images to the model input")
     add_class_map(p)

@@ -138,6 +138,7 @@ def run_label_free(args: argparse.Namespace, gates, source) -> int:
         every=args.every,
         fps=args.fps,
         draw=max(0, args.draw),
+        class_map=parse_class_map(args.class_map),
         **shared_options(args, gates, source),
     )
     console = Console(width=max(160, Console().width))
@@ -167,7 +168,9 @@ def shared_options(args: argparse.Namespace, gates, source) -> dict:
 
 
 def finish(console: Console, run, json_out) -> int:
-    """Print the gate checks, write the JSON, exit 1 on a failed gate."""
+    """Print the notes and the gate checks, write the JSON, exit 1 on a failed gate."""
+    for n in run.notes:
+        console.print(f"note: {n}")
     for c in run.checks:
         console.print(status_label(c) + " " + c.message)
     if json_out:
@@ -200,6 +203,4 @@ def run(args: argparse.Namespace) -> int:
     )
     console = Console(width=max(160, Console().width))
     console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
-    for n in run.notes:
-        console.print(f"note: {n}")
     return finish(console, run, json_out)

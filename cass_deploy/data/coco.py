@@ -12,31 +12,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cass_deploy.data.classes import DEFAULT_COCO_CLASS_MAP, classes_of, resolve_class_map
-from cass_deploy.data.common import (
-    BOX_TOLERANCE_PX,
-    DatasetBase,
-    check_box_bounds,
-    check_index,
-    frame_extras,
-    load_fitted,
-    resolve_size,
-    to_item,
-)
+from cass_deploy.data.common import BOX_TOLERANCE_PX, check_box_bounds, check_index, load_fitted
+from cass_deploy.data.labelled import Extras, LabelledImages
 from cass_deploy.errors import InputError
 
 
-class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
-    """Map-style dataset over a COCO JSON file; item ``{"image", "boxes", "labels", "image_id"}``.
+class CocoDataset(LabelledImages):
+    """Map-style dataset over a COCO JSON file; item ``{"image", "boxes", "labels", "image_id"}``
+    and the frame extras (``iscrowd`` regions as ``ignore``).
 
     image: float32 [3, H, W] in [0, 1]; boxes: float32 [M, 4] xyxy pixels; labels: int64 [M];
-    image_id: the COCO image id.
+    image_id: the COCO image id. Arguments: ``(image_dir, ann_file, class_map, image_size,
+    max_images, resize_mode)``.
 
     ``image_size=(H, W)``: every image whose size differs is **resized** (bilinear) to it and its
     boxes are scaled by the same factors. Without it, all images must share one size (so a batch
@@ -45,31 +39,15 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
     ``max_images`` keeps the first N images (in file order).
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        ann_file: str | Path,
-        class_map: Mapping[str, str | None] | None = None,
-        image_size: Sequence[int] | None = None,
-        max_images: int | None = None,
-        resize_mode: str = "stretch",
-    ) -> None:
-        self.image_dir = Path(image_dir)
-        self.resize_mode = resize_mode
-        self.ann_file = Path(ann_file)
+    def _read(self, ann_file: Path, class_map: Mapping[str, str | None] | None) -> None:
+        self.ann_file = ann_file
         if not self.ann_file.is_file():
             raise InputError(f"COCO annotation file not found: {self.ann_file}")
         if not self.image_dir.is_dir():
             raise InputError(f"COCO image directory not found: {self.image_dir}")
         label_map = resolve_class_map(class_map, DEFAULT_COCO_CLASS_MAP)
         self.classes = classes_of(label_map)
-        self.image_size = resolve_size(image_size)
-        data = _read_json(self.ann_file)
-        self.records = _parse(data, self.ann_file, label_map)
-        if max_images is not None:
-            if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-                raise InputError(f"max_images must be an integer >= 1, got {max_images!r}")
-            self.records = self.records[:max_images]
+        self.records = _parse(_read_json(self.ann_file), self.ann_file, label_map)[: self.max_images]
         if not self.records:
             raise InputError(f"{self.ann_file} lists no images")
         if self.image_size is None:
@@ -82,27 +60,14 @@ class CocoDataset(DatasetBase):  # type: ignore[misc,valid-type]
                         f"pass image_size=(H, W) to resize every image (boxes are scaled with it)"
                     )
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
-        image, boxes, labels, image_id, _ = self._load(i)
-        return image, boxes, labels, image_id
-
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Extras]:
         r = self.records[check_index(i, len(self.records))]
         path = self.image_dir / r["file_name"]
-        image, boxes, transform = load_fitted(
-            path, r["boxes"], (r["height"], r["width"]), self.image_size, self.resize_mode
-        )
-        return image, boxes, r["labels"], r["id"], transform
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        image, boxes, labels, image_id, transform = self._load(i)
-        r = self.records[check_index(i, len(self.records))]
-        extras = frame_extras((r["height"], r["width"]), r["boxes"], transform, r["ignore"], r["ignore_labels"])
-        return {**to_item(image, boxes, labels, image_id), **extras}
+        hw = (r["height"], r["width"])
+        image, boxes, transform = load_fitted(path, r["boxes"], hw, self.image_size, self.resize_mode)
+        ignore = {k: r[k] for k in ("ignore", "ignore_labels")}
+        extras = dict(orig_hw=hw, orig_boxes=r["boxes"], transform=transform, **ignore)
+        return image, boxes, r["labels"], r["id"], extras
 
 
 def _read_json(path: Path) -> dict:

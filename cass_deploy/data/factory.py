@@ -69,14 +69,10 @@ def load_dataset(
     path = Path(spec)
     if not path.exists():
         raise InputError(f"dataset {str(spec)!r} not found: no such file or directory; {_EXPECTED}")
-    kind, kwargs = detect_format(path, split)
-    kwargs.update(class_map=class_map, image_size=image_size, max_images=num_images, resize_mode=resize_mode)
-    if kind == "coco":
-        ds = CocoDataset(**kwargs)
-    elif kind == "yolo":
-        ds = YoloDataset(**kwargs)
-    else:
-        ds = KittiDataset(**kwargs)
+    kind, paths = detect_format(path, split)
+    image_dir, labels = paths.values()  # the images, then the COCO JSON or the label folder
+    cls = {"coco": CocoDataset, "yolo": YoloDataset, "kitti": KittiDataset}[kind]
+    ds = cls(image_dir, labels, class_map, image_size, num_images, resize_mode)
     if len(ds) == 0:  # the dataset classes refuse this already; kept as the contract
         raise InputError(f"dataset {path} is empty")
     return ds

@@ -13,24 +13,14 @@ read too); unmapped types are dropped; ``DontCare`` boxes become ignore regions 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cass_deploy.data.classes import DEFAULT_KITTI_CLASS_MAP, classes_of, resolve_class_map
-from cass_deploy.data.common import (
-    IMAGE_SUFFIXES,
-    DatasetBase,
-    check_box_bounds,
-    check_index,
-    frame_extras,
-    image_header_size,
-    load_fitted,
-    resolve_size,
-    to_item,
-)
+from cass_deploy.data.common import IMAGE_SUFFIXES, check_box_bounds, check_index, image_header_size, load_fitted
+from cass_deploy.data.labelled import Extras, LabelledImages
 from cass_deploy.errors import InputError
 
 KITTI_FIELDS = (
@@ -53,12 +43,12 @@ KITTI_FIELDS = (
 )
 
 
-class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
+class KittiDataset(LabelledImages):
     """Map-style dataset over ``image_dir`` + ``label_dir`` (KITTI label_2 text files).
 
     Item ``{"image": float32 [3, H, W] in [0, 1], "boxes": float32 [M, 4] xyxy pixels,
-    "labels": int64 [M], "image_id": int}``; ``image_id`` is the file stem as an integer when
-    every stem is numeric (``000123`` -> 123), else the position in sorted order.
+    "labels": int64 [M], "image_id": int}`` and the frame extras; ``image_id`` is the file stem as
+    an integer when every stem is numeric (``000123`` -> 123), else the position in sorted order.
 
     Every label file needs its image (same stem); images without a label file are ignored.
     A malformed line (wrong field count, a non-number, ``x2 <= x1`` or ``y2 <= y1``) is an
@@ -66,30 +56,18 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
     **resized** to it (bilinear) and their boxes scaled; without it every image must have the
     size of the first one (InputError naming the file otherwise). Boxes may stick out of the
     image by at most 1 px (clipped). ``max_images`` keeps the first N label files (sorted).
+    Arguments: ``(image_dir, label_dir, class_map, image_size, max_images, resize_mode)``.
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        label_dir: str | Path,
-        class_map: Mapping[str, str | None] | None = None,
-        image_size: Sequence[int] | None = None,
-        max_images: int | None = None,
-        resize_mode: str = "stretch",
-    ) -> None:
-        self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
-        self.resize_mode = resize_mode
+    def _read(self, label_dir: Path, class_map: Mapping[str, str | None] | None) -> None:
+        self.label_dir = label_dir
         for what, d in (("image", self.image_dir), ("label", self.label_dir)):
             if not d.is_dir():
                 raise InputError(f"KITTI {what} directory not found: {d}")
         label_map = resolve_class_map(class_map, DEFAULT_KITTI_CLASS_MAP)
         self.classes = classes_of(label_map)
-        self.image_size = resolve_size(image_size)
         label_files = sorted(p for p in self.label_dir.iterdir() if p.suffix == ".txt" and p.is_file())
-        if max_images is not None:
-            if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-                raise InputError(f"max_images must be an integer >= 1, got {max_images!r}")
-            label_files = label_files[:max_images]
+        label_files = label_files[: self.max_images]
         if not label_files:
             raise InputError(f"no KITTI label files (*.txt) in {self.label_dir}")
         images = {}
@@ -98,35 +76,18 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
                 images.setdefault(p.stem, p)
         stems = [p.stem for p in label_files]
         numeric = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
-        self.records: list[dict[str, Any]] = []
+        self.records = []
         for k, lp in enumerate(label_files):
             image = images.get(lp.stem)
             if image is None:
                 raise InputError(f"{lp} has no image {lp.stem}.png/.jpg in {self.image_dir}")
             boxes, labels, lines, ignore = parse_label_file(lp, label_map, with_ignore=True)
-            self.records.append(
-                {
-                    "image": image,
-                    "label": lp,
-                    "boxes": boxes,
-                    "labels": labels,
-                    "lines": lines,
-                    "ignore": ignore,
-                    "id": int(lp.stem) if numeric else k,
-                }
-            )
+            record = dict(image=image, label=lp, boxes=boxes, labels=labels, lines=lines, ignore=ignore)
+            self.records.append({**record, "id": int(lp.stem) if numeric else k})
         # without image_size every image must match the first one (checked again on load)
         self._expected = None if self.image_size is not None else image_header_size(self.records[0]["image"])
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)`` — no torch."""
-        image, boxes, labels, image_id, _ = self._load(i)
-        return image, boxes, labels, image_id
-
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict[str, Any]]:
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Extras]:
         r = self.records[check_index(i, len(self.records))]
         h, w = image_header_size(r["image"])
         if self._expected is not None and (h, w) != self._expected:
@@ -146,15 +107,7 @@ class KittiDataset(DatasetBase):  # type: ignore[misc,valid-type]
         image, boxes, transform = load_fitted(r["image"], orig, None, self.image_size, self.resize_mode)
         ignore = np.clip(r["ignore"], 0, [w, h, w, h]).astype(np.float32)
         extras = dict(orig_hw=(h, w), orig_boxes=orig, transform=transform, ignore=ignore)
-        return image, boxes, r["labels"], r["id"], extras
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        image, boxes, labels, image_id, ex = self._load(i)
-        ign = ex["ignore"]
-        return {
-            **to_item(image, boxes, labels, image_id),
-            **frame_extras(ex["orig_hw"], ex["orig_boxes"], ex["transform"], ign, np.full(len(ign), -1)),
-        }
+        return image, boxes, r["labels"], r["id"], {**extras, "ignore_labels": np.full(len(ignore), -1)}
 
 
 def parse_label_file(path: Path, label_map: Mapping[str, int], with_ignore: bool = False) -> tuple[np.ndarray, ...]:

@@ -23,17 +23,8 @@ import numpy as np
 import yaml
 
 from cass_deploy.data.classes import DEFAULT_COCO_CLASS_MAP, classes_of, label_of, resolve_class_map
-from cass_deploy.data.common import (
-    IMAGE_SUFFIXES,
-    DatasetBase,
-    check_box_bounds,
-    check_index,
-    frame_extras,
-    image_header_size,
-    load_fitted,
-    resolve_size,
-    to_item,
-)
+from cass_deploy.data.common import IMAGE_SUFFIXES, check_box_bounds, check_index, image_header_size, load_fitted
+from cass_deploy.data.labelled import Extras, LabelledImages
 from cass_deploy.errors import ConfigError, InputError
 
 #: YOLO class id -> class, for labels in COCO's 80-class order
@@ -98,7 +89,7 @@ def resolve_id_map(class_map: Mapping[Any, str | None] | None, names: Sequence[s
     return out
 
 
-class YoloDataset(DatasetBase):  # type: ignore[misc,valid-type]
+class YoloDataset(LabelledImages):
     """Map-style dataset over ``image_dir`` + ``label_dir`` in YOLO format.
 
     Items as :class:`~cass_deploy.data.kitti.KittiDataset`'s (``image`` float32 [3, H, W],
@@ -106,34 +97,21 @@ class YoloDataset(DatasetBase):  # type: ignore[misc,valid-type]
     and the frame extras). Every image in ``image_dir`` is an item. A malformed line (not 5
     fields, a non-number, a non-integer class, w or h <= 0) is an InputError naming ``file:line``.
     ``class_map``: YOLO id -> class name (see :func:`resolve_id_map`); ids outside it are dropped.
+    Arguments: ``(image_dir, label_dir, class_map, image_size, max_images, resize_mode)``.
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        label_dir: str | Path,
-        class_map: Mapping[Any, str | None] | None = None,
-        image_size: Sequence[int] | None = None,
-        max_images: int | None = None,
-        resize_mode: str = "stretch",
-    ) -> None:
-        self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
-        self.resize_mode = resize_mode
+    def _read(self, label_dir: Path, class_map: Mapping[Any, str | None] | None) -> None:
+        self.label_dir = label_dir
         self.id_map = resolve_id_map(class_map, class_names_file(self.image_dir.parent))
         self.classes = classes_of({str(k): v for k, v in self.id_map.items()})
-        self.image_size = resolve_size(image_size)
         images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if max_images is not None:
-            images = images[:max_images]
+        images = images[: self.max_images]
         if not images:
             raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.image_dir}")
         self.records = [{"image": p, "label": self.label_dir / f"{p.stem}.txt", "id": k} for k, p in enumerate(images)]
         self._expected = None if self.image_size is not None else image_header_size(images[0])
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict[str, Any]]:
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Extras]:
         r = self.records[check_index(i, len(self.records))]
         h, w = image_header_size(r["image"])
         if self._expected is not None and (h, w) != self._expected:
@@ -146,20 +124,8 @@ class YoloDataset(DatasetBase):  # type: ignore[misc,valid-type]
             [check_box_bounds(b, h, w, where=f"{r['label']}:{n}") for b, n in zip(boxes.tolist(), lines)], np.float32
         ).reshape(-1, 4)
         image, fitted, transform = load_fitted(r["image"], orig, None, self.image_size, self.resize_mode)
-        return image, fitted, labels, r["id"], dict(orig_hw=(h, w), orig_boxes=orig, transform=transform)
-
-    def get_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """``(image uint8 [H, W, 3], boxes float32 [M, 4], labels int64 [M], image_id)``."""
-        image, boxes, labels, image_id, _ = self._load(i)
-        return image, boxes, labels, image_id
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        image, boxes, labels, image_id, ex = self._load(i)
-        none = np.zeros((0, 4), np.float32)
-        return {
-            **to_item(image, boxes, labels, image_id),
-            **frame_extras(ex["orig_hw"], ex["orig_boxes"], ex["transform"], none, np.zeros(0, np.int64)),
-        }
+        none = dict(ignore=np.zeros((0, 4), np.float32), ignore_labels=np.zeros(0, np.int64))
+        return image, fitted, labels, r["id"], dict(orig_hw=(h, w), orig_boxes=orig, transform=transform, **none)
 
 
 def parse_yolo_file(path: Path, id_map: Mapping[int, int], height: int, width: int) -> tuple[np.ndarray, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ from cass_deploy.evaluation.gates import GateCheck, Gates, RecallDrop, all_passe
 from cass_deploy.evaluation.scoring import ValidationResult, content_patches, evaluate, to_original
 from cass_deploy.evaluation.validate import (
     Deployed,
+    check_class_map,
+    class_notes,
     compare,
     label_map,
     make_predict,
@@ -62,9 +64,10 @@ def measure_name(teacher: str) -> str:
     return f"agreement with teacher {teacher}"
 
 
-def vehicle_labels(names: Sequence[str] | None) -> set[int]:
-    """The vehicle labels (car 0, truck 1, bus 2) a model with class ``names`` can emit."""
-    mapping = label_map(names)
+def vehicle_labels(names: Sequence[str] | None, class_map: Mapping[str, str | None] | None = None) -> set[int]:
+    """The vehicle labels (car 0, truck 1, bus 2) a model with class ``names`` can emit (through
+    ``class_map``, ``--class-map``: model class name -> dataset class, when given)."""
+    mapping = label_map(names, class_map)
     if mapping is None:
         return set(range(min(len(names), len(CLASSES)))) if names else set(range(len(CLASSES)))
     return {int(v) for v in mapping.tolist() if 0 <= v < len(CLASSES)}
@@ -92,7 +95,8 @@ def open_teacher(
     names: tuple[str, ...] | None = None,
 ) -> tuple[str, Deployed]:
     """The teacher and its display name: ``dense`` / None (the export's source, pruner off), a
-    checkpoint / export / ONNX / engine path, or ``source`` (``--teacher-model SPEC``). InputError
+    checkpoint / export / ONNX / engine path, or ``source`` (``--teacher-model SPEC``). The
+    deployed model's ``class_map`` applies to a teacher with the same class names. InputError
     when its vehicle classes share nothing with the deployed model's."""
     if source is not None:
         name, teacher = source.describe(), open_model(None, providers, device, source=source)
@@ -107,13 +111,22 @@ def open_teacher(
         name, teacher = spec, open_model(spec, providers, device)
     if names is not None:
         teacher.class_names = names
-    shared = vehicle_labels(teacher.class_names) & vehicle_labels(deployed.class_names)
-    if not shared:
+    if teacher.class_names == deployed.class_names:
+        teacher.class_map = deployed.class_map
+    if not shared_vehicles(teacher, deployed):
         raise InputError(
             f"teacher {name}'s classes {list(teacher.class_names or [])[:12]} share no vehicle class with the "
-            f"model's {list(deployed.class_names or CLASSES)}; pass --teacher-classes (e.g. coco)"
+            f"model's {list(deployed.class_names or CLASSES)}{' after --class-map' if deployed.class_map else ''}; "
+            "pass --teacher-classes (e.g. coco) or --class-map"
         )
     return name, teacher
+
+
+def shared_vehicles(teacher: Deployed, deployed: Deployed) -> set[int]:
+    """The vehicle labels both the teacher and the deployed model emit (each through its class map)."""
+    return vehicle_labels(teacher.class_names, teacher.class_map) & vehicle_labels(
+        deployed.class_names, deployed.class_map
+    )
 
 
 def load_frames(
@@ -281,6 +294,7 @@ class LabelFreeRun:
     gates: Gates
     frames: dict[str, Any]
     camera_frames: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def measure(self) -> str:
@@ -303,7 +317,13 @@ class LabelFreeRun:
             **doc,
             "frames": self.frames,
             "camera_frames": self.camera_frames,
+            "notes": list(self.notes),
         }
+
+
+#: the options labelled and label-free validation take alike (those of :func:`validate.run_validate`)
+SHARED_OPTIONS: dict[str, Any] = dict(fields=None, iou_thr=0.5, score_thr=0.3, gates=None, providers=("cpu",))
+SHARED_OPTIONS.update(device="cpu", resize=False, seed=0, source=None, grid=None)
 
 
 def run_label_free(
@@ -317,42 +337,33 @@ def run_label_free(
     images: int = 64,
     every: int | None = None,
     fps: float | None = None,
-    fields: FieldConfig | None = None,
-    iou_thr: float = 0.5,
-    score_thr: float = 0.3,
-    gates: Gates | None = None,
-    providers: Sequence[str] = ("cpu",),
-    device: str = "cpu",
-    resize: bool | str = False,
-    seed: int = 0,
-    source: ModelSource | None = None,
-    grid: Sequence[int] | None = None,
     draw: int = 4,
+    class_map: Mapping[str, str | None] | None = None,
+    **options: Any,
 ) -> LabelFreeRun:
-    """``validate MODEL --data FRAMES --teacher T``: see the module docstring. Gate failures are in
-    the result, not raised; bad input is an InputError before anything is written."""
+    """``validate MODEL --data FRAMES --teacher T``: see the module docstring. ``options``: those of
+    :data:`SHARED_OPTIONS` (as :func:`validate.run_validate` takes them: fields, iou_thr, score_thr,
+    gates, providers, device, resize, seed, source, grid). ``class_map``: ``--class-map`` (model
+    class name -> dataset class), for the deployed model and a teacher with its class names.
+    Gate failures are in the result, not raised; bad input is an InputError before anything is written."""
+    unknown = sorted(set(options) - set(SHARED_OPTIONS))
+    if unknown:
+        raise TypeError(f"run_label_free() got unexpected options {unknown}")
+    o = {**SHARED_OPTIONS, **options}
     if not 0.0 < teacher_score < 1.0:
         raise InputError(f"--teacher-score must be in (0, 1), got {teacher_score}")
-    gates, fields, mode = gates or Gates(), fields or FieldConfig(), resize_mode(resize)
-    deployed = open_model(model, providers, device, source=source, grid=grid)
+    mode, source = resize_mode(o["resize"]), o["source"]
+    deployed = open_model(model, o["providers"], o["device"], source=source, grid=o["grid"])
+    check_class_map(deployed.class_names, class_map, deployed.name)
+    deployed.class_map = class_map
     tname, tmodel = open_teacher(
-        teacher, deployed, device=device, providers=providers, source=teacher_source, names=teacher_names
+        teacher, deployed, device=o["device"], providers=o["providers"], source=teacher_source, names=teacher_names
     )
-    frames = load_frames(data, deployed.image_size, images, every=every, fps=fps, resize=mode, seed=seed)
-    run = agreement_run(
-        deployed,
-        tname,
-        tmodel,
-        frames,
-        teacher_score=teacher_score,
-        mode=mode,
-        fields=fields,
-        iou_thr=iou_thr,
-        score_thr=score_thr,
-        gates=gates,
-        draw=draw,
-    )
-    run.model = str(model) if model is not None else source.describe()  # type: ignore[union-attr]
+    frames = load_frames(data, deployed.image_size, images, every=every, fps=fps, resize=mode, seed=o["seed"])
+    scoring = {k: o[k] for k in ("fields", "iou_thr", "score_thr", "gates")}
+    run = agreement_run(deployed, tname, tmodel, frames, teacher_score=teacher_score, mode=mode, draw=draw, **scoring)
+    run.model = str(model) if model is not None else source.describe()
+    run.notes = class_notes(deployed.class_names, class_map)
     return run
 
 
@@ -364,10 +375,10 @@ def agreement_run(
     *,
     teacher_score: float,
     mode: str | None,
-    fields: FieldConfig,
+    fields: FieldConfig | None,
     iou_thr: float,
     score_thr: float,
-    gates: Gates,
+    gates: Gates | None,
     draw: int = 4,
 ) -> LabelFreeRun:
     """The measurement of :func:`run_label_free` on opened models and read frames."""
@@ -378,7 +389,7 @@ def agreement_run(
     dep_batches = fit_batches(frames, deployed.image_size, mode)
     same = tuple(tmodel.image_size) == tuple(deployed.image_size)
     t_batches = dep_batches if same else fit_batches(frames, tmodel.image_size, mode)
-    vehicles = vehicle_labels(tmodel.class_names) & vehicle_labels(deployed.class_names)
+    vehicles = shared_vehicles(tmodel, deployed)
     same_grid = same and tuple(tmodel.grid or ()) == tuple(deployed.grid)
     tp = run_teacher(tmodel, t_batches, teacher_score, vehicles, same_grid)
     if not sum(len(p["labels"]) for p in tp.pseudo):
@@ -387,6 +398,7 @@ def agreement_run(
             f"{frames.source}: nothing to agree with (lower --teacher-score or check the teacher)"
         )
     batches = with_pseudo_truth(dep_batches, tp.pseudo)
+    fields, gates = fields or FieldConfig(), gates or Gates()
     kw = dict(fields=fields, iou_thr=iou_thr, score_thr=score_thr, classes=sorted(vehicles), compute_map=False)
     outputs: list = []
     size, grid = deployed.image_size, deployed.grid

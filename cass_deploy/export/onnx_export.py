@@ -20,6 +20,7 @@ import torch
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import ExportError, InputError, interrupt_in
+from cass_deploy.export.graph_rewrite import reorder_gelu
 from cass_deploy.model.interface import INPUT_NAME, PrunableModel
 
 onnxslim = lazy_import("onnxslim")
@@ -95,10 +96,13 @@ def export_part(
 
 
 def simplify_model(proto):
-    """Constant folding and graph clean-up with onnxslim; the model must still pass the checker."""
+    """Constant folding and graph clean-up with onnxslim, then the GELUs put in the form ONNX
+    Runtime fuses (:func:`~cass_deploy.export.graph_rewrite.reorder_gelu`, bit-exact); the model
+    must still pass the checker."""
 
     with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         slim = onnxslim.slim(proto)
+    reorder_gelu(slim)
     onnx.checker.check_model(slim)
     return slim
 

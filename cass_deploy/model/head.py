@@ -11,7 +11,9 @@ A detection is a 3×3 local maximum of the heat map; its box is read at the same
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -412,11 +414,14 @@ def fast_nms_keep(
     "Better": a higher ``scores [B, M]``, ties broken by a lower ``keys [B, M]`` (unique, e.g. the
     flat cell index), compared at run time so the graph holds no ``[M, M]`` constant; without
     scores, an earlier position (candidates sorted by score). One matrix, no loop."""
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # [B, M]
-    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
-    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [B, M, M]
+    # one [B, M] vector per coordinate, compared as [B, M, 1] x [B, 1, M]: the same float ops as
+    # [B, M, M, 2] corner tensors, but broadcasts ONNX Runtime runs at full speed (an inner
+    # dimension of 2 made the IoU matrix ~1 ms of a 10 ms CPU run)
+    x1, y1, x2, y2 = boxes.unbind(dim=-1)  # [B, M] each
+    area = (x2 - x1) * (y2 - y1)  # [B, M]
+    w = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp(min=0)
+    h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp(min=0)
+    inter = w * h  # [B, M, M]
     iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-6)
     if scores is None:
         pos = torch.arange(boxes.shape[1], device=boxes.device)
@@ -461,8 +466,10 @@ def _peak_topk(
         cls, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)
         return scores, cls, xyxy
     if method == "vehicle":
-        # log(1 - p_c) = -softplus(logit_c): stable, and Softplus / ReduceSum / ArgMax export
-        any_class = 1.0 - torch.exp(-F.softplus(heat_logits.float()).sum(dim=1))  # [B, Hh, Wh]
+        # 1 - prod_c (1 - p_c), with 1 - p_c = sigmoid(-logit_c): Sigmoid and Mul, which ONNX Runtime
+        # vectorises (its Softplus, the log-space form, ran at ~9 ns per cell: 2 % of a CPU run)
+        no_vehicle = torch.sigmoid(-heat_logits.float()).unbind(dim=1)  # C x [B, Hh, Wh]
+        any_class = 1.0 - functools.reduce(operator.mul, no_vehicle)  # [B, Hh, Wh]
         cand, idx = any_class.flatten(1).topk(min(candidates, hh * wh), dim=1)  # [B, M] cells
         cls = heat_logits.argmax(dim=1).flatten(1).gather(1, idx).to(torch.int64)  # [B, M] most likely class
         _, xyxy = _cells_to_boxes(idx, box, (hh, wh), image_size)

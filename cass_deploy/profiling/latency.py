@@ -42,6 +42,7 @@ from cass_deploy.profiling.interleave import (
     time_until_resolved,
 )
 from cass_deploy.profiling.macs import MacCount, count_macs, mac_bound
+from cass_deploy.profiling.parts import PARTS, share_lines, time_by_part
 from cass_deploy.profiling.power import make_sampler
 from cass_deploy.profiling.timing import (
     CudaEventTimer,
@@ -84,11 +85,15 @@ class Measurement:
     macs: MacCount | None = None
     interleaved: bool = False
     samples_ms: list[float] | None = None
+    #: ONNX Runtime CPU only: mean ms per run by part of a pruned graph, from ORT's profiler
+    #: (:func:`~cass_deploy.profiling.parts.time_by_part`); None where not measured
+    parts_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "p50_ci_ms": self.median_ci.to_dict() if self.median_ci else None,
             "macs": self.macs.to_dict() if self.macs else None,
+            "time_by_part_ms": self.parts_ms,
             "interleaved": self.interleaved,
             "samples_ms": self.samples_ms,
             "label": self.label,
@@ -287,6 +292,10 @@ class TimedConfig:
     batch: int
     run: Callable[[], Any]
     macs: MacCount | None = None
+    #: the ONNX file an ONNX Runtime CPU configuration runs (its parts are timed from it)
+    onnx_path: Path | None = None
+    threads: int | None = None
+    image_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -436,7 +445,28 @@ def ort_config(
     feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
     device = "cuda" if any("CUDA" in p or "Tensorrt" in p for p in runner.providers_in_use()) else "cpu"
     macs = count_macs(proto if proto is not None else path, {"batch": batch})
-    return TimedConfig(label, "onnxruntime", device, pruner_mode, keep_ratio, batch, lambda: runner.infer(feed), macs)
+    cpu = device == "cpu"
+    return TimedConfig(
+        label,
+        "onnxruntime",
+        device,
+        pruner_mode,
+        keep_ratio,
+        batch,
+        lambda: runner.infer(feed),
+        macs,
+        Path(path) if cpu else None,
+        threads,
+        (int(H), int(W)),
+    )
+
+
+def add_part_times(results: Sequence[Measurement], configs: Sequence[TimedConfig]) -> None:
+    """Time each part of every ONNX Runtime CPU configuration with a pruned graph (ORT's profiler,
+    after the interleaved timing, so it never disturbs it) into ``Measurement.parts_ms``."""
+    for res, c in zip(results, configs):
+        if c.onnx_path is not None and c.macs is not None and c.macs.by_part:
+            res.parts_ms = time_by_part(c.onnx_path, image_size=c.image_size, batch=c.batch, threads=c.threads)
 
 
 def variant_configs(model, opts: ProfileOptions, backend: str, batch: int, device: str, part: str, stack):
@@ -507,7 +537,7 @@ def profile_checkpoint(
                 f"profiling {', '.join(c.label for c in configs)} interleaved ({backend}, {device}, batch {batch}, "
                 f"{opts.warmup} warm-up + {opts.iters} rounds)"
             )
-            return time_configs(
+            results = time_configs(
                 configs,
                 warmup=opts.warmup,
                 rounds=opts.iters,
@@ -517,6 +547,8 @@ def profile_checkpoint(
                 max_time=opts.max_time,
                 log=log,
             )
+            add_part_times(results, configs)
+            return results
     results = []
     for label, m in variants(model, ratios, opts.dense, opts.pruner_mode):
         log(f"profiling {label} ({backend}, {device}, batch {batch})")
@@ -602,6 +634,8 @@ def profile_artefact(
         )
     if c.kind == "onnx" and res.macs is None:  # the graph's MACs (per stage for a multi-stage model)
         res.macs = count_macs(c.path, {"batch": size})
+    if c.kind == "onnx" and res.device == "cpu" and res.macs is not None and res.macs.by_part:
+        res.parts_ms = time_by_part(c.path, image_size=m.image_size, batch=size, threads=threads)
     return res
 
 
@@ -684,9 +718,28 @@ def results_table(results: Sequence[Measurement], title: str = "latency (ms)"):
         if r.macs and len(r.macs.by_stage) > 2:
             cells = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r.macs.by_stage.items())
             notes.append(f"MMACs by stage, {r.label}: {cells}")
+    notes += part_notes(results)
     if notes:
         t.caption = "\n".join(notes)
     return t
+
+
+def part_notes(results: Sequence[Measurement]) -> list[str]:
+    """Lines saying where each pruned configuration's MACs and (ORT CPU) time go, part by part,
+    and the gather / scatter overhead on a line of its own."""
+    lines = []
+    for r in results:
+        if r.macs and r.macs.by_part:
+            lines.append(
+                f"MMACs by part, {r.label}: {share_lines({k: v / 1e6 for k, v in r.macs.by_part.items()}, '')}"
+            )
+        if r.parts_ms:
+            lines.append(f"time by part (ONNX Runtime profiler), {r.label}: {share_lines(r.parts_ms, ' ms')}")
+            g, total = r.parts_ms.get(PARTS[1], 0.0), sum(r.parts_ms.values()) or 1.0
+            lines.append(
+                f"gather / scatter overhead, {r.label}: {g:.3f} ms per run ({100 * g / total:.1f}% of its time)"
+            )
+    return lines
 
 
 def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:

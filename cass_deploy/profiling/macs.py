@@ -30,6 +30,7 @@ from typing import Any
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
 from cass_deploy.model.interface import stage_names_in
+from cass_deploy.profiling.parts import PARTS, node_key, node_parts
 
 onnx = lazy_import("onnx")
 
@@ -51,6 +52,9 @@ class MacCount:
     #: SPEC 6c: MACs by the pruning stage whose tokens they run on: ``"dense"`` (before the first
     #: pruner), ``"stage 1"``, ... — a node counts for the latest stage among its ancestors
     by_stage: dict[str, int] = field(default_factory=dict)
+    #: MACs by part of a pruned graph (:data:`~cass_deploy.profiling.parts.PARTS`: before the
+    #: pruner, gather / scatter, pruned blocks, after scatter-back); ``{}`` for a dense graph
+    by_part: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -64,6 +68,7 @@ class MacCount:
             "nodes": self.nodes,
             "unresolved": list(self.unresolved),
             "by_stage": dict(self.by_stage),
+            "by_part": dict(self.by_part),
         }
 
 
@@ -117,6 +122,8 @@ def count_macs(model: Any, symbols: Mapping[str, int] | None = None) -> MacCount
     total, by_op, nodes, unresolved = 0, {}, 0, []
     stage_of = _stage_levels(inferred.graph)
     by_stage: dict[str, int] = {}
+    part_of = node_parts(inferred.graph)
+    by_part: dict[str, int] = dict.fromkeys(PARTS, 0) if part_of else {}
 
     def shape(name: str) -> tuple[int, ...] | None:
         return shapes.get(name)
@@ -156,7 +163,9 @@ def count_macs(model: Any, symbols: Mapping[str, int] | None = None) -> MacCount
             level = max((stage_of.get(t, 0) for t in node.input), default=0)
             key = f"stage {level}" if level else "dense"
             by_stage[key] = by_stage.get(key, 0) + int(macs)
-    return MacCount(total, by_op, nodes, unresolved, by_stage)
+        if part_of:
+            by_part[part_of[node_key(node)]] += int(macs)
+    return MacCount(total, by_op, nodes, unresolved, by_stage, by_part)
 
 
 def _stage_levels(graph: Any) -> dict[str, int]:

@@ -64,10 +64,21 @@ from cass_deploy.profiling.macs import count_macs
 from cass_deploy.runtime.artefacts import make_runner, resolve_candidates
 from cass_deploy.runtime.manifest import MANIFEST_NAME, ONNX_NAME, Manifest
 from cass_deploy.runtime.torch_runner import TorchRunner
-from cass_deploy.sweeps.executor import Executor, SweepOptions, Unit, collect_files, place_files, scratch, write_files
+from cass_deploy.sweeps.executor import (
+    Executor,
+    SweepOptions,
+    Unit,
+    collect_files,
+    niceness_note,
+    place_files,
+    scratch,
+    wait_until_quiet,
+    write_files,
+)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 STATE = "tune-state.json"
+BUSY_BELOW = 0.15  # the timing unit on Ray starts once the other processes use less of the node's CPUs
 PASS, FAIL = "pass", "fail"
 
 
@@ -100,6 +111,9 @@ class TuneOptions:
     seed: int = 0
     resize: bool = False
     class_map: dict[str, str | None] | None = None  # --class-map: model class -> dataset class
+    #: on Ray: seconds the timing unit waits at most for its node's CPUs to go idle (a just-started
+    #: local Ray spends its first seconds starting its workers); 0: time at once
+    quiet_wait: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.keep_ratios:
@@ -121,6 +135,8 @@ class TuneOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+        if isinstance(self.quiet_wait, bool) or not isinstance(self.quiet_wait, (int, float)) or self.quiet_wait < 0:
+            raise InputError(f"--quiet-wait must be a number of seconds >= 0, got {self.quiet_wait!r}")
         if not self.gates.active():
             raise InputError(
                 "tune needs at least one gate to decide what passes: --max-recall-drop and/or --min-near-recall"
@@ -132,7 +148,7 @@ class TuneOptions:
         d["keep_ratios"] = list(self.keep_ratios)
         d["precisions"] = list(self.precisions)
         d["providers"] = list(self.providers)
-        for k in ("warmup", "rounds", "order", "threads"):  # timing is redone freely
+        for k in ("warmup", "rounds", "order", "threads", "quiet_wait"):  # timing is redone freely
             d.pop(k)
         return json.loads(json.dumps(d))
 
@@ -456,7 +472,9 @@ def run_tune(
         results = _candidates(ex, source, grid, opts, profile, size, reference, out, bar, task, log)
         bar.update(task, description=f"profile {len(results) + 1} configurations interleaved")
         exports = {r.name: collect_files(Path(r.export)) for r in results}
-        unit = Unit("profile", _profile_unit, (source, opts, size, batch, [r.to_dict() for r in results], exports))
+        quiet = 0.0 if ex.opts.in_process else opts.quiet_wait  # in this process: nothing of ours runs beside it
+        records = [r.to_dict() for r in results]
+        unit = Unit("profile", _profile_unit, (source, opts, size, batch, records, exports, quiet))
         timed: dict[str, Any] = {}
         failed = ex.run([unit], lambda key, value: timed.update(value=value))
         if failed:
@@ -589,11 +607,14 @@ def _profile_unit(
     batch: int,
     records: list[dict[str, Any]],
     exports: dict[str, dict[str, bytes]],
+    quiet_wait: float = 0.0,
 ) -> tuple[list[Any], dict[str, Any], list[str]]:
     """The timing of dense + every configuration, interleaved in rounds, on the node that holds the
     profile slot (the exports placed in a scratch directory there) -> (measurements, that node's
     environment, notes)."""
-    notes = []
+    waited, busy = wait_until_quiet(BUSY_BELOW, quiet_wait) if quiet_wait > 0 else (0.0, None)
+    notes = [] if busy is None or busy < BUSY_BELOW else [_busy_note(waited, busy)]
+    notes += [n for n in (niceness_note(),) if n]
     with scratch("cass-tune-profile-") as tmp, ExitStack() as stack:
         placed = {name: place_files(tmp / name, files) for name, files in exports.items()}
         results = [ConfigResult(**{**r, "export": str(placed[r["name"]])}) for r in records]
@@ -617,6 +638,13 @@ def _profile_unit(
         timed += [_timed_config(r, stack, opts, batch, size) for r in results]
         measurements = time_configs(timed, warmup=opts.warmup, rounds=opts.rounds, order=opts.order)
     return measurements, environment("cuda" if opts.backend == "tensorrt" else "cpu"), notes
+
+
+def _busy_note(waited: float, busy: float) -> str:
+    return (
+        f"the timing started with this node's CPUs {100 * busy:.0f}% busy with other work after waiting "
+        f"{waited:.0f} s for them to be idle: its latencies are not comparable with a quiet run"
+    )
 
 
 def _finish(model, out, source, opts, profile, size, batch, results, reference, measurements, env, notes, t0):
