@@ -78,13 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    export = Path(args.export_dir)
-    out = Path(args.out) if args.out else export.parent / f"{export.name}-accept"
     gates = gates_from_args(args, min_map50=args.min_map50)
     opts = options_from(
         AcceptOptions,
         args,
-        out=out,
+        out=Path(args.out) if args.out else None,
         gates=gates,
         fields=FieldConfig(*args.fields),
         iou_thr=args.iou,
@@ -93,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(120, Console().width))
-    result = run_accept(export, opts, log=lambda s: console.print(s, highlight=False))
+    result = run_accept(Path(args.export_dir), opts, log=lambda s: console.print(s, highlight=False))
     for line in verdict_lines(result):
         console.print(line, highlight=False, markup=False)
     if not result:

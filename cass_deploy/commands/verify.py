@@ -19,9 +19,8 @@ from cass_deploy.commands.common import (
     positive_int,
     unit_interval,
 )
-from cass_deploy.errors import GateFailed, InputError
-from cass_deploy.evaluation.verify import report_table, run_verify
-from cass_deploy.io_utils import Output, write_json
+from cass_deploy.errors import GateFailed
+from cass_deploy.evaluation.verify import report_table, verify_to
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,17 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    if args.save_polygraphy:
-        Output(args.save_polygraphy, force=args.force, kind="dir", flag="--save-polygraphy").check()
-    source = model_source(args, args.reference)
-    if source is None and args.reference is None:
-        raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
-    report, notes = run_verify(
+    report, notes = verify_to(
         args.reference,
         args.candidate,
-        source=source,
+        json_out=args.json_out,
+        source=model_source(args, args.reference),
         grid=args.grid,
         images=args.images,
         data=args.data,
@@ -90,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(report_table(report))
     for n in notes:
         console.print(f"note: {n}")
-    if json_out:
-        with json_out.writing() as tmp:
-            write_json(tmp, {**report.to_dict(), "notes": notes}, force=True)
     if not report:
         failed = [f"{c.name}: {'; '.join(c.failures)}" for c in report.candidates if not c]
-
         raise GateFailed("verification failed: " + " | ".join(failed))
     return 0

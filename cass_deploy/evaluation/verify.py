@@ -28,7 +28,7 @@ from cass_deploy.evaluation.metrics import box_iou, greedy_match
 from cass_deploy.evaluation.polygraphy_judge import score_floor
 from cass_deploy.evaluation.reference_outputs import save_reference_outputs
 from cass_deploy.evaluation.validate import load_batches
-from cass_deploy.io_utils import sha256_file
+from cass_deploy.io_utils import Output, sha256_file, write_json
 from cass_deploy.model.adapter import ModelSource, load_model
 from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME, model_stages, stage_names_in
 from cass_deploy.model.pruner import band_boundaries
@@ -386,6 +386,33 @@ def band_groups(
 
 
 # --------------------------------------------------------------------------- end to end
+
+
+def verify_to(
+    reference: str | None,
+    candidates: Sequence[str],
+    *,
+    json_out: str | Path | None = None,
+    source: ModelSource | None = None,
+    save_polygraphy: str | Path | None = None,
+    force: bool = False,
+    **verify_args: Any,
+) -> tuple[VerifyReport, list[str]]:
+    """``cass-deploy verify``: the outputs (``--json``, ``--save-polygraphy``) checked before
+    anything runs, a reference required, :func:`run_verify`, then the report with its notes
+    written to ``json_out`` atomically -> (report, notes)."""
+    target = Output(json_out, force=force, flag="--json").check() if json_out else None
+    if save_polygraphy:
+        Output(save_polygraphy, force=force, kind="dir", flag="--save-polygraphy").check()
+    if source is None and reference is None:
+        raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
+    report, notes = run_verify(
+        reference, candidates, source=source, save_polygraphy=save_polygraphy, force=force, **verify_args
+    )
+    if target is not None:
+        with target.writing() as tmp:
+            write_json(tmp, {**report.to_dict(), "notes": notes}, force=True)
+    return report, notes
 
 
 def run_verify(

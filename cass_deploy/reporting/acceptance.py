@@ -28,6 +28,7 @@ and writes ``accept.json`` + ``verify.json`` + ``profile.json`` + ``validate.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,11 +59,12 @@ REFERENCE_OUTPUTS_DIR = "reference-outputs"
 class AcceptOptions:
     """What ``accept`` is asked. ``reference_outputs`` None: ``reference-outputs/`` beside ``reference``;
     ``images`` None: as many as ``reference`` measured; ``timing_cache`` None: ``EXPORT.timing.cache``;
-    ``engine_dir`` None: ``EXPORT-engine`` beside the export."""
+    ``engine_dir`` None: ``EXPORT-engine`` beside the export; ``out`` None: ``EXPORT-accept``
+    beside the export."""
 
     data: str
     reference: Path
-    out: Path
+    out: Path | None
     reference_outputs: Path | None = None
     backend: str = "auto"
     images: int | None = None
@@ -217,6 +219,8 @@ def run_accept(export_dir: str | Path, opts: AcceptOptions, log: Callable[[str],
         raise InputError(
             f"{export} is not an export directory (no {MANIFEST_NAME}); give the `cass-deploy export` output"
         )
+    if opts.out is None:
+        opts = dataclasses.replace(opts, out=export.parent / f"{export.name}-accept")
     check_writable(opts.out, opts.force)
     reference = Path(opts.reference)
     if not reference.is_file():
