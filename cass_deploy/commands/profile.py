@@ -39,12 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default 1, or the export's)")
     p.add_argument("--warmup", type=non_negative_int, default=10)
     p.add_argument("--iters", type=positive_int, default=50)
-    p.add_argument(
-        "--sweep",
-        type=keep_ratio_list,
-        default=None,
-        help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)",
-    )
+    p.add_argument("--sweep", type=keep_ratio_list, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline (checkpoints only)")
     p.add_argument(
         "--pruner",

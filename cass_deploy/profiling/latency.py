@@ -68,8 +68,8 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 @dataclass
-class Measurement:
-    """One timed configuration."""
+class Configuration:
+    """What a timed configuration is: its label, backend, device, pruner, keep ratio and batch."""
 
     label: str
     backend: str
@@ -77,6 +77,12 @@ class Measurement:
     pruner_mode: str
     keep_ratio: float | None
     batch: int
+
+
+@dataclass
+class Measurement(Configuration):
+    """One timed configuration."""
+
     latency: LatencyStats
     device_only: LatencyStats | None = None
     memory: dict[str, Any] = field(default_factory=dict)
@@ -281,15 +287,9 @@ def check_stopping_rule(
 
 
 @dataclass
-class TimedConfig:
+class TimedConfig(Configuration):
     """One configuration to time interleaved with others: what it is and one call of it."""
 
-    label: str
-    backend: str
-    device: str
-    pruner_mode: str
-    keep_ratio: float | None
-    batch: int
     run: Callable[[], Any]
     macs: MacCount | None = None
     #: the ONNX file an ONNX Runtime CPU configuration runs (its parts are timed from it)
