@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,20 +40,26 @@ from cass_deploy.training.train import load_train_config, train
 
 @dataclass
 class DemoOptions:
+    """What ``cass-deploy demo`` runs (one field per flag of the same name)."""
+
     config: str | None = "configs/demo.yaml"
+    """the training config; ``overrides`` (``--set KEY=VALUE``) apply on top"""
     out: str | None = None
     force: bool = False
     overrides: list[str] = field(default_factory=list)
     verify_images: int = 16
-    # 160 scenes hold ~320 near-field objects: the paired interval on a near-field drop is then
-    # ~7 points wide, so the 10-point gate is one the set resolves (SPEC §7a; README "How to read it")
+    """scenes on which each export's keep masks and scores are compared with the checkpoint's"""
     validate_images: int = 160
+    """160 scenes hold ~320 near-field objects: the paired interval on a near-field drop is then
+    ~7 points wide, so the 10-point gate is one the set resolves (SPEC §7a; README "How to read it")"""
     profile_iters: int = 30
-    # the sweep's stopping rule (issue 22): after profile_iters rounds, more until every speed-up's
-    # paired interval is within +-5 % or 45 s have passed (0: exactly profile_iters rounds)
     profile_until_ci: float = 0.05
+    """the sweep's stopping rule (issue 22): after ``profile_iters`` rounds, more until every
+    speed-up's paired interval is within +-5 % or ``profile_max_time`` (45 s) has passed
+    (0: exactly ``profile_iters`` rounds)"""
     profile_max_time: float = 45.0
     calib_images: int = 16
+    """int8 calibration scenes"""
     min_near_recall: float | None = None
     max_recall_drop: float | None = 0.10
     min_near_retention: float | None = None
@@ -85,32 +91,45 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    with _step("train", timings, log):
+        res = train(cfg, out / "train", force=opts.force, progress=opts.progress, log=log)
+        ckpt = res.best_path
+    with _step("diagnose", timings, log):
+        run_diagnose(
+            out / "diagnose",
+            checkpoint=ckpt,
+            data="synthetic",
+            num_images=2,
+            normalizations="patch,object,object:1",
+            force=True,
+        )
+    with _step("export", timings, log):
+        exports = _export_both(opts, out, ckpt, log)
+    with _step("verify", timings, log):
+        report = _verify_exports(opts, out, ckpt, exports, log)
+    with _step("profile", timings, log):
+        sweep, deployed = _profile_all(opts, out, ckpt, exports, log)
+    with _step("validate", timings, log):
+        validated = _validate_exports(opts, out, cfg, exports)
+    with _step("report", timings, log):
+        html_path, _ = build_report(out, force=True)
+    timings_all = {**timings, "total": time.perf_counter() - t_all}
+    summary = _summary(out, html_path, timings_all, res, report, sweep, deployed, validated)
+    write_json(out / "summary.json", summary, force=True)
+    return summary
 
-    def step(name: str):
-        log(f"\n== {name}")
-        timings[name] = time.perf_counter()
 
-    def done(name: str):
-        timings[name] = time.perf_counter() - timings[name]
+@contextlib.contextmanager
+def _step(name: str, timings: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
+    """Announce step ``name`` and record its seconds in ``timings`` (when it finishes)."""
+    log(f"\n== {name}")
+    timings[name] = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - timings[name]
 
-    step("train")
-    res = train(cfg, out / "train", force=opts.force, progress=opts.progress, log=log)
-    ckpt = res.best_path
-    done("train")
 
-    step("diagnose")
-
-    run_diagnose(
-        out / "diagnose",
-        checkpoint=ckpt,
-        data="synthetic",
-        num_images=2,
-        normalizations="patch,object,object:1",
-        force=True,
-    )
-    done("diagnose")
-
-    step("export")
+def _export_both(opts: DemoOptions, out: Path, ckpt: Path, log: Callable[[str], None]) -> dict[str, Path]:
+    """Export ``ckpt`` (full detector) at fp32 and int8 -> precision -> export directory."""
     exports = {}
     for prec in ("fp32", "int8"):
         d = out / f"export-{prec}"
@@ -121,9 +140,11 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
             log=log,
         )
         exports[prec] = d
-    done("export")
+    return exports
 
-    step("verify")
+
+def _verify_exports(opts: DemoOptions, out: Path, ckpt: Path, exports: dict[str, Path], log: Callable[[str], None]):
+    """Compare each export's keep mask and scores with the checkpoint's; write ``verify.json`` -> the report."""
     report, notes = run_verify(str(ckpt), [str(p) for p in exports.values()], images=opts.verify_images)
     write_json(out / "verify.json", {**report.to_dict(), "notes": notes}, force=True)
     for c in report.candidates:
@@ -131,9 +152,12 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
             f"{c.name}: keep IoU {c.keep_iou_mean:.4f} (min {c.keep_iou_min:.4f}), score err {c.score_max_abs:.2e}"
             f" -> {'pass' if c else 'FAIL: ' + '; '.join(c.failures)}"
         )
-    done("verify")
+    return report
 
-    step("profile")
+
+def _profile_all(opts: DemoOptions, out: Path, ckpt: Path, exports: dict[str, Path], log: Callable[[str], None]):
+    """The keep-ratio sweep of ``ckpt`` on ONNX Runtime, then the exports interleaved with each other;
+    write ``profile/`` -> (sweep results, export results)."""
     timing = ProfileOptions(
         backend="onnxruntime",
         sweep=(0.25, 0.5, 0.75),
@@ -165,9 +189,21 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
     (out / "profile").mkdir(parents=True, exist_ok=True)
     sweep_plot(sweep, out / "profile" / "sweep.png")
     write_json(out / "profile" / "profile.json", profile_record(ckpt, environment("cpu"), sweep + deployed), force=True)
-    done("profile")
+    return sweep, deployed
 
-    step("validate")
+
+@dataclass
+class _Validated:
+    """The validate step: the dense reference's result, and per export its result, drops and gate checks."""
+
+    reference: Any
+    results: dict[str, Any]
+    drops: dict[str, Any]
+    checks: list[tuple[str, Any]]  # (export, gate check)
+
+
+def _validate_exports(opts: DemoOptions, out: Path, cfg: Any, exports: dict[str, Path]) -> _Validated:
+    """Recall by field of each export against the dense reference, gated; write ``validate-<prec>.json``."""
     fields = FieldConfig(*(cfg.fields.far_max, cfg.fields.near_min))
     gates = Gates(
         min_near_recall=opts.min_near_recall,
@@ -190,16 +226,18 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
             vr.validation_record(d, result, reference, checks, drops, gates),
             force=True,
         )
-    done("validate")
+    return _Validated(reference, results, all_drops, all_checks)
 
-    step("report")
-    html_path, _ = build_report(out, force=True)
-    done("report")
-    total = time.perf_counter() - t_all
+
+def _summary(
+    out: Path, html_path: Path, seconds: dict[str, float], res, report, sweep, deployed, validated: _Validated
+) -> dict[str, Any]:
+    """``summary.json``: every step's numbers with their intervals, the failed gates and ``ok``."""
+    results, reference, all_checks = validated.results, validated.reference, validated.checks
     summary = {
         "run_dir": str(out),
         "report": str(html_path),
-        "seconds": {**timings, "total": total},
+        "seconds": seconds,
         "train": {"best_map50": res.metrics.get("best_map50"), "seconds": res.seconds},
         "verify": {
             c.name: {"keep_iou_mean": c.keep_iou_mean, "detections": c.detections, "passed": bool(c)}
@@ -220,7 +258,7 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
             p: {f: [r.by_field[f].recall_lo, r.by_field[f].recall_hi] for f in ("far", "mid", "near", "all")}
             for p, r in {**results, "dense": reference}.items()
         },
-        "drop_ci": {p: {g: [d.point, d.lo, d.hi] for g, d in drops.items()} for p, drops in all_drops.items()},
+        "drop_ci": {p: {g: [d.point, d.lo, d.hi] for g, d in drops.items()} for p, drops in validated.drops.items()},
         "retention": {p: {f: r.by_field[f].retention_mean for f in ("far", "mid", "near")} for p, r in results.items()},
         "map50": {p: r.map50 for p, r in {**results, "dense": reference}.items()},
         "gates": [{"export": p, **c.to_dict()} for p, c in all_checks],
@@ -230,7 +268,6 @@ def _run_steps(opts: DemoOptions, out: Path, cfg: Any, log: Callable[[str], None
         failed.append("verify: " + "; ".join(f for c in report.candidates for f in c.failures))
     summary["failed_gates"] = failed
     summary["ok"] = not failed
-    write_json(out / "summary.json", summary, force=True)
     return summary
 
 

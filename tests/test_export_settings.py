@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import cass_deploy.commands.export as export_cmd
+import cass_deploy.export.dispatch as export_dispatch
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TARGETS
 from cass_deploy.cli import main
 from cass_deploy.errors import InputError
@@ -127,7 +127,7 @@ def _words(text: str) -> list[str]:
 def exported(monkeypatch):
     """Run ``cass-deploy export ckpt.pt --out o ARGS``; return the ExportRequest it built (no export runs)."""
     seen = []
-    monkeypatch.setattr(export_cmd, "pipeline", types.SimpleNamespace(run_export=seen.append))
+    monkeypatch.setattr(export_dispatch, "pipeline", types.SimpleNamespace(run_export=seen.append))
 
     def run(*argv: str) -> ExportRequest:
         seen.clear()
@@ -271,7 +271,7 @@ def test_checkpoint_and_out_are_required(capsys):
     ],
 )
 def test_request_checks_name_the_flag(monkeypatch, capsys, argv, message):
-    monkeypatch.setattr(export_cmd, "pipeline", types.SimpleNamespace(run_export=lambda req: None))
+    monkeypatch.setattr(export_dispatch, "pipeline", types.SimpleNamespace(run_export=lambda req: None))
     assert main(["export", "ckpt.pt", "--out", "o", *argv]) == 2
     assert capsys.readouterr().err.strip() == f"cass-deploy export: error: {message}"
 
@@ -286,7 +286,7 @@ def test_library_requests_are_checked_the_same_way():
 
 def test_export_directory_builds_its_engine_with_the_engine_flags(monkeypatch, tmp_path, capsys):
     calls = []
-    monkeypatch.setattr(export_cmd, "engine_from_export", lambda src, out, **kw: calls.append((src, out, kw)))
+    monkeypatch.setattr(export_dispatch, "engine_from_export", lambda src, out, **kw: calls.append((src, out, kw)))
     assert main(["export", str(tmp_path), "--out", "o"]) == 2
     assert f"{tmp_path} is an export directory: add --engine" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", "o", "--engine"]) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +194,17 @@ def _object_weights(supervised: Tensor, flat: FlatBoxes, cfg: CassConfig, dtype:
 # --------------------------------------------------------------------------- module
 
 
+def target_options(cfg: CassConfig) -> dict[str, Any]:
+    """The soft target's shape in ``cfg`` as keyword arguments of
+    :func:`~cass_deploy.cass.targets.box_patch_pairs` and :func:`~cass_deploy.cass.targets.patch_owner`."""
+    return {
+        "expansion_ratio": cfg.expansion_ratio,
+        "context_peak": cfg.context_peak,
+        "decay": cfg.decay,
+        "ensure_center_patch": cfg.ensure_center_patch,
+    }
+
+
 def _check_logits(logits: Tensor, boxes: BoxList, grid: Sequence[int]) -> None:
     if not isinstance(logits, Tensor):
         raise InputError(f"logits must be a torch.Tensor [B, P], got {type(logits).__name__}")
@@ -233,53 +245,19 @@ def cass_loss(
             f"CASS on a later stage's kept tokens needs 'patch' or 'object' normalisation without "
             f"contributions, got {cfg.normalization!r}"
         )
-    B, P = logits.shape
-    geo_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    with torch.no_grad():
-        flat = flatten_boxes(boxes, (H, W), device=logits.device, dtype=geo_dtype)
-        pairs = box_patch_pairs(
-            flat,
-            (Hp, Wp),
-            expansion_ratio=cfg.expansion_ratio,
-            context_peak=cfg.context_peak,
-            decay=cfg.decay,
-            ensure_center_patch=cfg.ensure_center_patch,
-        )
-        target = merge_max(pairs, B, P)
-        owner = owner_from_pairs(pairs, flat, target) if cfg.normalization == "object" else None
-        if owner is not None and scored is not None:
-            owner = torch.where(scored.to(owner.device), owner, torch.full_like(owner, -2))
+    flat, pairs, target, owner = _soft_target(logits, boxes, (Hp, Wp), (H, W), cfg, scored)
     target_l = target.to(logits.dtype)
     loss = per_patch_loss(logits, target_l, cfg)
+    obj_term, bg_term, n_sup = _data_terms(logits, loss, target_l, flat, pairs, owner, cfg, scored)
     zero = logits.sum() * 0
     N = flat.num_boxes
-
-    if cfg.normalization == "object":
-        l_obj, l_bg, n_sup = _object_norm(loss, owner, flat, cfg)
-        obj_term, bg_term = l_obj, cfg.bg_weight * l_bg
-    else:
-        with torch.no_grad():
-            pos = torch.zeros(N, dtype=torch.int64, device=logits.device)
-            live = pairs.value > 0
-            if scored is not None:
-                live = live & scored.reshape(-1).index_select(0, pairs.flat)
-            pos.index_add_(0, pairs.box, live.long())
-            n_sup = int((pos > 0).sum())
-        if cfg.normalization == "patch":
-            obj_term, bg_term = _patch_norm(loss, target_l, scored)
-        elif cfg.normalization == "area":
-            obj_term, bg_term = _area_norm(loss, pairs, flat), zero
-        else:  # seed_object
-            loss_zero = per_patch_loss(logits, torch.zeros_like(logits), cfg)
-            obj_term, bg_term = _seed_object_norm(logits, loss_zero, pairs, flat, cfg), zero
     tv = cfg.tv_weight * tv_term(logits, (Hp, Wp)) if cfg.tv_weight > 0 else zero
-    total = obj_term + bg_term + tv
     contrib = None
     if contributions:
         with torch.no_grad():
             contrib = _contributions(logits.detach(), loss.detach(), target_l, owner, pairs, flat, cfg)
     return CassLossOutput(
-        total=total,
+        total=obj_term + bg_term + tv,
         object_term=obj_term,
         background_term=bg_term,
         tv_term=tv,
@@ -291,6 +269,67 @@ def cass_loss(
         owner=owner,
         contribution=contrib,
     )
+
+
+@torch.no_grad()
+def _soft_target(
+    logits: Tensor,
+    boxes: BoxList,
+    grid: tuple[int, int],
+    image_size: tuple[int, int],
+    cfg: CassConfig,
+    scored: Tensor | None,
+) -> tuple[FlatBoxes, BoxPatchPairs, Tensor, Tensor | None]:
+    """The boxes' soft target on the grid (no grad) -> (flat boxes, box-patch pairs, merged target
+    [B, P] in the geometry dtype, owner [B, P] int64 for ``object`` normalisation else None; a patch
+    outside ``scored`` is owned by -2, in neither term)."""
+    B, P = logits.shape
+    geo_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    flat = flatten_boxes(boxes, image_size, device=logits.device, dtype=geo_dtype)
+    pairs = box_patch_pairs(flat, grid, **target_options(cfg))
+    target = merge_max(pairs, B, P)
+    owner = owner_from_pairs(pairs, flat, target) if cfg.normalization == "object" else None
+    if owner is not None and scored is not None:
+        owner = torch.where(scored.to(owner.device), owner, torch.full_like(owner, -2))
+    return flat, pairs, target, owner
+
+
+def _data_terms(
+    logits: Tensor,
+    loss: Tensor,
+    target_l: Tensor,
+    flat: FlatBoxes,
+    pairs: BoxPatchPairs,
+    owner: Tensor | None,
+    cfg: CassConfig,
+    scored: Tensor | None,
+) -> tuple[Tensor, Tensor, int]:
+    """The object and background terms of ``cfg.normalization`` (scalars) and the number of
+    supervised objects. loss, target_l: [B, P] per-patch loss and soft target."""
+    if cfg.normalization == "object":
+        l_obj, l_bg, n_sup = _object_norm(loss, owner, flat, cfg)
+        return l_obj, cfg.bg_weight * l_bg, n_sup
+    zero = logits.sum() * 0
+    n_sup = _positive_objects(pairs, flat.num_boxes, scored, logits.device)
+    if cfg.normalization == "patch":
+        obj_term, bg_term = _patch_norm(loss, target_l, scored)
+    elif cfg.normalization == "area":
+        obj_term, bg_term = _area_norm(loss, pairs, flat), zero
+    else:  # seed_object
+        loss_zero = per_patch_loss(logits, torch.zeros_like(logits), cfg)
+        obj_term, bg_term = _seed_object_norm(logits, loss_zero, pairs, flat, cfg), zero
+    return obj_term, bg_term, n_sup
+
+
+@torch.no_grad()
+def _positive_objects(pairs: BoxPatchPairs, N: int, scored: Tensor | None, device: torch.device) -> int:
+    """Objects with a positive single-box target on at least one (``scored``) patch."""
+    pos = torch.zeros(N, dtype=torch.int64, device=device)
+    live = pairs.value > 0
+    if scored is not None:
+        live = live & scored.reshape(-1).index_select(0, pairs.flat)
+    pos.index_add_(0, pairs.box, live.long())
+    return int((pos > 0).sum())
 
 
 def _contributions(

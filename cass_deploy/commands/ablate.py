@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cass_deploy.commands.common import (
-    add_config,
     add_force,
     add_out,
-    add_overrides,
     add_sweep,
+    add_training_config,
     keep_ratio,
     positive_int,
     sweep_from,
 )
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import check_writable
-from cass_deploy.training.ablation import run_ablation
-from cass_deploy.training.train import load_train_config
+from cass_deploy.training.ablation import ablate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config(p, "base training config", default="configs/ablation.yaml")
-    add_overrides(p)
+    add_training_config(p, "base training config", default="configs/ablation.yaml")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
     p.add_argument(
         "--variants",
@@ -46,8 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    check_writable(args.out, args.force or args.resume or args.summarise, kind="dir", flag="--out")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         ratios = [keep_ratio(s) for s in args.keep_ratios.split(",") if s.strip()]
@@ -57,14 +50,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--seeds and --keep-ratios need at least one value, got {args.seeds!r} and {args.keep_ratios!r}"
         )
-    load_train_config(args.config or None, args.overrides)  # a bad config is refused before anything is created
-    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    res = run_ablation(
+    res = ablate(
         config=args.config or None,
         base=args.overrides,
+        out=args.out,
+        force=args.force,
         seeds=seeds,
-        out=Path(args.out),
-        variants=variants,
+        variants=[v.strip() for v in args.variants.split(",")] if args.variants else None,
         keep_ratios=ratios,
         val_images=args.val_images,
         band=not args.no_band,

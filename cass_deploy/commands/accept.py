@@ -61,16 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unlocked-clocks", action="store_true", help="on a Jetson, accept without jetson_clocks")
     p.add_argument("--warmup", type=non_negative_int, default=20)
     p.add_argument("--iters", type=positive_int, default=200)
-    p.add_argument("--timing-cache", type=Path, default=None, help="default: EXPORT_DIR.timing.cache beside it")
-    p.add_argument(
-        "--engine-dir",
-        type=Path,
-        default=None,
-        help="where the engine is built when absent (default: EXPORT_DIR-engine)",
-    )
-    p.add_argument(
-        "--workspace", type=positive_int, default=None, metavar="MIB", help="TensorRT workspace when building"
-    )
+    # the engine build when the export has none (argparse's default: None)
+    p.add_argument("--timing-cache", type=Path, help="default: EXPORT_DIR.timing.cache beside it")
+    p.add_argument("--engine-dir", type=Path, help="where the engine is built when absent (default: EXPORT_DIR-engine)")
+    p.add_argument("--workspace", type=positive_int, metavar="MIB", help="TensorRT workspace when building")
     add_fields(p, "field split by box bottom edge as fractions of image height (default 0.5 0.75)")
     p.add_argument("--iou", type=unit_interval, default=0.5)
     p.add_argument("--score-thr", type=unit_interval, default=0.3)
@@ -84,13 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    export = Path(args.export_dir)
-    out = Path(args.out) if args.out else export.parent / f"{export.name}-accept"
     gates = gates_from_args(args, min_map50=args.min_map50)
     opts = options_from(
         AcceptOptions,
         args,
-        out=out,
+        out=Path(args.out) if args.out else None,
         gates=gates,
         fields=FieldConfig(*args.fields),
         iou_thr=args.iou,
@@ -99,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         class_map=parse_class_map(args.class_map),
     )
     console = Console(width=max(120, Console().width))
-    result = run_accept(export, opts, log=lambda s: console.print(s, highlight=False))
+    result = run_accept(Path(args.export_dir), opts, log=lambda s: console.print(s, highlight=False))
     for line in verdict_lines(result):
         console.print(line, highlight=False, markup=False)
     if not result:

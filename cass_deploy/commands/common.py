@@ -42,6 +42,14 @@ def add_overrides(p: argparse.ArgumentParser, help: str | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def add_training_config(
+    p: argparse.ArgumentParser, help: str, *, default: str | None = None, overrides_help: str | None = None
+) -> None:
+    """A training config and its overrides: ``--config PATH`` and ``--set KEY=VALUE`` (repeatable)."""
+    add_config(p, help, default=default)
+    add_overrides(p, overrides_help)
+
+
 def add_out(p: argparse.ArgumentParser, default: str | None = None, help: str | None = None) -> None:
     """``--out PATH``: where the command writes."""
     p.add_argument("--out", default=default, help=help)
@@ -60,6 +68,11 @@ def add_fields(p: argparse.ArgumentParser, help: str) -> None:
 def add_seed(p: argparse.ArgumentParser) -> None:
     """``--seed N`` (default 0): the seed of the generated or sampled images."""
     p.add_argument("--seed", type=int, default=0)
+
+
+def add_data(p: argparse.ArgumentParser, help: str, default: str = "synthetic") -> None:
+    """``--data SOURCE`` (default ``synthetic``): where the images come from, generated or a dataset directory."""
+    p.add_argument("--data", default=default, help=help)
 
 
 def add_providers(p: argparse.ArgumentParser, help: str) -> None:
@@ -109,6 +122,19 @@ def _number(kind: type, test: Callable[[Any], bool], wanted: str) -> Callable[[s
 unit_interval = _number(float, lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
 #: a keep ratio: in (0, 1]
 keep_ratio = _number(float, lambda v: 0.0 < v <= 1.0, "a keep ratio in (0, 1]")
+
+
+def keep_ratio_list(text: str) -> tuple[float, ...]:
+    """``--sweep 0.25,0.5,0.75`` -> keep ratios, each in (0, 1]."""
+    try:
+        return tuple(keep_ratio(x) for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {text!r}"
+        ) from None
+
+
+keep_ratio_list.__name__ = "a comma list of keep ratios"
 #: an integer >= 1 (images, iterations, batch, threads)
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 #: an integer >= 0 (warm-up iterations)
@@ -186,15 +212,18 @@ def sweep_from(args: argparse.Namespace) -> Any:
     return options_from(_sweeps.SweepOptions, args)
 
 
+def add_int_pair(p: argparse.ArgumentParser, flag: str, metavar: tuple[str, str], help: str) -> None:
+    """``FLAG A B``: two integers (a size, a grid), parsed to a list; ``None`` when not given."""
+    p.add_argument(flag, type=int, nargs=2, metavar=metavar, default=None, help=help)
+
+
 def add_grid(p: argparse.ArgumentParser) -> None:
     """``--grid HP WP``: the patch grid of an ONNX file without cass-deploy metadata."""
-    p.add_argument(
+    add_int_pair(
+        p,
         "--grid",
-        type=int,
-        nargs=2,
-        metavar=("HP", "WP"),
-        default=None,
-        help="patch grid of keep_mask for an ONNX exported elsewhere (when its metadata has no 'grid')",
+        ("HP", "WP"),
+        "patch grid of keep_mask for an ONNX exported elsewhere (when its metadata has no 'grid')",
     )
 
 

@@ -7,11 +7,10 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
-    add_config,
     add_force,
     add_out,
-    add_overrides,
     add_stopping_rule,
+    add_training_config,
     options_from,
 )
 from cass_deploy.demo import DemoOptions, run_demo, summary_table
@@ -19,8 +18,12 @@ from cass_deploy.errors import GateFailed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config(p, "training config (default configs/demo.yaml)", default="configs/demo.yaml")
-    add_overrides(p, "training config override (repeatable)")
+    add_training_config(
+        p,
+        "training config (default configs/demo.yaml)",
+        default="configs/demo.yaml",
+        overrides_help="training config override (repeatable)",
+    )
     add_out(p, help="run directory (default runs/demo-<timestamp>)")
     add_force(p, "overwrite an existing run directory")
     p.add_argument(

@@ -8,8 +8,10 @@ import json
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_data,
     add_fields,
     add_force,
+    add_int_pair,
     add_model_source,
     add_out,
     add_overrides,
@@ -26,20 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "which shows the loss's own weighting)",
     )
     add_model_source(p)
-    p.add_argument(
-        "--data",
-        default="toy",
-        help="'toy' (built-in roadside-like boxes), 'synthetic' (generated scenes) or a dataset directory",
-    )
+    add_data(p, "'toy' (built-in roadside-like boxes), 'synthetic' (generated scenes) or a dataset directory", "toy")
     p.add_argument("--num-images", type=int, default=2, help="images to analyse (default 2)")
-    p.add_argument(
-        "--image-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        default=None,
-        help="network input size (default: the checkpoint's, else 256 448)",
-    )
+    add_int_pair(p, "--image-size", ("H", "W"), "network input size (default: the checkpoint's, else 256 448)")
     p.add_argument(
         "--normalizations",
         default="patch,area,seed_object,object,object:1",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.console import Console
 
@@ -15,14 +14,12 @@ from cass_deploy.commands.common import (
     add_providers,
     add_stopping_rule,
     add_verify_hash,
-    keep_ratio,
+    keep_ratio_list,
     model_source,
     non_negative_int,
     options_from,
     positive_int,
 )
-from cass_deploy.errors import InputError
-from cass_deploy.io_utils import Output, write_json
 from cass_deploy.profiling import latency as pf
 
 
@@ -42,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default 1, or the export's)")
     p.add_argument("--warmup", type=non_negative_int, default=10)
     p.add_argument("--iters", type=positive_int, default=50)
-    p.add_argument("--sweep", default=None, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
+    p.add_argument("--sweep", type=keep_ratio_list, help="keep ratios to sweep, e.g. 0.25,0.5,0.75 (checkpoints only)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense baseline (checkpoints only)")
     p.add_argument(
         "--pruner",
@@ -72,34 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = (
-        Output(args.out, force=args.force, kind="dir", flag="--out", inputs=[args.model]).check() if args.out else None
-    )
-    try:
-        ratios = [keep_ratio(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else []
-    except argparse.ArgumentTypeError:
-        raise InputError(
-            f"--sweep must be a comma list of keep ratios, e.g. 0.25,0.5,0.75; got {args.sweep!r}"
-        ) from None
-    source = model_source(args, args.model)
-    path = Path(args.model) if args.model is not None else None
     opts = options_from(
         pf.ProfileOptions,
         args,
-        sweep=tuple(ratios),
+        sweep=args.sweep or (),
         dense=not args.no_dense,
         pruner_mode=args.pruner,
         providers=tuple(s for s in args.providers.split(",") if s),
     )
-    results, env = pf.run_profile(path, opts, source=source)
-    name = path.name if path is not None else source.describe()
+    done = pf.profile_to(args.model, opts, source=model_source(args, args.model), out=args.out, force=args.force)
     console = Console(width=max(200, Console().width))
-    console.print(pf.results_table(results, title=f"latency (ms) of {name}"))
-    for w in env.get("warnings", []):
+    console.print(pf.results_table(done.results, title=f"latency (ms) of {done.name}"))
+    for w in done.env.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
-    if out:
-        with out.writing() as tmp:
-            write_json(tmp / "profile.json", pf.profile_record(str(path or source.describe()), env, results))
-            plot = pf.sweep_plot(results, tmp / "sweep.png")
-        console.print(f"wrote {args.out}/profile.json" + (f" and {args.out}/sweep.png" if plot else ""))
+    if done.written:
+        console.print("wrote " + " and ".join(done.written))
     return 0

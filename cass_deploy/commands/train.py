@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from cass_deploy.commands.common import add_config, add_force, add_out, add_overrides
-from cass_deploy.config import PRESET_PRUNER, PRESETS
-from cass_deploy.training.train import load_train_config, train
+from cass_deploy.commands.common import add_force, add_out, add_training_config
+from cass_deploy.training.train import train_from_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config(p, "YAML/JSON training config (e.g. configs/demo.yaml)")
-    add_overrides(p, "override a config value, e.g. --set cass.normalization=patch (repeatable)")
+    add_training_config(
+        p,
+        "YAML/JSON training config (e.g. configs/demo.yaml)",
+        overrides_help="override a config value, e.g. --set cass.normalization=patch (repeatable)",
+    )
     p.add_argument(
         "--preset",
         choices=("seed", "corrected"),
@@ -25,16 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    overrides = list(args.overrides)
-    if args.preset:
-        overrides = (
-            [f"cass.{k}={v}" for k, v in PRESETS[args.preset].items()]
-            + [f"model.pruner.{k}={v}" for k, v in PRESET_PRUNER[args.preset].items()]
-            + overrides
-        )
-    cfg = load_train_config(args.config, overrides)
-    result = train(cfg, args.out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    result = train_from_config(
+        args.config,
+        args.overrides,
+        args.out,
+        preset=args.preset,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     best = result.metrics.get("best_map50")
     print(
         f"trained in {result.seconds:.0f} s; best val mAP@0.5 {best:.3f}; checkpoints: {result.best_path}, "

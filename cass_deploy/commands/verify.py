@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 
 from cass_deploy.commands.common import (
+    add_data,
     add_force,
     add_grid,
     add_model_source,
@@ -18,9 +19,8 @@ from cass_deploy.commands.common import (
     positive_int,
     unit_interval,
 )
-from cass_deploy.errors import GateFailed, InputError
-from cass_deploy.evaluation.verify import report_table, run_verify
-from cass_deploy.io_utils import Output, write_json
+from cass_deploy.errors import GateFailed
+from cass_deploy.evaluation.verify import report_table, verify_to
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="export directory, .onnx or .engine (repeatable)",
     )
     p.add_argument("--images", type=positive_int, default=16, help="images to compare (default 16)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a dataset directory")
+    add_data(p, "'synthetic' or a dataset directory")
     add_resize(p)
     add_providers(p, "ONNX Runtime providers, comma list of cpu,cuda,tensorrt")
     p.add_argument(
@@ -62,17 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    if args.save_polygraphy:
-        Output(args.save_polygraphy, force=args.force, kind="dir", flag="--save-polygraphy").check()
-    source = model_source(args, args.reference)
-    if source is None and args.reference is None:
-        raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
-    report, notes = run_verify(
+    report, notes = verify_to(
         args.reference,
         args.candidate,
-        source=source,
+        json_out=args.json_out,
+        source=model_source(args, args.reference),
         grid=args.grid,
         images=args.images,
         data=args.data,
@@ -89,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(report_table(report))
     for n in notes:
         console.print(f"note: {n}")
-    if json_out:
-        with json_out.writing() as tmp:
-            write_json(tmp, {**report.to_dict(), "notes": notes}, force=True)
     if not report:
         failed = [f"{c.name}: {'; '.join(c.failures)}" for c in report.candidates if not c]
-
         raise GateFailed("verification failed: " + " | ".join(failed))
     return 0

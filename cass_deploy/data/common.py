@@ -131,21 +131,6 @@ def fit_transform(
     return nw / w, nh / h, (W - nw) // 2, (H - nh) // 2, nw, nh
 
 
-def load_rgb(
-    path: Path,
-    boxes: np.ndarray,
-    expected: tuple[int, int] | None,
-    image_size: tuple[int, int] | None,
-    mode: str = "stretch",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``path`` as RGB uint8 [H, W, 3]; fit it to ``image_size`` (``mode``: stretch or letterbox,
-    see :func:`fit_transform`; ``boxes`` [M, 4] xyxy mapped the same way) when given and different.
-    ``expected`` (H, W): the size the labels were written for — a file of another size is an
-    InputError naming it."""
-    image, boxes, _ = load_fitted(path, boxes, expected, image_size, mode)
-    return image, boxes
-
-
 def load_fitted(
     path: Path,
     boxes: np.ndarray,
@@ -153,7 +138,11 @@ def load_fitted(
     image_size: tuple[int, int] | None,
     mode: str = "stretch",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`load_rgb` plus the transform ``float32 [sx, sy, px, py]`` (identity without fitting)."""
+    """Read ``path`` as RGB uint8 [H, W, 3]; fit it to ``image_size`` (``mode``: stretch or letterbox,
+    see :func:`fit_transform`; ``boxes`` [M, 4] xyxy mapped the same way) when given and different.
+    ``expected`` (H, W): the size the labels were written for — a file of another size is an
+    InputError naming it. Returns ``(image, boxes, transform float32 [sx, sy, px, py])`` (the
+    identity transform without fitting)."""
 
     try:
         with Image.open(path) as im:
@@ -219,7 +208,6 @@ __all__ = [
     "resolve_size",
     "check_box_bounds",
     "image_header_size",
-    "load_rgb",
     "load_fitted",
     "fit_image",
     "fit_transform",

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -775,15 +775,62 @@ def _sample_light(rng: np.random.Generator, cfg: SceneConfig) -> dict:
     }
 
 
+class _Ground(NamedTuple):
+    """The ground plane below the horizon, per pixel row ``g0 ..`` of the image (``h = H - g0`` rows).
+
+    g0: first ground row; Zr [h]: depth of each row (metres); X [h, W]: lateral position of each
+    pixel (metres); Zc [h, 1]: ``Zr`` as a column.
+    """
+
+    g0: int
+    Zr: np.ndarray
+    X: np.ndarray
+    Zc: np.ndarray
+
+
 def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light: dict, cfg: SceneConfig) -> np.ndarray:
-    """Sky, skyline, ground, sidewalks, road with markings, tree shadows. float32 [H, W, 3] (0-255)."""
+    """Sky, skyline, ground, sidewalks, road with markings, tree shadows. float32 [H, W, 3] (0-255).
+
+    The parts draw from ``rng`` in this order: sky, skyline, ground materials, tree shadows.
+    """
     H, W = cam.H, cam.W
     ys = np.arange(H, dtype=np.float32) + 0.5
     xs = np.arange(W, dtype=np.float32) + 0.5
     img = np.empty((H, W, 3), np.float32)
     s = W / 448.0
 
-    # sky: gradient + clouds
+    hor, hz = _paint_sky(rng, img, cam, light, ys, s)
+    _paint_skyline(rng, img, cam, hor, hz, ys, xs, s)
+
+    # ground plane (rows below the horizon)
+    g0 = int(cam.yh + 0.5)
+    gy = ys[g0:]
+    Zr = cam.f * cam.h / np.maximum(gy - cam.yh, 0.25)  # [h]
+    X = cam.xc + (xs[None, :] - cam.xv) * Zr[:, None] / cam.f  # [h, W]
+    ground = _Ground(g0, Zr, X, Zr[:, None])
+    on_road = (X >= 0) & (X <= road["width"])
+    mat, tex, palette = _ground_materials(rng, cam, road, ground, on_road, s)
+    cov, centre = _lane_markings(cam, road, light, ground, on_road)
+    shade = _tree_shadows(rng, road, light, ground, s)
+
+    # compose per channel: (material + texture) and paint under shadow, hazed toward the horizon
+    fade = np.exp(-Zr / light["haze"])[:, None]  # aerial perspective
+    lit = shade * fade
+    a, b, c = (1 - cov) * lit, cov * lit, 0.9 * (1 - fade)
+    out = img[g0:]
+    for ch, yellow in enumerate((0.0, 25.0, 145.0)):  # centre line: yellow
+        paint = 225.0 - yellow * centre if yellow else 225.0
+        out[..., ch] = (np.take(palette[:, ch], mat) + tex) * a + paint * b + hor[ch] * c
+    return img
+
+
+def _paint_sky(
+    rng: np.random.Generator, img: np.ndarray, cam: _Camera, light: dict, ys: np.ndarray, s: float
+) -> tuple[np.ndarray, int]:
+    """Sky gradient and clouds into the rows above the horizon of ``img`` [H, W, 3] (in place).
+
+    Returns the horizon colour ``hor`` float32 [3] and ``hz``, the first row at or below the horizon."""
+    W = cam.W
     overcast = not light["sunny"]
     top = np.array([150, 165, 180] if overcast else [95, 140, 205], np.float32) * rng.uniform(0.9, 1.1)
     hor = np.array([200, 205, 210] if overcast else [200, 215, 230], np.float32) * rng.uniform(0.92, 1.05)
@@ -792,8 +839,22 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     img[:hz] = top * (1 - t) + hor * t
     clouds = np.clip(_smooth_noise(rng, hz, W, 40 * s) + 0.2, 0, None)[..., None]
     img[:hz] += clouds * (25 if overcast else 45)
+    return hor, hz
 
-    # skyline above the horizon: buildings (window grid) and trees (noisy blobs)
+
+def _paint_skyline(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    cam: _Camera,
+    hor: np.ndarray,
+    hz: int,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    s: float,
+) -> None:
+    """Buildings (window grid) and trees (noisy blobs) standing on the horizon, hazed toward ``hor``:
+    64 column segments of random width, into ``img`` [H, W, 3] rows above ``hz`` (in place)."""
+    H, W = cam.H, cam.W
     widths = np.maximum(rng.integers(int(8 * s) + 2, int(60 * s) + 4, size=64), 2)
     seg = np.repeat(np.arange(64), widths)[:W]
     kinds = rng.random(64) < 0.55  # True: building
@@ -814,15 +875,18 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     hazed = 0.55 * sk + 0.45 * hor
     img[r0:hz] = np.where(sky_mask[..., None], hazed, img[r0:hz])
 
-    # ground plane (rows below the horizon)
-    g0 = int(cam.yh + 0.5)
-    gy = ys[g0:]
-    Zr = cam.f * cam.h / np.maximum(gy - cam.yh, 0.25)  # [h]
-    X = cam.xc + (xs[None, :] - cam.xv) * Zr[:, None] / cam.f  # [h, W]
-    Zc = Zr[:, None]  # [h, 1] depth per row
-    hg = H - g0
+
+def _ground_materials(
+    rng: np.random.Generator, cam: _Camera, road: dict, ground: _Ground, on_road: np.ndarray, s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grass / dirt, asphalt (road and cross road) and sidewalk with paving seams; sets ``road["colour"]``.
+
+    Returns ``mat`` int [h, W] (0 grass, 1 asphalt, 2 sidewalk), ``tex`` [h, W] (grey texture
+    added to every channel) and ``palette`` float32 [3 materials, RGB]."""
+    W = cam.W
+    Zr, X, Zc = ground.Zr, ground.X, ground.Zc
+    hg = cam.H - ground.g0
     rw, sw = road["width"], road["sidewalk"]
-    on_road = (X >= 0) & (X <= rw)
     cross = road["cross"]
     if cross is not None:
         on_cross = ((Zc >= cross[0]) & (Zc <= cross[1])) & (X < 0)
@@ -842,8 +906,17 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
     road_tex -= 40 * ((np.mod(Zc, 1.6) < seam_w) & sidewalk)  # paving seams
     tex = np.where(mat == 0, grass_tex, road_tex)
     palette = np.stack([grass, road_c, walk_c])  # [material, RGB]
+    return mat, tex, palette
 
-    # lane markings: coverage of a 0.15 m line at X = k * lane_w, dashed between lanes
+
+def _lane_markings(
+    cam: _Camera, road: dict, light: dict, ground: _Ground, on_road: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint coverage [h, W] in 0..1 of the road markings, hazed with depth: a 0.15 m line at
+    ``X = k * lane_w``, dashed between lanes, solid at the centre and edges, and a crosswalk with
+    stop line before a cross road. Also returns ``centre`` [h, W] bool (the yellow centre line)."""
+    Zr, X, Zc = ground.Zr, ground.X, ground.Zc
+    rw, cross = road["width"], road["cross"]
     px_per_m = cam.f / Zr[:, None]  # [h, 1]
     lane_w = road["lane_w"]
     k = np.clip(np.round(X / lane_w), 1, road["n_lanes"] - 1)
@@ -862,32 +935,31 @@ def _render_background(rng: np.random.Generator, cam: _Camera, road: dict, light
         zebra = ((Zc > cross[0] - 4.5) & (Zc < cross[0] - 1.0)) & on_road & (np.mod(X, 1.2) < 0.6)
         cov = np.maximum(cov, zebra.astype(np.float32))
     cov = cov * np.clip(1.5 * np.exp(-Zr / light["haze"]), 0, 1)[:, None]
+    return cov, centre
 
-    # tree shadows from the roadside: soft blobs in ground coordinates
-    fade = np.exp(-Zr / light["haze"])[:, None]  # aerial perspective
+
+def _tree_shadows(rng: np.random.Generator, road: dict, light: dict, ground: _Ground, s: float) -> np.ndarray:
+    """Shade factor [h, W] in ``shadow_k..1`` of soft tree-shadow blobs from the roadside, in ground
+    coordinates (all ones without ``light["tree_shadows"]``; the rng is then not drawn from)."""
+    Zr, X = ground.Zr, ground.X
+    hg, W = X.shape
+    rw, sw = road["width"], road["sidewalk"]
     shade = np.ones((hg, W), np.float32)
-    if light["tree_shadows"]:
-        for _ in range(int(rng.integers(2, 7))):
-            side = rng.random() < 0.5
-            xs_m = -sw - rng.uniform(0.5, 3) if side else rw + sw + rng.uniform(0.5, 3)
-            xs_m += -light["sun_side"] * rng.uniform(2, 5)
-            zs = road["z_bottom"] * math.exp(rng.uniform(0, math.log(60.0 / road["z_bottom"])))
-            rad = rng.uniform(2.0, 4.5)
-            rows = (Zr > zs - 1.4 * rad) & (Zr < zs + 1.4 * rad)  # rows it can reach
-            if not rows.any():
-                continue
-            ra, rb = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
-            dist = ((X[ra:rb] - xs_m) / rad) ** 2 + ((Zr[ra:rb, None] - zs) / (1.4 * rad)) ** 2
-            np.minimum(shade[ra:rb], np.clip(0.5 + 2.5 * (dist - 1.0), light["shadow_k"], 1.0), out=shade[ra:rb])
-        shade = np.clip(shade * (1.0 + 0.05 * _smooth_noise(rng, hg, W, 5 * s)), 0, 1)
-    # compose per channel: (material + texture) and paint under shadow, hazed toward the horizon
-    lit = shade * fade
-    a, b, c = (1 - cov) * lit, cov * lit, 0.9 * (1 - fade)
-    out = img[g0:]
-    for ch, yellow in enumerate((0.0, 25.0, 145.0)):  # centre line: yellow
-        paint = 225.0 - yellow * centre if yellow else 225.0
-        out[..., ch] = (np.take(palette[:, ch], mat) + tex) * a + paint * b + hor[ch] * c
-    return img
+    if not light["tree_shadows"]:
+        return shade
+    for _ in range(int(rng.integers(2, 7))):
+        side = rng.random() < 0.5
+        xs_m = -sw - rng.uniform(0.5, 3) if side else rw + sw + rng.uniform(0.5, 3)
+        xs_m += -light["sun_side"] * rng.uniform(2, 5)
+        zs = road["z_bottom"] * math.exp(rng.uniform(0, math.log(60.0 / road["z_bottom"])))
+        rad = rng.uniform(2.0, 4.5)
+        rows = (Zr > zs - 1.4 * rad) & (Zr < zs + 1.4 * rad)  # rows it can reach
+        if not rows.any():
+            continue
+        ra, rb = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
+        dist = ((X[ra:rb] - xs_m) / rad) ** 2 + ((Zr[ra:rb, None] - zs) / (1.4 * rad)) ** 2
+        np.minimum(shade[ra:rb], np.clip(0.5 + 2.5 * (dist - 1.0), light["shadow_k"], 1.0), out=shade[ra:rb])
+    return np.clip(shade * (1.0 + 0.05 * _smooth_noise(rng, hg, W, 5 * s)), 0, 1)
 
 
 def _finish(img: np.ndarray, rng: np.random.Generator, light: dict) -> np.ndarray:

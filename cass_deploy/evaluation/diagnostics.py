@@ -23,7 +23,7 @@ from rich.table import Table
 from torch import Tensor
 
 from cass_deploy.backends.limits import check_image_size
-from cass_deploy.cass.losses import cass_loss
+from cass_deploy.cass.losses import cass_loss, target_options
 from cass_deploy.cass.targets import BoxList, check_geometry, grid_for, patch_owner
 from cass_deploy.config import FIELDS, CassConfig, FieldConfig, apply_overrides, from_dict
 from cass_deploy.data.factory import load_dataset
@@ -106,15 +106,7 @@ def analyse(
     out.total.backward()
     grad = x.grad.abs().reshape(-1)
     contrib = out.contribution.reshape(-1)
-    owner = patch_owner(
-        boxes,
-        grid,
-        image_size,
-        expansion_ratio=cfg.expansion_ratio,
-        context_peak=cfg.context_peak,
-        decay=cfg.decay,
-        ensure_center_patch=cfg.ensure_center_patch,
-    ).reshape(-1)
+    owner = patch_owner(boxes, grid, image_size, **target_options(cfg)).reshape(-1)
     loss_total, grad_total = float(contrib.sum()), float(grad.sum())
     bands = row_bands(grid, image_size, fields).repeat(x.shape[0])
     by_band = {
@@ -134,8 +126,42 @@ def analyse(
     image = torch.cat([torch.full((len(b),), i, dtype=torch.int64) for i, b in enumerate(boxes)]) if N else f
     prob = torch.sigmoid(x.detach()).reshape(-1)
     mean_prob = _share(prob * owned, slot, N + 1, 1.0)
+    bd = Breakdown(
+        normalization=cfg.normalization,
+        area_gamma=cfg.area_gamma,
+        loss_total=loss_total,
+        by_band=by_band,
+        by_field=_group_shares(f, FIELDS, obj_loss, obj_grad),
+        by_size=_group_shares(s, SIZE_BINS, obj_loss, obj_grad),
+        background={"loss_share": obj_loss[N], "grad_share": obj_grad[N], "patches": n_owned[N]},
+        objects=_object_rows(flat_boxes, image, f, s, obj_loss, obj_grad, n_owned, mean_prob),
+        counts={"objects": out.n_objects, "supervised": out.n_supervised, "unsupervised": out.n_unsupervised},
+    )
+    maps = {
+        "target": out.target.float(),
+        "prob": torch.sigmoid(x.detach()).float(),
+        "loss": out.per_patch.detach().float(),
+        "grad": x.grad.abs().float(),
+        "contribution": out.contribution.float(),
+    }
+    return bd, maps
+
+
+def _object_rows(
+    flat_boxes: Tensor,
+    image: Tensor,
+    f: Tensor,
+    s: Tensor,
+    obj_loss: list[float],
+    obj_grad: list[float],
+    n_owned: list[int],
+    mean_prob: list[float],
+) -> list[dict[str, Any]]:
+    """One report row per object: its image, box, field and size bin, owned patches, loss and
+    gradient share and mean probability over its patches. flat_boxes [N, 4]; image, f, s [N]
+    int64; the lists per object slot (``mean_prob`` the summed probability of its patches)."""
     objects = []
-    for n in range(N):  # building the report rows, not tensor maths
+    for n in range(flat_boxes.shape[0]):  # building the report rows, not tensor maths
         objects.append(
             {
                 "image": int(image[n]),
@@ -148,41 +174,26 @@ def analyse(
                 "mean_prob": mean_prob[n] / n_owned[n] if n_owned[n] else None,
             }
         )
+    return objects
 
-    def group(idx: Tensor, names: Sequence[str]) -> dict[str, dict[str, float]]:
-        res = {}
-        for k, name in enumerate(names):
-            sel = (idx == k).nonzero().flatten().tolist()
-            n = len(sel)
-            gl = sum(obj_loss[i] for i in sel)
-            gg = sum(obj_grad[i] for i in sel)
-            res[name] = {
-                "objects": n,
-                "loss_share": gl,
-                "grad_share": gg,
-                "grad_share_per_object": gg / n if n else None,
-            }
-        return res
 
-    bd = Breakdown(
-        normalization=cfg.normalization,
-        area_gamma=cfg.area_gamma,
-        loss_total=loss_total,
-        by_band=by_band,
-        by_field=group(f, FIELDS),
-        by_size=group(s, SIZE_BINS),
-        background={"loss_share": obj_loss[N], "grad_share": obj_grad[N], "patches": n_owned[N]},
-        objects=objects,
-        counts={"objects": out.n_objects, "supervised": out.n_supervised, "unsupervised": out.n_unsupervised},
-    )
-    maps = {
-        "target": out.target.float(),
-        "prob": torch.sigmoid(x.detach()).float(),
-        "loss": out.per_patch.detach().float(),
-        "grad": x.grad.abs().float(),
-        "contribution": out.contribution.float(),
-    }
-    return bd, maps
+def _group_shares(
+    idx: Tensor, names: Sequence[str], obj_loss: list[float], obj_grad: list[float]
+) -> dict[str, dict[str, float]]:
+    """Objects, loss and gradient share of each group (``idx`` [N]: group of each object into ``names``)."""
+    res = {}
+    for k, name in enumerate(names):
+        sel = (idx == k).nonzero().flatten().tolist()
+        n = len(sel)
+        gl = sum(obj_loss[i] for i in sel)
+        gg = sum(obj_grad[i] for i in sel)
+        res[name] = {
+            "objects": n,
+            "loss_share": gl,
+            "grad_share": gg,
+            "grad_share_per_object": gg / n if n else None,
+        }
+    return res
 
 
 def _flat_gt(boxes: Sequence[Tensor], labels: Sequence[Tensor], dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -477,31 +488,9 @@ def run_diagnose(
         raise InputError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
     cfgs = parse_normalizations(normalizations, overrides)
     fields = fields if isinstance(fields, FieldConfig) else FieldConfig(*fields)
-
-    model = None
-    image_size = tuple(image_size) if image_size is not None else None
-    patch_size = 16
-    if image_size is not None and not (checkpoint or source is not None):
-        check_image_size(image_size, patch_size, "--image-size")
-    if checkpoint and source is not None:
-        raise InputError("give --checkpoint or --model, not both")
-    if checkpoint or source is not None:
-        model = load_model(source or ModelSource(checkpoint=Path(checkpoint))).model
-        if image_size and tuple(image_size) != tuple(model.image_size):
-            raise InputError(f"--image-size {image_size} differs from the checkpoint's {tuple(model.image_size)}")
-        image_size = tuple(model.image_size)
-        patch_size = model.patch_size
-    image_size = image_size or (256, 448)
+    model, image_size, patch_size = _diagnosed_model(checkpoint, source, image_size)
     grid = grid_for(image_size, patch_size)
-
-    images = None
-    if data == "toy":
-        boxes = [toy_roadside_scene(image_size, seed=seed + i) for i in range(num_images)]
-    else:
-        ds = load_dataset(data, split="val", num_images=num_images, image_size=image_size, seed=seed)
-        items = [ds[i] for i in range(min(num_images, len(ds)))]
-        images = torch.stack([it["image"] for it in items])
-        boxes = [it["boxes"] for it in items]
+    images, boxes = _diagnosed_scenes(data, num_images, image_size, seed)
     P = grid[0] * grid[1]
     if model is not None:
         if images is None:
@@ -518,18 +507,7 @@ def run_diagnose(
         for cfg in cfgs:
             bd, maps = analyse(logits, boxes, grid, image_size, cfg, fields, patch_size)
             breakdowns.append(bd)
-            tag = cfg.normalization + (f"_g{cfg.area_gamma:g}" if cfg.normalization == "object" else "")
-            for i in range(len(boxes)):
-                save_heatmaps(
-                    tmp / "heatmaps" / f"{tag}_img{i}.png",
-                    {k: v[i] for k, v in maps.items()},
-                    keep[i],
-                    torch.as_tensor(boxes[i]).reshape(-1, 4),
-                    grid,
-                    image_size,
-                    f"CASS {tag}: image {i}",
-                    None if images is None else images[i],
-                )
+            _save_normalization_heatmaps(tmp / "heatmaps", cfg, maps, keep, boxes, grid, image_size, images)
         summary = {
             "image_size": list(image_size),
             "grid": list(grid),
@@ -540,3 +518,61 @@ def run_diagnose(
         }
         (tmp / "diagnostics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, breakdowns
+
+
+def _diagnosed_model(
+    checkpoint: str | Path | None, source: Any, image_size: Sequence[int] | None
+) -> tuple[Any, tuple[int, ...], int]:
+    """``diagnose``'s model (None without ``checkpoint`` / ``source``), input size and patch size: the
+    model's own, else ``image_size`` (checked; default 256 x 448) with 16-px patches."""
+    model = None
+    image_size = tuple(image_size) if image_size is not None else None
+    patch_size = 16
+    if image_size is not None and not (checkpoint or source is not None):
+        check_image_size(image_size, patch_size, "--image-size")
+    if checkpoint and source is not None:
+        raise InputError("give --checkpoint or --model, not both")
+    if checkpoint or source is not None:
+        model = load_model(source or ModelSource(checkpoint=Path(checkpoint))).model
+        if image_size and tuple(image_size) != tuple(model.image_size):
+            raise InputError(f"--image-size {image_size} differs from the checkpoint's {tuple(model.image_size)}")
+        image_size = tuple(model.image_size)
+        patch_size = model.patch_size
+    return model, image_size or (256, 448), patch_size
+
+
+def _diagnosed_scenes(
+    data: str, num_images: int, image_size: tuple[int, ...], seed: int
+) -> tuple[Tensor | None, list[Tensor]]:
+    """``diagnose``'s inputs -> (images [B, 3, H, W] or None for ``"toy"`` boxes only, B box tensors [M_b, 4])."""
+    if data == "toy":
+        return None, [toy_roadside_scene(image_size, seed=seed + i) for i in range(num_images)]
+    ds = load_dataset(data, split="val", num_images=num_images, image_size=image_size, seed=seed)
+    items = [ds[i] for i in range(min(num_images, len(ds)))]
+    return torch.stack([it["image"] for it in items]), [it["boxes"] for it in items]
+
+
+def _save_normalization_heatmaps(
+    folder: Path,
+    cfg: CassConfig,
+    maps: dict[str, Tensor],
+    keep: Tensor,
+    boxes: Sequence[Tensor],
+    grid: Sequence[int],
+    image_size: Sequence[int],
+    images: Tensor | None,
+) -> None:
+    """``folder/<normalisation>_img<i>.png``: :func:`save_heatmaps` of every image for one normalisation
+    (maps: each [B, P]; keep [B, P] bool; images [B, 3, H, W] or None)."""
+    tag = cfg.normalization + (f"_g{cfg.area_gamma:g}" if cfg.normalization == "object" else "")
+    for i in range(len(boxes)):
+        save_heatmaps(
+            folder / f"{tag}_img{i}.png",
+            {k: v[i] for k, v in maps.items()},
+            keep[i],
+            torch.as_tensor(boxes[i]).reshape(-1, 4),
+            grid,
+            image_size,
+            f"CASS {tag}: image {i}",
+            None if images is None else images[i],
+        )

@@ -313,112 +313,10 @@ def check_gates(
     ``drops``: :func:`recall_drops` when already computed (else computed here when needed);
     ``measure``: what the messages call the measure (``"agreement with teacher T"`` label-free)."""
     checks: list[GateCheck] = []
-    bound = gates.gate_on == "bound"
-    pct = f"{100 * gates.confidence:g} %"
-
-    def settle(status: str) -> bool:
-        return status == PASS or (status == INCONCLUSIVE and gates.allow_inconclusive)
-
-    def minimum(
-        name: str, fld: str | None, what: str, value: float | None, thr: float, detail: str, empty_reason: str
-    ) -> None:
-        if value is None:
-            checks.append(GateCheck(name, fld, None, thr, True, f"{name} skipped: {empty_reason}", skipped=True))
-            return
-        ok = value >= thr - TOLERANCE
-        verdict = "meets" if ok else "is below"
-        checks.append(
-            GateCheck(name, fld, value, thr, ok, f"{what} {value:.4f}{detail} {verdict} the minimum {thr:.4f}")
-        )
-
     if gates.min_near_recall is not None:
-        r = result.by_field["near"]
-        thr = gates.min_near_recall
-        if r.recall is None:
-            minimum("min_near_recall", "near", "", None, thr, "", "no ground-truth objects in field 'near'")
-        else:
-            status, need = decide_min(r.recall, r.recall_lo, r.recall_hi, thr, gates.gate_on)
-            ci = f" [{pct} {r.recall_lo:.4f}, {r.recall_hi:.4f}]"
-            if bound:
-                verdict = {
-                    PASS: "lower bound meets",
-                    FAIL: "upper bound is below",
-                    INCONCLUSIVE: "interval straddles",
-                }[status]
-            else:
-                verdict = "meets" if status == PASS else "is below"
-            checks.append(
-                GateCheck(
-                    "min_near_recall",
-                    "near",
-                    r.recall,
-                    thr,
-                    settle(status),
-                    f"near-field {measure} {r.recall:.4f} ({counts(r)} found){ci} {verdict} the minimum {thr:.4f}"
-                    + _needed_text(status, need, r.n_gt, "near-field"),
-                    status=status,
-                    lo=r.recall_lo,
-                    hi=r.recall_hi,
-                    objects_needed=need,
-                    n_objects=r.n_gt,
-                )
-            )
+        checks.append(_near_recall_check(result, gates, measure))
     if gates.max_recall_drop is not None:
-        if reference is None:
-            raise ConfigError(
-                "max_recall_drop compares recall with a reference model; give a reference "
-                "(the dense model or a saved reference result)"
-            )
-        if drops is None:
-            drops = recall_drops(
-                result, reference, confidence=gates.confidence, resamples=gates.resamples, seed=gates.seed
-            )
-        thr = gates.max_recall_drop
-        for g in GROUPS:
-            cand, ref, dr = result.by_field[g], reference.by_field[g], drops[g]
-            if cand.recall is None or ref.recall is None or dr.point is None:
-                checks.append(
-                    GateCheck(
-                        "max_recall_drop",
-                        g,
-                        None,
-                        thr,
-                        True,
-                        f"max_recall_drop skipped: no ground-truth objects in field {g!r}",
-                        skipped=True,
-                        reference=ref.recall,
-                    )
-                )
-                continue
-            drop = dr.point
-            status, need = decide_max(drop, dr.lo, dr.hi, thr, gates.gate_on, dr.n_objects)
-            if bound:
-                verdict = {
-                    PASS: "upper bound within",
-                    FAIL: "more than" if dr.lo > thr + TOLERANCE else "upper bound more than",
-                    INCONCLUSIVE: f"interval {dr.hi - dr.lo:.4f} wide, wider than",
-                }[status]
-            else:
-                verdict = "within" if status == PASS else "more than"
-            paired = "" if dr.method == "paired bootstrap" else f", {dr.method}"
-            checks.append(
-                GateCheck(
-                    "max_recall_drop",
-                    g,
-                    drop,
-                    thr,
-                    settle(status),
-                    f"{g} {measure} dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
-                    f"{counts(ref)} -> {counts(cand)}) [{pct} {dr.lo:.4f}, {dr.hi:.4f}{paired}], "
-                    f"{verdict} the allowed {thr:.4f}" + _needed_text(status, need, dr.n_objects, f"{g}-field"),
-                    reference=ref.recall,
-                    status=status,
-                    lo=dr.lo,
-                    hi=dr.hi,
-                    objects_needed=need,
-                    n_objects=dr.n_objects,
-                )
-            )
+        checks += _recall_drop_checks(result, reference, gates, drops, measure)
     if gates.min_near_retention is not None:
         if not result.pruned:
             raise ConfigError(
@@ -426,17 +324,138 @@ def check_gates(
                 f"mask (a dense model keeps every patch)"
             )
         r = result.by_field["near"]
-        minimum(
-            "min_near_retention",
-            "near",
-            "near-field mean retention",
-            r.retention_mean,
-            gates.min_near_retention,
-            f" ({r.n_retention} objects)",
-            "no ground-truth objects with patches in field 'near'",
+        checks.append(
+            _minimum_check(
+                "min_near_retention",
+                "near",
+                "near-field mean retention",
+                r.retention_mean,
+                gates.min_near_retention,
+                f" ({r.n_retention} objects)",
+                "no ground-truth objects with patches in field 'near'",
+            )
         )
     if gates.min_map50 is not None:
         if result.map50 is None:
             raise ConfigError("min_map50 needs mAP@0.5, which was not computed for this run")
-        minimum("min_map50", None, "mAP@0.5", result.map50, gates.min_map50, "", "")
+        checks.append(_minimum_check("min_map50", None, "mAP@0.5", result.map50, gates.min_map50, "", ""))
     return checks
+
+
+def _minimum_check(
+    name: str, fld: str | None, what: str, value: float | None, thr: float, detail: str, empty_reason: str
+) -> GateCheck:
+    """A lower-limit gate decided on its point value; skipped (``empty_reason``) when ``value`` is None."""
+    if value is None:
+        return GateCheck(name, fld, None, thr, True, f"{name} skipped: {empty_reason}", skipped=True)
+    ok = value >= thr - TOLERANCE
+    verdict = "meets" if ok else "is below"
+    return GateCheck(name, fld, value, thr, ok, f"{what} {value:.4f}{detail} {verdict} the minimum {thr:.4f}")
+
+
+def _interval_check(
+    name: str,
+    fld: str,
+    value: float,
+    thr: float,
+    decision: tuple[str, int | None],
+    interval: tuple[float | None, float | None],
+    n_objects: int,
+    message: str,
+    gates: Gates,
+    reference: float | None = None,
+) -> GateCheck:
+    """A gate decided on an interval: ``decision`` (status, objects needed) from :func:`decide_min`
+    / :func:`decide_max` on ``interval`` (lo, hi) of ``value``. It passes when it passed, or when it
+    is inconclusive and ``gates.allow_inconclusive``."""
+    status, need = decision
+    passed = status == PASS or (status == INCONCLUSIVE and gates.allow_inconclusive)
+    check = GateCheck(name, fld, value, thr, passed, message, reference=reference, status=status)
+    check.lo, check.hi = interval
+    check.objects_needed, check.n_objects = need, n_objects
+    return check
+
+
+def _confidence_text(gates: Gates) -> str:
+    return f"{100 * gates.confidence:g} %"
+
+
+def _near_recall_check(result: ValidationResult, gates: Gates, measure: str) -> GateCheck:
+    """``min_near_recall``: the near field's recall (Wilson interval) against the minimum."""
+    r = result.by_field["near"]
+    thr = gates.min_near_recall
+    if r.recall is None:
+        return _minimum_check("min_near_recall", "near", "", None, thr, "", "no ground-truth objects in field 'near'")
+    status, need = decide_min(r.recall, r.recall_lo, r.recall_hi, thr, gates.gate_on)
+    ci = f" [{_confidence_text(gates)} {r.recall_lo:.4f}, {r.recall_hi:.4f}]"
+    if gates.gate_on == "bound":
+        verdict = {
+            PASS: "lower bound meets",
+            FAIL: "upper bound is below",
+            INCONCLUSIVE: "interval straddles",
+        }[status]
+    else:
+        verdict = "meets" if status == PASS else "is below"
+    message = (
+        f"near-field {measure} {r.recall:.4f} ({counts(r)} found){ci} {verdict} the minimum {thr:.4f}"
+        + _needed_text(status, need, r.n_gt, "near-field")
+    )
+    interval = (r.recall_lo, r.recall_hi)
+    return _interval_check("min_near_recall", "near", r.recall, thr, (status, need), interval, r.n_gt, message, gates)
+
+
+def _recall_drop_checks(
+    result: ValidationResult,
+    reference: ValidationResult | None,
+    gates: Gates,
+    drops: dict[str, RecallDrop] | None,
+    measure: str,
+) -> list[GateCheck]:
+    """``max_recall_drop``: one check per field and "all", on the drop's interval (``drops``, else
+    :func:`recall_drops` with the gates' confidence, resamples and seed)."""
+    if reference is None:
+        raise ConfigError(
+            "max_recall_drop compares recall with a reference model; give a reference "
+            "(the dense model or a saved reference result)"
+        )
+    if drops is None:
+        drops = recall_drops(result, reference, confidence=gates.confidence, resamples=gates.resamples, seed=gates.seed)
+    return [_recall_drop_check(g, result.by_field[g], reference.by_field[g], drops[g], gates, measure) for g in GROUPS]
+
+
+def _recall_drop_check(
+    g: str, cand: FieldReport, ref: FieldReport, dr: RecallDrop, gates: Gates, measure: str
+) -> GateCheck:
+    """``max_recall_drop`` on group ``g``: reference recall minus candidate recall against the limit."""
+    thr = gates.max_recall_drop
+    if cand.recall is None or ref.recall is None or dr.point is None:
+        return GateCheck(
+            "max_recall_drop",
+            g,
+            None,
+            thr,
+            True,
+            f"max_recall_drop skipped: no ground-truth objects in field {g!r}",
+            skipped=True,
+            reference=ref.recall,
+        )
+    drop = dr.point
+    status, need = decide_max(drop, dr.lo, dr.hi, thr, gates.gate_on, dr.n_objects)
+    if gates.gate_on == "bound":
+        verdict = {
+            PASS: "upper bound within",
+            FAIL: "more than" if dr.lo > thr + TOLERANCE else "upper bound more than",
+            INCONCLUSIVE: f"interval {dr.hi - dr.lo:.4f} wide, wider than",
+        }[status]
+    else:
+        verdict = "within" if status == PASS else "more than"
+    paired = "" if dr.method == "paired bootstrap" else f", {dr.method}"
+    message = (
+        f"{g} {measure} dropped by {drop:.4f} ({ref.recall:.4f} -> {cand.recall:.4f}, "
+        f"{counts(ref)} -> {counts(cand)}) [{_confidence_text(gates)} {dr.lo:.4f}, {dr.hi:.4f}{paired}], "
+        f"{verdict} the allowed {thr:.4f}" + _needed_text(status, need, dr.n_objects, f"{g}-field")
+    )
+    decision, interval = (status, need), (dr.lo, dr.hi)
+    return _interval_check(
+        "max_recall_drop", g, drop, thr, decision, interval, dr.n_objects, message, gates, ref.recall
+    )

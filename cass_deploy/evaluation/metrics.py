@@ -441,63 +441,12 @@ def map50(
     """
 
     _check_pairs(preds, gts)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
-    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
-    if len(names) != num_classes:
-        raise InputError(f"class_names has {len(names)} names for {num_classes} classes")
-    if len(set(names)) != len(names):
-        raise InputError(f"class_names must be unique, got {names}")
-
-    images, gt_anns, dt_anns = [], [], []
-    n_gt = [0] * num_classes
-    for i, (p, g) in enumerate(zip(preds, gts)):
-        gb = _as_boxes(_field(g, "boxes", f"ground truth of image {i}"), f"gt boxes of image {i}")
-        gl = _as_vector(
-            _field(g, "labels", f"ground truth of image {i}"), gb.shape[0], f"gt labels of image {i}", integer=True
-        )
-        pb = _as_boxes(_field(p, "boxes", f"prediction of image {i}"), f"predicted boxes of image {i}")
-        ps = _as_vector(_field(p, "scores", f"prediction of image {i}"), pb.shape[0], f"predicted scores of image {i}")
-        pl = _as_vector(
-            _field(p, "labels", f"prediction of image {i}"), pb.shape[0], f"predicted labels of image {i}", integer=True
-        )
-        for what, lab in (("gt", gl), ("predicted", pl)):
-            bad = (lab < 0) | (lab >= num_classes)
-            if bad.any():
-                raise InputError(f"image {i}: {what} label {int(lab[bad][0])} is outside 0..{num_classes - 1}")
-        image_id = i + 1
-        images.append({"id": image_id})
-        for box, lab in zip(gb.double().tolist(), gl.tolist()):
-            gt_anns.append(_coco_annotation(len(gt_anns) + 1, image_id, lab, box))
-            n_gt[lab] += 1
-        ign = g.get("ignore") if isinstance(g, Mapping) else None
-        if ign is not None and len(ign):
-            ib = _as_boxes(ign, f"ignore regions of image {i}")
-            il = g.get("ignore_labels")
-            il = torch.full((ib.shape[0],), -1) if il is None else torch.as_tensor(il).reshape(-1)
-            for box, lab in zip(ib.double().tolist(), il.tolist()):
-                for c in range(num_classes) if lab < 0 else [lab]:
-                    gt_anns.append({**_coco_annotation(len(gt_anns) + 1, image_id, c, box), "iscrowd": 1})
-        for box, score, lab in zip(pb.double().tolist(), ps.double().tolist(), pl.tolist()):
-            dt_anns.append(_coco_annotation(len(dt_anns) + 1, image_id, lab, box, score=score))
+    names = _class_names(num_classes, class_names)
+    images, gt_anns, dt_anns, n_gt = _coco_annotations(preds, gts, num_classes)
     if not any(a["iscrowd"] == 0 for a in gt_anns):
         raise InputError("mAP needs at least one ground-truth box; the evaluation set has none")
     categories = [{"id": c + 1, "name": names[c]} for c in range(num_classes)]
-
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco_gt, coco_dt = COCO(), COCO()
-        coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
-        coco_dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}
-        coco_gt.createIndex()
-        coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.iouThrs = np.array([0.5])
-        ev.params.maxDets = [int(max_dets)]
-        ev.params.catIds = [c["id"] for c in categories]
-        ev.evaluate()
-        ev.accumulate()
-    # precision: [T=1, R=101, K, A (0 = all areas), M=1]; -1 marks a class without GT
-    precision = ev.eval["precision"][0, :, :, 0, 0]
+    precision = _coco_precision(images, gt_anns, dt_anns, categories, max_dets)
     per_class: dict[str, float | None] = {}
     values = []
     for c in range(num_classes):
@@ -513,6 +462,91 @@ def map50(
         "per_class": per_class,
         "n_gt": {names[c]: n_gt[c] for c in range(num_classes)},
     }
+
+
+def _class_names(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
+    """The ``num_classes`` class names (``"0"``, ``"1"``, ... when None); InputError unless unique and as many."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
+    names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != num_classes:
+        raise InputError(f"class_names has {len(names)} names for {num_classes} classes")
+    if len(set(names)) != len(names):
+        raise InputError(f"class_names must be unique, got {names}")
+    return names
+
+
+def _image_detections(
+    i: int, p: Mapping[str, Any], g: Mapping[str, Any], num_classes: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Image ``i``'s ground truth and predictions, checked -> ``gt boxes [M, 4], gt labels [M],
+    boxes [D, 4], scores [D], labels [D]``; labels outside ``0 .. num_classes-1`` are an InputError."""
+    gb = _as_boxes(_field(g, "boxes", f"ground truth of image {i}"), f"gt boxes of image {i}")
+    gl = _as_vector(
+        _field(g, "labels", f"ground truth of image {i}"), gb.shape[0], f"gt labels of image {i}", integer=True
+    )
+    pb = _as_boxes(_field(p, "boxes", f"prediction of image {i}"), f"predicted boxes of image {i}")
+    ps = _as_vector(_field(p, "scores", f"prediction of image {i}"), pb.shape[0], f"predicted scores of image {i}")
+    pl = _as_vector(
+        _field(p, "labels", f"prediction of image {i}"), pb.shape[0], f"predicted labels of image {i}", integer=True
+    )
+    for what, lab in (("gt", gl), ("predicted", pl)):
+        bad = (lab < 0) | (lab >= num_classes)
+        if bad.any():
+            raise InputError(f"image {i}: {what} label {int(lab[bad][0])} is outside 0..{num_classes - 1}")
+    return gb, gl, pb, ps, pl
+
+
+def _coco_annotations(
+    preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]], num_classes: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """Predictions and ground truth -> pycocotools' ``images``, ground-truth annotations (ignore
+    regions as ``iscrowd`` ones, one per class for a label of -1), detections, and the number of
+    ground-truth boxes per class."""
+    images, gt_anns, dt_anns = [], [], []
+    n_gt = [0] * num_classes
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        gb, gl, pb, ps, pl = _image_detections(i, p, g, num_classes)
+        image_id = i + 1
+        images.append({"id": image_id})
+        for box, lab in zip(gb.double().tolist(), gl.tolist()):
+            gt_anns.append(_coco_annotation(len(gt_anns) + 1, image_id, lab, box))
+            n_gt[lab] += 1
+        ign = g.get("ignore") if isinstance(g, Mapping) else None
+        if ign is not None and len(ign):
+            ib = _as_boxes(ign, f"ignore regions of image {i}")
+            il = g.get("ignore_labels")
+            il = torch.full((ib.shape[0],), -1) if il is None else torch.as_tensor(il).reshape(-1)
+            for box, lab in zip(ib.double().tolist(), il.tolist()):
+                for c in range(num_classes) if lab < 0 else [lab]:
+                    gt_anns.append({**_coco_annotation(len(gt_anns) + 1, image_id, c, box), "iscrowd": 1})
+        for box, score, lab in zip(pb.double().tolist(), ps.double().tolist(), pl.tolist()):
+            dt_anns.append(_coco_annotation(len(dt_anns) + 1, image_id, lab, box, score=score))
+    return images, gt_anns, dt_anns, n_gt
+
+
+def _coco_precision(
+    images: list[dict[str, Any]],
+    gt_anns: list[dict[str, Any]],
+    dt_anns: list[dict[str, Any]],
+    categories: list[dict[str, Any]],
+    max_dets: int,
+) -> np.ndarray:
+    """pycocotools' bbox evaluation at IoU 0.5 -> precision [R=101, K]; -1 marks a class without GT."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco_gt, coco_dt = COCO(), COCO()
+        coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
+        coco_dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}
+        coco_gt.createIndex()
+        coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.iouThrs = np.array([0.5])
+        ev.params.maxDets = [int(max_dets)]
+        ev.params.catIds = [c["id"] for c in categories]
+        ev.evaluate()
+        ev.accumulate()
+    # precision: [T=1, R=101, K, A (0 = all areas), M=1]
+    return ev.eval["precision"][0, :, :, 0, 0]
 
 
 # --------------------------------------------------------------------------- retention

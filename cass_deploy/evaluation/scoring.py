@@ -295,119 +295,181 @@ def evaluate(
     """
 
     (Hp, Wp), (H, W) = check_geometry(grid, image_size)
-    fields = fields or FieldConfig()
-    size_bins = size_bins or SizeBins()
-    patch_size = (H / Hp, W / Wp)
-    P = Hp * Wp
-    matched, fld, size, retention, stage_ret = [], [], [], [], []
-    raw_preds, raw_gts = [], []
-    n_images = n_det = 0
-    pruned: bool | None = None
-    kept_sum = content_sum = 0.0
+    run = _Evaluation(
+        predict=predict,
+        grid=(Hp, Wp),
+        input_hw=(H, W),
+        iou_thr=iou_thr,
+        score_thr=score_thr,
+        classes=classes,
+        class_aware=class_aware,
+        fields=fields or FieldConfig(),
+        size_bins=size_bins or SizeBins(),
+        compute_map=compute_map,
+        ensure_center=ensure_center,
+    )
     for bi, batch in enumerate(batches):
-        if not isinstance(batch, Mapping) or "images" not in batch or "boxes" not in batch:
-            raise InputError(f"batch {bi} must be a mapping with 'images' and 'boxes' (and 'labels')")
-        images = batch["images"]
-        shape = tuple(getattr(images, "shape", ()))
-        if len(shape) != 4 or shape[2:] != (H, W):
-            raise InputError(
-                f"batch {bi}: images must have shape [B, C, {H}, {W}] (the network input), got {list(shape)}"
-            )
-        B = shape[0]
-        gt_boxes = list(batch["boxes"])
-        gt_labels = list(batch["labels"]) if batch.get("labels") is not None else [None] * B
-        if len(gt_boxes) != B or len(gt_labels) != B:
-            raise InputError(f"batch {bi}: {B} images but {len(gt_boxes)} box lists and {len(gt_labels)} label lists")
-        preds, keep = _split_output(predict(images), B, P, bi)
-        if pruned is None:
-            pruned = keep is not None
-        elif pruned != (keep is not None):
+        run.add_batch(batch, bi)
+    return run.result(num_classes, class_names, name)
+
+
+def _check_batch(batch: Any, bi: int, input_hw: tuple[int, int]) -> tuple[Any, int, list[Any], list[Any]]:
+    """One batch of :func:`evaluate` -> (images [B, C, H, W], B, B ground-truth box lists, B label
+    lists or None each); InputError naming the batch when it is malformed."""
+    H, W = input_hw
+    if not isinstance(batch, Mapping) or "images" not in batch or "boxes" not in batch:
+        raise InputError(f"batch {bi} must be a mapping with 'images' and 'boxes' (and 'labels')")
+    images = batch["images"]
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4 or shape[2:] != (H, W):
+        raise InputError(f"batch {bi}: images must have shape [B, C, {H}, {W}] (the network input), got {list(shape)}")
+    B = shape[0]
+    gt_boxes = list(batch["boxes"])
+    gt_labels = list(batch["labels"]) if batch.get("labels") is not None else [None] * B
+    if len(gt_boxes) != B or len(gt_labels) != B:
+        raise InputError(f"batch {bi}: {B} images but {len(gt_boxes)} box lists and {len(gt_labels)} label lists")
+    return images, B, gt_boxes, gt_labels
+
+
+def _num_classes(preds: Sequence[Mapping[str, Any]], gts: Sequence[Mapping[str, Any]]) -> int:
+    """1 + the largest label of any prediction or ground truth (images without labels ignored)."""
+    return 1 + max(
+        [int(torch.as_tensor(d["labels"]).max()) for d in [*preds, *gts] if torch.as_tensor(d["labels"]).numel()]
+    )
+
+
+@dataclass
+class _Evaluation:
+    """One :func:`evaluate` run: its settings and what the batches added so far.
+
+    Per image, in evaluation order: ``matched`` [M] bool (found at ``iou_thr``), ``fld`` / ``size``
+    [M] int64 (field and size bin of each ground-truth object); per batch with a keep mask,
+    ``retention`` [M_batch] and, for multi-stage masks, ``stage_ret`` (S tensors [M_batch]);
+    ``raw_preds`` / ``raw_gts``: per image, for mAP. ``kept_sum`` / ``content_sum``: kept and
+    on-image patches (the keep ratio).
+    """
+
+    predict: Predict
+    grid: tuple[int, int]
+    input_hw: tuple[int, int]
+    fields: FieldConfig
+    size_bins: SizeBins
+    iou_thr: float
+    score_thr: float
+    classes: Sequence[int] | None
+    class_aware: bool
+    compute_map: bool
+    ensure_center: bool
+    matched: list[Tensor] = field(default_factory=list)
+    fld: list[Tensor] = field(default_factory=list)
+    size: list[Tensor] = field(default_factory=list)
+    retention: list[Tensor] = field(default_factory=list)
+    stage_ret: list[list[Tensor]] = field(default_factory=list)
+    raw_preds: list[dict[str, Any]] = field(default_factory=list)
+    raw_gts: list[dict[str, Any]] = field(default_factory=list)
+    n_images: int = 0
+    n_det: int = 0
+    pruned: bool | None = None
+    kept_sum: float = 0.0
+    content_sum: float = 0.0
+
+    def add_batch(self, batch: Mapping[str, Any], bi: int) -> None:
+        """Predict batch ``bi`` and add its objects (recall, fields, sizes, mAP inputs) and retention."""
+        images, B, gt_boxes, gt_labels = _check_batch(batch, bi, self.input_hw)
+        preds, keep = _split_output(self.predict(images), B, self.grid[0] * self.grid[1], bi)
+        if self.pruned is None:
+            self.pruned = keep is not None
+        elif self.pruned != (keep is not None):
             raise InputError(f"batch {bi}: predict() returned a keep_mask for some batches but not others")
-        frames = _frames(batch, B, (H, W), bi)
-        kept_boxes = []
-        for b in range(B):
-            labels_b = {"labels": gt_labels[b]} if gt_labels[b] is not None else {}
-            index = n_images + b
-            tf, (oh, ow), orig = frames[b]
-            pred_b = preds[b] if tf is None else to_original(preds[b], tf, (oh, ow))
-            gt_orig = {"boxes": gt_boxes[b] if orig is None else orig, **labels_b}
-            pr, g = prepare_image(pred_b, gt_orig, index, (oh, ow), classes)
-            # recall and fields in the original image; size and retention on the network input
-            g_in = (
-                g if tf is None else prepare_image(None, {"boxes": gt_boxes[b], **labels_b}, index, (H, W), classes)[1]
-            )
-            matched.append(match_image(pr, g, iou_thr, score_thr, class_aware))
-            fld.append(field_of(g["boxes"], oh, fields))
-            size.append(size_bin_of(g_in["boxes"], patch_size, size_bins))
-            n_det += int((pr["scores"] >= score_thr).sum())
-            kept_boxes.append(g_in["boxes"])
-            if compute_map:
-                if "labels" not in preds[b] or gt_labels[b] is None:
-                    raise InputError(
-                        f"image {index}: mAP needs labels on predictions and ground truth; "
-                        f"pass compute_map=False for a class-agnostic model"
-                    )
-                raw_preds.append(pred_b)
-                gt_map = {"boxes": torch.as_tensor(gt_orig["boxes"]), "labels": torch.as_tensor(gt_labels[b])}
-                if batch.get("ignore") is not None:
-                    gt_map.update(ignore=batch["ignore"][b], ignore_labels=batch["ignore_labels"][b])
-                raw_gts.append(gt_map)
+        frames = _frames(batch, B, self.input_hw, bi)
+        kept_boxes = [self._add_image(batch, b, preds[b], gt_boxes[b], gt_labels[b], frames[b]) for b in range(B)]
+        self._add_retention(keep, kept_boxes, frames)
+        self.n_images += B
+
+    def _add_image(
+        self, batch: Mapping[str, Any], b: int, pred: dict[str, Any], gt_boxes: Any, gt_labels: Any, frame: tuple
+    ) -> Tensor:
+        """Match image ``b`` of ``batch``: recall and fields in the original image, size (and later
+        retention) on the network input. Returns its ground-truth boxes on the input [M, 4]."""
+        H, W = self.input_hw
+        labels_b = {"labels": gt_labels} if gt_labels is not None else {}
+        index = self.n_images + b
+        tf, (oh, ow), orig = frame
+        pred_b = pred if tf is None else to_original(pred, tf, (oh, ow))
+        gt_orig = {"boxes": gt_boxes if orig is None else orig, **labels_b}
+        pr, g = prepare_image(pred_b, gt_orig, index, (oh, ow), self.classes)
+        g_in = g if tf is None else prepare_image(None, {"boxes": gt_boxes, **labels_b}, index, (H, W), self.classes)[1]
+        self.matched.append(match_image(pr, g, self.iou_thr, self.score_thr, self.class_aware))
+        self.fld.append(field_of(g["boxes"], oh, self.fields))
+        self.size.append(size_bin_of(g_in["boxes"], (H / self.grid[0], W / self.grid[1]), self.size_bins))
+        self.n_det += int((pr["scores"] >= self.score_thr).sum())
+        if self.compute_map:
+            if "labels" not in pred or gt_labels is None:
+                raise InputError(
+                    f"image {index}: mAP needs labels on predictions and ground truth; "
+                    f"pass compute_map=False for a class-agnostic model"
+                )
+            self.raw_preds.append(pred_b)
+            gt_map = {"boxes": torch.as_tensor(gt_orig["boxes"]), "labels": torch.as_tensor(gt_labels)}
+            if batch.get("ignore") is not None:
+                gt_map.update(ignore=batch["ignore"][b], ignore_labels=batch["ignore_labels"][b])
+            self.raw_gts.append(gt_map)
+        return g_in["boxes"]
+
+    def _add_retention(self, keep: Tensor | None, kept_boxes: list[Tensor], frames: list[tuple]) -> None:
+        """Per-object retention of a batch's keep mask ([B, P], or [S + 1, B, P] per stage then the
+        final one) and its kept share of the on-image patches."""
+        grid, hw = self.grid, self.input_hw
         if keep is not None and keep.dim() == 3:  # per-stage masks, then the final one
-            stage_ret.append(
-                [retention_per_object(m, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center) for m in keep[:-1]]
+            self.stage_ret.append(
+                [retention_per_object(m, kept_boxes, grid, hw, ensure_center=self.ensure_center) for m in keep[:-1]]
             )
             keep = keep[-1]
         if keep is not None:
-            retention.append(retention_per_object(keep, kept_boxes, (Hp, Wp), (H, W), ensure_center=ensure_center))
-            content = torch.stack([content_patches(f[0], f[1], (Hp, Wp), (H, W)) for f in frames])  # [B, P]
-            kept_sum += float((torch.as_tensor(keep).bool() & content).to(torch.float64).sum())
-            content_sum += float(content.sum())
-        n_images += B
-    if n_images == 0:
-        raise InputError("the validation set is empty (no batches)")
-    matched_t = torch.cat(matched)
-    fld_t, size_t = torch.cat(fld), torch.cat(size)
-    image_t = torch.repeat_interleave(torch.arange(n_images), torch.tensor([len(m) for m in matched]))
-    if matched_t.numel() == 0:
-        which = f" of classes {list(classes)}" if classes is not None else ""
-        raise InputError(f"no ground-truth objects{which} in {n_images} validation images; nothing to measure")
-    rec = recall_summary(matched_t, fld_t, size_t)
-    ret = retention_summary(torch.cat(retention), fld_t, size_t) if pruned else None
-    m50 = per_class = None
-    if compute_map:
-        if num_classes is None:
-            num_classes = (
-                len(class_names)
-                if class_names is not None
-                else 1
-                + max(
-                    [
-                        int(torch.as_tensor(d["labels"]).max())
-                        for d in raw_preds + raw_gts
-                        if torch.as_tensor(d["labels"]).numel()
-                    ]
+            self.retention.append(retention_per_object(keep, kept_boxes, grid, hw, ensure_center=self.ensure_center))
+            content = torch.stack([content_patches(f[0], f[1], grid, hw) for f in frames])  # [B, P]
+            self.kept_sum += float((torch.as_tensor(keep).bool() & content).to(torch.float64).sum())
+            self.content_sum += float(content.sum())
+
+    def result(self, num_classes: int | None, class_names: Sequence[str] | None, name: str) -> ValidationResult:
+        """The summaries of every batch added: recall, retention, mAP@0.5 and the per-image counts."""
+        n_images = self.n_images
+        if n_images == 0:
+            raise InputError("the validation set is empty (no batches)")
+        matched_t = torch.cat(self.matched)
+        fld_t, size_t = torch.cat(self.fld), torch.cat(self.size)
+        image_t = torch.repeat_interleave(torch.arange(n_images), torch.tensor([len(m) for m in self.matched]))
+        if matched_t.numel() == 0:
+            which = f" of classes {list(self.classes)}" if self.classes is not None else ""
+            raise InputError(f"no ground-truth objects{which} in {n_images} validation images; nothing to measure")
+        rec = recall_summary(matched_t, fld_t, size_t)
+        ret = retention_summary(torch.cat(self.retention), fld_t, size_t) if self.pruned else None
+        m50 = per_class = None
+        if self.compute_map:
+            if num_classes is None:
+                num_classes = (
+                    len(class_names) if class_names is not None else _num_classes(self.raw_preds, self.raw_gts)
                 )
-            )
-        res = map50(raw_preds, raw_gts, num_classes, class_names)
-        m50, per_class = res["map50"], res["per_class"]
-    return build_result(
-        rec,
-        ret,
-        map50=m50,
-        map50_per_class=per_class,
-        keep_ratio=(kept_sum / max(content_sum, 1.0)) if pruned else None,
-        n_images=n_images,
-        n_objects=int(matched_t.numel()),
-        n_detections=n_det,
-        iou_thr=float(iou_thr),
-        score_thr=float(score_thr),
-        fields=fields,
-        size_bins=size_bins,
-        classes=None if classes is None else [int(c) for c in classes],
-        name=name,
-        per_image=per_image_counts(matched_t, fld_t, image_t, n_images),
-        by_stage=_stage_retention(stage_ret, fld_t, size_t),
-    )
+            res = map50(self.raw_preds, self.raw_gts, num_classes, class_names)
+            m50, per_class = res["map50"], res["per_class"]
+        return build_result(
+            rec,
+            ret,
+            map50=m50,
+            map50_per_class=per_class,
+            keep_ratio=(self.kept_sum / max(self.content_sum, 1.0)) if self.pruned else None,
+            n_images=n_images,
+            n_objects=int(matched_t.numel()),
+            n_detections=self.n_det,
+            iou_thr=float(self.iou_thr),
+            score_thr=float(self.score_thr),
+            fields=self.fields,
+            size_bins=self.size_bins,
+            classes=None if self.classes is None else [int(c) for c in self.classes],
+            name=name,
+            per_image=per_image_counts(matched_t, fld_t, image_t, n_images),
+            by_stage=_stage_retention(self.stage_ret, fld_t, size_t),
+        )
 
 
 def _stage_retention(per_batch: list[list[Tensor]], fld: Tensor, size: Tensor) -> list[dict[str, Any]] | None:

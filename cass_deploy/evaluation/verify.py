@@ -28,7 +28,7 @@ from cass_deploy.evaluation.metrics import box_iou, greedy_match
 from cass_deploy.evaluation.polygraphy_judge import score_floor
 from cass_deploy.evaluation.reference_outputs import save_reference_outputs
 from cass_deploy.evaluation.validate import load_batches
-from cass_deploy.io_utils import sha256_file
+from cass_deploy.io_utils import Output, sha256_file, write_json
 from cass_deploy.model.adapter import ModelSource, load_model
 from cass_deploy.model.interface import DET_OUTPUTS, HEAD_OUTPUTS, INPUT_NAME, model_stages, stage_names_in
 from cass_deploy.model.pruner import band_boundaries
@@ -154,11 +154,11 @@ class CandidateReport:
     score_max_abs: float
     score_max_rel: float
     tied_patches_mean: float
-    detection_max_abs: dict[str, float] = field(default_factory=dict)
-    detection_max_rel: dict[str, float] = field(default_factory=dict)
-    detections: dict[str, float] = field(default_factory=dict)  # matching of the SPEC 6b outputs
-    thresholds: dict[str, float] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=list)  # per pruning stage (SPEC 6c; multi-stage only)
+    detection_max_abs: dict[str, float]
+    detection_max_rel: dict[str, float]
+    detections: dict[str, float]  # matching of the SPEC 6b outputs
+    thresholds: dict[str, float]
+    stages: list[dict[str, Any]]  # per pruning stage (SPEC 6c; multi-stage only)
     failures: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -388,6 +388,33 @@ def band_groups(
 # --------------------------------------------------------------------------- end to end
 
 
+def verify_to(
+    reference: str | None,
+    candidates: Sequence[str],
+    *,
+    json_out: str | Path | None = None,
+    source: ModelSource | None = None,
+    save_polygraphy: str | Path | None = None,
+    force: bool = False,
+    **verify_args: Any,
+) -> tuple[VerifyReport, list[str]]:
+    """``cass-deploy verify``: the outputs (``--json``, ``--save-polygraphy``) checked before
+    anything runs, a reference required, :func:`run_verify`, then the report with its notes
+    written to ``json_out`` atomically -> (report, notes)."""
+    target = Output(json_out, force=force, flag="--json").check() if json_out else None
+    if save_polygraphy:
+        Output(save_polygraphy, force=force, kind="dir", flag="--save-polygraphy").check()
+    if source is None and reference is None:
+        raise InputError("verify needs --reference CHECKPOINT or --model SPEC --weights FILE")
+    report, notes = run_verify(
+        reference, candidates, source=source, save_polygraphy=save_polygraphy, force=force, **verify_args
+    )
+    if target is not None:
+        with target.writing() as tmp:
+            write_json(tmp, {**report.to_dict(), "notes": notes}, force=True)
+    return report, notes
+
+
 def run_verify(
     reference: str | None,
     candidates: Sequence[str],
@@ -431,87 +458,132 @@ def run_verify(
     models: dict[tuple, Any] = {}  # one load per geometry / pruner, shared by candidates
     for c in cands:
         m = c.meta
-        size = m.image_size
         step = m.batch_step
         n = (images // step) * step
         if n == 0:
             raise InputError(f"--images {images} is smaller than the candidate's fixed batch {step}")
-        out_names = [o["name"] for o in m.outputs]
-        raw_head = set(HEAD_OUTPUTS) <= set(out_names)
-        max_dets = next((o["shape"][1] for o in m.outputs if o["name"] == "det_scores" and "shape" in o), None)
-        thresh = m.extra.get("det_score_thresh")
-        # a checkpoint takes the candidate's pruner and size; an adapter or another toolchain's file is as built
-        as_exported = source.checkpoint is not None and not m.extra.get("foreign")
-        # an adapter takes the candidate's keep ratio, or per-stage schedule (SPEC 6c), as exported
-        stages = (m.extra.get("stages") or []) if not m.extra.get("foreign") else []
-        keep = tuple(st["keep_ratio"] for st in stages) if stages else m.keep_ratio
-        mkey = (size, m.pruner_mode, m.keep_ratio, raw_head, max_dets, thresh) if as_exported else (raw_head, max_dets)
-        mkey = mkey if as_exported or m.extra.get("foreign") else (*mkey, keep)
-        key = (*mkey, m.parts, n, step)
-        if mkey not in models:
-            loaded = (
-                load_model(source, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size)
-                if as_exported
-                else load_model(source, keep_ratio=None if m.extra.get("foreign") else keep)
-            )
-            if hasattr(loaded.model, "set_outputs") and m.parts == "full":
-                loaded.model.set_outputs(
-                    max_dets=max_dets if isinstance(max_dets, int) else None, raw_head=raw_head, score_thresh=thresh
-                )
-            models[mkey] = loaded
-        ckpt = models[mkey]
-        if tuple(ckpt.model.image_size) != tuple(size):
-            raise InputError(
-                f"candidate {c.path} takes {size[0]}x{size[1]} images but the reference "
-                f"{source.describe()} takes {ckpt.model.image_size[0]}x{ckpt.model.image_size[1]}"
-            )
-        src = m.source_checkpoint_sha256
-        if src and src != ckpt.sha256:
-            notes.append(
-                f"{c.path}: exported from a different checkpoint / weights (sha256 {src[:12]}…) than the "
-                f"reference {source.describe()} ({ckpt.sha256[:12]}…)"
-            )
+        ckpt, key = _reference_model(source, m, models)
+        _check_reference(c, ckpt, source, notes)
+        key = (*key, m.parts, n, step)
         if key not in cache:
-            # validate's loader: another image size is an error naming both unless --resize (SPEC 6b)
-            imgs = load_batches(data, size, n, batch_size=n, seed=seed, resize=resize)[0]["images"].numpy()
-            if len(imgs) < n:
-                raise InputError(f"dataset {data!r} has {len(imgs)} images, fewer than the {n} asked for")
-            imgs = imgs.astype(np.float32)
-            with TorchRunner(ckpt.model, part=m.parts) as ref_runner:
-                cache[key] = {"images": imgs, **run_batches(ref_runner, imgs, step)}
+            cache[key] = _reference_outputs(ckpt.model, m, data, n, seed, resize)
         ref = cache[key]
         with make_runner(c, providers) as runner:
             cand = run_batches(runner, ref["images"], step)
         thr = thresholds_for(m.precision, **threshold_overrides)
-        groups, logit = ckpt.model.tie_groups() if hasattr(ckpt.model, "tie_groups") else (None, None)
-        if len(model_stages(ckpt.model)) > 1:  # SPEC 6c: the band groups of each stage's own pruner
-            groups, logit = [band_groups(st.pruner_mode, st.grid) for st in model_stages(ckpt.model)], None
+        groups, logit = _tie_groups(ckpt.model)
         name = f"{c.kind}:{c.path}"
         reports.append(compare_outputs(name, m.precision, ref, cand, thr, groups, logit))
         if save_polygraphy is not None and not compared:  # the first candidate's reference
-            index = save_reference_outputs(
-                save_polygraphy,
-                [{INPUT_NAME: ref["images"][i : i + step]} for i in range(0, n, step)],
-                [{k: v[i : i + step] for k, v in ref.items() if k != "images"} for i in range(0, n, step)],
-                precision=m.precision,
-                source={
-                    "checkpoint": str(reference) if reference is not None else source.describe(),
-                    "checkpoint_sha256": ckpt.sha256,
-                    "candidate": str(c.path),
-                    "onnx_sha256": sha256_file(c.path) if c.kind == "onnx" else None,
-                    "image_size": list(size),
-                    "data": str(data),
-                    "seed": seed,
-                },
-                groups=None if isinstance(groups, list) else groups,
-                threshold_logit=logit,
-                force=force,
-            )
+            origin = {
+                "checkpoint": str(reference) if reference is not None else source.describe(),
+                "checkpoint_sha256": ckpt.sha256,
+                "candidate": str(c.path),
+                "onnx_sha256": sha256_file(c.path) if c.kind == "onnx" else None,
+                "image_size": list(m.image_size),
+                "data": str(data),
+                "seed": seed,
+            }
+            index = _save_reference(save_polygraphy, ref, n, step, m.precision, origin, groups, logit, force)
             notes.append(
                 f"saved the reference of {c.path} for Polygraphy in {save_polygraphy}: {index['commands']['engine']}"
             )
         compared = max(compared, n)
     return VerifyReport(reference=source.describe(), images=compared, candidates=reports), notes
+
+
+def _reference_model(source: ModelSource, m: Any, models: dict[tuple, Any]) -> tuple[Any, tuple]:
+    """The reference model for a candidate of metadata ``m`` -> (loaded model, its key in ``models``).
+
+    A checkpoint takes the candidate's pruner and size; an adapter or another toolchain's file is as
+    built, an adapter with the candidate's keep ratio (or per-stage schedule, SPEC 6c) as exported.
+    Loaded once per key into ``models``, with the candidate's detection outputs (max detections,
+    raw head maps, score threshold) when it is a full model."""
+    size = m.image_size
+    out_names = [o["name"] for o in m.outputs]
+    raw_head = set(HEAD_OUTPUTS) <= set(out_names)
+    max_dets = next((o["shape"][1] for o in m.outputs if o["name"] == "det_scores" and "shape" in o), None)
+    thresh = m.extra.get("det_score_thresh")
+    as_exported = source.checkpoint is not None and not m.extra.get("foreign")
+    stages = (m.extra.get("stages") or []) if not m.extra.get("foreign") else []
+    keep = tuple(st["keep_ratio"] for st in stages) if stages else m.keep_ratio
+    mkey = (size, m.pruner_mode, m.keep_ratio, raw_head, max_dets, thresh) if as_exported else (raw_head, max_dets)
+    mkey = mkey if as_exported or m.extra.get("foreign") else (*mkey, keep)
+    if mkey not in models:
+        loaded = (
+            load_model(source, pruner_mode=m.pruner_mode, keep_ratio=m.keep_ratio, image_size=size)
+            if as_exported
+            else load_model(source, keep_ratio=None if m.extra.get("foreign") else keep)
+        )
+        if hasattr(loaded.model, "set_outputs") and m.parts == "full":
+            loaded.model.set_outputs(
+                max_dets=max_dets if isinstance(max_dets, int) else None, raw_head=raw_head, score_thresh=thresh
+            )
+        models[mkey] = loaded
+    return models[mkey], mkey
+
+
+def _check_reference(c: Any, ckpt: Any, source: ModelSource, notes: list[str]) -> None:
+    """InputError unless the reference takes the candidate's input size; a note when the candidate
+    was exported from other weights (by the checkpoint sha256 its manifest records)."""
+    size = c.meta.image_size
+    if tuple(ckpt.model.image_size) != tuple(size):
+        raise InputError(
+            f"candidate {c.path} takes {size[0]}x{size[1]} images but the reference "
+            f"{source.describe()} takes {ckpt.model.image_size[0]}x{ckpt.model.image_size[1]}"
+        )
+    src = c.meta.source_checkpoint_sha256
+    if src and src != ckpt.sha256:
+        notes.append(
+            f"{c.path}: exported from a different checkpoint / weights (sha256 {src[:12]}…) than the "
+            f"reference {source.describe()} ({ckpt.sha256[:12]}…)"
+        )
+
+
+def _reference_outputs(model: Any, m: Any, data: str, n: int, seed: int, resize: bool | str) -> dict[str, np.ndarray]:
+    """The reference's outputs on the first ``n`` images of ``data`` at the candidate's input size, in
+    batches of its ``batch_step`` -> ``{"images": float32 [n, 3, H, W], output name: [n, ...]}``."""
+    # validate's loader: another image size is an error naming both unless --resize (SPEC 6b)
+    imgs = load_batches(data, m.image_size, n, batch_size=n, seed=seed, resize=resize)[0]["images"].numpy()
+    if len(imgs) < n:
+        raise InputError(f"dataset {data!r} has {len(imgs)} images, fewer than the {n} asked for")
+    imgs = imgs.astype(np.float32)
+    with TorchRunner(model, part=m.parts) as ref_runner:
+        return {"images": imgs, **run_batches(ref_runner, imgs, m.batch_step)}
+
+
+def _tie_groups(model: Any) -> tuple[Any, float | None]:
+    """(groups, threshold logit) of the model's pruner for the tie-aware comparison: its own
+    ``tie_groups()``; with several stages (SPEC 6c) the band groups of each stage's pruner."""
+    groups, logit = model.tie_groups() if hasattr(model, "tie_groups") else (None, None)
+    if len(model_stages(model)) > 1:
+        groups, logit = [band_groups(st.pruner_mode, st.grid) for st in model_stages(model)], None
+    return groups, logit
+
+
+def _save_reference(
+    folder: str | Path,
+    ref: Mapping[str, np.ndarray],
+    n: int,
+    step: int,
+    precision: str,
+    origin: dict[str, Any],
+    groups: Any,
+    logit: float | None,
+    force: bool,
+) -> dict[str, Any]:
+    """The reference inputs and outputs (``ref``: ``images`` and every output, [n, ...]) in batches of
+    ``step`` for Polygraphy (:func:`save_reference_outputs`); returns its index."""
+    return save_reference_outputs(
+        folder,
+        [{INPUT_NAME: ref["images"][i : i + step]} for i in range(0, n, step)],
+        [{k: v[i : i + step] for k, v in ref.items() if k != "images"} for i in range(0, n, step)],
+        precision=precision,
+        source=origin,
+        groups=None if isinstance(groups, list) else groups,
+        threshold_logit=logit,
+        force=force,
+    )
 
 
 def report_table(report: VerifyReport):

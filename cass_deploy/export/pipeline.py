@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -59,6 +60,42 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
     inputs = [req.checkpoint, req.weights]
     target_dir = Output(req.out, force=req.force, kind="dir", flag="--out", inputs=inputs).check()
     out = target_dir.path
+    source, ckpt = _load_pruned(req)
+    model = ckpt.model
+    trt_major = trt_major_version() if req.engine else None
+    target, graph, notes = _check_target(req, model, trt_major)
+    trained_size = ckpt.trained_image_size
+    if tuple(model.image_size) != trained_size:
+        notes.append(
+            f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
+            f"{trained_size[0]}x{trained_size[1]}: the position embedding was resampled (bicubic); "
+            "validate at this size before deploying"
+        )
+    log(
+        f"exporting {req.parts} ({model.pruner_mode}, k={'/'.join(str(st.k) for st in model_stages(model))}, "
+        f"{model.image_size[0]}x{model.image_size[1]}, "
+        f"{req.precision}) from {source.describe()}"
+    )
+    proto = _onnx_at_precision(req, model)
+    if target.startswith("tensorrt"):  # every node the target cannot take, named (SPEC 7c)
+        refuse_unbuildable(proto, target, dynamic_batch=req.dynamic_batch, gpu_fallback=req.gpu_fallback, log=log)
+    graph.check(target, ops=op_types(proto), dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
+
+    base, extra = _manifest_fields(req, ckpt, source, proto, graph, target, notes)
+    trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})
+    facts = onnx_facts(proto)
+    trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
+    with target_dir.writing() as tmp:
+        man = _write_artefacts(tmp, proto, req, trt_opts, trtexec, base, extra, log)
+    log(f"wrote {out}/{ONNX_NAME}" + (f", {out}/{ENGINE_NAME}" if req.engine else "") + f", {out}/manifest.json")
+    for n in notes:
+        log(n)
+    return ExportResult(out=out, manifest=man, notes=notes)
+
+
+def _load_pruned(req: ExportRequest):
+    """``req``'s model source and the loaded model (outputs set per ``req``) -> (source, loaded);
+    a dense (pruner ``none``) model is refused."""
     source = source_from(req.checkpoint, req.model, req.weights, req.model_args)
     ckpt = load_model(source, pruner_mode=req.pruner_mode, keep_ratio=req.keep_ratio, image_size=req.image_size)
     model = ckpt.model
@@ -70,7 +107,12 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             "--pruner global|band|threshold, or use --parts full for the dense detector "
             "with --pruner global --keep-ratio 1.0"
         )
-    trt_major = trt_major_version() if req.engine else None
+    return source, ckpt
+
+
+def _check_target(req: ExportRequest, model, trt_major: int | None) -> tuple[str, GraphFacts, list[str]]:
+    """The target whose limits apply, checked on the model's graph before anything is built ->
+    (target, graph facts, notes); a missing TensorRT is said after its limits."""
     # without TensorRT here the limits are still checked (TensorRT 10's, the same TopK limit as 11's)
     # before saying that it is missing: a request no TensorRT can build is told so first
     target = req.target or (
@@ -87,19 +129,11 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
             graph.check("tensorrt10", gpu_fallback=req.gpu_fallback)
         except InputError as exc:
             notes.append(f"note: a TensorRT build of this export would be refused: {exc}")
+    return target, graph, notes
 
-    trained_size = ckpt.trained_image_size
-    if tuple(model.image_size) != trained_size:
-        notes.append(
-            f"note: input size {model.image_size[0]}x{model.image_size[1]} differs from the trained "
-            f"{trained_size[0]}x{trained_size[1]}: the position embedding was resampled (bicubic); "
-            "validate at this size before deploying"
-        )
-    log(
-        f"exporting {req.parts} ({model.pruner_mode}, k={'/'.join(str(st.k) for st in model_stages(model))}, "
-        f"{model.image_size[0]}x{model.image_size[1]}, "
-        f"{req.precision}) from {source.describe()}"
-    )
+
+def _onnx_at_precision(req: ExportRequest, model) -> onnx.ModelProto:
+    """``req.parts`` of ``model`` as ONNX, converted to ``req.precision`` (int8: calibrated)."""
     proto = export_part(
         model, req.parts, batch=req.batch, dynamic_batch=req.dynamic_batch, opset=req.opset, simplify=req.simplify
     )
@@ -115,10 +149,14 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         proto = prec.to_int8(
             proto, calib, keep_predictor_fp32=req.keep_predictor_fp32, predictor_params=params, method=req.calib_method
         )
-    if target.startswith("tensorrt"):  # every node the target cannot take, named (SPEC 7c)
-        refuse_unbuildable(proto, target, dynamic_batch=req.dynamic_batch, gpu_fallback=req.gpu_fallback, log=log)
-    graph.check(target, ops=op_types(proto), dla_core=req.dla_core, gpu_fallback=req.gpu_fallback)
+    return proto
 
+
+def _manifest_fields(
+    req: ExportRequest, ckpt, source, proto: onnx.ModelProto, graph: GraphFacts, target: str, notes: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest's typed fields (``build_manifest`` keywords) and its ``extra`` entries."""
+    model = ckpt.model
     inputs, outputs = io_specs(proto)
     max_dets = next((o["shape"][1] for o in outputs if o["name"] == "det_scores"), None)
     base = dict(
@@ -147,39 +185,44 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> Export
         "num_classes": len(model.class_names),
         "class_names": list(model.class_names),
         "head_stride": getattr(getattr(model, "cfg", None), "head_stride", None),
-        "trained_image_size": list(trained_size),
+        "trained_image_size": list(ckpt.trained_image_size),
         "model_source": source.to_dict(),
         "max_dets": max_dets,
         "det_score_thresh": req.det_score_thresh if max_dets is not None else None,
         **stages_record(model),
         **req.extra,
     }
-    trt_opts = graph.build_options(**{name: getattr(req, name) for name in BUILD_SETTINGS})
-    facts = onnx_facts(proto)
-    trtexec = _trtexec(trt_opts, trt_major or 10, facts.has_qdq, facts.is_fp16, notes)
-    with target_dir.writing() as tmp:
-        onnx_path = tmp / ONNX_NAME
-        onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        draft = mf.build_manifest(
-            artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base
-        )
-        onnx.save(mf.embed_onnx_metadata(proto, draft.onnx_metadata()), onnx_path)
-        artefacts = {"onnx": onnx_path}
-        if req.engine:
-            result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
-            artefacts["engine"] = tmp / ENGINE_NAME
+    return base, extra
 
-            extra["tensorrt"] = {**result.to_dict(), "device": device_name(), "built_on": device_facts().to_dict()}
-            trtexec = result.trtexec or trtexec
-        man = mf.build_manifest(
-            artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base
-        )
-        man.write(tmp, force=True)
-    log(f"wrote {out}/{ONNX_NAME}" + (f", {out}/{ENGINE_NAME}" if req.engine else "") + f", {out}/manifest.json")
-    for n in notes:
-        log(n)
-    return ExportResult(out=out, manifest=man, notes=notes)
+
+def _write_artefacts(
+    tmp: Path,
+    proto: onnx.ModelProto,
+    req: ExportRequest,
+    trt_opts,
+    trtexec: str | None,
+    base: dict[str, Any],
+    extra: dict[str, Any],
+    log: Callable[[str], None],
+) -> Manifest:
+    """Into ``tmp``: the ONNX with its metadata embedded, the engine (``req.engine``), the manifest."""
+    onnx_path = tmp / ONNX_NAME
+    onnx.save(proto, onnx_path)  # the draft manifest hashes it; the final one re-hashes
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    draft = mf.build_manifest(
+        artefacts={"onnx": onnx_path}, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base
+    )
+    onnx.save(mf.embed_onnx_metadata(proto, draft.onnx_metadata()), onnx_path)
+    artefacts = {"onnx": onnx_path}
+    if req.engine:
+        result = build_engine(onnx_path, tmp / ENGINE_NAME, trt_opts, force=True, log=log)
+        artefacts["engine"] = tmp / ENGINE_NAME
+
+        extra["tensorrt"] = {**result.to_dict(), "device": device_name(), "built_on": device_facts().to_dict()}
+        trtexec = result.trtexec or trtexec
+    man = mf.build_manifest(artefacts=artefacts, base_dir=tmp, trtexec=trtexec, extra=extra, created=created, **base)
+    man.write(tmp, force=True)
+    return man
 
 
 def _set_outputs(model, req: ExportRequest) -> None:

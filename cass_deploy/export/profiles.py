@@ -58,29 +58,8 @@ class ExportProfile(ProfileSettings):
         check_choice(f"{where}: device", self.device, DEVICES)
         check_choice(f"{where}: precision", self.precision, PRECISIONS)
         check_choice(f"{where}: pruner_mode", self.pruner_mode, PRUNER_MODES)
-        _positive_int(where, "patch_size", self.patch_size)
-        if len(self.image_size) != 2:
-            raise ConfigError(f"{where}: image_size must be [H, W], got {list(self.image_size)!r}")
-        for axis, v in zip("HW", self.image_size):
-            _positive_int(where, f"image_size {axis}", v)
-            if v % self.patch_size:
-                raise ConfigError(
-                    f"{where}: image_size {axis}={v} is not a multiple of the patch "
-                    f"size {self.patch_size}; pad or resize to "
-                    f"{math.ceil(v / self.patch_size) * self.patch_size}"
-                )
-        _positive_int(where, "batch", self.batch)
-        if self.dynamic_batch is not None:
-            lo, opt, hi = self.dynamic_batch
-            for label, v in (("min", lo), ("opt", opt), ("max", hi)):
-                _positive_int(where, f"dynamic_batch {label}", v)
-            if not lo <= opt <= hi:
-                raise ConfigError(
-                    f"{where}: dynamic_batch must be [min, opt, max] with "
-                    f"min <= opt <= max, got {list(self.dynamic_batch)!r}"
-                )
-            if not lo <= self.batch <= hi:
-                raise ConfigError(f"{where}: batch {self.batch} is outside dynamic_batch {list(self.dynamic_batch)!r}")
+        self._check_input_size(where)
+        self._check_batch(where)
         if self.workspace_mib is not None:
             _positive_int(where, "workspace_mib", self.workspace_mib)
         if (
@@ -96,29 +75,7 @@ class ExportProfile(ProfileSettings):
         ):
             raise ConfigError(f"{where}: opset must be an integer in {list(OPSET_RANGE)}, got {self.opset!r}")
         if self.dla_core is not None:
-            if self.target != "tensorrt":
-                raise ConfigError(f"{where}: dla_core needs target tensorrt, got {self.target!r}")
-            cores = DLA_CORES[self.device]
-            if (
-                isinstance(self.dla_core, bool)
-                or not isinstance(self.dla_core, int)
-                or not 0 <= self.dla_core < max(cores, 1)
-                or cores == 0
-            ):
-                raise ConfigError(
-                    f"{where}: device {self.device} has {cores} DLA core(s); "
-                    f"dla_core {self.dla_core!r} is not one of them"
-                )
-            if self.precision == "fp32":
-                raise ConfigError(
-                    f"{where}: DLA computes in fp16 or int8 only; set precision "
-                    f"fp16 or int8, or dla_core null to build for the GPU"
-                )
-            if self.dynamic_batch is not None:
-                raise ConfigError(
-                    f"{where}: DLA engines have no dynamic dimensions; set "
-                    f"dynamic_batch null with dla_core {self.dla_core}"
-                )
+            self._check_dla(where)
         if self.memory_bandwidth_gbs is not None and (
             isinstance(self.memory_bandwidth_gbs, bool)
             or not isinstance(self.memory_bandwidth_gbs, (int, float))
@@ -127,17 +84,75 @@ class ExportProfile(ProfileSettings):
             raise ConfigError(f"{where}: memory_bandwidth_gbs must be > 0 or null, got {self.memory_bandwidth_gbs!r}")
         # a band pruner's per-band k depends on the model's bands, so only the export can check it
         if self.target == "tensorrt" and self.pruner_mode == "global":
-            try:  # every TensorRT version has the same TopK limit
-                check_request(
-                    "tensorrt10",
-                    k=self.topk_k(),
-                    image_size=self.image_size,
-                    patch_size=self.patch_size,
-                    pruner_mode=self.pruner_mode,
-                    keep_ratio=self.keep_ratio,
+            self._check_topk(where)
+
+    def _check_input_size(self, where: str) -> None:
+        """``patch_size`` and ``image_size`` positive integers, the input tiling into whole patches."""
+        _positive_int(where, "patch_size", self.patch_size)
+        if len(self.image_size) != 2:
+            raise ConfigError(f"{where}: image_size must be [H, W], got {list(self.image_size)!r}")
+        for axis, v in zip("HW", self.image_size):
+            _positive_int(where, f"image_size {axis}", v)
+            if v % self.patch_size:
+                raise ConfigError(
+                    f"{where}: image_size {axis}={v} is not a multiple of the patch "
+                    f"size {self.patch_size}; pad or resize to "
+                    f"{math.ceil(v / self.patch_size) * self.patch_size}"
                 )
-            except LimitError as exc:
-                raise LimitError(f"{where}: {exc}") from exc
+
+    def _check_batch(self, where: str) -> None:
+        """``batch`` a positive integer, within ``dynamic_batch`` ``[min, opt, max]`` when there is one."""
+        _positive_int(where, "batch", self.batch)
+        if self.dynamic_batch is None:
+            return
+        lo, opt, hi = self.dynamic_batch
+        for label, v in (("min", lo), ("opt", opt), ("max", hi)):
+            _positive_int(where, f"dynamic_batch {label}", v)
+        if not lo <= opt <= hi:
+            raise ConfigError(
+                f"{where}: dynamic_batch must be [min, opt, max] with "
+                f"min <= opt <= max, got {list(self.dynamic_batch)!r}"
+            )
+        if not lo <= self.batch <= hi:
+            raise ConfigError(f"{where}: batch {self.batch} is outside dynamic_batch {list(self.dynamic_batch)!r}")
+
+    def _check_dla(self, where: str) -> None:
+        """A ``dla_core``: a TensorRT target, a core the device has, fp16 / int8, a fixed batch."""
+        if self.target != "tensorrt":
+            raise ConfigError(f"{where}: dla_core needs target tensorrt, got {self.target!r}")
+        cores = DLA_CORES[self.device]
+        if (
+            isinstance(self.dla_core, bool)
+            or not isinstance(self.dla_core, int)
+            or not 0 <= self.dla_core < max(cores, 1)
+            or cores == 0
+        ):
+            raise ConfigError(
+                f"{where}: device {self.device} has {cores} DLA core(s); dla_core {self.dla_core!r} is not one of them"
+            )
+        if self.precision == "fp32":
+            raise ConfigError(
+                f"{where}: DLA computes in fp16 or int8 only; set precision "
+                f"fp16 or int8, or dla_core null to build for the GPU"
+            )
+        if self.dynamic_batch is not None:
+            raise ConfigError(
+                f"{where}: DLA engines have no dynamic dimensions; set dynamic_batch null with dla_core {self.dla_core}"
+            )
+
+    def _check_topk(self, where: str) -> None:
+        """A global pruner's ``k`` within TensorRT's TopK limit (the same in every TensorRT version)."""
+        try:
+            check_request(
+                "tensorrt10",
+                k=self.topk_k(),
+                image_size=self.image_size,
+                patch_size=self.patch_size,
+                pruner_mode=self.pruner_mode,
+                keep_ratio=self.keep_ratio,
+            )
+        except LimitError as exc:
+            raise LimitError(f"{where}: {exc}") from exc
 
     @property
     def grid(self) -> tuple[int, int]:

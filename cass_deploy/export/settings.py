@@ -16,14 +16,20 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args, get_origin
+from typing import Any, Protocol, get_args, get_origin
 
 from cass_deploy.backends.limits import PRECISIONS, PRUNER_MODES, TARGETS, target_for
 from cass_deploy.errors import InputError
 from cass_deploy.model.interface import PARTS
 
-if TYPE_CHECKING:  # pragma: no cover
-    from cass_deploy.export.profiles import ExportProfile
+
+class DeploymentProfile(Protocol):
+    """What a request reads of a deployment profile: its name, its target and the
+    :class:`ProfileSettings` fields. ``export.profiles.ExportProfile`` is the one implementation;
+    this module does not import it (``export.profiles`` builds on this one)."""
+
+    name: str
+    target: str
 
 
 class _Marker:
@@ -65,7 +71,7 @@ class Setting:
     choices: tuple[Any, ...] | None = None
     metavar: str | tuple[str, ...] | None = None
     profile: Any = NOT_IN_PROFILES
-    from_profile: Callable[[ExportProfile], Any] | None = None
+    from_profile: Callable[[DeploymentProfile], Any] | None = None
     default_factory: Callable[[], Any] | None = None
 
     @property
@@ -88,12 +94,12 @@ def _without_none(tp: Any) -> Any:
     return tp
 
 
-def _engine_for(profile: ExportProfile) -> bool | None:
+def _engine_for(profile: DeploymentProfile) -> bool | None:
     """A TensorRT profile builds an engine."""
     return True if profile.target == "tensorrt" else None
 
 
-def _target_for(profile: ExportProfile) -> str | None:
+def _target_for(profile: DeploymentProfile) -> str | None:
     """A TensorRT profile lets the export pick the target (TensorRT version, DLA); ONNX Runtime checks the CPU's."""
     return None if profile.target == "tensorrt" else target_for(profile.target, device="cpu")
 
@@ -368,7 +374,7 @@ def _from_cli(s: Setting, value: Any) -> Any:
 # --------------------------------------------------------------------------- deployment profiles
 
 
-def apply_profile(values: Mapping[str, Any], profile: ExportProfile | None) -> dict[str, Any]:
+def apply_profile(values: Mapping[str, Any], profile: DeploymentProfile | None) -> dict[str, Any]:
     """Fill unset (``None``) values from ``profile``; explicit values win.
 
     The ``profile`` value becomes the applied profile's name (``None`` when there is none).

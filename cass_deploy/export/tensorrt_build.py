@@ -124,49 +124,79 @@ def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool, onnx_is_fp1
     """
     if trt_major < 10:
         raise LimitError(f"TensorRT {trt_major}.x is not supported; use TensorRT 10 or 11 (JetPack 6 ships 10.3)")
-    p = options.precision
-    notes: list[str] = []
     dla = options.dla_core is not None
+    strongly = _strongly_typed(trt_major, options)
+    if dla:
+        _refuse_dla(trt_major, options, strongly)
+    _refuse_precision_mismatch(trt_major, options.precision, strongly, has_qdq, onnx_is_fp16)
+    network_flags, builder_flags, notes = _precision_flags(trt_major, options.precision, strongly, onnx_is_fp16)
 
+    device = "GPU"
+    if dla:
+        builder_flags.append("GPU_FALLBACK")
+        device = "DLA"
+        notes.append(f"DLA core {options.dla_core} with GPU fallback: TopK/Gather run on the GPU")
+
+    if options.version_compatible:
+        builder_flags.append("VERSION_COMPATIBLE")
+        notes.append("version-compatible engine: loadable by newer TensorRT on the same OS (possibly slower)")
+    return BuildPlan(
+        trt_major=trt_major,
+        strongly_typed=strongly,
+        network_flags=tuple(network_flags),
+        builder_flags=tuple(builder_flags),
+        default_device_type=device,
+        dla_core=options.dla_core if dla else None,
+        hardware_compatibility_level="AMPERE_PLUS" if options.hardware_compatible else None,
+        notes=tuple(notes),
+    )
+
+
+def _strongly_typed(trt_major: int, options: BuildOptions) -> bool:
+    """TensorRT 11 is always strongly typed (asking otherwise is refused); TensorRT 10 when asked."""
     if trt_major >= 11:
         if options.strongly_typed is False:
             raise LimitError(
                 f"TensorRT {trt_major} networks are always strongly typed; drop "
                 "the request for a weakly typed build (--no-strongly-typed)"
             )
-        strongly = True
-    else:
-        strongly = bool(options.strongly_typed)
+        return True
+    return bool(options.strongly_typed)
 
-    if dla:
-        if trt_major >= 11:
-            raise LimitError(
-                f"DLA is not available with TensorRT {trt_major}.x (absent from "
-                "11.0); build DLA engines with TensorRT 10 on the Jetson "
-                "(JetPack 6 ships 10.3), or drop --dla-core"
-            )
-        if p == "fp32":
-            raise LimitError(
-                "DLA computes in fp16 or int8 only; request --precision fp16 "
-                "(or int8), or drop --dla-core to build for the GPU"
-            )
-        if strongly:
-            raise LimitError(
-                "DLA builds on TensorRT 10 use the FP16/INT8 builder flags; drop --strongly-typed for a DLA engine"
-            )
-        if not options.gpu_fallback:
-            raise LimitError(
-                "DLA without GPU fallback cannot run the pruner: TopK and "
-                "Gather/Scatter are not DLA layers; enable GPU fallback"
-            )
-        if options.has_dynamic_profile:
-            raise LimitError("DLA has no dynamic dimensions; use a fixed batch (min = opt = max) for a DLA engine")
-        if options.hardware_compatible:
-            raise LimitError(
-                "hardware-compatible engines are GPU-only (Ampere+); drop --hardware-compatible for a DLA engine"
-            )
 
-    # precision carried by the ONNX vs the request
+def _refuse_dla(trt_major: int, options: BuildOptions, strongly: bool) -> None:
+    """Refuse a DLA build no TensorRT can make: TensorRT 11, fp32, strongly typed, no GPU fallback
+    (the pruner's TopK / Gather are not DLA layers), dynamic shapes, hardware compatibility."""
+    if trt_major >= 11:
+        raise LimitError(
+            f"DLA is not available with TensorRT {trt_major}.x (absent from "
+            "11.0); build DLA engines with TensorRT 10 on the Jetson "
+            "(JetPack 6 ships 10.3), or drop --dla-core"
+        )
+    if options.precision == "fp32":
+        raise LimitError(
+            "DLA computes in fp16 or int8 only; request --precision fp16 "
+            "(or int8), or drop --dla-core to build for the GPU"
+        )
+    if strongly:
+        raise LimitError(
+            "DLA builds on TensorRT 10 use the FP16/INT8 builder flags; drop --strongly-typed for a DLA engine"
+        )
+    if not options.gpu_fallback:
+        raise LimitError(
+            "DLA without GPU fallback cannot run the pruner: TopK and "
+            "Gather/Scatter are not DLA layers; enable GPU fallback"
+        )
+    if options.has_dynamic_profile:
+        raise LimitError("DLA has no dynamic dimensions; use a fixed batch (min = opt = max) for a DLA engine")
+    if options.hardware_compatible:
+        raise LimitError(
+            "hardware-compatible engines are GPU-only (Ampere+); drop --hardware-compatible for a DLA engine"
+        )
+
+
+def _refuse_precision_mismatch(trt_major: int, p: str, strongly: bool, has_qdq: bool, onnx_is_fp16: bool) -> None:
+    """Refuse a requested precision ``p`` the ONNX does not carry (never changed silently)."""
     if p == "int8" and not has_qdq:
         raise LimitError(
             "int8 needs an ONNX with explicit Q/DQ nodes (cass-deploy supports explicit "
@@ -191,8 +221,15 @@ def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool, onnx_is_fp1
             + (", or build without --strongly-typed on TensorRT 10" if trt_major < 11 else "")
         )
 
+
+def _precision_flags(
+    trt_major: int, p: str, strongly: bool, onnx_is_fp16: bool
+) -> tuple[list[str], list[str], list[str]]:
+    """How precision ``p`` reaches TensorRT -> (network flag names, builder flag names, notes):
+    from the ONNX on a strongly typed network, else FP16 / INT8 builder flags."""
     builder_flags: list[str] = []
     network_flags: list[str] = []
+    notes: list[str] = []
     if trt_major >= 11:
         notes.append(f"TensorRT {trt_major}: strongly typed by default; precision from the ONNX")
     elif strongly:
@@ -208,26 +245,7 @@ def plan_build(trt_major: int, options: BuildOptions, has_qdq: bool, onnx_is_fp1
             "explicit Q/DQ int8: layers without Q/DQ (the predictor and pruner by "
             "default) stay in " + ("fp16/fp32" if onnx_is_fp16 else "fp32")
         )
-
-    device = "GPU"
-    if dla:
-        builder_flags.append("GPU_FALLBACK")
-        device = "DLA"
-        notes.append(f"DLA core {options.dla_core} with GPU fallback: TopK/Gather run on the GPU")
-
-    if options.version_compatible:
-        builder_flags.append("VERSION_COMPATIBLE")
-        notes.append("version-compatible engine: loadable by newer TensorRT on the same OS (possibly slower)")
-    return BuildPlan(
-        trt_major=trt_major,
-        strongly_typed=strongly,
-        network_flags=tuple(network_flags),
-        builder_flags=tuple(builder_flags),
-        default_device_type=device,
-        dla_core=options.dla_core if dla else None,
-        hardware_compatibility_level="AMPERE_PLUS" if options.hardware_compatible else None,
-        notes=tuple(notes),
-    )
+    return network_flags, builder_flags, notes
 
 
 # -- ONNX facts ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -106,16 +106,7 @@ class MedianCI:
         return self.q75 - self.q25
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "median": self.median,
-            "lo": self.lo,
-            "hi": self.hi,
-            "q25": self.q25,
-            "q75": self.q75,
-            "iqr": self.iqr,
-            "n": self.n,
-            "confidence": self.confidence,
-        }
+        return _with(asdict(self), "q75", iqr=self.iqr)
 
 
 @dataclass(frozen=True)
@@ -135,15 +126,18 @@ class RatioCI:
         return self.lo > 1 or self.hi < 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "ratio": self.ratio,
-            "lo": self.lo,
-            "hi": self.hi,
-            "supported": self.supported,
-            "confidence": self.confidence,
-        }
+        return _with(asdict(self), "hi", supported=self.supported)
+
+
+def _with(fields: dict[str, Any], after: str, **derived: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict with ``derived`` values inserted after the key ``after``
+    (the JSON keeps the order readers know)."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        out[k] = v
+        if k == after:
+            out.update(derived)
+    return out
 
 
 def _samples(ms: Any) -> np.ndarray:

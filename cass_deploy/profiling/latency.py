@@ -30,7 +30,7 @@ from rich.table import Table
 from cass_deploy.backends.jetson import clocks_locked, nvpmodel_mode, read_board_info
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
-from cass_deploy.io_utils import latency_cells, latency_headers
+from cass_deploy.io_utils import Output, latency_cells, latency_headers, write_json
 from cass_deploy.model.interface import INPUT_NAME
 from cass_deploy.profiling.interleave import (
     MedianCI,
@@ -68,8 +68,8 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 @dataclass
-class Measurement:
-    """One timed configuration."""
+class Configuration:
+    """What a timed configuration is: its label, backend, device, pruner, keep ratio and batch."""
 
     label: str
     backend: str
@@ -77,6 +77,12 @@ class Measurement:
     pruner_mode: str
     keep_ratio: float | None
     batch: int
+
+
+@dataclass
+class Measurement(Configuration):
+    """One timed configuration."""
+
     latency: LatencyStats
     device_only: LatencyStats | None = None
     memory: dict[str, Any] = field(default_factory=dict)
@@ -281,15 +287,9 @@ def check_stopping_rule(
 
 
 @dataclass
-class TimedConfig:
+class TimedConfig(Configuration):
     """One configuration to time interleaved with others: what it is and one call of it."""
 
-    label: str
-    backend: str
-    device: str
-    pruner_mode: str
-    keep_ratio: float | None
-    batch: int
     run: Callable[[], Any]
     macs: MacCount | None = None
     #: the ONNX file an ONNX Runtime CPU configuration runs (its parts are timed from it)
@@ -769,6 +769,35 @@ def sweep_plot(results: Sequence[Measurement], path: str | Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+@dataclass
+class ProfileRun:
+    """What ``cass-deploy profile`` did: the measurements, the environment, the model's name, and
+    the files written under ``--out`` (none without it)."""
+
+    results: list[Measurement]
+    env: dict[str, Any]
+    name: str
+    written: list[str] = field(default_factory=list)
+
+
+def profile_to(
+    model: str | Path | None, opts: ProfileOptions, *, source: Any = None, out: str | Path | None = None, force=False
+) -> ProfileRun:
+    """``cass-deploy profile``: ``--out`` checked before anything runs (not over the model, not
+    over a folder with files without ``force``), :func:`run_profile`, then ``profile.json`` and
+    the sweep plot written there atomically."""
+    target = Output(out, force=force, kind="dir", flag="--out", inputs=[model]).check() if out else None
+    results, env = run_profile(Path(model) if model is not None else None, opts, source=source)
+    name = Path(model).name if model is not None else source.describe()
+    done = ProfileRun(results, env, name)
+    if target is not None:
+        with target.writing() as tmp:
+            write_json(tmp / "profile.json", profile_record(str(model or source.describe()), env, results))
+            plot = sweep_plot(results, tmp / "sweep.png")
+        done.written = [f"{out}/profile.json", *([f"{out}/sweep.png"] if plot else [])]
+    return done
 
 
 def run_profile(

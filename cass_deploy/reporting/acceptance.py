@@ -28,6 +28,7 @@ and writes ``accept.json`` + ``verify.json`` + ``profile.json`` + ``validate.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,11 +59,12 @@ REFERENCE_OUTPUTS_DIR = "reference-outputs"
 class AcceptOptions:
     """What ``accept`` is asked. ``reference_outputs`` None: ``reference-outputs/`` beside ``reference``;
     ``images`` None: as many as ``reference`` measured; ``timing_cache`` None: ``EXPORT.timing.cache``;
-    ``engine_dir`` None: ``EXPORT-engine`` beside the export."""
+    ``engine_dir`` None: ``EXPORT-engine`` beside the export; ``out`` None: ``EXPORT-accept``
+    beside the export."""
 
     data: str
     reference: Path
-    out: Path
+    out: Path | None
     reference_outputs: Path | None = None
     backend: str = "auto"
     images: int | None = None
@@ -217,6 +219,8 @@ def run_accept(export_dir: str | Path, opts: AcceptOptions, log: Callable[[str],
         raise InputError(
             f"{export} is not an export directory (no {MANIFEST_NAME}); give the `cass-deploy export` output"
         )
+    if opts.out is None:
+        opts = dataclasses.replace(opts, out=export.parent / f"{export.name}-accept")
     check_writable(opts.out, opts.force)
     reference = Path(opts.reference)
     if not reference.is_file():
@@ -235,34 +239,8 @@ def run_accept(export_dir: str | Path, opts: AcceptOptions, log: Callable[[str],
     log(f"checking {candidate.path} against the reference outputs in {ref_dir}")
     verify_report, more = _fidelity(candidate, ref_dir, opts)
     notes += more
-    fid = verify_report.candidates[0]
-    checks.append(
-        Check(
-            "fidelity",
-            bool(fid),
-            f"tie-aware keep IoU mean {fid.keep_iou_mean:.4f} / min {fid.keep_iou_min:.4f}, score max error "
-            f"{fid.score_max_abs:.2e} on {verify_report.images} saved images"
-            + ("" if fid else ": " + "; ".join(fid.failures)),
-        )
-    )
-
-    log(f"profiling {candidate.path} ({opts.warmup} warm-up + {opts.iters} timed runs)")
-    measurement = profile_artefact(str(candidate.path), warmup=opts.warmup, iters=opts.iters, providers=opts.providers)
-    env = environment("cuda" if candidate.kind == "engine" else "cpu")
-    checks.append(clock_check(env, opts.allow_unlocked_clocks))
-    lat = measurement.latency
-    power = measurement.power or {}
-    energy = power.get("energy_per_frame_mj")
-    perf = f"p50 {lat.p50:.3f} ms, p99 {lat.p99:.3f} ms, batch {measurement.batch}"
-    perf += (
-        f", energy {energy:.1f} mJ/frame" if energy is not None else ", energy not measured (not a Jetson or no rails)"
-    )
-    if opts.max_p50_ms is not None:
-        ok = lat.p50 <= opts.max_p50_ms
-        checks.append(Check("latency", ok, perf + (" <= " if ok else " > ") + f"{opts.max_p50_ms:g} ms"))
-    else:
-        notes.append("latency: " + perf)
-
+    checks.append(_fidelity_check(verify_report))
+    measurement, env = _profile(candidate, opts, checks, notes, log)
     log(f"validating on {opts.data} ({images} images) against {reference}")
     run = run_validate(
         str(candidate.path),
@@ -292,6 +270,42 @@ def run_accept(export_dir: str | Path, opts: AcceptOptions, log: Callable[[str],
         write_json(tmp / "accept.json", {**result.to_dict(), "environment": env})
         build_report(tmp)
     return result
+
+
+def _fidelity_check(verify_report: VerifyReport) -> Check:
+    """The verdict line of the candidate's fidelity to the saved reference outputs."""
+    fid = verify_report.candidates[0]
+    return Check(
+        "fidelity",
+        bool(fid),
+        f"tie-aware keep IoU mean {fid.keep_iou_mean:.4f} / min {fid.keep_iou_min:.4f}, score max error "
+        f"{fid.score_max_abs:.2e} on {verify_report.images} saved images"
+        + ("" if fid else ": " + "; ".join(fid.failures)),
+    )
+
+
+def _profile(
+    candidate: Candidate, opts: AcceptOptions, checks: list[Check], notes: list[str], log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    """Profile the candidate -> (measurement, environment); adds the clock check, and the latency
+    check when ``--max-p50-ms`` is given (else the latency as a note)."""
+    log(f"profiling {candidate.path} ({opts.warmup} warm-up + {opts.iters} timed runs)")
+    measurement = profile_artefact(str(candidate.path), warmup=opts.warmup, iters=opts.iters, providers=opts.providers)
+    env = environment("cuda" if candidate.kind == "engine" else "cpu")
+    checks.append(clock_check(env, opts.allow_unlocked_clocks))
+    lat = measurement.latency
+    power = measurement.power or {}
+    energy = power.get("energy_per_frame_mj")
+    perf = f"p50 {lat.p50:.3f} ms, p99 {lat.p99:.3f} ms, batch {measurement.batch}"
+    perf += (
+        f", energy {energy:.1f} mJ/frame" if energy is not None else ", energy not measured (not a Jetson or no rails)"
+    )
+    if opts.max_p50_ms is not None:
+        ok = lat.p50 <= opts.max_p50_ms
+        checks.append(Check("latency", ok, perf + (" <= " if ok else " > ") + f"{opts.max_p50_ms:g} ms"))
+    else:
+        notes.append("latency: " + perf)
+    return measurement, env
 
 
 def verdict_lines(result: AcceptResult) -> Sequence[str]:

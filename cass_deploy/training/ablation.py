@@ -46,7 +46,7 @@ import numpy as np
 
 from cass_deploy.config import FIELDS
 from cass_deploy.errors import InputError, SweepFailed
-from cass_deploy.io_utils import atomic_path, write_json
+from cass_deploy.io_utils import atomic_path, check_writable, write_json
 from cass_deploy.model.checkpoint import load_checkpoint
 from cass_deploy.sweeps.executor import Executor, SweepOptions, Unit, collect_files, scratch, write_files
 from cass_deploy.training.recall import evaluate_with_hits, paired_bootstrap_drop, wilson_interval
@@ -378,6 +378,18 @@ def plan(
             for r in keep_ratios:
                 jobs.append((f"band + {BAND_LOSS}", LOSS_VARIANTS[BAND_LOSS] + BAND, seed, r))
     return jobs
+
+
+def ablate(
+    *, config: str | None, base: list[str], out: str | Path, force: bool = False, **options: Any
+) -> dict[str, Any]:
+    """:func:`run_ablation` as ``cass-deploy ablate`` runs it: ``out`` is refused when it holds files
+    (unless ``force``, ``resume`` or ``summarise_only``) and a bad config is refused, both before
+    anything is created. ``options``: the other :func:`run_ablation` keywords."""
+    resumes = options.get("resume", False) or options.get("summarise_only", False)
+    check_writable(out, force or resumes, kind="dir", flag="--out")
+    load_train_config(config, base)  # a bad config is refused before anything is created
+    return run_ablation(config=config, base=base, out=Path(out), **options)
 
 
 def run_ablation(

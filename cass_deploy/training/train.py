@@ -26,7 +26,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cass_deploy.cass.losses import CassLoss, total_loss
 from cass_deploy.cass.targets import soft_target_mask
-from cass_deploy.config import CassConfig, FieldConfig, apply_overrides, from_dict, load_mapping, to_dict
+from cass_deploy.config import (
+    PRESET_PRUNER,
+    PRESETS,
+    CassConfig,
+    FieldConfig,
+    apply_overrides,
+    from_dict,
+    load_mapping,
+    to_dict,
+)
 from cass_deploy.data.classes import class_names
 from cass_deploy.data.collate import collate
 from cass_deploy.data.factory import load_dataset
@@ -110,6 +119,26 @@ def load_train_config(path: str | Path | None = None, overrides: Sequence[str] =
     """TrainConfig from a YAML/JSON file (optional) plus ``key.path=value`` overrides."""
     data = load_mapping(path) if path else {}
     return from_dict(TrainConfig, apply_overrides(data, overrides))
+
+
+def preset_overrides(preset: str | None, overrides: Sequence[str] = ()) -> list[str]:
+    """``overrides`` after the ``--set`` lines of ``preset``'s CASS settings and pruner (``PRESETS``,
+    ``PRESET_PRUNER``), so that explicit overrides win; no preset: ``overrides`` as given."""
+    if not preset:
+        return list(overrides)
+    return (
+        [f"cass.{k}={v}" for k, v in PRESETS[preset].items()]
+        + [f"model.pruner.{k}={v}" for k, v in PRESET_PRUNER[preset].items()]
+        + list(overrides)
+    )
+
+
+def train_from_config(
+    path: str | Path | None, overrides: Sequence[str], out_dir: str | Path, *, preset: str | None = None, **kw: Any
+) -> TrainResult:
+    """:func:`train` the config at ``path`` with ``preset`` (see :func:`preset_overrides`) and
+    ``overrides`` applied; ``kw``: :func:`train`'s keywords."""
+    return train(load_train_config(path, preset_overrides(preset, overrides)), out_dir, **kw)
 
 
 # --------------------------------------------------------------------------- data
@@ -351,6 +380,31 @@ def _step_models(ddp_model, model: PrunedDetector, dense_every: int, world: int)
     return lambda step: dense if step % dense_every == dense_every - 1 else ddp_model
 
 
+@dataclass
+class _Loop:
+    """What every epoch of one run works with, built once by :func:`_build_loop`."""
+
+    cfg: TrainConfig
+    device: torch.device
+    model: PrunedDetector
+    step_model: Callable[[int], Any]  # step index within the epoch -> the module to run
+    cass: CassLoss
+    sampler: DistributedSampler | None
+    loader: DataLoader
+    val_loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+
+
+@dataclass
+class _RunState:
+    """Where a run stands: the first epoch to train, the best val mAP@0.5 so far, the epoch records."""
+
+    start_epoch: int = 0
+    best_map: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _train(
     cfg: TrainConfig,
     run: RunDir,
@@ -362,6 +416,55 @@ def _train(
 ) -> TrainResult:
     rank, world, local_rank = _dist_info()
     out_dir = run.path
+    device = _init_process(cfg, world, local_rank)
+    train_ds, val_ds = _load_data(cfg, world)
+    cfg = _with_band_quotas(cfg, train_ds)
+    loop, state = _build_loop(cfg, train_ds, val_ds, device, resume=resume, log=log)
+
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
+    outside = 0.0  # seconds spent in evaluation, checkpoints and on_epoch (not training)
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    run.start(cfg.epochs)  # everything is validated: the run directory appears now
+    prog = _progress(progress and rank == 0)
+    stopped_early = False
+    with prog:
+        task = prog.add_task("train", total=(cfg.epochs - state.start_epoch) * len(loop.loader))
+        for epoch in range(state.start_epoch, cfg.epochs):
+            sums, n, stopped_early = _train_epoch(loop, epoch, prog, task, deadline, outside)
+            record = {
+                "epoch": epoch,
+                **{k: v / max(n, 1) for k, v in sums.items()},
+                "cass_weight": cfg.cass.cass_weight_at(epoch),
+                "lr": loop.sched.get_last_lr()[0],
+                "seconds": time.perf_counter() - t0,
+                "train_seconds": time.perf_counter() - t0 - outside,
+            }
+            t_eval = time.perf_counter()
+            if rank == 0:
+                _end_epoch(loop, state, epoch, record, (best_path, last_path), log, on_epoch)
+            outside += time.perf_counter() - t_eval
+            if stopped_early:
+                log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
+                break
+    seconds = time.perf_counter() - t0
+    if rank == 0:
+        write_json(out_dir / "history.json", state.history, force=True)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    final = state.history[-1] if state.history else {}
+    return TrainResult(
+        best_path=best_path,
+        last_path=last_path,
+        metrics={"map50": final.get("map50"), "best_map50": state.best_map},
+        history=state.history,
+        seconds=seconds,
+    )
+
+
+def _init_process(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+    """Threads and the seed of this process, the process group under DDP -> the device to train on."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -375,7 +478,11 @@ def _train(
             torch.cuda.set_device(device)
     elif torch.cuda.is_available():
         device = torch.device("cuda")
+    return device
 
+
+def _load_data(cfg: TrainConfig, world: int):
+    """(train, val) datasets, refused when empty; cached synthetic scenes drawn on every thread's core."""
     train_ds, val_ds = build_datasets(cfg)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"empty dataset: {len(train_ds)} training and {len(val_ds)} validation images")
@@ -383,6 +490,11 @@ def _train(
         for ds in (train_ds, val_ds):
             if hasattr(ds, "prefill"):
                 ds.prefill(cfg.threads)
+    return train_ds, val_ds
+
+
+def _with_band_quotas(cfg: TrainConfig, train_ds) -> TrainConfig:
+    """``cfg`` with a band pruner's ``proportional`` quotas fixed from the training set (when not given)."""
     mcfg = cfg.model
     if (
         mcfg.pruner.mode == "band"
@@ -403,7 +515,15 @@ def _train(
         share = band_positive_share(tgt, grid, mcfg.pruner.band_rows or mcfg.pruner.bands)
         mcfg = dataclasses.replace(mcfg, pruner=dataclasses.replace(mcfg.pruner, band_positive_share=tuple(share)))
         cfg = dataclasses.replace(cfg, model=mcfg)
-    model = PrunedDetector(mcfg).to(device)
+    return cfg
+
+
+def _build_loop(
+    cfg: TrainConfig, train_ds, val_ds, device: torch.device, *, resume: str | Path | None, log: Callable[[str], None]
+) -> tuple[_Loop, _RunState]:
+    """The model, loss, loaders, optimiser and schedule of a run (from ``resume`` when given) -> (loop, state)."""
+    rank, world, local_rank = _dist_info()
+    model = PrunedDetector(cfg.model).to(device)
     cass = CassLoss(cfg.cass)
 
     sampler = None
@@ -416,156 +536,139 @@ def _train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total_steps, min(cfg.lr_warmup_steps, total_steps), cfg.lr_schedule, cfg.lr_decay_fraction)
     )
-    start_epoch, best_map, history = 0, -1.0, []
-    if resume:
-        raw = read_checkpoint(resume)
-        try:
-            model.load_state_dict(raw["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"--resume {resume} was trained with another model config than this run's: {str(exc).splitlines()[0]}"
-            ) from None
-        if "optimizer" in raw:
-            opt.load_state_dict(raw["optimizer"])
-        if "scheduler" in raw:
-            sched.load_state_dict(raw["scheduler"])
-        start_epoch = int(raw.get("epoch", -1)) + 1
-        best_map = float(raw.get("metrics", {}).get("best_map50", -1.0))
-        history = list(raw.get("train_config", {}).get("history", []))
-        log(f"resumed from {resume} at epoch {start_epoch}")
+    state = _resume_from(resume, model, opt, sched, log) if resume else _RunState()
     ddp_model = model
     if world > 1:
         ddp_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
     step_model = _step_models(ddp_model, model, cfg.dense_every, world)
+    loop = _Loop(cfg, device, model, step_model, cass, sampler, loader, val_loader, opt, sched)
+    return loop, state
 
-    grid, image_size = model.grid, model.image_size
-    t0 = time.perf_counter()
-    deadline = t0 + cfg.max_minutes * 60 if cfg.max_minutes else None
-    outside = 0.0  # seconds spent in evaluation, checkpoints and on_epoch (not training)
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    run.start(cfg.epochs)  # everything is validated: the run directory appears now
-    prog = _progress(progress and rank == 0)
-    stopped_early = False
-    with prog:
-        task = prog.add_task("train", total=(cfg.epochs - start_epoch) * len(loader))
-        for epoch in range(start_epoch, cfg.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            model.train()
-            sums = {"loss": 0.0, "det": 0.0, "cass": 0.0}
-            n = 0
-            for batch in loader:
-                images = batch["images"].to(device)
-                boxes = [b.to(device) for b in batch["boxes"]]
-                labels = [lb.to(device) for lb in batch["labels"]]
-                out = step_model(n)(images)
-                if not torch.isfinite(out["scores"]).all():  # weights blown up by the last step
-                    raise TrainingError(
-                        f"training diverged: the model's outputs are no longer finite at epoch {epoch}; "
-                        f"lower lr (now {cfg.lr}) or check the data"
-                    )
-                det = model.loss(out, boxes, labels)["total"]
-                c = cass(out["scores"], boxes, grid, image_size)
-                loss = total_loss(det, c, cfg.cass, epoch)
-                if not torch.isfinite(loss):  # before the step, so no weight is touched by a NaN
-                    raise TrainingError(
-                        f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr "
-                        f"(now {cfg.lr}) or check the data"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                sums["loss"] += float(loss.detach())
-                sums["det"] += float(det.detach())
-                sums["cass"] += float(c.total.detach())
-                n += 1
-                prog.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / n:.3f}")
-                if deadline and time.perf_counter() - outside > deadline:
-                    stopped_early = True
-                    break
-            record = {
-                "epoch": epoch,
-                **{k: v / max(n, 1) for k, v in sums.items()},
-                "cass_weight": cfg.cass.cass_weight_at(epoch),
-                "lr": sched.get_last_lr()[0],
-                "seconds": time.perf_counter() - t0,
-                "train_seconds": time.perf_counter() - t0 - outside,
-            }
-            t_eval = time.perf_counter()
-            if rank == 0:
-                result = evaluate_model(model, val_loader, cfg.fields, cfg.eval_score_thr)
-                record["val"] = result.to_dict()
-                record["map50"] = result.map50
-                history.append(record)
-                improved = (result.map50 or 0.0) > best_map
-                best_map = max(best_map, result.map50 or 0.0)
-                metrics = {
-                    "map50": result.map50,
-                    "best_map50": best_map,
-                    "val": record["val"],
-                    "train_seconds": record["seconds"],
-                }
-                tcfg = {**to_dict(cfg), "history": history}
-                save_checkpoint(
-                    last_path,
-                    model,
-                    cfg.cass,
-                    epoch=epoch,
-                    metrics=metrics,
-                    train_config=tcfg,
-                    optimizer_state=opt.state_dict(),
-                    scheduler_state=sched.state_dict(),
-                )
-                if improved or not best_path.exists():
-                    save_checkpoint(best_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg)
-                log(
-                    f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (det {record['det']:.4f}, "
-                    f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
-                    f"[{record['seconds']:.0f}s]"
-                )
-                if on_epoch is not None:
-                    on_epoch(epoch, model, record)
-            outside += time.perf_counter() - t_eval
-            if stopped_early:
-                log(f"stopped after {cfg.max_minutes} min budget (max_minutes)")
-                break
-    seconds = time.perf_counter() - t0
-    if rank == 0:
-        write_json(out_dir / "history.json", history, force=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    final = history[-1] if history else {}
-    return TrainResult(
-        best_path=best_path,
-        last_path=last_path,
-        metrics={"map50": final.get("map50"), "best_map50": best_map},
-        history=history,
-        seconds=seconds,
+
+def _resume_from(resume: str | Path, model: PrunedDetector, opt, sched, log: Callable[[str], None]) -> _RunState:
+    """Load ``resume``'s weights, optimiser and schedule into this run -> where it stood."""
+    raw = read_checkpoint(resume)
+    try:
+        model.load_state_dict(raw["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"--resume {resume} was trained with another model config than this run's: {str(exc).splitlines()[0]}"
+        ) from None
+    if "optimizer" in raw:
+        opt.load_state_dict(raw["optimizer"])
+    if "scheduler" in raw:
+        sched.load_state_dict(raw["scheduler"])
+    state = _RunState(
+        start_epoch=int(raw.get("epoch", -1)) + 1,
+        best_map=float(raw.get("metrics", {}).get("best_map50", -1.0)),
+        history=list(raw.get("train_config", {}).get("history", [])),
     )
+    log(f"resumed from {resume} at epoch {state.start_epoch}")
+    return state
 
 
-class _NullProgress:
-    def __enter__(self):
-        return self
+def _train_epoch(
+    loop: _Loop, epoch: int, prog, task, deadline: float | None, outside: float
+) -> tuple[dict[str, float], int, bool]:
+    """One pass over the training loader -> (summed losses, steps, stopped by the time budget)."""
+    cfg, model, device = loop.cfg, loop.model, loop.device
+    grid, image_size = model.grid, model.image_size
+    if loop.sampler is not None:
+        loop.sampler.set_epoch(epoch)
+    model.train()
+    sums = {"loss": 0.0, "det": 0.0, "cass": 0.0}
+    n = 0
+    for batch in loop.loader:
+        images = batch["images"].to(device)
+        boxes = [b.to(device) for b in batch["boxes"]]
+        labels = [lb.to(device) for lb in batch["labels"]]
+        out = loop.step_model(n)(images)
+        if not torch.isfinite(out["scores"]).all():  # weights blown up by the last step
+            raise TrainingError(
+                f"training diverged: the model's outputs are no longer finite at epoch {epoch}; "
+                f"lower lr (now {cfg.lr}) or check the data"
+            )
+        det = model.loss(out, boxes, labels)["total"]
+        c = loop.cass(out["scores"], boxes, grid, image_size)
+        loss = total_loss(det, c, cfg.cass, epoch)
+        if not torch.isfinite(loss):  # before the step, so no weight is touched by a NaN
+            raise TrainingError(
+                f"training diverged: loss is {float(loss)} at epoch {epoch}; lower lr (now {cfg.lr}) or check the data"
+            )
+        _optimiser_step(loop, loss)
+        sums["loss"] += float(loss.detach())
+        sums["det"] += float(det.detach())
+        sums["cass"] += float(c.total.detach())
+        n += 1
+        prog.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / n:.3f}")
+        if deadline and time.perf_counter() - outside > deadline:
+            return sums, n, True
+    return sums, n, False
 
-    def __exit__(self, *exc):
-        return False
 
-    def add_task(self, *a, **k):
-        return 0
+def _optimiser_step(loop: _Loop, loss: torch.Tensor) -> None:
+    """Backward ``loss``, clip the gradient norm to ``grad_clip`` (0: off), step the optimiser and the lr."""
+    loop.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if loop.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.cfg.grad_clip)
+    loop.opt.step()
+    loop.sched.step()
 
-    def update(self, *a, **k):
-        pass
+
+def _end_epoch(
+    loop: _Loop,
+    state: _RunState,
+    epoch: int,
+    record: dict[str, Any],
+    paths: tuple[Path, Path],
+    log: Callable[[str], None],
+    on_epoch: Callable[[int, PrunedDetector, dict[str, Any]], None] | None,
+) -> None:
+    """Rank 0 after an epoch: evaluate, record, save ``last.pt`` (and ``best.pt`` when it improved), log."""
+    cfg, model = loop.cfg, loop.model
+    best_path, last_path = paths
+    result = evaluate_model(model, loop.val_loader, cfg.fields, cfg.eval_score_thr)
+    record["val"] = result.to_dict()
+    record["map50"] = result.map50
+    state.history.append(record)
+    improved = (result.map50 or 0.0) > state.best_map
+    state.best_map = max(state.best_map, result.map50 or 0.0)
+    metrics = {
+        "map50": result.map50,
+        "best_map50": state.best_map,
+        "val": record["val"],
+        "train_seconds": record["seconds"],
+    }
+    tcfg = {**to_dict(cfg), "history": state.history}
+    save_checkpoint(
+        last_path,
+        model,
+        cfg.cass,
+        epoch=epoch,
+        metrics=metrics,
+        train_config=tcfg,
+        optimizer_state=loop.opt.state_dict(),
+        scheduler_state=loop.sched.state_dict(),
+    )
+    if improved or not best_path.exists():
+        save_checkpoint(best_path, model, cfg.cass, epoch=epoch, metrics=metrics, train_config=tcfg)
+    log(
+        f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (det {record['det']:.4f}, "
+        f"cass {record['cass']:.4f} x{record['cass_weight']:g}) val mAP@0.5 {result.map50:.3f} "
+        f"[{record['seconds']:.0f}s]"
+    )
+    if on_epoch is not None:
+        on_epoch(epoch, model, record)
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return _NullProgress()
-
+def _progress(enabled: bool) -> Progress:
+    """The training progress bar (transient); a disabled one shows nothing."""
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
     )
