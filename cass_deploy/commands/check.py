@@ -11,8 +11,7 @@ from rich.console import Console
 
 from cass_deploy.backends.limits import PRECISIONS, TARGETS
 from cass_deploy.commands.common import add_model_source, add_verify_hash, keep_ratio, positive_int
-from cass_deploy.export.check import report_tables, run_check
-from cass_deploy.io_utils import check_writable, write_json
+from cass_deploy.export.check import check_to, report_tables
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,10 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet = args.json == "-"
-    if args.json and not quiet:
-        check_writable(args.json, args.force, kind="file", flag="--json")
-    report = run_check(
+    report = check_to(
         Path(args.source) if args.source else None,
+        json_out=args.json,
+        force=args.force,
         model=args.model_spec,
         weights=Path(args.weights) if args.weights else None,
         model_args=args.model_args,
@@ -74,6 +73,4 @@ def run(args: argparse.Namespace) -> int:
     ok = [v.target for v in report.verdicts if v.can_build]
     bad = [v.target for v in report.verdicts if not v.can_build]
     console.print(f"can build: {', '.join(ok) or 'none'}" + (f"; cannot: {', '.join(bad)}" if bad else ""))
-    if args.json:
-        write_json(args.json, report.to_dict(), force=args.force)
     return report.exit_code

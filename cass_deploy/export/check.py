@@ -25,6 +25,7 @@ from cass_deploy.errors import InputError, LimitError
 from cass_deploy.export.graph_check import ERROR, FALLBACK, GRAPH, Finding, TargetVerdict, check_targets
 from cass_deploy.export.graph_facts import GraphFacts
 from cass_deploy.export.settings import request_from
+from cass_deploy.io_utils import check_writable, write_json
 from cass_deploy.runtime import manifest as mf
 from cass_deploy.runtime.manifest import Manifest, load_onnx
 
@@ -139,6 +140,20 @@ def run_check(
     fact_dict = None if facts is None else {k: v for k, v in vars(facts).items()}
     notes = checker + [f"{v.target}: {v.matrix_note}" for v in verdicts if v.matrix_note]
     return CheckReport(str(model or source), kind, protocol, fact_dict, verdicts, notes)
+
+
+def check_to(
+    source: Path | None, *, json_out: str | None = None, force: bool = False, **check_args: Any
+) -> CheckReport:
+    """``cass-deploy check``: ``--json FILE`` checked before anything runs (``-``: stdout, printed
+    by the command), :func:`run_check`, then the report written to the file atomically."""
+    to_file = json_out not in (None, "", "-")
+    if to_file:
+        check_writable(json_out, force, kind="file", flag="--json")
+    report = run_check(source, **check_args)
+    if to_file:
+        write_json(json_out, report.to_dict(), force=force)
+    return report
 
 
 def _checker_note(proto: onnx.ModelProto) -> list[str]:
