@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-SKIP = {"seconds", "latency_ms_p50", "run_dir", "report", "created"}
+# timings and what is computed from them only (latency intervals, speed-ups, wall seconds), paths
+SKIP = {"seconds", "train_seconds", "latency_ms_p50", "latency_ms_p50_ci", "speedups", "run_dir", "report", "created"}
 
 
 def walk(a, b, path, diffs, counts):
