@@ -163,9 +163,14 @@ def test_node_busy_and_waiting_for_a_quiet_node(monkeypatch):
     monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: next(seen))
     waited, last = ex.wait_until_quiet(0.15, max_wait_s=30.0)
     assert last == 0.1 and waited < 5.0  # three looks, not the cap
-    monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: 0.95)
-    waited, last = ex.wait_until_quiet(0.15, max_wait_s=0.2)
-    assert last == 0.95 and 0.2 <= waited < 5.0  # the cap, and it says how busy the node still was
+    falling = iter([0.95, 0.90, 0.80, 0.70, 0.60])
+    monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: next(falling))
+    waited, last = ex.wait_until_quiet(0.15, max_wait_s=0.0)
+    assert last == 0.95 and waited < 5.0  # the cap, and it says how busy the node still was
+    steady = iter([0.6, 0.58, 0.61, 0.59, 0.6, 0.1])
+    monkeypatch.setattr(ex, "node_busy", lambda window_s=0.5: next(steady))
+    waited, last = ex.wait_until_quiet(0.15, max_wait_s=30.0)
+    assert last == 0.59  # three looks without a drop (not the 0.1 after): a steady load, waiting ends
     monkeypatch.undo()
     monkeypatch.setattr(ex, "_cpu_times", lambda: None)
     assert ex.node_busy(0.01) is None and ex.wait_until_quiet(0.15, 5.0)[1] is None  # no /proc/stat: no wait

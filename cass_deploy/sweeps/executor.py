@@ -357,16 +357,23 @@ def niceness_note() -> str | None:
 
 
 def wait_until_quiet(
-    busy_below: float = 0.15, max_wait_s: float = 60.0, window_s: float = 0.5
+    busy_below: float = 0.15, max_wait_s: float = 60.0, window_s: float = 0.5, steady_looks: int = 3
 ) -> tuple[float, float | None]:
     """Before timing: wait until the other processes of this node use less than ``busy_below`` of
     its CPUs (a just-started local Ray spends its first seconds starting and importing its
-    workers; another unit may be finishing), at most ``max_wait_s`` -> (seconds waited, the busy
-    fraction last seen; None where /proc/stat cannot be read)."""
+    workers; another unit may be finishing), at most ``max_wait_s``, and no longer than the load
+    keeps falling: ``steady_looks`` windows in a row without a drop of 5 points mean the load is
+    someone else's steady work, which waiting does not end -> (seconds waited, the busy fraction
+    last seen; None where /proc/stat cannot be read)."""
     t0 = time.monotonic()
     busy = node_busy(window_s)
-    while busy is not None and busy >= busy_below and time.monotonic() - t0 < max_wait_s:
+    lowest, flat = busy, 0
+    while busy is not None and busy >= busy_below and time.monotonic() - t0 < max_wait_s and flat < steady_looks:
         busy = node_busy(window_s)
+        if busy is not None and busy < lowest - 0.05:
+            lowest, flat = busy, 0
+        else:
+            flat += 1
     return time.monotonic() - t0, busy
 
 
