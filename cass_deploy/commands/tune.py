@@ -91,12 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.out:
-        raise InputError("tune needs --out DIR (where exports, results and the recommended profile go)")
     gates = gates_from_args(args)
     source = model_source(args, args.model)
-    if source is None and args.model is None:
-        raise InputError("tune needs a checkpoint or --model SPEC --weights FILE")
     opts = options_from(
         tn.TuneOptions,
         args,

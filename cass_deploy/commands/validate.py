@@ -28,13 +28,10 @@ from cass_deploy.commands.common import (
 )
 from cass_deploy.config import FieldConfig
 from cass_deploy.data.classes import parse_class_map
-from cass_deploy.data.frames import is_unlabelled
-from cass_deploy.errors import InputError
 from cass_deploy.evaluation import label_free as lf
-from cass_deploy.evaluation import validate as vr
+from cass_deploy.evaluation.dispatch import validate_to
 from cass_deploy.evaluation.gates import raise_if_failed
 from cass_deploy.evaluation.scoring import format_comparison_table
-from cass_deploy.io_utils import Output, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,41 +112,6 @@ def add_label_free_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def is_label_free(args: argparse.Namespace) -> bool:
-    """Label-free when a teacher is named, --labels none, or the data has no labels (frames, video)."""
-    return bool(args.teacher or args.teacher_model or args.labels == "none" or is_unlabelled(args.data))
-
-
-def run_label_free(args: argparse.Namespace, gates, source) -> int:
-    """``validate`` against a teacher: the agreement table, frame failures, gates, JSON."""
-    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    teacher_source = (
-        adapter.source_from(None, args.teacher_model, args.teacher_weights, args.teacher_model_args)
-        if args.teacher_model
-        else None
-    )
-    run = lf.run_label_free(
-        args.model,
-        data=args.data,
-        teacher=args.teacher,
-        teacher_source=teacher_source,
-        teacher_names=lf.teacher_classes(args.teacher_classes),
-        teacher_score=args.teacher_score,
-        every=args.every,
-        fps=args.fps,
-        draw=max(0, args.draw),
-        class_map=parse_class_map(args.class_map),
-        **shared_options(args, gates, source),
-    )
-    console = Console(width=max(160, Console().width))
-    console.print(format_comparison_table(run.result, run.reference, drops=run.drops, measure=run.measure))
-    frames = run.frames
-    console.print(f"{frames['n_frames']} frames of {frames['source']}; teacher boxes scoring >= {run.teacher_score:g}")
-    for f in frames["failures"]:
-        console.print(f"[yellow]frame {f['frame']} did not decode:[/] {f['error']}")
-    return finish(console, run, json_out)
-
-
 def shared_options(args: argparse.Namespace, gates, source) -> dict:
     """The options labelled and label-free validation take alike."""
     return dict(
@@ -167,15 +129,12 @@ def shared_options(args: argparse.Namespace, gates, source) -> dict:
     )
 
 
-def finish(console: Console, run, json_out) -> int:
-    """Print the notes and the gate checks, write the JSON, exit 1 on a failed gate."""
+def finish(console: Console, run) -> int:
+    """Print the notes and the gate checks, exit 1 on a failed gate."""
     for n in run.notes:
         console.print(f"note: {n}")
     for c in run.checks:
         console.print(status_label(c) + " " + c.message)
-    if json_out:
-        with json_out.writing() as tmp:
-            write_json(tmp, run.to_dict(), force=True)
     raise_if_failed(run.checks)
     return 0
 
@@ -191,16 +150,39 @@ def status_label(check) -> str:
 
 def run(args: argparse.Namespace) -> int:
     gates = gates_from_args(args, min_map50=args.min_map50)
-    source = model_source(args, args.model)
-    if is_label_free(args):
-        return run_label_free(args, gates, source)
-    if args.every is not None or args.fps is not None:
-        raise InputError("--every / --fps sample a video, which is validated label-free (see --teacher)")
-    json_out = Output(args.json_out, force=args.force, flag="--json").check() if args.json_out else None
-    opts = shared_options(args, gates, source)
-    run = vr.run_validate(
-        args.model, data=args.data, reference=args.reference, class_map=parse_class_map(args.class_map), **opts
+    teacher_source = (
+        adapter.source_from(None, args.teacher_model, args.teacher_weights, args.teacher_model_args)
+        if args.teacher_model
+        else None
+    )
+    run = validate_to(
+        args.model,
+        data=args.data,
+        json_out=args.json_out,
+        force=args.force,
+        labels=args.labels,
+        reference=args.reference,
+        teacher=args.teacher,
+        teacher_source=teacher_source,
+        label_free=dict(
+            teacher_names=lf.teacher_classes(args.teacher_classes),
+            teacher_score=args.teacher_score,
+            every=args.every,
+            fps=args.fps,
+            draw=max(0, args.draw),
+        ),
+        class_map=parse_class_map(args.class_map),
+        **shared_options(args, gates, model_source(args, args.model)),
     )
     console = Console(width=max(160, Console().width))
-    console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
-    return finish(console, run, json_out)
+    if isinstance(run, lf.LabelFreeRun):
+        console.print(format_comparison_table(run.result, run.reference, drops=run.drops, measure=run.measure))
+        frames = run.frames
+        console.print(
+            f"{frames['n_frames']} frames of {frames['source']}; teacher boxes scoring >= {run.teacher_score:g}"
+        )
+        for f in frames["failures"]:
+            console.print(f"[yellow]frame {f['frame']} did not decode:[/] {f['error']}")
+    else:
+        console.print(format_comparison_table(run.result, run.reference, drops=run.drops))
+    return finish(console, run)

@@ -450,6 +450,10 @@ def run_tune(
     (it holds the profile slot and every CPU of its node, so its figures compare with a plain
     ``profile`` run)."""
     t0 = time.perf_counter()
+    if not out:
+        raise InputError("tune needs --out DIR (where exports, results and the recommended profile go)")
+    if model is None and model_source is None:
+        raise InputError("tune needs a checkpoint or --model SPEC --weights FILE")
     out = Path(out)
     source = open_source(model, model_source)
     profile = load_profile(opts.profile) if opts.profile else None
