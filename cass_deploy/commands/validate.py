@@ -160,9 +160,6 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         json_out=args.json_out,
         force=args.force,
-        labels=args.labels,
-        reference=args.reference,
-        teacher=args.teacher,
         teacher_source=teacher_source,
         label_free=dict(
             teacher_names=lf.teacher_classes(args.teacher_classes),
@@ -171,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
             draw=max(0, args.draw),
         ),
+        labels=args.labels,
+        reference=args.reference,
+        teacher=args.teacher,
         class_map=parse_class_map(args.class_map),
         **shared_options(args, gates, model_source(args, args.model)),
     )
