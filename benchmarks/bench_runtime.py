@@ -23,6 +23,7 @@ model defaults), random weights: speed does not depend on them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -91,19 +92,28 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=40, help="interleaved rounds (each times every configuration once)")
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--image-size", type=int, nargs=2, default=(256, 448))
+    ap.add_argument(
+        "--ort-threads",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="also time ONNX Runtime at these thread counts, each as its own interleaved set (default 1)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = bench_model(args.image_size)
     rows, comparisons = {}, {}
     ratios_ort = (0.25, 0.5, 0.75)
     with contextlib.ExitStack() as stack:
-        if args.device == "cpu":
-            opts = ProfileOptions(backend="onnxruntime", sweep=ratios_ort, threads=args.threads)
+        for threads in dict.fromkeys([args.threads, *args.ort_threads]) if args.device == "cpu" else ():
+            # one interleaved set per thread count: at 1 thread no operator waits for another thread
+            opts = ProfileOptions(backend="onnxruntime", sweep=ratios_ort, threads=threads)
             configs, _ = variant_configs(model, opts, "onnxruntime", 1, "cpu", "full", stack)
             ort = time_configs(configs, warmup=args.warmup, rounds=args.iters)
             add_part_times(ort, configs)  # ORT's profiler, after the timing: where each pruned graph's time goes
-            comparisons["ORT"] = latency_comparison(ort)
-            rows.update({f"ORT {m.label.replace('global ', '')}": m for m in ort})
+            backend = "ORT" if threads == args.threads else f"ORT {threads}T"
+            comparisons[backend] = latency_comparison(ort)
+            rows.update({f"{backend} {m.label.replace('global ', '')}": m for m in ort})
         opts = ProfileOptions(backend="torch", sweep=(0.5,))
         configs, sync = variant_configs(model, opts, "torch", 1, args.device, "full", stack)
         tt = time_configs(configs, warmup=args.warmup, rounds=args.iters, sync=sync)
@@ -148,7 +158,7 @@ def main(argv=None) -> int:
             bound = comp.mac_bounds.get(r.b)
             share = comp.share_of_bound(r.b)
             target = ""
-            if backend == "ORT" and r.b.endswith("keep 0.5"):
+            if backend.startswith("ORT") and r.b.endswith("keep 0.5"):
                 target = f">= 1.5 {'met' if r.lo >= 1.5 else ('NOT met' if r.hi < 1.5 else 'not resolved')}"
                 target += f", >= 90% of bound {'met' if share and share >= 0.9 else 'NOT met'}"
             print(
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
             out_ratios[name] = {**r.to_dict(), "mac_bound": bound, "share_of_mac_bound": share}
         for w in comp.warnings:
             print(f"warning ({backend}): {w}")
-    for line in part_notes([m for name, m in rows.items() if name.startswith("ORT")]):
+    for line in part_notes([dataclasses.replace(m, label=name) for name, m in rows.items() if name.startswith("ORT ")]):
         print(line)
     if "ORT keep 0.5" in rows:
         a, b = rows["torch keep 0.5"].latency.p50, rows["ORT keep 0.5"].latency.p50

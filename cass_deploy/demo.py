@@ -163,7 +163,7 @@ def _profile_all(opts: DemoOptions, out: Path, ckpt: Path, exports: dict[str, Pa
         sweep=(0.25, 0.5, 0.75),
         warmup=5,
         iters=opts.profile_iters,
-        threads=2,  # pinned ORT sessions (fixed threads, sequential, no spinning): docs/latency-method.md
+        threads=2,  # pinned ORT sessions (fixed threads, sequential, spinning only in a run): docs/latency-method.md
         order="alternate",
         until_ci=opts.profile_until_ci,
         max_time=opts.profile_max_time,

@@ -436,15 +436,16 @@ def ort_config(
     path: str | Path | None = None,
 ) -> TimedConfig:
     """A TimedConfig of an ONNX model (a proto, saved to a temporary file, or ``path``) in an ONNX
-    Runtime session kept open by ``stack``, pinned to ``threads`` (None: one per core) without
-    spinning, as every interleaved session must be; MACs counted from the graph."""
+    Runtime session kept open by ``stack``, pinned to ``threads`` (None: one per core), spinning
+    only while its own run lasts, as every interleaved session must (``session_options``); MACs
+    counted from the graph."""
     if path is None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         path = tmp / "model.onnx"
         onnx.save(proto, path)
-    # interleaved sessions never spin: a default ORT pool keeps spinning after its run and takes the
-    # cores from the next configuration's (tune on Ray, 3 sessions: p50 16-17 ms, IQR 6-10 ms for
-    # a 9 ms model); without --threads, one pinned thread per core
+    # interleaved sessions stop spinning when their run returns: a default ORT pool spins on and
+    # takes the cores from the next configuration's (tune on Ray, 3 sessions: p50 16-17 ms, IQR
+    # 6-10 ms for a 9 ms model); without --threads, one pinned thread per core
     threads = threads or os.cpu_count() or 1
     runner = stack.enter_context(OrtRunner(path, providers=providers, intra_op_threads=threads))
     H, W = image_size

@@ -29,8 +29,7 @@ from typing import Any
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
-from cass_deploy.model.interface import stage_names_in
-from cass_deploy.profiling.parts import PARTS, node_key, node_parts
+from cass_deploy.profiling.parts import PARTS, node_key, node_parts, pruner_outputs
 
 onnx = lazy_import("onnx")
 
@@ -172,10 +171,7 @@ def _stage_levels(graph: Any) -> dict[str, int]:
     """Tensor name -> the latest pruning stage among its ancestors (0: none), from the graph's
     ``keep_idx`` / ``keep_idx_s`` outputs (``keep_mask`` ones in threshold mode); ``{}`` for a
     graph without pruner outputs. Nodes are in topological order (ONNX requires it)."""
-    names = [o.name for o in graph.output]
-    stages = stage_names_in(names)
-    marks = {st.get("keep_idx") or st.get("keep_mask"): s for s, st in enumerate(stages, start=1)}
-    marks.pop(None, None)
+    marks = pruner_outputs(graph)
     if not marks:
         return {}
     level: dict[str, int] = {}

@@ -33,6 +33,7 @@ import numpy as np
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.model.interface import INPUT_NAME, stage_names_in
+from cass_deploy.runtime.ort_runner import session_options
 
 onnx = lazy_import("onnx")
 ort = lazy_import("onnxruntime", backend="onnxruntime", purpose="time by part")
@@ -47,15 +48,17 @@ def node_key(node: Any) -> str:
     return node.name or node.output[0]
 
 
-def _pruner_outputs(graph: Any) -> set[str]:
+def pruner_outputs(graph: Any) -> dict[str, int]:
+    """``graph``'s pruner outputs (``keep_idx`` / ``keep_mask`` of each SPEC §6c stage) -> their
+    stage, 1-based; ``{}`` for a graph without any."""
     stages = stage_names_in([o.name for o in graph.output])
-    return {t for st in stages for t in (st.get("keep_idx"), st.get("keep_mask")) if t}
+    return {t: s for s, st in enumerate(stages, start=1) for t in (st.get("keep_idx"), st.get("keep_mask")) if t}
 
 
 def node_parts(graph: Any) -> dict[str, str]:
     """``graph`` (an ONNX GraphProto, nodes in topological order) -> {:func:`node_key`: part}, one
     of :data:`PARTS` per node; ``{}`` for a graph without pruner outputs."""
-    marks = _pruner_outputs(graph)
+    marks = set(pruner_outputs(graph))
     if not marks:
         return {}
     data = {i.name for i in graph.input}  # tensors that carry token / image data
@@ -108,34 +111,17 @@ def time_by_part(
     other, not with the timed latency."""
     with tempfile.TemporaryDirectory(prefix="cass-parts-") as tmp:
         saved = os.path.join(tmp, "optimised.onnx")
-        ort.InferenceSession(str(path), _options(threads, optimised_to=saved), providers=["CPUExecutionProvider"])
+        options = session_options(threads, optimised_to=saved, profile_to=os.path.join(tmp, "ort"))
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         parts = node_parts(onnx.load(saved, load_external_data=False).graph)
         if not parts:
             return None
-        sess = ort.InferenceSession(
-            str(path), _options(threads, profile_to=os.path.join(tmp, "ort")), providers=["CPUExecutionProvider"]
-        )
         h, w = image_size
         feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, h, w), dtype=np.float32)}
         for _ in range(warmup + runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     return _sum_events(events, parts, runs, warmup)
-
-
-def _options(threads: int | None, optimised_to: str | None = None, profile_to: str | None = None) -> Any:
-    """Session options as the timing uses them (pinned threads, no spinning), saving the optimised
-    graph to ``optimised_to`` or profiling to ``profile_to``: the same optimiser, the same nodes."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # ORT warns that a saved NCHWc graph is machine-specific: expected here
-    if threads is not None:
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if optimised_to:
-        so.optimized_model_filepath = optimised_to
-    if profile_to:
-        so.enable_profiling, so.profile_file_prefix = True, profile_to
-    return so
 
 
 def _sum_events(events: list[dict[str, Any]], parts: dict[str, str], runs: int, warmup: int) -> dict[str, float]:
@@ -149,4 +135,4 @@ def _sum_events(events: list[dict[str, Any]], parts: dict[str, str], runs: int, 
     return {p: v / runs for p, v in out.items()}
 
 
-__all__ = ["PARTS", "node_parts", "node_key", "share_lines", "time_by_part"]
+__all__ = ["PARTS", "node_parts", "node_key", "pruner_outputs", "share_lines", "time_by_part"]
