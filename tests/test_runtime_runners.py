@@ -154,6 +154,27 @@ def test_ort_runner_specs_and_outputs_match_numpy(tiny_onnx):
             assert got["keep_mask"].sum(axis=1).tolist() == [K] * batch
 
 
+def test_timing_sessions_spin_only_while_their_run_lasts(tmp_path):
+    """Timed sessions: a fixed pool, no inter-op pool, in-order nodes, spin-waiting within a run
+    and none after it (interleaved sessions would otherwise steal each other's cores); without
+    threads, ONNX Runtime's defaults are left alone."""
+    import onnxruntime as ort
+
+    from cass_deploy.runtime.ort_runner import session_options
+
+    so = session_options(2, optimised_to=str(tmp_path / "opt.onnx"), profile_to=str(tmp_path / "p"))
+    assert (so.intra_op_num_threads, so.inter_op_num_threads) == (2, 1)
+    assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert so.optimized_model_filepath == str(tmp_path / "opt.onnx") and so.enable_profiling
+    default = session_options(None)
+    assert default.intra_op_num_threads == ort.SessionOptions().intra_op_num_threads
+    assert not default.enable_profiling
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry("session.force_spinning_stop")
+
+
 def test_ort_runner_validation_errors(tiny_onnx):
     runner = OrtRunner(tiny_onnx)
     good = _feed(2)

@@ -43,6 +43,7 @@ def load_dataset(
       ``annotations/``; images in ``images/``, ``<split>*/`` or beside the JSON. Else KITTI with
       ``image_2/`` + ``label_2/`` or ``images/`` + ``labels/``. COCO wins when both are present.
     - a ``*.json`` file: COCO, images in ``images/`` beside it or its own directory.
+
     ``cache``: keep generated synthetic scenes in memory (training re-reads them every epoch).
     For directories ``num_images`` keeps the first N images and ``image_size`` fits every image to
     it (``resize_mode``: ``stretch``, or ``letterbox`` keeping the aspect; boxes mapped the same

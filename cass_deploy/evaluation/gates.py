@@ -8,6 +8,7 @@ interval over images (``recall_drops``; unpaired, Newcombe's hybrid score interv
 saved reference lacks per-image counts, and then it says so).
 
 ``gate_on="bound"`` (default):
+
 - ``max_recall_drop d`` passes when the drop's upper bound is <= d and fails when its lower bound
   is > d. Otherwise the interval straddles d: when it is *wider than d* the set cannot resolve the
   tolerance — *inconclusive*, with the number of objects of that field that would shrink the
@@ -16,6 +17,7 @@ saved reference lacks per-image counts, and then it says so).
 - ``min_near_recall r`` passes when the recall's lower bound is >= r and fails when its upper
   bound is < r; an interval around r is *inconclusive*, with the objects at which the observed
   recall's Wilson interval would exclude r (``stats.wilson_objects_to_decide``).
+
 ``gate_on="point"``: the point estimates decide (the intervals are still reported).
 Retention and mAP gates decide on their point values (a mean of per-object fractions and a
 ranking metric; no interval is claimed for them).

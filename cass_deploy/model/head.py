@@ -210,20 +210,22 @@ def detection_targets(
     """CenterNet targets for a batch, vectorised over all boxes of all images.
 
     boxes: per image ``[M_b, 4]`` x1,y1,x2,y2 in input pixels; labels: per image ``[M_b]`` ints.
-    Returns
-      ``heatmap [B, C, Hh, Wh]``: per class, max over boxes of a Gaussian centred on the cell
-        holding the box centre (peak exactly 1), radius from the box size in cells
-        (``gaussian_radius``, min overlap 0.7), cut to the ``(2r+1)²`` window.
-      ``box [B, 4, Hh, Wh]``: ``(l, t, r, b)`` px from each cell centre to its assigned box
-        (at least ``MIN_TARGET_DISTANCE`` px: a box smaller than a cell may not contain its
-        centre cell's centre).
-      ``box_weight [B, Hh, Wh]``: regression weight = that box's Gaussian value, at least
-        ``inside_weight``; every cell inside a box (centre inclusive) regresses, and the box's
-        centre cell; a cell claimed by several boxes takes the one with the higher Gaussian (the
-        smaller box on ties and outside every window). Regressing the whole box, not only its
-        Gaussian window (issue 12), gives an off-centre peak of a large near-field vehicle a box
-        that was trained: measured on the demo model, 35 % of near-field misses were such peaks.
-      ``num_objects``: scalar tensor, valid boxes in the batch.
+
+    Returns a dict of:
+
+    - ``heatmap [B, C, Hh, Wh]``: per class, max over boxes of a Gaussian centred on the cell
+      holding the box centre (peak exactly 1), radius from the box size in cells
+      (``gaussian_radius``, min overlap 0.7), cut to the ``(2r+1)²`` window.
+    - ``box [B, 4, Hh, Wh]``: ``(l, t, r, b)`` px from each cell centre to its assigned box
+      (at least ``MIN_TARGET_DISTANCE`` px: a box smaller than a cell may not contain its
+      centre cell's centre).
+    - ``box_weight [B, Hh, Wh]``: regression weight = that box's Gaussian value, at least
+      ``inside_weight``; every cell inside a box (centre inclusive) regresses, and the box's
+      centre cell; a cell claimed by several boxes takes the one with the higher Gaussian (the
+      smaller box on ties and outside every window). Regressing the whole box, not only its
+      Gaussian window (issue 12), gives an off-centre peak of a large near-field vehicle a box
+      that was trained: measured on the demo model, 35 % of near-field misses were such peaks.
+    - ``num_objects``: scalar tensor, valid boxes in the batch.
     """
     h, w = int(image_size[0]), int(image_size[1])
     hh, wh = int(out_size[0]), int(out_size[1])

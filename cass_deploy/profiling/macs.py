@@ -11,6 +11,7 @@ blocks' MatMuls run on ``[B, k, D]`` — not of the torch modules. Counted ops:
   (``W`` is ``[C_out, C_in / group, k...]``);
 - ``ConvTranspose``: ``prod(X.shape) * prod(W.shape[1:])`` (each input pixel scatters
   ``C_out / group * k...`` products).
+
 Everything else (elementwise, softmax, normalisation, TopK, gathers) is not counted: its cost
 is memory traffic, not multiply-accumulates. A counted op whose shapes are not all static
 (a symbolic batch, a data-dependent count) is listed in ``unresolved`` instead of guessed;

@@ -5,6 +5,7 @@ only read (never imported) by ``cuda_peak_memory_mib``, so the ONNX Runtime and 
 profiling paths stay torch-free.
 
 Conventions:
+
 - every time is in milliseconds (ms);
 - percentiles use ``numpy.percentile(..., method="linear")``: linear interpolation between the
   two nearest order statistics (Hyndman & Fan type 7, numpy's default), so p50 of an even-length
