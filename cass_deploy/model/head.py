@@ -210,7 +210,6 @@ def detection_targets(
     """CenterNet targets for a batch, vectorised over all boxes of all images.
 
     boxes: per image ``[M_b, 4]`` x1,y1,x2,y2 in input pixels; labels: per image ``[M_b]`` ints.
-
     Returns a dict of:
 
     - ``heatmap [B, C, Hh, Wh]``: per class, max over boxes of a Gaussian centred on the cell
