@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import bench_parser  # also puts the repository on sys.path
+from common import bench_parser, run_main  # also puts the repository on sys.path
 
+from cass_deploy.config import apply_overrides, from_dict
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
-from cass_deploy.model.pruner import PrunerConfig  # noqa: E402
 from cass_deploy.profiling.interleave import time_interleaved
 from cass_deploy.profiling.latency import (
     ProfileOptions,
@@ -47,9 +47,12 @@ from cass_deploy.profiling.timing import LatencyStats
 from cass_deploy.resampling import percentile_interval, resample_indices
 
 
-def bench_model(image_size=(256, 448)) -> PrunedDetector:
+def bench_model(image_size=(256, 448), overrides=()) -> PrunedDetector:
+    """The reference detector v2 (model defaults), global pruner at keep 0.5, random weights;
+    ``overrides``: ``KEY=VALUE`` strings on its ``ModelConfig`` (e.g. ``head_stride=8``)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=tuple(image_size), pruner=PrunerConfig(mode="global", keep_ratio=0.5))
+    base = {"image_size": list(image_size), "pruner": {"mode": "global", "keep_ratio": 0.5}}
+    cfg = from_dict(ModelConfig, apply_overrides(base, overrides), prefix="model.")
     return PrunedDetector(cfg).eval()
 
 
@@ -99,9 +102,17 @@ def main(argv=None) -> int:
         default=[1],
         help="also time ONNX Runtime at these thread counts, each as its own interleaved set (default 1)",
     )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the model's config, e.g. --set head_stride=8 --set head_skip=false (repeatable)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = bench_model(args.image_size)
+    model = bench_model(args.image_size, args.overrides)
     rows, comparisons = {}, {}
     ratios_ort = (0.25, 0.5, 0.75)
     with contextlib.ExitStack() as stack:
@@ -187,6 +198,7 @@ def main(argv=None) -> int:
             "warmup": args.warmup,
             "interleaved": True,
             "image_size": list(args.image_size),
+            "model_overrides": list(args.overrides),
             "patches": model.num_patches,
             "machine": platform.processor() or platform.machine(),
             "torch": str(torch.__version__),
@@ -208,4 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/NAME.py` from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from cass_deploy.errors import CassDeployError  # noqa: E402 (needs the repository on sys.path)
+
 
 def bench_parser(doc: str | None, *, threads: int | None, json: Path | None) -> argparse.ArgumentParser:
     """A parser with ``--device``, ``--threads`` and ``--json`` (the defaults each script chooses)."""
@@ -23,3 +25,14 @@ def bench_parser(doc: str | None, *, threads: int | None, json: Path | None) -> 
     )
     ap.add_argument("--json", type=Path, default=json, help="write the figures as JSON here")
     return ap
+
+
+def run_main(main) -> None:
+    """``raise SystemExit(main())`` with a user's mistake (a bad ``--set``, a missing checkpoint)
+    as one ``error: ...`` line and exit 2, not a traceback."""
+    try:
+        code = main()
+    except CassDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
