@@ -16,8 +16,9 @@ graph (``profiling.macs``) and the share of that bound reached:
 * ONNX Runtime vs torch eager for the same pruned graph.
 
 The benchmark model is the reference detector v2 at the demo size (issue 22: 256x448, 448
-patches, width 96, 1 early and 6 late blocks — 74 % of the dense MACs after the pruner; the
-model defaults), random weights: speed does not depend on them.
+patches, width 96, 1 early and 6 late blocks — 77 % of the dense MACs after the pruner — and the
+stride-8 head; the model defaults; ``--set head_stride=4 --set head_skip=true`` for the stride-4
+head), random weights: speed does not depend on them.
 """
 
 from __future__ import annotations

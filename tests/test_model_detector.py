@@ -207,7 +207,7 @@ def test_interface_contract():
         dict(image_size=(100, 96)),
         dict(embed_dim=30, num_heads=4),
         dict(head_stride=6),
-        dict(head_stride=8),  # the stem skip arrives at stride patch / 4 = 4
+        dict(head_stride=8, head_skip=True),  # the stem skip arrives at stride patch / 4 = 4
         dict(head_skip=True, stem="patch"),
         dict(decode="maxpool"),
         dict(nms_iou=0.0),
@@ -248,7 +248,9 @@ def test_wrong_image_shape_is_an_input_error():
 
 @pytest.mark.parametrize("stem", ["conv", "patch"])
 def test_each_token_sees_only_its_own_patch(stem):
-    model = PrunedDetector(dataclasses.replace(tiny(), stem=stem, head_skip=stem == "conv")).eval()
+    skip = stem == "conv"  # the stem's stride-4 features feed a stride-4 head
+    cfg = dataclasses.replace(tiny(), stem=stem, head_skip=skip, head_stride=4 if skip else tiny().head_stride)
+    model = PrunedDetector(cfg).eval()
     x = images(1)
     y = x.clone()
     y[:, :, 16:32, 32:48] = 1.0 - y[:, :, 16:32, 32:48]  # patch (row 1, column 2) of a 4 x 6 grid
