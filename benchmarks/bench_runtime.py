@@ -91,7 +91,7 @@ def predictor_flop_share(model: PrunedDetector) -> float:
     return macs["predictor"] / (macs["total"] + attn)
 
 
-def main(argv=None) -> int:
+def _parser():
     ap = bench_parser(__doc__, threads=2, json=Path("benchmarks/results/runtime.json"))
     ap.add_argument("--iters", type=int, default=40, help="interleaved rounds (each times every configuration once)")
     ap.add_argument("--warmup", type=int, default=8)
@@ -111,15 +111,17 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="override the model's config, e.g. --set head_stride=8 --set head_skip=false (repeatable)",
     )
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = bench_model(args.image_size, args.overrides)
+    return ap
+
+
+def time_backends(model: PrunedDetector, args) -> tuple[dict, dict]:
+    """-> ({row name: Measurement}, {backend: LatencyComparison}): ONNX Runtime (CPU) at
+    ``args.threads`` and each of ``args.ort_threads``, then torch, each an interleaved set."""
     rows, comparisons = {}, {}
-    ratios_ort = (0.25, 0.5, 0.75)
     with contextlib.ExitStack() as stack:
         for threads in dict.fromkeys([args.threads, *args.ort_threads]) if args.device == "cpu" else ():
             # one interleaved set per thread count: at 1 thread no operator waits for another thread
-            opts = ProfileOptions(backend="onnxruntime", sweep=ratios_ort, threads=threads)
+            opts = ProfileOptions(backend="onnxruntime", sweep=(0.25, 0.5, 0.75), threads=threads)
             configs, _ = variant_configs(model, opts, "onnxruntime", 1, "cpu", "full", stack)
             ort = time_configs(configs, warmup=args.warmup, rounds=args.iters)
             add_part_times(ort, configs)  # ORT's profiler, after the timing: where each pruned graph's time goes
@@ -131,8 +133,12 @@ def main(argv=None) -> int:
         tt = time_configs(configs, warmup=args.warmup, rounds=args.iters, sync=sync)
         comparisons["torch"] = latency_comparison(tt)
         rows.update({f"torch {m.label.replace('global ', '')}": m for m in tt})
+    return rows, comparisons
 
-    # predictor + pruner cost: t(predict) - t(embed) in torch eager, same input, interleaved
+
+def predictor_share(model: PrunedDetector, args, dense_p50: float) -> dict:
+    """Predictor + pruner cost over the dense p50: t(predict) - t(embed) in torch eager, same
+    input, interleaved -> {embed, predict: LatencyStats, time, time_ci: (lo, hi), flops}."""
     x = torch.rand(1, 3, *model.image_size, device=args.device)
     model.to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
@@ -140,26 +146,22 @@ def main(argv=None) -> int:
         ms = time_interleaved(
             [lambda: model.embed(x), lambda: model.predict(x)], rounds=args.iters, warmup=args.warmup, sync=sync
         )
-    t_embed, t_pred = LatencyStats.from_samples(ms[:, 0].tolist()), LatencyStats.from_samples(ms[:, 1].tolist())
-    # the cost of predictor + pruner: the median of the per-round differences (the two run back to
-    # back in each round, so noise common to a round cancels) over the dense p50, with a bootstrap
-    # interval over rounds (the dense p50's own uncertainty is not in it); may be < 0 (noise)
+    # the median of the per-round differences (the two run back to back in each round, so noise
+    # common to a round cancels) over the dense p50, with a bootstrap interval over rounds (the
+    # dense p50's own uncertainty is not in it); may be < 0 (noise)
     diff = np.asarray(ms[:, 1] - ms[:, 0], dtype=np.float64)
-    dense_p50 = rows["torch dense"].latency.p50
-    share_time = float(np.median(diff)) / dense_p50
-    share_lo, share_hi = percentile_interval(np.median(diff[resample_indices(len(diff))], axis=1) / dense_p50)
-    share_flops = predictor_flop_share(model.cpu())
+    lo, hi = percentile_interval(np.median(diff[resample_indices(len(diff))], axis=1) / dense_p50)
+    return {
+        "embed": LatencyStats.from_samples(ms[:, 0].tolist()),
+        "predict": LatencyStats.from_samples(ms[:, 1].tolist()),
+        "time": float(np.median(diff)) / dense_p50,
+        "time_ci": (lo, hi),
+        "flops": predictor_flop_share(model.cpu()),
+    }
 
-    print(
-        f"runtime benchmark: {args.image_size[0]}x{args.image_size[1]} input, P={model.num_patches}, "
-        f"device={args.device}, threads={args.threads}, {args.iters} interleaved rounds after {args.warmup} warm-up"
-    )
-    print(f"{'configuration':<20}{'p50 ms':>9}  {'95% CI':<18}{'IQR':>7}{'GMACs':>8}")
-    for name, m in rows.items():
-        ci = m.median_ci
-        gmacs = f"{m.macs.total / 1e9:.3f}" if m.macs and m.macs.complete else "-"
-        print(f"{name:<20}{m.latency.p50:>9.2f}  [{ci.lo:.2f}, {ci.hi:.2f}]{'':<4}{ci.iqr:>7.2f}{gmacs:>8}")
-    print(f"{'torch embed+early':<20}{t_embed.p50:>9.2f}\n{'torch +predictor+pruner':<20}{t_pred.p50:>6.2f}")
+
+def print_speedups(comparisons: dict) -> dict:
+    """Print each speed-up beside its MAC bound (and item 2's targets for ORT keep 0.5) -> the rows as JSON."""
     print(f"\n{'speed-up (ratio of p50s)':<30}{'value':>7}  {'95% CI':<16}{'MAC bound':>10}{'of bound':>10}  target")
     out_ratios = {}
     for backend, comp in comparisons.items():
@@ -180,17 +182,39 @@ def main(argv=None) -> int:
             out_ratios[name] = {**r.to_dict(), "mac_bound": bound, "share_of_mac_bound": share}
         for w in comp.warnings:
             print(f"warning ({backend}): {w}")
+    return out_ratios
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = bench_model(args.image_size, args.overrides)
+    rows, comparisons = time_backends(model, args)
+    share = predictor_share(model, args, rows["torch dense"].latency.p50)
+    print(
+        f"runtime benchmark: {args.image_size[0]}x{args.image_size[1]} input, P={model.num_patches}, "
+        f"device={args.device}, threads={args.threads}, {args.iters} interleaved rounds after {args.warmup} warm-up"
+    )
+    print(f"{'configuration':<20}{'p50 ms':>9}  {'95% CI':<18}{'IQR':>7}{'GMACs':>8}")
+    for name, m in rows.items():
+        ci = m.median_ci
+        gmacs = f"{m.macs.total / 1e9:.3f}" if m.macs and m.macs.complete else "-"
+        print(f"{name:<20}{m.latency.p50:>9.2f}  [{ci.lo:.2f}, {ci.hi:.2f}]{'':<4}{ci.iqr:>7.2f}{gmacs:>8}")
+    print(f"{'torch embed+early':<20}{share['embed'].p50:>9.2f}")
+    print(f"{'torch +predictor+pruner':<20}{share['predict'].p50:>6.2f}")
+    out_ratios = print_speedups(comparisons)
     for line in part_notes([dataclasses.replace(m, label=name) for name, m in rows.items() if name.startswith("ORT ")]):
         print(line)
     if "ORT keep 0.5" in rows:
         a, b = rows["torch keep 0.5"].latency.p50, rows["ORT keep 0.5"].latency.p50
         print(f"{'torch eager / ORT (keep 0.5)':<30}{a / b:>7.2f}  (different runs of the two backends: no interval)")
-    verdict = "met" if share_hi <= 0.05 else ("NOT met" if share_lo > 0.05 else "not resolved")
+    lo, hi = share["time_ci"]
+    verdict = "met" if hi <= 0.05 else ("NOT met" if lo > 0.05 else "not resolved")
     print(
-        f"{'predictor+pruner / dense (time)':<30}{100 * share_time:>6.2f}%  "
-        f"[{100 * share_lo:.2f}, {100 * share_hi:.2f}] %  <= 5% {verdict}"
+        f"{'predictor+pruner / dense (time)':<30}{100 * share['time']:>6.2f}%  "
+        f"[{100 * lo:.2f}, {100 * hi:.2f}] %  <= 5% {verdict}"
     )
-    print(f"{'predictor MLP / dense (FLOPs)':<30}{100 * share_flops:>6.2f}%")
+    print(f"{'predictor MLP / dense (FLOPs)':<30}{100 * share['flops']:>6.2f}%")
     out = {
         "setup": {
             "device": args.device,
@@ -207,12 +231,12 @@ def main(argv=None) -> int:
         },
         "latency": {k: v.to_dict() for k, v in rows.items()},
         "comparisons": {k: v.to_dict() for k, v in comparisons.items() if v is not None},
-        "torch_embed_ms": t_embed.to_dict(),
-        "torch_predict_ms": t_pred.to_dict(),
+        "torch_embed_ms": share["embed"].to_dict(),
+        "torch_predict_ms": share["predict"].to_dict(),
         "ratios": out_ratios,
-        "predictor_share_time": share_time,
-        "predictor_share_time_ci": [share_lo, share_hi],
-        "predictor_share_flops": share_flops,
+        "predictor_share_time": share["time"],
+        "predictor_share_time_ci": [lo, hi],
+        "predictor_share_flops": share["flops"],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
