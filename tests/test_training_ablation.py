@@ -264,24 +264,48 @@ def _pooled(runs: list[dict], variant: str, keep: float | None, field: int) -> t
     return sum(h[field] for r in mine for h in r["hits"]), sum(t[field] for r in mine for t in r["totals"])
 
 
+def _committed(name: str, tmp_path) -> tuple[dict, list[dict]]:
+    """(re-summary, raw runs) of benchmarks/results/<name>/: all 27 runs on 256 scenes, the summary
+    byte-identical to the committed ablation.md, and every table row of it in docs/results.md."""
+    res = _resummarise(name, tmp_path)
+    runs = json.loads((RESULTS / name / "runs.json").read_text())
+    assert res["complete"] and res["runs_done"] == 27 and {len(r["hits"]) for r in runs} == {256}
+    assert res["markdown"] == (RESULTS / name / "ablation.md").read_text()
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    assert all(line in documented for line in res["markdown"].splitlines() if line.startswith("| ")), "stale docs table"
+    return res, runs
+
+
+def _wilson(k: int, n: int) -> tuple[float, float, float]:
+    """(p, lo, hi): the Wilson 95 % interval of k hits in n, written out independently of the code under test."""
+    z = statistics.NormalDist().inv_cdf(0.975)
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return p, (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def _incumbent_kept(res: dict, ranking: list[str], worst_drop_hi: float) -> dict:
+    """The verdict of a tie: every variant non-inferior at keep 0.5 (the largest upper drop bound
+    ``worst_drop_hi``), ranked ``ranking`` at keep 0.25, the lead not resolved, so the incumbent
+    band + object g=1 stays -> the verdict."""
+    v = res["verdict"]
+    assert res["winner"] == "band + object g=1" and not v["resolved"] and "incumbent" in v["reason"]
+    assert v["ranking"] == ranking
+    assert all(c["non_inferior"] for c in v["checks"].values())
+    worst = max(b for c in v["checks"].values() for b in c["drop_hi"].values())
+    assert worst == pytest.approx(worst_drop_hi, abs=5e-4)
+    return v
+
+
 def test_the_v2_ablation_keeps_the_corrected_preset_on_a_tie(tmp_path):
     """benchmarks/results/ablation_v2/runs.json (reference detector v2: 27 trainings, 3 seeds, 256
     scenes) summarised again gives the tables and the verdict docs/results.md states: every variant
     non-inferior at keep 0.5; at keep 0.25 band + object g=1 leads object g=0 and object g=1 on the
     point estimate only (gain intervals contain 0), so the rule keeps the incumbent: not resolved."""
-    res = _resummarise("ablation_v2", tmp_path)
-    runs = json.loads((RESULTS / "ablation_v2" / "runs.json").read_text())
-    assert res["complete"] and res["runs_done"] == 27 and {len(r["hits"]) for r in runs} == {256}
-    assert res["markdown"] == (RESULTS / "ablation_v2" / "ablation.md").read_text()
-    documented = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
-    assert all(line in documented for line in res["markdown"].splitlines() if line.startswith("| ")), "stale docs table"
+    res, runs = _committed("ablation_v2", tmp_path)
 
-    v = res["verdict"]
-    assert res["winner"] == "band + object g=1" and not v["resolved"] and "incumbent" in v["reason"]
-    assert v["ranking"] == ["band + object g=1", "object g=0", "object g=1"]
-    assert all(c["non_inferior"] for c in v["checks"].values())
-    worst = max(b for c in v["checks"].values() for b in c["drop_hi"].values())
-    assert worst == pytest.approx(0.0162, abs=5e-4)  # the largest upper drop bound: object g=0, mid, 1.6 points
+    # the largest upper drop bound: object g=0, mid, 1.6 points
+    v = _incumbent_kept(res, ["band + object g=1", "object g=0", "object g=1"], 0.0162)
     for other, vehicles_ahead in (("object g=0", 1), ("object g=1", 9)):
         g = v["gains"][other]
         assert g["lo"] < 0 < g["hi"]  # tied: the interval of the leader's near gain contains 0
@@ -291,10 +315,7 @@ def test_the_v2_ablation_keeps_the_corrected_preset_on_a_tie(tmp_path):
 
     # dense far recall pooled, 51.5 [50.8, 52.3]: an independent Wilson interval from the raw counts
     k, n = _pooled(runs, "dense", None, 0)
-    z = statistics.NormalDist().inv_cdf(0.975)
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    p, lo, hi = _wilson(k, n)
     pooled = res["aggregate"]["dense @ None"]["pooled_far"]
     assert (k, n) == (pooled["hits"], pooled["n"]) and [round(100 * x, 1) for x in (p, lo, hi)] == [51.5, 50.8, 52.3]
     assert pooled["lo"] == pytest.approx(lo) and pooled["hi"] == pytest.approx(hi)
@@ -315,19 +336,9 @@ def test_the_stride8_ablation_keeps_the_incumbent_on_a_tie(tmp_path):
     table and verdict docs/results.md states: every variant non-inferior at keep 0.5 (largest upper
     drop bound 2.7 points, band mid); at keep 0.25 object g=0 leads on the point estimate only, so
     the incumbent band + object g=1 stays: not resolved."""
-    res = _resummarise("ablation_v2_stride8", tmp_path)
-    runs = json.loads((RESULTS / "ablation_v2_stride8" / "runs.json").read_text())
-    assert res["complete"] and res["runs_done"] == 27 and {len(r["hits"]) for r in runs} == {256}
-    assert res["markdown"] == (RESULTS / "ablation_v2_stride8" / "ablation.md").read_text()
-    documented = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
-    assert all(line in documented for line in res["markdown"].splitlines() if line.startswith("| ")), "stale docs table"
+    res, runs = _committed("ablation_v2_stride8", tmp_path)
 
-    v = res["verdict"]
-    assert res["winner"] == "band + object g=1" and not v["resolved"] and "incumbent" in v["reason"]
-    assert v["ranking"] == ["object g=0", "object g=1", "band + object g=1"]
-    assert all(c["non_inferior"] for c in v["checks"].values())
-    worst = max(b for c in v["checks"].values() for b in c["drop_hi"].values())
-    assert worst == pytest.approx(0.0271, abs=5e-4)
+    v = _incumbent_kept(res, ["object g=0", "object g=1", "band + object g=1"], 0.0271)  # band, mid, 2.7 points
     for other in ("object g=1", "band + object g=1"):
         g = v["gains"][other]
         assert g["lo"] < 0 < g["hi"]  # tied with the leader
@@ -337,9 +348,6 @@ def test_the_stride8_ablation_keeps_the_incumbent_on_a_tie(tmp_path):
 
     # dense far recall pooled, 29.7 [29.0, 30.4]: an independent Wilson interval from the raw counts
     k, n = _pooled(runs, "dense", None, 0)
-    z = statistics.NormalDist().inv_cdf(0.975)
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    p, lo, hi = _wilson(k, n)
     pooled = res["aggregate"]["dense @ None"]["pooled_far"]
     assert (k, n) == (pooled["hits"], pooled["n"]) and [round(100 * x, 1) for x in (p, lo, hi)] == [29.7, 29.0, 30.4]
