@@ -29,10 +29,11 @@ def bench_parser(doc: str | None, *, threads: int | None, json: Path | None) -> 
 
 def run_main(main) -> None:
     """``raise SystemExit(main())`` with a user's mistake (a bad ``--set``, a missing checkpoint)
-    as one ``error: ...`` line and exit 2, not a traceback."""
+    as one ``error: ...`` line and the error's own exit code (2 for input errors, as the CLI's),
+    not a traceback."""
     try:
         code = main()
     except CassDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code = 2
+        code = exc.exit_code
     raise SystemExit(code)
