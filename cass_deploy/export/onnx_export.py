@@ -52,16 +52,45 @@ def export_part(
         raise InputError(f"--parts must be 'predictor' or 'full', got {part!r}")
     if not 7 <= int(opset) <= 23:
         raise InputError(f"opset {opset} is outside what this exporter supports (7..23; 17 recommended)")
-    names = model.output_names(part)
     H, W = model.image_size
     module.eval()
     example = torch.rand(batch, 3, H, W)
-    kwargs = {}
+    dynamic_shapes = None
     if dynamic_batch is not None:
         lo, _, hi = (int(v) for v in dynamic_batch)
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=max(lo, 1), max=hi)},)
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=max(lo, 1), max=hi)},)
         example = torch.rand(max(2, min(batch, hi)), 3, H, W)
+    proto = export_module(
+        module,
+        example,
+        input_name=INPUT_NAME,
+        output_names=model.output_names(part),
+        opset=opset,
+        dynamic_shapes=dynamic_shapes,
+        what=f"the {part} part",
+    )
+    if dynamic_batch is not None:
+        _name_batch_dim(proto)
+    if simplify:
+        proto = simplify_model(proto)
+    return proto
+
+
+def export_module(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    *,
+    input_name: str,
+    output_names: Sequence[str],
+    opset: int = DEFAULT_OPSET,
+    dynamic_shapes: tuple | None = None,
+    what: str = "the module",
+):
+    """One module of one input ``example`` -> onnx.ModelProto checked by ``onnx.checker`` (not
+    simplified, not saved); the exporter's chatter is kept out of the output, and a failure is an
+    :class:`ExportError` naming ``what`` with the exporter's first line and last output."""
     sink = io.StringIO()
+    kwargs = {} if dynamic_shapes is None else {"dynamic_shapes": dynamic_shapes}
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
             warnings.simplefilter("ignore")
@@ -70,8 +99,8 @@ def export_part(
                 (example,),
                 dynamo=True,
                 opset_version=int(opset),
-                input_names=[INPUT_NAME],
-                output_names=names,
+                input_names=[input_name],
+                output_names=list(output_names),
                 verbose=False,
                 external_data=False,
                 **kwargs,
@@ -80,18 +109,13 @@ def export_part(
         if interrupt_in(exc):  # Ctrl-C during the trace, wrapped by torch: an interruption, not a failure
             raise KeyboardInterrupt from None
         raise ExportError(
-            f"torch.onnx export of the {part} part failed: {str(exc).strip().splitlines()[0]}"
-            f"\n{sink.getvalue()[-2000:]}"
+            f"torch.onnx export of {what} failed: {str(exc).strip().splitlines()[0]}\n{sink.getvalue()[-2000:]}"
         ) from exc
     proto = program.model_proto
-    if dynamic_batch is not None:
-        _name_batch_dim(proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX fails onnx.checker: {exc}") from None
-    if simplify:
-        proto = simplify_model(proto)
     return proto
 
 

@@ -1,0 +1,86 @@
+"""The runtime's own ceiling on a token-pruning speed-up: the pruned blocks alone (issue 22).
+
+A pruned graph's speed-up over dense, set against its MAC bound, mixes two things: what the pruning
+machinery costs (predictor, TopK, gather, scatter-back, the parts pruning does not shrink) and how
+the runtime's kernels scale with the number of tokens. This control takes the second alone: the
+model's late blocks, exported twice — on all ``P`` tokens and on the ``k`` a pruner keeps, nothing
+before or after them — and timed interleaved by the same method as the whole graphs. Their
+speed-up over their own MAC ratio is the share of a MAC bound the runtime reaches for a pure cut
+in tokens. A whole pruned graph whose share is close to it costs what a token cut costs on that
+runtime, whatever the share itself is; one well below it carries overhead of its own.
+
+Measured on the 2-core CPU with the reference detector (``benchmarks/bench_runtime.py``): on one
+ONNX Runtime thread the six blocks reach 99 % of their MAC ratio at 224 of 448 tokens; on two, 82 %,
+because the 224-row GEMMs and the per-operator hand-offs between two threads split less well than
+the 448-row ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cass_deploy.backends.probe import lazy_import
+from cass_deploy.errors import InputError
+from cass_deploy.profiling.latency import Comparison, TimedConfig, latency_comparison, time_configs
+from cass_deploy.profiling.macs import count_macs
+from cass_deploy.runtime.ort_runner import OrtRunner
+
+torch = lazy_import("torch")
+onnx = lazy_import("onnx")
+onnx_export = lazy_import("cass_deploy.export.onnx_export")
+
+TOKENS_INPUT = "tokens"
+
+
+def late_blocks(model: Any) -> Any:
+    """The blocks a pruned model runs on its kept tokens, as one module ``[B, N, D]`` -> ``[B, N, D]``
+    (the reference detector's ``late`` stack; other models have no such attribute: an InputError)."""
+    late = getattr(model, "late", None)
+    if late is None or not len(late):
+        raise InputError(f"{type(model).__name__} has no late blocks to time alone (the reference detector's `late`)")
+    return torch.nn.Sequential(*late).eval()
+
+
+def blocks_config(
+    model: Any, tokens: int, stack: contextlib.ExitStack, *, threads: int, label: str, keep: float | None
+) -> TimedConfig:
+    """A TimedConfig of ``model``'s late blocks on ``tokens`` tokens in an ONNX Runtime CPU session
+    of ``threads`` threads (kept open by ``stack``), exported and simplified as the whole graphs are,
+    MACs counted from the graph."""
+    dim = int(model.cfg.embed_dim)
+    example = torch.randn(1, tokens, dim, generator=torch.Generator().manual_seed(0))
+    proto = onnx_export.export_module(
+        late_blocks(model), example, input_name=TOKENS_INPUT, output_names=["out"], what="the late blocks"
+    )
+    proto = onnx_export.simplify_model(proto)
+    path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "blocks.onnx"
+    onnx.save(proto, path)
+    runner = stack.enter_context(OrtRunner(path, intra_op_threads=threads))
+    feed = {TOKENS_INPUT: example.numpy().astype(np.float32)}
+    mode = "none" if keep is None else "global"
+    return TimedConfig(
+        label, "onnxruntime", "cpu", mode, keep, 1, lambda: runner.infer(feed), count_macs(proto), None, threads
+    )
+
+
+def blocks_control(model: Any, keep_ratio: float, *, threads: int, warmup: int, rounds: int) -> Comparison:
+    """The late blocks of ``model`` (the reference detector) on all ``P`` tokens against the ``k``
+    its pruner keeps at ``keep_ratio``, timed interleaved on ONNX Runtime CPU with ``threads``
+    threads: a :class:`~cass_deploy.profiling.latency.Comparison` whose one speed-up (``P tokens`` /
+    ``k tokens``) carries its paired interval, MAC bound and share of it."""
+    p = int(model.num_patches)
+    k = model.with_pruner(mode="global", keep_ratio=keep_ratio).k
+    with contextlib.ExitStack() as stack:
+        configs = [
+            blocks_config(model, p, stack, threads=threads, label=f"{p} tokens", keep=None),
+            blocks_config(model, k, stack, threads=threads, label=f"{k} tokens", keep=keep_ratio),
+        ]
+        results = time_configs(configs, warmup=warmup, rounds=rounds)
+    comparison = latency_comparison(results)
+    assert comparison is not None  # two interleaved results with samples
+    return comparison
