@@ -9,14 +9,14 @@ import torch
 from onnx import TensorProto, helper
 
 from cass_deploy.export.graph_rewrite import SQRT2, reorder_gelu
+from cass_deploy.export.onnx_export import export_module
 
 
 def _torch_gelu_model() -> onnx.ModelProto:
-    """A Linear + exact GELU exported by torch's own exporter (the spelling the detector gets)."""
+    """A Linear + exact GELU exported by torch's own exporter as the detector is (the spelling it gets)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
-    prog = torch.onnx.export(net, (torch.randn(4, 16),), dynamo=True, opset_version=17, verbose=False)
-    return prog.model_proto
+    return export_module(net, torch.randn(4, 16), input_name="x", output_names=["y"], opset=17, what="a GELU net")
 
 
 def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -3,12 +3,11 @@ reproduces torch's keep set and scores."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
+from cass_deploy.export.onnx_export import export_module
 from cass_deploy.model.detector import PrunedDetector
 from cass_deploy.model.interface import INPUT_NAME
 
@@ -20,20 +19,16 @@ pytest.importorskip("onnxscript")
 
 
 def _export(module: torch.nn.Module, names: list[str], path, batch: int = 2) -> None:
-    x = torch.rand(batch, 3, 64, 96)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (x,),
-            str(path),
-            dynamo=True,
-            opset_version=17,
-            input_names=[INPUT_NAME],
-            output_names=names,
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=64)}},
-            verbose=False,
-        )
+    proto = export_module(
+        module,
+        torch.rand(batch, 3, 64, 96),
+        input_name=INPUT_NAME,
+        output_names=names,
+        opset=17,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
+        what="the tiny detector",
+    )
+    onnx.save(proto, str(path))
 
 
 @pytest.mark.parametrize("mode", ["global", "band", "none", "threshold"])
