@@ -10,6 +10,9 @@ graph (``profiling.macs``) and the share of that bound reached:
 
 * dense detector vs the pruned detector at keep 0.25 / 0.5 / 0.75 (ONNX Runtime);
   target: keep 0.5 at least 1.5x faster than dense (on the interval's lower bound);
+* the control, per thread count: the late blocks alone on all tokens and on keep 0.5's
+  (``profiling.control``), the share of a MAC bound this runtime gives a pure cut in tokens,
+  beside keep 0.5's share of its own;
 * predictor + pruner cost as a share of the dense model, measured in torch eager as
   t(embed + early + predictor + pruner) - t(embed + early), and counted in FLOPs;
   target: <= 5 %;

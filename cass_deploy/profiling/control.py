@@ -9,10 +9,10 @@ speed-up over their own MAC ratio is the share of a MAC bound the runtime reache
 in tokens. A whole pruned graph whose share is close to it costs what a token cut costs on that
 runtime, whatever the share itself is; one well below it carries overhead of its own.
 
-Measured on the 2-core CPU with the reference detector (``benchmarks/bench_runtime.py``): on one
-ONNX Runtime thread the six blocks reach 99 % of their MAC ratio at 224 of 448 tokens; on two, 82 %,
-because the 224-row GEMMs and the per-operator hand-offs between two threads split less well than
-the 448-row ones.
+Measured on the 2-core CPU with the reference detector (``benchmarks/bench_runtime.py``, three
+runs): on one ONNX Runtime thread the six blocks reach 100 % of their MAC ratio at 224 of 448
+tokens; on two, 82-84 %, because the 224-row GEMMs and the per-operator hand-offs between two
+threads split less well than the 448-row ones (``docs/latency-method.md``).
 """
 
 from __future__ import annotations
