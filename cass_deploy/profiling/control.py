@@ -18,20 +18,14 @@ threads split less well than the 448-row ones (``docs/latency-method.md``).
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from cass_deploy.backends.probe import lazy_import
 from cass_deploy.errors import InputError
-from cass_deploy.profiling.latency import Comparison, TimedConfig, latency_comparison, time_configs
-from cass_deploy.profiling.macs import count_macs
-from cass_deploy.runtime.ort_runner import OrtRunner
+from cass_deploy.model.interface import compute_k
+from cass_deploy.profiling.latency import Comparison, TimedConfig, latency_comparison, ort_config, time_configs
 
 torch = lazy_import("torch")
-onnx = lazy_import("onnx")
 onnx_export = lazy_import("cass_deploy.export.onnx_export")
 
 TOKENS_INPUT = "tokens"
@@ -50,21 +44,22 @@ def blocks_config(
     model: Any, tokens: int, stack: contextlib.ExitStack, *, threads: int, label: str, keep: float | None
 ) -> TimedConfig:
     """A TimedConfig of ``model``'s late blocks on ``tokens`` tokens in an ONNX Runtime CPU session
-    of ``threads`` threads (kept open by ``stack``), exported and simplified as the whole graphs are,
-    MACs counted from the graph."""
-    dim = int(model.cfg.embed_dim)
-    example = torch.randn(1, tokens, dim, generator=torch.Generator().manual_seed(0))
+    of ``threads`` threads (kept open by ``stack``; :func:`~cass_deploy.profiling.latency.ort_config`),
+    exported and simplified as the whole graphs are, MACs counted from the graph."""
+    example = torch.randn(1, tokens, int(model.cfg.embed_dim), generator=torch.Generator().manual_seed(0))
     proto = onnx_export.export_module(
         late_blocks(model), example, input_name=TOKENS_INPUT, output_names=["out"], what="the late blocks"
     )
-    proto = onnx_export.simplify_model(proto)
-    path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "blocks.onnx"
-    onnx.save(proto, path)
-    runner = stack.enter_context(OrtRunner(path, intra_op_threads=threads))
-    feed = {TOKENS_INPUT: example.numpy().astype(np.float32)}
-    mode = "none" if keep is None else "global"
-    return TimedConfig(
-        label, "onnxruntime", "cpu", mode, keep, 1, lambda: runner.infer(feed), count_macs(proto), None, threads
+    return ort_config(
+        onnx_export.simplify_model(proto),
+        stack,
+        label=label,
+        pruner_mode="none" if keep is None else "global",
+        keep_ratio=keep,
+        image_size=model.image_size,
+        batch=1,
+        threads=threads,
+        feed={TOKENS_INPUT: example.numpy()},
     )
 
 
@@ -74,7 +69,7 @@ def blocks_control(model: Any, keep_ratio: float, *, threads: int, warmup: int, 
     threads: a :class:`~cass_deploy.profiling.latency.Comparison` whose one speed-up (``P tokens`` /
     ``k tokens``) carries its paired interval, MAC bound and share of it."""
     p = int(model.num_patches)
-    k = model.with_pruner(mode="global", keep_ratio=keep_ratio).k
+    k = compute_k(keep_ratio, p)
     with contextlib.ExitStack() as stack:
         configs = [
             blocks_config(model, p, stack, threads=threads, label=f"{p} tokens", keep=None),

@@ -434,11 +434,12 @@ def ort_config(
     providers: Sequence[str] = ("cpu",),
     threads: int | None = None,
     path: str | Path | None = None,
+    feed: dict[str, np.ndarray] | None = None,
 ) -> TimedConfig:
     """A TimedConfig of an ONNX model (a proto, saved to a temporary file, or ``path``) in an ONNX
     Runtime session kept open by ``stack``, pinned to ``threads`` (None: one per core), spinning
     only while its own run lasts, as every interleaved session must (``session_options``); MACs
-    counted from the graph."""
+    counted from the graph. It runs on ``feed`` (default: random images ``[batch, 3, H, W]``)."""
     if path is None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         path = tmp / "model.onnx"
@@ -449,7 +450,8 @@ def ort_config(
     threads = threads or os.cpu_count() or 1
     runner = stack.enter_context(OrtRunner(path, providers=providers, intra_op_threads=threads))
     H, W = image_size
-    feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
+    if feed is None:
+        feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, H, W), dtype=np.float32)}
     device = "cuda" if any("CUDA" in p or "Tensorrt" in p for p in runner.providers_in_use()) else "cpu"
     macs = count_macs(proto if proto is not None else path, {"batch": batch})
     cpu = device == "cpu"
