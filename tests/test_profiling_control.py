@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from fixtures.examples import load_example
 
 from cass_deploy.errors import InputError
 from cass_deploy.model.detector import ModelConfig, PrunedDetector
@@ -51,5 +52,18 @@ def test_a_model_without_late_blocks_is_named():
     class Other:
         pass
 
-    with pytest.raises(InputError, match="Other has no late blocks"):
+    with pytest.raises(InputError, match="Other has no late blocks to time alone"):
         late_blocks(Other())
+
+
+def test_the_control_runs_on_the_transformers_vit_example():
+    """A model this project did not write: the example's late stack is transformers' ViTLayer
+    (query / key / value / output Linear, an MLP of 2 D), width read from its first linear layer."""
+    torch.manual_seed(0)
+    model = load_example("vit_detector").build(image_size=(64, 128), hidden_size=32, late_layers=2)
+    comp = blocks_control(model, 0.5, threads=1, warmup=1, rounds=6)
+    (r,) = comp.speedups
+    assert (comp.baseline, r.b) == ("32 tokens", "16 tokens")
+    expected = _late_macs(32, 32, 64, 2) / _late_macs(16, 32, 64, 2)
+    assert comp.mac_bounds["16 tokens"] == pytest.approx(expected, rel=1e-12)
+    assert math.isfinite(r.ratio) and r.ratio > 0

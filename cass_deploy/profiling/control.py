@@ -32,12 +32,21 @@ TOKENS_INPUT = "tokens"
 
 
 def late_blocks(model: Any) -> Any:
-    """The blocks a pruned model runs on its kept tokens, as one module ``[B, N, D]`` -> ``[B, N, D]``
-    (the reference detector's ``late`` stack; other models have no such attribute: an InputError)."""
+    """The blocks a pruned model runs on its kept tokens, as one module ``[B, N, D]`` -> ``[B, N, D]``:
+    its ``late`` stack (the reference detector's, or an adapter's such as ``examples/vit_detector.py``);
+    a model without one is an InputError."""
     late = getattr(model, "late", None)
     if late is None or not len(late):
-        raise InputError(f"{type(model).__name__} has no late blocks to time alone (the reference detector's `late`)")
+        raise InputError(f"{type(model).__name__} has no late blocks to time alone (a `late` stack of blocks)")
     return torch.nn.Sequential(*late).eval()
+
+
+def token_width(blocks: Any) -> int:
+    """``D`` of the tokens ``blocks`` take: the input width of their first linear layer."""
+    first = next((m for m in blocks.modules() if isinstance(m, torch.nn.Linear)), None)
+    if first is None:
+        raise InputError("the late blocks have no linear layer to read their token width from")
+    return int(first.in_features)
 
 
 def blocks_config(
@@ -46,9 +55,10 @@ def blocks_config(
     """A TimedConfig of ``model``'s late blocks on ``tokens`` tokens in an ONNX Runtime CPU session
     of ``threads`` threads (kept open by ``stack``; :func:`~cass_deploy.profiling.latency.ort_config`),
     exported and simplified as the whole graphs are, MACs counted from the graph."""
-    example = torch.randn(1, tokens, int(model.cfg.embed_dim), generator=torch.Generator().manual_seed(0))
+    blocks = late_blocks(model)
+    example = torch.randn(1, tokens, token_width(blocks), generator=torch.Generator().manual_seed(0))
     proto = onnx_export.export_module(
-        late_blocks(model), example, input_name=TOKENS_INPUT, output_names=["out"], what="the late blocks"
+        blocks, example, input_name=TOKENS_INPUT, output_names=["out"], what="the late blocks"
     )
     return ort_config(
         onnx_export.simplify_model(proto),
@@ -64,11 +74,11 @@ def blocks_config(
 
 
 def blocks_control(model: Any, keep_ratio: float, *, threads: int, warmup: int, rounds: int) -> Comparison:
-    """The late blocks of ``model`` (the reference detector) on all ``P`` tokens against the ``k``
+    """The late blocks of ``model`` (:func:`late_blocks`) on all ``P`` tokens of its grid against the ``k``
     its pruner keeps at ``keep_ratio``, timed interleaved on ONNX Runtime CPU with ``threads``
     threads: a :class:`~cass_deploy.profiling.latency.Comparison` whose one speed-up (``P tokens`` /
     ``k tokens``) carries its paired interval, MAC bound and share of it."""
-    p = int(model.num_patches)
+    p = int(model.grid[0]) * int(model.grid[1])
     k = compute_k(keep_ratio, p)
     with contextlib.ExitStack() as stack:
         configs = [
